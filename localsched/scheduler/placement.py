@@ -1,0 +1,336 @@
+"""Placement: which worker runs a task, and how busy each worker is.
+
+dask's rules (``shared/scheduler-notes.md`` §2.5-2.7): restrictions narrow the
+candidates, root-ish tasks are queued until a worker has a free slot, other tasks
+go where their data is and where they would start soonest. Occupancy (expected
+seconds of queued work per worker) is kept incrementally: each processing task
+records the cost it added, so leaving processing subtracts exactly that, and
+estimates that change are re-aligned lazily (see ``realign_occupancy``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from localsched.scheduler.tasks import TaskPrefix, TaskState, WorkerState
+
+if TYPE_CHECKING:
+    from localsched.scheduler.state import SchedulerState
+
+
+def _occupancy_of(ws: WorkerState) -> float:
+    return ws.occupancy
+
+
+class PlacementMixin:
+    """Placement and load bookkeeping; mixed into ``SchedulerState``."""
+
+    # -- duration estimates -----------------------------------------------------
+
+    def _get_prefix_duration(self: SchedulerState, prefix: TaskPrefix) -> float:
+        duration = prefix.duration_average
+        if duration >= 0:
+            return duration
+        if prefix.max_exec_time > 0:
+            return 2 * prefix.max_exec_time
+        return self.unknown_task_duration
+
+    def get_task_duration(self: SchedulerState, ts: TaskState) -> float:
+        """Expected compute seconds of ``ts``, without communication."""
+        return self._get_prefix_duration(ts.prefix)
+
+    def get_comm_cost(self: SchedulerState, ts: TaskState, ws: WorkerState) -> float:
+        """Expected seconds to bring ``ts``'s missing dependencies to ``ws``.
+
+        Data in the shared store costs a memory-bandwidth read, not a transfer.
+        """
+        has_what = ws.has_what
+        transfer = 0
+        shared = 0
+        for dts in ts.dependencies:
+            if dts not in has_what:
+                if dts.shared:
+                    shared += dts.get_nbytes()
+                else:
+                    transfer += dts.get_nbytes()
+        return transfer / self.bandwidth + shared / self.shm_bandwidth
+
+    def _deps_nbytes(self: SchedulerState, ts: TaskState) -> int:
+        return sum(dts.get_nbytes() for dts in ts.dependencies)
+
+    def worker_objective(
+        self: SchedulerState, ts: TaskState, ws: WorkerState
+    ) -> tuple[float, int]:
+        """Estimated start time of ``ts`` on ``ws``; ties go to fewer stored bytes."""
+        stack_time = ws.occupancy / ws.nthreads
+        start_time = stack_time + self.get_comm_cost(ts, ws)
+        return (start_time, ws.nbytes)
+
+    # -- root-ish tasks and queuing --------------------------------------------
+
+    @property
+    def queuing_enabled(self: SchedulerState) -> bool:
+        return not math.isinf(self.worker_saturation)
+
+    def is_rootish(self: SchedulerState, ts: TaskState) -> bool:
+        """Whether ``ts`` looks like one of many roots of a large graph.
+
+        Such tasks are queued on the scheduler and handed out as worker slots open,
+        so downstream tasks run before more roots are loaded.
+        """
+        if ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions:
+            return False
+        tg = ts.group
+        if len(tg) <= 2 * self.total_nthreads:
+            return False
+        deps = tg.dependencies
+        if len(deps) >= self.rootish_taskgroup:
+            return False
+        return sum(len(dg) for dg in deps) < self.rootish_taskgroup_dependencies
+
+    def _task_slots_available(self: SchedulerState, ws: WorkerState) -> int:
+        """Tasks ``ws`` can take before it is full (worker-saturation)."""
+        running = len(ws.processing) - len(ws.long_running)
+        return max(math.ceil(self.worker_saturation * ws.nthreads), 1) - running
+
+    def decide_worker_rootish_queuing_enabled(
+        self: SchedulerState,
+    ) -> WorkerState | None:
+        """The least busy worker with a free slot, or None to stay queued."""
+        pool = self.idle_task_count
+        if not pool:
+            return None
+        if len(pool) == 1:
+            return next(iter(pool))
+        return min(pool, key=_processing_per_thread)
+
+    def decide_worker_rootish_queuing_disabled(
+        self: SchedulerState, ts: TaskState
+    ) -> WorkerState | None:
+        """Co-assign consecutive siblings to one worker (no queuing)."""
+        pool: Iterable[WorkerState] = self.idle.values() if self.idle else self.running
+        if not pool:
+            return None
+        tg = ts.group
+        lws = tg.last_worker
+        if (
+            lws is not None
+            and tg.last_worker_tasks_left
+            and lws.status == "running"
+            and self.workers.get(lws.address) is lws
+        ):
+            ws = lws
+        else:
+            ws = min(pool, key=lambda w: self.worker_objective(ts, w))
+            tg.last_worker_tasks_left = math.floor(
+                (len(tg) / self.total_nthreads) * ws.nthreads
+            )
+        tg.last_worker = (
+            ws if tg.states["released"] + tg.states["waiting"] > 1 else None
+        )
+        tg.last_worker_tasks_left -= 1
+        return ws
+
+    # -- other tasks --------------------------------------------------------------
+
+    def valid_workers(self: SchedulerState, ts: TaskState) -> set[WorkerState] | None:
+        """Running workers allowed to run ``ts``; None means any worker.
+
+        Worker restrictions accept addresses or names; resources need a worker
+        that offers at least the amount asked for.
+        """
+        result: set[WorkerState] | None = None
+        if ts.worker_restrictions:
+            result = set()
+            for name in ts.worker_restrictions:
+                ws = self.workers.get(name) or self._workers_by_name.get(name)
+                if ws is not None:
+                    result.add(ws)
+        if ts.host_restrictions:
+            on_hosts = {
+                ws for ws in self.workers.values() if ws.host in ts.host_restrictions
+            }
+            result = on_hosts if result is None else result | on_hosts
+        if ts.resource_restrictions:
+            for resource, required in ts.resource_restrictions.items():
+                offering = {
+                    ws
+                    for ws in self.workers.values()
+                    if ws.resources.get(resource, 0) >= required
+                }
+                result = offering if result is None else result & offering
+        if result is None:
+            if len(self.running) < len(self.workers):
+                return set(self.running)
+            return None
+        return {ws for ws in result if ws in self.running}
+
+    def decide_worker_non_rootish(
+        self: SchedulerState, ts: TaskState
+    ) -> WorkerState | None:
+        """Where ``ts`` would start soonest, near its data; None: no valid worker."""
+        running = self.running
+        if not running:
+            return None
+        if ts.dependencies or ts.has_restrictions:
+            valid = self.valid_workers(ts)
+            return self.decide_worker(ts, running, valid, ts.loose_restrictions)
+        if len(running) < len(self.workers):
+            valid = set(running)
+            return self.decide_worker(ts, running, valid, ts.loose_restrictions)
+        pool: Any = self.idle if self.idle else self.workers
+        values = list(pool.values())
+        n_workers = len(values)
+        if n_workers < 20:
+            ws = min(values, key=_occupancy_of)
+            if ws.occupancy == 0:
+                # Round-robin among empty workers so a burst spreads out.
+                start = self.n_tasks % n_workers
+                for i in range(n_workers):
+                    candidate = values[(i + start) % n_workers]
+                    if candidate.occupancy == 0:
+                        return candidate
+            return ws
+        return values[self.n_tasks % n_workers]
+
+    def decide_worker(
+        self: SchedulerState,
+        ts: TaskState,
+        all_workers: set[WorkerState],
+        valid_workers: set[WorkerState] | None,
+        loose_restrictions: bool = False,
+    ) -> WorkerState | None:
+        """Pick among holders of ``ts``'s dependencies by ``worker_objective``."""
+        candidates: set[WorkerState] = set()
+        for dts in ts.dependencies:
+            candidates.update(dts.who_has)
+        candidates &= all_workers
+        if valid_workers is None:
+            if not candidates:
+                candidates = set(all_workers)
+        else:
+            candidates &= valid_workers
+            if not candidates:
+                candidates = valid_workers
+                if not candidates:
+                    if loose_restrictions:
+                        return self.decide_worker(ts, all_workers, None)
+                    return None
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return next(iter(candidates))
+        objective: Callable[[WorkerState], Any] = lambda ws: self.worker_objective(  # noqa: E731
+            ts, ws
+        )
+        return min(candidates, key=objective)
+
+    # -- idle / saturated -------------------------------------------------------
+
+    def check_idle_saturated(
+        self: SchedulerState, ws: WorkerState, occ: float = -1.0
+    ) -> None:
+        """Re-classify ``ws`` as idle, saturated or neither after a change."""
+        total_nthreads = self.total_nthreads
+        if total_nthreads == 0 or ws.status == "closed":
+            return
+        if occ < 0:
+            occ = ws.occupancy
+        nthreads = ws.nthreads
+        p = len(ws.processing)
+        avg = self.total_occupancy / total_nthreads
+        self.saturated.discard(ws)
+        if ws.status == "running" and (p < nthreads or occ < nthreads * avg / 2):
+            self.idle[ws.address] = ws
+        else:
+            self.idle.pop(ws.address, None)
+            if p > nthreads:
+                pending = occ * (p - nthreads) / (p * nthreads)
+                if 0.4 < pending > 1.9 * avg:
+                    self.saturated.add(ws)
+        if ws.status == "running" and self._task_slots_available(ws) > 0:
+            self.idle_task_count.add(ws)
+        else:
+            self.idle_task_count.discard(ws)
+
+    # -- replicas -----------------------------------------------------------------
+
+    def add_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
+        """Note that ``ws`` holds ``ts``'s data."""
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what[ts] = None
+            ws.nbytes += ts.get_nbytes()
+
+    def remove_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
+        """Note that ``ws`` no longer holds ``ts``'s data."""
+        ts.who_has.discard(ws)
+        if ts in ws.has_what:
+            del ws.has_what[ts]
+            ws.nbytes -= ts.get_nbytes()
+
+    def remove_all_replicas(self: SchedulerState, ts: TaskState) -> None:
+        nbytes = ts.get_nbytes()
+        for ws in ts.who_has:
+            del ws.has_what[ts]
+            ws.nbytes -= nbytes
+        ts.who_has = set()
+
+    def _set_nbytes(self: SchedulerState, ts: TaskState, nbytes: int) -> None:
+        """Record a result size, as dask's ``TaskState.set_nbytes`` does."""
+        if nbytes < 0:
+            return
+        diff = nbytes - ts.nbytes if ts.nbytes >= 0 else nbytes
+        ts.group.nbytes_total += diff
+        ts.prefix.nbytes_total += diff
+        for ws in ts.who_has:
+            ws.nbytes += diff
+        ts.nbytes = nbytes
+
+    # -- occupancy re-alignment ----------------------------------------------------
+
+    def _realign_unknown(self: SchedulerState, prefix: TaskPrefix) -> None:
+        """The first estimate for a prefix arrived: fix the guesses in flight."""
+        tasks = self._unknown_durations.pop(prefix, set())
+        duration = self._get_prefix_duration(prefix)
+        for ts in tasks:
+            ws = ts.processing_on
+            if ws is None or ts in ws.long_running:
+                continue
+            old = ws.processing[ts]
+            new = duration + (old - self.unknown_task_duration)
+            new = max(new, duration)
+            ws.processing[ts] = new
+            ws.occupancy += new - old
+            self.total_occupancy += new - old
+            self.check_idle_saturated(ws)
+
+    def realign_occupancy(self: SchedulerState) -> None:
+        """Recompute every processing task's cost with current estimates.
+
+        Estimates drift as tasks finish; this walk is proportional to the number
+        of processing tasks, so the runtime runs it on a timer only when the
+        scheduler is not busy (dask's ``reevaluate_occupancy``).
+        """
+        total = 0.0
+        for ws in self.workers.values():
+            occ = 0.0
+            for ts in ws.processing:
+                if ts in ws.long_running:
+                    continue
+                cost = self._get_prefix_duration(ts.prefix)
+                if ts.dependencies:
+                    cost += self.get_comm_cost(ts, ws)
+                ws.processing[ts] = cost
+                occ += cost
+            ws.occupancy = occ
+            total += occ
+        self.total_occupancy = total
+        for ws in self.workers.values():
+            self.check_idle_saturated(ws)
+
+
+def _processing_per_thread(ws: WorkerState) -> float:
+    return len(ws.processing) / ws.nthreads

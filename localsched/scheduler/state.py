@@ -1,0 +1,394 @@
+"""``SchedulerState``: the sans-IO scheduler core.
+
+Theory of operation
+-------------------
+The only way in is ``handle(*events) -> list[Command]``. Each event is dispatched
+to its ``_on_<event>`` handler (``stimuli.py``), which turns the fact into
+*recommendations* ``{key: desired state}``; ``_transitions`` then runs the
+transition functions (``transitions.py``) until no recommendation is left. Every
+transition appends to the bounded ``transition_log`` with the event's
+``stimulus_id`` and is reported, in order, to the transition hook (plugins).
+Commands for workers, clients and the data store accumulate in ``_commands`` and
+are returned to the caller, which performs the IO.
+
+After the transitions of a stimulus, queued root-ish tasks are released into the
+worker slots that opened, so downstream work always goes out before new roots.
+
+Nothing here reads a clock, the environment or global configuration, nor touches
+a thread, a pipe or pickle: time arrives in events, configuration in the
+constructor. That is what makes the exhaustive tests in ``tests/scheduler`` cheap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Protocol
+
+from localsched.errors import InvalidTransition
+from localsched.scheduler import events as ev
+from localsched.scheduler.commands import Command
+from localsched.scheduler.heapset import HeapSet
+from localsched.scheduler.placement import PlacementMixin
+from localsched.scheduler.policies import PoliciesMixin
+from localsched.scheduler.stimuli import StimuliMixin
+from localsched.scheduler.tasks import (
+    ClientState,
+    Key,
+    TaskGroup,
+    TaskPrefix,
+    TaskState,
+    Transition,
+    WorkerState,
+    key_group_name,
+    key_split,
+)
+from localsched.scheduler.transitions import TRANSITIONS_TABLE, TransitionsMixin
+from localsched.scheduler.validate import ValidateMixin
+
+#: Known fast prefixes (dask's ``scheduler.default-task-durations``), in seconds.
+DEFAULT_TASK_DURATIONS: dict[str, float] = {
+    "rechunk-split": 1e-6,
+    "split-shuffle": 1e-6,
+    "split-taskshuffle": 1e-6,
+    "split-stage": 1e-6,
+}
+
+
+class SchedulerHooks(Protocol):
+    """What the core reports to plugins, synchronously and in order."""
+
+    def transition(
+        self,
+        key: Key,
+        start: str,
+        finish: str,
+        stimulus_id: str,
+        kwargs: dict[str, Any],
+    ) -> None: ...
+
+    def notify(self, hook: str, **kwargs: Any) -> None: ...
+
+
+class SchedulerState(
+    TransitionsMixin, PlacementMixin, StimuliMixin, PoliciesMixin, ValidateMixin
+):
+    """dask.distributed's scheduler state machine, without any IO.
+
+    Attributes are correlated; change them only through ``handle`` (or
+    ``transitions`` for plugins that recommend transitions, as in dask).
+
+    Parameters
+    ----------
+    allowed_failures
+        How many workers may die while running a task before it errs with
+        ``KilledWorker``.
+    validate
+        Check every invariant after each ``handle`` call (tests).
+    worker_saturation
+        Root-ish tasks per thread sent ahead; ``inf`` disables queuing.
+    unknown_task_duration
+        Seconds assumed for a task whose prefix has no estimate yet.
+    bandwidth
+        Bytes per second for data that must be copied between workers.
+    shm_bandwidth
+        Bytes per second for reading data from the shared store.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_failures: int = 3,
+        validate: bool = False,
+        worker_saturation: float = 1.1,
+        unknown_task_duration: float = 0.5,
+        default_task_durations: Mapping[str, float] | None = None,
+        bandwidth: float = 100e6,
+        shm_bandwidth: float = 5e9,
+        transition_log_length: int = 100_000,
+        transition_counter_max: int = 0,
+        rootish_taskgroup: int = 5,
+        rootish_taskgroup_dependencies: int = 5,
+        work_stealing: bool = True,
+        no_workers_timeout: float | None = None,
+        hooks: SchedulerHooks | None = None,
+    ) -> None:
+        #: key -> TaskState for every task not forgotten.
+        self.tasks: dict[Key, TaskState] = {}
+        #: address -> WorkerState for every worker not removed.
+        self.workers: dict[str, WorkerState] = {}
+        self._workers_by_name: dict[object, WorkerState] = {}
+        #: Workers whose status is running (they may receive tasks).
+        self.running: set[WorkerState] = set()
+        #: address -> worker, for running workers that are not fully occupied.
+        self.idle: dict[str, WorkerState] = {}
+        #: Running workers with at least one free root-ish task slot.
+        self.idle_task_count: set[WorkerState] = set()
+        #: Workers with more expected work than their share.
+        self.saturated: set[WorkerState] = set()
+        #: Exactly the tasks in state queued, by priority.
+        self.queued = HeapSet()
+        #: Exactly the tasks in state no-worker -> time they got there.
+        self.unrunnable: dict[TaskState, float] = {}
+        #: client id -> ClientState.
+        self.clients: dict[str, ClientState] = {
+            "fire-and-forget": ClientState("fire-and-forget")
+        }
+        #: group name -> TaskGroup, for groups with a task not forgotten.
+        self.task_groups: dict[str, TaskGroup] = {}
+        #: prefix name -> TaskPrefix, kept for the scheduler's life (estimates).
+        self.task_prefixes: dict[str, TaskPrefix] = {}
+        #: Sum of nthreads over all workers.
+        self.total_nthreads = 0
+        #: Sum of ``ws.occupancy`` over all workers.
+        self.total_occupancy = 0.0
+        #: Bounded log of transitions, oldest first.
+        self.transition_log: deque[Transition] = deque(maxlen=transition_log_length)
+        #: Most recent erred tasks (key, time, workers, exception text).
+        self.erred_tasks: deque[tuple[Any, ...]] = deque(maxlen=100)
+        #: key -> metadata set by clients.
+        self.task_metadata: dict[Key, Any] = {}
+        #: Information about hosts (one here).
+        self.host_info: dict[str, dict[str, Any]] = {}
+        self.allowed_failures = allowed_failures
+        self.validate = validate
+        self.worker_saturation = worker_saturation
+        self.unknown_task_duration = unknown_task_duration
+        self.default_task_durations = dict(
+            DEFAULT_TASK_DURATIONS
+            if default_task_durations is None
+            else default_task_durations
+        )
+        self.bandwidth = bandwidth
+        self.shm_bandwidth = shm_bandwidth
+        self.rootish_taskgroup = rootish_taskgroup
+        self.rootish_taskgroup_dependencies = rootish_taskgroup_dependencies
+        self.transition_counter = 0
+        self.transition_counter_max = transition_counter_max
+        self.no_workers_timeout = no_workers_timeout
+        #: Tasks sent to workers, ever (round-robin cursor and statistics).
+        self.n_tasks = 0
+        #: Current FIFO generation and the time it started.
+        self.generation = 0
+        self._last_generation_time = float("-inf")
+        #: Latest time seen in an event.
+        self.now = 0.0
+        self._run_id = 0
+        self._next_order = 0
+        self._unknown_durations: dict[TaskPrefix, set[TaskState]] = {}
+        self._commands: list[Command] = []
+        self._stealing_enabled = work_stealing
+        self._init_stealing()
+        #: address -> close_workers, for workers retiring gracefully.
+        self._retiring: dict[str, bool] = {}
+        self._requested_replicas: dict[str, set[Key]] = {}
+        self.hooks = hooks
+
+    # -- the one way in ------------------------------------------------------------
+
+    def handle(self, *events: ev.StateEvent) -> list[Command]:
+        """Apply events in order; return the commands they call for."""
+        commands = self._commands = []
+        dispatch = _DISPATCH
+        for event in events:
+            dispatch[type(event)](self, event)
+            if self.queued and self.idle_task_count:
+                self._queue_slots_maybe_opened(event.stimulus_id)
+        self._commands = []
+        if self.validate:
+            self.validate_state()
+        return commands
+
+    # -- transition engine ---------------------------------------------------------
+
+    def _transition(
+        self, key: Key, finish: str, stimulus_id: str, **kwargs: Any
+    ) -> dict[Key, str]:
+        ts = self.tasks.get(key)
+        if ts is None:
+            return {}
+        start = ts.state
+        if start == finish:
+            return {}
+        self.transition_counter += 1
+        if self.transition_counter_max and (
+            self.transition_counter > self.transition_counter_max
+        ):
+            raise RuntimeError(
+                f"transition_counter_max={self.transition_counter_max} exceeded"
+            )
+        hooks = self.hooks
+        if hooks is not None:
+            dependents = set(ts.dependents)
+            dependencies = set(ts.dependencies)
+        func = TRANSITIONS_TABLE.get((start, finish))
+        if func is not None:
+            recs = func(self, ts, stimulus_id, **kwargs)
+            self._count_state_change(ts, start)
+        elif "released" not in (start, finish):
+            # No direct edge: go through released, then where that step points.
+            first = self._transition(key, "released", stimulus_id)
+            target = first.get(key, finish)
+            second = TRANSITIONS_TABLE.get(("released", target))
+            if second is None or ts.state != "released":
+                return first
+            recs = dict(first)
+            recs.update(second(self, ts, stimulus_id, **kwargs))
+            start = "released"
+            self._count_state_change(ts, start)
+        else:
+            raise InvalidTransition(key, start, finish, self.story(key))
+        actual = ts.state
+        self.transition_log.append(
+            Transition(key, start, actual, recs, stimulus_id, self.now)
+        )
+        if hooks is not None:
+            if actual == "forgotten":
+                ts.dependents = dependents
+                ts.dependencies = dependencies
+                self.tasks[key] = ts
+            hooks.transition(key, start, actual, stimulus_id, kwargs)
+            if actual == "forgotten":
+                del self.tasks[key]
+                ts.dependents = set()
+                ts.dependencies = set()
+        if actual == "forgotten":
+            self._forget_group_member(ts)
+        return recs
+
+    def _count_state_change(self, ts: TaskState, start: str) -> None:
+        finish = ts.state
+        if finish != start:
+            group_states = ts.group.states
+            group_states[start] -= 1
+            group_states[finish] += 1
+            prefix_states = ts.prefix.states
+            prefix_states[start] -= 1
+            prefix_states[finish] += 1
+
+    def _transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
+        """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
+        transition = self._transition
+        while recommendations:
+            key, finish = recommendations.popitem()
+            new = transition(key, finish, stimulus_id)
+            if new:
+                recommendations.update(new)
+
+    def transition(
+        self, key: Key, finish: str, *args: Any, stimulus_id: str, **kwargs: Any
+    ) -> dict[Key, str]:
+        """Move one key to ``finish``; return the follow-up recommendations.
+
+        Commands produced are kept for the current ``handle`` call.
+        """
+        return self._transition(key, finish, stimulus_id, **kwargs)
+
+    def transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
+        """Process recommendations until none are left."""
+        self._transitions(dict(recommendations), stimulus_id)
+
+    def _queue_slots_maybe_opened(self, stimulus_id: str) -> None:
+        slots = 0
+        for ws in self.idle_task_count:
+            slots += self._task_slots_available(ws)
+        if slots <= 0:
+            return
+        recs = {ts.key: "processing" for ts in reversed(self.queued.peekn(slots))}
+        self._transitions(recs, stimulus_id)
+
+    # -- creating tasks --------------------------------------------------------------
+
+    def new_task(self, key: Key, spec: object, state: str = "released") -> TaskState:
+        """Create a task in ``released`` and count it in its group and prefix."""
+        group_name = key_group_name(key)
+        tg = self.task_groups.get(group_name)
+        if tg is None:
+            prefix_name = key_split(key)
+            tp = self.task_prefixes.get(prefix_name)
+            if tp is None:
+                tp = self.task_prefixes[prefix_name] = TaskPrefix(
+                    prefix_name, self.default_task_durations.get(prefix_name, -1.0)
+                )
+            tg = self.task_groups[group_name] = TaskGroup(group_name, tp)
+            tp.groups.append(tg)
+        ts = TaskState(key, spec, tg)
+        tg.n_tasks += 1
+        tg.states["released"] += 1
+        tg.prefix.states["released"] += 1
+        self.tasks[key] = ts
+        return ts
+
+    def _forget_group_member(self, ts: TaskState) -> None:
+        tg = ts.group
+        if tg.states["forgotten"] == tg.n_tasks and self.task_groups.get(tg.name) is tg:
+            del self.task_groups[tg.name]
+            tp = tg.prefix
+            tp.groups.remove(tg)
+            for state, n in tg.states.items():
+                tp.states[state] -= n
+            for other in self.task_groups.values():
+                other.dependencies.discard(tg)
+
+    # -- observability -----------------------------------------------------------------
+
+    def story(self, *keys_or_stimuli: Hashable) -> list[Transition]:
+        """Every logged transition that touches one of the keys or stimulus ids."""
+        wanted = set(keys_or_stimuli)
+        return [
+            t
+            for t in self.transition_log
+            if t[0] in wanted or t[4] in wanted or any(k in wanted for k in t[3])
+        ]
+
+    @property
+    def task_duration(self) -> dict[str, float]:
+        """prefix -> expected seconds per task (dask's ``task_duration``)."""
+        return {
+            name: self._get_prefix_duration(tp)
+            for name, tp in self.task_prefixes.items()
+        }
+
+    def workers_list(self, workers: Iterable[str] | None) -> list[str]:
+        """Addresses of the workers matching addresses, names or hosts."""
+        if workers is None:
+            return list(self.workers)
+        out: list[str] = []
+        for w in workers:
+            if w in self.workers:
+                out.append(w)
+            elif w in self._workers_by_name:
+                out.append(self._workers_by_name[w].address)
+            else:
+                out.extend(ws.address for ws in self.workers.values() if ws.host == w)
+        return out
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        if self.hooks is not None:
+            self.hooks.notify(hook, **kwargs)
+
+
+_DISPATCH: dict[type, Callable[[SchedulerState, Any], None]] = {
+    ev.UpdateGraph: StimuliMixin._on_update_graph,
+    ev.UpdateData: StimuliMixin._on_update_data,
+    ev.TaskFinished: StimuliMixin._on_task_finished,
+    ev.TaskErred: StimuliMixin._on_task_erred,
+    ev.WorkerAdded: StimuliMixin._on_worker_added,
+    ev.WorkerRemoved: StimuliMixin._on_worker_removed,
+    ev.WorkerStatusChanged: StimuliMixin._on_worker_status_changed,
+    ev.WorkerHeartbeat: StimuliMixin._on_worker_heartbeat,
+    ev.ClientAdded: StimuliMixin._on_client_added,
+    ev.ClientRemoved: StimuliMixin._on_client_removed,
+    ev.ClientReleasesKeys: StimuliMixin._on_client_releases_keys,
+    ev.ClientDesiresKeys: StimuliMixin._on_client_desires_keys,
+    ev.CancelRequested: StimuliMixin._on_cancel_requested,
+    ev.RetryRequested: StimuliMixin._on_retry_requested,
+    ev.TaskSeceded: StimuliMixin._on_task_seceded,
+    ev.RescheduleRequested: StimuliMixin._on_reschedule_requested,
+    ev.MissingData: StimuliMixin._on_missing_data,
+    ev.ReplicasAdded: StimuliMixin._on_replicas_added,
+    ev.StealResponse: PoliciesMixin._on_steal_response,
+    ev.RetireWorkers: StimuliMixin._on_retire_workers,
+    ev.RestartRequested: StimuliMixin._on_restart_requested,
+    ev.Tick: StimuliMixin._on_tick,
+}

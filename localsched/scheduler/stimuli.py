@@ -1,0 +1,878 @@
+"""Stimulus handlers: each turns one event into recommendations and runs them.
+
+One ``_on_<event>`` per event class; ``state.py`` dispatches on the event type.
+Handlers validate what they are told first and change nothing when it is wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+from localsched.errors import GraphError, KilledWorker, NoValidWorkerError
+from localsched.scheduler import events as ev
+from localsched.scheduler.commands import (
+    AcquireReplicas,
+    CloseWorker,
+    FreeData,
+    FreeKeys,
+    GraphRejected,
+    KeyCancelled,
+    KeyErred,
+    KeyInMemory,
+    RetirementFailed,
+)
+from localsched.scheduler.tasks import (
+    ClientState,
+    Key,
+    TaskState,
+    Transition,
+    WorkerState,
+)
+
+if TYPE_CHECKING:
+    from localsched.scheduler.state import SchedulerState
+
+Recs = dict[Key, str]
+
+_KEY_ATOMS = (str, bytes, int, float)
+
+
+def validate_key(key: object) -> None:
+    """Raise ``TypeError`` unless ``key`` is a str/bytes/int/float or a tuple of keys."""
+    if isinstance(key, _KEY_ATOMS) and not isinstance(key, bool):
+        return
+    if isinstance(key, tuple):
+        for part in key:
+            validate_key(part)
+        return
+    raise TypeError(
+        f"Unexpected key type {type(key).__name__} (value: {key!r}); keys must be "
+        "str, bytes, int, float or tuples of those"
+    )
+
+
+class StimuliMixin:
+    """Event handlers; mixed into ``SchedulerState``."""
+
+    # -- graphs -----------------------------------------------------------------
+
+    def _on_update_graph(self: SchedulerState, event: ev.UpdateGraph) -> None:
+        self.now = max(self.now, event.time)
+        try:
+            needed = self._check_graph(event)
+        except (GraphError, TypeError) as error:
+            self._commands.append(
+                GraphRejected(
+                    stimulus_id=event.stimulus_id,
+                    client=event.client,
+                    keys=tuple(event.keys),
+                    error=error,
+                )
+            )
+            return
+        cs = self._ensure_client(event.client)
+        tasks = event.tasks
+        new: list[TaskState] = []
+        touched: list[TaskState] = []
+        for key in needed:
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.new_task(key, tasks[key])
+                new.append(ts)
+            touched.append(ts)
+        self._wire_new_tasks(new, event)
+        self._set_priorities(new, event)
+        for key in event.keys:
+            ts = self.tasks[key]
+            if ts not in cs.wants_what:
+                cs.wants_what.add(ts)
+                ts.who_wants.add(cs)
+        self._notify(
+            "update_graph",
+            client=event.client,
+            keys=set(event.keys),
+            tasks=[ts.key for ts in new],
+            annotations=dict(event.annotations_by_type or {}),
+            priority={ts.key: ts.priority for ts in new},
+            dependencies={ts.key: {dts.key for dts in ts.dependencies} for ts in new},
+            stimulus_id=event.stimulus_id,
+        )
+        recs: Recs = {}
+        if len(touched) > 1:
+            touched.sort(key=_priority, reverse=True)
+        for ts in touched:
+            if ts.state == "released" and ts.run_spec is not None:
+                recs[ts.key] = "waiting"
+        for key in event.keys:
+            ts = self.tasks[key]
+            if ts.state in ("memory", "erred"):
+                self._report_on_key(ts, cs, event.stimulus_id)
+        self._transitions(recs, event.stimulus_id)
+
+    def _check_graph(self: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
+        """Keys of the graph needed by the wanted keys; raise if the graph is bad.
+
+        Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
+        any state changes, so a rejected graph leaves no trace.
+        """
+        tasks = event.tasks
+        deps = event.dependencies
+        known = self.tasks
+        for key in event.keys:
+            validate_key(key)
+            if key not in tasks and key not in known:
+                raise GraphError(
+                    f"Wanted key {key!r} is neither in the graph nor known"
+                )
+        order: list[Key] = []
+        # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
+        # known tasks keep their dependencies, so a cycle needs a new task.
+        color: dict[Key, int] = {}
+        for root in event.keys:
+            if root in known or color.get(root):
+                if root in known and root not in color:
+                    color[root] = 2
+                    order.append(root)
+                continue
+            stack: list[tuple[Key, Any]] = [(root, iter(deps.get(root, ())))]
+            color[root] = 1
+            validate_key(root)
+            while stack:
+                key, children = stack[-1]
+                advanced = False
+                for dep in children:
+                    state = color.get(dep, 0)
+                    if state == 1:
+                        raise GraphError(
+                            f"Cycle in the graph: {dep!r} depends on itself through "
+                            f"{key!r}"
+                        )
+                    if state == 2:
+                        continue
+                    if dep in known:
+                        color[dep] = 2
+                        order.append(dep)
+                        continue
+                    if dep not in tasks:
+                        raise GraphError(
+                            f"Task {key!r} depends on {dep!r}, which is neither in "
+                            "the graph nor known to the scheduler"
+                        )
+                    validate_key(dep)
+                    color[dep] = 1
+                    stack.append((dep, iter(deps.get(dep, ()))))
+                    advanced = True
+                    break
+                if not advanced:
+                    stack.pop()
+                    color[key] = 2
+                    order.append(key)
+        return order
+
+    def _wire_new_tasks(
+        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
+    ) -> None:
+        deps = event.dependencies
+        restrictions = event.restrictions or {}
+        loose = set(event.loose_restrictions)
+        resources = event.resources or {}
+        retries = event.retries
+        annotations = event.annotations or {}
+        tasks = self.tasks
+        for ts in new:
+            key = ts.key
+            group = ts.group
+            for dep_key in deps.get(key, ()):
+                dts = tasks[dep_key]
+                ts.dependencies.add(dts)
+                dts.dependents.add(ts)
+                if dts.group is not group:
+                    group.dependencies.add(dts.group)
+            ann = annotations.get(key)
+            if ann:
+                ts.annotations = dict(ann)
+            workers = restrictions.get(key, ann.get("workers") if ann else None)
+            if workers:
+                if isinstance(workers, str):
+                    workers = [workers]
+                ts.worker_restrictions = set(workers)
+                if key in loose or (ann and ann.get("allow_other_workers")):
+                    ts.loose_restrictions = True
+            res = resources.get(key, ann.get("resources") if ann else None)
+            if res:
+                ts.resource_restrictions = dict(res)
+            if isinstance(retries, int):
+                ts.retries = retries
+            elif retries and key in retries:
+                ts.retries = retries[key]
+            elif ann and "retries" in ann:
+                ts.retries = int(ann["retries"] or 0)
+
+    def _set_priorities(
+        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
+    ) -> None:
+        """``(-user_priority, generation, graph order)`` for the new tasks."""
+        parent = (
+            self.tasks.get(event.submitting_task)
+            if event.submitting_task is not None
+            else None
+        )
+        if parent is not None:
+            # Subtasks of a running task go ahead of that task's siblings.
+            generation: float = parent.priority[1] - 0.01
+        elif self._last_generation_time + event.fifo_timeout < event.time:
+            self.generation += 1
+            self._last_generation_time = event.time
+            generation = self.generation
+        else:
+            generation = self.generation
+        order = event.priority
+        user = event.user_priority
+        annotations = event.annotations or {}
+        for ts in new:
+            key = ts.key
+            if order is not None and key in order:
+                graph_order = order[key]
+            else:
+                graph_order = self._next_order
+                self._next_order += 1
+            if isinstance(user, int):
+                user_priority = user
+            else:
+                user_priority = user.get(key, 0)
+            ann = annotations.get(key)
+            if ann and "priority" in ann:
+                user_priority = ann["priority"]
+            ts.priority = (-user_priority, generation, graph_order)
+
+    def _on_update_data(self: SchedulerState, event: ev.UpdateData) -> None:
+        self.now = max(self.now, event.time)
+        cs = self._ensure_client(event.client)
+        for key in event.who_has:
+            validate_key(key)
+        stimulus_id = event.stimulus_id
+        for key, address in event.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state not in ("memory", "released"):
+                self._transitions({key: "released"}, stimulus_id)
+                ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.new_task(key, None)
+                ts.priority = (0, self.generation, self._next_order)
+                self._next_order += 1
+            if ts not in cs.wants_what:
+                cs.wants_what.add(ts)
+                ts.who_wants.add(cs)
+            nbytes = event.nbytes.get(key, -1)
+            if ts.state == "released":
+                self._set_nbytes(ts, nbytes)
+                ts.shared = event.shared
+                ts.state = "memory"
+                self._count_state_change(ts, "released")
+                self.transition_log.append(
+                    Transition(key, "released", "memory", {}, stimulus_id, self.now)
+                )
+                ts.type = event.types.get(key)
+                if ts.type:
+                    ts.group.types.add(ts.type)
+            ws = self.workers.get(address) if address is not None else None
+            if ws is not None:
+                self.add_replica(ts, ws)
+            for waiter in list(ts.waiters):
+                if ts in waiter.waiting_on:
+                    waiter.waiting_on.discard(ts)
+            self._commands.append(
+                KeyInMemory(
+                    stimulus_id=stimulus_id, client=cs.client_key, key=key, type=ts.type
+                )
+            )
+
+    # -- results ------------------------------------------------------------------
+
+    def _on_task_finished(self: SchedulerState, event: ev.TaskFinished) -> None:
+        ts = self.tasks.get(event.key)
+        ws = self.workers.get(event.worker)
+        stimulus_id = event.stimulus_id
+        if event.startstops:
+            self.now = max(self.now, event.startstops[-1][2])
+        if (
+            ts is not None
+            and ws is not None
+            and ts.state == "processing"
+            and ts.processing_on is ws
+            and (event.run_id < 0 or event.run_id == ts.run_id)
+        ):
+            recs = self._transition(
+                event.key,
+                "memory",
+                stimulus_id,
+                worker=event.worker,
+                nbytes=event.nbytes,
+                type=event.type,
+                startstops=event.startstops,
+                shared=event.shared,
+            )
+            self._transitions(recs, stimulus_id)
+            if self._retiring:
+                self._check_retirements(stimulus_id)
+            return
+        if ts is not None and ws is not None and ts.state == "memory":
+            # A second copy (e.g. a steal that raced): keep the first result.
+            if event.shared:
+                return
+            self.add_replica(ts, ws)
+            return
+        # Stale: the task moved on. Tell the worker to drop it.
+        if ws is not None:
+            self._commands.append(
+                FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(event.key,))
+            )
+        if event.shared and (ts is None or ts.state != "memory"):
+            self._commands.append(FreeData(stimulus_id=stimulus_id, key=event.key))
+
+    def _on_task_erred(self: SchedulerState, event: ev.TaskErred) -> None:
+        ts = self.tasks.get(event.key)
+        ws = self.workers.get(event.worker)
+        if (
+            ts is None
+            or ws is None
+            or ts.state != "processing"
+            or ts.processing_on is not ws
+            or (event.run_id >= 0 and event.run_id != ts.run_id)
+        ):
+            return
+        stimulus_id = event.stimulus_id
+        if ts.retries > 0:
+            ts.retries -= 1
+            recs = self._transition(event.key, "waiting", stimulus_id)
+        else:
+            recs = self._transition(
+                event.key,
+                "erred",
+                stimulus_id,
+                worker=event.worker,
+                exception=event.exception,
+                traceback=event.traceback,
+                exception_text=event.exception_text,
+                traceback_text=event.traceback_text,
+                startstops=event.startstops,
+            )
+        self._transitions(recs, stimulus_id)
+        if self._retiring:
+            self._check_retirements(stimulus_id)
+
+    # -- workers --------------------------------------------------------------------
+
+    def _on_worker_added(self: SchedulerState, event: ev.WorkerAdded) -> None:
+        self.now = max(self.now, event.time)
+        if event.address in self.workers:
+            return
+        ws = WorkerState(
+            event.address,
+            event.nthreads,
+            name=event.name,
+            memory_limit=event.memory_limit,
+            resources=dict(event.resources or {}),
+            host=event.host,
+            pid=event.pid,
+        )
+        ws.last_seen = event.time
+        self.workers[ws.address] = ws
+        self._workers_by_name[ws.name] = ws
+        self.running.add(ws)
+        self.total_nthreads += ws.nthreads
+        info = self.host_info.setdefault(ws.host, {"addresses": set(), "nthreads": 0})
+        info["addresses"].add(ws.address)
+        info["nthreads"] += ws.nthreads
+        for other in self.workers.values():
+            self.check_idle_saturated(other)
+        self._notify("add_worker", worker=ws.address)
+        self._schedule_unrunnable(ws, event.stimulus_id)
+
+    def _schedule_unrunnable(
+        self: SchedulerState, ws: WorkerState, stimulus_id: str
+    ) -> None:
+        if not self.unrunnable:
+            return
+        recs: Recs = {}
+        for ts in sorted(self.unrunnable, key=_priority, reverse=True):
+            valid = self.valid_workers(ts)
+            if valid is None or ws in valid or ts.loose_restrictions:
+                recs[ts.key] = "processing"
+        self._transitions(recs, stimulus_id)
+
+    def _on_worker_removed(self: SchedulerState, event: ev.WorkerRemoved) -> None:
+        self.now = max(self.now, event.time)
+        ws = self.workers.get(event.address)
+        if ws is None:
+            return
+        self._remove_worker(
+            ws,
+            event.stimulus_id,
+            expected=event.expected,
+            reason=event.reason,
+            executing=event.executing,
+        )
+
+    def _remove_worker(
+        self: SchedulerState,
+        ws: WorkerState,
+        stimulus_id: str,
+        *,
+        expected: bool,
+        reason: str = "",
+        executing: Collection[Key] | None = None,
+    ) -> None:
+        address = ws.address
+        ws.status = "closed"
+        self.running.discard(ws)
+        self.idle.pop(address, None)
+        self.idle_task_count.discard(ws)
+        self.saturated.discard(ws)
+        self.total_nthreads -= ws.nthreads
+        self._retiring.pop(address, None)
+        info = self.host_info.get(ws.host)
+        if info is not None:
+            info["addresses"].discard(address)
+            info["nthreads"] -= ws.nthreads
+            if not info["addresses"]:
+                del self.host_info[ws.host]
+        recs: Recs = {}
+        killed: list[TaskState] = []
+        executing_keys = None if executing is None else set(executing)
+        for ts in sorted(ws.processing, key=_priority, reverse=True):
+            recs[ts.key] = "released"
+            if expected:
+                continue
+            if executing_keys is not None and ts.key not in executing_keys:
+                continue
+            ts.suspicious += 1
+            ts.prefix.suspicious += 1
+            if ts.suspicious > self.allowed_failures:
+                del recs[ts.key]
+                killed.append(ts)
+        for ts in list(ws.has_what):
+            self.remove_replica(ts, ws)
+            if not ts.who_has and not ts.shared:
+                recs[ts.key] = "released" if ts.run_spec is not None else "forgotten"
+        for ts in killed:
+            error = KilledWorker(ts.key, ws, self.allowed_failures, reason)
+            self._transitions(
+                self._transition(
+                    ts.key,
+                    "erred",
+                    stimulus_id,
+                    worker=address,
+                    exception=error,
+                    exception_text=str(error),
+                    cause=ts.key,
+                ),
+                stimulus_id,
+            )
+        self._transitions(recs, stimulus_id)
+        assert not ws.processing, ws.processing
+        del self.workers[address]
+        if self._workers_by_name.get(ws.name) is ws:
+            del self._workers_by_name[ws.name]
+        if self.total_nthreads:
+            for other in self.workers.values():
+                self.check_idle_saturated(other)
+        self._notify("remove_worker", worker=address, stimulus_id=stimulus_id)
+
+    def _on_worker_status_changed(
+        self: SchedulerState, event: ev.WorkerStatusChanged
+    ) -> None:
+        ws = self.workers.get(event.address)
+        if ws is None or ws.status == event.status or ws.status == "closing_gracefully":
+            return
+        if event.status == "paused":
+            ws.status = "paused"
+            self.running.discard(ws)
+            self.idle.pop(ws.address, None)
+            self.idle_task_count.discard(ws)
+            self.saturated.discard(ws)
+        elif event.status == "running":
+            ws.status = "running"
+            self.running.add(ws)
+            self.check_idle_saturated(ws)
+            self._schedule_unrunnable(ws, event.stimulus_id)
+        else:
+            raise ValueError(f"Unknown worker status {event.status!r}")
+
+    def _on_worker_heartbeat(self: SchedulerState, event: ev.WorkerHeartbeat) -> None:
+        self.now = max(self.now, event.time)
+        ws = self.workers.get(event.address)
+        if ws is None:
+            return
+        ws.last_seen = event.time
+        ws.metrics = dict(event.metrics)
+        ws.executing_count = len(event.executing)
+        for key, elapsed in event.executing.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.processing_on is ws:
+                ts.prefix.add_exec_time(elapsed)
+
+    def _on_task_seceded(self: SchedulerState, event: ev.TaskSeceded) -> None:
+        self.handle_long_running(event.key, event.worker, event.compute_duration)
+
+    def handle_long_running(
+        self: SchedulerState,
+        key: Key,
+        worker: str,
+        compute_duration: float | None = None,
+    ) -> None:
+        """A task seceded: it stops counting against its worker's threads."""
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker)
+        if ts is None or ws is None or ts.processing_on is not ws:
+            return
+        if ts in ws.long_running:
+            return
+        if compute_duration is not None:
+            old = ts.prefix.duration_average
+            ts.prefix.duration_average = (
+                compute_duration if old < 0 else (old + compute_duration) / 2
+            )
+        cost = ws.processing[ts]
+        ws.occupancy -= cost
+        self.total_occupancy -= cost
+        counts = ws.task_prefix_count
+        counts[ts.prefix] -= 1
+        if not counts[ts.prefix]:
+            del counts[ts.prefix]
+        ws.long_running.add(ts)
+        if self._stealing_enabled:
+            self._steal_candidates_discard(ts, ws)
+        self.check_idle_saturated(ws)
+
+    # -- clients ----------------------------------------------------------------------
+
+    def _ensure_client(self: SchedulerState, client: str) -> ClientState:
+        cs = self.clients.get(client)
+        if cs is None:
+            cs = self.clients[client] = ClientState(client)
+            cs.last_seen = self.now
+            self._notify("add_client", client=client)
+        return cs
+
+    def _on_client_added(self: SchedulerState, event: ev.ClientAdded) -> None:
+        self._ensure_client(event.client)
+
+    def _on_client_removed(self: SchedulerState, event: ev.ClientRemoved) -> None:
+        cs = self.clients.get(event.client)
+        if cs is None or event.client == "fire-and-forget":
+            return
+        recs: Recs = {}
+        self._client_releases_keys([ts.key for ts in cs.wants_what], cs, recs)
+        del self.clients[event.client]
+        self._transitions(recs, event.stimulus_id)
+        self._notify("remove_client", client=event.client)
+
+    def _client_releases_keys(
+        self: SchedulerState, keys: Iterable[Key], cs: ClientState, recs: Recs
+    ) -> None:
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts not in cs.wants_what:
+                continue
+            cs.wants_what.discard(ts)
+            ts.who_wants.discard(cs)
+            if not ts.who_wants:
+                if not ts.dependents:
+                    recs[key] = "forgotten"
+                elif ts.state != "erred" and not ts.waiters:
+                    recs[key] = "released"
+
+    def _on_client_releases_keys(
+        self: SchedulerState, event: ev.ClientReleasesKeys
+    ) -> None:
+        cs = self.clients.get(event.client)
+        if cs is None:
+            return
+        recs: Recs = {}
+        self._client_releases_keys(event.keys, cs, recs)
+        self._transitions(recs, event.stimulus_id)
+
+    def _on_client_desires_keys(
+        self: SchedulerState, event: ev.ClientDesiresKeys
+    ) -> None:
+        cs = self._ensure_client(event.client)
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            if ts not in cs.wants_what:
+                cs.wants_what.add(ts)
+                ts.who_wants.add(cs)
+            if ts.state in ("memory", "erred"):
+                self._report_on_key(ts, cs, event.stimulus_id)
+
+    def _report_on_key(
+        self: SchedulerState, ts: TaskState, cs: ClientState, stimulus_id: str
+    ) -> None:
+        if ts.state == "memory":
+            self._commands.append(
+                KeyInMemory(
+                    stimulus_id=stimulus_id,
+                    client=cs.client_key,
+                    key=ts.key,
+                    type=ts.type,
+                )
+            )
+        elif ts.state == "erred":
+            failing = ts.exception_blame or ts
+            self._commands.append(
+                KeyErred(
+                    stimulus_id=stimulus_id,
+                    client=cs.client_key,
+                    key=ts.key,
+                    exception=failing.exception,
+                    traceback=failing.traceback,
+                    exception_text=failing.exception_text,
+                    traceback_text=failing.traceback_text,
+                )
+            )
+
+    def _on_cancel_requested(self: SchedulerState, event: ev.CancelRequested) -> None:
+        cs = self.clients.get(event.client)
+        if cs is None:
+            return
+        recs: Recs = {}
+        for key in event.keys:
+            self._cancel_key(key, cs, event.force, recs, event.stimulus_id, set())
+        self._transitions(recs, event.stimulus_id)
+
+    def _cancel_key(
+        self: SchedulerState,
+        key: Key,
+        cs: ClientState,
+        force: bool,
+        recs: Recs,
+        stimulus_id: str,
+        seen: set[Key],
+    ) -> None:
+        if key in seen:
+            return
+        seen.add(key)
+        ts = self.tasks.get(key)
+        if ts is None or not ts.who_wants:
+            return
+        if not (force or ts.who_wants == {cs}):
+            return
+        for dts in list(ts.dependents):
+            self._cancel_key(dts.key, cs, force, recs, stimulus_id, seen)
+        for client in list(ts.who_wants):
+            self._commands.append(
+                KeyCancelled(
+                    stimulus_id=stimulus_id,
+                    client=client.client_key,
+                    key=key,
+                    reason="cancelled",
+                )
+            )
+            self._client_releases_keys((key,), client, recs)
+
+    def cancel_key(
+        self: SchedulerState,
+        key: Key,
+        client: str,
+        force: bool = False,
+        *,
+        stimulus_id: str = "cancel",
+    ) -> None:
+        """Cancel ``key`` and its dependents for ``client`` (dask's ``cancel_key``)."""
+        self._on_cancel_requested(
+            ev.CancelRequested(
+                stimulus_id=stimulus_id, client=client, keys=(key,), force=force
+            )
+        )
+
+    def _on_retry_requested(self: SchedulerState, event: ev.RetryRequested) -> None:
+        stack = [k for k in event.keys if k in self.tasks]
+        seen: set[Key] = set()
+        roots: list[Key] = []
+        while stack:
+            key = stack.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            ts = self.tasks[key]
+            erred_deps = [dts.key for dts in ts.dependencies if dts.state == "erred"]
+            if erred_deps:
+                stack.extend(erred_deps)
+            elif ts.state == "erred":
+                roots.append(key)
+        self._transitions(dict.fromkeys(roots, "waiting"), event.stimulus_id)
+
+    def _on_reschedule_requested(
+        self: SchedulerState, event: ev.RescheduleRequested
+    ) -> None:
+        ts = self.tasks.get(event.key)
+        if ts is None or ts.state != "processing":
+            return
+        assert ts.processing_on is not None
+        if event.worker is not None and ts.processing_on.address != event.worker:
+            return
+        self._transitions({event.key: "released"}, event.stimulus_id)
+
+    def _on_missing_data(self: SchedulerState, event: ev.MissingData) -> None:
+        ts = self.tasks.get(event.key)
+        if ts is None or ts.state != "memory":
+            return
+        if event.worker is None:
+            # The shared store lost it: every copy is gone.
+            for ws in list(ts.who_has):
+                self.remove_replica(ts, ws)
+            ts.shared = False
+        else:
+            ws = self.workers.get(event.worker)
+            if ws is not None:
+                self.remove_replica(ts, ws)
+        if not ts.who_has and not ts.shared:
+            target = "released" if ts.run_spec is not None else "forgotten"
+            self._transitions({event.key: target}, event.stimulus_id)
+
+    def _on_replicas_added(self: SchedulerState, event: ev.ReplicasAdded) -> None:
+        ws = self.workers.get(event.worker)
+        if ws is None:
+            return
+        stale: list[Key] = []
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                self.add_replica(ts, ws)
+            else:
+                stale.append(key)
+        if stale:
+            self._commands.append(
+                FreeKeys(
+                    stimulus_id=event.stimulus_id, worker=ws.address, keys=tuple(stale)
+                )
+            )
+        if self._retiring:
+            self._check_retirements(event.stimulus_id)
+
+    # -- retirement and restart -----------------------------------------------------
+
+    def _on_retire_workers(self: SchedulerState, event: ev.RetireWorkers) -> None:
+        addresses = self.workers_list(event.workers)
+        retiring = [self.workers[a] for a in addresses if a in self.workers]
+        staying = [
+            ws
+            for ws in self.workers.values()
+            if ws not in retiring and ws.status == "running"
+        ]
+        needs_recipient = any(
+            ts.who_has == {ws} and not ts.shared
+            for ws in retiring
+            for ts in ws.has_what
+        )
+        if needs_recipient and not staying:
+            self._commands.append(
+                RetirementFailed(
+                    stimulus_id=event.stimulus_id,
+                    workers=tuple(addresses),
+                    reason="no other running worker can take their data",
+                )
+            )
+            return
+        for ws in retiring:
+            ws.status = "closing_gracefully"
+            self.running.discard(ws)
+            self.idle.pop(ws.address, None)
+            self.idle_task_count.discard(ws)
+            self.saturated.discard(ws)
+            self._retiring[ws.address] = event.close_workers
+        self._check_retirements(event.stimulus_id)
+
+    def _check_retirements(self: SchedulerState, stimulus_id: str) -> None:
+        requested = self._requested_replicas
+        for address, close in list(self._retiring.items()):
+            ws = self.workers[address]
+            if ws.processing:
+                continue
+            unique = [ts for ts in ws.has_what if ts.who_has == {ws} and not ts.shared]
+            if unique:
+                pending = requested.setdefault(address, set())
+                todo = [ts for ts in unique if ts.key not in pending]
+                if todo:
+                    recipients = sorted(
+                        (w for w in self.running if w.address not in self._retiring),
+                        key=lambda w: w.nbytes,
+                    )
+                    if not recipients:
+                        continue
+                    recipient = recipients[0]
+                    pending.update(ts.key for ts in todo)
+                    self._commands.append(
+                        AcquireReplicas(
+                            stimulus_id=stimulus_id,
+                            worker=recipient.address,
+                            keys=tuple(ts.key for ts in todo),
+                            source=address,
+                        )
+                    )
+                continue
+            requested.pop(address, None)
+            self._remove_worker(ws, stimulus_id, expected=True)
+            if close:
+                self._commands.append(
+                    CloseWorker(
+                        stimulus_id=stimulus_id, worker=address, reason="retired"
+                    )
+                )
+
+    def _on_restart_requested(self: SchedulerState, event: ev.RestartRequested) -> None:
+        stimulus_id = event.stimulus_id
+        recs: Recs = {}
+        for cs in list(self.clients.values()):
+            for ts in list(cs.wants_what):
+                self._commands.append(
+                    KeyCancelled(
+                        stimulus_id=stimulus_id,
+                        client=cs.client_key,
+                        key=ts.key,
+                        reason="scheduler-restart",
+                    )
+                )
+            self._client_releases_keys([ts.key for ts in cs.wants_what], cs, recs)
+        self._transitions(recs, stimulus_id)
+        leftover = dict.fromkeys(self.tasks, "forgotten")
+        self._transitions(leftover, stimulus_id)
+        self._notify("restart")
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _on_tick(self: SchedulerState, event: ev.Tick) -> None:
+        self.now = max(self.now, event.time)
+        if self.no_workers_timeout is not None and self.unrunnable:
+            self._check_no_workers(event.stimulus_id)
+        if self._stealing_enabled and self.idle and len(self.idle) < len(self.running):
+            self.balance(event.stimulus_id)
+        if event.is_idle:
+            self.realign_occupancy()
+
+    def _check_no_workers(self: SchedulerState, stimulus_id: str) -> None:
+        timeout = self.no_workers_timeout
+        assert timeout is not None
+        recs: dict[Key, dict[str, Any]] = {}
+        for ts, since in self.unrunnable.items():
+            if self.now - since > timeout:
+                error = NoValidWorkerError(
+                    ts.key,
+                    ts.host_restrictions,
+                    ts.worker_restrictions,
+                    ts.resource_restrictions,
+                    timeout,
+                )
+                recs[ts.key] = {"exception": error, "exception_text": str(error)}
+        for key, kwargs in recs.items():
+            self._transitions(
+                self._transition(key, "erred", stimulus_id, cause=key, **kwargs),
+                stimulus_id,
+            )
+
+
+def _priority(ts: TaskState) -> tuple[float, ...]:
+    return ts.priority
