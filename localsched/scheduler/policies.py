@@ -117,6 +117,9 @@ class PoliciesMixin:
         if key is None:
             key = _address_of
         candidates = [ws for ws in self.workers.values() if not ws.long_running]
+        downscaling_filter = getattr(self.hooks, "filter_downscaling", None)
+        if downscaling_filter is not None:
+            candidates = downscaling_filter(candidates)
         groups: dict[Hashable, list[WorkerState]] = {}
         for ws in candidates:
             groups.setdefault(key(ws), []).append(ws)

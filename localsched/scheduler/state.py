@@ -182,22 +182,39 @@ class SchedulerState(
         #: address -> close_workers, for workers retiring gracefully.
         self._retiring: dict[str, bool] = {}
         self._requested_replicas: dict[str, set[Key]] = {}
+        #: Receives the hooks other than ``transition`` (add_worker, update_graph...).
         self.hooks = hooks
+        #: Called as ``hook(key, start, finish, stimulus_id, kwargs)`` after every
+        #: transition, in order; None when no plugin listens (then it costs nothing).
+        self.transition_hook: TransitionHook | None = None
+        self._handling = False
 
     # -- the one way in ------------------------------------------------------------
 
     def handle(self, *events: ev.StateEvent) -> list[Command]:
         """Apply events in order; return the commands they call for."""
+        if self._handling:
+            # Re-entered from a plugin hook: the outer call collects the commands.
+            start = len(self._commands)
+            self._apply(events)
+            return self._commands[start:]
         commands = self._commands = []
+        self._handling = True
+        try:
+            self._apply(events)
+        finally:
+            self._handling = False
+            self._commands = []
+        if self.validate:
+            self.validate_state()
+        return commands
+
+    def _apply(self, events: tuple[ev.StateEvent, ...]) -> None:
         dispatch = _DISPATCH
         for event in events:
             dispatch[type(event)](self, event)
             if self.queued and self.idle_task_count:
                 self._queue_slots_maybe_opened(event.stimulus_id)
-        self._commands = []
-        if self.validate:
-            self.validate_state()
-        return commands
 
     # -- transition engine ---------------------------------------------------------
 
@@ -217,11 +234,12 @@ class SchedulerState(
             raise RuntimeError(
                 f"transition_counter_max={self.transition_counter_max} exceeded"
             )
-        hooks = self.hooks
-        if hooks is not None:
+        hook = self.transition_hook
+        func = TRANSITIONS_TABLE.get((start, finish))
+        if hook is not None and (func is None or finish == "forgotten"):
+            # Plugins may read a forgotten task's links, as in dask.
             dependents = set(ts.dependents)
             dependencies = set(ts.dependencies)
-        func = TRANSITIONS_TABLE.get((start, finish))
         if func is not None:
             recs = func(self, ts, stimulus_id, **kwargs)
             self._count_state_change(ts, start)
@@ -242,12 +260,12 @@ class SchedulerState(
         self.transition_log.append(
             Transition(key, start, actual, recs, stimulus_id, self.now)
         )
-        if hooks is not None:
+        if hook is not None:
             if actual == "forgotten":
                 ts.dependents = dependents
                 ts.dependencies = dependencies
                 self.tasks[key] = ts
-            hooks.transition(key, start, actual, stimulus_id, kwargs)
+            hook(key, start, actual, stimulus_id, kwargs)
             if actual == "forgotten":
                 del self.tasks[key]
                 ts.dependents = set()
