@@ -1,49 +1,36 @@
 """Values in shared memory: pickle-5 blobs in pooled /dev/shm segments.
 
-Theory of operation
--------------------
-A value above :data:`INLINE_THRESHOLD` is pickled once with protocol 5. Its
-out-of-band buffers (numpy arrays, ...) are not copied by pickle; each one is
-written with ``pwrite`` straight into a segment file, so a large array costs one
-kernel copy. A segment holds exactly one blob::
+A value above :data:`INLINE_THRESHOLD` is pickled once with protocol 5; each
+out-of-band buffer (a numpy array's data) is ``pwrite``-n straight into a segment
+file, one kernel copy per buffer. A segment holds one blob, and a :class:`BlobRef`
+(about 120 bytes pickled) says where its parts are; refs travel over pipes::
 
-    0          16           64                 aligned to 64 ...
-    | magic+id | (padding)  | pickle stream    | buffer 0 | buffer 1 | ...
+    0: magic + blob_id   64: pickle stream   then each buffer, 64-byte aligned
 
-and a :class:`BlobRef` (about 120 bytes pickled) names the segment and where each
-part lives; the ref travels over pipes, the bytes never do.
+    worker process                 scheduler process (owner)          any process
+    BlobWriter.write(obj) ──ref──▶ BlobStore.adopt(ref)                load(ref)
+    (leased or fresh segment)      put / release / lease / prewarm     (private map)
 
-::
+Ownership: one owner per segment. The :class:`BlobStore` owns what it creates,
+adopts or keeps on its free list; a worker owns what it wrote or was leased until
+the store adopts the ref. Names start with ``localsched-<store pid>-<token>-``, so
+:meth:`BlobStore.close` removes everything the cluster made, adopted or not, and
+:func:`sweep_stale_segments` removes what clusters that died left behind.
 
-    worker process                 scheduler process (owner)         any process
-    BlobWriter.write(obj) ──ref──▶ BlobStore.adopt(ref)               load(ref)
-    (lease or fresh segment)       put / release / lease / prewarm    (private map)
-                                   free list by size class ──▶ reuse
+Reuse is the one hazard. A ``MAP_PRIVATE`` mapping still sees later writes to the
+pages its process has not written itself (Linux behaviour, left unspecified by
+POSIX), so rewriting a segment a reader still maps would change that reader's
+arrays. A reader holds a shared ``flock`` while its mapping lives (CPython's mmap
+dups the descriptor, and flock locks belong to the open file description); the
+owner reuses a segment only if it gets the exclusive lock without waiting, and a
+stamp (``blob_id``) turns a stale ref into :class:`StaleBlobError` instead of wrong
+data. Unlinking needs no such care: a mapped file outlives its name.
 
-Ownership. A segment has one owner at a time. The :class:`BlobStore` in the
-scheduler process owns what it creates, what it adopts and its free list; a worker
-owns a segment it created or was leased only until the store adopts the ref.
-Every name starts with the store's prefix ``localsched-<pid>-<token>-``, where
-``pid`` is the store's process, so :meth:`BlobStore.close` removes everything the
-cluster made (adopted or not), and :func:`sweep_stale_segments` removes the files
-of clusters whose process is gone.
-
-Reuse is what makes this fast: copying into fresh tmpfs pages costs a page
-allocation per 4 KiB, reused pages are a plain copy (see ``benchmarks/bench_shm.py``).
-It is also the one real hazard: a ``MAP_PRIVATE`` mapping still sees later writes to
-pages the reader has not touched itself, so rewriting a segment that a reader still
-maps would change that reader's arrays. Readers therefore hold a shared ``flock``
-for as long as their mapping lives (CPython's mmap keeps a dup of the descriptor,
-and flock locks belong to the open file description), and the owner reuses a
-segment only if it gets the exclusive lock without waiting. Unlinking needs no
-such care: an unlinked file stays valid for whoever still maps it.
-
-We write with ``pwrite`` rather than through a shared mapping: the kernel skips
-zeroing fully written fresh pages, the GIL is released during the copy, and a full
-/dev/shm fails with ``ENOSPC`` instead of killing the process with ``SIGBUS``.
-``multiprocessing.shared_memory`` is avoided because on 3.11 it registers every
-segment with the resource tracker, which warns about and unlinks segments whose
-ownership moved to another process (gh-82300; ``track=False`` arrives in 3.13).
+Writes use ``pwrite`` rather than a shared mapping: the kernel does not zero
+fresh pages it fills completely, the GIL is released during the copy, and a full
+/dev/shm fails with ``ENOSPC`` instead of killing us with ``SIGBUS``.
+``multiprocessing.shared_memory`` is avoided because on 3.11 the resource tracker
+warns about and unlinks segments whose owner changed (gh-82300).
 """
 
 from __future__ import annotations
@@ -69,8 +56,7 @@ from typing import TYPE_CHECKING
 import cloudpickle
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from types import TracebackType
+    from collections.abc import Iterable
 
 __all__ = [
     "INLINE_THRESHOLD",
@@ -85,17 +71,15 @@ __all__ = [
     "sweep_stale_segments",
 ]
 
-#: Values whose pickle plus buffers total fewer bytes travel inline in messages.
+#: Values whose pickle plus buffers take fewer bytes travel inline in messages.
 INLINE_THRESHOLD = 64 * 1024
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "localsched-"
 
-_MiB = 1 << 20
-_ALIGN = 64  # buffers start on a cache line; numpy wants at least the item size
+_ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
 _HEADER_OFFSET = 64
 _STAMP = struct.Struct("<8sQ")
 _MAGIC = b"LSBLOB01"
-_MIN_CLASS = mmap.PAGESIZE
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
 _MAX_IO = 1 << 30  # Linux moves at most 2 GiB - 4 KiB per read/write call
 _NAME_RE = re.compile(r"localsched-(\d+)-")
@@ -107,87 +91,52 @@ class StaleBlobError(LookupError):
 
 
 class SharedMemoryWarning(UserWarning):
-    """/dev/shm is unusable or full, so segments go to a disk-backed directory."""
+    """/dev/shm is missing or full, so segments go to a disk-backed directory."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlobRef:
-    """Where one serialized value lives; small enough to send in any message.
+    """Where one serialized value lives; small enough for any message."""
 
-    Attributes
-    ----------
-    segment : str
-        Absolute path of the segment file.
-    blob_id : int
-        Random 64-bit stamp, also written at the start of the segment, so a ref
-        to a value whose segment was reused is detected instead of misread.
-    header : tuple of (int, int)
-        Offset and length of the pickle stream.
-    buffers : tuple of (int, int)
-        Offset and length of each out-of-band buffer, in pickle order.
-    nbytes : int
-        Bytes of the segment the value uses, from offset 0.
-    """
-
-    segment: str
-    blob_id: int
-    header: tuple[int, int]
-    buffers: tuple[tuple[int, int], ...]
-    nbytes: int
+    segment: str  #: absolute path of the segment file
+    blob_id: int  #: random stamp, also written at the start of the segment
+    header: tuple[int, int]  #: (offset, length) of the pickle stream
+    buffers: tuple[tuple[int, int], ...]  #: (offset, length) of each buffer
+    nbytes: int  #: bytes the value uses, from offset 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SegmentLease:
-    """A free segment handed by the store to one writer for one value.
+    """A free segment the store hands to one writer (see :meth:`BlobStore.lease`)."""
 
-    Attributes
-    ----------
-    segment : str
-        Absolute path of the segment file.
-    capacity : int
-        Size class of the segment; the writer uses it only for values of this class.
-    """
-
-    segment: str
-    capacity: int
+    segment: str  #: absolute path of the segment file
+    capacity: int  #: size class; the writer uses it for values of this class only
 
 
 @dataclass(slots=True, eq=False)
 class _Segment:
     path: str
-    capacity: int  #: power-of-two size class; values of this class fit
-    allocated: int  #: bytes of tmpfs memory the file holds (high-water mark)
+    capacity: int  #: power-of-two size class; any value of this class fits
+    allocated: int  #: file size: the memory it holds, whether live or free
 
 
 def dumps_inline(obj: object) -> bytes:
-    """Pickle ``obj`` in-band (protocol 5, cloudpickle) for sending in a message.
-
-    Parameters
-    ----------
-    obj : object
-        Any value cloudpickle can serialize.
-
-    Returns
-    -------
-    bytes
-        A complete pickle; :func:`load` or :func:`pickle.loads` reads it back.
-    """
+    """Pickle ``obj`` in-band (cloudpickle, protocol 5); :func:`load` reads it."""
     return cloudpickle.dumps(obj, protocol=5)
 
 
 def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
-    """Rebuild a value from an inline pickle or from shared memory.
+    """Rebuild a value from an inline pickle or from shared memory, without copying.
 
-    Buffers are not copied: arrays come back as views of a private copy-on-write
-    mapping, so they are writable and writes stay in this process. The mapping (and
-    the shared lock that stops the owner from reusing the segment) lives exactly as
-    long as some returned object references it. Unlinking the segment meanwhile is
-    safe.
+    Arrays are views of a private copy-on-write mapping made for this call:
+    writable, and their writes are seen by no one else, not even another load. The
+    mapping (and the lock that stops the owner reusing the segment) lives as long
+    as some returned object uses it; the owner may unlink the segment meanwhile.
 
     Parameters
     ----------
     payload : BlobRef or bytes-like
-        What :meth:`BlobStore.serialize` or :meth:`BlobWriter.serialize` returned.
+        What ``serialize``, ``put``, ``write`` or :func:`dumps_inline` returned.
 
     Returns
     -------
@@ -197,7 +146,7 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
     Raises
     ------
     StaleBlobError
-        The segment was unlinked or now holds another value.
+        The segment was unlinked or holds another value now.
     """
     if not isinstance(payload, BlobRef):
         return pickle.loads(payload)
@@ -206,20 +155,25 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
     except FileNotFoundError:
         raise StaleBlobError(f"{payload.segment} was released") from None
     try:
-        # Blocks only while the owner rewrites a reused segment; see module docs.
+        # Waits only while the owner rewrites a reused segment (module docstring).
         fcntl.flock(fd, fcntl.LOCK_SH)
         offset, length = payload.header
-        head = _pread_all(fd, offset + length)
+        head = os.pread(fd, offset + length, 0)
+        while len(head) < offset + length and (
+            more := os.pread(fd, offset + length - len(head), len(head))
+        ):
+            head += more  # only for pickle streams above 2 GiB
         if len(head) < offset + length or _STAMP.unpack_from(head) != (
             _MAGIC,
             payload.blob_id,
         ):
-            raise StaleBlobError(f"{payload.segment} now holds another value")
+            raise StaleBlobError(f"{payload.segment} holds another value now")
         stream = memoryview(head)[offset:]
         if not payload.buffers:
             return pickle.loads(stream)
-        # The mmap object dups fd, and with it the flock: it is released when the
-        # last view of the mapping is garbage, not when we close fd below.
+        # The mmap keeps a dup of fd, and with it the lock, until the last view of
+        # the mapping is garbage; closing fd below does not release it. (3.13's
+        # trackfd=False would break that.)
         mapping = mmap.mmap(
             fd,
             payload.nbytes,
@@ -233,11 +187,9 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
 
 
 def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
-    """Remove segments left behind by cluster processes that no longer exist.
+    """Remove segments whose store process (the pid in the name) is gone.
 
-    A segment is removed when the pid in its name (``localsched-<pid>-...``) is not
-    a live process. Files of other users and of live processes are kept; a reused
-    pid errs on the side of keeping.
+    Files of other users and of live pids are kept; a reused pid errs toward keeping.
 
     Parameters
     ----------
@@ -251,8 +203,7 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
     """
     if directories is None:
         directories = [SHM_DIR, _fallback_path()]
-    removed: list[str] = []
-    uid = os.getuid()
+    removed = []
     for directory in directories:
         for entry in _scan(directory, NAME_PREFIX):
             match = _NAME_RE.match(entry.name)
@@ -261,33 +212,102 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
-                continue  # removed meanwhile, by its owner or another sweep
-            if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                continue  # its owner or another sweep got there first
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
                 _unlink_quietly([entry.path])
                 removed.append(entry.path)
     return removed
 
 
-class BlobStore:
+class _BlobSink:
+    """Write path shared by the store and the writer: pick a file, write, retry."""
+
+    directory: str
+
+    def serialize(
+        self, obj: object, threshold: int = INLINE_THRESHOLD
+    ) -> bytes | BlobRef:
+        """Pickle ``obj`` inline if it is small, else write it to shared memory.
+
+        Parameters
+        ----------
+        obj : object
+            Any value cloudpickle can serialize.
+        threshold : int
+            Values with fewer bytes (pickle plus buffers) are returned inline.
+
+        Returns
+        -------
+        bytes or BlobRef
+            Either way, :func:`load` reads it back.
+        """
+        header, buffers = _pickle(obj)
+        if len(header) + sum(b.nbytes for b in buffers) >= threshold:
+            return self._write_pickled(header, buffers)
+        # Without buffers the stream is already a whole pickle; with them, pickling
+        # again in-band is cheap at this size and keeps inline payloads plain.
+        return header if not buffers else dumps_inline(obj)
+
+    def _write_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
+        spans, nbytes = _layout(len(header), buffers)
+        # Attempt 0 may reuse a segment; after ENOSPC, 1 is fresh once the store
+        # gave back its free pool, and 2 goes to the disk fallback directory.
+        for attempt in range(3):
+            path, fd = self._open_target(nbytes, attempt)
+            try:
+                ref = _write_blob(fd, path, header, buffers, spans, nbytes)
+                size = os.fstat(fd).st_size
+            except BaseException as exc:
+                _unlink_quietly([path])
+                if not isinstance(exc, OSError) or exc.errno != errno.ENOSPC:
+                    raise
+                if attempt == 2:
+                    raise
+                self._on_full()
+                continue
+            finally:
+                os.close(fd)  # also drops the exclusive lock of a reused segment
+            return self._on_written(ref, size)
+        raise AssertionError("unreachable")
+
+    def _fresh(self, name: str, attempt: int) -> tuple[str, int]:
+        directory = self.directory if attempt < 2 else self._fallback()
+        path = os.path.join(directory, name)
+        return path, _create_file(path)
+
+    def _fallback(self) -> str:
+        directory = _fallback_path(create=True)
+        _warn_fallback(f"{self.directory} is full")
+        return directory
+
+    def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def _on_full(self) -> None:
+        pass
+
+    def _on_written(self, ref: BlobRef, size: int) -> BlobRef:
+        return ref
+
+
+class BlobStore(_BlobSink):
     """Owner of shared-memory segments: writes, adopts, pools and unlinks them.
 
-    Lives in the scheduler process. Methods are thread-safe; copies run outside the
-    lock, so a background :meth:`prewarm` does not stall :meth:`put`.
+    Lives in the scheduler process. Methods are thread-safe, and copies run outside
+    the lock, so :meth:`prewarm` can run in a background thread.
 
     Parameters
     ----------
     token : str, optional
         Alphanumeric cluster token used in segment names; random by default.
     directory : str, optional
-        Where segments go. Default /dev/shm, or a private temporary directory
-        (with one :class:`SharedMemoryWarning`) when /dev/shm is missing or has less
-        than ``min_shm_bytes`` free.
+        Default /dev/shm, or a private temporary directory (one
+        :class:`SharedMemoryWarning`) if /dev/shm is missing or has less than
+        ``min_shm_bytes`` free (Docker's default is 64 MB), or later is full.
     max_free_bytes : int, optional
-        Cap on memory held by released segments kept for reuse. Default
-        ``min(1 GiB, free space / 4)``.
+        Cap on memory kept in released segments; default min(1 GiB, free / 4).
     min_shm_bytes : int
-        Below this much free space /dev/shm counts as too small (Docker's default is
-        64 MB).
+        Free space below which /dev/shm counts as too small.
 
     Examples
     --------
@@ -303,7 +323,7 @@ class BlobStore:
         *,
         directory: str | None = None,
         max_free_bytes: int | None = None,
-        min_shm_bytes: int = 128 * _MiB,
+        min_shm_bytes: int = 128 << 20,
     ) -> None:
         token = secrets.token_hex(4) if token is None else token
         if not token.isalnum():
@@ -321,7 +341,7 @@ class BlobStore:
         self._free: dict[int, dict[str, _Segment]] = {}  # capacity -> LIFO bucket
         self._free_lru: dict[str, _Segment] = {}  # oldest first: eviction order
         self._free_bytes = 0
-        # Shared with the finalizer, which must not hold a reference to self.
+        # The finalizer must not reference self; it shares this list instead.
         self._directories = [self.directory]
         self._finalizer = weakref.finalize(
             self, _unlink_prefix, self.prefix, self._directories, os.getpid()
@@ -337,54 +357,24 @@ class BlobStore:
         return BlobWriter(self.prefix, self.directory)
 
     def put(self, obj: object) -> BlobRef:
-        """Serialize ``obj`` into one segment (one copy per buffer) and own it.
-
-        Parameters
-        ----------
-        obj : object
-            Any value cloudpickle can serialize.
-
-        Returns
-        -------
-        BlobRef
-            Readable by :func:`load` in any process until :meth:`release`.
+        """Serialize ``obj`` into one segment, one copy per buffer, and own it.
 
         Raises
         ------
         RuntimeError
             The store is closed.
         """
-        header, buffers = _pickle(obj)
-        return self._store_pickled(header, buffers)
-
-    def serialize(
-        self, obj: object, threshold: int = INLINE_THRESHOLD
-    ) -> bytes | BlobRef:
-        """Pickle ``obj`` inline if it is small, else :meth:`put` it.
-
-        Parameters
-        ----------
-        obj : object
-            The value.
-        threshold : int
-            Values with fewer bytes (pickle plus buffers) are returned inline.
-
-        Returns
-        -------
-        bytes or BlobRef
-            Either way, :func:`load` reads it back.
-        """
-        return _serialize(obj, threshold, self._store_pickled)
+        return self._write_pickled(*_pickle(obj))
 
     def release(self, ref: BlobRef) -> None:
-        """Give up a value: keep its segment for reuse, or unlink it past the cap.
+        """Drop a value: keep its segment for reuse, or unlink it beyond the cap.
 
         A no-op once the store is closed.
 
         Raises
         ------
         KeyError
-            ``ref`` is not a live value of this store (double release).
+            ``ref`` is not a live value of this store (a double release).
         """
         with self._lock:
             if self._closed:
@@ -393,8 +383,11 @@ class BlobStore:
             if entry is None or entry[0] != ref.blob_id:
                 raise KeyError(f"not a live blob of this store: {ref.segment}")
             del self._live[ref.segment]
-            self._add_free(entry[1])
-            victims = self._trim(self.max_free_bytes)
+            if entry[1].allocated > self.max_free_bytes:
+                victims = [ref.segment]  # keeping it would evict everything else
+            else:
+                self._add_free(entry[1])
+                victims = self._trim(self.max_free_bytes)
         _unlink_quietly(victims)
 
     def adopt(self, ref: BlobRef) -> None:
@@ -403,7 +396,7 @@ class BlobStore:
         Raises
         ------
         ValueError
-            The segment is not named by this store or is already owned by it.
+            The segment is already owned, or was not named by this store.
         """
         with self._lock:
             if self._closed:
@@ -413,39 +406,31 @@ class BlobStore:
             leased = self._leased.pop(ref.segment, None)
             if leased is not None:
                 segment = leased[1]
+                segment.allocated = max(segment.allocated, ref.nbytes)
             elif self._is_ours(ref.segment):
-                segment = _Segment(ref.segment, _size_class(ref.nbytes), 0)
+                segment = _Segment(ref.segment, _size_class(ref.nbytes), ref.nbytes)
             else:
                 raise ValueError(f"not a segment of this store: {ref.segment}")
-            segment.allocated = max(segment.allocated, ref.nbytes)
             self._live[ref.segment] = (ref.blob_id, segment)
 
     def lease(self, nbytes: int, holder: int) -> SegmentLease | None:
-        """Hand a free segment fitting ``nbytes`` to a writer, or None if none is free.
+        """Hand a free segment for an ``nbytes`` value to the writer in pid ``holder``.
 
-        Parameters
-        ----------
-        nbytes : int
-            Expected size of the value the writer will produce.
-        holder : int
-            pid of the writer's process, for :meth:`reclaim`.
+        Returns None when no free segment of that size class is reusable now.
         """
         with self._lock:
             found = None if self._closed else self._take_free(_size_class(nbytes))
             if found is None:
                 return None
             segment, fd = found
-            os.close(fd)  # the writer re-takes the exclusive lock when it writes
+            os.close(fd)  # the writer takes the exclusive lock again to write
             self._leased[segment.path] = (holder, segment)
         return SegmentLease(segment=segment.path, capacity=segment.capacity)
 
     def reclaim(self, holder: int) -> None:
-        """Recover after writer ``holder`` exited: return its leases to the pool and
-        unlink segments it created that were never adopted.
-
-        Messages the writer sent must be handled (adopted) before this is called.
+        """After writer ``holder`` exited: pool its leases, unlink what it wrote but
+        the store never adopted. Adopt the refs it sent before calling this.
         """
-        orphan_prefix = f"{self.prefix}{holder}."
         with self._lock:
             if self._closed:
                 return
@@ -456,17 +441,15 @@ class BlobStore:
                         self._add_free(segment)
             victims = self._trim(self.max_free_bytes)
             live = set(self._live)
-        for directory in list(self._directories):
-            victims += [
-                e.path for e in _scan(directory, orphan_prefix) if e.path not in live
-            ]
+        for directory in [*self._directories, _fallback_path()]:
+            entries = _scan(directory, f"{self.prefix}{holder}.")
+            victims += [e.path for e in entries if e.path not in live]
         _unlink_quietly(victims)
 
     def prewarm(self, nbytes: int, segment_size: int | None = None) -> int:
-        """Pre-fault free segments so the next puts run at reused-page speed.
+        """Fill the free list with pre-allocated segments, so puts skip page faults.
 
-        Safe to run in a background thread. Stops at the free-bytes cap, when
-        /dev/shm is full, or when the store closes.
+        Thread-safe; stops at ``max_free_bytes``, when /dev/shm is full, or on close.
 
         Parameters
         ----------
@@ -495,8 +478,7 @@ class BlobStore:
             try:
                 fd = _create_file(path)
                 try:
-                    # tmpfs allocates (and zeroes) every page now, not on first write.
-                    os.posix_fallocate(fd, 0, capacity)
+                    os.posix_fallocate(fd, 0, capacity)  # tmpfs allocates pages now
                 finally:
                     os.close(fd)
             except OSError as exc:
@@ -518,22 +500,15 @@ class BlobStore:
         """
         with self._lock:
             self._closed = True
-            self._live.clear()
-            self._leased.clear()
-            self._free.clear()
-            self._free_lru.clear()
+            for table in (self._live, self._leased, self._free, self._free_lru):
+                table.clear()
             self._free_bytes = 0
         self._finalizer()
 
     def __enter__(self) -> BlobStore:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -542,49 +517,41 @@ class BlobStore:
             f" {self._free_bytes} bytes free>"
         )
 
-    # Internals. _take_free, _add_free, _remove_free, _trim and _new_path expect
-    # self._lock to be held.
+    # _take_free, _add_free, _remove_free, _trim, _new_path: caller holds _lock.
 
-    def _store_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
-        spans, nbytes = _layout(len(header), buffers)
-        for attempt in range(3):
-            with self._lock:
-                if self._closed:
-                    raise RuntimeError("BlobStore is closed")
-                found = self._take_free(_size_class(nbytes)) if attempt == 0 else None
-                if found is None:
-                    directory = self.directory if attempt < 2 else self._fallback()
-                    path = self._new_path(directory)
+    def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("BlobStore is closed")
+            found = self._take_free(_size_class(nbytes)) if attempt == 0 else None
             if found is not None:
-                segment, fd = found
-            else:
-                segment = _Segment(path, _size_class(nbytes), 0)
-                fd = _create_file(path)
-            try:
-                ref = _write_blob(fd, segment.path, header, buffers, spans, nbytes)
-            except OSError as exc:
-                _unlink_quietly([segment.path])
-                if exc.errno != errno.ENOSPC or attempt == 2:
-                    raise
-                with self._lock:  # memory the pool holds is the first to give back
-                    victims = self._trim(0)
-                _unlink_quietly(victims)
-                continue
-            finally:
-                os.close(fd)  # also drops the exclusive lock of a reused segment
-            with self._lock:
-                if self._closed:
-                    _unlink_quietly([segment.path])
-                    raise RuntimeError("BlobStore is closed")
-                segment.allocated = max(segment.allocated, nbytes)
-                self._live[segment.path] = (ref.blob_id, segment)
-            return ref
-        raise AssertionError("unreachable")
+                return found[0].path, found[1]
+            name = f"{self.prefix}{next(self._seq)}"
+        return self._fresh(name, attempt)
+
+    def _on_full(self) -> None:
+        with self._lock:  # memory the pool holds is the first to give back
+            victims = self._trim(0)
+        _unlink_quietly(victims)
+
+    def _on_written(self, ref: BlobRef, size: int) -> BlobRef:
+        with self._lock:
+            if self._closed:
+                _unlink_quietly([ref.segment])
+                raise RuntimeError("BlobStore is closed")
+            segment = _Segment(ref.segment, _size_class(ref.nbytes), size)
+            self._live[ref.segment] = (ref.blob_id, segment)
+        return ref
+
+    def _fallback(self) -> str:
+        directory = super()._fallback()
+        with self._lock:
+            if directory not in self._directories:
+                self._directories.append(directory)
+        return directory
 
     def _take_free(self, capacity: int) -> tuple[_Segment, int] | None:
-        bucket = self._free.get(capacity)
-        if not bucket:
-            return None
+        bucket = self._free.get(capacity, {})
         newest = itertools.islice(reversed(bucket.values()), _REUSE_ATTEMPTS)
         for segment in list(newest):
             try:
@@ -592,7 +559,7 @@ class BlobStore:
             except FileNotFoundError:
                 self._remove_free(segment)
                 continue
-            if fd is not None:  # None: a reader still maps it; try it again later
+            if fd is not None:  # None: a reader still maps it; it stays for later
                 self._remove_free(segment)
                 return segment, fd
         return None
@@ -618,34 +585,28 @@ class BlobStore:
     def _new_path(self, directory: str) -> str:
         return os.path.join(directory, f"{self.prefix}{next(self._seq)}")
 
-    def _fallback(self) -> str:
-        directory = _fallback_path(create=True)
-        if directory not in self._directories:
-            self._directories.append(directory)
-            _warn_fallback(f"{self.directory} is full")
-        return directory
-
     def _is_ours(self, path: str) -> bool:
         directory, name = os.path.split(path)
         allowed = {*self._directories, _fallback_path()}
         return name.startswith(self.prefix) and directory in allowed
 
 
-class BlobWriter:
-    """Writes values into shared memory from a worker process, for a store to adopt.
+class BlobWriter(_BlobSink):
+    """Writes values into shared memory in a worker process, for the store to adopt.
 
-    Picklable: send ``store.writer()`` to a worker when it starts. Each value goes
-    into a granted lease of its size class when one is free (reused pages are
-    faster), else into a fresh segment named ``<store prefix><pid>.<n>``. The
-    worker owns the segment until the store adopts the ref; the store unlinks it on
-    :meth:`BlobStore.reclaim` or :meth:`BlobStore.close` if that never happens.
+    Picklable (leases stay behind): send ``store.writer()`` to a worker as it
+    starts. A value goes into a granted lease of its size class if one is free
+    (reused pages are faster), else into a fresh segment named
+    ``<store prefix><pid>.<n>``. The worker owns it until the store adopts the ref
+    (also a ref from :meth:`serialize`); :meth:`BlobStore.reclaim` or
+    :meth:`BlobStore.close` unlink it if that never happens.
 
     Parameters
     ----------
     prefix : str
-        The store's :attr:`BlobStore.prefix`.
+        :attr:`BlobStore.prefix` of the store.
     directory : str
-        The store's :attr:`BlobStore.directory`.
+        :attr:`BlobStore.directory` of the store.
     """
 
     def __init__(self, prefix: str, directory: str) -> None:
@@ -664,67 +625,28 @@ class BlobWriter:
             self._leases.setdefault(lease.capacity, []).append(lease)
 
     def write(self, obj: object) -> BlobRef:
-        """Serialize ``obj`` into shared memory; send the ref to the store to adopt.
+        """Serialize ``obj`` into shared memory; the store must :meth:`adopt` the ref.
 
         Returns
         -------
         BlobRef
-            Hand it to :meth:`BlobStore.adopt` in the store's process.
+            Send it to the store's process for :meth:`BlobStore.adopt`.
         """
-        header, buffers = _pickle(obj)
-        return self._store_pickled(header, buffers)
+        return self._write_pickled(*_pickle(obj))
 
-    def serialize(
-        self, obj: object, threshold: int = INLINE_THRESHOLD
-    ) -> bytes | BlobRef:
-        """Pickle ``obj`` inline if it is small, else :meth:`write` it.
-
-        See :meth:`BlobStore.serialize`.
-        """
-        return _serialize(obj, threshold, self._store_pickled)
-
-    def _store_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
-        spans, nbytes = _layout(len(header), buffers)
-        target = self._take_lease(_size_class(nbytes))
-        if target is None:
-            target = self._fresh(self.directory)
-        path, fd = target
-        try:
-            return _write_blob(fd, path, header, buffers, spans, nbytes)
-        except OSError as exc:
-            _unlink_quietly([path])
-            if exc.errno != errno.ENOSPC:
-                raise
-        finally:
-            os.close(fd)
-        directory = _fallback_path(create=True)
-        _warn_fallback(f"{self.directory} is full")
-        path, fd = self._fresh(directory)
-        try:
-            return _write_blob(fd, path, header, buffers, spans, nbytes)
-        except BaseException:
-            _unlink_quietly([path])
-            raise
-        finally:
-            os.close(fd)
-
-    def _take_lease(self, capacity: int) -> tuple[str, int] | None:
+    def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
         with self._lock:
-            leases = self._leases.get(capacity, [])
-            for i, lease in enumerate(leases):
+            leases = self._leases.get(_size_class(nbytes), []) if attempt == 0 else []
+            for lease in list(leases):
                 try:
                     fd = _lock_exclusive(lease.segment)
                 except FileNotFoundError:
-                    fd = None
-                if fd is not None:
-                    del leases[i]
+                    leases.remove(lease)  # the store closed or reclaimed it
+                    continue
+                if fd is not None:  # None: a stale reader holds it; keep for later
+                    leases.remove(lease)
                     return lease.segment, fd
-        return None
-
-    def _fresh(self, directory: str) -> tuple[str, int]:
-        name = f"{self.prefix}{os.getpid()}.{next(self._seq)}"
-        path = os.path.join(directory, name)
-        return path, _create_file(path)
+        return self._fresh(f"{self.prefix}{os.getpid()}.{next(self._seq)}", attempt)
 
 
 def _pickle(obj: object) -> tuple[bytes, list[memoryview]]:
@@ -738,26 +660,13 @@ def _pickle(obj: object) -> tuple[bytes, list[memoryview]]:
     return header, buffers
 
 
-def _serialize(
-    obj: object,
-    threshold: int,
-    store: Callable[[bytes, list[memoryview]], BlobRef],
-) -> bytes | BlobRef:
-    header, buffers = _pickle(obj)
-    if len(header) + sum(b.nbytes for b in buffers) >= threshold:
-        return store(header, buffers)
-    # Without buffers the stream is already a complete pickle; with them, pickling
-    # again in-band is cheap at this size and keeps inline payloads plain pickles.
-    return header if not buffers else dumps_inline(obj)
-
-
 def _layout(
     header_len: int, buffers: list[memoryview]
 ) -> tuple[tuple[tuple[int, int], ...], int]:
     end = _HEADER_OFFSET + header_len
     spans = []
     for buffer in buffers:
-        # An empty buffer is not padded: the value's end must be a written byte,
+        # No padding before an empty buffer: the value must end on a written byte,
         # or a reader's mmap of nbytes would reach past the end of the file.
         start = -(-end // _ALIGN) * _ALIGN if buffer.nbytes else end
         spans.append((start, buffer.nbytes))
@@ -766,7 +675,7 @@ def _layout(
 
 
 def _size_class(nbytes: int) -> int:
-    return max(_MIN_CLASS, 1 << (nbytes - 1).bit_length())
+    return max(mmap.PAGESIZE, 1 << (nbytes - 1).bit_length())
 
 
 def _write_blob(
@@ -798,18 +707,6 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += os.pwrite(fd, view[done : done + _MAX_IO], offset + done)
 
 
-def _pread_all(fd: int, nbytes: int) -> bytes:
-    chunks = []
-    done = 0
-    while done < nbytes:
-        chunk = os.pread(fd, min(nbytes - done, _MAX_IO), done)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        done += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _create_file(path: str) -> int:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask, so we can reopen it
@@ -835,7 +732,7 @@ def _unlink_quietly(paths: Iterable[str]) -> None:
 def _unlink_prefix(prefix: str, directories: list[str], owner_pid: int) -> None:
     # A forked child inherits this finalizer; only the owner may remove the files.
     if os.getpid() == owner_pid:
-        for directory in directories:
+        for directory in [*directories, _fallback_path()]:
             _unlink_quietly([e.path for e in _scan(directory, prefix)])
 
 
@@ -853,7 +750,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
+        return True  # exists, owned by another user
     except (OverflowError, ValueError):
         return False
     return True
@@ -880,7 +777,7 @@ def _fallback_path(create: bool = False) -> str:
     if create:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
-        # A shared /tmp lets anyone pre-create this name; refuse one we do not own.
+        # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise PermissionError(f"{path} is not a directory owned by this user")
         if st.st_mode & 0o077:
@@ -896,5 +793,5 @@ def _warn_fallback(reason: str) -> None:
             f"{reason}; shared-memory segments go to {_fallback_path()}, which is"
             " disk-backed and slower (give the machine a larger /dev/shm)",
             SharedMemoryWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

@@ -1,0 +1,146 @@
+"""Throughput of the shared-memory data plane for one 200 MB numpy array.
+
+Run: ``PYTHONPATH=. python benchmarks/bench_shm.py [--mb 200] [--repeat 5]``.
+Prints GB/s (1e9 bytes per second), best and median of the repeats:
+
+- put into a fresh segment, a prewarmed one and a reused one (same process);
+- load alone (map and unpickle: lazy, touches no page) and load plus reading
+  one byte per page (which pays the page faults); a 1 MiB put+load+release cycle;
+- the same array handed to a child process (spawn) through a multiprocessing Pipe
+  versus as a BlobRef over that Pipe, end to end: the child has the array and has
+  touched every page before it acknowledges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from localsched.transport.shm import BlobStore, load
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from multiprocessing.connection import Connection
+
+PAGE = 4096
+
+
+def touch(array: np.ndarray) -> int:
+    return int(array.reshape(-1).view(np.uint8)[::PAGE].sum())
+
+
+def child(conn: Connection) -> None:
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        array = load(message) if not isinstance(message, np.ndarray) else message
+        conn.send(touch(array))
+
+
+def rate(nbytes: int, seconds: list[float]) -> str:
+    best = nbytes / min(seconds) / 1e9
+    median = nbytes / statistics.median(seconds) / 1e9
+    return f"{best:6.2f} GB/s best, {median:6.2f} median"
+
+
+def timed(function: Callable[[], object], repeat: int) -> list[float]:
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_puts(store: BlobStore, array: np.ndarray, repeat: int) -> list[float]:
+    """Time put alone; release (which may unlink) happens outside the clock."""
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        ref = store.put(array)
+        seconds.append(time.perf_counter() - start)
+        store.release(ref)
+    return seconds
+
+
+def bench_in_process(array: np.ndarray, repeat: int) -> None:
+    nbytes = array.nbytes
+    with BlobStore(max_free_bytes=0) as store:  # cap 0: every release unlinks
+        fresh = time_puts(store, array, repeat)
+    print(f"put, fresh segment      {rate(nbytes, fresh)}")
+    prewarmed = []
+    for _ in range(repeat):
+        with BlobStore() as store:
+            store.prewarm(nbytes)
+            prewarmed += time_puts(store, array, 1)
+    print(f"put, prewarmed segment  {rate(nbytes, prewarmed)}")
+    with BlobStore() as store:
+        store.release(store.put(array))
+        reused = time_puts(store, array, repeat)
+        print(f"put, reused segment     {rate(nbytes, reused)}")
+        ref = store.put(array)
+        lazy = timed(lambda: load(ref), repeat)
+        print(f"load (map, lazy)        {min(lazy) * 1e6:8.1f} us best")
+        loaded = timed(lambda: touch(load(ref)), repeat)
+        print(f"load + touch each page  {rate(nbytes, loaded)}")
+        small = array[: 1 << 20]
+        cycles = timed(lambda: small_cycle(store, small), 200)
+        print(f"1 MiB put+load+release  {min(cycles) * 1e6:8.1f} us best")
+
+
+def small_cycle(store: BlobStore, array: np.ndarray) -> None:
+    ref = store.put(array)
+    load(ref)
+    store.release(ref)
+
+
+def bench_to_child(array: np.ndarray, repeat: int) -> None:
+    nbytes, expected = array.nbytes, touch(array)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child_end = ctx.Pipe()
+    process = ctx.Process(target=child, args=(child_end,))
+    process.start()
+
+    def through_pipe() -> None:
+        parent.send(array)
+        assert parent.recv() == expected
+
+    def through_shm() -> None:
+        ref = store.put(array)
+        parent.send(ref)
+        assert parent.recv() == expected
+        store.release(ref)
+
+    try:
+        through_pipe()  # warm the child up: imports, first allocation
+        print(f"to child via Pipe       {rate(nbytes, timed(through_pipe, repeat))}")
+        with BlobStore() as store:
+            through_shm()
+            shm_reused = rate(nbytes, timed(through_shm, repeat))
+            print(f"to child via shm, reuse {shm_reused}")
+            store.max_free_bytes = 0  # from now on every put gets fresh pages
+            print(f"to child via shm, fresh {rate(nbytes, timed(through_shm, repeat))}")
+    finally:
+        parent.send(None)
+        process.join(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    array = np.random.default_rng(0).integers(0, 255, args.mb * 1_000_000, np.uint8)
+    print(f"{args.mb} MB uint8 array, {args.repeat} repeats")
+    bench_in_process(array, args.repeat)
+    bench_to_child(array, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
