@@ -104,12 +104,12 @@ class SchedulerPlugin:
             More options passed when transitioning (worker, nbytes, startstops...).
         """
 
-    def add_worker(self, scheduler: Scheduler, worker: str) -> None | Awaitable[None]:
+    def add_worker(self, scheduler: Scheduler, worker: str) -> Awaitable[None] | None:
         """Run when a new worker enters the cluster."""
 
     def remove_worker(
         self, scheduler: Scheduler, worker: str, *, stimulus_id: str, **kwargs: Any
-    ) -> None | Awaitable[None]:
+    ) -> Awaitable[None] | None:
         """Run when a worker leaves the cluster."""
 
     def add_client(self, scheduler: Scheduler, client: str) -> None:
@@ -154,10 +154,10 @@ class WorkerPlugin:
 
     idempotent: bool = False
 
-    def setup(self, worker: Any) -> None | Awaitable[None]:
+    def setup(self, worker: Any) -> Awaitable[None] | None:
         """Run when the plugin is attached to a worker."""
 
-    def teardown(self, worker: Any) -> None | Awaitable[None]:
+    def teardown(self, worker: Any) -> Awaitable[None] | None:
         """Run when the worker to which the plugin is attached is closed."""
 
     def transition(self, key: Key, start: str, finish: str, **kwargs: Any) -> None:

@@ -2,7 +2,9 @@
 
 Commands are imperatives addressed to a worker, a client or the data store. The
 runtime executes them; the core never waits for the outcome, which comes back as
-a new event. ``Command.match`` builds partial matchers for tests.
+a new event. ``Command.match`` builds partial matchers for tests. Commands are
+never changed once built; like events they are not ``frozen`` only because that
+triples the cost of building one, and the core builds one or more per task.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 Key = Hashable
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Command:
     """Base class of all commands."""
 
@@ -53,7 +55,7 @@ class _CommandMatcher:
 # --- to workers -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ComputeTask(Command):
     """Run a task on a worker; its dependencies are in memory somewhere."""
 
@@ -69,7 +71,7 @@ class ComputeTask(Command):
     run_id: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FreeKeys(Command):
     """A worker should forget these keys: drop results, cancel queued runs."""
 
@@ -77,7 +79,7 @@ class FreeKeys(Command):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StealRequest(Command):
     """Ask a worker whether a queued task can be moved to ``thief``."""
 
@@ -86,7 +88,7 @@ class StealRequest(Command):
     thief: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AcquireReplicas(Command):
     """Copy keys that only ``source`` holds in-process onto ``worker``."""
 
@@ -95,7 +97,7 @@ class AcquireReplicas(Command):
     source: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CloseWorker(Command):
     """Stop a worker process (after retirement it holds nothing unique)."""
 
@@ -106,7 +108,7 @@ class CloseWorker(Command):
 # --- to the data store ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FreeData(Command):
     """A key's result is no longer needed anywhere: free its stored bytes."""
 
@@ -116,14 +118,14 @@ class FreeData(Command):
 # --- to clients ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeyInMemory(Command):
     client: str
     key: Key
     type: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeyErred(Command):
     client: str
     key: Key
@@ -133,7 +135,7 @@ class KeyErred(Command):
     traceback_text: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeyLost(Command):
     """A key's data was lost; the client's future goes back to pending."""
 
@@ -141,20 +143,20 @@ class KeyLost(Command):
     key: Key
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeyCancelled(Command):
     client: str
     key: Key
     reason: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KeyRetried(Command):
     client: str
     key: Key
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GraphRejected(Command):
     """A submitted graph was invalid; nothing changed."""
 
@@ -163,7 +165,7 @@ class GraphRejected(Command):
     error: Exception
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetirementFailed(Command):
     """Workers could not be retired (no other worker can take their data)."""
 

@@ -1,8 +1,10 @@
 """Stimuli: the facts the scheduler core is told about (events in).
 
-Every event is an immutable record with a ``stimulus_id``. Events are past-tense
-facts or requests from a client; the core never asks for anything, it only reacts.
-Time is carried inside the events that need it; the core has no clock.
+Every event is a record with a ``stimulus_id``, never changed once built. Events
+are past-tense facts or requests from a client; the core never asks for anything,
+it only reacts. Time is carried inside the events that need it; the core has no
+clock. They are not ``frozen`` dataclasses only because frozen construction costs
+three times as much (about 3 us against 1 us here), and events are built per task.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 Key = Hashable
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StateEvent:
     """Base class of all stimuli."""
 
@@ -22,7 +24,7 @@ class StateEvent:
     stimulus_id: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UpdateGraph(StateEvent):
     """A client submitted tasks (``submit``, ``map``, ``get``, ``compute``)."""
 
@@ -57,7 +59,7 @@ class UpdateGraph(StateEvent):
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class UpdateData(StateEvent):
     """Data entered the cluster from outside (``scatter``)."""
 
@@ -71,7 +73,7 @@ class UpdateData(StateEvent):
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskFinished(StateEvent):
     """A worker finished a task and holds (or handed over) its result."""
 
@@ -86,7 +88,7 @@ class TaskFinished(StateEvent):
     shared: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskErred(StateEvent):
     """A task raised on a worker."""
 
@@ -100,7 +102,7 @@ class TaskErred(StateEvent):
     startstops: tuple[tuple[str, float, float], ...] = ()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerAdded(StateEvent):
     address: str
     nthreads: int = 1
@@ -112,7 +114,7 @@ class WorkerAdded(StateEvent):
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerRemoved(StateEvent):
     """A worker left: planned (``expected``) or it died."""
 
@@ -126,7 +128,7 @@ class WorkerRemoved(StateEvent):
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerStatusChanged(StateEvent):
     """A worker paused or resumed (memory pressure)."""
 
@@ -134,7 +136,7 @@ class WorkerStatusChanged(StateEvent):
     status: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WorkerHeartbeat(StateEvent):
     """Periodic report: how long each executing task has been running, metrics."""
 
@@ -144,17 +146,17 @@ class WorkerHeartbeat(StateEvent):
     time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClientAdded(StateEvent):
     client: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClientRemoved(StateEvent):
     client: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClientReleasesKeys(StateEvent):
     """A client dropped its futures to these keys."""
 
@@ -162,7 +164,7 @@ class ClientReleasesKeys(StateEvent):
     keys: Collection[Key]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ClientDesiresKeys(StateEvent):
     """A client took futures to keys that already exist."""
 
@@ -170,7 +172,7 @@ class ClientDesiresKeys(StateEvent):
     keys: Collection[Key]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CancelRequested(StateEvent):
     client: str
     keys: Collection[Key]
@@ -178,13 +180,13 @@ class CancelRequested(StateEvent):
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetryRequested(StateEvent):
     client: str
     keys: Collection[Key]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TaskSeceded(StateEvent):
     """A running task called ``secede()``: it no longer occupies a thread."""
 
@@ -194,7 +196,7 @@ class TaskSeceded(StateEvent):
     run_id: int = -1
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RescheduleRequested(StateEvent):
     """A task raised ``Reschedule``, or the runtime wants it placed again."""
 
@@ -202,7 +204,7 @@ class RescheduleRequested(StateEvent):
     worker: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class MissingData(StateEvent):
     """A worker could not find a key's data on the worker that should hold it."""
 
@@ -210,7 +212,7 @@ class MissingData(StateEvent):
     worker: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ReplicasAdded(StateEvent):
     """A worker now holds copies of these keys (``add_keys``)."""
 
@@ -218,7 +220,7 @@ class ReplicasAdded(StateEvent):
     keys: Collection[Key]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class StealResponse(StateEvent):
     """A victim's answer to a steal request: the task's state on that worker."""
 
@@ -229,7 +231,7 @@ class StealResponse(StateEvent):
     state: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetireWorkers(StateEvent):
     """Retire workers gracefully: no new work, finish, hand over data, close."""
 
@@ -237,14 +239,14 @@ class RetireWorkers(StateEvent):
     close_workers: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RestartRequested(StateEvent):
     """Forget every task (``Client.restart``)."""
 
     client: str | None = None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Tick(StateEvent):
     """Timer: stealing balance, no-worker timeouts, occupancy re-alignment."""
 

@@ -11,6 +11,7 @@ estimates that change are re-aligned lazily (see ``realign_occupancy``).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,9 @@ class PlacementMixin:
 
     def _task_slots_available(self: SchedulerState, ws: WorkerState) -> int:
         """Tasks ``ws`` can take before it is full (worker-saturation)."""
+        if math.isinf(self.worker_saturation):
+            # Queuing disabled: a worker is never full (dask's ``_worker_full``).
+            return sys.maxsize
         running = len(ws.processing) - len(ws.long_running)
         return max(math.ceil(self.worker_saturation * ws.nthreads), 1) - running
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import FreeKeys, StealRequest
-from localsched.scheduler.tasks import TaskState, Transition, WorkerState
+from localsched.scheduler.tasks import TaskState, WorkerState
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -176,7 +176,7 @@ class PoliciesMixin:
         nbytes = sum(dts.get_nbytes() for dts in ts.dependencies)
         transfer = nbytes / self.bandwidth + STEAL_LATENCY
         ratio = transfer / compute
-        level = max(1, int(round(math.log2(ratio) + 6))) if ratio > 0 else 1
+        level = max(1, round(math.log2(ratio) + 6)) if ratio > 0 else 1
         if level >= len(COST_MULTIPLIERS):
             return None
         return level
@@ -348,7 +348,7 @@ class PoliciesMixin:
         )
         self._add_to_processing(ts, thief, stimulus_id)
         self.transition_log.append(
-            Transition(ts.key, "processing", "processing", {}, stimulus_id, self.now)
+            (ts.key, "processing", "processing", {}, stimulus_id, self.now)
         )
 
 

@@ -55,17 +55,11 @@ DEFAULT_TASK_DURATIONS: dict[str, float] = {
 }
 
 
-class SchedulerHooks(Protocol):
-    """What the core reports to plugins, synchronously and in order."""
+TransitionHook = Callable[[Key, str, str, str, dict[str, Any]], None]
 
-    def transition(
-        self,
-        key: Key,
-        start: str,
-        finish: str,
-        stimulus_id: str,
-        kwargs: dict[str, Any],
-    ) -> None: ...
+
+class SchedulerHooks(Protocol):
+    """Where the core reports lifecycle events for plugins, synchronously."""
 
     def notify(self, hook: str, **kwargs: Any) -> None: ...
 
@@ -143,7 +137,9 @@ class SchedulerState(
         #: Sum of ``ws.occupancy`` over all workers.
         self.total_occupancy = 0.0
         #: Bounded log of transitions, oldest first.
-        self.transition_log: deque[Transition] = deque(maxlen=transition_log_length)
+        self.transition_log: deque[tuple[Any, ...]] = deque(
+            maxlen=transition_log_length
+        )
         #: Most recent erred tasks (key, time, workers, exception text).
         self.erred_tasks: deque[tuple[Any, ...]] = deque(maxlen=100)
         #: key -> metadata set by clients.
@@ -257,9 +253,9 @@ class SchedulerState(
         else:
             raise InvalidTransition(key, start, finish, self.story(key))
         actual = ts.state
-        self.transition_log.append(
-            Transition(key, start, actual, recs, stimulus_id, self.now)
-        )
+        # A plain tuple: building a named one per transition costs measurably;
+        # ``story`` hands out ``Transition`` records.
+        self.transition_log.append((key, start, actual, recs, stimulus_id, self.now))
         if hook is not None:
             if actual == "forgotten":
                 ts.dependents = dependents
@@ -286,6 +282,8 @@ class SchedulerState(
 
     def _transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
         """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
+        # Copy: the dict may be a transition's return value, kept in the log.
+        recommendations = dict(recommendations)
         transition = self._transition
         while recommendations:
             key, finish = recommendations.popitem()
@@ -329,7 +327,7 @@ class SchedulerState(
                     prefix_name, self.default_task_durations.get(prefix_name, -1.0)
                 )
             tg = self.task_groups[group_name] = TaskGroup(group_name, tp)
-            tp.groups.append(tg)
+            tp.groups[tg] = None
         ts = TaskState(key, spec, tg)
         tg.n_tasks += 1
         tg.states["released"] += 1
@@ -342,11 +340,15 @@ class SchedulerState(
         if tg.states["forgotten"] == tg.n_tasks and self.task_groups.get(tg.name) is tg:
             del self.task_groups[tg.name]
             tp = tg.prefix
-            tp.groups.remove(tg)
+            del tp.groups[tg]
             for state, n in tg.states.items():
                 tp.states[state] -= n
-            for other in self.task_groups.values():
+            for other in tg.dependents:
                 other.dependencies.discard(tg)
+            for other in tg.dependencies:
+                other.dependents.discard(tg)
+            tg.dependents = set()
+            tg.dependencies = set()
 
     # -- observability -----------------------------------------------------------------
 
@@ -354,7 +356,7 @@ class SchedulerState(
         """Every logged transition that touches one of the keys or stimulus ids."""
         wanted = set(keys_or_stimuli)
         return [
-            t
+            Transition(*t)
             for t in self.transition_log
             if t[0] in wanted or t[4] in wanted or any(k in wanted for k in t[3])
         ]

@@ -26,7 +26,6 @@ from localsched.scheduler.tasks import (
     ClientState,
     Key,
     TaskState,
-    Transition,
     WorkerState,
 )
 
@@ -39,7 +38,7 @@ _KEY_ATOMS = (str, bytes, int, float)
 
 
 def validate_key(key: object) -> None:
-    """Raise ``TypeError`` unless ``key`` is a str/bytes/int/float or a tuple of keys."""
+    """Raise ``TypeError`` unless ``key`` is str, bytes, int, float or a tuple."""
     if isinstance(key, _KEY_ATOMS) and not isinstance(key, bool):
         return
     if isinstance(key, tuple):
@@ -189,6 +188,7 @@ class StimuliMixin:
                 dts.dependents.add(ts)
                 if dts.group is not group:
                     group.dependencies.add(dts.group)
+                    dts.group.dependents.add(group)
             ann = annotations.get(key)
             if ann:
                 ts.annotations = dict(ann)
@@ -219,8 +219,12 @@ class StimuliMixin:
             else None
         )
         if parent is not None:
-            # Subtasks of a running task go ahead of that task's siblings.
-            generation: float = parent.priority[1] - 0.01
+            # Subtasks of a running task go ahead of that task's siblings. dask
+            # takes priority[0] (-user_priority), which puts them ahead of every
+            # generation; kept for compatibility.
+            generation: float = parent.priority[0] - 0.01
+        elif event.submitting_task is not None:
+            generation = self.generation  # the parent is gone: no new generation
         elif self._last_generation_time + event.fifo_timeout < event.time:
             self.generation += 1
             self._last_generation_time = event.time
@@ -254,8 +258,12 @@ class StimuliMixin:
         stimulus_id = event.stimulus_id
         for key, address in event.who_has.items():
             ts = self.tasks.get(key)
+            recs: Recs = {}
             if ts is not None and ts.state not in ("memory", "released"):
-                self._transitions({key: "released"}, stimulus_id)
+                # The scattered value replaces the computation: stop it, without
+                # following the recommendation to compute it again.
+                recs = dict(self._transition(key, "released", stimulus_id))
+                recs.pop(key, None)
                 ts = self.tasks.get(key)
             if ts is None:
                 ts = self.new_task(key, None)
@@ -271,7 +279,7 @@ class StimuliMixin:
                 ts.state = "memory"
                 self._count_state_change(ts, "released")
                 self.transition_log.append(
-                    Transition(key, "released", "memory", {}, stimulus_id, self.now)
+                    (key, "released", "memory", {}, stimulus_id, self.now)
                 )
                 ts.type = event.types.get(key)
                 if ts.type:
@@ -282,11 +290,14 @@ class StimuliMixin:
             for waiter in list(ts.waiters):
                 if ts in waiter.waiting_on:
                     waiter.waiting_on.discard(ts)
+                    if not waiter.waiting_on:
+                        recs[waiter.key] = "processing"
             self._commands.append(
                 KeyInMemory(
                     stimulus_id=stimulus_id, client=cs.client_key, key=key, type=ts.type
                 )
             )
+            self._transitions(recs, stimulus_id)
 
     # -- results ------------------------------------------------------------------
 
@@ -848,6 +859,10 @@ class StimuliMixin:
         self.now = max(self.now, event.time)
         if self.no_workers_timeout is not None and self.unrunnable:
             self._check_no_workers(event.stimulus_id)
+        if self._retiring:
+            # Poll, as dask's retire loop does: a retiring worker's tasks may also
+            # leave through release, cancel, reschedule or restart.
+            self._check_retirements(event.stimulus_id)
         if self._stealing_enabled and self.idle and len(self.idle) < len(self.running):
             self.balance(event.stimulus_id)
         if event.is_idle:

@@ -70,12 +70,24 @@ def key_split(key: Key) -> str:
 
 
 def key_group_name(key: Key) -> str:
-    """The group name of a key: ``("x-123", 0)`` -> ``"x-123"``."""
+    """The task group of a key, as dask's ``key_split_group`` computes it.
+
+    >>> key_group_name(("x-123", 0))
+    'x-123'
+    >>> key_group_name("inc-0f3c2b7a")
+    'inc'
+    """
     if isinstance(key, tuple):
-        key = key[0] if key else ""
+        return str(key[0]) if key else ""
     if isinstance(key, bytes):
-        return key.decode(errors="replace")
-    return str(key)
+        key = key.decode(errors="replace")
+    if isinstance(key, str):
+        if key[:1] == "(":
+            return key.split(",", 1)[0].strip("()\"'")
+        if key[:1] == "<":
+            return key.strip("<>").split()[0].split(".")[-1]
+        return key_split(key)
+    return "Other"
 
 
 def _is_hex(word: str) -> bool:
@@ -103,14 +115,14 @@ class TaskPrefix:
     def __init__(self, name: str, default_duration: float = -1.0) -> None:
         #: The prefix, e.g. ``"inc"``.
         self.name = name
-        #: Exponential moving average (alpha 0.5) of compute durations; -1 while unknown.
+        #: Moving average (alpha 0.5) of compute durations; -1 while unknown.
         self.duration_average = default_duration
         #: Longest run time seen for a task still executing (heartbeats); -1 if none.
         self.max_exec_time = -1.0
         #: Number of tasks in each state, summed over ``groups`` (validate checks it).
         self.states: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
-        #: Live groups of this prefix.
-        self.groups: list[TaskGroup] = []
+        #: Live groups of this prefix (a dict for O(1) removal, in creation order).
+        self.groups: dict[TaskGroup, None] = {}
         #: Total seconds spent per action (``compute``, ...), over the prefix's life.
         self.all_durations: dict[str, float] = {}
         #: How many times a task of this prefix was executing on a worker that died.
@@ -151,6 +163,7 @@ class TaskGroup:
 
     __slots__ = (
         "dependencies",
+        "dependents",
         "duration",
         "last_worker",
         "last_worker_tasks_left",
@@ -173,8 +186,10 @@ class TaskGroup:
         self.states: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
         #: Number of live (not forgotten) tasks in the group.
         self.n_tasks = 0
-        #: Other groups this group's tasks depend on.
+        #: Other groups this group's tasks depend on; symmetric with ``dependents``.
         self.dependencies: set[TaskGroup] = set()
+        #: Other groups whose tasks depend on this group's tasks.
+        self.dependents: set[TaskGroup] = set()
         #: Total bytes of results this group has produced.
         self.nbytes_total = 0
         #: Total seconds of compute spent on the group's tasks.

@@ -110,8 +110,12 @@ class TransitionsMixin:
         ws = self.decide_worker_non_rootish(ts)
         if ws is None:
             return {}
-        del self.unrunnable[ts]
-        return self._add_to_processing(ts, ws, stimulus_id)
+        # Leave unrunnable only once placed: a task refused for oversized inputs
+        # is still no-worker when its no-worker->erred runs.
+        recs = self._add_to_processing(ts, ws, stimulus_id)
+        if ts.state == "processing":
+            del self.unrunnable[ts]
+        return recs
 
     def _add_to_processing(
         self: SchedulerState, ts: TaskState, ws: WorkerState, stimulus_id: str

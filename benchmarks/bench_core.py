@@ -1,0 +1,152 @@
+"""Scheduler core alone, with simulated workers: CPU microseconds per task.
+
+Measures the whole lifecycle of every task in the pure core (submit -> waiting ->
+processing/queued -> memory -> released -> forgotten), with no processes, pipes
+or pickling. Workers are simulated: every ComputeTask command is answered with a
+TaskFinished event, in batches as the runtime would drain its pipes.
+
+    python benchmarks/bench_core.py            # 10k and 100k tasks
+    python benchmarks/bench_core.py --full     # also 1M (flatness check)
+    python benchmarks/bench_core.py --profile  # cProfile of the 100k map
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from collections.abc import Callable
+
+from localsched.scheduler import events as ev
+from localsched.scheduler.commands import ComputeTask
+from localsched.scheduler.state import SchedulerState
+
+N_WORKERS = 2
+THREADS = 1
+BATCH = 1000
+
+
+def _run(state: SchedulerState, commands: list[object], release: list[object]) -> int:
+    """Answer compute commands until none are left; return tasks finished."""
+    finished = 0
+    clock = 1.0
+    pending = [c for c in commands if type(c) is ComputeTask]
+    while pending:
+        batch = pending[:BATCH]
+        del pending[:BATCH]
+        events = []
+        for cmd in batch:
+            clock += 1e-5
+            events.append(
+                ev.TaskFinished(
+                    stimulus_id="finished",
+                    key=cmd.key,
+                    worker=cmd.worker,
+                    run_id=cmd.run_id,
+                    nbytes=28,
+                    type="int",
+                    startstops=(("compute", clock - 1e-5, clock),),
+                )
+            )
+        finished += len(events)
+        out = state.handle(*events)
+        pending.extend(c for c in out if type(c) is ComputeTask)
+    state.handle(*release)
+    return finished
+
+
+def _new_state() -> SchedulerState:
+    state = SchedulerState(validate=False)
+    state.handle(
+        *(
+            ev.WorkerAdded(stimulus_id="add", address=f"w{i}", nthreads=THREADS)
+            for i in range(N_WORKERS)
+        )
+    )
+    return state
+
+
+def bench_independent(n: int) -> tuple[float, int]:
+    state = _new_state()
+    keys = [f"inc-{i}" for i in range(n)]
+    start = time.process_time()
+    cmds = state.handle(
+        ev.UpdateGraph(
+            stimulus_id="map",
+            client="c",
+            tasks=dict.fromkeys(keys, "spec"),
+            keys=keys,
+            time=1.0,
+        )
+    )
+    release = [ev.ClientReleasesKeys(stimulus_id="release", client="c", keys=keys)]
+    done = _run(state, cmds, release)
+    elapsed = time.process_time() - start
+    assert done == n and not state.tasks, (done, len(state.tasks))
+    return elapsed, n
+
+
+def bench_map_reduce(n_leaves: int, fan_in: int = 8) -> tuple[float, int]:
+    state = _new_state()
+    tasks: dict[object, object] = {}
+    deps: dict[object, list[object]] = {}
+    level = [("inc", i) for i in range(n_leaves)]
+    tasks.update(dict.fromkeys(level, "spec"))
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for j in range(0, len(level), fan_in):
+            key = (f"sum-{depth}", j // fan_in)
+            tasks[key] = "spec"
+            deps[key] = level[j : j + fan_in]
+            nxt.append(key)
+        level = nxt
+    root = level[0]
+    start = time.process_time()
+    cmds = state.handle(
+        ev.UpdateGraph(
+            stimulus_id="graph",
+            client="c",
+            tasks=tasks,
+            dependencies=deps,
+            keys=[root],
+            time=1.0,
+        )
+    )
+    release = [ev.ClientReleasesKeys(stimulus_id="release", client="c", keys=[root])]
+    done = _run(state, cmds, release)
+    elapsed = time.process_time() - start
+    assert done == len(tasks) and not state.tasks, (done, len(tasks), len(state.tasks))
+    return elapsed, len(tasks)
+
+
+def _report(name: str, func: Callable[[int], tuple[float, int]], n: int) -> None:
+    func(min(n, 2000))  # warm up
+    elapsed, ntasks = func(n)
+    print(f"{name:<28} {ntasks:>9,} tasks  {elapsed:7.2f} s  {elapsed / ntasks * 1e6:7.1f} us/task")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also run 1M tasks")
+    parser.add_argument("--profile", action="store_true", help="cProfile the 100k map")
+    args = parser.parse_args()
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        bench_independent(100_000)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+    sizes = [10_000, 100_000] + ([1_000_000] if args.full else [])
+    print(f"scheduler core, {N_WORKERS} simulated workers x {THREADS} thread(s)")
+    for n in sizes:
+        _report("independent (map)", bench_independent, n)
+    for n in sizes:
+        _report("map + tree reduction", bench_map_reduce, int(n * 7 / 8))
+
+
+if __name__ == "__main__":
+    main()
