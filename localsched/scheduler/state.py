@@ -230,8 +230,42 @@ class SchedulerState(
             raise RuntimeError(
                 f"transition_counter_max={self.transition_counter_max} exceeded"
             )
-        hook = self.transition_hook
         func = TRANSITIONS_TABLE.get((start, finish))
+        hook = self.transition_hook
+        if func is None or hook is not None:
+            return self._transition_observed(
+                ts, start, finish, func, stimulus_id, kwargs
+            )
+        recs = (
+            func(self, ts, stimulus_id, **kwargs)
+            if kwargs
+            else func(self, ts, stimulus_id)
+        )
+        actual = ts.state
+        if actual != start:
+            states = ts.group.states
+            states[start] -= 1
+            states[actual] += 1
+            states = ts.prefix.states
+            states[start] -= 1
+            states[actual] += 1
+        self.transition_log.append((key, start, actual, recs, stimulus_id, self.now))
+        if actual == "forgotten":
+            self._forget_group_member(ts)
+        return recs
+
+    def _transition_observed(
+        self,
+        ts: TaskState,
+        start: str,
+        finish: str,
+        func: Callable[..., dict[Key, str]] | None,
+        stimulus_id: str,
+        kwargs: dict[str, Any],
+    ) -> dict[Key, str]:
+        """``_transition`` with a plugin hook or through released (slow path)."""
+        key = ts.key
+        hook = self.transition_hook
         if hook is not None and (func is None or finish == "forgotten"):
             # Plugins may read a forgotten task's links, as in dask.
             dependents = set(ts.dependents)

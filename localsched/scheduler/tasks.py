@@ -311,8 +311,9 @@ class TaskState:
         self.traceback_text = ""
         #: The task whose failure made this one err (itself if it raised).
         self.exception_blame: TaskState | None = None
-        #: Addresses of the workers on which the task erred.
-        self.erred_on: set[str] = set()
+        #: Addresses of the workers on which the task erred (None until it errs;
+        #: created lazily, since most tasks never err).
+        self.erred_on: set[str] | None = None
         #: Times this task was executing on a worker that died unexpectedly.
         self.suspicious = 0
         #: Retries left after a failure.

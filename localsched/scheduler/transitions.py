@@ -357,6 +357,8 @@ class TransitionsMixin:
     ) -> Recs:
         ts.state = "erred"
         if worker is not None:
+            if ts.erred_on is None:
+                ts.erred_on = None
             ts.erred_on.add(worker)
         if exception is not None:
             ts.exception = exception
@@ -371,7 +373,7 @@ class TransitionsMixin:
             failing = ts.exception_blame or ts
             ts.exception_blame = failing
         self.erred_tasks.appendleft(
-            (ts.key, self.now, tuple(ts.erred_on), ts.exception_text)
+            (ts.key, self.now, tuple(ts.erred_on or ()), ts.exception_text)
         )
         recs: Recs = {}
         for dts in ts.waiters:
@@ -437,12 +439,12 @@ class TransitionsMixin:
         for dts in ts.dependents:
             if dts.state == "erred":
                 recs[dts.key] = "waiting"
-        for address in ts.erred_on:
+        for address in ts.erred_on or ():
             if address in self.workers:
                 self._commands.append(
                     FreeKeys(stimulus_id=stimulus_id, worker=address, keys=(ts.key,))
                 )
-        ts.erred_on = set()
+        ts.erred_on = None
         for cs in ts.who_wants:
             self._commands.append(
                 KeyRetried(stimulus_id=stimulus_id, client=cs.client_key, key=ts.key)
