@@ -1,0 +1,90 @@
+"""The public surface: exactly the intended names, each documented, modules small."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import localsched
+
+PUBLIC = {
+    "KilledWorker",
+    "NoValidWorkerError",
+    "Scheduler",
+    "SchedulerPlugin",
+    "WorkerPlugin",
+}
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    assert set(localsched.__all__) == PUBLIC
+    for name in PUBLIC:
+        assert getattr(localsched, name) is not None
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    for name in localsched.__all__:
+        obj = getattr(localsched, name)
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+def test_plugin_hooks_have_dasks_signatures() -> None:
+    hook = inspect.signature(localsched.SchedulerPlugin.transition)
+    assert list(hook.parameters) == [
+        "self",
+        "key",
+        "start",
+        "finish",
+        "args",
+        "stimulus_id",
+        "kwargs",
+    ]
+    assert hook.parameters["stimulus_id"].kind is inspect.Parameter.KEYWORD_ONLY
+    add_worker = inspect.signature(localsched.SchedulerPlugin.add_worker)
+    assert list(add_worker.parameters) == ["self", "scheduler", "worker"]
+    assert inspect.iscoroutinefunction(localsched.SchedulerPlugin.start)
+    assert inspect.iscoroutinefunction(localsched.SchedulerPlugin.close)
+
+
+def test_killed_worker_keeps_dasks_arguments() -> None:
+    error = localsched.KilledWorker("x", "local://1/0", 3)
+    assert (error.task, error.last_worker, error.allowed_failures) == (
+        "x",
+        "local://1/0",
+        3,
+    )
+    assert "'x'" in str(error)
+    assert "4 different workers" in str(error)
+
+
+def test_no_module_passes_the_size_limit() -> None:
+    root = Path(localsched.__file__).parent
+    too_big = {
+        str(path.relative_to(root)): n
+        for path in root.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 1000
+    }
+    assert not too_big, too_big
+
+
+def test_core_imports_no_io_modules() -> None:
+    """The sans-IO rule: the core modules import no threads, pipes, clocks."""
+    root = Path(localsched.__file__).parent / "scheduler"
+    forbidden = ("threading", "multiprocessing", "time", "socket", "pickle", "os")
+    core = [
+        "tasks",
+        "events",
+        "commands",
+        "state",
+        "transitions",
+        "stimuli",
+        "placement",
+        "policies",
+        "validate",
+        "heapset",
+    ]
+    for name in core:
+        source = (root / f"{name}.py").read_text()
+        for module in forbidden:
+            assert f"\nimport {module}\n" not in source, (name, module)
+            assert f"\nfrom {module} import" not in source, (name, module)
