@@ -1,0 +1,277 @@
+"""The wire protocol between the scheduler process and its worker processes.
+
+Messages are small frozen dataclasses. They travel in batches: one
+``Connection.send_bytes`` carries one pickled ``list`` of messages, so a loop turn
+costs one system call per worker however many tasks it moves::
+
+    scheduler thread                                   worker process
+    RunTask, ForgetKeys, StealQuery, Shutdown ──────▶  control thread ─▶ task threads
+    Hello, TaskDone, TaskFailed, StealAnswer, Goodbye ◀──────────── (any thread)
+
+What the scheduler never looks into stays opaque bytes: a task's function and
+arguments (cloudpickled once, in the client), results and exceptions (cloudpickled
+in the worker). Values at or above :data:`~localsched.transport.shm.INLINE_THRESHOLD`
+travel as a :class:`~localsched.transport.shm.BlobRef` instead, and
+:func:`~localsched.transport.shm.load` reads either form.
+
+A function is sent to a worker once: :class:`RunTask` always names it by
+``function_token`` and carries its bytes in ``function`` only the first time the
+scheduler sends that token to that worker; the worker caches it by token.
+
+The envelope is plain pickle (protocol 5), read back by an unpickler that resolves
+only the classes of this module and ``BlobRef``. So a corrupt or hostile batch
+cannot import or call anything: :func:`decode_batch` returns a list of complete
+messages or raises :class:`ProtocolError`. These messages are the wire format,
+not the scheduler core's commands and events; the runtime maps between the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import TypeAlias
+
+import cloudpickle
+
+from localsched.transport.shm import BlobRef
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ForgetKeys",
+    "Goodbye",
+    "Hello",
+    "Message",
+    "Payload",
+    "ProtocolError",
+    "RunTask",
+    "Shutdown",
+    "StealAnswer",
+    "StealQuery",
+    "TaskDone",
+    "TaskFailed",
+    "TaskRef",
+    "decode_batch",
+    "dumps_function",
+    "encode_batch",
+]
+
+#: Bumped on any incompatible change; a worker announces it in :class:`Hello`.
+PROTOCOL_VERSION = 1
+
+Key: TypeAlias = Hashable
+#: A serialized value: an inline pickle, or where it lives in shared memory.
+Payload: TypeAlias = bytes | BlobRef
+
+
+class ProtocolError(Exception):
+    """Bytes that are not a batch of messages, or messages that cannot be encoded."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """Stands for a dependency's value inside a task's pickled arguments.
+
+    The worker replaces every ``TaskRef`` found in the arguments (also inside
+    lists, tuples, sets and dict values) by the value of ``key`` from
+    :attr:`RunTask.dependencies`, as dask's ``TaskRef`` is substituted.
+    """
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """Base class of every wire message."""
+
+
+# --- scheduler -> worker -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunTask(Message):
+    """Run ``function(*args, **kwargs)`` and report :class:`TaskDone` or
+    :class:`TaskFailed` with the same ``key`` and ``run_id``."""
+
+    key: Key
+    #: Echoed in the reply, so a stale reply of an earlier run can be told apart.
+    run_id: int
+    #: Names the function; the worker caches functions by token.
+    function_token: str
+    #: Cloudpickled function: set the first time this token goes to this worker.
+    function: bytes | None = None
+    #: Cloudpickled ``(args, kwargs)`` tuple, possibly holding :class:`TaskRef`.
+    args: Payload
+    #: key -> serialized value of each dependency the arguments refer to.
+    dependencies: dict[Key, Payload] = field(default_factory=dict)
+    #: Smaller runs first among tasks queued on the worker (dask's priority).
+    priority: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForgetKeys(Message):
+    """Drop these tasks if they have not started; discard their results if they
+    are running; forget that they finished."""
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StealQuery(Message):
+    """Give ``key`` up if it has not started; answered by :class:`StealAnswer`."""
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown(Message):
+    """Exit now: queued tasks are dropped, running ones abandoned; the worker
+    sends :class:`Goodbye` first."""
+
+    reason: str = "shutdown"
+
+
+# --- worker -> scheduler -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello(Message):
+    """First message of every worker: it is ready for tasks."""
+
+    pid: int
+    nthreads: int
+    version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskDone(Message):
+    """A task returned; ``payload`` is its result, owned by the receiver from now on
+    (a ``BlobRef`` must be adopted by the scheduler's ``BlobStore``)."""
+
+    key: Key
+    run_id: int
+    payload: Payload
+    #: Bytes the result occupies serialized (pickle plus buffers).
+    nbytes: int
+    #: Qualified type name of the result, e.g. ``"numpy.ndarray"``.
+    type: str
+    #: Wall-clock ``time.time()`` when the function started and returned.
+    start: float
+    stop: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFailed(Message):
+    """A task raised, or its function, arguments or result could not be moved."""
+
+    key: Key
+    run_id: int
+    #: Cloudpickled exception of the original type (a ``RuntimeError`` with its
+    #: repr if it could not be pickled); None only if even that failed.
+    exception: bytes | None
+    exception_text: str
+    traceback_text: str
+    start: float
+    stop: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StealAnswer(Message):
+    """Reply to :class:`StealQuery`.
+
+    ``"ready"``: the task had not started and the worker dropped it; the steal
+    goes ahead. ``"executing"``: it is running. ``"memory"``: it finished (its
+    :class:`TaskDone` was sent before this answer). None: unknown to the worker.
+    """
+
+    key: Key
+    state: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye(Message):
+    """Last message of a planned exit; a process that exits without it crashed."""
+
+    reason: str
+
+
+_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    RunTask,
+    ForgetKeys,
+    StealQuery,
+    Shutdown,
+    Hello,
+    TaskDone,
+    TaskFailed,
+    StealAnswer,
+    Goodbye,
+)
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}
+_ALLOWED_GLOBALS = {
+    (cls.__module__, cls.__qualname__): cls
+    for cls in (*_MESSAGE_TYPES, BlobRef, complex, frozenset, set)
+}
+
+
+def encode_batch(messages: Iterable[Message]) -> bytes:
+    """Serialize messages into the bytes of one ``Connection.send_bytes``.
+
+    Raises
+    ------
+    ProtocolError
+        A message holds a value plain pickle cannot serialize (keys must be
+        built from str, bytes, numbers and tuples, as dask's are).
+    """
+    try:
+        return pickle.dumps(list(messages), protocol=5)
+    except Exception as exc:
+        raise ProtocolError(f"cannot encode messages: {exc!r}") from exc
+
+
+def decode_batch(data: bytes | bytearray | memoryview) -> list[Message]:
+    """Read what :func:`encode_batch` wrote.
+
+    Returns
+    -------
+    list of Message
+        Every message has all its fields set.
+
+    Raises
+    ------
+    ProtocolError
+        ``data`` is not an encoded batch. Decoding never imports or calls anything
+        outside this module's message classes, whatever the bytes.
+    """
+    try:
+        batch = _MessageUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise ProtocolError(f"undecodable batch: {exc!r}") from exc
+    if type(batch) is not list:
+        raise ProtocolError(f"a batch is a list, got {type(batch).__name__}")
+    for message in batch:
+        names = _FIELDS.get(type(message))
+        if names is None:
+            raise ProtocolError(f"not a message: {type(message).__name__}")
+        for name in names:
+            if not hasattr(message, name):
+                raise ProtocolError(f"{type(message).__name__} without {name}")
+    return batch
+
+
+def dumps_function(function: object) -> tuple[str, bytes]:
+    """Cloudpickle ``function`` once; return ``(token, bytes)`` for :class:`RunTask`.
+
+    The token is a digest of the bytes, so equal pickles share one cache entry.
+    """
+    data = cloudpickle.dumps(function, protocol=5)
+    return hashlib.blake2b(data, digest_size=16).hexdigest(), data
+
+
+class _MessageUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _ALLOWED_GLOBALS[module, name]
+        except KeyError:
+            raise ProtocolError(f"forbidden global {module}.{name}") from None

@@ -1,0 +1,246 @@
+"""Running one task and turning its outcome into a wire message.
+
+Pure functions of their inputs, so tests call them in-process::
+
+    RunTask ──load_inputs─▶ (args, kwargs, dependency values)
+            ──run_task───▶ Success | Failure           (user code runs here)
+            ──to_message─▶ TaskDone | TaskFailed       (result pickled/written)
+
+Every step that can fail on user data (unpickling the function or arguments,
+running, pickling the result) ends in a :class:`Failure` carrying the exception
+of its original type, so a task never vanishes without a reply.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import traceback
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import cloudpickle
+
+from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
+from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
+
+if TYPE_CHECKING:
+    from localsched.transport.shm import BlobWriter
+
+__all__ = [
+    "Failure",
+    "Outcome",
+    "Success",
+    "dumps_exception",
+    "failure_from",
+    "load_inputs",
+    "run_task",
+    "substitute",
+    "to_message",
+    "typename",
+]
+
+
+@dataclass(slots=True)
+class Success:
+    """The function returned ``value``."""
+
+    value: object
+    start: float
+    stop: float
+
+
+@dataclass(slots=True)
+class Failure:
+    """The function (or moving its inputs or result) raised ``exception``."""
+
+    exception: BaseException
+    traceback_text: str
+    start: float
+    stop: float
+
+
+Outcome = Success | Failure
+
+
+def run_task(
+    function: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    dependency_values: Mapping[Hashable, object],
+) -> Outcome:
+    """Call ``function(*args, **kwargs)`` with each :class:`TaskRef` replaced.
+
+    Parameters
+    ----------
+    function : callable
+    args : tuple
+    kwargs : mapping
+        May hold :class:`~localsched.transport.protocol.TaskRef` placeholders,
+        also nested in lists, tuples, sets and dict values.
+    dependency_values : mapping
+        Value of each key a ``TaskRef`` names.
+
+    Returns
+    -------
+    Success or Failure
+        Failure for any ``BaseException`` the call raised (``SystemExit`` too: in
+        a task thread it would otherwise end the thread silently), with the
+        traceback text below this frame; times are ``time.time()``.
+
+    Examples
+    --------
+    >>> run_task(divmod, (TaskRef("x"), 3), {}, {"x": 7}).value
+    (2, 1)
+    """
+    start = time.time()
+    try:
+        if dependency_values:
+            args = substitute(args, dependency_values)
+            kwargs = substitute(kwargs, dependency_values)
+        value = function(*args, **kwargs)
+    except BaseException as exc:
+        return failure_from(exc, start, skip_frames=1)
+    return Success(value, start, time.time())
+
+
+def substitute(obj: Any, values: Mapping[Hashable, object]) -> Any:
+    """Return ``obj`` with every :class:`TaskRef` replaced by ``values[ref.key]``.
+
+    Containers without a ``TaskRef`` are returned as they are, not copied.
+
+    Raises
+    ------
+    KeyError
+        A ``TaskRef`` names a key missing from ``values``.
+    """
+    cls = type(obj)
+    if cls is TaskRef:
+        return values[obj.key]
+    if cls is tuple or cls is list or cls is set or cls is frozenset:
+        items = [substitute(item, values) for item in obj]
+        if all(new is old for new, old in zip(items, obj, strict=True)):
+            return obj
+        return cls(items)
+    if cls is dict:
+        changed = {}
+        for key, item in obj.items():
+            new = substitute(item, values)
+            if new is not item:
+                changed[key] = new
+        return {**obj, **changed} if changed else obj
+    return obj
+
+
+def failure_from(
+    exc: BaseException,
+    start: float,
+    stop: float | None = None,
+    skip_frames: int = 0,
+) -> Failure:
+    """Wrap a caught exception; ``skip_frames`` drops our own frames from the text.
+
+    ``stop`` defaults to now.
+    """
+    tb = exc.__traceback__
+    for _ in range(skip_frames):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    stop = time.time() if stop is None else stop
+    return Failure(exc, "".join(traceback.format_tb(tb)), start, stop)
+
+
+def to_message(
+    key: Hashable,
+    run_id: int,
+    outcome: Outcome,
+    writer: BlobWriter | None,
+    threshold: int = INLINE_THRESHOLD,
+) -> TaskDone | TaskFailed:
+    """Serialize an outcome: results below ``threshold`` inline, larger ones into
+    shared memory through ``writer`` (always inline without a writer).
+
+    A result that cannot be pickled or written becomes a :class:`TaskFailed` with
+    that error, keeping the task's start and stop.
+    """
+    if isinstance(outcome, Success):
+        value = outcome.value
+        try:
+            payload: bytes | BlobRef
+            if writer is None:
+                payload = cloudpickle.dumps(value, protocol=5)
+            else:
+                payload = writer.serialize(value, threshold)
+        except BaseException as exc:
+            outcome = failure_from(exc, outcome.start, stop=outcome.stop)
+        else:
+            nbytes = len(payload) if isinstance(payload, bytes) else payload.nbytes
+            return TaskDone(
+                key=key,
+                run_id=run_id,
+                payload=payload,
+                nbytes=nbytes,
+                type=typename(type(value)),
+                start=outcome.start,
+                stop=outcome.stop,
+            )
+    return TaskFailed(
+        key=key,
+        run_id=run_id,
+        exception=dumps_exception(outcome.exception),
+        exception_text=_safe_repr(outcome.exception),
+        traceback_text=outcome.traceback_text,
+        start=outcome.start,
+        stop=outcome.stop,
+    )
+
+
+def dumps_exception(exc: BaseException) -> bytes | None:
+    """Cloudpickle ``exc`` keeping its type, checked by loading it back.
+
+    An exception that does not survive the round trip (unpicklable attributes, an
+    ``__init__`` that ``BaseException.__reduce__`` cannot call again) is replaced
+    by a ``RuntimeError`` carrying its repr. None only if even that fails.
+    """
+    try:
+        data: bytes = cloudpickle.dumps(exc, protocol=5)
+        # The receiver must be able to load it; loading here is the only check.
+        # The failure path is rare, so its cost does not matter.
+        pickle.loads(data)
+    except BaseException:
+        try:
+            error = RuntimeError(f"{typename(type(exc))}: {_safe_repr(exc)}")
+            fallback: bytes = cloudpickle.dumps(error, protocol=5)
+            return fallback
+        except BaseException:
+            return None
+    return data
+
+
+def load_inputs(
+    message: RunTask,
+) -> tuple[tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
+    """Unpickle a task's ``(args, kwargs)`` and its dependencies' values.
+
+    Arrays in shared memory are mapped, not copied (see
+    :func:`~localsched.transport.shm.load`).
+    """
+    args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(message.args))
+    values = {key: load(payload) for key, payload in message.dependencies.items()}
+    return tuple(args), dict(kwargs), values
+
+
+def typename(cls: type) -> str:
+    """``"numpy.ndarray"``, or ``"int"`` for builtins, as dask's ``typename``."""
+    module = cls.__module__
+    if module == "builtins":
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _safe_repr(obj: object) -> str:
+    try:
+        return repr(obj)
+    except BaseException:
+        return f"<{typename(type(obj))} with a failing repr>"

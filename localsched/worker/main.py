@@ -1,0 +1,462 @@
+"""Worker process: the child entry point and its threads.
+
+::
+
+    scheduler ══ pipe ══▶ control thread (main) ── RunTask ──▶ priority queue
+                            │ StealQuery, ForgetKeys,              │
+                            │ Shutdown                 task threads (nthreads)
+                            ▼                                      │ run, serialize
+    scheduler ◀═ pipe ═══ outbox: one send per batch ◀── TaskDone / TaskFailed
+                          (the posting task thread sends; the sender thread
+                           sends what the control thread posts)
+
+The control thread only reads the pipe and never writes to it. If both sides
+could block on a write while neither reads, a scheduler sending a large batch to
+a worker whose own writes fill the other direction would deadlock; here the
+worker always reads, so the scheduler's write always completes.
+
+Lifetime: the worker says :class:`~localsched.transport.protocol.Hello` first and
+:class:`~localsched.transport.protocol.Goodbye` before a planned exit
+(:class:`~localsched.transport.protocol.Shutdown`). It also exits, without a
+goodbye, when the pipe reaches EOF because the scheduler process is gone, and the
+kernel kills it if its parent dies (``PR_SET_PDEATHSIG``).
+
+This module imports nothing from ``localsched.scheduler`` (a spawned child
+imports only what it needs: this, ``execute``, the transport, cloudpickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import heapq
+import itertools
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from localsched.transport.protocol import (
+    ForgetKeys,
+    Goodbye,
+    Hello,
+    Message,
+    ProtocolError,
+    RunTask,
+    Shutdown,
+    StealAnswer,
+    StealQuery,
+    TaskDone,
+    TaskFailed,
+    decode_batch,
+    encode_batch,
+)
+from localsched.transport.shm import BlobRef
+from localsched.worker.execute import (
+    Outcome,
+    failure_from,
+    load_inputs,
+    run_task,
+    to_message,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+    from multiprocessing.connection import Connection
+
+    from localsched.transport.shm import BlobWriter
+
+__all__ = ["Worker", "run_worker"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_GOODBYE_TIMEOUT = 10.0  # seconds a Goodbye waits for a send in progress
+
+
+def run_worker(
+    conn: Connection, nthreads: int = 1, writer: BlobWriter | None = None
+) -> None:
+    """Entry point of a worker process (a ``multiprocessing`` ``Process`` target).
+
+    Parameters
+    ----------
+    conn : multiprocessing.connection.Connection
+        This worker's end of a duplex pipe; the scheduler holds the other end.
+    nthreads : int
+        Task threads.
+    writer : BlobWriter, optional
+        ``BlobStore.writer()`` of the scheduler's store: results at or above
+        ``INLINE_THRESHOLD`` go to shared memory. Without it everything is inline.
+
+    Notes
+    -----
+    Never returns: the process ends with ``os._exit`` once the worker is done
+    (status 0, or 1 after an error such as a ``ProtocolError``), so that a
+    non-daemon thread started by user code cannot keep a worker alive after
+    ``Shutdown`` or after its scheduler died.
+    """
+    _die_with_parent()
+    faulthandler.enable()
+    exit_code = 0
+    try:
+        Worker(conn, nthreads, writer).serve()
+    except BaseException:
+        traceback.print_exc()  # a ProtocolError already said goodbye
+        exit_code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+    os._exit(exit_code)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when our parent dies (a no-op elsewhere).
+
+    The "parent" is the thread that forked us: under forkserver the fork server,
+    which exits with the user process; under spawn the thread that started the
+    process, so the runtime must start workers from a thread that lives as long
+    as the cluster (prctl(2)). The pipe's EOF covers the same death, and also the
+    window before this call.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # here: only Linux pays for it, once per process
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl in this libc: the pipe's EOF still ends us
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    message: RunTask
+    #: Removed from the queue (stolen, forgotten, replaced) before it started.
+    is_cancelled: bool = False
+    #: Forgotten while executing: its result is discarded, not sent.
+    is_forgotten: bool = False
+
+
+class Worker:
+    """The worker's state and threads; :meth:`serve` runs the control loop.
+
+    Usable in-process (tests run :meth:`serve` in a thread over a ``Pipe``):
+    only :func:`run_worker` touches process-wide settings.
+
+    Parameters
+    ----------
+    conn : Connection
+    nthreads : int
+    writer : BlobWriter, optional
+        See :func:`run_worker`.
+    """
+
+    def __init__(
+        self, conn: Connection, nthreads: int, writer: BlobWriter | None = None
+    ) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+        self.conn = conn
+        self.nthreads = nthreads
+        self.writer = writer
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._seq = itertools.count()
+        # All of the following: guarded by _lock.
+        self._heap: list[tuple[tuple[float, ...], int, _Job]] = []
+        #: key -> job for every job in _heap that is not cancelled.
+        self._queued: dict[Hashable, _Job] = {}
+        #: key -> job taken by a task thread whose reply is not yet posted.
+        self._executing: dict[Hashable, _Job] = {}
+        #: Keys whose TaskDone was posted and that were not forgotten since.
+        self._done: set[Hashable] = set()
+        self._is_closing = False
+        # Written by the control thread, read by task threads; single dict
+        # operations are atomic, and a lost race only means loading twice.
+        self._function_bytes: dict[str, bytes] = {}
+        self._functions: dict[str, Any] = {}
+        self._outbox = _Outbox(conn)
+
+    def serve(self) -> str:
+        """Say hello, start the threads, handle messages until the end.
+
+        Returns
+        -------
+        str
+            Why it stopped: the ``Shutdown`` reason, or ``"scheduler gone"``.
+
+        Raises
+        ------
+        ProtocolError
+            The scheduler sent something undecodable; a ``Goodbye`` naming it was
+            sent first.
+        """
+        self.conn.send_bytes(
+            encode_batch([Hello(pid=os.getpid(), nthreads=self.nthreads)])
+        )
+        threads = [
+            threading.Thread(target=self._task_loop, name=f"localsched-task-{i}")
+            for i in range(self.nthreads)
+        ]
+        threads.append(
+            threading.Thread(target=self._outbox.sender_loop, name="localsched-send")
+        )
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        try:
+            return self._control_loop()
+        finally:
+            self._stop_tasks()
+            self._outbox.close(None)
+
+    # --- control thread ----------------------------------------------------------
+
+    def _control_loop(self) -> str:
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return "scheduler gone"
+            try:
+                messages = decode_batch(data)
+            except ProtocolError as exc:
+                self._outbox.close(Goodbye(reason=f"protocol error: {exc}"))
+                raise
+            runs: list[RunTask] = []
+            for message in messages:
+                if type(message) is RunTask:
+                    runs.append(message)
+                    continue
+                if runs:  # keep the order of a steal after a run of the same key
+                    self._enqueue(runs)
+                    runs = []
+                reason = self._on_message(message)
+                if reason is not None:
+                    return reason
+            if runs:
+                self._enqueue(runs)
+
+    def _on_message(self, message: Message) -> str | None:
+        if isinstance(message, StealQuery):
+            self._outbox.post_nowait(self._steal(message.key))
+        elif isinstance(message, ForgetKeys):
+            self._forget(message.keys)
+        elif isinstance(message, Shutdown):
+            self._stop_tasks()
+            self._outbox.close(Goodbye(reason=message.reason))
+            return message.reason
+        else:
+            error = ProtocolError(f"a worker cannot handle {type(message).__name__}")
+            self._outbox.close(Goodbye(reason=f"protocol error: {error}"))
+            raise error
+        return None
+
+    def _enqueue(self, runs: list[RunTask]) -> None:
+        for run in runs:
+            if run.function is not None and run.function_token not in self._functions:
+                self._function_bytes[run.function_token] = run.function
+        with self._lock:
+            for run in runs:
+                old = self._queued.get(run.key)
+                if old is not None:
+                    old.is_cancelled = True  # a newer run of the key replaces it
+                job = _Job(run)
+                self._queued[run.key] = job
+                heapq.heappush(self._heap, (run.priority, next(self._seq), job))
+            self._has_work.notify(len(runs))
+
+    def _steal(self, key: Hashable) -> StealAnswer:
+        with self._lock:
+            job = self._queued.pop(key, None)
+            if job is not None:
+                job.is_cancelled = True
+                state: str | None = "ready"
+            elif key in self._executing:
+                state = "executing"
+            elif key in self._done:
+                state = "memory"
+            else:
+                state = None
+        return StealAnswer(key=key, state=state)
+
+    def _forget(self, keys: tuple[Hashable, ...]) -> None:
+        with self._lock:
+            for key in keys:
+                job = self._queued.pop(key, None)
+                if job is not None:
+                    job.is_cancelled = True
+                job = self._executing.get(key)
+                if job is not None:
+                    job.is_forgotten = True
+                self._done.discard(key)
+
+    def _stop_tasks(self) -> None:
+        with self._lock:
+            self._is_closing = True
+            for job in self._queued.values():
+                job.is_cancelled = True
+            self._queued.clear()
+            self._heap.clear()
+            self._has_work.notify_all()
+
+    # --- task threads ------------------------------------------------------------
+
+    def _task_loop(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    while not self._heap and not self._is_closing:
+                        self._has_work.wait()
+                    if self._is_closing:
+                        return
+                    job = heapq.heappop(self._heap)[2]
+                    if not job.is_cancelled:
+                        break
+                key = job.message.key
+                if self._queued.get(key) is job:
+                    del self._queued[key]
+                self._executing[key] = job
+            reply = self._execute(job.message)
+            if job.is_forgotten:
+                _discard(reply)
+            else:
+                self._outbox.post(reply)
+            with self._lock:
+                if self._executing.get(key) is job:
+                    del self._executing[key]
+                if type(reply) is TaskDone and not job.is_forgotten:
+                    self._done.add(key)
+
+    def _execute(self, message: RunTask) -> TaskDone | TaskFailed:
+        start = time.time()
+        outcome: Outcome
+        try:
+            function = self._function(message)
+            args, kwargs, values = load_inputs(message)
+        except BaseException as exc:
+            outcome = failure_from(exc, start)
+        else:
+            outcome = run_task(function, args, kwargs, values)
+            del args, kwargs, values  # unmap shared-memory inputs early
+        return to_message(message.key, message.run_id, outcome, self.writer)
+
+    def _function(self, message: RunTask) -> Any:
+        token = message.function_token
+        function = self._functions.get(token)
+        if function is None:
+            data = message.function or self._function_bytes.get(token)
+            if data is None:
+                raise LookupError(
+                    f"function {token} was never sent to this worker"
+                    f" (task {message.key!r})"
+                )
+            function = pickle.loads(data)
+            self._functions[token] = function
+            self._function_bytes.pop(token, None)
+        return function
+
+
+def _discard(reply: TaskDone | TaskFailed) -> None:
+    # The worker owns what it wrote until the scheduler adopts it (shm.py).
+    if type(reply) is TaskDone and isinstance(reply.payload, BlobRef):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(reply.payload.segment)
+
+
+class _Outbox:
+    """Batches replies: one ``send_bytes`` carries everything posted meanwhile.
+
+    A task thread that posts while nobody is sending becomes the sender and sends
+    until the outbox is empty (no thread hop on the hot path); posts made during a
+    send ride in the next batch. The control thread must never block on the pipe
+    (module docstring), so its posts are sent by the sender thread.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._pending: list[Message] = []
+        self._is_sending = False
+        self._is_kicked = False  # the sender thread should send _pending
+        self._is_closed = False
+
+    def post(self, message: Message) -> None:
+        """Queue ``message`` and send it now unless another thread is sending."""
+        with self._lock:
+            if self._is_closed:
+                return
+            self._pending.append(message)
+            if self._is_sending:
+                return
+            self._is_sending = True
+        self._send_all()
+
+    def post_nowait(self, message: Message) -> None:
+        """Queue ``message`` for the sender thread; never blocks on the pipe."""
+        with self._lock:
+            if self._is_closed:
+                return
+            self._pending.append(message)
+            if not self._is_sending:
+                self._is_sending = self._is_kicked = True
+                self._changed.notify_all()
+
+    def sender_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._is_kicked and not self._is_closed:
+                    self._changed.wait()
+                if self._is_closed:
+                    return
+                self._is_kicked = False
+            self._send_all()
+
+    def close(self, final: Message | None) -> None:
+        """Send what is pending plus ``final``, then refuse further posts."""
+        with self._lock:
+            deadline = time.monotonic() + _GOODBYE_TIMEOUT
+            while self._is_sending and not self._is_closed:
+                if not self._changed.wait(deadline - time.monotonic()):
+                    # A send is stuck: the scheduler stopped reading. Writing now
+                    # would interleave with it, so leave without a goodbye.
+                    self._is_closed = True
+            self._is_closed, was_closed = True, self._is_closed
+            if was_closed:
+                return
+            batch = self._pending if final is None else [*self._pending, final]
+            self._pending = []
+            self._changed.notify_all()
+        if batch:
+            # OSError: the scheduler is gone; nobody is left to tell.
+            with contextlib.suppress(OSError):
+                self._conn.send_bytes(encode_batch(batch))
+
+    def _send_all(self) -> None:
+        # Caller set _is_sending; only one thread sends at a time, so batches
+        # leave in the order they were posted.
+        while True:
+            with self._lock:
+                batch = self._pending
+                if not batch or self._is_closed:
+                    self._is_sending = False
+                    self._changed.notify_all()
+                    return
+                self._pending = []
+            try:
+                self._conn.send_bytes(encode_batch(batch))
+            except BaseException as exc:
+                with self._lock:
+                    self._is_closed = True
+                    self._is_sending = False
+                    self._changed.notify_all()
+                if isinstance(exc, OSError):
+                    return  # the scheduler is gone: the control thread sees EOF
+                raise
