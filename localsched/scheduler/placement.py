@@ -25,6 +25,10 @@ def _occupancy_of(ws: WorkerState) -> float:
     return ws.occupancy
 
 
+def _address_of(ws: WorkerState) -> str:
+    return ws.address
+
+
 class PlacementMixin:
     """Placement and load bookkeeping; mixed into ``SchedulerState``."""
 
@@ -190,7 +194,10 @@ class PlacementMixin:
         if n_workers < 20:
             ws = min(values, key=_occupancy_of)
             if ws.occupancy == 0:
-                # Round-robin among empty workers so a burst spreads out.
+                # Round-robin among empty workers so a burst spreads out. dask's
+                # pools are SortedDicts: walk addresses in order, not in the order
+                # workers last became idle, or the cursor revisits one worker.
+                values.sort(key=_address_of)
                 start = self.n_tasks % n_workers
                 for i in range(n_workers):
                     candidate = values[(i + start) % n_workers]

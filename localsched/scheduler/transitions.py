@@ -358,7 +358,7 @@ class TransitionsMixin:
         ts.state = "erred"
         if worker is not None:
             if ts.erred_on is None:
-                ts.erred_on = None
+                ts.erred_on = set()
             ts.erred_on.add(worker)
         if exception is not None:
             ts.exception = exception
