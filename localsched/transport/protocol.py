@@ -5,7 +5,8 @@ Messages are small frozen dataclasses. They travel in batches: one
 costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
-    RunTask, ForgetKeys, StealQuery, Shutdown ──────▶  control thread ─▶ task threads
+    RunTask, ForgetKeys, StealQuery,
+    GrantSegments, Shutdown ─────────────────────────▶  control thread ─▶ task threads
     Hello, TaskDone, TaskFailed, StealAnswer, Goodbye ◀──────────── (any thread)
 
 What the scheduler never looks into stays opaque bytes: a task's function and
@@ -19,10 +20,13 @@ A function is sent to a worker once: :class:`RunTask` always names it by
 scheduler sends that token to that worker; the worker caches it by token.
 
 The envelope is plain pickle (protocol 5), read back by an unpickler that resolves
-only the classes of this module and ``BlobRef``. So a corrupt or hostile batch
-cannot import or call anything: :func:`decode_batch` returns a list of complete
-messages or raises :class:`ProtocolError`. These messages are the wire format,
-not the scheduler core's commands and events; the runtime maps between the two.
+only the classes of this module, ``BlobRef`` and ``SegmentLease``. So a corrupt
+or hostile batch cannot import or call anything: :func:`decode_batch` returns a
+list of complete messages or raises :class:`ProtocolError`. (Field values are
+not type-checked: the other end of the pipe is our own process.)
+
+These messages are the wire format, not the scheduler core's commands and
+events; the runtime maps between the two.
 """
 
 from __future__ import annotations
@@ -36,12 +40,13 @@ from typing import TypeAlias
 
 import cloudpickle
 
-from localsched.transport.shm import BlobRef
+from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
     "PROTOCOL_VERSION",
     "ForgetKeys",
     "Goodbye",
+    "GrantSegments",
     "Hello",
     "Message",
     "Payload",
@@ -126,6 +131,15 @@ class StealQuery(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GrantSegments(Message):
+    """Free segments of the scheduler's store (``BlobStore.lease``) for the
+    worker's ``BlobWriter`` to write results into: reused pages are written
+    about ten times faster than fresh ones (DESIGN.md, "Data plane")."""
+
+    leases: tuple[SegmentLease, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown(Message):
     """Exit now: queued tasks are dropped, running ones abandoned; the worker
     sends :class:`Goodbye` first."""
@@ -201,6 +215,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     RunTask,
     ForgetKeys,
     StealQuery,
+    GrantSegments,
     Shutdown,
     Hello,
     TaskDone,
@@ -211,7 +226,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}
 _ALLOWED_GLOBALS = {
     (cls.__module__, cls.__qualname__): cls
-    for cls in (*_MESSAGE_TYPES, BlobRef, complex, frozenset, set)
+    for cls in (*_MESSAGE_TYPES, BlobRef, SegmentLease, complex, frozenset, set)
 }
 
 

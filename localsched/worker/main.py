@@ -4,7 +4,7 @@
 
     scheduler ══ pipe ══▶ control thread (main) ── RunTask ──▶ priority queue
                             │ StealQuery, ForgetKeys,              │
-                            │ Shutdown                 task threads (nthreads)
+                            │ GrantSegments, Shutdown  task threads (nthreads)
                             ▼                                      │ run, serialize
     scheduler ◀═ pipe ═══ outbox: one send per batch ◀── TaskDone / TaskFailed
                           (the posting task thread sends; the sender thread
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from localsched.transport.protocol import (
     ForgetKeys,
     Goodbye,
+    GrantSegments,
     Hello,
     Message,
     ProtocolError,
@@ -248,6 +249,10 @@ class Worker:
             self._outbox.post_nowait(self._steal(message.key))
         elif isinstance(message, ForgetKeys):
             self._forget(message.keys)
+        elif isinstance(message, GrantSegments):
+            if self.writer is not None:  # without one, reclaim() takes them back
+                for lease in message.leases:
+                    self.writer.grant(lease)
         elif isinstance(message, Shutdown):
             self._stop_tasks()
             self._outbox.close(Goodbye(reason=message.reason))

@@ -13,6 +13,7 @@ from localsched.transport.protocol import (
     PROTOCOL_VERSION,
     ForgetKeys,
     Goodbye,
+    GrantSegments,
     Hello,
     Message,
     ProtocolError,
@@ -26,7 +27,7 @@ from localsched.transport.protocol import (
     dumps_function,
     encode_batch,
 )
-from localsched.transport.shm import BlobRef
+from localsched.transport.shm import BlobRef, SegmentLease
 
 # Keys as dask builds them: strings, or tuples of a string and integers.
 keys = st.one_of(
@@ -61,6 +62,17 @@ messages = st.one_of(
     ),
     st.builds(ForgetKeys, keys=st.lists(keys, max_size=4).map(tuple)),
     st.builds(StealQuery, key=keys),
+    st.builds(
+        GrantSegments,
+        leases=st.lists(
+            st.builds(
+                SegmentLease,
+                segment=st.text(min_size=1, max_size=40),
+                capacity=st.integers(0, 2**40),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
     st.builds(Shutdown, reason=texts),
     st.builds(Hello, pid=st.integers(1, 2**22), nthreads=st.integers(1, 256)),
     st.builds(

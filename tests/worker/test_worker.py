@@ -18,6 +18,7 @@ import pytest
 from localsched.transport.protocol import (
     ForgetKeys,
     Goodbye,
+    GrantSegments,
     Hello,
     Message,
     ProtocolError,
@@ -316,6 +317,25 @@ def test_a_forgotten_result_in_shared_memory_is_unlinked(
 def _gated_big(name: str) -> bytes:
     wait_gate(name)
     return bytes(INLINE_THRESHOLD * 4)
+
+
+def test_large_results_are_written_into_granted_segments(harness_factory) -> None:
+    with BlobStore() as store:
+        freed = store.put(bytes(INLINE_THRESHOLD * 2))
+        store.release(freed)  # a free segment of the result's size class
+        lease = store.lease(freed.nbytes, holder=os.getpid())
+        assert lease is not None
+        harness = harness_factory(writer=store.writer())
+        harness.send(
+            GrantSegments(leases=(lease,)),
+            harness.run("big", big_bytes, INLINE_THRESHOLD * 2),
+        )
+        reply = harness.reply_to("big")
+        assert isinstance(reply.payload, BlobRef)
+        assert reply.payload.segment == lease.segment  # reused, not created
+        store.adopt(reply.payload)
+        assert load(reply.payload) == bytes(INLINE_THRESHOLD * 2)
+        store.release(reply.payload)
 
 
 def test_tasks_run_concurrently_on_several_threads(harness_factory, gates) -> None:
