@@ -365,6 +365,7 @@ class TransitionsMixin:
             ts.exception_text = exception_text or ts.exception_text
         if traceback is not None:
             ts.traceback = traceback
+        if traceback_text:
             ts.traceback_text = traceback_text
         if cause is not None:
             failing = self.tasks[cause]

@@ -1,0 +1,622 @@
+"""``Client``: dask.distributed's client API over a local cluster.
+
+Client methods build task specs in the calling thread (functions pickled once,
+arguments once), post one event per call to the scheduler thread and return
+futures at once. They never touch scheduler state: waiting happens on the
+futures' states, which the scheduler thread resolves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from localsched.cluster import LocalCluster
+from localsched.future import Future, FutureState, wait
+from localsched.graph import (
+    FunctionCache,
+    TaskSpec,
+    funcname,
+    hash_args,
+    replace_futures,
+)
+from localsched.runtime import ClientHandle
+from localsched.scheduler import events as ev
+from localsched.scheduler.stimuli import validate_key
+from localsched.transport.protocol import TaskRef
+from localsched.transport.shm import BlobRef
+
+Key = Hashable
+
+#: dask's ``Client.submit`` default: calls within 100 ms share a FIFO generation.
+FIFO_TIMEOUT = 0.1
+
+_current_lock = threading.Lock()
+_current: list[Client] = []
+
+
+def _is_future(obj: object) -> bool:
+    return type(obj) is Future
+
+
+class Client:
+    """Connect to a local cluster and submit work to it (``distributed.Client``).
+
+    With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and
+    closes it on ``close()``. With a ``LocalCluster``, attaches to it.
+
+    Parameters
+    ----------
+    address
+        None, or a ``LocalCluster`` to attach to.
+    set_as_default
+        Make this the client used by ``get_client`` and dask collections.
+    name
+        Prefix of the client id.
+    **kwargs
+        Passed to ``LocalCluster`` when the client starts one (``n_workers``,
+        ``threads_per_worker``, ``memory_limit``, ...).
+
+    Examples
+    --------
+    >>> with Client() as client:  # doctest: +SKIP
+    ...     future = client.submit(pow, 2, 10)
+    ...     future.result()
+    1024
+    """
+
+    def __init__(
+        self,
+        address: LocalCluster | str | None = None,
+        loop: Any = None,
+        timeout: float | None = None,
+        set_as_default: bool = True,
+        scheduler_file: str | None = None,
+        security: Any = None,
+        asynchronous: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if asynchronous:
+            raise ValueError(
+                "localsched's Client is synchronous; asynchronous=True is not supported"
+            )
+        if scheduler_file is not None or isinstance(address, str):
+            raise ValueError(
+                "localsched runs on this machine only and cannot connect to a "
+                f"scheduler address ({address or scheduler_file!r}); use "
+                "distributed.Client for a remote scheduler"
+            )
+        self.id = f"{name or 'Client'}-{uuid.uuid4()}"
+        self._owns_cluster = address is None
+        self.cluster = LocalCluster(**kwargs) if address is None else address
+        if not isinstance(self.cluster, LocalCluster):
+            raise TypeError(
+                f"Client needs a LocalCluster, got {type(address).__name__}"
+            )
+        self._runtime = self.cluster.runtime
+        self._store = self.cluster.store
+        self._handle = ClientHandle(self.id)
+        self._lock = threading.Lock()
+        self._refcount: dict[Key, int] = {}
+        self._functions = FunctionCache()
+        self._callbacks: ThreadPoolExecutor | None = None
+        self._runtime.call(self._register).result(timeout=timeout)
+        self.status = "running"
+        if set_as_default:
+            with _current_lock:
+                _current.append(self)
+
+    def _register(self) -> None:
+        self._runtime.clients[self.id] = self._handle
+        self.cluster.scheduler.handle(
+            ev.ClientAdded(stimulus_id=f"client-added-{self.id}", client=self.id)
+        )
+
+    @property
+    def scheduler(self) -> Any:
+        """The cluster's ``Scheduler`` object (same process)."""
+        return self.cluster.scheduler
+
+    # -- futures bookkeeping ------------------------------------------------------
+
+    def _state_for(self, key: Key) -> FutureState:
+        states = self._handle.states
+        state = states.get(key)
+        if state is None:
+            state = states[key] = FutureState(key)
+        return state
+
+    def _inc_ref(self, key: Key) -> None:
+        with self._lock:
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+
+    def _dec_ref(self, key: Key) -> None:
+        with self._lock:
+            count = self._refcount.get(key, 0) - 1
+            if count > 0:
+                self._refcount[key] = count
+                return
+            self._refcount.pop(key, None)
+            self._handle.states.pop(key, None)
+        if self.status == "running":
+            self._runtime.post(
+                ev.ClientReleasesKeys(
+                    stimulus_id=self._runtime.stimulus_id("client-releases-keys"),
+                    client=self.id,
+                    keys=(key,),
+                )
+            )
+
+    def _load_result(self, key: Key) -> Any:
+        return self._runtime.load_result(key)
+
+    def _callback_executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._callbacks is None:
+                self._callbacks = ThreadPoolExecutor(
+                    1, thread_name_prefix="localsched-callbacks"
+                )
+            return self._callbacks
+
+    # -- building tasks -------------------------------------------------------------
+
+    def _spec(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[TaskSpec, dict[Key, Future]]:
+        found: dict[Key, Future] = {}
+        args = replace_futures(args, _is_future, found)
+        kwargs = replace_futures(kwargs, _is_future, found)
+        token, function_bytes = self._functions.get(func)
+        payload = self._store.serialize((args, kwargs))
+        return TaskSpec(token, function_bytes, payload, tuple(found)), found
+
+    def _key_for(
+        self,
+        func: Callable[..., Any],
+        spec: TaskSpec,
+        pure: bool,
+        args: Any,
+        kwargs: Any,
+    ) -> str:
+        if not pure:
+            return f"{funcname(func)}-{uuid.uuid4().hex}"
+        if isinstance(spec.args, BlobRef):
+            token = hash_args(spec.function_token, args, kwargs)
+        else:
+            import hashlib
+
+            hasher = hashlib.blake2b(spec.function_token.encode(), digest_size=16)
+            hasher.update(spec.args)
+            token = hasher.hexdigest()
+        return f"{funcname(func)}-{token}"
+
+    def _check_running(self) -> None:
+        if self.status != "running":
+            raise RuntimeError(f"Client {self.id} is {self.status}")
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: Key | None = None,
+        workers: str | Iterable[str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "100 ms",
+        allow_other_workers: bool = False,
+        actor: bool = False,
+        actors: bool = False,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Submit ``func(*args, **kwargs)`` for execution; return a ``Future``.
+
+        Parameters
+        ----------
+        func
+            The function to run.
+        *args, **kwargs
+            Its arguments; futures among them (also nested in lists, tuples, sets
+            and dicts) are replaced by their results on the worker.
+        key
+            The task's key (default: ``<funcname>-<token>``).
+        workers
+            Worker addresses or names the task may run on.
+        resources
+            Abstract resources the task needs, e.g. ``{"GPU": 1}``.
+        retries
+            Times to re-run the task if it raises.
+        priority
+            Higher runs first when the cluster is busy.
+        allow_other_workers
+            ``workers`` is a preference, not a requirement.
+        pure
+            Identical calls share one key (and one computation).
+
+        Returns
+        -------
+        Future
+        """
+        self._check_running()
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
+        if actor or actors:
+            raise ValueError("localsched does not support actors")
+        spec, found = self._spec(func, args, kwargs)
+        if key is None:
+            key = self._key_for(func, spec, pure, args, kwargs)
+        else:
+            validate_key(key)
+        with self._lock:
+            already = key in self._refcount
+        if already:
+            _release_unused(self._store, spec)
+            return Future(key, self)
+        future = Future(key, self)
+        if isinstance(spec.args, BlobRef):
+            self._runtime.arg_blobs_pending.append((key, spec))
+        self._runtime.post(
+            self._graph_event(
+                {key: spec},
+                {key: spec.dependencies},
+                [key],
+                workers=workers,
+                resources=resources,
+                retries=retries,
+                priority=priority,
+                allow_other_workers=allow_other_workers,
+                fifo_timeout=fifo_timeout,
+            )
+        )
+        del found
+        return future
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Collection[Any],
+        key: str | list[Key] | None = None,
+        workers: str | Iterable[str] | None = None,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        fifo_timeout: str | float = "100 ms",
+        actor: bool = False,
+        actors: bool = False,
+        pure: bool = True,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Map ``func`` over sequences of arguments; one future per element.
+
+        Takes the options of ``submit``. The whole map is one event for the
+        scheduler, and the function is pickled once.
+        """
+        self._check_running()
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
+        if actor or actors:
+            raise ValueError("localsched does not support actors")
+        if iterables and all(isinstance(it, Mapping) for it in iterables):
+            raise TypeError("Dictionaries are not supported by map; pass lists")
+        calls = list(zip(*iterables, strict=False))
+        if isinstance(key, list | tuple):
+            if len(key) != len(calls):
+                raise ValueError("map got a different number of keys and arguments")
+            keys: list[Key] | None = list(key)
+        else:
+            keys = None
+        prefix = key if isinstance(key, str) else None
+        tasks: dict[Key, TaskSpec] = {}
+        dependencies: dict[Key, tuple[Key, ...]] = {}
+        out_keys: list[Key] = []
+        for i, call_args in enumerate(calls):
+            spec, _ = self._spec(func, call_args, kwargs)
+            if keys is not None:
+                k = keys[i]
+                validate_key(k)
+            else:
+                k = self._key_for(func, spec, pure, call_args, kwargs)
+                if prefix is not None:
+                    k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
+            if k in tasks:
+                _release_unused(self._store, spec)
+            else:
+                tasks[k] = spec
+                dependencies[k] = spec.dependencies
+            out_keys.append(k)
+        futures = [Future(k, self) for k in out_keys]
+        with self._lock:
+            new = {
+                k: s
+                for k, s in tasks.items()
+                if self._refcount.get(k, 0) <= out_keys.count(k)
+            }
+        for k, spec in new.items():
+            if isinstance(spec.args, BlobRef):
+                self._runtime.arg_blobs_pending.append((k, spec))
+        if new:
+            self._runtime.post(
+                self._graph_event(
+                    new,
+                    {k: dependencies[k] for k in new},
+                    list(new),
+                    workers=workers,
+                    resources=resources,
+                    retries=retries,
+                    priority=priority,
+                    allow_other_workers=allow_other_workers,
+                    fifo_timeout=fifo_timeout,
+                )
+            )
+        return futures
+
+    def _graph_event(
+        self,
+        tasks: dict[Key, TaskSpec],
+        dependencies: dict[Key, tuple[Key, ...]],
+        keys: list[Key],
+        *,
+        workers: str | Iterable[str] | None,
+        resources: Mapping[str, float] | None,
+        retries: int | None,
+        priority: int,
+        allow_other_workers: bool,
+        fifo_timeout: str | float,
+    ) -> ev.UpdateGraph:
+        restrictions = None
+        if workers is not None:
+            names = [workers] if isinstance(workers, str) else list(workers)
+            restrictions = dict.fromkeys(tasks, names)
+        return ev.UpdateGraph(
+            stimulus_id=self._runtime.stimulus_id("update-graph"),
+            client=self.id,
+            tasks=tasks,
+            dependencies=dependencies,
+            keys=keys,
+            user_priority=priority,
+            fifo_timeout=_seconds(fifo_timeout),
+            restrictions=restrictions,
+            loose_restrictions=list(tasks) if allow_other_workers else (),
+            resources=dict.fromkeys(tasks, dict(resources)) if resources else None,
+            retries=retries,
+            time=time.time(),
+        )
+
+    # -- results ---------------------------------------------------------------------
+
+    def gather(
+        self,
+        futures: Any,
+        errors: str = "raise",
+        direct: bool | None = None,
+        asynchronous: bool | None = None,
+    ) -> Any:
+        """Results of futures, in the same (nested) structure.
+
+        Parameters
+        ----------
+        futures
+            A future, or lists, tuples, sets and dicts holding futures.
+        errors
+            ``"raise"`` re-raises the first task error; ``"skip"`` leaves erred
+            futures out of the result.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        found: dict[Key, Future] = {}
+        replace_futures(futures, _is_future, found)
+        wait(list(found.values()))
+        return self._gather(futures, errors)
+
+    def _gather(self, obj: Any, errors: str) -> Any:
+        if _is_future(obj):
+            return obj.result()
+        typ = type(obj)
+        if typ in (list, tuple, set):
+            items = [
+                self._gather(x, errors)
+                for x in obj
+                if not (errors == "skip" and _is_future(x) and x.status == "error")
+            ]
+            return typ(items)
+        if typ is dict:
+            return {
+                k: self._gather(v, errors)
+                for k, v in obj.items()
+                if not (errors == "skip" and _is_future(v) and v.status == "error")
+            }
+        return obj
+
+    def scatter(
+        self,
+        data: Any,
+        workers: str | Iterable[str] | None = None,
+        broadcast: bool = False,
+        direct: bool | None = None,
+        hash: bool = True,
+        timeout: float | None = None,
+        asynchronous: bool | None = None,
+    ) -> Any:
+        """Move data into the cluster; return futures in the same structure.
+
+        Large values go straight into shared memory; every worker reads them from
+        there, so ``broadcast`` needs no copies.
+        """
+        self._check_running()
+        if isinstance(data, dict):
+            items = list(data.items())
+        elif isinstance(data, list | tuple | set | frozenset):
+            items = [(None, x) for x in data]
+        else:
+            items = [(None, data)]
+        prepared: list[tuple[Key, Any]] = []
+        for key, value in items:
+            payload = self._store.serialize(value)
+            if key is None:
+                token = _payload_token(payload, value) if hash else uuid.uuid4().hex
+                key = f"{type(value).__name__}-{token}"
+            validate_key(key)
+            prepared.append((key, payload))
+        states = {key: self._state_for(key) for key, _ in prepared}
+        futures = {key: Future(key, self, state) for key, state in states.items()}
+        names = (
+            None
+            if workers is None
+            else ([workers] if isinstance(workers, str) else list(workers))
+        )
+
+        def install() -> None:
+            scheduler = self.cluster.scheduler
+            targets = (
+                scheduler.workers_list(names) if names else list(scheduler.workers)
+            )
+            who_has: dict[Key, str | None] = {}
+            for i, (key, payload) in enumerate(prepared):
+                old = self._runtime.data.get(key)
+                if old is not None:
+                    _release_payload(self._store, payload)
+                else:
+                    self._runtime.data[key] = payload
+                who_has[key] = targets[i % len(targets)] if targets else None
+            nbytes = {key: _payload_size(p) for key, p in prepared}
+            scheduler.update_data(who_has=who_has, nbytes=nbytes, client=self.id)
+
+        self._runtime.call(install).result(timeout=timeout)
+        if isinstance(data, dict):
+            return {key: futures[key] for key, _ in prepared}
+        result = [futures[key] for key, _ in prepared]
+        if isinstance(data, list | tuple | set | frozenset):
+            return (
+                type(data)(result) if not isinstance(data, set | frozenset) else result
+            )
+        return result[0]
+
+    # -- control -----------------------------------------------------------------------
+
+    def cancel(
+        self,
+        futures: Any,
+        asynchronous: bool | None = None,
+        force: bool = False,
+        reason: str | None = None,
+        msg: str | None = None,
+    ) -> None:
+        """Cancel futures (and everything that depends on them)."""
+        found: dict[Key, Future] = {}
+        replace_futures(futures, _is_future, found)
+        if not found:
+            return
+        self._runtime.post(
+            ev.CancelRequested(
+                stimulus_id=self._runtime.stimulus_id("cancel"),
+                client=self.id,
+                keys=list(found),
+                force=force,
+            )
+        )
+        self._runtime.call(lambda: None).result()
+
+    def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
+        """Run erred futures again (and the erred tasks they depend on)."""
+        found: dict[Key, Future] = {}
+        replace_futures(futures, _is_future, found)
+        self._runtime.post(
+            ev.RetryRequested(
+                stimulus_id=self._runtime.stimulus_id("retry"),
+                client=self.id,
+                keys=list(found),
+            )
+        )
+        self._runtime.call(lambda: None).result()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Release every future of this client; close the cluster it started."""
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        with _current_lock, contextlib.suppress(ValueError):
+            _current.remove(self)
+        if self._runtime.is_running:
+
+            def unregister() -> None:
+                self.cluster.scheduler.handle(
+                    ev.ClientRemoved(
+                        stimulus_id=f"client-removed-{self.id}", client=self.id
+                    )
+                )
+                self._runtime.clients.pop(self.id, None)
+
+            with contextlib.suppress(Exception):
+                self._runtime.call(unregister).result(timeout=timeout or 10)
+        if self._callbacks is not None:
+            self._callbacks.shutdown(wait=True)
+        if self._owns_cluster:
+            self.cluster.close()
+        self.status = "closed"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.status == "running" and self._owns_cluster:
+                self.close()
+
+    def __repr__(self) -> str:
+        workers = self.cluster.scheduler.workers
+        threads = sum(ws.nthreads for ws in workers.values())
+        return f"<Client: {self.id!r} processes={len(workers)} threads={threads}>"
+
+
+def _seconds(value: str | float) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip().lower().replace(" ", "")
+    for unit, factor in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def _payload_token(payload: bytes | BlobRef, value: Any) -> str:
+    import hashlib
+
+    if isinstance(payload, bytes):
+        return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return hash_args("scatter", (value,), {})
+
+
+def _payload_size(payload: bytes | BlobRef) -> int:
+    return payload.nbytes if isinstance(payload, BlobRef) else len(payload)
+
+
+def _release_payload(store: Any, payload: bytes | BlobRef) -> None:
+    if isinstance(payload, BlobRef):
+        store.release(payload)
+
+
+def _release_unused(store: Any, spec: TaskSpec) -> None:
+    _release_payload(store, spec.args)
+
+
+def default_client() -> Client:
+    """The most recent client set as default; ``ValueError`` if there is none."""
+    with _current_lock:
+        if _current:
+            return _current[-1]
+    raise ValueError("No clients found. Start a client with Client()")
+
+
+__all__ = ["Client", "TaskRef", "default_client"]

@@ -1,0 +1,451 @@
+"""``LocalCluster``: the scheduler thread, its worker processes and the data store.
+
+Workers are forked from a fork server whose only preloaded module is the worker's
+entry point: starting one costs a fork (tens of milliseconds), and the user's
+``__main__`` is never re-imported in a child, so a script without an
+``if __name__ == "__main__":`` guard works instead of recursing. The cluster also
+starts a janitor process that removes the cluster's shared-memory segments if the
+user process dies without closing it (even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import loky
+
+from localsched.runtime import SchedulerRuntime, WorkerHandle
+from localsched.scheduler import events as ev
+from localsched.scheduler.scheduler import Scheduler
+from localsched.transport.shm import BlobStore, sweep_stale_segments
+
+logger = logging.getLogger("localsched.cluster")
+
+_cluster_ids = itertools.count()
+
+#: Seconds ``LocalCluster`` waits for its first workers before giving up.
+START_TIMEOUT = 60.0
+
+
+def nprocesses_nthreads(n: int) -> tuple[int, int]:
+    """dask's default split of ``n`` cores into processes and threads.
+
+    Up to 4 cores: one single-threaded process per core; beyond, the smallest
+    factor of ``n`` at least ``sqrt(n)`` processes.
+
+    >>> nprocesses_nthreads(4)
+    (4, 1)
+    >>> nprocesses_nthreads(32)
+    (8, 4)
+    """
+    if n <= 4:
+        return n, 1
+    processes = min(f for f in range(1, n + 1) if n % f == 0 and f >= math.sqrt(n))
+    return processes, n // processes
+
+
+def _check_not_in_child() -> None:
+    process = multiprocessing.current_process()
+    if multiprocessing.parent_process() is not None and process.name != "MainProcess":
+        raise RuntimeError(
+            "A localsched cluster is being started while a child process imports "
+            "your main module. Start it only when the script runs as a program:\n\n"
+            '    if __name__ == "__main__":\n'
+            "        client = Client()\n"
+            "        ...\n"
+        )
+
+
+_context_lock = threading.Lock()
+_context: Any = None
+
+
+def _worker_context() -> Any:
+    """A fork-server context that preloads only the worker's entry point."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            if "forkserver" in multiprocessing.get_all_start_methods():
+                ctx = multiprocessing.get_context("forkserver")
+                ctx.set_forkserver_preload(["localsched.worker.main"])
+            else:
+                ctx = multiprocessing.get_context("spawn")
+            _context = ctx
+        return _context
+
+
+class LocalCluster:
+    """A scheduler and worker processes on this machine (``distributed.LocalCluster``).
+
+    Parameters
+    ----------
+    n_workers
+        Number of worker processes (default: from the number of cores, as dask).
+    threads_per_worker
+        Task threads per worker.
+    processes
+        Workers are processes (True) or threads of this process (False).
+    memory_limit
+        Bytes per worker, ``"auto"`` (the machine's memory split evenly) or 0/None
+        (no limit).
+    resources
+        Abstract resources each worker offers, e.g. ``{"GPU": 1}``.
+    validate
+        Check the scheduler's invariants after every change (tests).
+    allowed_failures
+        Worker deaths a task survives before ``KilledWorker``.
+    **kwargs
+        Accepted for compatibility (``dashboard_address``, ``silence_logs``, ...).
+
+    Examples
+    --------
+    >>> with LocalCluster(n_workers=2) as cluster:  # doctest: +SKIP
+    ...     with Client(cluster) as client:
+    ...         client.submit(sum, [1, 2]).result()
+    3
+    """
+
+    def __init__(
+        self,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        processes: bool = True,
+        memory_limit: str | float | int | None = "auto",
+        resources: dict[str, float] | None = None,
+        *,
+        validate: bool = False,
+        allowed_failures: int = 3,
+        worker_saturation: float = 1.1,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_not_in_child()
+        cores = loky.cpu_count()
+        if n_workers is None and threads_per_worker is None:
+            n_workers, threads_per_worker = nprocesses_nthreads(cores)
+        elif n_workers is None:
+            assert threads_per_worker is not None
+            n_workers = max(1, cores // threads_per_worker)
+        elif threads_per_worker is None:
+            threads_per_worker = max(1, cores // max(n_workers, 1))
+        self.threads_per_worker = threads_per_worker
+        self.processes = processes
+        self.resources = dict(resources or {})
+        self.memory_limit = _parse_memory_limit(memory_limit, max(n_workers, 1))
+        self.name = name or f"LocalCluster-{os.getpid()}-{next(_cluster_ids)}"
+        self.status = "starting"
+        self._worker_ids = itertools.count()
+        self._lock = threading.Lock()
+        self._target = n_workers
+        sweep_stale_segments()
+        self.store = BlobStore()
+        self.scheduler = Scheduler(
+            validate=validate,
+            allowed_failures=allowed_failures,
+            worker_saturation=worker_saturation,
+        )
+        self.runtime = SchedulerRuntime(
+            self.scheduler, self.store, on_worker_exit=self._on_worker_exit
+        )
+        self._janitor = _start_janitor(self.store) if processes else None
+        self.runtime.start()
+        self.scheduler.start()
+        self.status = "running"
+        try:
+            self._start_workers(n_workers)
+            self.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+        except BaseException:
+            self.close()
+            raise
+        logger.info("%s started with %d workers", self.name, n_workers)
+
+    # -- workers ------------------------------------------------------------------
+
+    @property
+    def workers(self) -> dict[Any, str]:
+        """Worker name -> address of the workers the scheduler knows."""
+        return {ws.name: address for address, ws in self.scheduler.workers.items()}
+
+    def _start_workers(self, n: int) -> None:
+        handles = [self._start_worker() for _ in range(n)]
+        done = self.runtime.call(lambda: self._register(handles))
+        done.result(timeout=START_TIMEOUT)
+
+    def _register(self, handles: list[WorkerHandle]) -> None:
+        for handle in handles:
+            self.runtime.workers[handle.address] = handle
+
+    def _start_worker(self) -> WorkerHandle:
+        from localsched.worker.main import Worker, run_worker
+
+        number = next(self._worker_ids)
+        address = f"local://{os.getpid()}/{number}"
+        if self.processes:
+            ctx = _worker_context()
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            process = ctx.Process(
+                target=run_worker,
+                args=(child_conn, self.threads_per_worker, self.store.writer()),
+                name=f"localsched-worker-{number}",
+                daemon=True,
+            )
+            process.start()
+            child_conn.close()
+        else:
+            parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+            worker = Worker(child_conn, self.threads_per_worker, self.store.writer())
+            process = _ThreadProcess(
+                worker, child_conn, name=f"localsched-worker-{number}"
+            )
+            process.start()
+        return WorkerHandle(
+            address, number, process, parent_conn, self.threads_per_worker
+        )
+
+    def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
+        """Called on the scheduler thread: replace a worker that crashed."""
+        if expected or self.status != "running":
+            return
+        if len(self.runtime.workers) >= self._target:
+            return
+        try:
+            replacement = self._start_worker()
+        except Exception:
+            logger.exception("Could not start a replacement for %s", handle.address)
+            return
+        self.runtime.workers[replacement.address] = replacement
+
+    def scale(self, n: int) -> None:
+        """Grow or shrink to ``n`` workers (shrinking retires workers gracefully)."""
+        with self._lock:
+            self._target = n
+            current = len(
+                self.runtime.call(lambda: list(self.runtime.workers)).result()
+            )
+            if n > current:
+                self._start_workers(n - current)
+            elif n < current:
+
+                def retire() -> None:
+                    names = self.scheduler.workers_to_close(n=current - n)
+                    if names:
+                        self.scheduler.retire_workers(workers=names, close_workers=True)
+
+                self.runtime.call(retire).result()
+
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+        """Block until at least ``n_workers`` workers are running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.scheduler.workers) < n_workers:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Only {len(self.scheduler.workers)} of {n_workers} workers "
+                    f"started within {timeout} s"
+                )
+            self.runtime.call(lambda: None).result(timeout=1.0)
+            if len(self.scheduler.workers) < n_workers:
+                _pause_briefly()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop workers, the scheduler thread and free all shared memory; idempotent."""
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        started = time.monotonic()
+        handles: list[WorkerHandle] = []
+        if self.runtime.is_running:
+            with contextlib.suppress(Exception):
+                handles = self.runtime.call(self._shutdown_workers).result(timeout)
+        for handle in handles:
+            handle.process.join(max(0.0, timeout - (time.monotonic() - started)))
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(1.0)
+        self.runtime.stop(timeout)
+        self.scheduler.close()
+        for handle in handles:
+            with contextlib.suppress(OSError):
+                handle.conn.close()
+        self.store.close()
+        if self._janitor is not None:
+            _stop_janitor(*self._janitor)
+        self.status = "closed"
+        logger.info(
+            "%s closed in %.0f ms", self.name, 1000 * (time.monotonic() - started)
+        )
+
+    def _shutdown_workers(self) -> list[WorkerHandle]:
+        handles = list(self.runtime.workers.values())
+        for handle in handles:
+            handle.outbox.append(_shutdown_message())
+        self.runtime._flush()
+        return handles
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.status == "running":
+                self.close(timeout=2.0)
+
+    def __repr__(self) -> str:
+        workers = self.scheduler.workers
+        threads = sum(ws.nthreads for ws in workers.values())
+        return (
+            f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
+            f"status={self.status})"
+        )
+
+    def _repr_html_(self) -> str:
+        import html
+
+        workers = self.scheduler.workers
+        rows = "".join(
+            f"<tr><td>{html.escape(str(ws.name))}</td><td>{ws.nthreads}</td>"
+            f"<td>{len(ws.processing)}</td><td>{len(ws.has_what)}</td></tr>"
+            for ws in workers.values()
+        )
+        return (
+            f"<div><strong>{html.escape(type(self).__name__)}</strong> "
+            f"{html.escape(self.name)} ({html.escape(self.status)})"
+            "<table><tr><th>worker</th><th>threads</th><th>processing</th>"
+            f"<th>in memory</th></tr>{rows}</table></div>"
+        )
+
+
+class _ThreadProcess:
+    """A worker run in a thread of this process (``processes=False``)."""
+
+    def __init__(self, worker: Any, conn: Connection, name: str) -> None:
+        self._worker = worker
+        self._conn = conn
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._done = threading.Event()
+        self._r, self._w = os.pipe()
+        self.pid = os.getpid()
+        self.exitcode: int | None = None
+
+    def _serve(self) -> None:
+        try:
+            self._worker.serve()
+            self.exitcode = 0
+        except BaseException:
+            self.exitcode = 1
+        finally:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            os.write(self._w, b"x")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def sentinel(self) -> int:
+        return self._r
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            for fd in (self._r, self._w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._r = self._w = -1
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.close()
+
+
+def _shutdown_message() -> Any:
+    from localsched.transport.protocol import Shutdown
+
+    return Shutdown(reason="cluster closing")
+
+
+def _parse_memory_limit(limit: str | float | int | None, n_workers: int) -> int:
+    import psutil
+
+    if limit in (None, 0, "0"):
+        return 0
+    if limit == "auto":
+        return int(psutil.virtual_memory().total // n_workers)
+    if isinstance(limit, str):
+        return _parse_bytes(limit)
+    if isinstance(limit, float) and limit <= 1:
+        return int(psutil.virtual_memory().total * limit)
+    return int(limit)
+
+
+def _parse_bytes(text: str) -> int:
+    units = {
+        "b": 1,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number) :] or "b"
+    if unit not in units:
+        raise ValueError(f"Could not interpret {text!r} as a byte count")
+    return int(float(number or 1) * units[unit])
+
+
+def _pause_briefly() -> None:
+    threading.Event().wait(0.005)
+
+
+# -- janitor -------------------------------------------------------------------------
+
+
+def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
+    from localsched.transport import janitor
+
+    ctx = _worker_context()
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=janitor.run,
+        args=(reader, store.prefix, store.directory),
+        name="localsched-janitor",
+        daemon=True,
+    )
+    process.start()
+    reader.close()
+    return process, writer
+
+
+def _stop_janitor(process: Any, conn: Connection) -> None:
+    with contextlib.suppress(OSError):
+        conn.send_bytes(b"bye")
+        conn.close()
+    process.join(5.0)
+    if process.is_alive():
+        process.kill()
+        process.join(1.0)
+
+
+# Used by tests and callers that need the event type without importing the core.
+WorkerRetiring = ev.RetireWorkers

@@ -1,0 +1,447 @@
+"""``Future``, ``wait`` and ``as_completed``: handles to remote results.
+
+A ``Future`` is a key plus the client's ``FutureState`` for that key. The
+scheduler thread resolves states (finished, error, cancelled, lost) from the
+core's client commands; user threads only wait on them. Every live ``Future``
+holds a reference on its key; when the last one is released or garbage
+collected, the client tells the scheduler it no longer wants the key.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from localsched.client import Client
+
+Key = Hashable
+
+
+class FutureCancelledError(concurrent.futures.CancelledError):
+    """The future was cancelled (by ``cancel``, a restart, or forgetting it)."""
+
+    def __init__(
+        self, key: Key, reason: str | None = None, msg: str | None = None
+    ) -> None:
+        self.key = key
+        self.reason = reason or "unknown"
+        self.msg = msg
+        super().__init__(key, self.reason)
+
+    def __str__(self) -> str:
+        text = f"{self.key!r} cancelled for reason: {self.reason}."
+        return f"{text} {self.msg}" if self.msg else text
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's traceback text as the ``__cause__`` of an error."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class FutureState:
+    """The status of one key as this client knows it (set by the scheduler thread)."""
+
+    __slots__ = (
+        "_waiters",
+        "event",
+        "exception",
+        "key",
+        "reason",
+        "status",
+        "traceback_text",
+        "type",
+    )
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        #: pending, finished, error, cancelled or lost.
+        self.status = "pending"
+        self.exception: BaseException | None = None
+        self.traceback_text = ""
+        self.type: str | None = None
+        self.reason: str | None = None
+        #: Set iff the status is final (finished, error, cancelled).
+        self.event = threading.Event()
+        self._waiters: list[Callable[[FutureState], None]] = []
+
+    def done(self) -> bool:
+        return self.event.is_set()
+
+    def add_waiter(self, callback: Callable[[FutureState], None]) -> None:
+        """Call ``callback(self)`` once the state is final (now if it is)."""
+        if self.event.is_set():
+            callback(self)
+            return
+        self._waiters.append(callback)
+        if self.event.is_set() and callback in self._waiters:
+            # Resolved while we appended: make sure it runs exactly once.
+            self._waiters.remove(callback)
+            callback(self)
+
+    def remove_waiter(self, callback: Callable[[FutureState], None]) -> None:
+        try:
+            self._waiters.remove(callback)
+        except ValueError:
+            pass
+
+    def _resolve(self, status: str) -> None:
+        self.status = status
+        self.event.set()
+        waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            callback(self)
+
+    def finish(self, type_name: str | None) -> None:
+        self.type = type_name
+        self._resolve("finished")
+
+    def set_error(self, exception: BaseException, traceback_text: str) -> None:
+        self.exception = exception
+        self.traceback_text = traceback_text
+        self._resolve("error")
+
+    def cancel(self, reason: str) -> None:
+        self.reason = reason
+        self._resolve("cancelled")
+
+    def reset(self, status: str = "pending") -> None:
+        """Lost data or a retry: the key will be computed again."""
+        self.event.clear()
+        self.status = status
+        self.exception = None
+        self.traceback_text = ""
+
+
+class Future:
+    """A remotely running computation (``distributed.Future``).
+
+    Parameters
+    ----------
+    key
+        The key of the task.
+    client
+        The client that owns the key.
+
+    Examples
+    --------
+    >>> future = client.submit(inc, 1)  # doctest: +SKIP
+    >>> future.result()  # doctest: +SKIP
+    2
+    """
+
+    _cb_executor_lock = threading.Lock()
+
+    def __init__(
+        self, key: Key, client: Client, state: FutureState | None = None
+    ) -> None:
+        self.key = key
+        self.client = client
+        self._state = state if state is not None else client._state_for(key)
+        client._inc_ref(key)
+        self._released = False
+
+    @property
+    def status(self) -> str:
+        """pending, finished, error, cancelled or lost."""
+        return self._state.status
+
+    def done(self) -> bool:
+        """Whether the computation finished, erred or was cancelled."""
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        return self._state.status == "cancelled"
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._state.event.wait(timeout):
+            raise TimeoutError(
+                f"Future {self.key!r} did not finish within {timeout} seconds"
+            )
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result and return it; re-raise the task's exception.
+
+        Raises
+        ------
+        TimeoutError
+            The result did not arrive within ``timeout`` seconds.
+        FutureCancelledError
+            The future was cancelled.
+        """
+        self._wait(timeout)
+        state = self._state
+        if state.status == "finished":
+            return self.client._load_result(self.key)
+        if state.status == "error":
+            assert state.exception is not None
+            raise state.exception
+        raise FutureCancelledError(self.key, state.reason)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception the task raised, or None."""
+        self._wait(timeout)
+        if self._state.status == "cancelled":
+            raise FutureCancelledError(self.key, self._state.reason)
+        return self._state.exception
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """The traceback of the task's exception (its remote text as a cause)."""
+        exception = self.exception(timeout)
+        return None if exception is None else exception.__traceback__
+
+    def cancel(self, reason: str | None = None, msg: str | None = None) -> None:
+        """Cancel the task if it has not finished; dependents are cancelled too."""
+        self.client.cancel([self], reason=reason, msg=msg)
+
+    def retry(self) -> None:
+        """Run the task again if it erred."""
+        self.client.retry([self])
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` in a separate thread once the future is done."""
+        executor = self.client._callback_executor()
+
+        def on_done(_: FutureState) -> None:
+            executor.submit(_run_callback, fn, self)
+
+        self._state.add_waiter(on_done)
+
+    def release(self) -> None:
+        """Drop this handle's hold on the key (garbage collection does it too)."""
+        if not self._released:
+            self._released = True
+            self.client._dec_ref(self.key)
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: the client may be gone
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "A localsched Future cannot be pickled; pass it directly as an argument "
+            "of submit/map (also inside lists, tuples, sets or dicts)"
+        )
+
+    def __repr__(self) -> str:
+        text = f"<Future: {self.status}, key: {self.key!r}"
+        if self._state.type:
+            text += f", type: {self._state.type}"
+        return text + ">"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Future) and other.key == self.key
+
+
+def _run_callback(fn: Callable[[Future], Any], future: Future) -> None:
+    try:
+        fn(future)
+    except Exception:
+        import logging
+
+        logging.getLogger("localsched.future").exception(
+            "Error in callback %r of %r", fn, future
+        )
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[Future]
+    not_done: set[Future]
+
+
+ALL_COMPLETED = "ALL_COMPLETED"
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+
+
+def wait(
+    fs: Future | Iterable[Future],
+    timeout: float | None = None,
+    return_when: str = ALL_COMPLETED,
+) -> DoneAndNotDoneFutures:
+    """Wait until all or any of the futures are done.
+
+    Parameters
+    ----------
+    fs
+        A future or an iterable of futures.
+    timeout
+        Seconds to wait; ``TimeoutError`` after that.
+    return_when
+        ``"ALL_COMPLETED"``, ``"FIRST_COMPLETED"`` or ``"FIRST_EXCEPTION"``.
+
+    Returns
+    -------
+    DoneAndNotDoneFutures
+        Named tuple of ``done`` and ``not_done`` sets.
+    """
+    futures = [fs] if isinstance(fs, Future) else list(fs)
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"Unknown return_when {return_when!r}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ready = threading.Event()
+    lock = threading.Lock()
+    remaining = {id(f._state) for f in futures}
+    states = {id(f._state): f._state for f in futures}
+
+    def on_done(state: FutureState) -> None:
+        with lock:
+            remaining.discard(id(state))
+            if (
+                not remaining
+                or return_when == FIRST_COMPLETED
+                or (return_when == FIRST_EXCEPTION and state.status == "error")
+            ):
+                ready.set()
+
+    for state in states.values():
+        state.add_waiter(on_done)
+    if not states:
+        ready.set()
+    try:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not ready.wait(left):
+            raise TimeoutError(f"{len(remaining)} futures not done after {timeout} s")
+    finally:
+        for state in states.values():
+            state.remove_waiter(on_done)
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, {f for f in futures if not f.done()})
+
+
+class as_completed:
+    """Iterate over futures in the order they complete.
+
+    Parameters
+    ----------
+    futures
+        Futures to watch; more can be added with ``add`` while iterating.
+    with_results
+        Yield ``(future, result)`` pairs.
+    raise_errors
+        With ``with_results``, re-raise a task's exception instead of yielding it.
+    timeout
+        Seconds after which iteration raises ``TimeoutError``.
+
+    Examples
+    --------
+    >>> for future in as_completed(futures):  # doctest: +SKIP
+    ...     print(future.result())
+    """
+
+    def __init__(
+        self,
+        futures: Iterable[Future] | None = None,
+        loop: Any = None,
+        with_results: bool = False,
+        raise_errors: bool = True,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._lock = threading.Condition()
+        self._ready: deque[Future] = deque()
+        self._pending: dict[int, Future] = {}
+        for future in futures or ():
+            self.add(future)
+
+    def add(self, future: Future) -> None:
+        """Watch one more future."""
+        with self._lock:
+            self._pending[id(future)] = future
+
+        def on_done(_: FutureState, future: Future = future) -> None:
+            with self._lock:
+                if self._pending.pop(id(future), None) is not None:
+                    self._ready.append(future)
+                    self._lock.notify_all()
+
+        future._state.add_waiter(on_done)
+
+    def update(self, futures: Iterable[Future]) -> None:
+        for future in futures:
+            self.add(future)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._pending) + len(self._ready)
+
+    def is_empty(self) -> bool:
+        return not self.count()
+
+    def has_ready(self) -> bool:
+        with self._lock:
+            return bool(self._ready)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._ready.clear()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def _item(self, future: Future) -> Any:
+        if not self.with_results:
+            return future
+        if future.status == "error" and not self.raise_errors:
+            return future, future.exception()
+        return future, future.result()
+
+    def __next__(self) -> Any:
+        with self._lock:
+            while not self._ready:
+                if not self._pending:
+                    raise StopIteration
+                left = (
+                    None
+                    if self._deadline is None
+                    else self._deadline - time.monotonic()
+                )
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        f"{len(self._pending)} futures not completed in {self.timeout} s"
+                    )
+                self._lock.wait(left)
+            future = self._ready.popleft()
+        return self._item(future)
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """Everything ready now (waiting for at least one if ``block``)."""
+        if block:
+            try:
+                first = [next(self)]
+            except StopIteration:
+                return []
+        else:
+            first = []
+        with self._lock:
+            ready = list(self._ready)
+            self._ready.clear()
+        return first + [self._item(f) for f in ready]
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield lists of everything that completed since the last batch."""
+        while True:
+            batch = self.next_batch(block=True)
+            if not batch:
+                return
+            yield batch

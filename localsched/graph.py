@@ -1,0 +1,122 @@
+"""Turning ``submit``/``map`` calls into task specs: keys, tokens, dependencies.
+
+A task's function and arguments are serialized once, here, in the client thread;
+the scheduler core only ever sees the resulting ``TaskSpec`` as an opaque
+``run_spec``. Futures found in the arguments (also nested in lists, tuples, sets
+and dict values) become dependencies and are replaced by ``TaskRef`` placeholders
+that the worker substitutes with the dependencies' values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+import weakref
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from localsched.transport.protocol import Payload, TaskRef, dumps_function
+
+Key = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What a worker needs to run one task (the core's opaque ``run_spec``)."""
+
+    #: Names the function (digest of its pickle); workers cache by token.
+    function_token: str
+    #: The cloudpickled function (sent to a worker the first time only).
+    function: bytes
+    #: Cloudpickled ``(args, kwargs)``, inline or in shared memory.
+    args: Payload
+    #: Keys of the futures the arguments refer to.
+    dependencies: tuple[Key, ...]
+
+
+class FunctionCache:
+    """Pickle each function once per client: ``map`` and repeated ``submit``.
+
+    Keyed by the function object's identity while it is alive (a weak reference
+    where the object allows one), so a function is never pickled twice.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, str, bytes]] = {}
+
+    def get(self, function: Callable[..., Any]) -> tuple[str, bytes]:
+        entry = self._by_id.get(id(function))
+        if entry is not None and _deref(entry[0]) is function:
+            return entry[1], entry[2]
+        token, data = dumps_function(function)
+        try:
+            ref: Any = weakref.ref(function, self._forget(id(function)))
+        except TypeError:
+            ref = function  # builtins and some callables take no weak reference
+        self._by_id[id(function)] = (ref, token, data)
+        return token, data
+
+    def _forget(self, ident: int) -> Callable[[Any], None]:
+        def callback(_: Any) -> None:
+            self._by_id.pop(ident, None)
+
+        return callback
+
+
+def _deref(ref: Any) -> Any:
+    return ref() if isinstance(ref, weakref.ref) else ref
+
+
+def funcname(function: Callable[..., Any]) -> str:
+    """The name dask puts in front of a key (``inc`` for ``inc-<token>``)."""
+    while hasattr(function, "func") and not hasattr(function, "__name__"):
+        function = function.func  # functools.partial
+    name = getattr(function, "__name__", None) or type(function).__name__
+    if name == "<lambda>":
+        return "lambda"
+    return str(name).strip("<>").replace(" ", "_")
+
+
+def replace_futures(
+    obj: Any, is_future: Callable[[Any], bool], found: dict[Key, Any]
+) -> Any:
+    """Copy ``obj`` with every future replaced by a ``TaskRef``; collect them."""
+    if is_future(obj):
+        found[obj.key] = obj
+        return TaskRef(obj.key)
+    typ = type(obj)
+    if typ is list:
+        return [replace_futures(x, is_future, found) for x in obj]
+    if typ is tuple:
+        return tuple(replace_futures(x, is_future, found) for x in obj)
+    if typ is dict:
+        return {k: replace_futures(v, is_future, found) for k, v in obj.items()}
+    if typ is set:
+        return {replace_futures(x, is_future, found) for x in obj}
+    return obj
+
+
+def hash_args(
+    function_token: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    """Deterministic token of a call, for ``pure=True`` keys.
+
+    Arrays are hashed through their out-of-band buffers, without a copy.
+    """
+    hasher = hashlib.blake2b(function_token.encode(), digest_size=16)
+    buffers: list[Any] = []
+    header = cloudpickle.dumps(
+        (args, kwargs), protocol=5, buffer_callback=buffers.append
+    )
+    hasher.update(header)
+    for buffer in buffers:
+        hasher.update(buffer.raw())
+    return hasher.hexdigest()
+
+
+def new_key(function: Callable[..., Any], token: str | None) -> str:
+    """``<funcname>-<token>``; a random token for impure calls."""
+    return f"{funcname(function)}-{token or uuid.uuid4().hex}"

@@ -1,0 +1,573 @@
+"""``SchedulerRuntime``: the one scheduler thread, which does all the IO.
+
+Theory of operation
+-------------------
+::
+
+    client threads ──post()──▶ inbox (deque) + Wakeup ──┐
+                                                        ▼
+    worker pipes ────────────────────────────▶ wait([wakeup, pipes, sentinels])
+    worker sentinels (process exits) ─────────▶        │
+                                                        ▼
+                    drain everything ready ─▶ events ─▶ Scheduler.handle()
+                                                        │ commands
+                            ┌───────────────────────────┼──────────────────────┐
+                            ▼                           ▼                      ▼
+                 per-worker batch (one send)   FutureState of clients   data store
+
+The thread owns the scheduler core, the worker handles and the results. Client
+threads never touch them: they post events (or a function to run here) and wait
+on their futures' states. One loop turn drains every inbox item and every ready
+pipe, feeds all resulting events to the core in one ``handle`` call, carries out
+the commands, and sends each worker at most one batch.
+
+Results live here, not in the workers: a small result travels inline and is
+kept as bytes, a large one stays in its shared-memory segment (owned by the
+``BlobStore``). So a worker that dies loses only the tasks it was running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future as CellFuture
+from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from localsched.future import FutureState, RemoteTraceback
+from localsched.scheduler import commands as cmd
+from localsched.scheduler import events as ev
+from localsched.transport.protocol import (
+    ForgetKeys,
+    Goodbye,
+    Hello,
+    Message,
+    ProtocolError,
+    RunTask,
+    Shutdown,
+    StealAnswer,
+    StealQuery,
+    TaskDone,
+    TaskFailed,
+    decode_batch,
+    encode_batch,
+)
+from localsched.transport.shm import BlobRef, load
+from localsched.transport.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from localsched.graph import TaskSpec
+    from localsched.scheduler.scheduler import Scheduler
+    from localsched.transport.shm import BlobStore
+
+logger = logging.getLogger("localsched.runtime")
+
+Key = Hashable
+
+#: Seconds between timer ticks (stealing balance, heartbeats, adaptive).
+TICK_INTERVAL = 0.5
+
+
+class WorkerHandle:
+    """The runtime's view of one worker process."""
+
+    __slots__ = (
+        "address",
+        "conn",
+        "exit_reason",
+        "is_ready",
+        "name",
+        "nthreads",
+        "outbox",
+        "pid",
+        "process",
+        "said_goodbye",
+        "sent_functions",
+    )
+
+    def __init__(
+        self, address: str, name: Any, process: Any, conn: Connection, nthreads: int
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.process = process
+        self.conn = conn
+        self.nthreads = nthreads
+        self.pid: int = process.pid or 0
+        #: Messages to send at the end of this loop turn.
+        self.outbox: list[Message] = []
+        #: Function tokens this worker already has.
+        self.sent_functions: set[str] = set()
+        self.is_ready = False
+        self.said_goodbye = False
+        self.exit_reason = ""
+
+    @property
+    def sentinel(self) -> int:
+        return int(self.process.sentinel)
+
+
+class ClientHandle:
+    """Futures' states of one client, resolved by the scheduler thread."""
+
+    def __init__(self, client_id: str) -> None:
+        self.id = client_id
+        self.states: dict[Key, FutureState] = {}
+
+
+class SchedulerRuntime:
+    """Owns the scheduler thread; see the module docstring."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        store: BlobStore,
+        on_worker_exit: Callable[[WorkerHandle, bool], None] | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.store = store
+        self.on_worker_exit = on_worker_exit
+        #: key -> serialized result (inline bytes or a shared-memory ref).
+        self.data: dict[Key, bytes | BlobRef] = {}
+        self.workers: dict[str, WorkerHandle] = {}
+        self.clients: dict[str, ClientHandle] = {}
+        self._inbox: deque[Any] = deque()
+        self._wakeup = Wakeup()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._next_tick = 0.0
+        self._stimulus_ids = itertools.count()
+        self.tasks_finished = 0
+        #: (key, spec) of tasks whose arguments live in shared memory; filled from
+        #: client threads (deque appends are atomic), swept on ticks.
+        self.arg_blobs_pending: deque[tuple[Key, Any]] = deque()
+        self._arg_blobs: list[tuple[Key, Any]] = []
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="localsched-scheduler", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after the current loop turn; idempotent."""
+        if self._thread is None or self._stopped.is_set():
+            return
+        self._stopping = True
+        self._wakeup.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self._wakeup.close()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and not self._stopped.is_set()
+
+    # -- posting from other threads ------------------------------------------------------
+
+    def post(self, *events: ev.StateEvent) -> None:
+        """Queue events for the core (thread-safe, never blocks)."""
+        self._inbox.extend(events)
+        self._wakeup.set()
+
+    def call(self, function: Callable[[], Any]) -> CellFuture[Any]:
+        """Run ``function()`` on the scheduler thread; its result in a future."""
+        cell: CellFuture[Any] = CellFuture()
+        if self._thread is not None and threading.current_thread() is self._thread:
+            try:
+                cell.set_result(function())
+            except BaseException as exc:
+                cell.set_exception(exc)
+            return cell
+        self._inbox.append((function, cell))
+        self._wakeup.set()
+        return cell
+
+    def stimulus_id(self, name: str) -> str:
+        return f"{name}-{next(self._stimulus_ids)}"
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._turn()
+        except BaseException:
+            logger.exception("The scheduler thread failed")
+            raise
+        finally:
+            self._stopped.set()
+
+    def _turn(self) -> None:
+        waitables: list[Any] = [self._wakeup]
+        for handle in self.workers.values():
+            waitables.append(handle.conn)
+            waitables.append(handle.sentinel)
+        timeout = max(0.0, self._next_tick - time.monotonic())
+        ready = wait(waitables, timeout)
+        self._wakeup.clear()
+        events: list[ev.StateEvent] = []
+        self._drain_inbox(events)
+        exited: list[WorkerHandle] = []
+        if ready:
+            by_conn = {id(h.conn): h for h in self.workers.values()}
+            by_sentinel = {h.sentinel: h for h in self.workers.values()}
+            for obj in ready:
+                handle = by_conn.get(id(obj))
+                if handle is not None:
+                    self._drain_worker(handle, events)
+                    continue
+                handle = by_sentinel.get(obj) if isinstance(obj, int) else None
+                if handle is not None:
+                    exited.append(handle)
+        for handle in exited:
+            self._drain_worker(handle, events)
+            self._worker_exited(handle, events)
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK_INTERVAL
+            self._sweep_arg_blobs()
+            events.append(
+                ev.Tick(stimulus_id=self.stimulus_id("tick"), time=time.time())
+            )
+        self._handle(events)
+
+    def _handle(self, events: list[ev.StateEvent]) -> None:
+        commands = self.scheduler.handle(*events) if events else []
+        outbox = self.scheduler.take_outbox()
+        if outbox:
+            commands.extend(outbox)
+        if commands:
+            self._execute(commands)
+        self._flush()
+
+    def _drain_inbox(self, events: list[ev.StateEvent]) -> None:
+        inbox = self._inbox
+        while inbox:
+            item = inbox.popleft()
+            if isinstance(item, tuple):
+                function, cell = item
+                if events:
+                    # Calls see the state after the events posted before them.
+                    self._handle(events)
+                    events.clear()
+                try:
+                    cell.set_result(function())
+                except BaseException as exc:
+                    cell.set_exception(exc)
+            else:
+                events.append(item)
+
+    # -- worker messages -> events ---------------------------------------------------
+
+    def _drain_worker(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> None:
+        conn = handle.conn
+        try:
+            while conn.poll():
+                data = conn.recv_bytes()
+                for message in decode_batch(data):
+                    self._on_message(handle, message, events)
+        except (EOFError, OSError):
+            pass  # the sentinel reports the exit
+        except ProtocolError:
+            logger.exception("Worker %s sent an undecodable batch", handle.address)
+
+    def _on_message(
+        self, handle: WorkerHandle, message: Message, events: list[ev.StateEvent]
+    ) -> None:
+        address = handle.address
+        typ = type(message)
+        if typ is TaskDone:
+            assert isinstance(message, TaskDone)
+            self._on_task_done(handle, message, events)
+        elif typ is TaskFailed:
+            assert isinstance(message, TaskFailed)
+            events.append(
+                ev.TaskErred(
+                    stimulus_id=self.stimulus_id("task-erred"),
+                    key=message.key,
+                    worker=address,
+                    run_id=message.run_id,
+                    exception=message.exception,
+                    exception_text=message.exception_text,
+                    traceback_text=message.traceback_text,
+                    startstops=(("compute", message.start, message.stop),),
+                )
+            )
+        elif typ is StealAnswer:
+            assert isinstance(message, StealAnswer)
+            events.append(
+                ev.StealResponse(
+                    stimulus_id=self.stimulus_id("steal-response"),
+                    key=message.key,
+                    worker=address,
+                    state=message.state,
+                )
+            )
+        elif typ is Hello:
+            assert isinstance(message, Hello)
+            handle.is_ready = True
+            handle.pid = message.pid
+            ws_name = handle.name
+            events.append(
+                ev.WorkerAdded(
+                    stimulus_id=self.stimulus_id("worker-added"),
+                    address=address,
+                    nthreads=message.nthreads,
+                    name=ws_name,
+                    memory_limit=0,
+                    pid=message.pid,
+                    time=time.time(),
+                )
+            )
+        elif typ is Goodbye:
+            handle.said_goodbye = True
+        else:
+            logger.warning("Unexpected message from %s: %r", address, message)
+
+    def _on_task_done(
+        self, handle: WorkerHandle, message: TaskDone, events: list[ev.StateEvent]
+    ) -> None:
+        payload = message.payload
+        if isinstance(payload, BlobRef):
+            self.store.adopt(payload)
+        key = message.key
+        ts = self.scheduler.state.tasks.get(key)
+        ws = None if ts is None else ts.processing_on
+        if (
+            ts is None
+            or ws is None
+            or ws.address != handle.address
+            or ts.run_id != message.run_id
+        ):
+            self._free_payload(payload)  # stale: the task moved on
+            payload = None
+        else:
+            old = self.data.get(key)
+            if old is not None:
+                self._free_payload(old)
+            self.data[key] = payload
+        self.tasks_finished += 1
+        events.append(
+            ev.TaskFinished(
+                stimulus_id=self.stimulus_id("task-finished"),
+                key=key,
+                worker=handle.address,
+                run_id=message.run_id,
+                nbytes=message.nbytes,
+                type=message.type,
+                startstops=(("compute", message.start, message.stop),),
+                shared=payload is not None,
+            )
+        )
+
+    def _worker_exited(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> None:
+        handle.process.join(0)
+        self.workers.pop(handle.address, None)
+        with contextlib.suppress(OSError):
+            handle.conn.close()
+        expected = handle.said_goodbye or self._stopping
+        if not expected:
+            handle.exit_reason = describe_exit(handle.process.exitcode)
+            logger.warning(
+                "Worker %s (pid %s) died: %s",
+                handle.address,
+                handle.pid,
+                handle.exit_reason,
+            )
+        self.store.reclaim(handle.pid)
+        if handle.is_ready:
+            events.append(
+                ev.WorkerRemoved(
+                    stimulus_id=self.stimulus_id("worker-removed"),
+                    address=handle.address,
+                    expected=expected,
+                    reason=handle.exit_reason,
+                    time=time.time(),
+                )
+            )
+        if self.on_worker_exit is not None:
+            self.on_worker_exit(handle, expected)
+
+    # -- commands -> IO ------------------------------------------------------------------
+
+    def _execute(self, commands: list[cmd.Command]) -> None:
+        for command in commands:
+            typ = type(command)
+            if typ is cmd.ComputeTask:
+                self._compute(command)  # type: ignore[arg-type]
+            elif typ is cmd.KeyInMemory:
+                state = self._client_state(command)
+                if state is not None:
+                    state.finish(command.type)  # type: ignore[attr-defined]
+            elif typ is cmd.FreeData:
+                payload = self.data.pop(command.key, None)  # type: ignore[attr-defined]
+                if payload is not None:
+                    self._free_payload(payload)
+            elif typ is cmd.FreeKeys:
+                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.outbox.append(ForgetKeys(keys=command.keys))  # type: ignore[attr-defined]
+            elif typ is cmd.KeyErred:
+                state = self._client_state(command)
+                if state is not None:
+                    state.set_error(*_exception_of(command))  # type: ignore[arg-type]
+            elif typ is cmd.KeyCancelled:
+                state = self._client_state(command)
+                if state is not None:
+                    state.cancel(command.reason)  # type: ignore[attr-defined]
+            elif typ in (cmd.KeyLost, cmd.KeyRetried):
+                state = self._client_state(command)
+                if state is not None:
+                    state.reset()
+            elif typ is cmd.StealRequest:
+                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.outbox.append(StealQuery(key=command.key))  # type: ignore[attr-defined]
+            elif typ is cmd.CloseWorker:
+                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.outbox.append(Shutdown(reason=command.reason))  # type: ignore[attr-defined]
+            elif typ is cmd.GraphRejected:
+                client = self.clients.get(command.client)  # type: ignore[attr-defined]
+                for key in command.keys:  # type: ignore[attr-defined]
+                    state = client.states.get(key) if client else None
+                    if state is not None:
+                        state.set_error(command.error, "")  # type: ignore[attr-defined]
+            elif typ is cmd.RetirementFailed:
+                logger.warning(
+                    "Could not retire workers %s: %s",
+                    command.workers,  # type: ignore[attr-defined]
+                    command.reason,  # type: ignore[attr-defined]
+                )
+            elif typ is cmd.AcquireReplicas:
+                # Every result already lives in this process: nothing to move.
+                self.post(
+                    ev.ReplicasAdded(
+                        stimulus_id=command.stimulus_id,
+                        worker=command.worker,  # type: ignore[attr-defined]
+                        keys=command.keys,  # type: ignore[attr-defined]
+                    )
+                )
+            else:
+                raise AssertionError(f"Unknown command {command!r}")
+
+    def _client_state(self, command: Any) -> FutureState | None:
+        client = self.clients.get(command.client)
+        if client is None:
+            return None
+        return client.states.get(command.key)
+
+    def _compute(self, command: cmd.ComputeTask) -> None:
+        handle = self.workers.get(command.worker)
+        if handle is None:
+            return
+        spec: TaskSpec = command.run_spec  # type: ignore[assignment]
+        token = spec.function_token
+        function = None
+        if token not in handle.sent_functions:
+            handle.sent_functions.add(token)
+            function = spec.function
+        data = self.data
+        handle.outbox.append(
+            RunTask(
+                key=command.key,
+                run_id=command.run_id,
+                function_token=token,
+                function=function,
+                args=spec.args,
+                dependencies={k: data[k] for k in command.dependencies},
+                priority=command.priority,
+            )
+        )
+
+    def _flush(self) -> None:
+        for handle in self.workers.values():
+            if handle.outbox:
+                batch, handle.outbox = handle.outbox, []
+                try:
+                    handle.conn.send_bytes(encode_batch(batch))
+                except (OSError, ValueError):
+                    pass  # it died: its sentinel fires on the next turn
+
+    def _sweep_arg_blobs(self) -> None:
+        """Free shared-memory arguments of tasks that are gone (forgotten)."""
+        pending = self.arg_blobs_pending
+        while pending:
+            self._arg_blobs.append(pending.popleft())
+        if not self._arg_blobs:
+            return
+        tasks = self.scheduler.state.tasks
+        kept = []
+        for key, spec in self._arg_blobs:
+            ts = tasks.get(key)
+            if ts is not None and ts.run_spec is spec:
+                kept.append((key, spec))
+            else:
+                self._free_payload(spec.args)
+        self._arg_blobs = kept
+
+    def _free_payload(self, payload: bytes | BlobRef) -> None:
+        if isinstance(payload, BlobRef):
+            self.store.release(payload)
+
+    # -- for clients --------------------------------------------------------------------
+
+    def load_result(self, key: Key) -> Any:
+        """Deserialize a result in the calling thread (zero-copy for arrays)."""
+        try:
+            payload = self.data[key]
+        except KeyError:
+            raise KeyError(f"No result for {key!r}: it was released") from None
+        return load(payload)
+
+
+def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
+    """The task's exception, of its original type, with the remote traceback."""
+    raw = command.exception
+    text = command.traceback_text or ""
+    if isinstance(raw, BaseException):
+        exception = raw
+    elif isinstance(raw, bytes | bytearray):
+        try:
+            exception = cloudpickle.loads(raw)
+        except Exception as exc:
+            exception = RuntimeError(
+                f"The task raised {command.exception_text}, which could not be "
+                f"unpickled in the client: {exc!r}"
+            )
+    else:
+        exception = RuntimeError(command.exception_text or "the task failed")
+    if text and exception.__cause__ is None:
+        exception.__cause__ = RemoteTraceback(text)
+    return exception, text
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Human words for a process exit status (negative: killed by a signal)."""
+    import signal
+
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        text = f"killed by {name}"
+        if -exitcode == signal.SIGKILL:
+            text += " (the out-of-memory killer, or a kill from outside)"
+        elif -exitcode == signal.SIGSEGV:
+            text += " (a segmentation fault in native code)"
+        return text
+    return f"exited with status {exitcode}"

@@ -1,0 +1,48 @@
+"""A tiny process that removes a cluster's shared memory if the cluster dies.
+
+The cluster keeps the write end of a pipe; the janitor blocks reading the other
+end. A clean close writes ``bye`` (the store already removed its segments). If
+the user process dies instead, even by SIGKILL, the kernel closes the write end,
+the read returns EOF, and the janitor removes every file with the store's prefix.
+The janitor deliberately does not ask to die with its parent: it must outlive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from multiprocessing.connection import Connection
+
+
+def run(conn: Connection, prefix: str, directory: str) -> None:
+    """Wait for ``bye`` or EOF; on EOF (or SIGTERM) unlink ``directory/prefix*``.
+
+    ``multiprocessing`` terminates daemonic children with SIGTERM when the user
+    process exits without closing its cluster: that also means "clean up".
+    """
+
+    def on_term(signum: int, frame: object) -> None:
+        remove_segments(prefix, directory)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        conn.recv_bytes()
+    except (EOFError, OSError):
+        remove_segments(prefix, directory)
+    finally:
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+def remove_segments(prefix: str, directory: str) -> list[str]:
+    """Unlink every file in ``directory`` whose name starts with ``prefix``."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+    return removed
