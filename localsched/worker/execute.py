@@ -167,11 +167,7 @@ def to_message(
     if isinstance(outcome, Success):
         value = outcome.value
         try:
-            payload: bytes | BlobRef
-            if writer is None:
-                payload = cloudpickle.dumps(value, protocol=5)
-            else:
-                payload = writer.serialize(value, threshold)
+            payload = _serialize(value, writer, threshold)
         except BaseException as exc:
             outcome = failure_from(exc, outcome.start, stop=outcome.stop)
         else:
@@ -194,6 +190,39 @@ def to_message(
         start=outcome.start,
         stop=outcome.stop,
     )
+
+
+def _serialize(
+    value: object, writer: BlobWriter | None, threshold: int
+) -> bytes | BlobRef:
+    # Most results are plain data, which C pickle serializes ten times faster
+    # than cloudpickle (0.4 us against 3.5 us for an int); cloudpickle is for
+    # what pickle refuses or would pickle by a reference the client cannot
+    # resolve (__main__, modules registered by value), as in distributed's
+    # protocol.pickle.dumps.
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        header = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        header = b""
+    if not header or b"__main__" in header or _is_pickled_by_value(value):
+        if writer is None:
+            data: bytes = cloudpickle.dumps(value, protocol=5)
+            return data
+        return writer.serialize(value, threshold)
+    if len(header) + sum(b.raw().nbytes for b in buffers) < threshold or (
+        writer is None
+    ):
+        # The callback kept buffers out of band; inline values carry them in band.
+        return pickle.dumps(value, protocol=5) if buffers else header
+    # Pickles again, with cloudpickle: cheap for arrays (the buffers are not
+    # copied twice), and a large result costs far more to move than to pickle.
+    return writer.serialize(value, threshold)
+
+
+def _is_pickled_by_value(value: object) -> bool:
+    registry = cloudpickle.list_registry_pickle_by_value()
+    return bool(registry) and type(value).__module__.split(".")[0] in registry
 
 
 def dumps_exception(exc: BaseException) -> bytes | None:
