@@ -333,13 +333,10 @@ class Client:
                 tasks[k] = spec
                 dependencies[k] = spec.dependencies
             out_keys.append(k)
-        futures = [Future(k, self) for k in out_keys]
         with self._lock:
-            new = {
-                k: s
-                for k, s in tasks.items()
-                if self._refcount.get(k, 0) <= out_keys.count(k)
-            }
+            # Keys this client already holds futures for are running already.
+            new = {k: s for k, s in tasks.items() if k not in self._refcount}
+        futures = [Future(k, self) for k in out_keys]
         for k, spec in new.items():
             if isinstance(spec.args, BlobRef):
                 self._runtime.arg_blobs_pending.append((k, spec))

@@ -32,6 +32,10 @@ logger = logging.getLogger("localsched.cluster")
 
 _cluster_ids = itertools.count()
 
+#: Extra queued tasks per thread for tasks shorter than a round trip (the core's
+#: ``fast_task_slots``): keeps workers busy on bursts of tiny tasks.
+FAST_TASK_SLOTS = 16
+
 #: Seconds ``LocalCluster`` waits for its first workers before giving up.
 START_TIMEOUT = 60.0
 
@@ -152,6 +156,7 @@ class LocalCluster:
             validate=validate,
             allowed_failures=allowed_failures,
             worker_saturation=worker_saturation,
+            fast_task_slots=FAST_TASK_SLOTS,
         )
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit

@@ -31,12 +31,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import select
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -144,6 +145,11 @@ class SchedulerRuntime:
         self._stopping = False
         self._stopped = threading.Event()
         self._next_tick = 0.0
+        self._poller = select.poll()
+        self._poller.register(self._wakeup.fileno(), select.POLLIN)
+        #: fd -> (worker, is it the sentinel) for every registered fd.
+        self._fds: dict[int, tuple[WorkerHandle, bool]] = {}
+        self._polled: set[str] = set()
         self._stimulus_ids = itertools.count()
         self.tasks_finished = 0
         #: (key, spec) of tasks whose arguments live in shared memory; filled from
@@ -209,27 +215,23 @@ class SchedulerRuntime:
             self._stopped.set()
 
     def _turn(self) -> None:
-        waitables: list[Any] = [self._wakeup]
-        for handle in self.workers.values():
-            waitables.append(handle.conn)
-            waitables.append(handle.sentinel)
+        self._sync_poller()
         timeout = max(0.0, self._next_tick - time.monotonic())
-        ready = wait(waitables, timeout)
+        ready = self._poller.poll(timeout * 1000)
         self._wakeup.clear()
         events: list[ev.StateEvent] = []
         self._drain_inbox(events)
         exited: list[WorkerHandle] = []
-        if ready:
-            by_conn = {id(h.conn): h for h in self.workers.values()}
-            by_sentinel = {h.sentinel: h for h in self.workers.values()}
-            for obj in ready:
-                handle = by_conn.get(id(obj))
-                if handle is not None:
-                    self._drain_worker(handle, events)
-                    continue
-                handle = by_sentinel.get(obj) if isinstance(obj, int) else None
-                if handle is not None:
-                    exited.append(handle)
+        fds = self._fds
+        for fd, _ in ready:
+            entry = fds.get(fd)
+            if entry is None:
+                continue
+            handle, is_sentinel = entry
+            if is_sentinel:
+                exited.append(handle)
+            else:
+                self._drain_worker(handle, events)
         for handle in exited:
             self._drain_worker(handle, events)
             self._worker_exited(handle, events)
@@ -241,6 +243,29 @@ class SchedulerRuntime:
                 ev.Tick(stimulus_id=self.stimulus_id("tick"), time=time.time())
             )
         self._handle(events)
+
+    def _sync_poller(self) -> None:
+        """Register new workers' pipes and sentinels; forget departed ones.
+
+        One persistent ``poll`` object instead of ``connection.wait``, which
+        builds and fills a new selector on every call (measurable per task).
+        """
+        if self._polled == set(self.workers):
+            return
+        for fd in list(self._fds):
+            handle, _ = self._fds[fd]
+            if self.workers.get(handle.address) is not handle:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._poller.unregister(fd)
+                del self._fds[fd]
+        for handle in self.workers.values():
+            conn_fd = handle.conn.fileno()
+            if conn_fd not in self._fds:
+                self._poller.register(conn_fd, select.POLLIN)
+                self._fds[conn_fd] = (handle, False)
+                self._poller.register(handle.sentinel, select.POLLIN)
+                self._fds[handle.sentinel] = (handle, True)
+        self._polled = set(self.workers)
 
     def _handle(self, events: list[ev.StateEvent]) -> None:
         commands = self.scheduler.handle(*events) if events else []

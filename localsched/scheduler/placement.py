@@ -96,12 +96,40 @@ class PlacementMixin:
         return sum(len(dg) for dg in deps) < self.rootish_taskgroup_dependencies
 
     def _task_slots_available(self: SchedulerState, ws: WorkerState) -> int:
-        """Tasks ``ws`` can take before it is full (worker-saturation)."""
+        """Tasks ``ws`` can take before it is full (worker-saturation).
+
+        On top of dask's ``ceil(worker_saturation * nthreads)``, each thread may
+        get ``extra_slots_per_thread`` more while the tasks being run are much
+        shorter than a dispatch round trip (see ``_update_extra_slots``).
+        """
         if math.isinf(self.worker_saturation):
             # Queuing disabled: a worker is never full (dask's ``_worker_full``).
             return sys.maxsize
         running = len(ws.processing) - len(ws.long_running)
-        return max(math.ceil(self.worker_saturation * ws.nthreads), 1) - running
+        base = max(math.ceil(self.worker_saturation * ws.nthreads), 1)
+        return base + self.extra_slots_per_thread * ws.nthreads - running
+
+    def _update_extra_slots(self: SchedulerState, prefix: TaskPrefix) -> None:
+        """Keep workers fed when tasks are shorter than a round trip.
+
+        dask sends one task per open slot, so a worker running 10 us tasks waits
+        a whole scheduler round trip for each. With ``fast_task_slots`` set, a
+        worker gets enough extra tasks to cover ``dispatch_latency`` seconds of
+        the prefix that just finished (capped); slower prefixes bring it back to
+        dask's behaviour. A change re-classifies every worker's free slots.
+        """
+        duration = prefix.duration_average
+        if duration < 0 or duration >= self.dispatch_latency:
+            extra = 0
+        else:
+            extra = min(
+                self.fast_task_slots,
+                math.ceil(self.dispatch_latency / max(duration, 1e-7)),
+            )
+        if extra != self.extra_slots_per_thread:
+            self.extra_slots_per_thread = extra
+            for ws in self.workers.values():
+                self.check_idle_saturated(ws)
 
     def decide_worker_rootish_queuing_enabled(
         self: SchedulerState,

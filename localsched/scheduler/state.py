@@ -104,6 +104,8 @@ class SchedulerState(
         rootish_taskgroup: int = 5,
         rootish_taskgroup_dependencies: int = 5,
         work_stealing: bool = True,
+        fast_task_slots: int = 0,
+        dispatch_latency: float = 1e-3,
         no_workers_timeout: float | None = None,
         hooks: SchedulerHooks | None = None,
     ) -> None:
@@ -162,6 +164,13 @@ class SchedulerState(
         self.transition_counter = 0
         self.transition_counter_max = transition_counter_max
         self.no_workers_timeout = no_workers_timeout
+        #: Cap on extra root-ish slots per thread for very short tasks (0: off,
+        #: dask's behaviour); see ``_update_extra_slots``.
+        self.fast_task_slots = fast_task_slots
+        #: Seconds of queued work a worker should hold when tasks are short.
+        self.dispatch_latency = dispatch_latency
+        #: Current extra slots per thread (0 unless fast_task_slots is set).
+        self.extra_slots_per_thread = 0
         #: Tasks sent to workers, ever (round-robin cursor and statistics).
         self.n_tasks = 0
         #: Current FIFO generation and the time it started.
@@ -177,7 +186,8 @@ class SchedulerState(
         self._init_stealing()
         #: address -> close_workers, for workers retiring gracefully.
         self._retiring: dict[str, bool] = {}
-        self._requested_replicas: dict[str, set[Key]] = {}
+        #: retiring address -> key asked of another worker -> that worker's address.
+        self._requested_replicas: dict[str, dict[Key, str]] = {}
         #: Receives the hooks other than ``transition`` (add_worker, update_graph...).
         self.hooks = hooks
         #: Called as ``hook(key, start, finish, stimulus_id, kwargs)`` after every
@@ -209,6 +219,10 @@ class SchedulerState(
         dispatch = _DISPATCH
         for event in events:
             dispatch[type(event)](self, event)
+            if self._retiring:
+                # Any event may empty a retiring worker (release, cancel, restart,
+                # steal...) or bring a recipient for its data, not only results.
+                self._check_retirements(event.stimulus_id)
             if self.queued and self.idle_task_count:
                 self._queue_slots_maybe_opened(event.stimulus_id)
 

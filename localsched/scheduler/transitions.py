@@ -236,6 +236,8 @@ class TransitionsMixin:
         for action, start, stop in startstops:
             group.add_duration(action, start, stop)
         self._exit_processing_common(ts)
+        if self.fast_task_slots and startstops:
+            self._update_extra_slots(ts.prefix)
         if startstops and ts.prefix in self._unknown_durations:
             self._realign_unknown(ts.prefix)
         recs: Recs = {}
@@ -538,9 +540,9 @@ class TransitionsMixin:
         recs: Recs = {}
         if ts.run_spec is None or ts.has_lost_dependencies:
             recs[key] = "forgotten"
-        elif (ts.who_wants or ts.waiters) and not any(
-            dts.state == "erred" for dts in ts.dependencies
-        ):
+        elif ts.who_wants or ts.waiters:
+            # released->waiting errs at once if a dependency erred. dask keeps the
+            # key released then, and a future that heard "lost" waits forever.
             recs[key] = "waiting"
         for dts in ts.waiters:
             if dts.state in ("no-worker", "processing", "queued"):
