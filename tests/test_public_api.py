@@ -8,6 +8,12 @@ from pathlib import Path
 import localsched
 
 PUBLIC = {
+    "Client",
+    "Future",
+    "FutureCancelledError",
+    "LocalCluster",
+    "as_completed",
+    "wait",
     "KilledWorker",
     "NoValidWorkerError",
     "Scheduler",
