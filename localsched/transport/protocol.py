@@ -190,6 +190,9 @@ class TaskFailed(Message):
     traceback_text: str
     start: float
     stop: float
+    #: The traceback as tblib's plain-data dict, pickled; None without tblib.
+    #: ``localsched.worker.execute.loads_traceback`` rebuilds a traceback object.
+    traceback: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

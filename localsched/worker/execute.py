@@ -18,6 +18,7 @@ import time
 import traceback
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
@@ -33,8 +34,10 @@ __all__ = [
     "Outcome",
     "Success",
     "dumps_exception",
+    "dumps_traceback",
     "failure_from",
     "load_inputs",
+    "loads_traceback",
     "run_task",
     "substitute",
     "to_message",
@@ -59,6 +62,8 @@ class Failure:
     traceback_text: str
     start: float
     stop: float
+    #: The traceback from the user's frames down (ours trimmed off).
+    traceback: TracebackType | None = None
 
 
 Outcome = Success | Failure
@@ -148,7 +153,7 @@ def failure_from(
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
     stop = time.time() if stop is None else stop
-    return Failure(exc, "".join(traceback.format_tb(tb)), start, stop)
+    return Failure(exc, "".join(traceback.format_tb(tb)), start, stop, tb)
 
 
 def to_message(
@@ -187,6 +192,7 @@ def to_message(
         exception=dumps_exception(outcome.exception),
         exception_text=_safe_repr(outcome.exception),
         traceback_text=outcome.traceback_text,
+        traceback=dumps_traceback(outcome.traceback),
         start=outcome.start,
         stop=outcome.stop,
     )
@@ -245,6 +251,39 @@ def dumps_exception(exc: BaseException) -> bytes | None:
         except BaseException:
             return None
     return data
+
+
+def dumps_traceback(tb: TracebackType | None) -> bytes | None:
+    """Serialize a traceback for :func:`loads_traceback` (None without tblib).
+
+    Frames are reduced to plain data (code names, file names, line numbers) by
+    tblib, as distributed does, so loading needs neither the frames' globals
+    nor cloudpickle.
+    """
+    if tb is None:
+        return None
+    try:
+        from tblib import Traceback  # only on the failure path, if installed
+    except ImportError:
+        return None
+    try:
+        return pickle.dumps(Traceback(tb).to_dict(), protocol=5)
+    except Exception:
+        return None
+
+
+def loads_traceback(data: bytes | None) -> TracebackType | None:
+    """Rebuild what :func:`dumps_traceback` wrote into a real traceback object,
+    for ``raise exc.with_traceback(tb)`` and ``Future.traceback()``; None if
+    ``data`` is None or tblib is missing."""
+    if data is None:
+        return None
+    try:
+        from tblib import Traceback
+    except ImportError:
+        return None
+    tb: TracebackType | None = Traceback.from_dict(pickle.loads(data)).as_traceback()
+    return tb
 
 
 def load_inputs(

@@ -92,6 +92,7 @@ messages = st.one_of(
         exception=st.none() | st.binary(max_size=64),
         exception_text=texts,
         traceback_text=texts,
+        traceback=st.none() | st.binary(max_size=64),
         start=floats,
         stop=floats,
     ),

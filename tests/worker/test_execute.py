@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import traceback
 
 import pytest
 
@@ -18,7 +19,9 @@ from localsched.worker.execute import (
     Failure,
     Success,
     dumps_exception,
+    dumps_traceback,
     load_inputs,
+    loads_traceback,
     run_task,
     substitute,
     to_message,
@@ -155,6 +158,19 @@ def test_failures_keep_the_exception_type_and_texts() -> None:
     assert exception.args == ("deep",)
     assert message.exception_text == "CustomError('deep')"
     assert "raise CustomError" in message.traceback_text
+
+
+def test_failures_carry_a_traceback_that_loads_back_into_frames() -> None:
+    pytest.importorskip("tblib")
+    message = to_message("k", 3, run_task(fail_deep, (), {}, {}), writer=None)
+    tb = loads_traceback(message.traceback)
+    names = [summary.name for summary in traceback.extract_tb(tb)]
+    assert names == ["fail_deep", "inner"]  # the user's frames, not ours
+
+
+def test_no_traceback_gives_none() -> None:
+    assert dumps_traceback(None) is None
+    assert loads_traceback(None) is None
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import traceback
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ from localsched.transport.protocol import (
     encode_batch,
 )
 from localsched.transport.shm import SHM_DIR, BlobRef, BlobStore, load
+from localsched.worker.execute import loads_traceback
 from localsched.worker.main import run_worker
 
 if TYPE_CHECKING:
@@ -163,6 +165,9 @@ def test_worker_process_runs_tasks_and_says_goodbye(start_worker, gate) -> None:
         assert type(exception) is TaskError  # cloudpickle keeps the class identity
         assert "boom" in failed.exception_text
         assert "raise TaskError" in failed.traceback_text
+        if failed.traceback is not None:  # tblib is installed
+            frames = traceback.extract_tb(loads_traceback(failed.traceback))
+            assert [frame.name for frame in frames] == ["fail"]
 
         np = pytest.importorskip("numpy")
 
