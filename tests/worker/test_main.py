@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import pickle
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -299,3 +300,48 @@ def test_worker_modules_import_nothing_from_the_scheduler() -> None:
     assert "localsched.worker.main" in imported
     assert [m for m in imported if m.startswith("localsched.scheduler")] == []
     assert "localsched.plugins" not in imported
+
+
+class ExitOnLoad:
+    """Kills the process that unpickles it: a crash while loading arguments."""
+
+    def __reduce__(self):
+        return (os._exit, (5,))
+
+
+def _crash(kind: str) -> Callable[[], None]:
+    # Local functions travel by value, so the child never imports this module.
+    def exit_now() -> None:
+        import os
+
+        os._exit(3)
+
+    def segfault() -> None:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+    return {"exit": exit_now, "segfault": segfault, "none": abs}[kind]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("crash", "args", "exitcode"),
+    [
+        ("exit", (), 3),
+        ("segfault", (), -signal.SIGSEGV),
+        ("none", (ExitOnLoad(),), 5),
+    ],
+    ids=["os._exit-in-task", "segfault-in-task", "os._exit-loading-args"],
+)
+def test_a_crashing_task_ends_the_worker_without_a_goodbye(
+    start_worker, crash, args, exitcode
+) -> None:
+    worker = start_worker()
+    worker.expect(Hello)
+    worker.send(worker.run("crash", _crash(crash), *args))
+    assert worker.conn.poll(DEADLINE), "the worker neither replied nor died"
+    with pytest.raises(EOFError):  # a Goodbye or a reply would decode here
+        worker.conn.recv_bytes()
+    worker.process.join(DEADLINE)
+    assert worker.process.exitcode == exitcode
