@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Number
 from typing import Any
 
 from localsched.cluster import LocalCluster
@@ -371,7 +372,7 @@ class Client:
     ) -> ev.UpdateGraph:
         restrictions = None
         if workers is not None:
-            names = [workers] if isinstance(workers, str) else list(workers)
+            names = [workers] if isinstance(workers, str | Number) else list(workers)
             restrictions = dict.fromkeys(tasks, names)
         return ev.UpdateGraph(
             stimulus_id=self._runtime.stimulus_id("update-graph"),
@@ -468,7 +469,7 @@ class Client:
         names = (
             None
             if workers is None
-            else ([workers] if isinstance(workers, str) else list(workers))
+            else ([workers] if isinstance(workers, str | Number) else list(workers))
         )
 
         def install() -> None:

@@ -212,9 +212,11 @@ class LocalCluster:
                 worker, child_conn, name=f"localsched-worker-{number}"
             )
             process.start()
-        return WorkerHandle(
+        handle = WorkerHandle(
             address, number, process, parent_conn, self.threads_per_worker
         )
+        handle.resources = dict(self.resources)
+        return handle
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
         """Called on the scheduler thread: replace a worker that crashed."""

@@ -10,6 +10,7 @@ collected, the client tells the scheduler it no longer wants the key.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import threading
 import time
 from collections import deque
@@ -185,7 +186,7 @@ class Future:
             return self.client._load_result(self.key)
         if state.status == "error":
             assert state.exception is not None
-            raise state.exception
+            raise _to_raise(state.exception)
         raise FutureCancelledError(self.key, state.reason)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -246,6 +247,23 @@ class Future:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Future) and other.key == self.key
+
+
+def _to_raise(exception: BaseException) -> BaseException:
+    """A copy of a task's exception, to raise in the caller.
+
+    Raising the stored exception itself would hang the caller's frames (which
+    hold the future) on its ``__traceback__``, and the client's state keeps it:
+    the future could never be released. The copy is made the way unpickling
+    made the original, so it works for every exception that got here.
+    """
+    try:
+        raised = copy.copy(exception)
+    except Exception:
+        return exception
+    raised.__cause__ = exception.__cause__
+    raised.__suppress_context__ = exception.__suppress_context__
+    return raised
 
 
 def _run_callback(fn: Callable[[Future], Any], future: Future) -> None:

@@ -89,6 +89,7 @@ class WorkerHandle:
         "outbox",
         "pid",
         "process",
+        "resources",
         "said_goodbye",
         "sent_functions",
     )
@@ -109,6 +110,8 @@ class WorkerHandle:
         self.is_ready = False
         self.said_goodbye = False
         self.exit_reason = ""
+        #: Abstract resources the worker offers (``LocalCluster(resources=)``).
+        self.resources: dict[str, float] = {}
 
     @property
     def sentinel(self) -> int:
@@ -351,6 +354,7 @@ class SchedulerRuntime:
                     nthreads=message.nthreads,
                     name=ws_name,
                     memory_limit=0,
+                    resources=handle.resources or None,
                     pid=message.pid,
                     time=time.time(),
                 )

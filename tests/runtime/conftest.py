@@ -1,0 +1,129 @@
+"""Fixtures for the end-to-end tests on real worker processes.
+
+Every test here runs under a leak check: child processes, threads (daemon or
+not) and ``/dev/shm/localsched-*`` entries that exist after the test but not
+before it fail the test, once a few seconds of polling have given them time to
+go. Clusters shared by a module (the ``client`` fixture) are checked the same
+way at module teardown; while they live, the segments they pool are theirs.
+
+The fork server and the resource tracker are per-process singletons of
+``multiprocessing`` that outlive every cluster by design; they are not leaks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cloudpickle
+import psutil
+import pytest
+
+from localsched import Client
+from tests.runtime import helpers
+
+cloudpickle.register_pickle_by_value(helpers)
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "localsched-"
+LEAK_DEADLINE = 5.0  # seconds things get to go away after a test
+
+#: Store prefixes of shared clusters still running: their pooled segments are
+#: checked when the cluster closes, not after every test.
+_shared_prefixes: set[str] = set()
+
+
+def _infrastructure_pids() -> set[int]:
+    pids = set()
+    server = multiprocessing.forkserver._forkserver
+    tracker = multiprocessing.resource_tracker._resource_tracker
+    for pid in (
+        getattr(server, "_forkserver_pid", None),
+        getattr(tracker, "_pid", None),
+    ):
+        if pid is not None:
+            pids.add(pid)
+    return pids
+
+
+def _children() -> set[tuple[int, float]]:
+    infrastructure = _infrastructure_pids()
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid in infrastructure or child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found.add((child.pid, child.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
+    except FileNotFoundError:
+        return set()
+
+
+@dataclass
+class Snapshot:
+    children: set[tuple[int, float]]
+    threads: set[threading.Thread]
+    shm: set[str]
+
+    @classmethod
+    def take(cls) -> Snapshot:
+        return cls(_children(), set(threading.enumerate()), shm_entries())
+
+    def leaks(self, ignore_prefixes: frozenset[str] = frozenset()) -> list[str]:
+        now = Snapshot.take()
+        found = [f"child process {pid}" for pid, _ in now.children - self.children]
+        found += [
+            f"thread {t.name!r} (daemon={t.daemon})"
+            for t in now.threads - self.threads
+            if t.is_alive()
+        ]
+        found += [
+            f"{SHM_DIR}/{name}"
+            for name in sorted(now.shm - self.shm)
+            if not name.startswith(tuple(ignore_prefixes))
+        ]
+        return found
+
+
+def check_leaks(before: Snapshot, ignore_prefixes: frozenset[str] = frozenset()):
+    leaks: list[str] = []
+
+    def clean() -> bool:
+        leaks[:] = before.leaks(ignore_prefixes)
+        return not leaks
+
+    if not helpers.poll(clean, LEAK_DEADLINE):
+        pytest.fail(f"leaked after {LEAK_DEADLINE} s: {', '.join(leaks)}")
+
+
+@pytest.fixture(autouse=True)
+def leak_check() -> Iterator[None]:
+    """Fail a test that leaves a process, a thread or a shm segment behind."""
+    before = Snapshot.take()
+    yield
+    check_leaks(before, frozenset(_shared_prefixes))
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    """A 2-worker, 1-thread-each client shared by a module; leak-checked at the end."""
+    before = Snapshot.take()
+    with Client(n_workers=2, threads_per_worker=1, validate=True) as shared:
+        prefix = shared.cluster.store.prefix
+        _shared_prefixes.add(prefix)
+        try:
+            yield shared
+        finally:
+            _shared_prefixes.discard(prefix)
+    check_leaks(before)
