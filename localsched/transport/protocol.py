@@ -114,6 +114,9 @@ class RunTask(Message):
     dependencies: dict[Key, Payload] = field(default_factory=dict)
     #: Smaller runs first among tasks queued on the worker (dask's priority).
     priority: tuple[float, ...] = ()
+    #: Abstract resources the task holds while it runs, e.g. ``{"GPU": 1}``; the
+    #: worker starts it only when its own resources have that much free.
+    resource_restrictions: dict[str, float] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

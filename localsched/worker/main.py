@@ -67,7 +67,7 @@ from localsched.worker.execute import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Hashable, Mapping
     from multiprocessing.connection import Connection
 
     from localsched.transport.shm import BlobWriter
@@ -84,7 +84,10 @@ _MAX_DEFERRED_REPLIES = 256
 
 
 def run_worker(
-    conn: Connection, nthreads: int = 1, writer: BlobWriter | None = None
+    conn: Connection,
+    nthreads: int = 1,
+    writer: BlobWriter | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> None:
     """Entry point of a worker process (a ``multiprocessing`` ``Process`` target).
 
@@ -97,6 +100,9 @@ def run_worker(
     writer : BlobWriter, optional
         ``BlobStore.writer()`` of the scheduler's store: results at or above
         ``INLINE_THRESHOLD`` go to shared memory. Without it everything is inline.
+    resources : mapping, optional
+        Abstract resources this worker offers, e.g. ``{"GPU": 2}``: tasks with
+        ``resource_restrictions`` run only while enough of them are free.
 
     Notes
     -----
@@ -109,7 +115,7 @@ def run_worker(
     faulthandler.enable()
     exit_code = 0
     try:
-        Worker(conn, nthreads, writer).serve()
+        Worker(conn, nthreads, writer, resources).serve()
     except BaseException:
         traceback.print_exc()  # a ProtocolError already said goodbye
         exit_code = 1
@@ -160,11 +166,16 @@ class Worker:
     conn : Connection
     nthreads : int
     writer : BlobWriter, optional
+    resources : mapping, optional
         See :func:`run_worker`.
     """
 
     def __init__(
-        self, conn: Connection, nthreads: int, writer: BlobWriter | None = None
+        self,
+        conn: Connection,
+        nthreads: int,
+        writer: BlobWriter | None = None,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -175,9 +186,14 @@ class Worker:
         self._has_work = threading.Condition(self._lock)
         self._seq = itertools.count()
         # All of the following: guarded by _lock.
+        #: Queued jobs without resource restrictions, by (priority, arrival).
         self._heap: list[tuple[tuple[float, ...], int, _Job]] = []
-        #: key -> job for every job in _heap that is not cancelled.
+        #: Queued jobs with resource restrictions ("constrained" in dask).
+        self._constrained: list[tuple[tuple[float, ...], int, _Job]] = []
+        #: key -> job for every job in either heap that is not cancelled.
         self._queued: dict[Hashable, _Job] = {}
+        #: Resources not held by executing tasks: total minus theirs.
+        self._available: dict[str, float] = dict(resources or {})
         #: key -> job taken by a task thread whose reply is not yet posted.
         self._executing: dict[Hashable, _Job] = {}
         #: Keys whose TaskDone was posted and that were not forgotten since.
@@ -279,7 +295,8 @@ class Worker:
                     old.is_cancelled = True  # a newer run of the key replaces it
                 job = _Job(run)
                 self._queued[run.key] = job
-                heapq.heappush(self._heap, (run.priority, next(self._seq), job))
+                heap = self._constrained if run.resource_restrictions else self._heap
+                heapq.heappush(heap, (run.priority, next(self._seq), job))
             self._has_work.notify(len(runs))
 
     def _steal(self, key: Hashable) -> StealAnswer:
@@ -314,6 +331,7 @@ class Worker:
                 job.is_cancelled = True
             self._queued.clear()
             self._heap.clear()
+            self._constrained.clear()
             self._has_work.notify_all()
 
     # --- task threads ------------------------------------------------------------
@@ -321,24 +339,26 @@ class Worker:
     def _task_loop(self) -> None:
         while True:
             with self._lock:
-                while True:
-                    while not self._heap and not self._is_closing:
-                        self._has_work.wait()
+                while (job := self._next_job()) is None:
                     if self._is_closing:
                         return
-                    job = heapq.heappop(self._heap)[2]
-                    if not job.is_cancelled:
-                        break
+                    self._has_work.wait()
+                if self._is_closing:
+                    return
                 key = job.message.key
                 if self._queued.get(key) is job:
                     del self._queued[key]
                 self._executing[key] = job
+                restrictions = job.message.resource_restrictions
+                if restrictions:
+                    for name, amount in restrictions.items():
+                        self._available[name] -= amount
             reply = self._execute(job.message)
             if job.is_forgotten:
                 _discard(reply)
             else:
-                # Unlocked read of the heap: a stale answer only changes batching.
-                is_more_coming = bool(self._heap)
+                # Unlocked read of the heaps: a stale answer only changes batching.
+                is_more_coming = bool(self._heap or self._constrained)
                 is_short = reply.stop - reply.start < _SHORT_TASK
                 self._outbox.post(reply, may_defer=is_short and is_more_coming)
             with self._lock:
@@ -346,6 +366,25 @@ class Worker:
                     del self._executing[key]
                 if type(reply) is TaskDone and not job.is_forgotten:
                     self._done.add(key)
+                if restrictions:
+                    for name, amount in restrictions.items():
+                        self._available[name] += amount
+                    self._has_work.notify_all()  # a constrained job may fit now
+
+    def _next_job(self) -> _Job | None:
+        """Pop the job to run next, as dask's ``_next_ready_task``: the better of
+        the two heads, where the constrained head only counts if it fits now (it
+        blocks the constrained jobs behind it, never the unconstrained ones)."""
+        for heap in (self._heap, self._constrained):
+            while heap and heap[0][2].is_cancelled:
+                heapq.heappop(heap)
+        ready, constrained = self._heap, self._constrained
+        if constrained and (not ready or constrained[0] < ready[0]):
+            restrictions = constrained[0][2].message.resource_restrictions or {}
+            available = self._available
+            if all(available.get(n, 0) >= a for n, a in restrictions.items()):
+                return heapq.heappop(constrained)[2]
+        return heapq.heappop(ready)[2] if ready else None
 
     def _execute(self, message: RunTask) -> TaskDone | TaskFailed:
         start = time.time()

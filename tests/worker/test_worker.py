@@ -66,9 +66,9 @@ def add(a: int, b: int) -> int:
 class Harness:
     """A Worker serving in a thread; the test plays the scheduler."""
 
-    def __init__(self, nthreads: int, writer=None) -> None:
+    def __init__(self, nthreads: int, writer=None, resources=None) -> None:
         self.conn, child = Pipe()
-        self.worker = Worker(child, nthreads, writer)
+        self.worker = Worker(child, nthreads, writer, resources)
         self.outcome: dict[str, object] = {}
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -86,7 +86,9 @@ class Harness:
     def send(self, *messages: Message) -> None:
         self.conn.send_bytes(encode_batch(messages))
 
-    def run(self, key, function: Callable, *args, priority=(0,), deps=None) -> RunTask:
+    def run(
+        self, key, function: Callable, *args, priority=(0,), deps=None, needs=None
+    ) -> RunTask:
         token, data = dumps_function(function)
         message = RunTask(
             key=key,
@@ -96,6 +98,7 @@ class Harness:
             args=pickle.dumps((args, {})),
             dependencies=deps or {},
             priority=priority,
+            resource_restrictions=needs,
         )
         self.tokens.add(token)
         return message
@@ -156,8 +159,8 @@ def gates():
 def harness_factory():
     harnesses: list[Harness] = []
 
-    def make(nthreads: int = 1, writer=None) -> Harness:
-        harness = Harness(nthreads, writer)
+    def make(nthreads: int = 1, writer=None, resources=None) -> Harness:
+        harness = Harness(nthreads, writer, resources)
         harnesses.append(harness)
         hello = harness.recv()
         assert hello == [Hello(pid=os.getpid(), nthreads=nthreads)]
@@ -349,6 +352,39 @@ def test_tasks_run_concurrently_on_several_threads(harness_factory, gates) -> No
     GATES["b"].set()
     assert isinstance(harness.reply_to("a"), TaskDone)
     assert isinstance(harness.reply_to("b"), TaskDone)
+
+
+def test_tasks_needing_a_busy_resource_wait_while_others_run(
+    harness_factory, gates
+) -> None:
+    gates("gpu-1", "gpu-2")
+    harness = harness_factory(nthreads=2, resources={"GPU": 1})
+    gpu = {"GPU": 1}
+    harness.send(
+        harness.run("gpu-1", wait_gate, "gpu-1", priority=(0,), needs=gpu),
+        harness.run("gpu-2", wait_gate, "gpu-2", priority=(1,), needs=gpu),
+        harness.run("cpu", add, 1, 1, priority=(2,)),
+    )
+    assert STARTED["gpu-1"].wait(DEADLINE)
+    # The free thread skips gpu-2, whose GPU is taken, and runs cpu instead.
+    assert isinstance(harness.reply_to("cpu"), TaskDone)
+    assert not STARTED["gpu-2"].is_set()
+    GATES["gpu-1"].set()
+    assert STARTED["gpu-2"].wait(DEADLINE)  # the GPU came back
+    GATES["gpu-2"].set()
+    assert isinstance(harness.reply_to("gpu-2"), TaskDone)
+
+
+def test_a_task_needing_more_than_the_worker_has_never_starts(
+    harness_factory,
+) -> None:
+    harness = harness_factory(nthreads=1, resources={"GPU": 1})
+    harness.send(
+        harness.run("greedy", add, 1, 1, priority=(0,), needs={"GPU": 2}),
+        harness.run("plain", add, 2, 2, priority=(1,)),
+    )
+    assert isinstance(harness.reply_to("plain"), TaskDone)
+    assert harness.steal("greedy") == "ready"  # still queued, so stealable
 
 
 def test_shutdown_sends_goodbye_and_serve_returns_the_reason(harness_factory) -> None:
