@@ -3,30 +3,50 @@
 The public API is a faithful subset of ``distributed``'s: same names, signatures
 and semantics. ``Client()`` starts a ``LocalCluster`` of worker processes driven
 by one scheduler thread; results move through shared memory.
+
+Names are imported on first use (PEP 562), so that a worker process, which
+imports ``localsched.worker.main``, does not pay for the client and scheduler.
 """
 
-from localsched.client import Client
-from localsched.cluster import LocalCluster
-from localsched.errors import KilledWorker, NoValidWorkerError
-from localsched.future import (
-    Future,
-    FutureCancelledError,
-    as_completed,
-    wait,
-)
-from localsched.plugins import SchedulerPlugin, WorkerPlugin
-from localsched.scheduler.scheduler import Scheduler
+from __future__ import annotations
 
-__all__ = [
-    "Client",
-    "Future",
-    "FutureCancelledError",
-    "KilledWorker",
-    "LocalCluster",
-    "NoValidWorkerError",
-    "Scheduler",
-    "SchedulerPlugin",
-    "WorkerPlugin",
-    "as_completed",
-    "wait",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Client": "localsched.client",
+    "Future": "localsched.future",
+    "FutureCancelledError": "localsched.future",
+    "KilledWorker": "localsched.errors",
+    "LocalCluster": "localsched.cluster",
+    "NoValidWorkerError": "localsched.errors",
+    "Scheduler": "localsched.scheduler.scheduler",
+    "SchedulerPlugin": "localsched.plugins",
+    "WorkerPlugin": "localsched.plugins",
+    "as_completed": "localsched.future",
+    "wait": "localsched.future",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'localsched' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from localsched.client import Client
+    from localsched.cluster import LocalCluster
+    from localsched.errors import KilledWorker, NoValidWorkerError
+    from localsched.future import Future, FutureCancelledError, as_completed, wait
+    from localsched.plugins import SchedulerPlugin, WorkerPlugin
+    from localsched.scheduler.scheduler import Scheduler

@@ -1,11 +1,11 @@
 """``LocalCluster``: the scheduler thread, its worker processes and the data store.
 
-Workers are forked from a fork server whose only preloaded module is the worker's
-entry point: starting one costs a fork (tens of milliseconds), and the user's
-``__main__`` is never re-imported in a child, so a script without an
-``if __name__ == "__main__":`` guard works instead of recursing. The cluster also
-starts a janitor process that removes the cluster's shared-memory segments if the
-user process dies without closing it (even by SIGKILL).
+Workers are fresh interpreters that import only the worker's modules (see
+``processes.py``): the user's ``__main__`` is never re-imported in a child, so a
+script without an ``if __name__ == "__main__":`` guard works instead of
+recursing. The cluster also starts a janitor process that removes the cluster's
+shared-memory segments if the user process dies without closing it (even by
+SIGKILL).
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-import loky
-
+from localsched.processes import start_janitor, start_worker
 from localsched.runtime import SchedulerRuntime, WorkerHandle
-from localsched.scheduler import events as ev
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.shm import BlobStore, sweep_stale_segments
 
@@ -57,6 +55,42 @@ def nprocesses_nthreads(n: int) -> tuple[int, int]:
     return processes, n // processes
 
 
+def available_cores() -> int:
+    """Cores this process may use: affinity mask, capped by a cgroup CPU quota.
+
+    What ``loky.cpu_count()`` computes, without importing loky's executor
+    machinery (tens of milliseconds of start-up).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return cores
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota_us = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period_us = int(f.read())
+        if quota_us > 0:
+            return quota_us / period_us
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _check_not_in_child() -> None:
     process = multiprocessing.current_process()
     if multiprocessing.parent_process() is not None and process.name != "MainProcess":
@@ -67,24 +101,6 @@ def _check_not_in_child() -> None:
             "        client = Client()\n"
             "        ...\n"
         )
-
-
-_context_lock = threading.Lock()
-_context: Any = None
-
-
-def _worker_context() -> Any:
-    """A fork-server context that preloads only the worker's entry point."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                ctx = multiprocessing.get_context("forkserver")
-                ctx.set_forkserver_preload(["localsched.worker.main"])
-            else:
-                ctx = multiprocessing.get_context("spawn")
-            _context = ctx
-        return _context
 
 
 class LocalCluster:
@@ -133,7 +149,7 @@ class LocalCluster:
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
-        cores = loky.cpu_count()
+        cores = available_cores()
         if n_workers is None and threads_per_worker is None:
             n_workers, threads_per_worker = nprocesses_nthreads(cores)
         elif n_workers is None:
@@ -181,40 +197,33 @@ class LocalCluster:
         return {ws.name: address for address, ws in self.scheduler.workers.items()}
 
     def _start_workers(self, n: int) -> None:
-        handles = [self._start_worker() for _ in range(n)]
-        done = self.runtime.call(lambda: self._register(handles))
+        # On the scheduler thread: Linux's PR_SET_PDEATHSIG fires when the thread
+        # that started a child exits, and that thread lives as long as the cluster.
+        done = self.runtime.call(lambda: self._register(n))
         done.result(timeout=START_TIMEOUT)
 
-    def _register(self, handles: list[WorkerHandle]) -> None:
-        for handle in handles:
+    def _register(self, n: int) -> None:
+        for _ in range(n):
+            handle = self._start_worker()
             self.runtime.workers[handle.address] = handle
 
     def _start_worker(self) -> WorkerHandle:
-        from localsched.worker.main import Worker, run_worker
-
         number = next(self._worker_ids)
         address = f"local://{os.getpid()}/{number}"
+        name = f"localsched-worker-{number}"
+        process: Any
         if self.processes:
-            ctx = _worker_context()
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            process = ctx.Process(
-                target=run_worker,
-                args=(child_conn, self.threads_per_worker, self.store.writer()),
-                name=f"localsched-worker-{number}",
-                daemon=True,
+            process, conn = start_worker(
+                self.threads_per_worker, self.store.prefix, self.store.directory, name
             )
-            process.start()
-            child_conn.close()
         else:
-            parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
+            from localsched.worker.main import Worker
+
+            conn, child_conn = multiprocessing.Pipe(duplex=True)
             worker = Worker(child_conn, self.threads_per_worker, self.store.writer())
-            process = _ThreadProcess(
-                worker, child_conn, name=f"localsched-worker-{number}"
-            )
+            process = _ThreadProcess(worker, child_conn, name=name)
             process.start()
-        handle = WorkerHandle(
-            address, number, process, parent_conn, self.threads_per_worker
-        )
+        handle = WorkerHandle(address, number, process, conn, self.threads_per_worker)
         handle.resources = dict(self.resources)
         return handle
 
@@ -429,19 +438,7 @@ def _pause_briefly() -> None:
 
 
 def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
-    from localsched.transport import janitor
-
-    ctx = _worker_context()
-    reader, writer = ctx.Pipe(duplex=False)
-    process = ctx.Process(
-        target=janitor.run,
-        args=(reader, store.prefix, store.directory),
-        name="localsched-janitor",
-        daemon=True,
-    )
-    process.start()
-    reader.close()
-    return process, writer
+    return start_janitor(store.prefix, store.directory)
 
 
 def _stop_janitor(process: Any, conn: Connection) -> None:
@@ -452,7 +449,3 @@ def _stop_janitor(process: Any, conn: Connection) -> None:
     if process.is_alive():
         process.kill()
         process.join(1.0)
-
-
-# Used by tests and callers that need the event type without importing the core.
-WorkerRetiring = ev.RetireWorkers

@@ -10,13 +10,14 @@ the synchronous ones have run, as dask documents for ``add_worker``.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Hashable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import asyncio
+
     from localsched.scheduler.scheduler import Scheduler
 
 logger = logging.getLogger("localsched.plugins")
@@ -309,6 +310,8 @@ class PluginRegistry:
 
     def _await(self, plugin: Any, hook: str, awaitable: Awaitable[Any]) -> None:
         if self._loop is None or self._loop.is_closed():
+            import asyncio  # only plugins with async hooks pay for it
+
             self._loop = asyncio.new_event_loop()
         try:
             self._loop.run_until_complete(_as_coroutine(awaitable))

@@ -114,8 +114,9 @@ class WorkerHandle:
         self.resources: dict[str, float] = {}
 
     @property
-    def sentinel(self) -> int:
-        return int(self.process.sentinel)
+    def sentinel(self) -> int | None:
+        """Readable when the process exits; None: its pipe's EOF says so."""
+        return self.process.sentinel
 
 
 class ClientHandle:
@@ -233,8 +234,8 @@ class SchedulerRuntime:
             handle, is_sentinel = entry
             if is_sentinel:
                 exited.append(handle)
-            else:
-                self._drain_worker(handle, events)
+            elif self._drain_worker(handle, events) and handle.sentinel is None:
+                exited.append(handle)
         for handle in exited:
             self._drain_worker(handle, events)
             self._worker_exited(handle, events)
@@ -266,8 +267,10 @@ class SchedulerRuntime:
             if conn_fd not in self._fds:
                 self._poller.register(conn_fd, select.POLLIN)
                 self._fds[conn_fd] = (handle, False)
-                self._poller.register(handle.sentinel, select.POLLIN)
-                self._fds[handle.sentinel] = (handle, True)
+                sentinel = handle.sentinel
+                if sentinel is not None:
+                    self._poller.register(sentinel, select.POLLIN)
+                    self._fds[sentinel] = (handle, True)
         self._polled = set(self.workers)
 
     def _handle(self, events: list[ev.StateEvent]) -> None:
@@ -298,7 +301,8 @@ class SchedulerRuntime:
 
     # -- worker messages -> events ---------------------------------------------------
 
-    def _drain_worker(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> None:
+    def _drain_worker(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> bool:
+        """Handle every message waiting on the worker's pipe; True at EOF."""
         conn = handle.conn
         try:
             while conn.poll():
@@ -306,9 +310,10 @@ class SchedulerRuntime:
                 for message in decode_batch(data):
                     self._on_message(handle, message, events)
         except (EOFError, OSError):
-            pass  # the sentinel reports the exit
+            return True
         except ProtocolError:
             logger.exception("Worker %s sent an undecodable batch", handle.address)
+        return False
 
     def _on_message(
         self, handle: WorkerHandle, message: Message, events: list[ev.StateEvent]
@@ -401,7 +406,9 @@ class SchedulerRuntime:
         )
 
     def _worker_exited(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> None:
-        handle.process.join(0)
+        if self.workers.get(handle.address) is not handle:
+            return
+        handle.process.join(1.0)
         self.workers.pop(handle.address, None)
         with contextlib.suppress(OSError):
             handle.conn.close()

@@ -307,12 +307,13 @@ class StimuliMixin:
         stimulus_id = event.stimulus_id
         if event.startstops:
             self.now = max(self.now, event.startstops[-1][2])
+        stale = ts is not None and 0 <= event.run_id != ts.run_id
         if (
             ts is not None
             and ws is not None
             and ts.state == "processing"
             and ts.processing_on is ws
-            and (event.run_id < 0 or event.run_id == ts.run_id)
+            and not stale
         ):
             recs = self._transition(
                 event.key,
@@ -328,14 +329,19 @@ class StimuliMixin:
             if self._retiring:
                 self._check_retirements(stimulus_id)
             return
-        if ts is not None and ws is not None and ts.state == "memory":
+        if ts is not None and ws is not None and ts.state == "memory" and not stale:
             # A second copy (e.g. a steal that raced): keep the first result.
             if event.shared:
                 return
             self.add_replica(ts, ws)
             return
         # Stale: the task moved on. Tell the worker to drop it.
-        if ws is not None:
+        if ts is not None and ws is not None and ts.processing_on is ws:
+            # An older run's answer from the worker now running a newer one: a
+            # FreeKeys would cancel the new run too (it names keys, not runs).
+            # Place the task again, as dask does.
+            self._transitions({event.key: "released"}, stimulus_id)
+        elif ws is not None and (ts is None or ws not in ts.who_has):
             self._commands.append(
                 FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(event.key,))
             )
@@ -609,6 +615,7 @@ class StimuliMixin:
         self: SchedulerState, event: ev.ClientDesiresKeys
     ) -> None:
         cs = self._ensure_client(event.client)
+        recs: Recs = {}
         for key in event.keys:
             ts = self.tasks.get(key)
             if ts is None:
@@ -618,6 +625,11 @@ class StimuliMixin:
                 ts.who_wants.add(cs)
             if ts.state in ("memory", "erred"):
                 self._report_on_key(ts, cs, event.stimulus_id)
+            elif ts.state == "released" and ts.run_spec is not None:
+                # dask leaves this future pending forever; compute the key, as
+                # submitting it again would.
+                recs[key] = "waiting"
+        self._transitions(recs, event.stimulus_id)
 
     def _report_on_key(
         self: SchedulerState, ts: TaskState, cs: ClientState, stimulus_id: str
@@ -805,7 +817,10 @@ class StimuliMixin:
                 continue
             unique = [ts for ts in ws.has_what if ts.who_has == {ws} and not ts.shared]
             if unique:
-                pending = requested.setdefault(address, set())
+                pending = requested.setdefault(address, {})
+                for key, recipient_address in list(pending.items()):
+                    if recipient_address not in self.workers:
+                        del pending[key]  # it left before copying: ask another
                 todo = [ts for ts in unique if ts.key not in pending]
                 if todo:
                     recipients = sorted(
@@ -815,12 +830,13 @@ class StimuliMixin:
                     if not recipients:
                         continue
                     recipient = recipients[0]
-                    pending.update(ts.key for ts in todo)
+                    keys = tuple(ts.key for ts in todo)
+                    pending.update(dict.fromkeys(keys, recipient.address))
                     self._commands.append(
                         AcquireReplicas(
                             stimulus_id=stimulus_id,
                             worker=recipient.address,
-                            keys=tuple(ts.key for ts in todo),
+                            keys=keys,
                             source=address,
                         )
                     )

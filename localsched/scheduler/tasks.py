@@ -5,8 +5,10 @@ correlated with each other and with the sets held by ``SchedulerState``; the onl
 code that changes them is the core (``state.py`` and ``transitions.py``), and
 ``validate.py`` checks every invariant stated in the ``#:`` comments below.
 
-Records compare and hash by identity: a key that is forgotten and submitted again
-is a different ``TaskState``, and a set must never confuse the two.
+Records compare by identity: a key that is forgotten and submitted again is a
+different ``TaskState``, and a set must never confuse the two. They hash by key
+(address, client id), as dask's do, so that iterating a set of them does not depend
+on memory addresses: the same events always give the same commands.
 """
 
 from __future__ import annotations
@@ -237,6 +239,7 @@ class TaskState:
 
     __slots__ = (
         "__weakref__",
+        "_hash",
         "actor",
         "annotations",
         "dependencies",
@@ -276,6 +279,7 @@ class TaskState:
     def __init__(self, key: Key, run_spec: object, group: TaskGroup) -> None:
         #: The key, unique among live tasks.
         self.key = key
+        self._hash = hash(key)
         #: Opaque reference to the task's function and arguments; None for data
         #: that entered through ``scatter`` (pure data cannot be recomputed).
         self.run_spec = run_spec
@@ -349,6 +353,9 @@ class TaskState:
     def __repr__(self) -> str:
         return f"<TaskState {self.key!r} {self.state}>"
 
+    def __hash__(self) -> int:
+        return self._hash
+
     def get_nbytes(self) -> int:
         nbytes = self.nbytes
         return nbytes if nbytes >= 0 else 1024  # dask's DEFAULT_DATA_SIZE
@@ -367,6 +374,7 @@ class WorkerState:
 
     __slots__ = (
         "__weakref__",
+        "_hash",
         "address",
         "executing_count",
         "has_what",
@@ -400,6 +408,7 @@ class WorkerState:
     ) -> None:
         #: Unique address (``"local://<pid>/<n>"`` in localsched).
         self.address = address
+        self._hash = hash(address)
         #: User-facing name; defaults to the address.
         self.name = address if name is None else name
         #: Threads executing tasks in the worker.
@@ -443,6 +452,9 @@ class WorkerState:
             f" memory: {len(self.has_what)}, processing: {len(self.processing)}>"
         )
 
+    def __hash__(self) -> int:
+        return self._hash
+
     def identity(self) -> dict[str, Any]:
         return {
             "type": "Worker",
@@ -460,15 +472,19 @@ class WorkerState:
 class ClientState:
     """A client that holds futures."""
 
-    __slots__ = ("__weakref__", "client_key", "last_seen", "wants_what")
+    __slots__ = ("__weakref__", "_hash", "client_key", "last_seen", "wants_what")
 
     def __init__(self, client: str) -> None:
         #: The client's id.
         self.client_key = client
+        self._hash = hash(client)
         #: Tasks this client holds futures for; symmetric with ``who_wants``.
         self.wants_what: set[TaskState] = set()
         #: Time of the client's last action.
         self.last_seen = 0.0
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def id(self) -> str:

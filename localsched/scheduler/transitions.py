@@ -443,7 +443,8 @@ class TransitionsMixin:
             if dts.state == "erred":
                 recs[dts.key] = "waiting"
         for address in ts.erred_on or ():
-            if address in self.workers:
+            ws = self.workers.get(address)
+            if ws is not None and ws.status != "closed":  # not one being removed
                 self._commands.append(
                     FreeKeys(stimulus_id=stimulus_id, worker=address, keys=(ts.key,))
                 )

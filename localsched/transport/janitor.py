@@ -46,3 +46,10 @@ def remove_segments(prefix: str, directory: str) -> list[str]:
                     os.unlink(entry.path)
                     removed.append(entry.path)
     return removed
+
+
+if __name__ == "__main__":
+    import sys
+
+    fd, prefix, directory = sys.argv[1:]
+    run(Connection(int(fd), writable=False), prefix, directory)
