@@ -27,7 +27,19 @@ _EXPORTS = {
     "wait": "localsched.future",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Client",
+    "Future",
+    "FutureCancelledError",
+    "KilledWorker",
+    "LocalCluster",
+    "NoValidWorkerError",
+    "Scheduler",
+    "SchedulerPlugin",
+    "WorkerPlugin",
+    "as_completed",
+    "wait",
+]
 
 
 def __getattr__(name: str) -> Any:
