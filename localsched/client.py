@@ -169,13 +169,15 @@ class Client:
 
     def _spec(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[TaskSpec, dict[Key, Future]]:
+    ) -> tuple[TaskSpec, tuple[Any, dict[str, Any]]]:
+        """The task spec, and the arguments with futures replaced by ``TaskRef``."""
         found: dict[Key, Future] = {}
         args = replace_futures(args, _is_future, found)
         kwargs = replace_futures(kwargs, _is_future, found)
         token, function_bytes = self._functions.get(func)
         payload = self._store.serialize((args, kwargs))
-        return TaskSpec(token, function_bytes, payload, tuple(found)), found
+        spec = TaskSpec(token, function_bytes, payload, tuple(found))
+        return spec, (args, kwargs)
 
     def _key_for(
         self,
@@ -250,9 +252,9 @@ class Client:
             raise TypeError("First input to submit must be a callable function")
         if actor or actors:
             raise ValueError("localsched does not support actors")
-        spec, found = self._spec(func, args, kwargs)
+        spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs)
         if key is None:
-            key = self._key_for(func, spec, pure, args, kwargs)
+            key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
         else:
             validate_key(key)
         with self._lock:
@@ -276,7 +278,6 @@ class Client:
                 fifo_timeout=fifo_timeout,
             )
         )
-        del found
         return future
 
     def map(
@@ -320,12 +321,12 @@ class Client:
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         for i, call_args in enumerate(calls):
-            spec, _ = self._spec(func, call_args, kwargs)
+            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs)
             if keys is not None:
                 k = keys[i]
                 validate_key(k)
             else:
-                k = self._key_for(func, spec, pure, call_args, kwargs)
+                k = self._key_for(func, spec, pure, ref_args, ref_kwargs)
                 if prefix is not None:
                     k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
             if k in tasks:
