@@ -95,3 +95,7 @@ def array_digest(array: object) -> tuple[str, str]:
 
     view = memoryview(array).cast("B")  # type: ignore[arg-type]
     return hashlib.sha256(view).hexdigest(), array.dtype.str  # type: ignore[attr-defined]
+
+
+def raise_value_error(x: object) -> None:
+    raise ValueError(f"bad {x}")

@@ -1,0 +1,151 @@
+"""The user's process dies or misbehaves: nothing may be left behind.
+
+Each test runs a user script in a separate Python process, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+
+from tests.runtime.helpers import DEADLINE, poll, wait_for_file
+
+pytestmark = pytest.mark.timeout(60)
+
+CLEANUP_DEADLINE = 10.0  # seconds for workers and segments to go after a SIGKILL
+
+USER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, threading
+
+    import numpy as np
+
+    from localsched import Client
+
+    info_path, started_path = sys.argv[1], sys.argv[2]
+
+
+    def long_task(path):
+        open(path, "w").close()
+        threading.Event().wait()  # until the process is killed
+
+
+    if __name__ == "__main__":
+        client = Client(n_workers=2, threads_per_worker=1)
+        data = client.scatter(np.ones(2**20))  # 8 MiB: a shared-memory segment
+        pids = [
+            client.submit(os.getpid, workers=[address], pure=False).result()
+            for address in client.scheduler.workers
+        ]
+        future = client.submit(long_task, started_path, pure=False)
+        while not os.path.exists(started_path):
+            threading.Event().wait(0.01)
+        with open(info_path + ".tmp", "w") as f:
+            json.dump({"pids": pids, "prefix": client.cluster.store.prefix}, f)
+        os.replace(info_path + ".tmp", info_path)
+        threading.Event().wait()
+    """
+)
+
+UNGUARDED_SCRIPT = textwrap.dedent(
+    """
+    from localsched import Client
+
+    client = Client(n_workers=1, threads_per_worker=1)
+    print("result:", client.submit(sum, [1, 2, 3]).result(timeout=30))
+    client.close()
+    """
+)
+
+
+def _segments(prefix: str) -> list[str]:
+    return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+def test_sigkill_of_the_user_process_leaves_no_worker_and_no_segment(tmp_path):
+    info = tmp_path / "info.json"
+    started = tmp_path / "started"
+    with open(tmp_path / "out", "w") as out:
+        user = subprocess.Popen(
+            [sys.executable, "-c", USER_SCRIPT, str(info), str(started)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        try:
+            wait_for_file(info, timeout=30)
+        except TimeoutError:
+            user.kill()
+            user.wait()
+            pytest.fail((tmp_path / "out").read_text())
+        details = json.loads(info.read_text())
+        prefix = details["prefix"]
+        assert prefix.startswith(f"localsched-{user.pid}-")
+        assert _segments(prefix), "the script made no shared-memory segment"
+        workers = [psutil.Process(p) for p in details["pids"]]
+        assert len(workers) == 2
+        descendants = psutil.Process(user.pid).children(recursive=True)
+        assert {w.pid for w in workers} <= {d.pid for d in descendants}
+
+        os.kill(user.pid, signal.SIGKILL)
+        assert user.wait(timeout=DEADLINE) == -signal.SIGKILL
+
+        assert poll(lambda: not _alive(workers), CLEANUP_DEADLINE), _alive(workers)
+        assert poll(lambda: not _segments(prefix), CLEANUP_DEADLINE), _segments(prefix)
+        assert poll(lambda: not _alive(descendants), CLEANUP_DEADLINE), [
+            (p.pid, p.cmdline()) for p in _alive(descendants)
+        ]
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait()
+
+
+def test_script_without_main_guard_runs_or_fails_with_one_clear_error(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    ) as user:
+        try:
+            stdout, stderr = user.communicate(timeout=DEADLINE * 2)
+        except subprocess.TimeoutExpired:
+            user.kill()
+            stdout, stderr = user.communicate()
+            pytest.fail(f"the script hung:\n{stdout}{stderr}")
+    done = subprocess.CompletedProcess(user.args, user.returncode, stdout, stderr)
+    output = done.stdout + done.stderr
+    prefix = f"localsched-{user.pid}-"
+    assert poll(lambda: not _segments(prefix), CLEANUP_DEADLINE), _segments(prefix)
+    assert "bootstrapping phase" not in output
+    assert "freeze_support" not in output
+    if done.returncode == 0:
+        assert done.stdout.splitlines() == ["result: 6"], output
+        assert "Traceback" not in output
+    else:
+        assert output.count("Traceback") == 1, output
+        assert "RuntimeError" in done.stderr.strip().splitlines()[-1], output
