@@ -48,6 +48,7 @@ from localsched.scheduler import events as ev
 from localsched.transport.protocol import (
     ForgetKeys,
     Goodbye,
+    GrantSegments,
     Hello,
     Message,
     ProtocolError,
@@ -74,6 +75,8 @@ Key = Hashable
 
 #: Seconds between timer ticks (stealing balance, heartbeats, adaptive).
 TICK_INTERVAL = 0.5
+#: Free segments a worker may hold for its next large results.
+MAX_LEASES_PER_WORKER = 4
 
 
 class WorkerHandle:
@@ -84,6 +87,7 @@ class WorkerHandle:
         "conn",
         "exit_reason",
         "is_ready",
+        "leases",
         "name",
         "nthreads",
         "outbox",
@@ -109,6 +113,8 @@ class WorkerHandle:
         self.sent_functions: set[str] = set()
         self.is_ready = False
         self.said_goodbye = False
+        #: Segments granted and (as far as we know) not yet used by a result.
+        self.leases = 0
         self.exit_reason = ""
         #: Abstract resources the worker offers (``LocalCluster(resources=)``).
         self.resources: dict[str, float] = {}
@@ -141,6 +147,8 @@ class SchedulerRuntime:
         self.on_worker_exit = on_worker_exit
         #: key -> serialized result (inline bytes or a shared-memory ref).
         self.data: dict[Key, bytes | BlobRef] = {}
+        #: key -> address of the worker that wrote the key's shared-memory result.
+        self._producers: dict[Key, str] = {}
         self.workers: dict[str, WorkerHandle] = {}
         self.clients: dict[str, ClientHandle] = {}
         self._inbox: deque[Any] = deque()
@@ -375,6 +383,8 @@ class SchedulerRuntime:
         payload = message.payload
         if isinstance(payload, BlobRef):
             self.store.adopt(payload)
+            if handle.leases:
+                handle.leases -= 1  # it may have used one: room for the next
         key = message.key
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
@@ -391,6 +401,8 @@ class SchedulerRuntime:
             if old is not None:
                 self._free_payload(old)
             self.data[key] = payload
+            if isinstance(payload, BlobRef):
+                self._producers[key] = handle.address
         self.tasks_finished += 1
         events.append(
             ev.TaskFinished(
@@ -450,6 +462,9 @@ class SchedulerRuntime:
                 payload = self.data.pop(command.key, None)  # type: ignore[attr-defined]
                 if payload is not None:
                     self._free_payload(payload)
+                    producer = self._producers.pop(command.key, None)  # type: ignore[attr-defined]
+                    if producer is not None and isinstance(payload, BlobRef):
+                        self._lease_back(producer, payload.nbytes)
             elif typ is cmd.FreeKeys:
                 handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
                 if handle is not None:
@@ -552,6 +567,21 @@ class SchedulerRuntime:
             else:
                 self._free_payload(spec.args)
         self._arg_blobs = kept
+
+    def _lease_back(self, address: str, nbytes: int) -> None:
+        """Give a freed segment of this size to the worker that filled it.
+
+        A worker that produced one large result likely produces more of the same
+        size, and writing into reused pages is several times faster than into
+        fresh ones (the kernel must zero and map those).
+        """
+        handle = self.workers.get(address)
+        if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
+            return
+        lease = self.store.lease(nbytes, handle.pid)
+        if lease is not None:
+            handle.leases += 1
+            handle.outbox.append(GrantSegments(leases=(lease,)))
 
     def _free_payload(self, payload: bytes | BlobRef) -> None:
         if isinstance(payload, BlobRef):
