@@ -556,6 +556,10 @@ class Client:
 
             with contextlib.suppress(Exception):
                 self._runtime.call(unregister).result(timeout=timeout or 10)
+        # As dask: the futures of a closed client are cancelled, so no thread
+        # waits for a result that can no longer come.
+        for state in list(self._handle.states.values()):
+            state.cancel("client-closed")
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=True)
         if self._owns_cluster:

@@ -293,6 +293,33 @@ def test_add_done_callback_runs_with_the_future(client):
         assert late.wait(DEADLINE)
 
 
+def test_closing_a_client_cancels_its_futures_and_wakes_waiters(client, tmp_path):
+    release = str(tmp_path / "release")
+    woken = []
+    try:
+        attached = Client(client.cluster)
+        blocked = attached.submit(block, release, None, pure=False)
+        finished = attached.submit(operator.neg, 1)
+        assert finished.result(timeout=DEADLINE) == -1
+
+        def wait_for_result():
+            try:
+                blocked.result(timeout=DEADLINE)
+            except FutureCancelledError as exc:
+                woken.append(exc)
+
+        waiter = threading.Thread(target=wait_for_result)
+        waiter.start()
+        attached.close()
+        waiter.join(DEADLINE)
+    finally:
+        open(release, "w").close()
+    assert not waiter.is_alive()
+    assert len(woken) == 1
+    assert blocked.status == "cancelled"
+    assert finished.status == "cancelled"  # as dask: every future of the client
+
+
 def test_released_futures_release_their_keys(client):
     futures = client.map(operator.neg, range(10), pure=False)
     keys = [f.key for f in futures]

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localsched import Client, LocalCluster
+from localsched import Client, FutureCancelledError, LocalCluster
 from tests.runtime.helpers import DEADLINE, block, pid, poll, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,6 +116,20 @@ def test_close_is_idempotent_and_quiet(capfd, caplog):
     ]
 
 
+def test_closing_a_cluster_cancels_pending_futures_of_attached_clients(tmp_path):
+    release = str(tmp_path / "release")
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1) as cluster:
+            client = Client(cluster)
+            blocked = client.submit(block, release, None, pure=False)
+        with pytest.raises(FutureCancelledError):
+            blocked.result(timeout=DEADLINE)
+        assert blocked.status == "cancelled"
+        client.close()
+    finally:
+        Path(release).touch()
+
+
 def test_killed_worker_is_replaced_and_its_task_rerun_elsewhere(tmp_path):
     release = str(tmp_path / "release")
     started = tmp_path / "started"
@@ -123,6 +137,13 @@ def test_killed_worker_is_replaced_and_its_task_rerun_elsewhere(tmp_path):
         LocalCluster(n_workers=2, threads_per_worker=1, validate=True) as cluster,
         Client(cluster) as client,
     ):
+        # Results held before the crash, small and in shared memory, per worker.
+        before = {}
+        for i, address in enumerate(cluster.scheduler.workers):
+            small = client.submit(operator.add, i, 100, workers=[address])
+            large = client.submit(operator.mul, bytes([i]), 2**20, workers=[address])
+            before[address] = (small, large)
+        client.gather(before)
         try:
             future = client.submit(block, release, str(started), "done", pure=False)
             wait_for_file(started)
@@ -140,6 +161,9 @@ def test_killed_worker_is_replaced_and_its_task_rerun_elsewhere(tmp_path):
         finally:
             Path(release).touch()
         assert future.result(timeout=DEADLINE) == "done"
+        for i, (small, large) in enumerate(before.values()):
+            assert small.result(timeout=DEADLINE) == i + 100
+            assert large.result(timeout=DEADLINE) == bytes([i]) * 2**20
 
         # A replacement joins, and new work runs on the full cluster.
         assert poll(
