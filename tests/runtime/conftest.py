@@ -1,13 +1,13 @@
 """Fixtures for the end-to-end tests on real worker processes.
 
 Every test here runs under a leak check: child processes, threads (daemon or
-not) and ``/dev/shm/localsched-*`` entries that exist after the test but not
-before it fail the test, once a few seconds of polling have given them time to
-go. Clusters shared by a module (the ``client`` fixture) are checked the same
-way at module teardown; while they live, the segments they pool are theirs.
+not) and ``/dev/shm/localsched-<our pid>-*`` segments that exist after the test
+but not before it fail the test, once a few seconds of polling have given them
+time to go. Clusters shared by a module (the ``client`` fixture) are checked the
+same way at module teardown; while they live, the segments they pool are theirs.
 
-The fork server and the resource tracker are per-process singletons of
-``multiprocessing`` that outlive every cluster by design; they are not leaks.
+A fork server or resource tracker that ``multiprocessing`` started is a
+per-process singleton that outlives every cluster by design: not a leak.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from tests.runtime import helpers
 cloudpickle.register_pickle_by_value(helpers)
 
 SHM_DIR = "/dev/shm"
-SHM_PREFIX = "localsched-"
+#: Segments of stores in this process (named after its pid): other test runs on
+#: the machine have their own, which must not fail ours.
+SHM_PREFIX = f"localsched-{os.getpid()}-"
 LEAK_DEADLINE = 5.0  # seconds things get to go away after a test
 
 #: Store prefixes of shared clusters still running: their pooled segments are
