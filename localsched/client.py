@@ -416,23 +416,29 @@ class Client:
         wait(list(found.values()))
         return self._gather(futures, errors)
 
-    def _gather(self, obj: Any, errors: str) -> Any:
+    def _gather(self, obj: Any, errors: str, top: bool = True) -> Any:
+        # dask's errors="skip": erred and cancelled futures are left out of a
+        # top-level list and become None anywhere else.
         if _is_future(obj):
+            if errors == "skip" and obj.status in ("error", "cancelled"):
+                return None
             return obj.result()
         typ = type(obj)
         if typ in (list, tuple, set):
             items = [
-                self._gather(x, errors)
+                self._gather(x, errors, top=False)
                 for x in obj
-                if not (errors == "skip" and _is_future(x) and x.status == "error")
+                if not (
+                    top
+                    and typ is list
+                    and errors == "skip"
+                    and _is_future(x)
+                    and x.status in ("error", "cancelled")
+                )
             ]
             return typ(items)
         if typ is dict:
-            return {
-                k: self._gather(v, errors)
-                for k, v in obj.items()
-                if not (errors == "skip" and _is_future(v) and v.status == "error")
-            }
+            return {k: self._gather(v, errors, top=False) for k, v in obj.items()}
         return obj
 
     def scatter(

@@ -154,13 +154,27 @@ def test_gather_keeps_nested_structure(client):
     assert result == {"x": [-1, (-2, 7)], "y": {"z": -3}, "n": None}
 
 
-def test_gather_skips_errors_on_request(client):
+def test_gather_skips_errors_on_request(client, tmp_path):
     good = client.submit(operator.truediv, 1, 2)
     bad = client.submit(operator.truediv, 1, 0)
     with pytest.raises(ZeroDivisionError):
         client.gather([good, bad])
+    # As dask: failed futures leave a top-level list and are None elsewhere.
     assert client.gather([good, bad], errors="skip") == [0.5]
-    assert client.gather({"good": good, "bad": bad}, errors="skip") == {"good": 0.5}
+    assert client.gather({"good": good, "bad": bad}, errors="skip") == {
+        "good": 0.5,
+        "bad": None,
+    }
+    release = str(tmp_path / "release")
+    try:
+        cancelled = client.submit(block, release, None, pure=False)
+        cancelled.cancel()
+        assert poll(cancelled.cancelled)
+    finally:
+        open(release, "w").close()
+    with pytest.raises(FutureCancelledError):
+        client.gather([good, cancelled])
+    assert client.gather([good, cancelled, bad], errors="skip") == [0.5]
 
 
 # -- scatter ---------------------------------------------------------------------------
