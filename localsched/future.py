@@ -420,8 +420,14 @@ class as_completed:
     def _item(self, future: Future) -> Any:
         if not self.with_results:
             return future
+        # As dask: an error not raised is a (type, exception, traceback) triple,
+        # and a cancelled future yields its CancelledError, never raises it.
         if future.status == "error" and not self.raise_errors:
-            return future, future.exception()
+            exception = future.exception()
+            assert exception is not None
+            return future, (type(exception), exception, exception.__traceback__)
+        if future.status == "cancelled":
+            return future, FutureCancelledError(future.key, future._state.reason)
         return future, future.result()
 
     def __next__(self) -> Any:

@@ -6,7 +6,7 @@ import operator
 
 import pytest
 
-from localsched import as_completed, wait
+from localsched import FutureCancelledError, as_completed, wait
 from tests.runtime.helpers import DEADLINE, block, raise_value_error, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -94,8 +94,20 @@ def test_as_completed_raise_errors_false_yields_the_exception(client):
     bad = client.submit(raise_value_error, 3)
     pairs = dict(as_completed([good, bad], with_results=True, raise_errors=False))
     assert pairs[good] == -3
-    assert isinstance(pairs[bad], ValueError)
-    assert str(pairs[bad]) == "bad 3"
+    # dask yields the error as a (type, exception, traceback) triple
+    typ, exception, _ = pairs[bad]
+    assert typ is ValueError
+    assert isinstance(exception, ValueError)
+    assert str(exception) == "bad 3"
+
+
+def test_as_completed_with_results_yields_cancellation_without_raising(client, release):
+    blocked = client.submit(block, release, None, pure=False)
+    iterator = as_completed([blocked], with_results=True)
+    blocked.cancel()
+    ((future, result),) = list(iterator)
+    assert future is blocked
+    assert isinstance(result, FutureCancelledError)
 
 
 def test_as_completed_add_while_iterating(client):
