@@ -457,9 +457,14 @@ class Client:
         there, so ``broadcast`` needs no copies.
         """
         self._check_running()
-        if isinstance(data, dict):
+        # As dask: exact types, so a dict or list subclass is one opaque value;
+        # a namedtuple is unpacked and comes back as its own type.
+        if isinstance(data, range):
+            data = list(data)
+        is_namedtuple = isinstance(data, tuple) and hasattr(data, "_fields")
+        if type(data) is dict:
             items = list(data.items())
-        elif isinstance(data, list | tuple | set | frozenset):
+        elif type(data) in (list, tuple, set, frozenset) or is_namedtuple:
             items = [(None, x) for x in data]
         else:
             items = [(None, data)]
@@ -496,13 +501,13 @@ class Client:
             scheduler.update_data(who_has=who_has, nbytes=nbytes, client=self.id)
 
         self._runtime.call(install).result(timeout=timeout)
-        if isinstance(data, dict):
+        if type(data) is dict:
             return {key: futures[key] for key, _ in prepared}
         result = [futures[key] for key, _ in prepared]
-        if isinstance(data, list | tuple | set | frozenset):
-            return (
-                type(data)(result) if not isinstance(data, set | frozenset) else result
-            )
+        if is_namedtuple:
+            return type(data)(*result)
+        if type(data) in (list, tuple, set, frozenset):
+            return type(data)(result)
         return result[0]
 
     # -- control -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import itertools
 import operator
 import threading
 import traceback
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -197,6 +198,32 @@ def test_scatter_small_object_list_and_dict(client):
     assert client.gather(named) == {"left": "L", "right": "R"}
     concat = client.submit(operator.add, named["left"], named["right"])
     assert concat.result(timeout=DEADLINE) == "LR"
+
+
+class Pair(NamedTuple):
+    left: int
+    right: int
+
+
+class Settings(dict):
+    pass
+
+
+def test_scatter_keeps_container_types_as_dask(client):
+    as_set = client.scatter({1, 2, 3})
+    assert isinstance(as_set, set)
+    assert sorted(client.gather(list(as_set))) == [1, 2, 3]
+
+    pair = client.scatter(Pair(4, 5))
+    assert isinstance(pair, Pair)
+    assert client.gather(list(pair)) == [4, 5]
+
+    # A dict subclass is one opaque value, not a mapping of keys to scatter.
+    settings = client.scatter(Settings(a=1))
+    assert isinstance(settings, Future)
+    value = settings.result(timeout=DEADLINE)
+    assert type(value) is Settings
+    assert value == {"a": 1}
 
 
 def test_scatter_large_array_arrives_intact_and_results_are_private(client):
