@@ -354,22 +354,27 @@ class Worker:
                     for name, amount in restrictions.items():
                         self._available[name] -= amount
             reply = self._execute(job.message)
-            if job.is_forgotten:
-                _discard(reply)
-            else:
-                # Unlocked read of the heaps: a stale answer only changes batching.
-                is_more_coming = bool(self._heap or self._constrained)
-                is_short = reply.stop - reply.start < _SHORT_TASK
-                self._outbox.post(reply, may_defer=is_short and is_more_coming)
+            is_short = reply.stop - reply.start < _SHORT_TASK
+            must_send = False
             with self._lock:
+                # Queue the reply and record the key as done in one step, so a
+                # StealAnswer saying "memory" always follows its TaskDone; the
+                # sending itself happens outside the lock.
                 if self._executing.get(key) is job:
                     del self._executing[key]
-                if type(reply) is TaskDone and not job.is_forgotten:
-                    self._done.add(key)
+                if not job.is_forgotten:
+                    if type(reply) is TaskDone:
+                        self._done.add(key)
+                    is_more_coming = bool(self._heap or self._constrained)
+                    must_send = self._outbox.add(reply, is_short and is_more_coming)
                 if restrictions:
                     for name, amount in restrictions.items():
                         self._available[name] += amount
                     self._has_work.notify_all()  # a constrained job may fit now
+            if must_send:
+                self._outbox.send_all()
+            elif job.is_forgotten:
+                _discard(reply)
 
     def _next_job(self) -> _Job | None:
         """Pop the job to run next, as dask's ``_next_ready_task``: the better of
@@ -459,21 +464,30 @@ class _Outbox:
     def post(self, message: Message, may_defer: bool = False) -> None:
         """Queue ``message`` and send it now unless another thread is sending, or
         ``may_defer`` and the batch is young and small."""
+        if self.add(message, may_defer):
+            self.send_all()
+
+    def add(self, message: Message, may_defer: bool = False) -> bool:
+        """Queue ``message`` without sending (never blocks on the pipe).
+
+        Returns True if the caller became the sender and must call
+        :meth:`send_all` (see :meth:`post`).
+        """
         with self._lock:
             if self._is_closed:
-                return
+                return False
             self._pending.append(message)
             if self._is_sending:
-                return
+                return False
             if may_defer and len(self._pending) < self._max_batch:
                 if self._deadline is None:
                     self._deadline = time.monotonic() + self._max_delay
                     self._changed.notify_all()  # the sender thread arms its timer
-                    return
+                    return False
                 if time.monotonic() < self._deadline:
-                    return
+                    return False
             self._is_sending = True
-        self._send_all()
+            return True
 
     def post_nowait(self, message: Message) -> None:
         """Queue ``message`` for the sender thread; never blocks on the pipe."""
@@ -487,7 +501,7 @@ class _Outbox:
 
     def sender_loop(self) -> None:
         while self._wait_for_turn():
-            self._send_all()
+            self.send_all()
 
     def _wait_for_turn(self) -> bool:
         with self._lock:
@@ -525,9 +539,9 @@ class _Outbox:
             with contextlib.suppress(OSError):
                 self._conn.send_bytes(encode_batch(batch))
 
-    def _send_all(self) -> None:
-        # Caller set _is_sending; only one thread sends at a time, so batches
-        # leave in the order they were posted.
+    def send_all(self) -> None:
+        """Send until nothing is pending; only for the thread that :meth:`add`
+        made the sender. One sender at a time keeps batches in posting order."""
         while True:
             with self._lock:
                 batch = self._pending
