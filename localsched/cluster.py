@@ -244,9 +244,7 @@ class LocalCluster:
         """Grow or shrink to ``n`` workers (shrinking retires workers gracefully)."""
         with self._lock:
             self._target = n
-            current = len(
-                self.runtime.call(lambda: list(self.runtime.workers)).result()
-            )
+            current = self.runtime.call(self._count_staying_workers).result()
             if n > current:
                 self._start_workers(n - current)
             elif n < current:
@@ -257,6 +255,23 @@ class LocalCluster:
                         self.scheduler.retire_workers(workers=names, close_workers=True)
 
                 self.runtime.call(retire).result()
+
+    def _count_staying_workers(self) -> int:
+        """Workers starting or running, not those retiring or on their way out.
+
+        A retired worker's process lingers a moment after the scheduler let it
+        go; counting it made ``scale(0)`` then ``scale(1)`` start nobody.
+        """
+        count = 0
+        for handle in self.runtime.workers.values():
+            ws = self.scheduler.workers.get(handle.address)
+            if handle.said_goodbye or (
+                handle.is_ready
+                and (ws is None or ws.status in ("closing_gracefully", "closed"))
+            ):
+                continue
+            count += 1
+        return count
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Block until at least ``n_workers`` workers are running."""

@@ -53,7 +53,7 @@ def test_repr_and_html_repr_describe_the_workers():
         assert "LocalCluster" in html
         for name in cluster.workers:
             assert f"<td>{name}</td>" in html
-    assert "workers=0" in repr(cluster)
+    assert "closed" in repr(cluster)
 
 
 def test_scale_up_and_down_keeps_results(tmp_path):
@@ -88,6 +88,29 @@ def test_scale_up_and_down_keeps_results(tmp_path):
         )
         assert all(f.result(timeout=DEADLINE) == b"x" * 2**20 for f in large.values())
         assert set(client.gather(client.map(pid, range(4), pure=False))) == {survivor}
+
+
+def test_scale_to_zero_and_straight_back_up(tmp_path):
+    release = tmp_path / "release"
+    started = str(tmp_path / "started")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, validate=True) as cluster,
+        Client(cluster) as client,
+    ):
+        try:
+            running = client.submit(block, str(release), started, "kept", pure=False)
+            wait_for_file(started)
+            (retiring,) = _worker_pids(cluster)
+            cluster.scale(0)  # the worker retires once its task is done
+            cluster.scale(1)  # so this must start a new one
+            later = client.submit(operator.neg, 5)
+            assert later.result(timeout=DEADLINE) == -5
+        finally:
+            release.touch()
+        assert running.result(timeout=DEADLINE) == "kept"
+        assert _gone({retiring})
+        assert poll(lambda: len(cluster.scheduler.workers) == 1)
+        assert retiring not in _worker_pids(cluster)
 
 
 def test_close_is_idempotent_and_quiet(capfd, caplog):
