@@ -2,18 +2,20 @@
 
 ::
 
-    scheduler ══ pipe ══▶ control thread (main) ── RunTask ──▶ priority queue
-                            │ StealQuery, ForgetKeys,              │
-                            │ GrantSegments, Shutdown  task threads (nthreads)
-                            ▼                                      │ run, serialize
-    scheduler ◀═ pipe ═══ outbox: one send per batch ◀── TaskDone / TaskFailed
+    scheduler ══ pipe ══▶ control thread (main) ── RunTask ──▶ priority queues
+                            │ StealQuery, ForgetKeys,       (plain, constrained)
+                            │ GrantSegments, Shutdown                 │
+                            ▼                              task threads (nthreads):
+    scheduler ◀═ pipe ═══ outbox: one send per batch ◀── run, serialize, reply
                           (the posting task thread sends; the sender thread
                            sends what the control thread posts)
 
-The control thread only reads the pipe and never writes to it. If both sides
-could block on a write while neither reads, a scheduler sending a large batch to
-a worker whose own writes fill the other direction would deadlock; here the
-worker always reads, so the scheduler's write always completes.
+The control thread never blocks on a write while the scheduler may still be
+writing: its replies (steal answers) go through the sender thread, and it writes
+itself only the final Goodbye. If both sides could block on a write while
+neither reads, a scheduler sending a large batch to a worker whose own writes
+fill the other direction would deadlock; here the worker keeps reading, so the
+scheduler's write always completes.
 
 Lifetime: the worker says :class:`~localsched.transport.protocol.Hello` first and
 :class:`~localsched.transport.protocol.Goodbye` before a planned exit
@@ -130,9 +132,10 @@ def _die_with_parent() -> None:
     """Ask Linux to SIGKILL us when our parent dies (a no-op elsewhere).
 
     The "parent" is the thread that forked us: under forkserver the fork server,
-    which exits with the user process; under spawn the thread that started the
-    process, so the runtime must start workers from a thread that lives as long
-    as the cluster (prctl(2)). The pipe's EOF covers the same death, and also the
+    which exits with the user process; under spawn or ``subprocess`` the thread
+    that started the process, so the runtime must start workers from a thread
+    that lives as long as the cluster, or a worker dies with that thread
+    (prctl(2)). The pipe's EOF covers the same death, and also the
     window before this call.
     """
     if not sys.platform.startswith("linux"):
