@@ -103,5 +103,5 @@ def test_posting_after_the_scheduler_left_does_not_raise(pipe) -> None:
     ours.close()
     outbox = _Outbox(theirs)
     outbox.post(answer(1))  # EPIPE: swallowed, the control thread sees EOF
-    outbox.post(answer(2))
+    assert outbox.add(answer(2)) is False  # closed: nothing queued, no sender
     outbox.close(Goodbye(reason="late"))
