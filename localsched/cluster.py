@@ -214,13 +214,19 @@ class LocalCluster:
         process: Any
         if self.processes:
             process, conn = start_worker(
-                self.threads_per_worker, self.store.prefix, self.store.directory, name
+                self.threads_per_worker,
+                self.store.prefix,
+                self.store.directory,
+                name,
+                self.resources,
             )
         else:
             from localsched.worker.main import Worker
 
             conn, child_conn = multiprocessing.Pipe(duplex=True)
-            worker = Worker(child_conn, self.threads_per_worker, self.store.writer())
+            worker = Worker(
+                child_conn, self.threads_per_worker, self.store.writer(), self.resources
+            )
             process = _ThreadProcess(worker, child_conn, name=name)
             process.start()
         handle = WorkerHandle(address, number, process, conn, self.threads_per_worker)

@@ -263,7 +263,9 @@ def _to_raise(exception: BaseException) -> BaseException:
         return exception
     raised.__cause__ = exception.__cause__
     raised.__suppress_context__ = exception.__suppress_context__
-    return raised
+    # The worker's frames (rebuilt by tblib: plain data, no live frames) come
+    # first, as dask shows them.
+    return raised.with_traceback(exception.__traceback__)
 
 
 def _run_callback(fn: Callable[[Future], Any], future: Future) -> None:

@@ -15,10 +15,12 @@ where the kernel has them (Linux 5.3+), else through its pipe's EOF.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from multiprocessing.connection import Connection
 
 
@@ -69,14 +71,21 @@ class ChildProcess:
 
 
 def start_worker(
-    nthreads: int, prefix: str, directory: str, name: str
+    nthreads: int,
+    prefix: str,
+    directory: str,
+    name: str,
+    resources: Mapping[str, float] | None = None,
 ) -> tuple[ChildProcess, Connection]:
     """Start a worker process; return it and the scheduler's end of its pipe."""
     ours, theirs = multiprocessing.Pipe(duplex=True)
     try:
         fd = theirs.fileno()
+        args = ["-m", "localsched.worker", str(fd), str(nthreads), prefix, directory]
+        if resources:
+            args.append(json.dumps(dict(resources)))
         process = ChildProcess(
-            ["-m", "localsched.worker", str(fd), str(nthreads), prefix, directory],
+            args,
             pass_fds=(fd,),
             name=name,
         )

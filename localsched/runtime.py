@@ -63,6 +63,7 @@ from localsched.transport.protocol import (
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
+from localsched.worker.execute import loads_traceback
 
 if TYPE_CHECKING:
     from localsched.graph import TaskSpec
@@ -340,6 +341,7 @@ class SchedulerRuntime:
                     worker=address,
                     run_id=message.run_id,
                     exception=message.exception,
+                    traceback=message.traceback,
                     exception_text=message.exception_text,
                     traceback_text=message.traceback_text,
                     startstops=(("compute", message.start, message.stop),),
@@ -539,6 +541,7 @@ class SchedulerRuntime:
                 args=spec.args,
                 dependencies={k: data[k] for k in command.dependencies},
                 priority=command.priority,
+                resource_restrictions=command.resource_restrictions,
             )
         )
 
@@ -614,6 +617,11 @@ def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
             )
     else:
         exception = RuntimeError(command.exception_text or "the task failed")
+    if isinstance(command.traceback, bytes):
+        with contextlib.suppress(Exception):
+            remote = loads_traceback(command.traceback)
+            if remote is not None:
+                exception = exception.with_traceback(remote)
     if text and exception.__cause__ is None:
         exception.__cause__ = RemoteTraceback(text)
     return exception, text

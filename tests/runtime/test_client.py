@@ -271,11 +271,6 @@ def test_future_exception_of_failed_and_successful_tasks(client):
     assert good.traceback(timeout=DEADLINE) is None
 
 
-@pytest.mark.xfail(
-    reason="Future.traceback() is the exception's __traceback__, None for an "
-    "exception unpickled in the client; dask returns the remote traceback object",
-    strict=True,
-)
 def test_future_traceback_shows_the_remote_frames(client):
     def explode_in_task():
         raise ValueError("bad value")
@@ -472,11 +467,6 @@ def test_resource_restricted_tasks_run_where_the_resource_is(tmp_path):
         assert client.scheduler.tasks[too_much.key].state == "no-worker"
 
 
-@pytest.mark.xfail(
-    reason="the worker does not hold back tasks whose resources are in use, and "
-    "the scheduler sends it several: two {'GPU': 1} tasks overlap on one GPU",
-    strict=True,
-)
 def test_resources_limit_concurrency_per_worker(tmp_path):
     log = str(tmp_path / "log")
     with (
