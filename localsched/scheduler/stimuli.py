@@ -87,16 +87,20 @@ class StimuliMixin:
             if ts not in cs.wants_what:
                 cs.wants_what.add(ts)
                 ts.who_wants.add(cs)
-        self._notify(
-            "update_graph",
-            client=event.client,
-            keys=set(event.keys),
-            tasks=[ts.key for ts in new],
-            annotations=dict(event.annotations_by_type or {}),
-            priority={ts.key: ts.priority for ts in new},
-            dependencies={ts.key: {dts.key for dts in ts.dependencies} for ts in new},
-            stimulus_id=event.stimulus_id,
-        )
+        if self.hooks is not None:
+            # Built only when someone listens: it costs a set per new task.
+            self._notify(
+                "update_graph",
+                client=event.client,
+                keys=set(event.keys),
+                tasks=[ts.key for ts in new],
+                annotations=dict(event.annotations_by_type or {}),
+                priority={ts.key: ts.priority for ts in new},
+                dependencies={
+                    ts.key: {dts.key for dts in ts.dependencies} for ts in new
+                },
+                stimulus_id=event.stimulus_id,
+            )
         recs: Recs = {}
         if len(touched) > 1:
             touched.sort(key=_priority, reverse=True)
