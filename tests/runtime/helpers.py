@@ -99,3 +99,10 @@ def array_digest(array: object) -> tuple[str, str]:
 
 def raise_value_error(x: object) -> None:
     raise ValueError(f"bad {x}")
+
+
+def kill_own_process() -> None:
+    """Task: SIGKILL the worker running it (a crash, not an exception)."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -11,8 +11,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localsched import Client, FutureCancelledError, LocalCluster
-from tests.runtime.helpers import DEADLINE, block, pid, poll, wait_for_file
+from localsched import Client, FutureCancelledError, KilledWorker, LocalCluster
+from tests.runtime.helpers import (
+    DEADLINE,
+    block,
+    kill_own_process,
+    pid,
+    poll,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,11 +120,15 @@ def test_scale_to_zero_and_straight_back_up(tmp_path):
         assert retiring not in _worker_pids(cluster)
 
 
-def test_close_is_idempotent_and_quiet(capfd, caplog):
+def test_close_is_idempotent_and_quiet(capfd, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)
+    started = str(tmp_path / "started")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1)
     client = Client(cluster)
     assert client.submit(operator.add, 1, 2).result(timeout=DEADLINE) == 3
+    # A task still running at close (never released) must not make noise.
+    running = client.submit(block, str(tmp_path / "never"), started, pure=False)
+    wait_for_file(started)
     client.close()
     cluster.close()
     cluster.close()
@@ -127,6 +138,7 @@ def test_close_is_idempotent_and_quiet(capfd, caplog):
     own.close()
     own.cluster.close()
     assert (cluster.status, client.status, own.status) == ("closed",) * 3
+    assert running.status == "cancelled"
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err
     assert "rror" not in out + err
@@ -202,3 +214,20 @@ def test_killed_worker_is_replaced_and_its_task_rerun_elsewhere(tmp_path):
             [client.submit(pid, a, workers=[a]) for a in cluster.scheduler.workers]
         )
         assert set(per_worker) == _worker_pids(cluster)
+
+
+def test_task_that_keeps_killing_workers_errs_with_killed_worker():
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, allowed_failures=1, validate=True
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        future = client.submit(kill_own_process)
+        with pytest.raises(KilledWorker) as info:
+            future.result(timeout=DEADLINE)
+        assert "SIGKILL" in str(info.value)
+        assert future.status == "error"
+        # Crashed workers are replaced and the cluster goes on.
+        assert poll(lambda: len(cluster.scheduler.workers) == 2)
+        assert client.submit(operator.neg, 1).result(timeout=DEADLINE) == -1
