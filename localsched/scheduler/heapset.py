@@ -79,6 +79,11 @@ class HeapSet:
         """
         if n <= 0 or not self._data:
             return []
+        if n == 1:
+            # The common case (one slot opened per finished task): the top live
+            # entry, without popping and pushing it back.
+            self._clean_top()
+            return [self._heap[0][2]]
         heap = self._heap
         data = self._data
         kept: list[tuple[tuple[float, ...], int, TaskState]] = []

@@ -358,6 +358,10 @@ class SchedulerState(
             slots += self._task_slots_available(ws)
         if slots <= 0:
             return
+        if slots == 1:
+            # The common case: one task finished, one slot opened.
+            self._transitions({self.queued.peek().key: "processing"}, stimulus_id)
+            return
         recs = {ts.key: "processing" for ts in reversed(self.queued.peekn(slots))}
         self._transitions(recs, stimulus_id)
 
