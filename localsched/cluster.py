@@ -231,6 +231,7 @@ class LocalCluster:
             process.start()
         handle = WorkerHandle(address, number, process, conn, self.threads_per_worker)
         handle.resources = dict(self.resources)
+        handle.memory_limit = self.memory_limit
         return handle
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:

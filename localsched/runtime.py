@@ -89,6 +89,7 @@ class WorkerHandle:
         "exit_reason",
         "is_ready",
         "leases",
+        "memory_limit",
         "name",
         "nthreads",
         "outbox",
@@ -116,6 +117,8 @@ class WorkerHandle:
         self.said_goodbye = False
         #: Segments granted and (as far as we know) not yet used by a result.
         self.leases = 0
+        #: Bytes this worker may use (``LocalCluster(memory_limit=)``; 0: none).
+        self.memory_limit = 0
         self.exit_reason = ""
         #: Abstract resources the worker offers (``LocalCluster(resources=)``).
         self.resources: dict[str, float] = {}
@@ -368,7 +371,7 @@ class SchedulerRuntime:
                     address=address,
                     nthreads=message.nthreads,
                     name=ws_name,
-                    memory_limit=0,
+                    memory_limit=handle.memory_limit,
                     resources=handle.resources or None,
                     pid=message.pid,
                     time=time.time(),
