@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from localsched.scheduler.tasks import TaskPrefix, TaskState, WorkerState
+from localsched.scheduler.tasks import EMPTY_SET, TaskPrefix, TaskState, WorkerState
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -299,13 +299,16 @@ class PlacementMixin:
     def add_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
         """Note that ``ws`` holds ``ts``'s data."""
         if ws not in ts.who_has:
+            if not ts.who_has:
+                ts.who_has = set()  # may be the shared EMPTY_SET
             ts.who_has.add(ws)
             ws.has_what[ts] = None
             ws.nbytes += ts.get_nbytes()
 
     def remove_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
         """Note that ``ws`` no longer holds ``ts``'s data."""
-        ts.who_has.discard(ws)
+        if ts.who_has:
+            ts.who_has.discard(ws)
         if ts in ws.has_what:
             del ws.has_what[ts]
             ws.nbytes -= ts.get_nbytes()
@@ -315,7 +318,7 @@ class PlacementMixin:
         for ws in ts.who_has:
             del ws.has_what[ts]
             ws.nbytes -= nbytes
-        ts.who_has = set()
+        ts.who_has = EMPTY_SET
 
     def _set_nbytes(self: SchedulerState, ts: TaskState, nbytes: int) -> None:
         """Record a result size, as dask's ``TaskState.set_nbytes`` does."""

@@ -85,8 +85,7 @@ class StimuliMixin:
         for key in event.keys:
             ts = self.tasks[key]
             if ts not in cs.wants_what:
-                cs.wants_what.add(ts)
-                ts.who_wants.add(cs)
+                _link_client(cs, ts)
         if self.hooks is not None:
             # Built only when someone listens: it costs a set per new task.
             self._notify(
@@ -186,9 +185,14 @@ class StimuliMixin:
         for ts in new:
             key = ts.key
             group = ts.group
-            for dep_key in deps.get(key, ()):
+            dep_keys = deps.get(key, ())
+            if dep_keys:
+                ts.dependencies = set()  # a new task's is the shared EMPTY_SET
+            for dep_key in dep_keys:
                 dts = tasks[dep_key]
                 ts.dependencies.add(dts)
+                if not dts.dependents:
+                    dts.dependents = set()  # may be the shared EMPTY_SET
                 dts.dependents.add(ts)
                 if dts.group is not group:
                     group.dependencies.add(dts.group)
@@ -274,8 +278,7 @@ class StimuliMixin:
                 ts.priority = (0, self.generation, self._next_order)
                 self._next_order += 1
             if ts not in cs.wants_what:
-                cs.wants_what.add(ts)
-                ts.who_wants.add(cs)
+                _link_client(cs, ts)
             nbytes = event.nbytes.get(key, -1)
             if ts.state == "released":
                 self._set_nbytes(ts, nbytes)
@@ -625,8 +628,7 @@ class StimuliMixin:
             if ts is None:
                 continue
             if ts not in cs.wants_what:
-                cs.wants_what.add(ts)
-                ts.who_wants.add(cs)
+                _link_client(cs, ts)
             if ts.state in ("memory", "erred"):
                 self._report_on_key(ts, cs, event.stimulus_id)
             elif ts.state == "released" and ts.run_spec is not None:
@@ -907,6 +909,14 @@ class StimuliMixin:
                 self._transition(key, "erred", stimulus_id, cause=key, **kwargs),
                 stimulus_id,
             )
+
+
+def _link_client(cs: ClientState, ts: TaskState) -> None:
+    """``cs`` wants ``ts``: the symmetric ``wants_what`` / ``who_wants`` link."""
+    cs.wants_what.add(ts)
+    if not ts.who_wants:
+        ts.who_wants = set()  # may be the shared EMPTY_SET
+    ts.who_wants.add(cs)
 
 
 def _priority(ts: TaskState) -> tuple[float, ...]:

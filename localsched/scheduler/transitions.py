@@ -23,7 +23,7 @@ from localsched.scheduler.commands import (
     KeyLost,
     KeyRetried,
 )
-from localsched.scheduler.tasks import Key, TaskState, WorkerState
+from localsched.scheduler.tasks import EMPTY_SET, Key, TaskState, WorkerState
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -49,14 +49,23 @@ class TransitionsMixin:
                 return {ts.key: "erred"}
         ts.state = "waiting"
         waiting_on = ts.waiting_on
+        if not waiting_on and ts.dependencies:
+            waiting_on = ts.waiting_on = set()  # may be the shared EMPTY_SET
         for dts in ts.dependencies:
             if not dts.who_has and not (dts.state == "memory" and dts.shared):
                 waiting_on.add(dts)
             if dts.state == "released":
                 recs[dts.key] = "waiting"
             else:
-                dts.waiters.add(ts)
-        ts.waiters = {dts for dts in ts.dependents if dts.state == "waiting"}
+                waiters = dts.waiters
+                if not waiters:
+                    waiters = dts.waiters = set()
+                waiters.add(ts)
+        if ts.dependents:
+            waiters = {dts for dts in ts.dependents if dts.state == "waiting"}
+            ts.waiters = waiters or EMPTY_SET
+        else:
+            ts.waiters = EMPTY_SET
         if not waiting_on:
             recs[ts.key] = "processing"
         return recs
@@ -271,7 +280,8 @@ class TransitionsMixin:
                     recs[dts.key] = "processing"
         for dts in ts.dependencies:
             waiters = dts.waiters
-            waiters.discard(ts)
+            if waiters:
+                waiters.discard(ts)
             if not waiters and not dts.who_wants:
                 recs[dts.key] = "released"
         ts.state = "memory"
@@ -384,10 +394,11 @@ class TransitionsMixin:
             recs[dts.key] = "erred"
         for dts in ts.dependencies:
             waiters = dts.waiters
-            waiters.discard(ts)
+            if waiters:
+                waiters.discard(ts)
             if not waiters and not dts.who_wants:
                 recs[dts.key] = "released"
-        ts.waiters = set()
+        ts.waiters = EMPTY_SET
         self._report_erred(ts, failing, stimulus_id)
         faf = self.clients.get("fire-and-forget")
         if faf is not None and ts in faf.wants_what:
@@ -468,14 +479,14 @@ class TransitionsMixin:
                 waiters.discard(ts)
                 if not waiters and not dts.who_wants:
                     recs[dts.key] = "released"
-        ts.waiting_on = set()
+        ts.waiting_on = EMPTY_SET
         ts.state = "released"
         if ts.has_lost_dependencies:
             recs[ts.key] = "forgotten"
         elif ts.exception_blame is None and (ts.who_wants or ts.waiters):
             recs[ts.key] = "waiting"
         else:
-            ts.waiters = set()
+            ts.waiters = EMPTY_SET
         return recs
 
     def _transition_queued_released(
@@ -508,7 +519,7 @@ class TransitionsMixin:
 
     def _propagate_released(self: SchedulerState, ts: TaskState, recs: Recs) -> None:
         ts.state = "released"
-        ts.waiting_on = set()
+        ts.waiting_on = EMPTY_SET
         key = ts.key
         if ts.has_lost_dependencies:
             recs[key] = "forgotten"
@@ -518,10 +529,11 @@ class TransitionsMixin:
             for dts in ts.dependencies:
                 if dts.state != "released":
                     waiters = dts.waiters
-                    waiters.discard(ts)
+                    if waiters:
+                        waiters.discard(ts)
                     if not waiters and not dts.who_wants:
                         recs[dts.key] = "released"
-            ts.waiters = set()
+            ts.waiters = EMPTY_SET
 
     def _transition_memory_released(
         self: SchedulerState, ts: TaskState, stimulus_id: str
@@ -549,6 +561,8 @@ class TransitionsMixin:
             if dts.state in ("no-worker", "processing", "queued"):
                 recs[dts.key] = "waiting"
             elif dts.state == "waiting":
+                if not dts.waiting_on:
+                    dts.waiting_on = set()  # may be the shared EMPTY_SET
                 dts.waiting_on.add(ts)
         return recs
 
@@ -579,21 +593,27 @@ class TransitionsMixin:
         self: SchedulerState, ts: TaskState, recs: Recs, stimulus_id: str
     ) -> None:
         ts.state = "forgotten"
+        # A dependent's ``dependencies`` holds ts (and a dependency's
+        # ``dependents``), so those are real sets; the others may be EMPTY_SET.
         for dts in ts.dependents:
             dts.has_lost_dependencies = True
             dts.dependencies.discard(ts)
-            dts.waiting_on.discard(ts)
+            if dts.waiting_on:
+                dts.waiting_on.discard(ts)
             if dts.state not in ("memory", "erred"):
                 recs[dts.key] = "forgotten"
-        ts.dependents.clear()
-        ts.waiters = set()
+        if ts.dependents:
+            ts.dependents.clear()
+        ts.waiters = EMPTY_SET
         for dts in ts.dependencies:
             dts.dependents.discard(ts)
-            dts.waiters.discard(ts)
+            if dts.waiters:
+                dts.waiters.discard(ts)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
-        ts.dependencies.clear()
-        ts.waiting_on = set()
+        if ts.dependencies:
+            ts.dependencies.clear()
+        ts.waiting_on = EMPTY_SET
         for ws in ts.who_has:
             if ws.status != "closed":
                 self._commands.append(
@@ -615,7 +635,7 @@ class TransitionsMixin:
                     reason="forgotten",
                 )
             )
-        ts.who_wants = set()
+        ts.who_wants = EMPTY_SET
         ts.processing_on = None
         ts.exception_blame = ts.exception = ts.traceback = None
         self.task_metadata.pop(ts.key, None)

@@ -10,12 +10,20 @@ import math
 from typing import TYPE_CHECKING
 
 from localsched.errors import InvalidTaskState
-from localsched.scheduler.tasks import ALL_TASK_STATES, TaskState
+from localsched.scheduler.tasks import ALL_TASK_STATES, EMPTY_SET, TaskState
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
 
 _IN_FLIGHT_STATES = ("waiting", "queued", "no-worker", "processing")
+_LINK_SETS = (
+    "dependencies",
+    "dependents",
+    "waiting_on",
+    "waiters",
+    "who_has",
+    "who_wants",
+)
 
 
 def _close(a: float, b: float) -> bool:
@@ -98,6 +106,10 @@ class ValidateMixin:
             check(self.workers.get(ws.address) is ws, ts, "holder not registered")
         for cs in ts.who_wants:
             check(ts in cs.wants_what, ts, f"asymmetric who_wants {cs.client_key}")
+        for name in _LINK_SETS:
+            # A link set is a real set or the shared empty one (writers rely on it).
+            links = getattr(ts, name)
+            check(type(links) is set or links is EMPTY_SET, ts, f"{name} not a set")
 
     def _check(
         self: SchedulerState, condition: bool, ts: TaskState | None, msg: str
