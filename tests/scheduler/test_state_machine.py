@@ -5,10 +5,8 @@ Deep run (2000 examples of up to 100 steps, about 10 minutes on 2 cores):
     LOCALSCHED_HYPOTHESIS_PROFILE=deep python -m pytest \
         tests/scheduler/test_state_machine.py -q -p no:cacheprovider
 
-Profiles are registered in ``tests/conftest.py`` (``dev`` by default, ``ci`` when
-``CI`` is set). A failure prints the shortest program of steps that breaks.
-
-The machine plays the world around ``SchedulerState``: clients submit graphs
+Profiles live in ``tests/conftest.py`` (``dev`` by default, ``ci`` when ``CI`` is
+set). The machine plays the world around ``SchedulerState``: clients submit graphs
 (sometimes invalid ones), release, desire, cancel and retry keys; workers join,
 pause, retire and die. Each simulated worker does only what the commands told it:
 it computes the tasks it was sent (remembering their ``run_id``), holds the
@@ -75,21 +73,9 @@ from localsched.scheduler.tasks import Key, TaskState
 CLIENTS = ("alice", "bob", "fire-and-forget")
 PREFIXES = ("load", "inc", "sum")
 MAX_WORKERS = 5
-#: What workers offer; "GPU" is common, "FPGA" rare.
-WORKER_RESOURCES: tuple[dict[str, float], ...] = (
-    {},
-    {},
-    {"GPU": 1},
-    {"GPU": 2},
-    {"GPU": 1, "FPGA": 1},
-)
-#: What tasks ask for; nobody ever offers "TPU".
-TASK_RESOURCES: tuple[dict[str, float], ...] = (
-    {"GPU": 1},
-    {"GPU": 2},
-    {"FPGA": 1},
-    {"TPU": 1},
-)
+#: What workers offer ("GPU" is common, "FPGA" rare) and tasks ask for ("TPU": never).
+WORKER_RESOURCES = ({}, {}, {"GPU": 1}, {"GPU": 2}, {"GPU": 1, "FPGA": 1})
+TASK_RESOURCES = ({"GPU": 1}, {"GPU": 2}, {"FPGA": 1}, {"TPU": 1})
 NOWHERE = "tcp://nowhere"
 
 
@@ -573,7 +559,14 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # -- workers ---------------------------------------------------------------------
 
-    def _add_worker(
+    @precondition(lambda self: len(self.sim) < MAX_WORKERS)
+    @rule(
+        nthreads=st.integers(1, 3),
+        resources=st.sampled_from(WORKER_RESOURCES),
+        named=st.booleans(),
+        memory_limit=st.sampled_from([0, 0, 0, 20_000]),
+    )
+    def add_worker(
         self,
         nthreads: int,
         resources: dict[str, float],
@@ -597,22 +590,6 @@ class SchedulerMachine(RuleBasedStateMachine):
                 time=self.time,
             )
         )
-
-    @precondition(lambda self: len(self.sim) < MAX_WORKERS)
-    @rule(
-        nthreads=st.integers(1, 3),
-        resources=st.sampled_from(WORKER_RESOURCES),
-        named=st.booleans(),
-        memory_limit=st.sampled_from([0, 0, 0, 20_000]),
-    )
-    def add_worker(
-        self,
-        nthreads: int,
-        resources: dict[str, float],
-        named: bool,
-        memory_limit: int,
-    ) -> None:
-        self._add_worker(nthreads, resources, named, memory_limit)
 
     @precondition(lambda self: self.sim)
     @rule(data=st.data(), expected=st.booleans())
@@ -944,7 +921,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Answer everything and finish every task until the core is quiet."""
         state = self.state
         if not state.running:
-            self._add_worker(nthreads=1, resources={}, named=False, memory_limit=0)
+            self.add_worker(nthreads=1, resources={}, named=False, memory_limit=0)
         ticked = False
         for _ in range(1_000 + 20 * len(state.tasks)):
             if self.acquire_requests:
