@@ -10,6 +10,7 @@ SIGKILL).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import logging
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,6 +31,23 @@ from localsched.transport.shm import BlobStore, sweep_stale_segments
 logger = logging.getLogger("localsched.cluster")
 
 _cluster_ids = itertools.count()
+
+#: Clusters not closed yet, for the exit handler below.
+_open_clusters: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clusters() -> None:
+    """Close what the program left open while the scheduler thread still runs.
+
+    Later, during interpreter finalization, daemon threads are gone, and a
+    ``__del__`` that asks the scheduler thread to shut down waits for nothing
+    until its timeouts expire: an unclosed ``Client()`` made exit hang. dask
+    closes its clusters at exit the same way.
+    """
+    for cluster in list(_open_clusters):
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=5.0)
 
 #: Extra queued tasks per thread for tasks shorter than a round trip (the core's
 #: ``fast_task_slots``): keeps workers busy on bursts of tiny tasks.
@@ -181,6 +200,7 @@ class LocalCluster:
         self.runtime.start()
         self.scheduler.start()
         self.status = "running"
+        _open_clusters.add(self)
         try:
             self._start_workers(n_workers)
             self.wait_for_workers(n_workers, timeout=START_TIMEOUT)

@@ -64,6 +64,31 @@ UNGUARDED_SCRIPT = textwrap.dedent(
     """
 )
 
+UNCLOSED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, threading
+
+    import numpy as np
+    import psutil
+
+    from localsched import Client
+
+
+    def long_task():
+        threading.Event().wait()  # still running when the program ends
+
+
+    if __name__ == "__main__":
+        client = Client(n_workers=2, threads_per_worker=1)
+        data = client.scatter(np.ones(2**20))
+        future = client.submit(long_task)
+        print(client.submit(np.sum, data).result(timeout=30))
+        children = [p.pid for p in psutil.Process().children(recursive=True)]
+        print(json.dumps(children))
+        # ends without closing anything
+    """
+)
+
 
 def _segments(prefix: str) -> list[str]:
     return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
@@ -149,3 +174,34 @@ def test_script_without_main_guard_runs_or_fails_with_one_clear_error(tmp_path):
     else:
         assert output.count("Traceback") == 1, output
         assert "RuntimeError" in done.stderr.strip().splitlines()[-1], output
+
+
+def test_program_ending_without_close_exits_promptly_and_cleans_up(tmp_path):
+    script = tmp_path / "unclosed.py"
+    script.write_text(UNCLOSED_SCRIPT)
+    with subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    ) as user:
+        try:
+            stdout, stderr = user.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            user.kill()
+            stdout, stderr = user.communicate()
+            pytest.fail(f"the program did not exit:\n{stdout}{stderr}")
+    assert user.returncode == 0, stderr
+    assert "Traceback" not in stderr, stderr
+    total, children = stdout.splitlines()
+    assert float(total) == 2**20
+    procs = []
+    for child in json.loads(children):
+        try:
+            procs.append(psutil.Process(child))
+        except psutil.NoSuchProcess:
+            continue
+    assert poll(lambda: not _alive(procs), CLEANUP_DEADLINE), _alive(procs)
+    prefix = f"localsched-{user.pid}-"
+    assert poll(lambda: not _segments(prefix), CLEANUP_DEADLINE), _segments(prefix)
