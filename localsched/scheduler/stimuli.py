@@ -7,6 +7,7 @@ Handlers validate what they are told first and change nothing when it is wrong.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from localsched.errors import GraphError, KilledWorker, NoValidWorkerError
@@ -137,9 +138,15 @@ class StimuliMixin:
                     color[root] = 2
                     order.append(root)
                 continue
-            stack: list[tuple[Key, Any]] = [(root, iter(deps.get(root, ())))]
+            # Roots were validated above.
+            children = deps.get(root)
+            if not children:
+                # A root without dependencies (a map): nothing to walk.
+                color[root] = 2
+                order.append(root)
+                continue
+            stack: list[tuple[Key, Any]] = [(root, iter(children))]
             color[root] = 1
-            validate_key(root)
             while stack:
                 key, children = stack[-1]
                 advanced = False
@@ -919,5 +926,5 @@ def _link_client(cs: ClientState, ts: TaskState) -> None:
     ts.who_wants.add(cs)
 
 
-def _priority(ts: TaskState) -> tuple[float, ...]:
-    return ts.priority
+# C-level key function (sorting 100k tasks by a Python function costs ~1 us each).
+_priority = attrgetter("priority")

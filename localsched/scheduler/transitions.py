@@ -11,6 +11,7 @@ comment says why.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from localsched.scheduler.commands import (
@@ -641,8 +642,8 @@ class TransitionsMixin:
         self.task_metadata.pop(ts.key, None)
 
 
-def _priority_of(ts: TaskState) -> tuple[float, ...]:
-    return ts.priority
+# C-level key function: much cheaper than a Python one per sorted task.
+_priority_of = attrgetter("priority")
 
 
 TransitionFunc = Callable[..., Recs]
