@@ -115,23 +115,29 @@ def run(system: str, quick: bool) -> dict[str, float]:
     timed(f"tree reduction of {leaves} leaves (s)", tree)
 
     nbytes = 200_000_000
-    workers = (
-        list(client.scheduler_info()["workers"])
-        if system != "localsched"
-        else list(cluster.scheduler.workers)
+    if system == "localsched":
+        workers = list(cluster.scheduler.workers)
+    else:
+        workers = list(client.scheduler_info()["workers"])
+    # numpy is imported by each worker's first numpy task: keep that out of it.
+    client.gather(
+        [client.submit(make_array, 8, workers=[w], pure=False) for w in workers]
     )
-    start = time.perf_counter()
-    produced = client.submit(make_array, nbytes, workers=[workers[0]], pure=False)
-    wait([produced])
-    producer = time.perf_counter() - start
-    start = time.perf_counter()
-    consumed = client.submit(consume, produced, workers=[workers[1]], pure=False)
-    assert consumed.result() == nbytes // 8
-    consumer = time.perf_counter() - start
-    results["200 MB hand-off: producer (s)"] = producer
-    results["200 MB hand-off: consumer (s)"] = consumer
-    results["200 MB hand-off: both ends (s)"] = producer + consumer
-    del produced, consumed
+    producers, consumers = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        produced = client.submit(make_array, nbytes, workers=[workers[0]], pure=False)
+        wait([produced])
+        producers.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        consumed = client.submit(consume, produced, workers=[workers[1]], pure=False)
+        assert consumed.result() == nbytes // 8
+        consumers.append(time.perf_counter() - start)
+        del produced, consumed
+    # Best of three for each end, the same rule for both systems.
+    results["200 MB hand-off: producer (s)"] = min(producers)
+    results["200 MB hand-off: consumer (s)"] = min(consumers)
+    results["200 MB hand-off: both ends (s)"] = min(producers) + min(consumers)
 
     pids = [p.pid for p in _children()]
     results["idle memory of worker processes (MB)"] = _uss_mb(pids)
