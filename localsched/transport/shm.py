@@ -35,6 +35,7 @@ warns about and unlinks segments whose owner changed (gh-82300).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import errno
 import fcntl
@@ -219,7 +220,7 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
     return removed
 
 
-class _BlobSink:
+class _BlobSink(abc.ABC):
     """Write path shared by the store and the writer: pick a file, write, retry."""
 
     directory: str
@@ -280,11 +281,12 @@ class _BlobSink:
         _warn_fallback(f"{self.directory} is full")
         return directory
 
+    @abc.abstractmethod
     def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
-        raise NotImplementedError
+        """A file for an ``nbytes`` blob, opened and locked: ``(path, fd)``."""
 
     def _on_full(self) -> None:
-        pass
+        """/dev/shm is full: the store gives back its free pool (writers can't)."""
 
     def _on_written(self, ref: BlobRef, size: int) -> BlobRef:
         return ref
