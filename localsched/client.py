@@ -9,9 +9,11 @@ futures' states, which the scheduler thread resolves.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
@@ -38,7 +40,10 @@ Key = Hashable
 FIFO_TIMEOUT = 0.1
 
 _current_lock = threading.Lock()
-_current: list[Client] = []
+#: Default clients by creation order, held weakly like dask's ``_global_clients``:
+#: a client the program dropped is collected, and closes the cluster it started.
+_current: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
+_current_index = itertools.count()
 
 
 def _is_future(obj: object) -> bool:
@@ -111,7 +116,7 @@ class Client:
         self.status = "running"
         if set_as_default:
             with _current_lock:
-                _current.append(self)
+                _current[next(_current_index)] = self
 
     def _register(self) -> None:
         self._runtime.clients[self.id] = self._handle
@@ -553,8 +558,10 @@ class Client:
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
-        with _current_lock, contextlib.suppress(ValueError):
-            _current.remove(self)
+        with _current_lock:
+            for index, client in list(_current.items()):
+                if client is self:
+                    del _current[index]
         if self._runtime.is_running:
 
             def unregister() -> None:
@@ -628,8 +635,9 @@ def _release_unused(store: Any, spec: TaskSpec) -> None:
 def default_client() -> Client:
     """The most recent client set as default; ``ValueError`` if there is none."""
     with _current_lock:
-        if _current:
-            return _current[-1]
+        clients = sorted(_current.items())
+    if clients:
+        return clients[-1][1]
     raise ValueError("No clients found. Start a client with Client()")
 
 

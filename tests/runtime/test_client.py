@@ -56,6 +56,18 @@ def test_client_attached_to_a_cluster_does_not_close_it():
     assert cluster.status == "closed"
 
 
+def test_dropped_client_is_collected_and_closes_its_cluster():
+    client = Client(n_workers=1, threads_per_worker=1)
+    cluster = client.cluster
+    try:
+        assert client.submit(operator.neg, 1).result(timeout=DEADLINE) == -1
+        del client
+        gc.collect()
+        assert poll(lambda: cluster.status == "closed")
+    finally:
+        cluster.close()
+
+
 def test_context_managers_return_the_object_itself():
     cluster = LocalCluster(n_workers=1, threads_per_worker=1)
     with cluster as entered_cluster:
