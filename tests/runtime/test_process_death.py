@@ -81,8 +81,8 @@ UNCLOSED_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         client = Client(n_workers=2, threads_per_worker=1)
         data = client.scatter(np.ones(2**20))
-        future = client.submit(long_task)
         print(client.submit(np.sum, data).result(timeout=30))
+        future = client.submit(long_task)
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         print(json.dumps(children))
         # ends without closing anything
