@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +24,10 @@ import pytest
 
 from localsched import Client
 from tests.runtime import helpers
+from tests.runtime.helpers import SHM_DIR, shm_entries
 
 cloudpickle.register_pickle_by_value(helpers)
 
-SHM_DIR = "/dev/shm"
-#: Segments of stores in this process (named after its pid): other test runs on
-#: the machine have their own, which must not fail ours.
-SHM_PREFIX = f"localsched-{os.getpid()}-"
 LEAK_DEADLINE = 5.0  # seconds things get to go away after a test
 
 #: Store prefixes of shared clusters still running: their pooled segments are
@@ -63,13 +59,6 @@ def _children() -> set[tuple[int, float]]:
         except psutil.NoSuchProcess:
             continue
     return found
-
-
-def shm_entries() -> set[str]:
-    try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
-    except FileNotFoundError:
-        return set()
 
 
 @dataclass

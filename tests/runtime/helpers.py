@@ -15,6 +15,19 @@ from pathlib import Path
 
 DEADLINE = 20.0  # seconds; bounds every wait in these tests
 
+SHM_DIR = Path("/dev/shm")
+#: Segments of stores in this process (named after its pid): other test runs on
+#: the machine have their own, which must not fail ours.
+SHM_PREFIX = f"localsched-{os.getpid()}-"
+
+
+def shm_entries() -> set[str]:
+    """Names of this process's segments in /dev/shm."""
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
+    except FileNotFoundError:
+        return set()
+
 
 def poll(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:
     """Call ``predicate`` until it is true or ``timeout`` passes; its last truth."""

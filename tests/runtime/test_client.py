@@ -6,6 +6,7 @@ import concurrent.futures
 import gc
 import itertools
 import operator
+import stat
 import threading
 import traceback
 from typing import NamedTuple
@@ -16,6 +17,7 @@ import pytest
 from localsched import Client, Future, FutureCancelledError, LocalCluster
 from tests.runtime.helpers import (
     DEADLINE,
+    SHM_DIR,
     array_digest,
     block,
     count_call,
@@ -25,6 +27,7 @@ from tests.runtime.helpers import (
     pid,
     poll,
     record,
+    shm_entries,
     wait_for_file,
 )
 
@@ -243,6 +246,10 @@ def test_scatter_large_array_arrives_intact_and_results_are_private(client):
     expected = array_digest(array)
     future = client.scatter(array)
     assert client.submit(array_digest, future).result(timeout=DEADLINE) == expected
+    # Shared memory is readable by this user only (DESIGN: safe by construction).
+    segments = [SHM_DIR / name for name in shm_entries()]
+    assert segments
+    assert {stat.S_IMODE(path.stat().st_mode) for path in segments} == {0o600}
 
     mine = future.result(timeout=DEADLINE)
     assert mine.flags.writeable
