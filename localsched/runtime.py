@@ -213,7 +213,27 @@ class SchedulerRuntime:
             return cell
         self._inbox.append((function, cell))
         self._wakeup.set()
+        if self._stopped.is_set():
+            self._fail_calls()  # the loop is gone: nobody else will answer
         return cell
+
+    def _fail_calls(self) -> None:
+        """Fail every call still queued once the loop has ended.
+
+        ``_run`` sets ``_stopped`` before it calls this, and ``call`` checks
+        ``_stopped`` after queueing, so each late call is failed by one of them
+        instead of waiting forever (``Client(closed_cluster)`` used to hang).
+        """
+        inbox = self._inbox
+        while True:
+            try:
+                item = inbox.popleft()
+            except IndexError:
+                return
+            if isinstance(item, tuple):
+                item[1].set_exception(
+                    RuntimeError("The scheduler thread is not running: cluster closed")
+                )
 
     def stimulus_id(self, name: str) -> str:
         return f"{name}-{next(self._stimulus_ids)}"
@@ -229,6 +249,7 @@ class SchedulerRuntime:
             raise
         finally:
             self._stopped.set()
+            self._fail_calls()
 
     def _turn(self) -> None:
         self._sync_poller()

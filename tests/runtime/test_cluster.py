@@ -165,6 +165,16 @@ def test_closing_a_cluster_cancels_pending_futures_of_attached_clients(tmp_path)
         Path(release).touch()
 
 
+def test_closed_cluster_refuses_clients_and_scaling_instead_of_hanging():
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    cluster.close()
+    with pytest.raises(RuntimeError, match="not running"):
+        Client(cluster)
+    with pytest.raises(RuntimeError, match="not running"):
+        cluster.scale(2)
+    assert cluster.status == "closed"
+
+
 def test_killed_worker_is_replaced_and_its_task_rerun_elsewhere(tmp_path):
     release = str(tmp_path / "release")
     started = tmp_path / "started"
