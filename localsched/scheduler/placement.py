@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
 
 
+_isinf = math.isinf
+_ceil = math.ceil
+
+
 def _occupancy_of(ws: WorkerState) -> float:
     return ws.occupancy
 
@@ -93,6 +97,9 @@ class PlacementMixin:
         deps = tg.dependencies
         if len(deps) >= self.rootish_taskgroup:
             return False
+        if not deps:
+            # The usual root: no generator to sum over nothing.
+            return 0 < self.rootish_taskgroup_dependencies
         return sum(len(dg) for dg in deps) < self.rootish_taskgroup_dependencies
 
     def _task_slots_available(self: SchedulerState, ws: WorkerState) -> int:
@@ -102,12 +109,17 @@ class PlacementMixin:
         get ``extra_slots_per_thread`` more while the tasks being run are much
         shorter than a dispatch round trip (see ``_update_extra_slots``).
         """
-        if math.isinf(self.worker_saturation):
+        # Called two or three times per task: module-level names, no max() call.
+        saturation = self.worker_saturation
+        if _isinf(saturation):
             # Queuing disabled: a worker is never full (dask's ``_worker_full``).
             return sys.maxsize
+        nthreads = ws.nthreads
         running = len(ws.processing) - len(ws.long_running)
-        base = max(math.ceil(self.worker_saturation * ws.nthreads), 1)
-        return base + self.extra_slots_per_thread * ws.nthreads - running
+        base = _ceil(saturation * nthreads)
+        if base < 1:
+            base = 1
+        return base + self.extra_slots_per_thread * nthreads - running
 
     def _update_extra_slots(self: SchedulerState, prefix: TaskPrefix) -> None:
         """Keep workers fed when tasks are shorter than a round trip.

@@ -169,7 +169,11 @@ class TransitionsMixin:
                 key=ts.key,
                 run_spec=ts.run_spec,
                 priority=ts.priority,
-                dependencies=tuple(dts.key for dts in ts.dependencies),
+                dependencies=(
+                    tuple([dts.key for dts in ts.dependencies])
+                    if ts.dependencies
+                    else ()
+                ),
                 resource_restrictions=ts.resource_restrictions,
                 annotations=ts.annotations,
                 run_id=ts.run_id,
