@@ -331,12 +331,11 @@ class LocalCluster:
                 handle.process.kill()
                 handle.process.join(1.0)
         self.runtime.stop(timeout)
-        # Pending futures of clients still attached can never finish now: cancel
-        # them, as a dask client does when it loses its scheduler.
+        # Futures of clients still attached can neither finish nor be read now:
+        # cancel them all, as a dask client does when it loses its scheduler.
         for client in list(self.runtime.clients.values()):
             for state in list(client.states.values()):
-                if not state.done():
-                    state.cancel("scheduler-connection-lost")
+                state.cancel("scheduler-connection-lost")
         self.scheduler.close()
         for handle in handles:
             with contextlib.suppress(OSError):

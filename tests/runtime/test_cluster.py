@@ -151,15 +151,18 @@ def test_close_is_idempotent_and_quiet(capfd, caplog, tmp_path):
     ]
 
 
-def test_closing_a_cluster_cancels_pending_futures_of_attached_clients(tmp_path):
+def test_closing_a_cluster_cancels_the_futures_of_attached_clients(tmp_path):
     release = str(tmp_path / "release")
     try:
         with LocalCluster(n_workers=1, threads_per_worker=1) as cluster:
             client = Client(cluster)
+            large = client.submit(operator.mul, b"x", 2**20)
+            assert large.result(timeout=DEADLINE) == b"x" * 2**20
             blocked = client.submit(block, release, None, pure=False)
-        with pytest.raises(FutureCancelledError):
-            blocked.result(timeout=DEADLINE)
-        assert blocked.status == "cancelled"
+        for future in (blocked, large):
+            with pytest.raises(FutureCancelledError):
+                future.result(timeout=DEADLINE)
+            assert future.status == "cancelled"
         client.close()
     finally:
         Path(release).touch()
