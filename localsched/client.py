@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import Any
 
+from localsched.client_control import ControlMixin
 from localsched.cluster import LocalCluster
 from localsched.future import Future, FutureState, wait
 from localsched.graph import (
@@ -50,7 +51,7 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client:
+class Client(ControlMixin):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and
