@@ -284,24 +284,29 @@ class PlacementMixin:
         self: SchedulerState, ws: WorkerState, occ: float = -1.0
     ) -> None:
         """Re-classify ``ws`` as idle, saturated or neither after a change."""
+        # Runs twice per task (into and out of processing): locals, not lookups.
         total_nthreads = self.total_nthreads
-        if total_nthreads == 0 or ws.status == "closed":
+        status = ws.status
+        if total_nthreads == 0 or status == "closed":
             return
         if occ < 0:
             occ = ws.occupancy
         nthreads = ws.nthreads
         p = len(ws.processing)
         avg = self.total_occupancy / total_nthreads
-        self.saturated.discard(ws)
-        if ws.status == "running" and (p < nthreads or occ < nthreads * avg / 2):
+        saturated = self.saturated
+        if saturated:
+            saturated.discard(ws)
+        running = status == "running"
+        if running and (p < nthreads or occ < nthreads * avg / 2):
             self.idle[ws.address] = ws
         else:
             self.idle.pop(ws.address, None)
             if p > nthreads:
                 pending = occ * (p - nthreads) / (p * nthreads)
                 if 0.4 < pending > 1.9 * avg:
-                    self.saturated.add(ws)
-        if ws.status == "running" and self._task_slots_available(ws) > 0:
+                    saturated.add(ws)
+        if running and self._task_slots_available(ws) > 0:
             self.idle_task_count.add(ws)
         else:
             self.idle_task_count.discard(ws)

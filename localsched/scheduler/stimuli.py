@@ -339,7 +339,8 @@ class StimuliMixin:
                 startstops=event.startstops,
                 shared=event.shared,
             )
-            self._transitions(recs, stimulus_id)
+            if recs:  # often empty: a wanted result with no waiting dependent
+                self._transitions(recs, stimulus_id)
             if self._retiring:
                 self._check_retirements(stimulus_id)
             return

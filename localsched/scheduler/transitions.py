@@ -62,11 +62,14 @@ class TransitionsMixin:
                 if not waiters:
                     waiters = dts.waiters = set()
                 waiters.add(ts)
-        if ts.dependents:
-            waiters = {dts for dts in ts.dependents if dts.state == "waiting"}
-            ts.waiters = waiters or EMPTY_SET
-        else:
-            ts.waiters = EMPTY_SET
+        # A loop, not a comprehension: most tasks have zero or one dependent.
+        waiters = EMPTY_SET
+        for dts in ts.dependents:
+            if dts.state == "waiting":
+                if not waiters:
+                    waiters = set()
+                waiters.add(dts)
+        ts.waiters = waiters
         if not waiting_on:
             recs[ts.key] = "processing"
         return recs
