@@ -191,6 +191,12 @@ def _worker_identity(ws: Any) -> dict[str, Any]:
     }
 
 
+def _address_order(address: str) -> tuple[str, int]:
+    """``local://pid/10`` after ``local://pid/9``."""
+    head, _, tail = address.rpartition("/")
+    return (head, int(tail)) if tail.isdigit() else (address, -1)
+
+
 class ControlMixin:
     """Cluster inspection and control methods of ``Client``."""
 
@@ -345,6 +351,97 @@ class ControlMixin:
 
         return self._on_scheduler(call)
 
+    def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        workers: list[str] | None = None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> dict[str, Any] | None:
+        """Run ``function(*args, **kwargs)`` in every worker process, outside tasks.
+
+        A function with a ``dask_worker`` parameter receives a small worker
+        description there (``address``, ``name``, ``nthreads``, ``pid``). It runs
+        on a thread of its own in each worker, beside the task threads.
+
+        Parameters
+        ----------
+        workers
+            Addresses or names of the workers to run on (default: all).
+        wait
+            Wait for the answers; False returns None at once.
+        nanny
+            Not supported: no nanny processes here (the cluster supervises its
+            workers from this process).
+        on_error
+            ``"raise"`` the first worker's exception, ``"return"`` it in place of
+            that worker's result, or ``"ignore"`` that worker. A worker that
+            exits before answering fails with ``OSError``.
+
+        Returns
+        -------
+        dict
+            address -> result.
+
+        >>> client.run(os.getpid)  # doctest: +SKIP
+        {'local://4242/0': 4250, 'local://4242/1': 4251}
+        """
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError(
+                f"on_error must be 'raise', 'return', or 'ignore'; got {on_error!r}"
+            )
+        if nanny:
+            raise ValueError(
+                "localsched has no nanny processes (LocalCluster supervises its "
+                "workers from this process); run with nanny=False, or use "
+                "run_on_scheduler for this process"
+            )
+        import cloudpickle
+
+        function_bytes = cloudpickle.dumps(function, protocol=5)
+        args_bytes = cloudpickle.dumps((args, kwargs), protocol=5)
+        names = _worker_list(workers)
+
+        def start() -> Any:
+            scheduler = self.scheduler
+            addresses = (
+                list(scheduler.workers)
+                if names is None
+                else scheduler.workers_list(names)
+            )
+            return self._runtime.start_run(function_bytes, args_bytes, addresses)
+
+        cell = self._on_scheduler(start)
+        if not wait:
+            return None
+        answers = cell.result()
+        if any(not isinstance(a[1], bytes) for a in answers.values()):
+            # A worker left mid-call: its answer came before the scheduler had
+            # removed it; one round trip lets that finish, so what the caller
+            # sees next (nthreads, wait_for_workers) no longer lists it.
+            self._on_scheduler(lambda: None)
+        results: dict[str, Any] = {}
+        for address in sorted(answers, key=_address_order):
+            ok, payload, traceback_text = answers[address]
+            value = (
+                cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
+            )
+            if ok:
+                results[address] = value
+                continue
+            if traceback_text and value.__cause__ is None:
+                from localsched.future import RemoteTraceback
+
+                value.__cause__ = RemoteTraceback(traceback_text)
+            if on_error == "raise":
+                raise value
+            if on_error == "return":
+                results[address] = value
+        return results
+
     # -- diagnostics ----------------------------------------------------------------
 
     def get_task_stream(
@@ -454,6 +551,7 @@ class ControlMixin:
             raise ValueError(
                 f"`n_workers` must be a positive integer. Instead got {n_workers}."
             )
+        self._on_scheduler(lambda: None)  # see the effects of earlier calls
         self.cluster.wait_for_workers(n_workers, timeout)
 
     # -- metadata ----------------------------------------------------------------------
@@ -511,7 +609,8 @@ class ControlMixin:
         raise RuntimeError(
             "localsched does not support register_worker_callbacks; register a "
             "WorkerPlugin with a setup(worker) method through "
-            "client.register_plugin(...) instead, once available."
+            "client.register_plugin(...) instead, once available; to run it once "
+            "on the workers running now, use client.run(setup)."
         )
 
 

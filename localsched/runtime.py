@@ -47,11 +47,13 @@ from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import (
     ForgetKeys,
+    FunctionResult,
     Goodbye,
     GrantSegments,
     Hello,
     Message,
     ProtocolError,
+    RunFunction,
     RunTask,
     Shutdown,
     StealAnswer,
@@ -172,6 +174,9 @@ class SchedulerRuntime:
         #: client threads (deque appends are atomic), swept on ticks.
         self.arg_blobs_pending: deque[tuple[Key, Any]] = deque()
         self._arg_blobs: list[tuple[Key, Any]] = []
+        #: ``Client.run`` calls waiting for replies, by id.
+        self._runs: dict[int, _PendingRun] = {}
+        self._run_ids = itertools.count()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -250,6 +255,7 @@ class SchedulerRuntime:
         finally:
             self._stopped.set()
             self._fail_calls()
+            self._fail_runs()
 
     def _turn(self) -> None:
         self._sync_poller()
@@ -398,6 +404,13 @@ class SchedulerRuntime:
                     time=time.time(),
                 )
             )
+        elif typ is FunctionResult:
+            assert isinstance(message, FunctionResult)
+            self._run_answered(
+                message.id,
+                address,
+                (message.ok, message.payload, message.traceback_text),
+            )
         elif typ is Goodbye:
             handle.said_goodbye = True
         else:
@@ -460,6 +473,14 @@ class SchedulerRuntime:
                 handle.exit_reason,
             )
         self.store.reclaim(handle.pid)
+        for run_id in [
+            i for i, run in self._runs.items() if handle.address in run.waiting
+        ]:
+            error = OSError(
+                f"Worker {handle.address} left before answering Client.run"
+                f" ({handle.exit_reason or 'it exited'})"
+            )
+            self._run_answered(run_id, handle.address, (False, error, ""))
         if handle.is_ready:
             events.append(
                 ev.WorkerRemoved(
@@ -616,6 +637,54 @@ class SchedulerRuntime:
 
     # -- for clients --------------------------------------------------------------------
 
+    def start_run(
+        self, function: bytes, args: bytes, addresses: list[str]
+    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
+        """Send ``Client.run``'s function to these workers (scheduler thread only).
+
+        The future resolves once each ready one answered or left, to address ->
+        (ok, pickled result or exception, traceback text); a worker that left
+        answers with an ``OSError`` object instead of bytes.
+        """
+        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
+        handles = [self.workers.get(a) for a in addresses]
+        ready = [h for h in handles if h is not None and h.is_ready]
+        if not ready:
+            cell.set_result({})
+            return cell
+        run_id = next(self._run_ids)
+        self._runs[run_id] = _PendingRun(cell, {h.address for h in ready})
+        for handle in ready:
+            handle.outbox.append(
+                RunFunction(
+                    id=run_id,
+                    function=function,
+                    args=args,
+                    address=handle.address,
+                    name=handle.name,
+                )
+            )
+        return cell
+
+    def _run_answered(
+        self, run_id: int, address: str, answer: tuple[bool, Any, str]
+    ) -> None:
+        run = self._runs.get(run_id)
+        if run is None or address not in run.waiting:
+            return
+        run.waiting.discard(address)
+        run.answers[address] = answer
+        if not run.waiting:
+            del self._runs[run_id]
+            run.cell.set_result(run.answers)
+
+    def _fail_runs(self) -> None:
+        runs, self._runs = self._runs, {}
+        for run in runs.values():
+            run.cell.set_exception(
+                RuntimeError("The scheduler thread stopped: cluster closed")
+            )
+
     def load_result(self, key: Key) -> Any:
         """Deserialize a result in the calling thread (zero-copy for arrays)."""
         try:
@@ -623,6 +692,17 @@ class SchedulerRuntime:
         except KeyError:
             raise KeyError(f"No result for {key!r}: it was released") from None
         return load(payload)
+
+
+class _PendingRun:
+    """A ``Client.run`` call: its result cell and the workers yet to answer."""
+
+    __slots__ = ("answers", "cell", "waiting")
+
+    def __init__(self, cell: CellFuture[Any], waiting: set[str]) -> None:
+        self.cell = cell
+        self.waiting = waiting
+        self.answers: dict[str, tuple[bool, Any, str]] = {}
 
 
 def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:

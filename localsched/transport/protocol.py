@@ -6,8 +6,9 @@ costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
-    GrantSegments, Shutdown ─────────────────────────▶  control thread ─▶ task threads
-    Hello, TaskDone, TaskFailed, StealAnswer, Goodbye ◀──────────── (any thread)
+    GrantSegments, Shutdown, RunFunction ────────────▶  control thread ─▶ task threads
+    Hello, TaskDone, TaskFailed, StealAnswer,
+    FunctionResult, Goodbye ◀───────────────────────────────────── (any thread)
 
 What the scheduler never looks into stays opaque bytes: a task's function and
 arguments (cloudpickled once, in the client), results and exceptions (cloudpickled
@@ -46,12 +47,14 @@ from localsched.transport.shm import BlobRef, SegmentLease
 __all__ = [
     "PROTOCOL_VERSION",
     "ForgetKeys",
+    "FunctionResult",
     "Goodbye",
     "GrantSegments",
     "Hello",
     "Message",
     "Payload",
     "ProtocolError",
+    "RunFunction",
     "RunTask",
     "Shutdown",
     "StealAnswer",
@@ -151,6 +154,21 @@ class Shutdown(Message):
     reason: str = "shutdown"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFunction(Message):
+    """Call a function outside task scheduling (``Client.run``); answered by
+    :class:`FunctionResult` with the same ``id``."""
+
+    id: int
+    #: Cloudpickled function.
+    function: bytes
+    #: Cloudpickled ``(args, kwargs)`` tuple.
+    args: bytes
+    #: The worker's address and name, for a ``dask_worker`` argument.
+    address: str
+    name: object = None
+
+
 # --- worker -> scheduler -------------------------------------------------------
 
 
@@ -212,6 +230,17 @@ class StealAnswer(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FunctionResult(Message):
+    """Reply to :class:`RunFunction`: ``payload`` is the cloudpickled return value
+    (``ok``) or exception (not ``ok``)."""
+
+    id: int
+    ok: bool
+    payload: bytes
+    traceback_text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Goodbye(Message):
     """Last message of a planned exit; a process that exits without it crashed."""
 
@@ -224,10 +253,12 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     StealQuery,
     GrantSegments,
     Shutdown,
+    RunFunction,
     Hello,
     TaskDone,
     TaskFailed,
     StealAnswer,
+    FunctionResult,
     Goodbye,
 )
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}

@@ -50,6 +50,7 @@ from localsched.transport.protocol import (
     Hello,
     Message,
     ProtocolError,
+    RunFunction,
     RunTask,
     Shutdown,
     StealAnswer,
@@ -67,6 +68,7 @@ from localsched.worker.execute import (
     run_task,
     to_message,
 )
+from localsched.worker.run import call_function
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping
@@ -277,6 +279,13 @@ class Worker:
             if self.writer is not None:  # without one, reclaim() takes them back
                 for lease in message.leases:
                     self.writer.grant(lease)
+        elif isinstance(message, RunFunction):
+            # Client.run: user code, so never on this thread (it must keep reading).
+            threading.Thread(
+                target=lambda: self._outbox.post(call_function(message, self.nthreads)),
+                name=f"localsched-run-{message.id}",
+                daemon=True,
+            ).start()
         elif isinstance(message, Shutdown):
             self._stop_tasks()
             self._outbox.close(Goodbye(reason=message.reason))

@@ -8,7 +8,20 @@ import pytest
 
 from localsched import Client
 from localsched.client_control import get_task_stream
-from tests.runtime.helpers import block, raise_value_error, wait_for_file
+from localsched.transport.protocol import (
+    FunctionResult,
+    RunFunction,
+    decode_batch,
+    encode_batch,
+)
+from tests.runtime.helpers import (
+    block,
+    kill_own_process,
+    pid,
+    raise_value_error,
+    record,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,6 +138,75 @@ def test_run_on_scheduler_reraises_the_functions_exception(client):
     with pytest.raises(KeyError, match="from the scheduler"):
         client.run_on_scheduler(fail)
     assert client.run_on_scheduler(lambda: "still fine") == "still fine"
+
+
+# -- running on the workers -----------------------------------------------------
+
+
+def _describe(a, b=0, dask_worker=None):
+    return a + b, dask_worker.address, dask_worker.name, dask_worker.nthreads
+
+
+def test_run_calls_the_function_in_every_worker_process(client):
+    pids = client.run(pid)
+    workers = client.scheduler.workers
+    assert pids == {a: ws.pid for a, ws in workers.items()}
+    assert len(set(pids.values())) == 2
+    described = client.run(_describe, 1, b=2)
+    assert described == {a: (3, a, ws.name, 1) for a, ws in workers.items()}
+
+
+def test_run_on_named_workers_only(client):
+    first, second = client.scheduler.workers
+    assert list(client.run(pid, workers=[first])) == [first]
+    name = client.scheduler.workers[second].name
+    assert list(client.run(pid, workers=[name])) == [second]
+    assert client.run(pid, workers=["no-such-worker"]) == {}
+
+
+def test_run_errors_raise_return_or_are_ignored(client):
+    with pytest.raises(ValueError, match="bad 7"):
+        client.run(raise_value_error, 7)
+    returned = client.run(raise_value_error, 8, on_error="return")
+    assert set(returned) == set(client.scheduler.workers)
+    assert all(isinstance(e, ValueError) for e in returned.values())
+    assert client.run(raise_value_error, 9, on_error="ignore") == {}
+    with pytest.raises(ValueError, match="on_error"):
+        client.run(pid, on_error="sometimes")
+    with pytest.raises(ValueError, match="nanny"):
+        client.run(pid, nanny=True)
+
+
+def test_run_without_waiting_still_runs(client, tmp_path):
+    path = str(tmp_path / "ran")
+    assert client.run(record, path, "x", wait=False) is None
+    wait_for_file(path)
+    assert client.submit(operator.add, 1, 1).result() == 2
+
+
+def test_run_messages_round_trip():
+    batch = [
+        RunFunction(id=1, function=b"f", args=b"a", address="local://1/0", name=0),
+        FunctionResult(id=1, ok=False, payload=b"e", traceback_text="tb"),
+    ]
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_run_counts_a_worker_dying_mid_call_as_its_error():
+    with Client(n_workers=2, threads_per_worker=1, validate=True) as own:
+        victim, survivor = own.scheduler.workers
+        answers = own.run(kill_own_process, on_error="return")
+        assert isinstance(answers[victim], OSError)
+        assert isinstance(answers[survivor], OSError)
+        own.wait_for_workers(2, timeout=20)
+        target = next(iter(own.scheduler.workers))
+        with pytest.raises(OSError, match="left before answering"):
+            own.run(kill_own_process, workers=[target])
+        assert target not in own.nthreads()
+        own.wait_for_workers(2, timeout=20)
+        pids = own.run(pid)
+        assert len(pids) == 2
+        assert target not in pids
 
 
 # -- task stream ---------------------------------------------------------------------
