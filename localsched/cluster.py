@@ -49,9 +49,14 @@ def _close_open_clusters() -> None:
         with contextlib.suppress(Exception):
             cluster.close(timeout=5.0)
 
+
 #: Extra queued tasks per thread for tasks shorter than a round trip (the core's
 #: ``fast_task_slots``): keeps workers busy on bursts of tiny tasks.
 FAST_TASK_SLOTS = 16
+
+#: What moving a task to another worker costs beyond reading its inputs: a
+#: scheduler round trip here, not dask's 0.1 s network latency.
+STEAL_LATENCY = 1e-3
 
 #: Seconds ``LocalCluster`` waits for its first workers before giving up.
 START_TIMEOUT = 60.0
@@ -192,6 +197,7 @@ class LocalCluster:
             allowed_failures=allowed_failures,
             worker_saturation=worker_saturation,
             fast_task_slots=FAST_TASK_SLOTS,
+            steal_latency=STEAL_LATENCY,
         )
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit

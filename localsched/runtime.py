@@ -50,6 +50,7 @@ from localsched.transport.protocol import (
     FunctionResult,
     Goodbye,
     GrantSegments,
+    Heartbeat,
     Hello,
     Message,
     ProtocolError,
@@ -410,6 +411,16 @@ class SchedulerRuntime:
                 message.id,
                 address,
                 (message.ok, message.payload, message.traceback_text),
+            )
+        elif typ is Heartbeat:
+            assert isinstance(message, Heartbeat)
+            events.append(
+                ev.WorkerHeartbeat(
+                    stimulus_id=self.stimulus_id("heartbeat"),
+                    address=address,
+                    executing=message.executing,
+                    time=time.time(),
+                )
             )
         elif typ is Goodbye:
             handle.said_goodbye = True

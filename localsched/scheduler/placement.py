@@ -359,8 +359,9 @@ class PlacementMixin:
             if ws is None or ts in ws.long_running:
                 continue
             old = ws.processing[ts]
-            new = duration + (old - self.unknown_task_duration)
-            new = max(new, duration)
+            new = duration
+            if ts.dependencies:
+                new += self.get_comm_cost(ts, ws)
             ws.processing[ts] = new
             ws.occupancy += new - old
             self.total_occupancy += new - old

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 #: Extra cost allowed per level: level 0 is free to steal (no dependencies).
 COST_MULTIPLIERS = (1.0, *(1 + 2 ** (i - 6) for i in range(1, 15)))
 #: Fixed latency counted for every stolen task that has dependencies (dask).
-STEAL_LATENCY = 0.1
+STEAL_LATENCY = 0.1  # dask's default for SchedulerState(steal_latency=)
 #: Worker-side states in which a task has not started: a steal may go ahead.
 STEALABLE_WORKER_STATES = frozenset({"ready", "waiting", "constrained", "queued"})
 
@@ -173,8 +173,11 @@ class PoliciesMixin:
         compute = self._get_prefix_duration(prefix)
         if compute <= 0:
             return None
-        nbytes = sum(dts.get_nbytes() for dts in ts.dependencies)
-        transfer = nbytes / self.bandwidth + STEAL_LATENCY
+        # Data in the shared store is read, not sent: price it at memory speed.
+        transfer = self.steal_latency
+        for dts in ts.dependencies:
+            bandwidth = self.shm_bandwidth if dts.shared else self.bandwidth
+            transfer += dts.get_nbytes() / bandwidth
         ratio = transfer / compute
         level = max(1, round(math.log2(ratio) + 6)) if ratio > 0 else 1
         if level >= len(COST_MULTIPLIERS):

@@ -30,7 +30,7 @@ from localsched.scheduler import events as ev
 from localsched.scheduler.commands import Command
 from localsched.scheduler.heapset import HeapSet
 from localsched.scheduler.placement import PlacementMixin
-from localsched.scheduler.policies import PoliciesMixin
+from localsched.scheduler.policies import STEAL_LATENCY, PoliciesMixin
 from localsched.scheduler.stimuli import StimuliMixin
 from localsched.scheduler.tasks import (
     ClientState,
@@ -105,6 +105,7 @@ class SchedulerState(
         rootish_taskgroup_dependencies: int = 5,
         work_stealing: bool = True,
         fast_task_slots: int = 0,
+        steal_latency: float = STEAL_LATENCY,
         dispatch_latency: float = 1e-3,
         no_workers_timeout: float | None = None,
         hooks: SchedulerHooks | None = None,
@@ -167,6 +168,9 @@ class SchedulerState(
         #: Cap on extra root-ish slots per thread for very short tasks (0: off,
         #: dask's behaviour); see ``_update_extra_slots``.
         self.fast_task_slots = fast_task_slots
+        #: Fixed cost counted for moving a task with dependencies (dask: 0.1 s,
+        #: a network round trip; a local runtime passes its own, far smaller).
+        self.steal_latency = steal_latency
         #: Seconds of queued work a worker should hold when tasks are short.
         self.dispatch_latency = dispatch_latency
         #: Current extra slots per thread (0 unless fast_task_slots is set).

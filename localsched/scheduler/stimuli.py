@@ -540,10 +540,18 @@ class StimuliMixin:
         ws.last_seen = event.time
         ws.metrics = dict(event.metrics)
         ws.executing_count = len(event.executing)
+        changed = False
         for key, elapsed in event.executing.items():
             ts = self.tasks.get(key)
             if ts is not None and ts.processing_on is ws:
+                before = self._get_prefix_duration(ts.prefix)
                 ts.prefix.add_exec_time(elapsed)
+                changed |= self._get_prefix_duration(ts.prefix) != before
+        if changed:
+            # A task running longer than expected makes its worker busier than
+            # the occupancy says; stealing and placement must see that now (dask
+            # recomputes occupancy from its prefix counts on every read).
+            self.realign_occupancy()
 
     def _on_task_seceded(self: SchedulerState, event: ev.TaskSeceded) -> None:
         self.handle_long_running(event.key, event.worker, event.compute_duration)

@@ -49,6 +49,7 @@ __all__ = [
     "ForgetKeys",
     "FunctionResult",
     "Goodbye",
+    "Heartbeat",
     "GrantSegments",
     "Hello",
     "Message",
@@ -241,6 +242,18 @@ class FunctionResult(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Message):
+    """Sent periodically while tasks run: how long each has been executing.
+
+    The scheduler raises a running prefix's duration estimate from it (dask's
+    ``max_exec_time`` rule), so work queued behind a long task can be stolen.
+    """
+
+    #: key -> seconds the task has been executing so far.
+    executing: dict[Key, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Goodbye(Message):
     """Last message of a planned exit; a process that exits without it crashed."""
 
@@ -259,6 +272,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     TaskFailed,
     StealAnswer,
     FunctionResult,
+    Heartbeat,
     Goodbye,
 )
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}

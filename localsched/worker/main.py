@@ -47,6 +47,7 @@ from localsched.transport.protocol import (
     ForgetKeys,
     Goodbye,
     GrantSegments,
+    Heartbeat,
     Hello,
     Message,
     ProtocolError,
@@ -80,6 +81,8 @@ __all__ = ["Worker", "run_worker"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _GOODBYE_TIMEOUT = 10.0  # seconds a Goodbye waits for a send in progress
+#: Seconds between heartbeats while tasks run (dask: 0.5 s for small clusters).
+HEARTBEAT_INTERVAL = 0.5
 # Replies of tasks shorter than this may wait for the next reply (see _Outbox),
 # at most _MAX_REPLY_DELAY seconds and _MAX_DEFERRED_REPLIES replies.
 _SHORT_TASK = 200e-6
@@ -154,6 +157,8 @@ def _die_with_parent() -> None:
 @dataclass(slots=True, eq=False)
 class _Job:
     message: RunTask
+    #: time.monotonic() when a task thread started it (0 while queued).
+    started: float = 0.0
     #: Removed from the queue (stolen, forgotten, replaced) before it started.
     is_cancelled: bool = False
     #: Forgotten while executing: its result is discarded, not sent.
@@ -209,6 +214,8 @@ class Worker:
         self._function_bytes: dict[str, bytes] = {}
         self._functions: dict[str, Any] = {}
         self._outbox = _Outbox(conn)
+        #: Set when serve() ends: the heartbeat thread stops.
+        self._stopped = threading.Event()
 
     def serve(self) -> str:
         """Say hello, start the threads, handle messages until the end.
@@ -234,14 +241,31 @@ class Worker:
         threads.append(
             threading.Thread(target=self._outbox.sender_loop, name="localsched-send")
         )
+        threads.append(
+            threading.Thread(target=self._heartbeat_loop, name="localsched-heartbeat")
+        )
         for thread in threads:
             thread.daemon = True
             thread.start()
         try:
             return self._control_loop()
         finally:
+            self._stopped.set()
             self._stop_tasks()
             self._outbox.close(None)
+
+    def _heartbeat_loop(self) -> None:
+        """While tasks run, tell the scheduler how long they have been running."""
+        while not self._stopped.wait(HEARTBEAT_INTERVAL):
+            now = time.monotonic()
+            with self._lock:
+                executing = {
+                    key: now - job.started
+                    for key, job in self._executing.items()
+                    if job.started
+                }
+            if executing:
+                self._outbox.post_nowait(Heartbeat(executing=executing))
 
     # --- control thread ----------------------------------------------------------
 
@@ -361,6 +385,7 @@ class Worker:
                 if self._queued.get(key) is job:
                     del self._queued[key]
                 self._executing[key] = job
+                job.started = time.monotonic()
                 restrictions = job.message.resource_restrictions
                 if restrictions:
                     for name, amount in restrictions.items():

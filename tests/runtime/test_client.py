@@ -469,12 +469,6 @@ def test_workers_restriction_by_address_and_by_name(client):
         assert found == {client.scheduler.workers[address].pid}
 
 
-@pytest.mark.xfail(
-    reason="no executing-time feedback: dask raises a running task's prefix "
-    "estimate from worker heartbeats (max_exec_time), so stealing moves a task "
-    "queued behind a long one to an idle worker; here it waits for it to end",
-    strict=True,
-)
 def test_task_queued_behind_a_long_task_is_stolen_by_an_idle_worker(client, tmp_path):
     release = str(tmp_path / "release")
     started = str(tmp_path / "started")
