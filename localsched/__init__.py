@@ -24,7 +24,13 @@ _EXPORTS = {
     "SchedulerPlugin": "localsched.plugins",
     "WorkerPlugin": "localsched.plugins",
     "as_completed": "localsched.future",
+    "fire_and_forget": "localsched.client",
+    "get_client": "localsched.worker.context",
+    "get_worker": "localsched.worker.context",
+    "rejoin": "localsched.worker.context",
+    "secede": "localsched.worker.context",
     "wait": "localsched.future",
+    "worker_client": "localsched.worker.context",
 }
 
 __all__ = [
@@ -38,7 +44,13 @@ __all__ = [
     "SchedulerPlugin",
     "WorkerPlugin",
     "as_completed",
+    "fire_and_forget",
+    "get_client",
+    "get_worker",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]
 
 
@@ -56,9 +68,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from localsched.client import Client
+    from localsched.client import Client, fire_and_forget
     from localsched.cluster import LocalCluster
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.future import Future, FutureCancelledError, as_completed, wait
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
+    from localsched.worker.context import (
+        get_client,
+        get_worker,
+        rejoin,
+        secede,
+        worker_client,
+    )

@@ -633,6 +633,40 @@ def _release_unused(store: Any, spec: TaskSpec) -> None:
     _release_payload(store, spec.args)
 
 
+def fire_and_forget(obj: Any) -> None:
+    """Run tasks at least once, even if we release the futures.
+
+    Normally a task with no future left is not run. The special client
+    ``"fire-and-forget"`` wants these keys, so the tasks run to completion
+    (their results are dropped then, unless a future holds them): useful for
+    tasks run for their side effects.
+
+    Parameters
+    ----------
+    obj
+        A future, or lists, tuples, sets and dicts holding futures.
+
+    Examples
+    --------
+    >>> fire_and_forget(client.submit(func, *args))  # doctest: +SKIP
+    """
+    found: dict[Key, Future] = {}
+    replace_futures(obj, _is_future, found)
+    by_client: dict[int, tuple[Client, list[Key]]] = {}
+    for future in found.values():
+        entry = by_client.setdefault(id(future.client), (future.client, []))
+        entry[1].append(future.key)
+    for client, keys in by_client.values():
+        runtime = client._runtime
+        runtime.post(
+            ev.ClientDesiresKeys(
+                stimulus_id=runtime.stimulus_id("client-desires-keys"),
+                client="fire-and-forget",
+                keys=tuple(keys),
+            )
+        )
+
+
 def default_client() -> Client:
     """The most recent client set as default; ``ValueError`` if there is none."""
     with _current_lock:
@@ -642,4 +676,4 @@ def default_client() -> Client:
     raise ValueError("No clients found. Start a client with Client()")
 
 
-__all__ = ["Client", "TaskRef", "default_client"]
+__all__ = ["Client", "TaskRef", "default_client", "fire_and_forget"]

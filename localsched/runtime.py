@@ -46,12 +46,16 @@ from localsched.future import FutureState, RemoteTraceback
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import (
+    ClientReply,
+    ClientRequest,
     ForgetKeys,
     FunctionResult,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
+    KeyUpdate,
+    LongRunning,
     Message,
     ProtocolError,
     RunFunction,
@@ -61,6 +65,7 @@ from localsched.transport.protocol import (
     StealQuery,
     TaskDone,
     TaskFailed,
+    WorkerInfo,
     decode_batch,
     encode_batch,
 )
@@ -138,6 +143,63 @@ class ClientHandle:
     def __init__(self, client_id: str) -> None:
         self.id = client_id
         self.states: dict[Key, FutureState] = {}
+
+
+class _RemoteFutureState:
+    """Stands for a ``FutureState`` of a worker's client: resolving it sends a
+    ``KeyUpdate`` to that worker, whose control thread resolves the real one."""
+
+    __slots__ = ("key", "worker")
+
+    def __init__(self, worker: WorkerHandle, key: Key) -> None:
+        self.worker = worker
+        self.key = key
+
+    def _send(self, status: str, payload: object) -> None:
+        self.worker.outbox.append(
+            KeyUpdate(key=self.key, status=status, payload=payload)
+        )
+
+    def finish(self, type_name: str | None) -> None:
+        self._send("finished", type_name)
+
+    def set_error(self, exception: BaseException, traceback_text: str) -> None:
+        try:
+            payload = cloudpickle.dumps((exception, traceback_text), protocol=5)
+        except Exception:
+            payload = cloudpickle.dumps(
+                (RuntimeError(repr(exception)), traceback_text), protocol=5
+            )
+        self._send("error", payload)
+
+    def cancel(self, reason: str) -> None:
+        self._send("cancelled", reason)
+
+    def reset(self, status: str = "pending") -> None:
+        self._send("pending", None)
+
+
+class WorkerClientHandle(ClientHandle):
+    """The client of the tasks of one worker (``get_client()`` in a task)."""
+
+    #: Client events a worker may send, with the client they speak for.
+    EVENTS = (
+        ev.UpdateGraph,
+        ev.ClientReleasesKeys,
+        ev.ClientDesiresKeys,
+        ev.CancelRequested,
+        ev.RetryRequested,
+    )
+
+    def __init__(self, worker: WorkerHandle) -> None:
+        super().__init__(f"worker-client-{worker.address}")
+        self.worker = worker
+
+    def watch(self, keys: Any) -> None:
+        states = self.states
+        for key in keys:
+            if key not in states:
+                states[key] = _RemoteFutureState(self.worker, key)  # type: ignore[assignment]
 
 
 class SchedulerRuntime:
@@ -388,8 +450,23 @@ class SchedulerRuntime:
                     state=message.state,
                 )
             )
+        elif typ is ClientRequest:
+            assert isinstance(message, ClientRequest)
+            self._on_client_request(handle, message, events)
+        elif typ is LongRunning:
+            assert isinstance(message, LongRunning)
+            events.append(
+                ev.TaskSeceded(
+                    stimulus_id=self.stimulus_id("secede"),
+                    key=message.key,
+                    worker=address,
+                    compute_duration=message.compute_duration,
+                    run_id=message.run_id,
+                )
+            )
         elif typ is Hello:
             assert isinstance(message, Hello)
+            handle.outbox.append(WorkerInfo(address=address, name=handle.name))
             handle.is_ready = True
             handle.pid = message.pid
             ws_name = handle.name
@@ -426,6 +503,86 @@ class SchedulerRuntime:
             handle.said_goodbye = True
         else:
             logger.warning("Unexpected message from %s: %r", address, message)
+
+    def _on_client_request(
+        self,
+        handle: WorkerHandle,
+        message: ClientRequest,
+        events: list[ev.StateEvent],
+    ) -> None:
+        """A call of the worker's client (``localsched.worker.client``)."""
+        client_id = f"worker-client-{handle.address}"
+        client = self.clients.get(client_id)
+        if not isinstance(client, WorkerClientHandle):
+            client = self.clients[client_id] = WorkerClientHandle(handle)
+            self.scheduler.handle(
+                ev.ClientAdded(
+                    stimulus_id=f"client-added-{client_id}", client=client_id
+                )
+            )
+        answer: Any = None
+        try:
+            payload = cloudpickle.loads(message.payload)
+            op = message.op
+            if op == "event":
+                self._client_event(client, payload, events)
+            elif op == "gather":
+                data = self.data
+                missing = [key for key in payload if key not in data]
+                if missing:
+                    raise KeyError(f"No result for {missing!r}: released")
+                answer = {key: data[key] for key in payload}
+            elif op in ("scatter", "ping") and events:
+                # The core sees (and answers) the events that came before.
+                self._handle(events)
+                events.clear()
+            if op == "scatter":
+                who_has: dict[Key, str | None] = {}
+                for key, value in payload.items():
+                    if key not in self.data:
+                        self.data[key] = value
+                    who_has[key] = handle.address
+                client.watch(payload)
+                self.scheduler.update_data(
+                    who_has=who_has,
+                    nbytes={key: len(value) for key, value in payload.items()},
+                    client=client_id,
+                )
+            elif op not in ("event", "gather", "ping"):
+                raise ValueError(f"unknown client request {op!r}")
+        except Exception as exc:
+            logger.debug("Client request %r of %s failed", message.op, handle.address)
+            if message.id:
+                try:
+                    error = cloudpickle.dumps(exc, protocol=5)
+                except Exception:
+                    error = cloudpickle.dumps(RuntimeError(repr(exc)), protocol=5)
+                handle.outbox.append(
+                    ClientReply(id=message.id, ok=False, payload=error)
+                )
+            return
+        if message.id:
+            handle.outbox.append(ClientReply(id=message.id, ok=True, payload=answer))
+
+    def _client_event(
+        self, client: WorkerClientHandle, event: Any, events: list[ev.StateEvent]
+    ) -> None:
+        if not isinstance(event, WorkerClientHandle.EVENTS):
+            raise TypeError(f"a worker's client cannot send {type(event).__name__}")
+        event.stimulus_id = self.stimulus_id(event.stimulus_id.rsplit("-", 1)[0])
+        if (
+            isinstance(event, ev.ClientDesiresKeys)
+            and event.client == "fire-and-forget"
+        ):
+            events.append(event)
+            return
+        event.client = client.id
+        if isinstance(event, ev.UpdateGraph | ev.ClientDesiresKeys):
+            client.watch(event.keys)
+        elif isinstance(event, ev.ClientReleasesKeys):
+            for key in event.keys:
+                client.states.pop(key, None)
+        events.append(event)
 
     def _on_task_done(
         self, handle: WorkerHandle, message: TaskDone, events: list[ev.StateEvent]
@@ -492,6 +649,14 @@ class SchedulerRuntime:
                 f" ({handle.exit_reason or 'it exited'})"
             )
             self._run_answered(run_id, handle.address, (False, error, ""))
+        client_id = f"worker-client-{handle.address}"
+        if isinstance(self.clients.get(client_id), WorkerClientHandle):
+            del self.clients[client_id]
+            events.append(
+                ev.ClientRemoved(
+                    stimulus_id=self.stimulus_id("client-removed"), client=client_id
+                )
+            )
         if handle.is_ready:
             events.append(
                 ev.WorkerRemoved(

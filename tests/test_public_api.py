@@ -19,6 +19,12 @@ PUBLIC = {
     "Scheduler",
     "SchedulerPlugin",
     "WorkerPlugin",
+    "fire_and_forget",
+    "get_client",
+    "get_worker",
+    "rejoin",
+    "secede",
+    "worker_client",
 }
 
 

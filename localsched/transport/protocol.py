@@ -6,9 +6,10 @@ costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
-    GrantSegments, Shutdown, RunFunction ────────────▶  control thread ─▶ task threads
-    Hello, TaskDone, TaskFailed, StealAnswer,
-    FunctionResult, Goodbye ◀───────────────────────────────────── (any thread)
+    GrantSegments, Shutdown, RunFunction,
+    WorkerInfo, ClientReply, KeyUpdate ──────────────▶  control thread ─▶ task threads
+    Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult,
+    Heartbeat, ClientRequest, LongRunning, Goodbye ◀────────────── (any thread)
 
 What the scheduler never looks into stays opaque bytes: a task's function and
 arguments (cloudpickled once, in the client), results and exceptions (cloudpickled
@@ -46,12 +47,16 @@ from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "ClientReply",
+    "ClientRequest",
     "ForgetKeys",
     "FunctionResult",
     "Goodbye",
     "Heartbeat",
     "GrantSegments",
     "Hello",
+    "KeyUpdate",
+    "LongRunning",
     "Message",
     "Payload",
     "ProtocolError",
@@ -63,6 +68,7 @@ __all__ = [
     "TaskDone",
     "TaskFailed",
     "TaskRef",
+    "WorkerInfo",
     "decode_batch",
     "dumps_function",
     "encode_batch",
@@ -170,6 +176,38 @@ class RunFunction(Message):
     name: object = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo(Message):
+    """Sent once after :class:`Hello`: the worker's address and name, for
+    ``get_worker()`` in its tasks."""
+
+    address: str
+    name: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientReply(Message):
+    """Answer to a :class:`ClientRequest` with the same ``id``: ``payload`` is the
+    answer (plain data: keys, bytes, ``BlobRef``) if ``ok``, else the cloudpickled
+    exception."""
+
+    id: int
+    ok: bool
+    payload: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyUpdate(Message):
+    """A key the worker's client (``get_client()`` in a task) holds futures for
+    changed status: ``"finished"`` (``payload``: type name), ``"error"``
+    (cloudpickled ``(exception, traceback text)``), ``"cancelled"`` (the reason)
+    or ``"pending"`` (lost or retried: it will be computed again)."""
+
+    key: Key
+    status: str
+    payload: object = None
+
+
 # --- worker -> scheduler -------------------------------------------------------
 
 
@@ -254,6 +292,32 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRequest(Message):
+    """A call of the worker's client (``get_client()`` in a task).
+
+    ``payload`` is cloudpickled (the scheduler trusts its own workers). ``op``:
+    ``"event"`` (a client event for the core), ``"gather"`` (serialized results
+    of keys), ``"scatter"`` (install values) or ``"ping"`` (a round trip). Answered
+    by :class:`ClientReply` with the same ``id`` unless ``id`` is 0.
+    """
+
+    id: int
+    op: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LongRunning(Message):
+    """A running task seceded (``secede()``): it no longer counts against the
+    worker's threads (dask's ``long-running`` message)."""
+
+    key: Key
+    run_id: int
+    #: Seconds the task had run when it seceded.
+    compute_duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Goodbye(Message):
     """Last message of a planned exit; a process that exits without it crashed."""
 
@@ -267,12 +331,17 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     GrantSegments,
     Shutdown,
     RunFunction,
+    WorkerInfo,
+    ClientReply,
+    KeyUpdate,
     Hello,
     TaskDone,
     TaskFailed,
     StealAnswer,
     FunctionResult,
     Heartbeat,
+    ClientRequest,
+    LongRunning,
     Goodbye,
 )
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}

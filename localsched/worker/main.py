@@ -40,15 +40,19 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from localsched.transport.protocol import (
+    ClientReply,
     ForgetKeys,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
+    KeyUpdate,
+    LongRunning,
     Message,
     ProtocolError,
     RunFunction,
@@ -58,10 +62,12 @@ from localsched.transport.protocol import (
     StealQuery,
     TaskDone,
     TaskFailed,
+    WorkerInfo,
     decode_batch,
     encode_batch,
 )
 from localsched.transport.shm import BlobRef
+from localsched.worker.context import thread_state
 from localsched.worker.execute import (
     Outcome,
     failure_from,
@@ -216,6 +222,17 @@ class Worker:
         self._outbox = _Outbox(conn)
         #: Set when serve() ends: the heartbeat thread stops.
         self._stopped = threading.Event()
+        # dask's Worker attributes for get_worker(); the scheduler sends address
+        # and name (WorkerInfo) before any task.
+        self.address = ""
+        self.name: Any = None
+        self.id = f"Worker-{uuid.uuid4()}"
+        #: Events of seceded tasks waiting in rejoin() for a thread slot (_lock).
+        self._rejoiners: list[threading.Event] = []
+        self._seceded_threads = itertools.count()
+        #: get_client() in a task: created on first use.
+        self._client: Any = None
+        self._client_lock = threading.Lock()
 
     def serve(self) -> str:
         """Say hello, start the threads, handle messages until the end.
@@ -310,6 +327,17 @@ class Worker:
                 name=f"localsched-run-{message.id}",
                 daemon=True,
             ).start()
+        elif isinstance(message, ClientReply):
+            client = self._client
+            if client is not None:
+                client._runtime.answered(message.id, message.ok, message.payload)
+        elif isinstance(message, KeyUpdate):
+            client = self._client
+            if client is not None:
+                client.on_key_update(message)
+        elif isinstance(message, WorkerInfo):
+            self.address = message.address
+            self.name = message.name
         elif isinstance(message, Shutdown):
             self._stop_tasks()
             self._outbox.close(Goodbye(reason=message.reason))
@@ -368,14 +396,26 @@ class Worker:
             self._queued.clear()
             self._heap.clear()
             self._constrained.clear()
+            for event in self._rejoiners:
+                event.set()
+            self._rejoiners.clear()
             self._has_work.notify_all()
+        client = self._client
+        if client is not None:
+            client._closed_by_worker()
 
     # --- task threads ------------------------------------------------------------
 
     def _task_loop(self) -> None:
         while True:
             with self._lock:
-                while (job := self._next_job()) is None:
+                while True:
+                    if self._rejoiners:
+                        # A seceded task rejoins: this thread gives it its slot.
+                        self._rejoiners.pop(0).set()
+                        return
+                    if (job := self._next_job()) is not None:
+                        break
                     if self._is_closing:
                         return
                     self._has_work.wait()
@@ -390,7 +430,15 @@ class Worker:
                 if restrictions:
                     for name, amount in restrictions.items():
                         self._available[name] -= amount
-            reply = self._execute(job.message)
+            state = thread_state
+            state.worker, state.key, state.run_id = self, key, job.message.run_id
+            state.start_time = time.time()
+            state.seceded = False
+            try:
+                reply = self._execute(job.message)
+            finally:
+                state.worker = state.key = None
+            has_seceded = state.seceded
             is_short = reply.stop - reply.start < _SHORT_TASK
             must_send = False
             with self._lock:
@@ -412,6 +460,8 @@ class Worker:
                 self._outbox.send_all()
             elif job.is_forgotten:
                 _discard(reply)
+            if has_seceded:
+                return  # seceded and never rejoined: its replacement has the slot
 
     def _next_job(self) -> _Job | None:
         """Pop the job to run next, as dask's ``_next_ready_task``: the better of
@@ -455,6 +505,54 @@ class Worker:
             self._functions[token] = function
             self._function_bytes.pop(token, None)
         return function
+
+    # --- tasks inside tasks (localsched.worker.context) -------------------------
+
+    def _secede(self) -> None:
+        """The calling task leaves the pool: another thread takes its slot."""
+        state = thread_state
+        if state.seceded:
+            raise KeyError(f"task {state.key!r} already seceded")
+        state.seceded = True
+        with self._lock:
+            if not self._is_closing:
+                threading.Thread(
+                    target=self._task_loop,
+                    name=f"localsched-task-s{next(self._seceded_threads)}",
+                    daemon=True,
+                ).start()
+        self._outbox.post_nowait(
+            LongRunning(
+                key=state.key,
+                run_id=state.run_id,
+                compute_duration=time.time() - state.start_time,
+            )
+        )
+
+    def _rejoin(self) -> None:
+        """Wait until a thread of the pool leaves it to give the task its slot."""
+        state = thread_state
+        if not state.seceded:
+            return
+        event = threading.Event()
+        with self._lock:
+            if not self._is_closing:
+                self._rejoiners.append(event)
+                self._has_work.notify_all()
+                closing = False
+            else:
+                closing = True
+        if not closing:
+            event.wait()
+        state.seceded = False
+
+    def _get_client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                from localsched.worker.client import WorkerClient
+
+                self._client = WorkerClient(self)
+            return self._client
 
 
 def _discard(reply: TaskDone | TaskFailed) -> None:
