@@ -22,6 +22,7 @@ import pytest
 
 from localsched.transport.protocol import (
     Goodbye,
+    Heartbeat,
     Hello,
     Message,
     RunTask,
@@ -74,10 +75,14 @@ class WorkerProcess:
         )
 
     def next_message(self) -> Message:
-        if not self.unread:
-            assert self.conn.poll(DEADLINE), "the worker sent nothing in time"
-            self.unread.extend(decode_batch(self.conn.recv_bytes()))
-        return self.unread.pop(0)
+        """The next message other than a Heartbeat (sent while tasks run)."""
+        while True:
+            if not self.unread:
+                assert self.conn.poll(DEADLINE), "the worker sent nothing in time"
+                self.unread.extend(decode_batch(self.conn.recv_bytes()))
+            message = self.unread.pop(0)
+            if not isinstance(message, Heartbeat):
+                return message
 
     def expect(self, cls: type, key=None) -> Message:
         message = self.next_message()

@@ -29,6 +29,7 @@ from localsched.transport.protocol import (
     TaskDone,
     TaskFailed,
     TaskRef,
+    Heartbeat,
     decode_batch,
     dumps_function,
     encode_batch,
@@ -104,8 +105,13 @@ class Harness:
         return message
 
     def recv(self) -> list[Message]:
-        assert self.conn.poll(DEADLINE), "the worker sent nothing in time"
-        return decode_batch(self.conn.recv_bytes())
+        """The next batch, without Heartbeats (sent while tasks run)."""
+        while True:
+            assert self.conn.poll(DEADLINE), "the worker sent nothing in time"
+            batch = decode_batch(self.conn.recv_bytes())
+            batch = [m for m in batch if not isinstance(m, Heartbeat)]
+            if batch:
+                return batch
 
     def recv_until(self, predicate: Callable[[Message], bool]) -> list[Message]:
         """Messages up to and including the first that matches ``predicate``; the
