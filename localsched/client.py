@@ -20,6 +20,7 @@ from numbers import Number
 from typing import Any
 
 from localsched.client_control import ControlMixin
+from localsched.client_plugins import PluginsMixin
 from localsched.cluster import LocalCluster
 from localsched.future import Future, FutureState, wait
 from localsched.graph import (
@@ -51,7 +52,7 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client(ControlMixin):
+class Client(ControlMixin, PluginsMixin):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and

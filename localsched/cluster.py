@@ -23,6 +23,7 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any
 
+from localsched.preloading import start_scheduler, teardown_preloads
 from localsched.processes import start_janitor, start_worker
 from localsched.runtime import SchedulerRuntime, WorkerHandle
 from localsched.scheduler.scheduler import Scheduler
@@ -173,6 +174,18 @@ class LocalCluster:
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
+        # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
+        # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
+        scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
+        plugins = [
+            *(kwargs.pop("plugins", None) or ()),
+            *(scheduler_kwargs.get("plugins") or ()),
+        ]
+        preload = kwargs.pop("preload", None) or scheduler_kwargs.get("preload")
+        preload_argv = kwargs.pop("preload_argv", None) or scheduler_kwargs.get(
+            "preload_argv", ()
+        )
+        self._preloads: list[Any] = []
         cores = available_cores()
         if n_workers is None and threads_per_worker is None:
             n_workers, threads_per_worker = nprocesses_nthreads(cores)
@@ -204,7 +217,15 @@ class LocalCluster:
         )
         self._janitor = _start_janitor(self.store) if processes else None
         self.runtime.start()
-        self.scheduler.start()
+        try:
+            self._preloads = self.runtime.call(
+                lambda: start_scheduler(
+                    self.scheduler, self.runtime, plugins, preload, preload_argv
+                )
+            ).result()
+        except BaseException:
+            self.close()
+            raise
         self.status = "running"
         _open_clusters.add(self)
         try:
@@ -328,6 +349,10 @@ class LocalCluster:
         self.status = "closing"
         started = time.monotonic()
         handles: list[WorkerHandle] = []
+        if self._preloads and self.runtime.is_running:
+            preloads, self._preloads = self._preloads, []
+            with contextlib.suppress(Exception):
+                self.runtime.call(lambda: teardown_preloads(preloads)).result(timeout)
         if self.runtime.is_running:
             with contextlib.suppress(Exception):
                 handles = self.runtime.call(self._shutdown_workers).result(timeout)

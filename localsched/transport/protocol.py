@@ -47,6 +47,7 @@ from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AddPlugin",
     "ClientReply",
     "ClientRequest",
     "ForgetKeys",
@@ -60,6 +61,7 @@ __all__ = [
     "Message",
     "Payload",
     "ProtocolError",
+    "RemovePlugin",
     "RunFunction",
     "RunTask",
     "Shutdown",
@@ -159,6 +161,32 @@ class Shutdown(Message):
     sends :class:`Goodbye` first."""
 
     reason: str = "shutdown"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddPlugin(Message):
+    """Set up a worker plugin (``Client.register_plugin``): unpickle ``plugin``,
+    replace (tear down) one of the same ``name``, call its ``setup(worker)``.
+    The control thread does it before reading on, so tasks sent after it see the
+    plugin. Answered by :class:`FunctionResult` with the same ``id`` (nobody
+    waits for a negative ``id``)."""
+
+    id: int
+    name: str
+    #: Cloudpickled ``WorkerPlugin``.
+    plugin: bytes
+    #: The worker's address and name, for the plugin's ``worker`` object.
+    address: str = ""
+    worker_name: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemovePlugin(Message):
+    """Tear down and forget the worker plugin ``name``
+    (``Client.unregister_worker_plugin``); answered like :class:`AddPlugin`."""
+
+    id: int
+    name: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,6 +357,8 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     ForgetKeys,
     StealQuery,
     GrantSegments,
+    AddPlugin,
+    RemovePlugin,
     Shutdown,
     RunFunction,
     WorkerInfo,

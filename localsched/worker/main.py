@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from localsched.transport.protocol import (
+    AddPlugin,
     ClientReply,
     ForgetKeys,
     Goodbye,
@@ -55,6 +56,7 @@ from localsched.transport.protocol import (
     LongRunning,
     Message,
     ProtocolError,
+    RemovePlugin,
     RunFunction,
     RunTask,
     Shutdown,
@@ -75,6 +77,7 @@ from localsched.worker.execute import (
     run_task,
     to_message,
 )
+from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
 
 if TYPE_CHECKING:
@@ -220,6 +223,8 @@ class Worker:
         self._function_bytes: dict[str, bytes] = {}
         self._functions: dict[str, Any] = {}
         self._outbox = _Outbox(conn)
+        #: Worker plugins (``Client.register_plugin``); see worker/plugins.py.
+        self.plugins = WorkerPlugins(nthreads)
         #: Set when serve() ends: the heartbeat thread stops.
         self._stopped = threading.Event()
         # dask's Worker attributes for get_worker(); the scheduler sends address
@@ -269,6 +274,7 @@ class Worker:
         finally:
             self._stopped.set()
             self._stop_tasks()
+            self.plugins.close()
             self._outbox.close(None)
 
     def _heartbeat_loop(self) -> None:
@@ -338,8 +344,12 @@ class Worker:
         elif isinstance(message, WorkerInfo):
             self.address = message.address
             self.name = message.name
+        elif isinstance(message, AddPlugin | RemovePlugin):
+            # On this thread, so tasks that arrive later see the plugin.
+            self._outbox.post_nowait(self.plugins.handle(message))
         elif isinstance(message, Shutdown):
             self._stop_tasks()
+            self.plugins.close()  # dask tears plugins down as the worker closes
             self._outbox.close(Goodbye(reason=message.reason))
             return message.reason
         else:
@@ -349,6 +359,9 @@ class Worker:
         return None
 
     def _enqueue(self, runs: list[RunTask]) -> None:
+        if self.plugins.active:
+            for run in runs:  # before a task thread can start it
+                self.plugins.arrived(run.key, bool(run.resource_restrictions))
         for run in runs:
             if run.function is not None and run.function_token not in self._functions:
                 self._function_bytes[run.function_token] = run.function
@@ -375,9 +388,13 @@ class Worker:
                 state = "memory"
             else:
                 state = None
+        if state == "ready" and self.plugins.active:  # outside the lock
+            self.plugins.cancelled(key)
         return StealAnswer(key=key, state=state)
 
     def _forget(self, keys: tuple[Hashable, ...]) -> None:
+        if self.plugins.active:
+            self.plugins.forget(keys)
         with self._lock:
             for key in keys:
                 job = self._queued.pop(key, None)
@@ -479,6 +496,9 @@ class Worker:
         return heapq.heappop(ready)[2] if ready else None
 
     def _execute(self, message: RunTask) -> TaskDone | TaskFailed:
+        plugins = self.plugins if self.plugins.active else None
+        if plugins is not None:
+            plugins.started(message.key)
         start = time.time()
         outcome: Outcome
         try:
@@ -489,7 +509,10 @@ class Worker:
         else:
             outcome = run_task(function, args, kwargs, values)
             del args, kwargs, values  # unmap shared-memory inputs early
-        return to_message(message.key, message.run_id, outcome, self.writer)
+        reply = to_message(message.key, message.run_id, outcome, self.writer)
+        if plugins is not None:  # before the reply goes out, as in dask
+            plugins.ended(message.key, outcome, reply)
+        return reply
 
     def _function(self, message: RunTask) -> Any:
         token = message.function_token
