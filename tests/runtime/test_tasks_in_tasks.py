@@ -25,6 +25,7 @@ from tests.runtime.helpers import (
     lines,
     poll,
     raise_value_error,
+    record,
     wait_for_file,
 )
 
@@ -108,6 +109,19 @@ def secede_and_wait(release: str) -> str:
     wait_for_file(release)  # meanwhile the worker's only thread is free
     rejoin()
     return "rejoined"
+
+
+def secede_then_rejoin(release: str, path: str) -> None:
+    secede()
+    wait_for_file(release)
+    record(path, "released")
+    rejoin()  # the only thread is busy: waits until it finishes its task
+    record(path, "rejoined")
+
+
+def block_then_record(release: str, started: str, path: str) -> None:
+    block(release, started)
+    record(path, "sibling")
 
 
 def parent_of_subtask(keyfile: str, release: str) -> str:
@@ -230,6 +244,26 @@ def test_secede_lets_a_sibling_run_and_rejoin_waits_for_it(single, tmp_path):
     (tmp_path / "release").touch()
     assert waiting.result(timeout=20) == "rejoined"
     assert poll(lambda: not on_scheduler(single, lambda: list(ws.long_running)))
+
+
+def test_rejoin_waits_for_a_free_thread(single, tmp_path):
+    path = str(tmp_path / "order")
+    release_first, release_sibling = tmp_path / "release-1", tmp_path / "release-2"
+    started = str(tmp_path / "started")
+    first = single.submit(secede_then_rejoin, str(release_first), path)
+    (address,) = single.scheduler.workers
+    ws = single.scheduler.workers[address]
+    assert poll(lambda: on_scheduler(single, lambda: len(ws.long_running)) == 1)
+    sibling = single.submit(block_then_record, str(release_sibling), started, path)
+    wait_for_file(started)  # the sibling holds the only thread
+    release_first.touch()
+    assert poll(lambda: lines(path) == ["released"])
+    # rejoin() must not return while the sibling holds the slot.
+    assert not poll(lambda: "rejoined" in lines(path), timeout=0.3)
+    release_sibling.touch()
+    assert first.result(timeout=20) is None
+    assert sibling.result(timeout=20) is None
+    assert lines(path) == ["released", "sibling", "rejoined"]
 
 
 def test_subtasks_get_the_parent_generation_minus_a_hundredth(single, tmp_path):
