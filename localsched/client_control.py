@@ -596,23 +596,6 @@ class ControlMixin:
             "or sys.path before the cluster starts its workers)."
         )
 
-    def register_worker_callbacks(
-        self, setup: Callable[..., Any] | None = None
-    ) -> None:
-        """Not supported yet.
-
-        Raises
-        ------
-        RuntimeError
-            Always, saying what to do instead.
-        """
-        raise RuntimeError(
-            "localsched does not support register_worker_callbacks; register a "
-            "WorkerPlugin with a setup(worker) method through "
-            "client.register_plugin(...) instead, once available; to run it once "
-            "on the workers running now, use client.run(setup)."
-        )
-
 
 class get_task_stream:
     """Collect the task stream of a block (dask's ``get_task_stream``).

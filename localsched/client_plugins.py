@@ -20,7 +20,9 @@ older spellings.
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future as CellFuture
 from typing import Any
 
@@ -202,6 +204,21 @@ class PluginsMixin:
             raise ValueError("register_worker_plugin needs a plugin")
         return self.register_plugin(plugin, name=name)
 
+    def register_worker_callbacks(
+        self, setup: Callable[..., Any] | None = None
+    ) -> dict[str, Any]:
+        """Run ``setup`` on every current and future worker (dask's older API).
+
+        A ``setup`` with a ``dask_worker`` parameter gets the worker object
+        there. Registered as a worker plugin of its own (each call adds one).
+
+        Returns
+        -------
+        dict
+            address -> ``{"status": "OK"}``, as :meth:`register_plugin`.
+        """
+        return self.register_plugin(_WorkerSetupPlugin(setup))
+
     def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
         """Tear down and remove the worker plugin ``name`` on every worker.
 
@@ -267,6 +284,24 @@ class PluginsMixin:
         if cell is None:
             return {}
         return _responses(cell.result())
+
+
+class _WorkerSetupPlugin(WorkerPlugin):
+    """Runs a ``register_worker_callbacks`` function at setup (dask's class)."""
+
+    def __init__(self, setup: Callable[..., Any] | None) -> None:
+        self._setup = setup
+
+    def setup(self, worker: Any) -> Any:
+        if self._setup is None:
+            return None
+        try:
+            parameters = inspect.signature(self._setup).parameters
+        except (TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]
+        if "dask_worker" in parameters:
+            return self._setup(dask_worker=worker)
+        return self._setup()
 
 
 def _plugin_name(plugin: Any) -> str:

@@ -269,13 +269,11 @@ def test_metadata_nested_keys_and_defaults(client):
 # -- unsupported, with directions -------------------------------------------------
 
 
-def test_upload_file_and_worker_callbacks_say_what_to_do(client, tmp_path):
+def test_upload_file_says_what_to_do(client, tmp_path):
     path = tmp_path / "mod.py"
     path.write_text("x = 1\n")
     with pytest.raises(ValueError, match=r"sys\.path"):
         client.upload_file(str(path))
-    with pytest.raises(RuntimeError, match="register_plugin"):
-        client.register_worker_callbacks(setup=print)
 
 
 # -- workers -------------------------------------------------------------------------

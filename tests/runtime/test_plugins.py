@@ -284,6 +284,31 @@ def test_worker_plugin_idempotent_replace_and_failing_setup(tmp_path):
         assert client.submit(inc, 1).result() == 2
 
 
+def test_register_worker_callbacks_runs_setup_on_current_and_later_workers(tmp_path):
+    directory = str(tmp_path)
+
+    def setup(dask_worker):
+        path = os.path.join(directory, f"{os.getpid()}.log")
+        with open(path, "a") as f:
+            f.write(f"setup\t{dask_worker.address}\n")
+
+    def plain():
+        with open(os.path.join(directory, f"{os.getpid()}.log"), "a") as f:
+            f.write("setup\tplain\n")
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    with cluster, Client(cluster) as client:
+        (first,) = cluster.scheduler.workers
+        assert client.register_worker_callbacks(setup) == {first: {"status": "OK"}}
+        client.register_worker_callbacks(plain)  # a second, separate plugin
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        (second,) = set(cluster.scheduler.workers) - {first}
+        client.run(getpid)  # every worker read its plugins before this
+        seen = sorted(f[0] for f in lines(tmp_path, "setup"))
+        assert seen == sorted([first, second, "plain", "plain"])
+
+
 # -- LocalCluster(plugins=, preload=) ---------------------------------------------
 
 
