@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import Any
 
-from localsched.client_control import ControlMixin
+from localsched import restarting
+from localsched.client_control import ControlMixin, no_default
 from localsched.client_plugins import PluginsMixin
 from localsched.cluster import LocalCluster
 from localsched.future import Future, FutureState, wait
@@ -527,20 +528,65 @@ class Client(ControlMixin, PluginsMixin):
         reason: str | None = None,
         msg: str | None = None,
     ) -> None:
-        """Cancel futures (and everything that depends on them)."""
+        """Cancel futures (and everything that depends on them).
+
+        ``force=True`` cancels them even if other clients want them (as dask), and
+        also stops a task that is already running, which dask cannot: the worker
+        process running it is restarted. That worker's other tasks are placed
+        again (not counted suspicious), results already computed survive, and a
+        replacement worker starts. Without ``force``, a running task is released
+        (its future cancelled) but runs to its end on the worker, as in dask.
+        """
         found: dict[Key, Future] = {}
         replace_futures(futures, _is_future, found)
         if not found:
             return
-        self._runtime.post(
-            ev.CancelRequested(
-                stimulus_id=self._runtime.stimulus_id("cancel"),
-                client=self.id,
-                keys=list(found),
-                force=force,
-            )
+        runtime = self._runtime
+        event = ev.CancelRequested(
+            stimulus_id=runtime.stimulus_id("cancel"),
+            client=self.id,
+            keys=list(found),
+            force=force,
         )
-        self._runtime.call(lambda: None).result()
+        if force:
+            runtime.call(lambda: restarting.force_cancel(runtime, event)).result()
+            return
+        runtime.post(event)
+        runtime.call(lambda: None).result()
+
+    def restart(
+        self, timeout: str | float | Any = no_default, wait_for_workers: bool = True
+    ) -> None:
+        """Restart all workers and forget all tasks (``distributed.Client.restart``).
+
+        Every future of every client is cancelled (reason ``"scheduler-restart"``),
+        scheduler plugins' ``restart`` hooks run, results are freed and every
+        worker process is replaced by a new one. Returns once as many new workers
+        run as there were (with ``wait_for_workers=False``, once the old ones are
+        gone); raises ``TimeoutError`` after ``timeout`` seconds (default 120, as
+        dask's four connect timeouts).
+        """
+        self._check_running()
+        seconds = 120.0 if timeout is no_default else _seconds(timeout)
+        deadline = time.monotonic() + seconds
+        runtime = self._runtime
+        old = runtime.call(lambda: restarting.restart(runtime, self.id)).result(seconds)
+        workers = self.cluster.scheduler.workers
+
+        def done() -> bool:
+            current = set(workers)
+            if current & old:
+                return False
+            return not wait_for_workers or len(current) >= len(old)
+
+        pause = threading.Event()
+        while not runtime.call(done).result(max(0.0, deadline - time.monotonic())):
+            if time.monotonic() > deadline:
+                what = "come back" if wait_for_workers else "shut down"
+                raise TimeoutError(
+                    f"Workers did not {what} within {seconds} s of the restart"
+                )
+            pause.wait(0.01)
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
         """Run erred futures again (and the erred tasks they depend on)."""

@@ -282,8 +282,9 @@ class LocalCluster:
         return handle
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
-        """Called on the scheduler thread: replace a worker that crashed."""
-        if expected or self.status != "running":
+        """Called on the scheduler thread: replace a worker that crashed or that
+        the runtime restarted (force-cancel, ``Client.restart``)."""
+        if (expected and not handle.restarting) or self.status != "running":
             return
         if len(self.runtime.workers) >= self._target:
             return

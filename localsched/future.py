@@ -201,9 +201,14 @@ class Future:
         exception = self.exception(timeout)
         return None if exception is None else exception.__traceback__
 
-    def cancel(self, reason: str | None = None, msg: str | None = None) -> None:
-        """Cancel the task if it has not finished; dependents are cancelled too."""
-        self.client.cancel([self], reason=reason, msg=msg)
+    def cancel(
+        self, reason: str | None = None, msg: str | None = None, **kwargs: Any
+    ) -> None:
+        """Cancel the task if it has not finished; dependents are cancelled too.
+
+        ``kwargs`` go to ``Client.cancel`` (``force=True`` stops it even if it runs).
+        """
+        self.client.cancel([self], reason=reason, msg=msg, **kwargs)
 
     def retry(self) -> None:
         """Run the task again if it erred."""

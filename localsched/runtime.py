@@ -104,6 +104,7 @@ class WorkerHandle:
         "pid",
         "process",
         "resources",
+        "restarting",
         "said_goodbye",
         "sent_functions",
     )
@@ -123,6 +124,9 @@ class WorkerHandle:
         self.sent_functions: set[str] = set()
         self.is_ready = False
         self.said_goodbye = False
+        #: The runtime stopped it to restart it (force-cancel, ``Client.restart``):
+        #: its exit is expected, and the cluster starts a replacement.
+        self.restarting = False
         #: Segments granted and (as far as we know) not yet used by a result.
         self.leases = 0
         #: Bytes this worker may use (``LocalCluster(memory_limit=)``; 0: none).
@@ -631,7 +635,7 @@ class SchedulerRuntime:
         self.workers.pop(handle.address, None)
         with contextlib.suppress(OSError):
             handle.conn.close()
-        expected = handle.said_goodbye or self._stopping
+        expected = handle.said_goodbye or handle.restarting or self._stopping
         if not expected:
             handle.exit_reason = describe_exit(handle.process.exitcode)
             logger.warning(

@@ -119,3 +119,10 @@ def kill_own_process() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def block_then_write(release: str, started: str, done: str, value: object) -> object:
+    """Task: like ``block``, then write ``done`` once released (it kept running)."""
+    block(release, started)
+    Path(done).write_text(str(os.getpid()))
+    return value
