@@ -96,8 +96,15 @@ class _PipeRuntime:
         return cell
 
     def call(self, function: Callable[[], Any]) -> CellFuture[Any]:
-        """A round trip: resolves once the scheduler handled what came before."""
-        return self.request("ping", None)
+        """Running code on the scheduler thread is not possible from a worker."""
+        raise RuntimeError(
+            "This operation needs the scheduler's process: it is not available "
+            "to the client of a task (get_client() inside a task)"
+        )
+
+    def barrier(self) -> None:
+        """Return once the scheduler handled (and answered) what came before."""
+        self.request("ping", None).result()
 
     def answered(self, request_id: int, ok: bool, payload: Any) -> None:
         """Control thread: a ``ClientReply`` arrived."""
@@ -220,6 +227,44 @@ class WorkerClient(Client):
         if type(data) in (list, tuple, set, frozenset):
             return type(data)(result)
         return result[0]
+
+    def cancel(
+        self,
+        futures: Any,
+        asynchronous: bool | None = None,
+        force: bool = False,
+        reason: str | None = None,
+        msg: str | None = None,
+    ) -> None:
+        """Cancel futures (and everything that depends on them)."""
+        found: dict[Key, Future] = {}
+        replace_futures(futures, _is_future, found)
+        if not found:
+            return
+        runtime = self._runtime
+        runtime.post(
+            ev.CancelRequested(
+                stimulus_id=runtime.stimulus_id("cancel"),
+                client=self.id,
+                keys=list(found),
+                force=force,
+            )
+        )
+        runtime.barrier()
+
+    def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
+        """Run erred futures again (and the erred tasks they depend on)."""
+        found: dict[Key, Future] = {}
+        replace_futures(futures, _is_future, found)
+        runtime = self._runtime
+        runtime.post(
+            ev.RetryRequested(
+                stimulus_id=runtime.stimulus_id("retry"),
+                client=self.id,
+                keys=list(found),
+            )
+        )
+        runtime.barrier()
 
     def on_key_update(self, message: KeyUpdate) -> None:
         """Control thread: the scheduler reports a key's new status."""

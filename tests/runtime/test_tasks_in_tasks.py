@@ -22,6 +22,7 @@ from localsched import (
 from tests.runtime.helpers import (
     block,
     count_call,
+    fail_times,
     lines,
     poll,
     raise_value_error,
@@ -102,6 +103,19 @@ def cancel_subtask(release: str) -> tuple[bool, str]:
         future = client.submit(block, release, pure=False)
         client.cancel([future])
         return future.cancelled(), future.status
+
+
+def retry_subtask(path: str) -> tuple[str, int]:
+    with worker_client() as client:
+        future = client.submit(fail_times, path, 1, 5, pure=False)
+        try:
+            future.result(timeout=20)
+        except RuntimeError as exc:
+            first = str(exc)
+        else:
+            first = "no error"
+        future.retry()
+        return first, future.result(timeout=20)
 
 
 def secede_and_wait(release: str) -> str:
@@ -200,6 +214,13 @@ def test_cancel_in_a_task_is_seen_when_it_returns(client, tmp_path):
     finally:
         release.touch()  # a subtask that started anyway ends
     assert out == (True, "cancelled")
+
+
+def test_retry_in_a_task_runs_the_erred_subtask_again(client, tmp_path):
+    path = str(tmp_path / "attempts")
+    out = client.submit(retry_subtask, path, pure=False).result(timeout=30)
+    assert out == ("attempt 1 fails", 5)
+    assert len(lines(path)) == 2
 
 
 def test_outside_a_task_secede_needs_a_worker_and_rejoin_is_a_no_op():
