@@ -111,8 +111,12 @@ class Client(ControlMixin, PluginsMixin):
         self._runtime = self.cluster.runtime
         self._store = self.cluster.store
         self._handle = ClientHandle(self.id)
+        # Weakly: the runtime holds the handle, and a dropped client must go away.
+        self._handle.on_restart = weakref.WeakMethod(self._on_restart)  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self._refcount: dict[Key, int] = {}
+        #: Bumped by ``restart``: futures of older generations release nothing.
+        self.generation = 0
         self._functions = FunctionCache()
         self._callbacks: ThreadPoolExecutor | None = None
         self._runtime.call(self._register).result(timeout=timeout)
@@ -144,6 +148,14 @@ class Client(ControlMixin, PluginsMixin):
     def _inc_ref(self, key: Key) -> None:
         with self._lock:
             self._refcount[key] = self._refcount.get(key, 0) + 1
+
+    def _on_restart(self) -> None:
+        """The scheduler restarted (scheduler thread): forget every key, as dask's
+        client does, so old futures released later cannot release new tasks."""
+        with self._lock:
+            self.generation += 1
+            self._refcount.clear()
+            self._handle.states.clear()
 
     def _dec_ref(self, key: Key) -> None:
         with self._lock:

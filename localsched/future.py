@@ -151,6 +151,7 @@ class Future:
         self._state = state if state is not None else client._state_for(key)
         client._inc_ref(key)
         self._released = False
+        self._generation = getattr(client, "generation", 0)
 
     @property
     def status(self) -> str:
@@ -227,7 +228,8 @@ class Future:
         """Drop this handle's hold on the key (garbage collection does it too)."""
         if not self._released:
             self._released = True
-            self.client._dec_ref(self.key)
+            if getattr(self.client, "generation", 0) == self._generation:
+                self.client._dec_ref(self.key)  # else a restart forgot the key
 
     def __del__(self) -> None:
         try:

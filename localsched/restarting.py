@@ -85,6 +85,10 @@ def restart(runtime: SchedulerRuntime, client: str | None = None) -> set[str]:
         for state in list(handle.states.values()):
             if getattr(state, "status", None) != "cancelled":
                 state.cancel("scheduler-restart")
+        ref = getattr(handle, "on_restart", None)  # a Client's, weakly
+        on_restart = None if ref is None else ref()
+        if on_restart is not None:
+            on_restart()
     tasks = runtime.scheduler.state.tasks
     for key in [k for k in runtime.data if k not in tasks]:
         payload = runtime.data.pop(key)

@@ -5,6 +5,7 @@ Real worker processes; tasks block on files the tests create.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from pathlib import Path
@@ -152,6 +153,13 @@ def test_restart_cancels_futures_runs_hooks_and_replaces_every_worker(tmp_path):
         )
         assert results == list("abcd")
         assert client.submit(helpers.pid, 3).result(DEADLINE) in after.values()
+        again = client.submit(np.ones, 2**20)  # the key of ``big``, resubmitted
+        assert again.key == big.key
+        assert again.result(DEADLINE).sum() == 2**20
+        del big
+        gc.collect()  # the old future's release must not release the new task
+        assert client.scheduler.state.tasks[again.key].who_wants
+        assert again.result(DEADLINE).sum() == 2**20
 
 
 def test_restart_times_out_when_workers_do_not_come_back():
