@@ -15,13 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Client": "localsched.client",
+    "Event": "localsched.coordination",
     "Future": "localsched.future",
     "FutureCancelledError": "localsched.future",
     "KilledWorker": "localsched.errors",
     "LocalCluster": "localsched.cluster",
+    "Lock": "localsched.coordination",
     "NoValidWorkerError": "localsched.errors",
+    "Queue": "localsched.coordination",
     "Scheduler": "localsched.scheduler.scheduler",
     "SchedulerPlugin": "localsched.plugins",
+    "Semaphore": "localsched.coordination",
+    "Variable": "localsched.coordination",
     "WorkerPlugin": "localsched.plugins",
     "as_completed": "localsched.future",
     "fire_and_forget": "localsched.client",
@@ -35,13 +40,18 @@ _EXPORTS = {
 
 __all__ = [
     "Client",
+    "Event",
     "Future",
     "FutureCancelledError",
     "KilledWorker",
     "LocalCluster",
+    "Lock",
     "NoValidWorkerError",
+    "Queue",
     "Scheduler",
     "SchedulerPlugin",
+    "Semaphore",
+    "Variable",
     "WorkerPlugin",
     "as_completed",
     "fire_and_forget",
@@ -70,6 +80,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from localsched.client import Client, fire_and_forget
     from localsched.cluster import LocalCluster
+    from localsched.coordination import Event, Lock, Queue, Semaphore, Variable
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.future import Future, FutureCancelledError, as_completed, wait
     from localsched.plugins import SchedulerPlugin, WorkerPlugin

@@ -21,6 +21,7 @@ from typing import Any
 
 from localsched import restarting
 from localsched.client_control import ControlMixin, no_default
+from localsched.client_datasets import DatasetsMixin
 from localsched.client_plugins import PluginsMixin
 from localsched.cluster import LocalCluster
 from localsched.future import Future, FutureState, wait
@@ -53,7 +54,7 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client(ControlMixin, PluginsMixin):
+class Client(ControlMixin, PluginsMixin, DatasetsMixin):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and

@@ -536,7 +536,7 @@ class SchedulerRuntime:
                 if missing:
                     raise KeyError(f"No result for {missing!r}: released")
                 answer = {key: data[key] for key in payload}
-            elif op in ("scatter", "ping") and events:
+            elif op in ("scatter", "ping", "coordination") and events:
                 # The core sees (and answers) the events that came before.
                 self._handle(events)
                 events.clear()
@@ -552,6 +552,12 @@ class SchedulerRuntime:
                     nbytes={key: len(value) for key, value in payload.items()},
                     client=client_id,
                 )
+            elif op == "coordination":
+                from localsched.scheduler_extensions import worker_request
+
+                answer = worker_request(self, handle, message.id, client_id, payload)
+                if answer is None:
+                    return  # a wait: answered once its condition holds
             elif op not in ("event", "gather", "ping"):
                 raise ValueError(f"unknown client request {op!r}")
         except Exception as exc:

@@ -25,6 +25,11 @@ PUBLIC = {
     "rejoin",
     "secede",
     "worker_client",
+    "Event",
+    "Lock",
+    "Queue",
+    "Semaphore",
+    "Variable",
 }
 
 

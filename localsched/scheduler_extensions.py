@@ -1,0 +1,476 @@
+"""State of the coordination primitives, on the scheduler thread.
+
+``Event``, ``Lock``/``Semaphore``, ``Variable``, ``Queue`` and published
+datasets (``localsched.coordination`` and ``Client.publish_dataset``) keep their
+state here, in one :class:`Coordination` per runtime. Every operation is a short
+non-blocking call on the scheduler thread: from the user's process through
+``runtime.call``, from a task's client as a ``ClientRequest`` with op
+``"coordination"``. A caller that must wait (an event not set yet, a lock held,
+an empty queue) asks again with a bounded back-off in its own thread, so the
+scheduler thread never blocks.
+
+Futures stored in a Variable, a Queue or a dataset are held by a pseudo-client
+(``variable-<name>``, ``queue-<name>``, ``published-<name>``, as dask names
+them), so their keys stay in memory. Handing a future to a reader goes through a
+``handoff-<token>`` pseudo-client that holds the keys until the reader's own
+client desires them (``handoff_done``), so a concurrent overwrite cannot lose
+them in between.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from localsched.scheduler import events as ev
+
+if TYPE_CHECKING:
+    from localsched.runtime import SchedulerRuntime
+
+Key = Hashable
+
+__all__ = ["Coordination", "coordination_of", "handle_request", "worker_request"]
+
+#: A stored value: its pickled bytes and the keys of the futures inside it.
+Record = tuple[bytes, tuple[Key, ...]]
+
+
+@dataclass
+class _Semaphore:
+    max_leases: int
+    #: lease id -> id of the client that holds it
+    leases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Queue:
+    maxsize: int
+    items: deque[Record] = field(default_factory=deque)
+    #: key -> how many items of the queue hold it
+    refcount: dict[Key, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Waiter:
+    client: str
+    attempt: Callable[[], Any]
+    reply: Callable[[Any], None]
+    fail: Callable[[BaseException], None]
+
+
+#: Operations a caller may wait on (a falsy answer means "not yet"), and the
+#: kind of object whose changes may make them succeed.
+_WAITABLE = {
+    "event_is_set": "event",
+    "semaphore_acquire": "semaphore",
+    "variable_get": "variable",
+    "queue_get": "queue",
+    "queue_put": "queue",
+}
+
+#: ``Coordination.wait`` registered a waiter: the answer comes later.
+DEFERRED = object()
+
+
+class Coordination:
+    """Events, semaphores, variables, queues and datasets of one cluster."""
+
+    def __init__(self, runtime: SchedulerRuntime) -> None:
+        self.runtime = runtime
+        self.events: set[str] = set()
+        self.semaphores: dict[str, _Semaphore] = {}
+        self.variables: dict[str, Record] = {}
+        self.queues: dict[str, _Queue] = {}
+        self.datasets: dict[Key, Record] = {}
+        self.handoffs: set[str] = set()
+        #: (kind, name) -> wait id -> waiter, in arrival order
+        self.waiters: dict[tuple[str, Any], dict[str, _Waiter]] = {}
+        self._to_wake: list[tuple[str, Any]] = []
+        self._waking = False
+
+    # -- waiters ----------------------------------------------------------------------
+
+    def wait(
+        self,
+        client: str,
+        wait_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        reply: Callable[[Any], None],
+        fail: Callable[[BaseException], None],
+    ) -> Any:
+        """The answer of ``method`` if it holds now, else :data:`DEFERRED`:
+        ``reply(answer)`` is called once it holds (on the scheduler thread)."""
+        kind = _WAITABLE.get(method)
+        if kind is None:
+            raise ValueError(f"cannot wait on {method!r}")
+        attempt = partial(getattr(self, method), client, *args)
+        result = attempt()
+        if result:
+            return result
+        waiters = self.waiters.setdefault((kind, args[0]), {})
+        waiters[wait_id] = _Waiter(client, attempt, reply, fail)
+        return DEFERRED
+
+    def wait_cancel(self, client: str, wait_id: str) -> bool:
+        """Forget a waiter; False if it was answered already."""
+        for key, waiters in list(self.waiters.items()):
+            if waiters.pop(wait_id, None) is not None:
+                if not waiters:
+                    del self.waiters[key]
+                return True
+        return False
+
+    def _wake(self, kind: str, name: Any) -> None:
+        """Answer the waiters of ``(kind, name)`` whose condition now holds."""
+        self._to_wake.append((kind, name))
+        if self._waking:
+            return
+        self._waking = True
+        clients = self.runtime.clients
+        try:
+            while self._to_wake:
+                key = self._to_wake.pop()
+                waiters = self.waiters.get(key)
+                if not waiters:
+                    continue
+                for wait_id, waiter in list(waiters.items()):
+                    if wait_id not in waiters:
+                        continue
+                    if waiter.client not in clients:
+                        del waiters[wait_id]  # its client went away
+                        continue
+                    try:
+                        result = waiter.attempt()
+                    except Exception as exc:
+                        del waiters[wait_id]
+                        waiter.fail(exc)
+                        continue
+                    if result:
+                        del waiters[wait_id]
+                        waiter.reply(result)
+                if not waiters and self.waiters.get(key) is waiters:
+                    del self.waiters[key]
+        finally:
+            self._waking = False
+
+    # -- keys held by pseudo-clients --------------------------------------------------
+
+    def _check_keys(self, keys: tuple[Key, ...]) -> None:
+        tasks = self.runtime.scheduler.tasks
+        for key in keys:
+            if key not in tasks:
+                raise TimeoutError(f"Task {key!r} unknown to scheduler.")
+
+    def _desire(self, client: str, keys: tuple[Key, ...]) -> None:
+        if keys:
+            runtime = self.runtime
+            runtime._handle(
+                [
+                    ev.ClientDesiresKeys(
+                        stimulus_id=runtime.stimulus_id("client-desires-keys"),
+                        client=client,
+                        keys=tuple(keys),
+                    )
+                ]
+            )
+
+    def _drop_client(self, client: str) -> None:
+        """Release every key the pseudo-client holds and forget it."""
+        runtime = self.runtime
+        runtime._handle(
+            [
+                ev.ClientRemoved(
+                    stimulus_id=runtime.stimulus_id("client-removed"), client=client
+                )
+            ]
+        )
+
+    def _release(self, client: str, keys: tuple[Key, ...]) -> None:
+        if keys:
+            runtime = self.runtime
+            runtime._handle(
+                [
+                    ev.ClientReleasesKeys(
+                        stimulus_id=runtime.stimulus_id("client-releases-keys"),
+                        client=client,
+                        keys=tuple(keys),
+                    )
+                ]
+            )
+
+    def _handoff(self, keys: tuple[Key, ...]) -> str | None:
+        """Hold ``keys`` until the reader's client desires them."""
+        if not keys:
+            return None
+        token = f"handoff-{uuid.uuid4().hex}"
+        self.handoffs.add(token)
+        self._desire(token, keys)
+        return token
+
+    def handoff_done(self, client: str, token: str) -> None:
+        if token in self.handoffs:
+            self.handoffs.discard(token)
+            self._drop_client(token)
+
+    # -- Event ------------------------------------------------------------------------
+
+    def event_set(self, client: str, name: str) -> None:
+        self.events.add(name)
+        self._wake("event", name)
+
+    def event_clear(self, client: str, name: str) -> None:
+        self.events.discard(name)
+
+    def event_is_set(self, client: str, name: str) -> bool:
+        return name in self.events
+
+    # -- Semaphore / Lock -------------------------------------------------------------
+
+    def _semaphore(self, name: str, max_leases: int | None) -> _Semaphore:
+        sem = self.semaphores.get(name)
+        if sem is None:
+            sem = self.semaphores[name] = _Semaphore(max_leases or 1)
+        elif max_leases is not None and sem.max_leases != max_leases:
+            raise ValueError(
+                f"Inconsistent max leases: {name}, expected: {sem.max_leases}, "
+                f"got: {max_leases}"
+            )
+        # Leases of a client (or a worker's client) that went away are free.
+        clients = self.runtime.clients
+        dead = [lid for lid, owner in sem.leases.items() if owner not in clients]
+        for lease_id in dead:
+            del sem.leases[lease_id]
+        return sem
+
+    def semaphore_create(self, client: str, name: str, max_leases: int) -> None:
+        self._semaphore(name, max_leases)
+
+    def semaphore_acquire(
+        self, client: str, name: str, max_leases: int, lease_id: str
+    ) -> bool:
+        sem = self._semaphore(name, max_leases)
+        if lease_id in sem.leases:
+            return True
+        if len(sem.leases) >= sem.max_leases:
+            return False
+        sem.leases[lease_id] = client
+        return True
+
+    def semaphore_release(self, client: str, name: str, lease_id: str) -> bool:
+        sem = self.semaphores.get(name)
+        if sem is None or lease_id not in sem.leases:
+            return False
+        del sem.leases[lease_id]
+        self._wake("semaphore", name)
+        return True
+
+    def semaphore_value(self, client: str, name: str) -> int:
+        if name not in self.semaphores:
+            return 0
+        return len(self._semaphore(name, None).leases)
+
+    def semaphore_close(self, client: str, name: str) -> None:
+        self.semaphores.pop(name, None)
+        self._wake("semaphore", name)
+
+    # -- Variable ---------------------------------------------------------------------
+
+    def variable_set(self, client: str, name: str, record: Record) -> None:
+        keys = tuple(record[1])
+        self._check_keys(keys)
+        holder = f"variable-{name}"
+        self._desire(holder, keys)
+        old = self.variables.get(name)
+        self.variables[name] = (record[0], keys)
+        if old is not None:
+            self._release(holder, tuple(k for k in old[1] if k not in keys))
+        self._wake("variable", name)
+
+    def variable_get(
+        self, client: str, name: str
+    ) -> tuple[bytes, tuple[Key, ...], str | None] | None:
+        record = self.variables.get(name)
+        if record is None:
+            return None
+        return record[0], record[1], self._handoff(record[1])
+
+    def variable_delete(self, client: str, name: str) -> None:
+        if self.variables.pop(name, None) is not None:
+            self._drop_client(f"variable-{name}")
+
+    # -- Queue ------------------------------------------------------------------------
+
+    def _queue(self, name: str) -> _Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = _Queue(0)
+        return queue
+
+    def queue_create(self, client: str, name: str, maxsize: int) -> None:
+        if name not in self.queues:
+            self.queues[name] = _Queue(maxsize)
+
+    def queue_put(self, client: str, name: str, record: Record) -> bool:
+        queue = self._queue(name)
+        if queue.maxsize > 0 and len(queue.items) >= queue.maxsize:
+            return False
+        keys = tuple(record[1])
+        self._check_keys(keys)
+        self._desire(f"queue-{name}", keys)
+        for key in keys:
+            queue.refcount[key] = queue.refcount.get(key, 0) + 1
+        queue.items.append((record[0], keys))
+        self._wake("queue", name)
+        return True
+
+    def queue_get(
+        self, client: str, name: str, count: int | None
+    ) -> tuple[list[Record], str | None] | None:
+        """``count`` items (all there are if None); None if too few are there."""
+        queue = self._queue(name)
+        items = queue.items
+        if count is None:
+            count = len(items)
+        elif len(items) < count:
+            return None
+        taken = [items.popleft() for _ in range(count)]
+        keys = tuple({key: None for _, ks in taken for key in ks})
+        token = self._handoff(keys)
+        released = []
+        for key in (key for _, ks in taken for key in ks):
+            left = queue.refcount[key] - 1
+            if left:
+                queue.refcount[key] = left
+            else:
+                del queue.refcount[key]
+                released.append(key)
+        self._release(f"queue-{name}", tuple(released))
+        if taken:
+            self._wake("queue", name)
+        return taken, token
+
+    def queue_qsize(self, client: str, name: str) -> int:
+        return len(self._queue(name).items)
+
+    def queue_close(self, client: str, name: str) -> None:
+        if self.queues.pop(name, None) is not None:
+            self._drop_client(f"queue-{name}")
+
+    # -- datasets ---------------------------------------------------------------------
+
+    def publish_put(
+        self, client: str, names: list[Key], records: list[Record], override: bool
+    ) -> None:
+        if not override:
+            for name in names:
+                if name in self.datasets:
+                    raise KeyError(f"Dataset {name} already exists")
+        for name, record in zip(names, records, strict=True):
+            keys = tuple(record[1])
+            self._check_keys(keys)
+            holder = f"published-{name}"
+            old = self.datasets.pop(name, None)
+            self._desire(holder, keys)
+            if old is not None:
+                self._release(holder, tuple(k for k in old[1] if k not in keys))
+            self.datasets[name] = (record[0], keys)
+
+    def publish_get(
+        self, client: str, names: list[Key]
+    ) -> list[tuple[bytes, tuple[Key, ...], str | None] | None]:
+        out: list[tuple[bytes, tuple[Key, ...], str | None] | None] = []
+        for name in names:
+            record = self.datasets.get(name)
+            if record is None:
+                out.append(None)
+            else:
+                out.append((record[0], record[1], self._handoff(record[1])))
+        return out
+
+    def publish_list(self, client: str) -> list[Key]:
+        return sorted(self.datasets, key=str)
+
+    def publish_delete(self, client: str, names: list[Key]) -> None:
+        for name in names:
+            if self.datasets.pop(name, None) is not None:
+                self._drop_client(f"published-{name}")
+
+
+_METHODS = frozenset(
+    name
+    for name in vars(Coordination)
+    if not name.startswith("_")
+    and name != "wait"
+    and callable(getattr(Coordination, name))
+)
+
+
+def coordination_of(runtime: SchedulerRuntime) -> Coordination:
+    """The runtime's :class:`Coordination` (scheduler thread only)."""
+    state = getattr(runtime, "_coordination", None)
+    if state is None:
+        state = Coordination(runtime)
+        runtime._coordination = state  # type: ignore[attr-defined]
+    return state
+
+
+def handle_request(
+    runtime: SchedulerRuntime, client: str, method: str, args: tuple[Any, ...]
+) -> Any:
+    """Run one coordination operation for ``client`` (scheduler thread)."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown coordination operation {method!r}")
+    return getattr(coordination_of(runtime), method)(client, *args)
+
+
+def _dumps_error(exc: BaseException) -> bytes:
+    try:
+        return cloudpickle.dumps(exc, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(RuntimeError(repr(exc)), protocol=5)
+
+
+def worker_request(
+    runtime: SchedulerRuntime,
+    handle: Any,
+    request_id: int,
+    client: str,
+    payload: Any,
+) -> bytes | None:
+    """A task's client asked (``ClientRequest`` op ``"coordination"``): the
+    answer, cloudpickled for the ``ClientReply``; None if a ``"wait"`` is
+    answered later (a ``ClientReply`` to ``request_id`` in ``handle.outbox``)."""
+    from localsched.transport.protocol import ClientReply
+
+    method, args = payload
+    if method != "wait":
+        return cloudpickle.dumps(
+            handle_request(runtime, client, method, tuple(args)), protocol=5
+        )
+    wait_id, operation, op_args = args
+
+    def reply(result: Any) -> None:
+        handle.outbox.append(
+            ClientReply(
+                id=request_id, ok=True, payload=cloudpickle.dumps(result, protocol=5)
+            )
+        )
+
+    def fail(exc: BaseException) -> None:
+        handle.outbox.append(
+            ClientReply(id=request_id, ok=False, payload=_dumps_error(exc))
+        )
+
+    result = coordination_of(runtime).wait(
+        client, wait_id, operation, tuple(op_args), reply, fail
+    )
+    if result is DEFERRED:
+        return None
+    return cloudpickle.dumps(result, protocol=5)
