@@ -272,7 +272,7 @@ def test_variable_from_the_client(client):
     assert got.key == key
     assert got.result(timeout=DEADLINE) == 7
     del got
-    assert poll(lambda: on_scheduler(client, lambda: not client._refcount))
+    assert poll(lambda: key not in client._refcount)
     assert known(client, key)  # the variable holds it
     var.set(1)
     assert poll(lambda: not known(client, key))
@@ -327,7 +327,7 @@ def test_queue_from_the_client(client):
     queue.put(future)
     queue.put(6)
     del future
-    assert poll(lambda: on_scheduler(client, lambda: not client._refcount))
+    assert poll(lambda: key not in client._refcount)
     assert known(client, key)  # the queue holds it
     got, six = queue.get(batch=2)
     assert six == 6
