@@ -124,5 +124,6 @@ def kill_own_process() -> None:
 def block_then_write(release: str, started: str, done: str, value: object) -> object:
     """Task: like ``block``, then write ``done`` once released (it kept running)."""
     block(release, started)
-    Path(done).write_text(str(os.getpid()))
+    Path(f"{done}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{done}.tmp", done)  # readers never see it half-written
     return value

@@ -170,7 +170,7 @@ def test_restart_times_out_when_workers_do_not_come_back():
                 client.restart(timeout=1.0)
         finally:
             client.cluster.status = "running"
-        assert not client.scheduler.workers
+        assert poll(lambda: not client.scheduler.workers)
         client.cluster.scale(1)
         client.wait_for_workers(1, timeout=DEADLINE)
         assert client.submit(helpers.pid, 4).result(DEADLINE) > 0
