@@ -125,7 +125,10 @@ def bench_map_reduce(n_leaves: int, fan_in: int = 8) -> tuple[float, int]:
 def _report(name: str, func: Callable[[int], tuple[float, int]], n: int) -> None:
     func(min(n, 2000))  # warm up
     elapsed, ntasks = func(n)
-    print(f"{name:<28} {ntasks:>9,} tasks  {elapsed:7.2f} s  {elapsed / ntasks * 1e6:7.1f} us/task")
+    print(
+        f"{name:<28} {ntasks:>9,} tasks  {elapsed:7.2f} s  "
+        f"{elapsed / ntasks * 1e6:7.1f} us/task"
+    )
 
 
 def main() -> None:

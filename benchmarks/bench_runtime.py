@@ -12,6 +12,7 @@ dask/localsched ratios (above 1: localsched is faster or smaller).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -47,10 +48,8 @@ def _uss_mb(pids: list[int]) -> float:
 
     total = 0
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += psutil.Process(pid).memory_full_info().uss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     return total / 1e6
 
 

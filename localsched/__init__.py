@@ -29,6 +29,8 @@ _EXPORTS = {
     "Variable": "localsched.coordination",
     "WorkerPlugin": "localsched.plugins",
     "as_completed": "localsched.future",
+    "default_client": "localsched.client",
+    "futures_of": "localsched.future",
     "fire_and_forget": "localsched.client",
     "get_client": "localsched.worker.context",
     "get_worker": "localsched.worker.context",
@@ -54,7 +56,9 @@ __all__ = [
     "Variable",
     "WorkerPlugin",
     "as_completed",
+    "default_client",
     "fire_and_forget",
+    "futures_of",
     "get_client",
     "get_worker",
     "rejoin",
@@ -78,11 +82,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from localsched.client import Client, fire_and_forget
+    from localsched.client import Client, default_client, fire_and_forget
     from localsched.cluster import LocalCluster
     from localsched.coordination import Event, Lock, Queue, Semaphore, Variable
     from localsched.errors import KilledWorker, NoValidWorkerError
-    from localsched.future import Future, FutureCancelledError, as_completed, wait
+    from localsched.future import (
+        Future,
+        FutureCancelledError,
+        as_completed,
+        futures_of,
+        wait,
+    )
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
     from localsched.worker.context import (

@@ -395,7 +395,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         restrictions = None
         if workers is not None:
             names = [workers] if isinstance(workers, str | Number) else list(workers)
-            restrictions = dict.fromkeys(tasks, names)
+            restrictions = dict.fromkeys(tasks, tuple(names))
         return ev.UpdateGraph(
             stimulus_id=self._runtime.stimulus_id("update-graph"),
             client=self.id,
@@ -406,7 +406,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
             fifo_timeout=_seconds(fifo_timeout),
             restrictions=restrictions,
             loose_restrictions=list(tasks) if allow_other_workers else (),
-            resources=dict.fromkeys(tasks, dict(resources)) if resources else None,
+            resources={key: dict(resources) for key in tasks} if resources else None,
             retries=retries,
             time=time.time(),
         )

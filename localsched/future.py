@@ -10,6 +10,7 @@ collected, the client tells the scheduler it no longer wants the key.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
 import threading
 import time
@@ -91,10 +92,8 @@ class FutureState:
             callback(self)
 
     def remove_waiter(self, callback: Callable[[FutureState], None]) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(callback)
-        except ValueError:
-            pass
 
     def _resolve(self, status: str) -> None:
         self.status = status
@@ -152,6 +151,11 @@ class Future:
         client._inc_ref(key)
         self._released = False
         self._generation = getattr(client, "generation", 0)
+
+    @property
+    def type(self) -> str | None:
+        """Type name of the result, once known."""
+        return self._state.type
 
     @property
     def status(self) -> str:
@@ -232,10 +236,9 @@ class Future:
                 self.client._dec_ref(self.key)  # else a restart forgot the key
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown the client may be gone already.
+        with contextlib.suppress(Exception):
             self.release()
-        except Exception:  # interpreter shutdown: the client may be gone
-            pass
 
     def __reduce__(self) -> Any:
         raise TypeError(
@@ -451,7 +454,8 @@ class as_completed:
                 )
                 if left is not None and left <= 0:
                     raise TimeoutError(
-                        f"{len(self._pending)} futures not completed in {self.timeout} s"
+                        f"{len(self._pending)} futures not completed in "
+                        f"{self.timeout} s"
                     )
                 self._lock.wait(left)
             future = self._ready.popleft()
@@ -478,3 +482,27 @@ class as_completed:
             if not batch:
                 return
             yield batch
+
+
+def futures_of(obj: Any) -> list[Future]:
+    """Futures held in ``obj``: itself, or inside lists, tuples, sets and dicts.
+
+    Examples
+    --------
+    >>> futures_of([x, {"y": y}])  # doctest: +SKIP
+    [<Future: finished, key: x>, <Future: pending, key: y>]
+    """
+    found: list[Future] = []
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Future):
+            if id(item) not in seen:
+                seen.add(id(item))
+                found.append(item)
+        elif type(item) in (list, tuple, set, frozenset):
+            stack.extend(reversed(list(item)))
+        elif type(item) is dict:
+            stack.extend(reversed(list(item.values())))
+    return found

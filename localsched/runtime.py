@@ -245,7 +245,7 @@ class SchedulerRuntime:
         self._runs: dict[int, _PendingRun] = {}
         self._run_ids = itertools.count()
 
-    # -- lifecycle -----------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -267,7 +267,7 @@ class SchedulerRuntime:
     def is_running(self) -> bool:
         return self._thread is not None and not self._stopped.is_set()
 
-    # -- posting from other threads ------------------------------------------------------
+    # -- posting from other threads ----------------------------------------------------
 
     def post(self, *events: ev.StateEvent) -> None:
         """Queue events for the core (thread-safe, never blocks)."""
@@ -310,7 +310,7 @@ class SchedulerRuntime:
     def stimulus_id(self, name: str) -> str:
         return f"{name}-{next(self._stimulus_ids)}"
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -338,9 +338,9 @@ class SchedulerRuntime:
             if entry is None:
                 continue
             handle, is_sentinel = entry
-            if is_sentinel:
-                exited.append(handle)
-            elif self._drain_worker(handle, events) and handle.sentinel is None:
+            if is_sentinel or (
+                self._drain_worker(handle, events) and handle.sentinel is None
+            ):
                 exited.append(handle)
         for handle in exited:
             self._drain_worker(handle, events)
@@ -405,7 +405,7 @@ class SchedulerRuntime:
             else:
                 events.append(item)
 
-    # -- worker messages -> events ---------------------------------------------------
+    # -- worker messages -> events -----------------------------------------------------
 
     def _drain_worker(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> bool:
         """Handle every message waiting on the worker's pipe; True at EOF."""
@@ -680,7 +680,7 @@ class SchedulerRuntime:
         if self.on_worker_exit is not None:
             self.on_worker_exit(handle, expected)
 
-    # -- commands -> IO ------------------------------------------------------------------
+    # -- commands -> IO ----------------------------------------------------------------
 
     def _execute(self, commands: list[cmd.Command]) -> None:
         for command in commands:
@@ -780,10 +780,9 @@ class SchedulerRuntime:
         for handle in self.workers.values():
             if handle.outbox:
                 batch, handle.outbox = handle.outbox, []
-                try:
+                # OSError/ValueError: it died; its sentinel fires next turn.
+                with contextlib.suppress(OSError, ValueError):
                     handle.conn.send_bytes(encode_batch(batch))
-                except (OSError, ValueError):
-                    pass  # it died: its sentinel fires on the next turn
 
     def _sweep_arg_blobs(self) -> None:
         """Free shared-memory arguments of tasks that are gone (forgotten)."""
@@ -821,7 +820,7 @@ class SchedulerRuntime:
         if isinstance(payload, BlobRef):
             self.store.release(payload)
 
-    # -- for clients --------------------------------------------------------------------
+    # -- for clients -------------------------------------------------------------------
 
     def start_run(
         self, function: bytes, args: bytes, addresses: list[str]

@@ -13,6 +13,8 @@ PUBLIC = {
     "FutureCancelledError",
     "LocalCluster",
     "as_completed",
+    "default_client",
+    "futures_of",
     "wait",
     "KilledWorker",
     "NoValidWorkerError",

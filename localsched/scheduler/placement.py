@@ -99,7 +99,7 @@ class PlacementMixin:
             return False
         if not deps:
             # The usual root: no generator to sum over nothing.
-            return 0 < self.rootish_taskgroup_dependencies
+            return self.rootish_taskgroup_dependencies > 0
         return sum(len(dg) for dg in deps) < self.rootish_taskgroup_dependencies
 
     def _task_slots_available(self: SchedulerState, ws: WorkerState) -> int:

@@ -99,7 +99,7 @@ class Scheduler:
         for plugin in plugins:
             self.add_plugin(plugin)
 
-    # -- state variables (the core's own containers) ------------------------------
+    # -- state variables (the core's own containers) -----------------------------------
 
     @property
     def tasks(self) -> dict[Key, TaskState]:
@@ -178,7 +178,7 @@ class Scheduler:
         """name -> plugin, as in dask."""
         return self._plugins.plugins
 
-    # -- driving the core -------------------------------------------------------------
+    # -- driving the core --------------------------------------------------------------
 
     def handle(self, *events: ev.StateEvent) -> list[Command]:
         """Feed events to the core; return the commands (the runtime's entry)."""
@@ -196,7 +196,7 @@ class Scheduler:
         out, self.outbox = self.outbox, []
         return out
 
-    # -- plugins ------------------------------------------------------------------------
+    # -- plugins -----------------------------------------------------------------------
 
     def add_plugin(
         self,
@@ -264,7 +264,7 @@ class Scheduler:
         for t in topics:
             self._plugins.call("log_event", t, msg)
 
-    # -- graph and data ---------------------------------------------------------------
+    # -- graph and data ----------------------------------------------------------------
 
     def update_graph(
         self,
@@ -350,7 +350,7 @@ class Scheduler:
             raise ValueError("new tasks start released; use transitions to move them")
         return self.state.new_task(key, spec)
 
-    # -- stimuli under dask's names ------------------------------------------------
+    # -- stimuli under dask's names ----------------------------------------------------
 
     def stimulus_task_finished(
         self, key: Key, worker: str, **kwargs: Any
@@ -539,7 +539,7 @@ class Scheduler:
             state.validate_state()
         return result
 
-    # -- placement and policies under dask's names ---------------------------------
+    # -- placement and policies under dask's names -------------------------------------
 
     def decide_worker(self, ts: TaskState) -> WorkerState | None:
         """The worker ``ts`` would go to now (no state change)."""
@@ -604,7 +604,7 @@ class Scheduler:
             return f"{addr[0]}:{addr[1]}"
         return str(addr)
 
-    # -- introspection -------------------------------------------------------------------
+    # -- introspection -----------------------------------------------------------------
 
     def story(self, *keys_or_stimuli: Hashable) -> list[Transition]:
         """All transitions that touch one of the keys or stimulus ids."""

@@ -285,7 +285,7 @@ class _BlobSink(abc.ABC):
     def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
         """A file for an ``nbytes`` blob, opened and locked: ``(path, fd)``."""
 
-    def _on_full(self) -> None:
+    def _on_full(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """/dev/shm is full: the store gives back its free pool (writers can't)."""
 
     def _on_written(self, ref: BlobRef, size: int) -> BlobRef:

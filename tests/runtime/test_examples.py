@@ -1,0 +1,28 @@
+"""The scripts in ``examples/`` that are not plugin examples run and print what
+they promise (the plugin examples are run in ``test_plugins.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.runtime.test_plugins import run_example
+
+
+@pytest.mark.timeout(60)
+def test_quickstart_example_runs():
+    out = run_example("quickstart.py").stdout
+    assert "inc(10) = 11" in out
+    assert "sum of 10,000 tasks = 50005000" in out
+    assert "add(inc(1), inc(2)) = 5" in out
+    assert "ValueError('cannot handle 3')" in out
+    assert sorted(eval(out.split("as they completed:", 1)[1].splitlines()[0])) == [
+        x * x for x in range(8)
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_core_demo_example_runs():
+    out = run_example("core_demo.py").stdout
+    assert "'total' is in memory after 20,001 task results" in out
+    assert "processing -> memory      20,001" in out
+    assert "us per task" in out
