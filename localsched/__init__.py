@@ -31,6 +31,7 @@ _EXPORTS = {
     "as_completed": "localsched.future",
     "default_client": "localsched.client",
     "futures_of": "localsched.future",
+    "get_task_stream": "localsched.client_control",
     "fire_and_forget": "localsched.client",
     "get_client": "localsched.worker.context",
     "get_worker": "localsched.worker.context",
@@ -53,6 +54,7 @@ __all__ = [
     "Scheduler",
     "SchedulerPlugin",
     "Semaphore",
+    "TimeoutError",
     "Variable",
     "WorkerPlugin",
     "as_completed",
@@ -60,12 +62,17 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_stream",
     "get_worker",
     "rejoin",
     "secede",
     "wait",
     "worker_client",
 ]
+
+
+#: dask.distributed re-exports the built-in (its timeouts raise it), and so do we.
+TimeoutError = TimeoutError
 
 
 def __getattr__(name: str) -> Any:

@@ -614,6 +614,25 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         )
         self._runtime.call(lambda: None).result()
 
+    def futures_of(self, obj: Any) -> list[Future]:
+        """Futures held in ``obj`` (see ``localsched.futures_of``)."""
+        from localsched.future import futures_of
+
+        return futures_of(obj)
+
+    def nbytes(
+        self, keys: Collection[Key] | None = None, summary: bool = True
+    ) -> dict[Any, int]:
+        """Result sizes in bytes by key, or summed by key prefix if ``summary``."""
+        return self._runtime.call(
+            lambda: self.cluster.scheduler.get_nbytes(keys, summary=summary)
+        ).result()
+
+    def shutdown(self) -> None:
+        """Close the client and its cluster, even one it did not start (dask)."""
+        self.close()
+        self.cluster.close()
+
     def close(self, timeout: float | None = None) -> None:
         """Release every future of this client; close the cluster it started."""
         if self.status in ("closing", "closed"):

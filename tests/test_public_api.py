@@ -15,6 +15,8 @@ PUBLIC = {
     "as_completed",
     "default_client",
     "futures_of",
+    "get_task_stream",
+    "TimeoutError",
     "wait",
     "KilledWorker",
     "NoValidWorkerError",

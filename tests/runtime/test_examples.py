@@ -26,3 +26,25 @@ def test_core_demo_example_runs():
     assert "'total' is in memory after 20,001 task results" in out
     assert "processing -> memory      20,001" in out
     assert "us per task" in out
+
+
+@pytest.mark.timeout(60)
+def test_small_client_helpers_match_dask():
+    from localsched import Client, LocalCluster, futures_of
+
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    client = Client(cluster)
+    try:
+        a = client.submit(bytes, 100)
+        b = client.submit(len, a)
+        nested = [a, {"b": b}, (1, 2)]
+        assert futures_of(nested) == [a, b]
+        assert client.futures_of(nested) == [a, b]
+        assert b.result(timeout=30) == 100
+        assert a.type == "bytes"
+        sizes = client.nbytes(keys=[a.key], summary=False)
+        assert sizes[a.key] >= 100
+        assert client.nbytes(summary=True)["bytes"] >= 100
+    finally:
+        client.shutdown()
+    assert cluster.status == "closed"
