@@ -30,6 +30,7 @@ from localsched.graph import (
     TaskSpec,
     funcname,
     hash_args,
+    prepare_scatter,
     replace_futures,
 )
 from localsched.runtime import ClientHandle
@@ -480,23 +481,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         self._check_running()
         # As dask: exact types, so a dict or list subclass is one opaque value;
         # a namedtuple is unpacked and comes back as its own type.
-        if isinstance(data, range):
-            data = list(data)
-        is_namedtuple = isinstance(data, tuple) and hasattr(data, "_fields")
-        if type(data) is dict:
-            items = list(data.items())
-        elif type(data) in (list, tuple, set, frozenset) or is_namedtuple:
-            items = [(None, x) for x in data]
-        else:
-            items = [(None, data)]
-        prepared: list[tuple[Key, Any]] = []
-        for key, value in items:
-            payload = self._store.serialize(value)
-            if key is None:
-                token = _payload_token(payload, value) if hash else uuid.uuid4().hex
-                key = f"{type(value).__name__}-{token}"
-            validate_key(key)
-            prepared.append((key, payload))
+        prepared, rebuild = prepare_scatter(data, self._store.serialize, hash)
         states = {key: self._state_for(key) for key, _ in prepared}
         futures = {key: Future(key, self, state) for key, state in states.items()}
         names = (
@@ -522,14 +507,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
             scheduler.update_data(who_has=who_has, nbytes=nbytes, client=self.id)
 
         self._runtime.call(install).result(timeout=timeout)
-        if type(data) is dict:
-            return {key: futures[key] for key, _ in prepared}
-        result = [futures[key] for key, _ in prepared]
-        if is_namedtuple:
-            return type(data)(*result)
-        if type(data) in (list, tuple, set, frozenset):
-            return type(data)(result)
-        return result[0]
+        return rebuild(futures)
 
     # -- control -----------------------------------------------------------------------
 
@@ -689,14 +667,6 @@ def _seconds(value: str | float) -> float:
         if text.endswith(unit):
             return float(text[: -len(unit)]) * factor
     return float(text)
-
-
-def _payload_token(payload: bytes | BlobRef, value: Any) -> str:
-    import hashlib
-
-    if isinstance(payload, bytes):
-        return hashlib.blake2b(payload, digest_size=16).hexdigest()
-    return hash_args("scatter", (value,), {})
 
 
 def _payload_size(payload: bytes | BlobRef) -> int:

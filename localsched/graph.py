@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
+from localsched.transport.shm import BlobRef
 
 Key = Hashable
 
@@ -120,3 +121,53 @@ def hash_args(
 def new_key(function: Callable[..., Any], token: str | None) -> str:
     """``<funcname>-<token>``; a random token for impure calls."""
     return f"{funcname(function)}-{token or uuid.uuid4().hex}"
+
+
+def prepare_scatter(
+    data: Any, serialize: Callable[[Any], Any], hash: bool
+) -> tuple[list[tuple[Key, Any]], Callable[[dict[Key, Any]], Any]]:
+    """Split ``scatter`` data into ``(key, payload)`` pairs, as dask does.
+
+    Exact types, as dask: a dict is scattered per value, a list, tuple, set or
+    namedtuple per element (a subclass of dict or list is one opaque value), a
+    range is unpacked. Returns the pairs and a function that rebuilds the
+    caller's structure from ``{key: future}``.
+    """
+    from localsched.scheduler.stimuli import validate_key
+
+    if isinstance(data, range):
+        data = list(data)
+    is_namedtuple = isinstance(data, tuple) and hasattr(data, "_fields")
+    if type(data) is dict:
+        items: list[tuple[Key | None, Any]] = list(data.items())
+    elif type(data) in (list, tuple, set, frozenset) or is_namedtuple:
+        items = [(None, x) for x in data]
+    else:
+        items = [(None, data)]
+    prepared: list[tuple[Key, Any]] = []
+    for key, value in items:
+        payload = serialize(value)
+        if key is None:
+            token = payload_token(payload, value) if hash else uuid.uuid4().hex
+            key = f"{type(value).__name__}-{token}"
+        validate_key(key)
+        prepared.append((key, payload))
+
+    def rebuild(futures: dict[Key, Any]) -> Any:
+        if type(data) is dict:
+            return {key: futures[key] for key, _ in prepared}
+        result = [futures[key] for key, _ in prepared]
+        if is_namedtuple:
+            return type(data)(*result)
+        if type(data) in (list, tuple, set, frozenset):
+            return type(data)(result)
+        return result[0]
+
+    return prepared, rebuild
+
+
+def payload_token(payload: bytes | BlobRef, value: Any) -> str:
+    """Deterministic token of a scattered value (its serialized bytes)."""
+    if isinstance(payload, bytes):
+        return hashlib.blake2b(payload, digest_size=16).hexdigest()
+    return hash_args("scatter", (value,), {})

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import itertools
 import threading
-import uuid
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched.client import Client, _is_future, _payload_token
+from localsched.client import Client, _is_future
 from localsched.future import Future, FutureState
-from localsched.graph import FunctionCache, replace_futures
+from localsched.graph import FunctionCache, prepare_scatter, replace_futures
 from localsched.scheduler import events as ev
-from localsched.scheduler.stimuli import validate_key
 from localsched.transport.protocol import ClientRequest, KeyUpdate
 from localsched.transport.shm import load
 from localsched.worker.context import thread_state
@@ -199,34 +197,11 @@ class WorkerClient(Client):
     ) -> Any:
         """Move small values into the cluster; futures in the same structure."""
         self._check_running()
-        if isinstance(data, range):
-            data = list(data)
-        is_namedtuple = isinstance(data, tuple) and hasattr(data, "_fields")
-        if type(data) is dict:
-            items = list(data.items())
-        elif type(data) in (list, tuple, set, frozenset) or is_namedtuple:
-            items = [(None, x) for x in data]
-        else:
-            items = [(None, data)]
-        prepared: list[tuple[Key, bytes]] = []
-        for key, value in items:
-            payload = self._store.serialize(value)
-            if key is None:
-                token = _payload_token(payload, value) if hash else uuid.uuid4().hex
-                key = f"{type(value).__name__}-{token}"
-            validate_key(key)
-            prepared.append((key, payload))
+        prepared, rebuild = prepare_scatter(data, self._store.serialize, hash)
         states = {key: self._state_for(key) for key, _ in prepared}
         futures = {key: Future(key, self, state) for key, state in states.items()}
         self._runtime.request("scatter", dict(prepared)).result(timeout)
-        if type(data) is dict:
-            return {key: futures[key] for key, _ in prepared}
-        result = [futures[key] for key, _ in prepared]
-        if is_namedtuple:
-            return type(data)(*result)
-        if type(data) in (list, tuple, set, frozenset):
-            return type(data)(result)
-        return result[0]
+        return rebuild(futures)
 
     def cancel(
         self,
