@@ -19,7 +19,6 @@ from localsched.scheduler.commands import (
     FreeKeys,
     GraphRejected,
     KeyCancelled,
-    KeyErred,
     KeyInMemory,
     RetirementFailed,
 )
@@ -29,6 +28,7 @@ from localsched.scheduler.tasks import (
     TaskState,
     WorkerState,
 )
+from localsched.scheduler.transitions import key_erred
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -667,17 +667,7 @@ class StimuliMixin:
             )
         elif ts.state == "erred":
             failing = ts.exception_blame or ts
-            self._commands.append(
-                KeyErred(
-                    stimulus_id=stimulus_id,
-                    client=cs.client_key,
-                    key=ts.key,
-                    exception=failing.exception,
-                    traceback=failing.traceback,
-                    exception_text=failing.exception_text,
-                    traceback_text=failing.traceback_text,
-                )
-            )
+            self._commands.append(key_erred(ts, failing, cs.client_key, stimulus_id))
 
     def _on_cancel_requested(self: SchedulerState, event: ev.CancelRequested) -> None:
         cs = self.clients.get(event.client)

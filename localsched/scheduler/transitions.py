@@ -417,17 +417,7 @@ class TransitionsMixin:
         self: SchedulerState, ts: TaskState, failing: TaskState, stimulus_id: str
     ) -> None:
         for cs in ts.who_wants:
-            self._commands.append(
-                KeyErred(
-                    stimulus_id=stimulus_id,
-                    client=cs.client_key,
-                    key=ts.key,
-                    exception=failing.exception,
-                    traceback=failing.traceback,
-                    exception_text=failing.exception_text,
-                    traceback_text=failing.traceback_text,
-                )
-            )
+            self._commands.append(key_erred(ts, failing, cs.client_key, stimulus_id))
 
     def _transition_released_erred(
         self: SchedulerState, ts: TaskState, stimulus_id: str, **kwargs: Any
@@ -651,6 +641,21 @@ class TransitionsMixin:
 
 # C-level key function: much cheaper than a Python one per sorted task.
 _priority_of = attrgetter("priority")
+
+
+def key_erred(
+    ts: TaskState, failing: TaskState, client: str, stimulus_id: str
+) -> KeyErred:
+    """Tell ``client`` that ``ts`` erred, with the error of the task to blame."""
+    return KeyErred(
+        stimulus_id=stimulus_id,
+        client=client,
+        key=ts.key,
+        exception=failing.exception,
+        traceback=failing.traceback,
+        exception_text=failing.exception_text,
+        traceback_text=failing.traceback_text,
+    )
 
 
 TransitionFunc = Callable[..., Recs]
