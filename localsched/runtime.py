@@ -244,6 +244,8 @@ class SchedulerRuntime:
         #: ``Client.run`` calls waiting for replies, by id.
         self._runs: dict[int, _PendingRun] = {}
         self._run_ids = itertools.count()
+        #: Callbacks run on this thread every so often (adaptive, memory, ...).
+        self._periodic: list[PeriodicCallback] = []
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -289,6 +291,38 @@ class SchedulerRuntime:
             self._fail_calls()  # the loop is gone: nobody else will answer
         return cell
 
+    def add_periodic(
+        self, interval: float, callback: Callable[[], Any], name: str = ""
+    ) -> PeriodicCallback:
+        """Run ``callback()`` on the scheduler thread every ``interval`` seconds.
+
+        Thread-safe. The callback may post events or change runtime state, as
+        any code on this thread may; an exception it raises is logged and the
+        callback keeps its schedule. ``handle.stop()`` removes it.
+        """
+        handle = PeriodicCallback(self, interval, callback, name)
+
+        def register() -> None:
+            handle.next_due = time.monotonic() + interval
+            self._periodic.append(handle)
+
+        self.call(register)
+        return handle
+
+    def _run_periodic(self, now: float) -> float:
+        """Run the callbacks that are due; the time the next one is due."""
+        next_due = self._next_tick
+        for handle in list(self._periodic):
+            if handle.next_due <= now:
+                handle.next_due = now + handle.interval
+                try:
+                    handle.callback()
+                except Exception:
+                    logger.exception("Periodic callback %r failed", handle.name)
+            if handle.next_due < next_due:
+                next_due = handle.next_due
+        return next_due
+
     def _fail_calls(self) -> None:
         """Fail every call still queued once the loop has ended.
 
@@ -326,7 +360,9 @@ class SchedulerRuntime:
 
     def _turn(self) -> None:
         self._sync_poller()
-        timeout = max(0.0, self._next_tick - time.monotonic())
+        now = time.monotonic()
+        next_due = self._run_periodic(now) if self._periodic else self._next_tick
+        timeout = max(0.0, next_due - now)
         ready = self._poller.poll(timeout * 1000)
         self._wakeup.clear()
         events: list[ev.StateEvent] = []
@@ -877,6 +913,33 @@ class SchedulerRuntime:
         except KeyError:
             raise KeyError(f"No result for {key!r}: it was released") from None
         return load(payload)
+
+
+class PeriodicCallback:
+    """A callback :meth:`SchedulerRuntime.add_periodic` runs on a schedule."""
+
+    def __init__(
+        self,
+        runtime: SchedulerRuntime,
+        interval: float,
+        callback: Callable[[], Any],
+        name: str,
+    ) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        self.callback = callback
+        self.name = name or getattr(callback, "__name__", "periodic")
+        self.next_due = float("inf")
+
+    def stop(self) -> None:
+        """Stop calling back (thread-safe; idempotent)."""
+
+        def unregister() -> None:
+            with contextlib.suppress(ValueError):
+                self.runtime._periodic.remove(self)
+
+        if self.runtime.is_running:
+            self.runtime.call(unregister)
 
 
 class _PendingRun:
