@@ -24,6 +24,10 @@ the commands, and sends each worker at most one batch.
 Results live here, not in the workers: a small result travels inline and is
 kept as bytes, a large one stays in its shared-memory segment (owned by the
 ``BlobStore``). So a worker that dies loses only the tasks it was running.
+
+Beside this module: ``runtime_handles`` (the records of workers and clients),
+``runtime_requests`` (``Client.run`` and the requests of workers' own clients)
+and ``supervision`` (worker deaths), mixed into :class:`SchedulerRuntime`.
 """
 
 from __future__ import annotations
@@ -37,16 +41,21 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from localsched.future import FutureState, RemoteTraceback
+from localsched.runtime_handles import (
+    ClientHandle,
+    WorkerClientHandle,
+    WorkerHandle,
+)
+from localsched.runtime_requests import ClientRequests, _PendingRun
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
+from localsched.supervision import Supervision, describe_exit
 from localsched.transport.protocol import (
-    ClientReply,
     ClientRequest,
     ForgetKeys,
     FunctionResult,
@@ -54,11 +63,9 @@ from localsched.transport.protocol import (
     GrantSegments,
     Heartbeat,
     Hello,
-    KeyUpdate,
     LongRunning,
     Message,
     ProtocolError,
-    RunFunction,
     RunTask,
     Shutdown,
     StealAnswer,
@@ -80,6 +87,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("localsched.runtime")
 
+__all__ = [
+    "ClientHandle",
+    "PeriodicCallback",
+    "SchedulerRuntime",
+    "WorkerClientHandle",
+    "WorkerHandle",
+    "_PendingRun",
+    "describe_exit",
+]
+
 Key = Hashable
 
 #: Seconds between timer ticks (stealing balance, heartbeats, adaptive).
@@ -88,125 +105,7 @@ TICK_INTERVAL = 0.5
 MAX_LEASES_PER_WORKER = 4
 
 
-class WorkerHandle:
-    """The runtime's view of one worker process."""
-
-    __slots__ = (
-        "address",
-        "conn",
-        "exit_reason",
-        "is_ready",
-        "leases",
-        "memory_limit",
-        "name",
-        "nthreads",
-        "outbox",
-        "pid",
-        "process",
-        "resources",
-        "restarting",
-        "said_goodbye",
-        "sent_functions",
-    )
-
-    def __init__(
-        self, address: str, name: Any, process: Any, conn: Connection, nthreads: int
-    ) -> None:
-        self.address = address
-        self.name = name
-        self.process = process
-        self.conn = conn
-        self.nthreads = nthreads
-        self.pid: int = process.pid or 0
-        #: Messages to send at the end of this loop turn.
-        self.outbox: list[Message] = []
-        #: Function tokens this worker already has.
-        self.sent_functions: set[str] = set()
-        self.is_ready = False
-        self.said_goodbye = False
-        #: The runtime stopped it to restart it (force-cancel, ``Client.restart``):
-        #: its exit is expected, and the cluster starts a replacement.
-        self.restarting = False
-        #: Segments granted and (as far as we know) not yet used by a result.
-        self.leases = 0
-        #: Bytes this worker may use (``LocalCluster(memory_limit=)``; 0: none).
-        self.memory_limit = 0
-        self.exit_reason = ""
-        #: Abstract resources the worker offers (``LocalCluster(resources=)``).
-        self.resources: dict[str, float] = {}
-
-    @property
-    def sentinel(self) -> int | None:
-        """Readable when the process exits; None: its pipe's EOF says so."""
-        return self.process.sentinel
-
-
-class ClientHandle:
-    """Futures' states of one client, resolved by the scheduler thread."""
-
-    def __init__(self, client_id: str) -> None:
-        self.id = client_id
-        self.states: dict[Key, FutureState] = {}
-
-
-class _RemoteFutureState:
-    """Stands for a ``FutureState`` of a worker's client: resolving it sends a
-    ``KeyUpdate`` to that worker, whose control thread resolves the real one."""
-
-    __slots__ = ("key", "worker")
-
-    def __init__(self, worker: WorkerHandle, key: Key) -> None:
-        self.worker = worker
-        self.key = key
-
-    def _send(self, status: str, payload: object) -> None:
-        self.worker.outbox.append(
-            KeyUpdate(key=self.key, status=status, payload=payload)
-        )
-
-    def finish(self, type_name: str | None) -> None:
-        self._send("finished", type_name)
-
-    def set_error(self, exception: BaseException, traceback_text: str) -> None:
-        try:
-            payload = cloudpickle.dumps((exception, traceback_text), protocol=5)
-        except Exception:
-            payload = cloudpickle.dumps(
-                (RuntimeError(repr(exception)), traceback_text), protocol=5
-            )
-        self._send("error", payload)
-
-    def cancel(self, reason: str) -> None:
-        self._send("cancelled", reason)
-
-    def reset(self, status: str = "pending") -> None:
-        self._send("pending", None)
-
-
-class WorkerClientHandle(ClientHandle):
-    """The client of the tasks of one worker (``get_client()`` in a task)."""
-
-    #: Client events a worker may send, with the client they speak for.
-    EVENTS = (
-        ev.UpdateGraph,
-        ev.ClientReleasesKeys,
-        ev.ClientDesiresKeys,
-        ev.CancelRequested,
-        ev.RetryRequested,
-    )
-
-    def __init__(self, worker: WorkerHandle) -> None:
-        super().__init__(f"worker-client-{worker.address}")
-        self.worker = worker
-
-    def watch(self, keys: Any) -> None:
-        states = self.states
-        for key in keys:
-            if key not in states:
-                states[key] = _RemoteFutureState(self.worker, key)  # type: ignore[assignment]
-
-
-class SchedulerRuntime:
+class SchedulerRuntime(ClientRequests, Supervision):
     """Owns the scheduler thread; see the module docstring."""
 
     def __init__(
@@ -544,92 +443,6 @@ class SchedulerRuntime:
         else:
             logger.warning("Unexpected message from %s: %r", address, message)
 
-    def _on_client_request(
-        self,
-        handle: WorkerHandle,
-        message: ClientRequest,
-        events: list[ev.StateEvent],
-    ) -> None:
-        """A call of the worker's client (``localsched.worker.client``)."""
-        client_id = f"worker-client-{handle.address}"
-        client = self.clients.get(client_id)
-        if not isinstance(client, WorkerClientHandle):
-            client = self.clients[client_id] = WorkerClientHandle(handle)
-            self.scheduler.handle(
-                ev.ClientAdded(
-                    stimulus_id=f"client-added-{client_id}", client=client_id
-                )
-            )
-        answer: Any = None
-        try:
-            payload = cloudpickle.loads(message.payload)
-            op = message.op
-            if op == "event":
-                self._client_event(client, payload, events)
-            elif op == "gather":
-                data = self.data
-                missing = [key for key in payload if key not in data]
-                if missing:
-                    raise KeyError(f"No result for {missing!r}: released")
-                answer = {key: data[key] for key in payload}
-            elif op in ("scatter", "ping", "coordination") and events:
-                # The core sees (and answers) the events that came before.
-                self._handle(events)
-                events.clear()
-            if op == "scatter":
-                who_has: dict[Key, str | None] = {}
-                for key, value in payload.items():
-                    if key not in self.data:
-                        self.data[key] = value
-                    who_has[key] = handle.address
-                client.watch(payload)
-                self.scheduler.update_data(
-                    who_has=who_has,
-                    nbytes={key: len(value) for key, value in payload.items()},
-                    client=client_id,
-                )
-            elif op == "coordination":
-                from localsched.scheduler_extensions import worker_request
-
-                answer = worker_request(self, handle, message.id, client_id, payload)
-                if answer is None:
-                    return  # a wait: answered once its condition holds
-            elif op not in ("event", "gather", "ping"):
-                raise ValueError(f"unknown client request {op!r}")
-        except Exception as exc:
-            logger.debug("Client request %r of %s failed", message.op, handle.address)
-            if message.id:
-                try:
-                    error = cloudpickle.dumps(exc, protocol=5)
-                except Exception:
-                    error = cloudpickle.dumps(RuntimeError(repr(exc)), protocol=5)
-                handle.outbox.append(
-                    ClientReply(id=message.id, ok=False, payload=error)
-                )
-            return
-        if message.id:
-            handle.outbox.append(ClientReply(id=message.id, ok=True, payload=answer))
-
-    def _client_event(
-        self, client: WorkerClientHandle, event: Any, events: list[ev.StateEvent]
-    ) -> None:
-        if not isinstance(event, WorkerClientHandle.EVENTS):
-            raise TypeError(f"a worker's client cannot send {type(event).__name__}")
-        event.stimulus_id = self.stimulus_id(event.stimulus_id.rsplit("-", 1)[0])
-        if (
-            isinstance(event, ev.ClientDesiresKeys)
-            and event.client == "fire-and-forget"
-        ):
-            events.append(event)
-            return
-        event.client = client.id
-        if isinstance(event, ev.UpdateGraph | ev.ClientDesiresKeys):
-            client.watch(event.keys)
-        elif isinstance(event, ev.ClientReleasesKeys):
-            for key in event.keys:
-                client.states.pop(key, None)
-        events.append(event)
-
     def _on_task_done(
         self, handle: WorkerHandle, message: TaskDone, events: list[ev.StateEvent]
     ) -> None:
@@ -669,52 +482,6 @@ class SchedulerRuntime:
                 shared=payload is not None,
             )
         )
-
-    def _worker_exited(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> None:
-        if self.workers.get(handle.address) is not handle:
-            return
-        handle.process.join(1.0)
-        self.workers.pop(handle.address, None)
-        with contextlib.suppress(OSError):
-            handle.conn.close()
-        expected = handle.said_goodbye or handle.restarting or self._stopping
-        if not expected:
-            handle.exit_reason = describe_exit(handle.process.exitcode)
-            logger.warning(
-                "Worker %s (pid %s) died: %s",
-                handle.address,
-                handle.pid,
-                handle.exit_reason,
-            )
-        self.store.reclaim(handle.pid)
-        for run_id in [
-            i for i, run in self._runs.items() if handle.address in run.waiting
-        ]:
-            error = OSError(
-                f"Worker {handle.address} left before answering Client.run"
-                f" ({handle.exit_reason or 'it exited'})"
-            )
-            self._run_answered(run_id, handle.address, (False, error, ""))
-        client_id = f"worker-client-{handle.address}"
-        if isinstance(self.clients.get(client_id), WorkerClientHandle):
-            del self.clients[client_id]
-            events.append(
-                ev.ClientRemoved(
-                    stimulus_id=self.stimulus_id("client-removed"), client=client_id
-                )
-            )
-        if handle.is_ready:
-            events.append(
-                ev.WorkerRemoved(
-                    stimulus_id=self.stimulus_id("worker-removed"),
-                    address=handle.address,
-                    expected=expected,
-                    reason=handle.exit_reason,
-                    time=time.time(),
-                )
-            )
-        if self.on_worker_exit is not None:
-            self.on_worker_exit(handle, expected)
 
     # -- commands -> IO ----------------------------------------------------------------
 
@@ -858,54 +625,6 @@ class SchedulerRuntime:
 
     # -- for clients -------------------------------------------------------------------
 
-    def start_run(
-        self, function: bytes, args: bytes, addresses: list[str]
-    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
-        """Send ``Client.run``'s function to these workers (scheduler thread only).
-
-        The future resolves once each ready one answered or left, to address ->
-        (ok, pickled result or exception, traceback text); a worker that left
-        answers with an ``OSError`` object instead of bytes.
-        """
-        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
-        handles = [self.workers.get(a) for a in addresses]
-        ready = [h for h in handles if h is not None and h.is_ready]
-        if not ready:
-            cell.set_result({})
-            return cell
-        run_id = next(self._run_ids)
-        self._runs[run_id] = _PendingRun(cell, {h.address for h in ready})
-        for handle in ready:
-            handle.outbox.append(
-                RunFunction(
-                    id=run_id,
-                    function=function,
-                    args=args,
-                    address=handle.address,
-                    name=handle.name,
-                )
-            )
-        return cell
-
-    def _run_answered(
-        self, run_id: int, address: str, answer: tuple[bool, Any, str]
-    ) -> None:
-        run = self._runs.get(run_id)
-        if run is None or address not in run.waiting:
-            return
-        run.waiting.discard(address)
-        run.answers[address] = answer
-        if not run.waiting:
-            del self._runs[run_id]
-            run.cell.set_result(run.answers)
-
-    def _fail_runs(self) -> None:
-        runs, self._runs = self._runs, {}
-        for run in runs.values():
-            run.cell.set_exception(
-                RuntimeError("The scheduler thread stopped: cluster closed")
-            )
-
     def load_result(self, key: Key) -> Any:
         """Deserialize a result in the calling thread (zero-copy for arrays)."""
         try:
@@ -942,17 +661,6 @@ class PeriodicCallback:
             self.runtime.call(unregister)
 
 
-class _PendingRun:
-    """A ``Client.run`` call: its result cell and the workers yet to answer."""
-
-    __slots__ = ("answers", "cell", "waiting")
-
-    def __init__(self, cell: CellFuture[Any], waiting: set[str]) -> None:
-        self.cell = cell
-        self.waiting = waiting
-        self.answers: dict[str, tuple[bool, Any, str]] = {}
-
-
 def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
     """The task's exception, of its original type, with the remote traceback."""
     raw = command.exception
@@ -977,23 +685,3 @@ def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
     if text and exception.__cause__ is None:
         exception.__cause__ = RemoteTraceback(text)
     return exception, text
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """Human words for a process exit status (negative: killed by a signal)."""
-    import signal
-
-    if exitcode is None:
-        return "still running"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        text = f"killed by {name}"
-        if -exitcode == signal.SIGKILL:
-            text += " (the out-of-memory killer, or a kill from outside)"
-        elif -exitcode == signal.SIGSEGV:
-            text += " (a segmentation fault in native code)"
-        return text
-    return f"exited with status {exitcode}"

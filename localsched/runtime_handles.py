@@ -1,0 +1,140 @@
+"""The scheduler thread's records of worker processes and clients.
+
+A :class:`WorkerHandle` is the runtime's view of one worker process (its pipe,
+process, what was sent to it, why it left); a :class:`ClientHandle` holds the
+futures' states of one client, resolved by the scheduler thread. A worker's own
+client (``get_client()`` in a task) is a :class:`WorkerClientHandle` whose states
+stand for futures living in the worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+from localsched.future import FutureState
+from localsched.scheduler import events as ev
+from localsched.transport.protocol import KeyUpdate, Message
+
+Key = Hashable
+
+
+class WorkerHandle:
+    """The runtime's view of one worker process."""
+
+    __slots__ = (
+        "address",
+        "conn",
+        "exit_reason",
+        "is_ready",
+        "leases",
+        "memory_limit",
+        "name",
+        "nthreads",
+        "outbox",
+        "pid",
+        "process",
+        "resources",
+        "restarting",
+        "said_goodbye",
+        "sent_functions",
+    )
+
+    def __init__(
+        self, address: str, name: Any, process: Any, conn: Connection, nthreads: int
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.process = process
+        self.conn = conn
+        self.nthreads = nthreads
+        self.pid: int = process.pid or 0
+        #: Messages to send at the end of this loop turn.
+        self.outbox: list[Message] = []
+        #: Function tokens this worker already has.
+        self.sent_functions: set[str] = set()
+        self.is_ready = False
+        self.said_goodbye = False
+        #: The runtime stopped it to restart it (force-cancel, ``Client.restart``):
+        #: its exit is expected, and the cluster starts a replacement.
+        self.restarting = False
+        #: Segments granted and (as far as we know) not yet used by a result.
+        self.leases = 0
+        #: Bytes this worker may use (``LocalCluster(memory_limit=)``; 0: none).
+        self.memory_limit = 0
+        self.exit_reason = ""
+        #: Abstract resources the worker offers (``LocalCluster(resources=)``).
+        self.resources: dict[str, float] = {}
+
+    @property
+    def sentinel(self) -> int | None:
+        """Readable when the process exits; None: its pipe's EOF says so."""
+        return self.process.sentinel
+
+
+class ClientHandle:
+    """Futures' states of one client, resolved by the scheduler thread."""
+
+    def __init__(self, client_id: str) -> None:
+        self.id = client_id
+        self.states: dict[Key, FutureState] = {}
+
+
+class _RemoteFutureState:
+    """Stands for a ``FutureState`` of a worker's client: resolving it sends a
+    ``KeyUpdate`` to that worker, whose control thread resolves the real one."""
+
+    __slots__ = ("key", "worker")
+
+    def __init__(self, worker: WorkerHandle, key: Key) -> None:
+        self.worker = worker
+        self.key = key
+
+    def _send(self, status: str, payload: object) -> None:
+        self.worker.outbox.append(
+            KeyUpdate(key=self.key, status=status, payload=payload)
+        )
+
+    def finish(self, type_name: str | None) -> None:
+        self._send("finished", type_name)
+
+    def set_error(self, exception: BaseException, traceback_text: str) -> None:
+        try:
+            payload = cloudpickle.dumps((exception, traceback_text), protocol=5)
+        except Exception:
+            payload = cloudpickle.dumps(
+                (RuntimeError(repr(exception)), traceback_text), protocol=5
+            )
+        self._send("error", payload)
+
+    def cancel(self, reason: str) -> None:
+        self._send("cancelled", reason)
+
+    def reset(self, status: str = "pending") -> None:
+        self._send("pending", None)
+
+
+class WorkerClientHandle(ClientHandle):
+    """The client of the tasks of one worker (``get_client()`` in a task)."""
+
+    #: Client events a worker may send, with the client they speak for.
+    EVENTS = (
+        ev.UpdateGraph,
+        ev.ClientReleasesKeys,
+        ev.ClientDesiresKeys,
+        ev.CancelRequested,
+        ev.RetryRequested,
+    )
+
+    def __init__(self, worker: WorkerHandle) -> None:
+        super().__init__(f"worker-client-{worker.address}")
+        self.worker = worker
+
+    def watch(self, keys: Any) -> None:
+        states = self.states
+        for key in keys:
+            if key not in states:
+                states[key] = _RemoteFutureState(self.worker, key)  # type: ignore[assignment]
