@@ -11,7 +11,13 @@ imports ``localsched.worker.main``, does not pay for the client and scheduler.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
+
+# Every logger of the package is a child of this one (``localsched.cluster``,
+# ``localsched.runtime``...). Quiet unless the application configures logging:
+# the library itself adds no output handler.
+logging.getLogger("localsched").addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "Client": "localsched.client",
@@ -32,6 +38,7 @@ _EXPORTS = {
     "default_client": "localsched.client",
     "futures_of": "localsched.future",
     "get_task_stream": "localsched.client_control",
+    "progress": "localsched.diagnostics.progressbar",
     "fire_and_forget": "localsched.client",
     "get_client": "localsched.worker.context",
     "get_worker": "localsched.worker.context",
@@ -64,6 +71,7 @@ __all__ = [
     "get_client",
     "get_task_stream",
     "get_worker",
+    "progress",
     "rejoin",
     "secede",
     "wait",
@@ -92,6 +100,7 @@ if TYPE_CHECKING:
     from localsched.client import Client, default_client, fire_and_forget
     from localsched.cluster import LocalCluster
     from localsched.coordination import Event, Lock, Queue, Semaphore, Variable
+    from localsched.diagnostics.progressbar import progress
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.future import (
         Future,

@@ -658,6 +658,16 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         threads = sum(ws.nthreads for ws in workers.values())
         return f"<Client: {self.id!r} processes={len(workers)} threads={threads}>"
 
+    def _repr_html_(self) -> str:
+        from localsched.diagnostics.reprs import client_html
+
+        return client_html(self)
+
+    def __rich__(self) -> Any:
+        from localsched.diagnostics.reprs import client_rich
+
+        return client_rich(self)
+
 
 def _seconds(value: str | float) -> float:
     if isinstance(value, int | float):

@@ -407,19 +407,17 @@ class LocalCluster:
         )
 
     def _repr_html_(self) -> str:
-        import html
+        from localsched.diagnostics import reprs
 
-        workers = self.scheduler.workers
-        rows = "".join(
-            f"<tr><td>{html.escape(str(ws.name))}</td><td>{ws.nthreads}</td>"
-            f"<td>{len(ws.processing)}</td><td>{len(ws.has_what)}</td></tr>"
-            for ws in workers.values()
+        return reprs.cluster_html(
+            reprs.cluster_snapshot(self), f"{type(self).__name__} {self.name}"
         )
-        return (
-            f"<div><strong>{html.escape(type(self).__name__)}</strong> "
-            f"{html.escape(self.name)} ({html.escape(self.status)})"
-            "<table><tr><th>worker</th><th>threads</th><th>processing</th>"
-            f"<th>in memory</th></tr>{rows}</table></div>"
+
+    def __rich__(self) -> Any:
+        from localsched.diagnostics import reprs
+
+        return reprs.cluster_rich(
+            reprs.cluster_snapshot(self), f"{type(self).__name__} {self.name}"
         )
 
 

@@ -252,6 +252,16 @@ class Future:
             text += f", type: {self._state.type}"
         return text + ">"
 
+    def _repr_html_(self) -> str:
+        from localsched.diagnostics.reprs import future_html
+
+        return future_html(self)
+
+    def __rich__(self) -> Any:
+        from localsched.diagnostics.reprs import future_rich
+
+        return future_rich(self)
+
     def __hash__(self) -> int:
         return hash(self.key)
 

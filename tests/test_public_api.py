@@ -16,6 +16,7 @@ PUBLIC = {
     "default_client",
     "futures_of",
     "get_task_stream",
+    "progress",
     "TimeoutError",
     "wait",
     "KilledWorker",

@@ -707,3 +707,13 @@ class Scheduler:
             f"<Scheduler {self.address!r}, workers: {len(self.workers)}, "
             f"threads: {self.total_nthreads}, tasks: {len(self.tasks)}>"
         )
+
+    def _repr_html_(self) -> str:
+        from localsched.diagnostics import reprs
+
+        return reprs.cluster_html(reprs.scheduler_snapshot(self), "Scheduler")
+
+    def __rich__(self) -> Any:
+        from localsched.diagnostics import reprs
+
+        return reprs.cluster_rich(reprs.scheduler_snapshot(self), "Scheduler")

@@ -1,0 +1,398 @@
+"""``progress``: one bar per task prefix, in a terminal, a log or a notebook.
+
+One implementation draws everywhere with rich: a live table in a terminal
+(``rich.live.Live``), HTML exported by rich in Jupyter (published with a display
+id and updated in place, so no ipywidgets extension is needed), and plain
+periodic lines when the output is not a terminal (CI logs). Every mode ends
+with dask's text bar line, e.g.
+``[########################################] | 100% Completed | 1.2s``.
+Counts come from a ``ProgressTracker`` plugin registered for the bar's life.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from localsched.diagnostics.progress import (
+    PrefixProgress,
+    ProgressSnapshot,
+    ProgressTracker,
+)
+
+#: Width of the ``[####    ]`` part of the text line, as dask's text bar.
+TEXT_WIDTH = 40
+
+
+def format_time(seconds: float) -> str:
+    """``1.2s``, ``2min 3s``, ``1hr 4min``: dask's text bar durations."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}min {secs}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}hr {minutes}min"
+
+
+def text_line(snapshot: ProgressSnapshot, width: int = TEXT_WIDTH) -> str:
+    """dask's text bar: ``[####      ] | 40% Completed | 1.2s`` (+ errors)."""
+    fraction = snapshot.fraction
+    filled = round(width * fraction)
+    line = (
+        f"[{'#' * filled}{' ' * (width - filled)}] | {fraction:4.0%} Completed | "
+        f"{format_time(snapshot.elapsed)}"
+    )
+    if snapshot.erred:
+        line += f" | {snapshot.erred} erred"
+    return line
+
+
+def _rate_and_eta(p: PrefixProgress, elapsed: float) -> tuple[str, str]:
+    if elapsed < 0.05 or p.finished == 0:  # a rate over no time means nothing
+        return "", ""
+    rate = p.finished / elapsed
+    rate_text = f"{rate:,.0f}/s" if rate >= 10 else f"{rate:.1f}/s"
+    if p.remaining == 0:
+        return rate_text, ""
+    return rate_text, f"ETA {format_time(p.remaining / rate)}"
+
+
+class ProgressView:
+    """A rich renderable of a snapshot: one bar per prefix (or one in all)."""
+
+    def __init__(self, snapshot: ProgressSnapshot, multi: bool = True) -> None:
+        self.snapshot = snapshot
+        self.multi = multi
+
+    def _rows(self) -> list[PrefixProgress]:
+        snapshot = self.snapshot
+        if self.multi:
+            return sorted(snapshot.prefixes, key=lambda p: p.name)
+        return [
+            PrefixProgress(
+                "all",
+                snapshot.total,
+                snapshot.done,
+                snapshot.erred,
+                sum(p.cancelled for p in snapshot.prefixes),
+            )
+        ]
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar as Bar
+        from rich.table import Table
+        from rich.text import Text
+
+        snapshot = self.snapshot
+        table = Table.grid(padding=(0, 1))
+        for justify in ("right", "left", "right", "right", "right", "left"):
+            table.add_column(justify=justify)  # type: ignore[arg-type]
+        for p in self._rows():
+            style = "red" if p.erred else ("green" if p.remaining == 0 else "cyan")
+            bar = Bar(
+                total=max(p.total, 1),
+                completed=p.finished if p.total else 1,
+                width=30,
+                complete_style=style,
+                finished_style=style,
+            )
+            rate, eta = _rate_and_eta(p, snapshot.elapsed)
+            errors = Text(f"{p.erred} erred", style="bold red") if p.erred else ""
+            table.add_row(p.name, bar, f"{p.finished}/{p.total}", rate, eta, errors)
+        status = Text(text_line(snapshot))
+        if snapshot.erred:
+            status.stylize("red")
+        parts: list[Any] = [table, status]
+        if snapshot.first_error is not None and snapshot.complete:
+            key, error = snapshot.first_error
+            parts.append(Text(f"first error: {key!r}: {error}", style="red"))
+        return Group(*parts)
+
+
+def render_html(renderable: Any, width: int = 100) -> str:
+    """HTML of a rich renderable, as rich exports it (inline styles)."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), record=True, width=width, force_jupyter=False)
+    console.print(renderable)
+    return console.export_html(
+        inline_styles=True,
+        code_format=(
+            '<pre class="localsched" style="font-family:Menlo,\'DejaVu Sans Mono\','
+            "consolas,'Courier New',monospace;line-height:1.3\">{code}</pre>"
+        ),
+    )
+
+
+def _in_notebook() -> bool:
+    """True in a Jupyter kernel (dask's ``is_kernel``)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()  # type: ignore[attr-defined]
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _collect_futures(objects: Iterable[Any]) -> list[Any]:
+    """Futures in the arguments: futures, containers of them, persisted dask
+    collections (whose graphs hold futures)."""
+    from localsched.future import futures_of
+
+    found: list[Any] = []
+    for obj in objects:
+        graph = getattr(obj, "__dask_graph__", None)
+        if callable(graph):
+            found.extend(futures_of(list(dict(graph()).values())))
+        else:
+            found.extend(futures_of(obj))
+    return found
+
+
+class ProgressBar:
+    """A progress display over futures; see ``progress``.
+
+    Parameters
+    ----------
+    futures
+        The futures to follow (with their dependencies).
+    multi
+        One bar per task prefix (True) or one bar in all.
+    complete
+        Count tasks already finished when the bar starts.
+    interval
+        Seconds between refreshes.
+    console
+        The rich ``Console`` to draw on (default: standard output).
+    line_interval
+        Seconds between plain lines when the output is not a terminal.
+    """
+
+    def __init__(
+        self,
+        futures: list[Any],
+        *,
+        multi: bool = True,
+        complete: bool = True,
+        interval: float = 0.1,
+        console: Any = None,
+        line_interval: float = 2.0,
+    ) -> None:
+        self.multi = multi
+        self.interval = interval
+        self.line_interval = line_interval
+        self._console = console
+        clients = {id(f.client): f.client for f in futures}
+        if len(clients) > 1:
+            raise ValueError("progress follows futures of one client at a time")
+        self.tracker = ProgressTracker([f.key for f in futures], complete=complete)
+        self._client = next(iter(clients.values()), None)
+        if self._client is not None:
+            scheduler = self._client.cluster.scheduler
+            self._runtime = self._client._runtime
+            self._runtime.call(lambda: self.tracker.attach(scheduler)).result()
+        else:
+            self._runtime = None
+            self.tracker.finished.set()
+        self._displayed = False
+        self._thread: threading.Thread | None = None
+
+    # -- state ------------------------------------------------------------------------
+
+    def snapshot(self) -> ProgressSnapshot:
+        return self.tracker.snapshot()
+
+    def view(self) -> ProgressView:
+        return ProgressView(self.snapshot(), multi=self.multi)
+
+    def _wait_step(self, timeout: float) -> bool:
+        """Wait up to ``timeout``; True once finished or the cluster is gone."""
+        if self.tracker.finished.wait(timeout):
+            return True
+        return self._runtime is None or not self._runtime.is_running
+
+    def stop(self) -> None:
+        """Unregister the tracker; the scheduler stops calling it."""
+        runtime = self._runtime
+        if runtime is None or not runtime.is_running:
+            return
+        scheduler = self._client.cluster.scheduler  # type: ignore[union-attr]
+        with contextlib.suppress(Exception):
+            runtime.call(lambda: self.tracker.detach(scheduler)).result(timeout=5.0)
+
+    # -- blocking: terminal and logs ---------------------------------------------------
+
+    def run(self) -> None:
+        """Draw until every task finished (blocking), then the final line."""
+        from rich.console import Console
+
+        console = self._console or Console()
+        try:
+            if console.is_terminal:
+                self._run_live(console)
+            else:
+                self._run_lines(console)
+        finally:
+            self.stop()
+
+    def _run_live(self, console: Any) -> None:
+        from rich.live import Live
+
+        with Live(
+            self.view(),
+            console=console,
+            auto_refresh=False,
+            transient=True,
+        ) as live:
+            while not self._wait_step(self.interval):
+                live.update(self.view(), refresh=True)
+        view = self.view()
+        console.print(view)
+
+    def _run_lines(self, console: Any) -> None:
+        """Plain lines, one every ``line_interval`` seconds: a CI log stays
+        readable (no carriage returns, no escape codes)."""
+        every = self.line_interval
+        next_line = time.monotonic() + every
+        while not self._wait_step(min(self.interval, every)):
+            if time.monotonic() >= next_line:
+                next_line = time.monotonic() + every
+                console.print(self._plain_progress(), highlight=False, markup=False)
+        snapshot = self.snapshot()
+        console.print(text_line(snapshot), highlight=False, markup=False)
+        if snapshot.first_error is not None:
+            key, error = snapshot.first_error
+            console.print(
+                f"first error: {key!r}: {error}",
+                style="red",
+                highlight=False,
+                markup=False,
+            )
+
+    def _plain_progress(self) -> str:
+        snapshot = self.snapshot()
+        counts = ", ".join(
+            f"{p.name} {p.finished}/{p.total}"
+            for p in sorted(snapshot.prefixes, key=lambda p: p.name)
+        )
+        return f"{text_line(snapshot)} | {counts}"
+
+    # -- non-blocking: Jupyter ---------------------------------------------------------
+
+    def _repr_html_(self) -> str:
+        return render_html(self.view())
+
+    def __repr__(self) -> str:
+        return text_line(self.snapshot())
+
+    def _ipython_display_(self) -> None:
+        """Show the bar once and update it in place from a thread."""
+        if self._displayed:
+            return
+        from IPython.display import display
+
+        self._displayed = True
+        handle = display(
+            {"text/html": self._repr_html_(), "text/plain": repr(self)},
+            raw=True,
+            display_id=f"localsched-progress-{uuid.uuid4().hex}",
+        )
+        self._thread = threading.Thread(
+            target=self._update_display,
+            args=(handle,),
+            name="localsched-progress",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _update_display(self, handle: Any) -> None:
+        try:
+            while not self._wait_step(self.interval * 5):
+                handle.update(
+                    {"text/html": self._repr_html_(), "text/plain": repr(self)},
+                    raw=True,
+                )
+            handle.update(
+                {"text/html": self._repr_html_(), "text/plain": repr(self)}, raw=True
+            )
+        finally:
+            self.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the bar finished drawing (notebook mode); True if it did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return self.tracker.finished.wait(timeout)
+
+
+def progress(
+    *futures: Any,
+    notebook: bool | None = None,
+    multi: bool = True,
+    complete: bool = True,
+    group_by: str = "prefix",
+    **kwargs: Any,
+) -> ProgressBar | None:
+    """Track the progress of futures (``distributed.progress``).
+
+    In a notebook the bar shows at once and updates in place while the cell
+    returns (non-blocking); in a script it blocks until every task finished.
+    It draws live in a terminal, prints a plain line every few seconds when the
+    output is not a terminal, and ends with dask's text bar line.
+
+    Parameters
+    ----------
+    *futures
+        Futures, collections of futures, or persisted dask collections.
+    notebook
+        Draw for Jupyter (default: when running in a kernel).
+    multi
+        One bar per task prefix (``inc``, ``sum``, ...) or a single bar.
+    complete
+        Count tasks that finished before the call (True) or only those left.
+    group_by
+        Only ``"prefix"`` (as dask's default) is supported.
+    **kwargs
+        ``interval`` (seconds between refreshes), ``console`` (a rich Console),
+        ``line_interval`` (seconds between plain lines in a log).
+
+    Returns
+    -------
+    The ``ProgressBar`` in a notebook (dask returns its widget), else None.
+
+    Examples
+    --------
+    >>> futures = client.map(slowinc, range(100))  # doctest: +SKIP
+    >>> progress(futures)  # doctest: +SKIP
+    [########################################] | 100% Completed | 1.2s
+    """
+    if group_by != "prefix":
+        raise NotImplementedError("progress groups tasks by key prefix only")
+    bar = ProgressBar(
+        _collect_futures(futures),
+        multi=multi,
+        complete=complete,
+        interval=kwargs.pop("interval", 0.1),
+        console=kwargs.pop("console", None),
+        line_interval=kwargs.pop("line_interval", 2.0),
+    )
+    if kwargs:
+        bar.stop()
+        raise TypeError(f"progress got unexpected arguments {sorted(kwargs)}")
+    if notebook is None:
+        notebook = _in_notebook()
+    if notebook:
+        from IPython.display import display
+
+        display(bar)
+        return bar
+    bar.run()
+    return None
