@@ -20,14 +20,20 @@ import os
 import threading
 import time
 import weakref
+from datetime import timedelta
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localsched.preloading import start_scheduler, teardown_preloads
 from localsched.processes import start_janitor, start_worker
 from localsched.runtime import SchedulerRuntime, WorkerHandle
 from localsched.scheduler.scheduler import Scheduler
+from localsched.supervision import RestartPolicy, StderrRelay
+from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
+
+if TYPE_CHECKING:
+    from localsched.adaptive import Adaptive
 
 logger = logging.getLogger("localsched.cluster")
 
@@ -201,7 +207,8 @@ class LocalCluster:
         self.name = name or f"LocalCluster-{os.getpid()}-{next(_cluster_ids)}"
         self.status = "starting"
         self._worker_ids = itertools.count()
-        self._lock = threading.Lock()
+        self._restarts = RestartPolicy()
+        self._adaptive: Adaptive | None = None
         self._target = n_workers
         sweep_stale_segments()
         self.store = BlobStore()
@@ -259,57 +266,105 @@ class LocalCluster:
         address = f"local://{os.getpid()}/{number}"
         name = f"localsched-worker-{number}"
         process: Any
-        if self.processes:
-            process, conn = start_worker(
-                self.threads_per_worker,
-                self.store.prefix,
-                self.store.directory,
-                name,
-                self.resources,
-            )
-        else:
-            from localsched.worker.main import Worker
+        page = ExecutingPage()
+        try:
+            if self.processes:
+                process, conn = start_worker(
+                    self.threads_per_worker,
+                    self.store.prefix,
+                    self.store.directory,
+                    name,
+                    self.resources,
+                    executing_page=page,
+                )
+            else:
+                from localsched.worker.main import Worker
 
-            conn, child_conn = multiprocessing.Pipe(duplex=True)
-            worker = Worker(
-                child_conn, self.threads_per_worker, self.store.writer(), self.resources
-            )
-            process = _ThreadProcess(worker, child_conn, name=name)
-            process.start()
+                conn, child_conn = multiprocessing.Pipe(duplex=True)
+                worker = Worker(
+                    child_conn,
+                    self.threads_per_worker,
+                    self.store.writer(),
+                    self.resources,
+                    executing_page=page,
+                )
+                process = _ThreadProcess(worker, child_conn, name=name)
+                process.start()
+        except BaseException:
+            page.close()
+            raise
         handle = WorkerHandle(address, number, process, conn, self.threads_per_worker)
         handle.resources = dict(self.resources)
         handle.memory_limit = self.memory_limit
+        handle.executing_page = page
+        if getattr(process, "stderr", None) is not None:
+            handle.stderr_relay = StderrRelay(process.stderr)
         return handle
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
         """Called on the scheduler thread: replace a worker that crashed or that
-        the runtime restarted (force-cancel, ``Client.restart``)."""
+        the runtime restarted (force-cancel, ``Client.restart``), after the
+        delay the restart policy asks for (``supervision.RestartPolicy``)."""
         if (expected and not handle.restarting) or self.status != "running":
             return
-        if len(self.runtime.workers) >= self._target:
+        delay = 0.0 if expected else self._restarts.delay_after(handle)
+        if delay is None:
+            return
+        if delay:
+            self.runtime.call_later(delay, self._replace_worker)
+        else:
+            self._replace_worker()
+
+    def _replace_worker(self) -> None:
+        """Start a worker if there are fewer than the target (scheduler thread)."""
+        if self.status != "running" or len(self.runtime.workers) >= self._target:
             return
         try:
             replacement = self._start_worker()
         except Exception:
-            logger.exception("Could not start a replacement for %s", handle.address)
+            logger.exception("Could not start a replacement worker")
             return
         self.runtime.workers[replacement.address] = replacement
+        self.runtime.post()  # from a timer: wake the loop to watch its pipes
 
     def scale(self, n: int) -> None:
-        """Grow or shrink to ``n`` workers (shrinking retires workers gracefully)."""
-        with self._lock:
-            self._target = n
-            current = self.runtime.call(self._count_staying_workers).result()
-            if n > current:
-                self._start_workers(n - current)
-            elif n < current:
+        """Grow or shrink to ``n`` workers (shrinking retires workers gracefully).
 
-                def retire() -> None:
-                    names = self.scheduler.workers_to_close(n=current - n)
-                    if names:
-                        self.scheduler.retire_workers(workers=names, close_workers=True)
+        Stops adaptive scaling, if it runs (``adapt()`` starts it again).
+        """
+        self._stop_adaptive("scale")
+        self.runtime.call(lambda: self._scale_now(n)).result(timeout=START_TIMEOUT)
 
-                self.runtime.call(retire).result()
+    def _scale_now(self, n: int) -> None:
+        # Scheduler thread: atomic with respect to adaptive decisions.
+        current = self._count_staying_workers()
+        if n >= current:
+            self._scale_up_to(n)
+            return
+        self._target = n
+        names = self.scheduler.workers_to_close(n=current - n)
+        if names:
+            self.scheduler.retire_workers(workers=names, close_workers=True)
+
+    def _scale_up_to(self, n: int) -> None:
+        """Start the workers missing to have ``n`` (scheduler thread).
+
+        Each start is a non-blocking ``fork``/``exec`` (about a millisecond):
+        the new processes boot in parallel while this thread goes on.
+        """
+        self._target = n
+        missing = n - self._count_staying_workers()
+        if missing > 0 and self.status == "running":
+            self._register(missing)
+            # Called from a timer, this runs before the loop's poll: wake it, so
+            # the next turn watches the new pipes and sees their hellos at once.
+            self.runtime.post()
+
+    def _retire_names(self, names: list[Any]) -> list[str]:
+        """Retire workers by name gracefully and close them (scheduler thread)."""
+        addresses = self.scheduler.retire_workers(names=names, close_workers=True)
+        self._target = self._count_staying_workers()
+        return addresses
 
     def _count_staying_workers(self) -> int:
         """Workers starting or running, not those retiring or on their way out.
@@ -317,7 +372,11 @@ class LocalCluster:
         A retired worker's process lingers a moment after the scheduler let it
         go; counting it made ``scale(0)`` then ``scale(1)`` start nobody.
         """
-        count = 0
+        return len(self._staying_worker_names())
+
+    def _staying_worker_names(self) -> list[Any]:
+        """Names of the workers counted by ``_count_staying_workers``."""
+        names = []
         for handle in self.runtime.workers.values():
             ws = self.scheduler.workers.get(handle.address)
             if handle.said_goodbye or (
@@ -325,13 +384,81 @@ class LocalCluster:
                 and (ws is None or ws.status in ("closing_gracefully", "closed"))
             ):
                 continue
-            count += 1
-        return count
+            names.append(handle.name)
+        return names
+
+    # -- adaptive -------------------------------------------------------------------
+
+    def adapt(
+        self,
+        Adaptive: type[Adaptive] | None = None,
+        *,
+        minimum: int = 0,
+        maximum: int | float | None = None,
+        interval: str | float | timedelta = "1s",
+        wait_count: int = 3,
+        target_duration: str | float | timedelta = "5s",
+        **kwargs: Any,
+    ) -> Adaptive:
+        """Start and retire workers as the load changes; returns the ``Adaptive``.
+
+        A second call replaces the first; :meth:`scale` stops adapting.
+
+        Parameters
+        ----------
+        Adaptive
+            The class to use (a subclass of :class:`localsched.deploy.Adaptive`).
+        minimum, maximum
+            Bounds on the number of workers; ``maximum=None``: the machine's
+            cores divided by ``threads_per_worker``.
+        interval
+            Time between two decisions, e.g. ``"500ms"``.
+        wait_count
+            Consecutive suggestions before a worker is retired.
+        target_duration
+            Time the current work should take; shorter scales up more.
+        **kwargs
+            ``worker_key=`` and ``Scheduler.workers_to_close`` arguments.
+
+        Examples
+        --------
+        >>> cluster.adapt(minimum=1, maximum=4, interval="500ms")  # doctest: +SKIP
+        <Adaptive: minimum=1, maximum=4, state=running, decisions=0>
+        """
+        from localsched.adaptive import Adaptive as DefaultAdaptive
+
+        self._stop_adaptive("adapt() called again")
+        adaptive_class = Adaptive or DefaultAdaptive
+        self._adaptive = adaptive_class(
+            self,
+            interval=interval,
+            minimum=minimum,
+            maximum=maximum,
+            wait_count=wait_count,
+            target_duration=target_duration,
+            **kwargs,
+        )
+        return self._adaptive
+
+    @property
+    def adaptive(self) -> Adaptive | None:
+        """The ``Adaptive`` of the last :meth:`adapt` call (None: never adapted)."""
+        return self._adaptive
+
+    def default_maximum_workers(self) -> int:
+        """Workers that fill the machine's cores (``adapt(maximum=None)``)."""
+        return max(1, available_cores() // max(1, self.threads_per_worker))
+
+    def _stop_adaptive(self, reason: str) -> None:
+        adaptive = self._adaptive
+        if adaptive is not None:
+            adaptive.stop(reason=reason)
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Block until at least ``n_workers`` workers are running."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self.scheduler.workers) < n_workers:
+            self._restarts.check()  # workers that cannot start: say why, now
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(
                     f"Only {len(self.scheduler.workers)} of {n_workers} workers "
@@ -349,6 +476,7 @@ class LocalCluster:
             return
         self.status = "closing"
         started = time.monotonic()
+        self._stop_adaptive("cluster closing")
         handles: list[WorkerHandle] = []
         if self._preloads and self.runtime.is_running:
             preloads, self._preloads = self._preloads, []
@@ -401,9 +529,13 @@ class LocalCluster:
     def __repr__(self) -> str:
         workers = self.scheduler.workers
         threads = sum(ws.nthreads for ws in workers.values())
+        adaptive = self._adaptive
+        adapting = ""
+        if adaptive is not None and adaptive.state == "running":
+            adapting = f", adaptive={adaptive.minimum}..{adaptive.maximum}"
         return (
             f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
-            f"status={self.status})"
+            f"status={self.status}{adapting})"
         )
 
     def _repr_html_(self) -> str:

@@ -10,6 +10,11 @@ Each child gets one end of a socket pair as an inherited file descriptor and
 runs in its own session, so a Ctrl-C in the terminal reaches the user's program
 and not the workers (dd#1925). A process's exit is watched through a pidfd
 where the kernel has them (Linux 5.3+), else through its pipe's EOF.
+
+A worker's stderr is a pipe the scheduler thread reads (``supervision.py``): it
+forwards the text to the user's ``sys.stderr`` (so prints and warnings from
+tasks still show, in a notebook too) and keeps the last lines, which the error
+naming a crashed worker quotes.
 """
 
 from __future__ import annotations
@@ -22,21 +27,36 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localsched.transport.executing import ExecutingPage
 
 
 class ChildProcess:
     """A child started with ``subprocess``, with ``multiprocessing``'s interface."""
 
-    def __init__(self, args: list[str], pass_fds: tuple[int, ...], name: str) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        pass_fds: tuple[int, ...],
+        name: str,
+        capture_stderr: bool = False,
+    ) -> None:
         self.name = name
         self._popen = subprocess.Popen(
             [sys.executable, *args],
             pass_fds=pass_fds,
             stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if capture_stderr else None,
             start_new_session=True,
             close_fds=True,
         )
         self.pid = self._popen.pid
+        #: Our end of the child's stderr pipe (non-blocking), or None.
+        self.stderr = self._popen.stderr
+        if self.stderr is not None:
+            os.set_blocking(self.stderr.fileno(), False)
         self._pidfd: int | None = None
         with contextlib.suppress(AttributeError, OSError):
             self._pidfd = os.pidfd_open(self.pid)
@@ -76,18 +96,25 @@ def start_worker(
     directory: str,
     name: str,
     resources: Mapping[str, float] | None = None,
+    executing_page: ExecutingPage | None = None,
 ) -> tuple[ChildProcess, Connection]:
-    """Start a worker process; return it and the scheduler's end of its pipe."""
+    """Start a worker process; return it and the scheduler's end of its pipe.
+
+    The worker records its executing tasks in ``executing_page`` if given; its
+    stderr is captured (``ChildProcess.stderr``).
+    """
     ours, theirs = multiprocessing.Pipe(duplex=True)
     try:
         fd = theirs.fileno()
         args = ["-m", "localsched.worker", str(fd), str(nthreads), prefix, directory]
+        pass_fds = [fd]
         if resources:
-            args.append(json.dumps(dict(resources)))
+            args.append(f"--resources={json.dumps(dict(resources))}")
+        if executing_page is not None:
+            args.append(f"--executing-fd={executing_page.fileno()}")
+            pass_fds.append(executing_page.fileno())
         process = ChildProcess(
-            args,
-            pass_fds=(fd,),
-            name=name,
+            args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
         )
     finally:
         theirs.close()

@@ -54,7 +54,7 @@ from localsched.runtime_handles import (
 from localsched.runtime_requests import ClientRequests, _PendingRun
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
-from localsched.supervision import Supervision, describe_exit
+from localsched.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.transport.protocol import (
     ClientRequest,
     ForgetKeys,
@@ -103,6 +103,8 @@ Key = Hashable
 TICK_INTERVAL = 0.5
 #: Free segments a worker may hold for its next large results.
 MAX_LEASES_PER_WORKER = 4
+# What a polled file descriptor of a worker is.
+_PIPE, _SENTINEL, _STDERR = 0, 1, 2
 
 
 class SchedulerRuntime(ClientRequests, Supervision):
@@ -131,8 +133,8 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self._next_tick = 0.0
         self._poller = select.poll()
         self._poller.register(self._wakeup.fileno(), select.POLLIN)
-        #: fd -> (worker, is it the sentinel) for every registered fd.
-        self._fds: dict[int, tuple[WorkerHandle, bool]] = {}
+        #: fd -> (worker, which of its fds: _PIPE, _SENTINEL or _STDERR).
+        self._fds: dict[int, tuple[WorkerHandle, int]] = {}
         self._polled: set[str] = set()
         self._stimulus_ids = itertools.count()
         self.tasks_finished = 0
@@ -145,6 +147,8 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self._run_ids = itertools.count()
         #: Callbacks run on this thread every so often (adaptive, memory, ...).
         self._periodic: list[PeriodicCallback] = []
+        #: The cgroup's OOM-kill count when last read (supervision.py).
+        self.oom_kills_seen = read_oom_kills() or 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -208,6 +212,18 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self.call(register)
         return handle
 
+    def call_later(self, delay: float, function: Callable[[], Any]) -> None:
+        """Run ``function()`` once on the scheduler thread after ``delay`` s.
+
+        Thread-safe; an exception it raises is logged.
+        """
+
+        def once() -> None:
+            handle.stop()
+            function()
+
+        handle = self.add_periodic(delay, once, getattr(function, "__name__", ""))
+
     def _run_periodic(self, now: float) -> float:
         """Run the callbacks that are due; the time the next one is due."""
         next_due = self._next_tick
@@ -253,6 +269,7 @@ class SchedulerRuntime(ClientRequests, Supervision):
             logger.exception("The scheduler thread failed")
             raise
         finally:
+            self._close_stderr_relays()
             self._stopped.set()
             self._fail_calls()
             self._fail_runs()
@@ -272,8 +289,15 @@ class SchedulerRuntime(ClientRequests, Supervision):
             entry = fds.get(fd)
             if entry is None:
                 continue
-            handle, is_sentinel = entry
-            if is_sentinel or (
+            handle, kind = entry
+            if kind == _STDERR:
+                relay = handle.stderr_relay
+                if relay is None or relay.pump():  # at EOF: stop polling it
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._poller.unregister(fd)
+                    del fds[fd]
+                continue
+            if kind == _SENTINEL or (
                 self._drain_worker(handle, events) and handle.sentinel is None
             ):
                 exited.append(handle)
@@ -307,11 +331,15 @@ class SchedulerRuntime(ClientRequests, Supervision):
             conn_fd = handle.conn.fileno()
             if conn_fd not in self._fds:
                 self._poller.register(conn_fd, select.POLLIN)
-                self._fds[conn_fd] = (handle, False)
+                self._fds[conn_fd] = (handle, _PIPE)
                 sentinel = handle.sentinel
                 if sentinel is not None:
                     self._poller.register(sentinel, select.POLLIN)
-                    self._fds[sentinel] = (handle, True)
+                    self._fds[sentinel] = (handle, _SENTINEL)
+                relay = handle.stderr_relay
+                if relay is not None and not relay.is_closed:
+                    self._poller.register(relay.fd, select.POLLIN)
+                    self._fds[relay.fd] = (handle, _STDERR)
         self._polled = set(self.workers)
 
     def _handle(self, events: list[ev.StateEvent]) -> None:

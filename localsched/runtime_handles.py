@@ -9,15 +9,20 @@ stand for futures living in the worker process.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from localsched.future import FutureState
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import KeyUpdate, Message
+
+if TYPE_CHECKING:
+    from localsched.supervision import StderrRelay
+    from localsched.transport.executing import ExecutingPage
 
 Key = Hashable
 
@@ -28,6 +33,8 @@ class WorkerHandle:
     __slots__ = (
         "address",
         "conn",
+        "executing_page",
+        "exit_cause",
         "exit_reason",
         "is_ready",
         "leases",
@@ -41,6 +48,8 @@ class WorkerHandle:
         "restarting",
         "said_goodbye",
         "sent_functions",
+        "started",
+        "stderr_relay",
     )
 
     def __init__(
@@ -65,7 +74,19 @@ class WorkerHandle:
         self.leases = 0
         #: Bytes this worker may use (``LocalCluster(memory_limit=)``; 0: none).
         self.memory_limit = 0
+        #: Why it died, in words (exit code or signal, cause, last stderr lines);
+        #: set by the runtime when it exits without a goodbye.
         self.exit_reason = ""
+        #: Set by whoever kills it on purpose, before killing it, to explain the
+        #: death in ``KilledWorker`` and the log (the memory monitor: "it used 95%
+        #: of its memory budget (...) and was restarted by the memory monitor").
+        self.exit_cause: str | None = None
+        #: The tasks it is executing, readable after its death (None: unknown).
+        self.executing_page: ExecutingPage | None = None
+        #: Forwards its stderr and keeps the last lines (None: not captured).
+        self.stderr_relay: StderrRelay | None = None
+        #: time.monotonic() when it was started.
+        self.started = time.monotonic()
         #: Abstract resources the worker offers (``LocalCluster(resources=)``).
         self.resources: dict[str, float] = {}
 

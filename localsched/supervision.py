@@ -2,15 +2,38 @@
 
 Mixed into :class:`~localsched.runtime.SchedulerRuntime`; runs on the
 scheduler thread. A worker's exit is seen through its process sentinel (or its
-pipe's EOF); a worker that exits without having said goodbye crashed.
+pipe's EOF); a worker that exits without having said goodbye crashed. Then:
+
+- only the tasks it was *executing* are counted suspicious (read from its
+  :class:`~localsched.transport.executing.ExecutingPage`; tasks merely queued
+  in it are placed again), so a poison task, not its neighbours, ends in
+  ``KilledWorker`` after ``allowed_failures`` deaths;
+- its death is explained in words (:func:`explain_death`): exit status or
+  signal, the likely cause (a SIGKILL localsched did not send is most likely
+  the out-of-memory killer; the cgroup's OOM-kill counter confirms it where
+  readable), ``WorkerHandle.exit_cause`` if whoever killed it gave one, and
+  the last lines it printed to stderr;
+- ``LocalCluster`` is told (``on_worker_exit``) and starts a replacement.
+
+A worker's stderr is a non-blocking pipe read on this thread when it is
+readable (:class:`StderrRelay`): the text goes on to the user's ``sys.stderr``
+and its last lines are kept. Reading here rather than in a thread of its own
+means the tail is complete when the death is handled: the pipe is drained to
+its end before the explanation is written.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import logging
+import os
+import signal
+import sys
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Hashable
+from typing import IO, TYPE_CHECKING
 
 from localsched.runtime_handles import WorkerClientHandle, WorkerHandle
 from localsched.scheduler import events as ev
@@ -19,6 +42,16 @@ if TYPE_CHECKING:
     from localsched.runtime import SchedulerRuntime
 
 logger = logging.getLogger("localsched.runtime")
+
+#: Lines of a worker's stderr kept for the explanation of its death.
+TAIL_LINES = 20
+#: Characters kept of one line of it.
+TAIL_LINE_CHARS = 400
+#: Where the kernel counts OOM kills: cgroup v2, then v1.
+_OOM_COUNTERS = (
+    "/sys/fs/cgroup/memory.events",
+    "/sys/fs/cgroup/memory/memory.oom_control",
+)
 
 
 class Supervision:
@@ -33,15 +66,26 @@ class Supervision:
         self.workers.pop(handle.address, None)
         with contextlib.suppress(OSError):
             handle.conn.close()
+        relay = handle.stderr_relay
+        if relay is not None:
+            relay.pump()  # the last lines it wrote before dying
+            relay.close()
         expected = handle.said_goodbye or handle.restarting or self._stopping
-        if not expected:
-            handle.exit_reason = describe_exit(handle.process.exitcode)
+        executing: list[Hashable] | None = None
+        if not expected or handle.exit_cause:
+            if not expected:
+                executing = self._executing_keys(handle)
+            handle.exit_reason = explain_death(
+                handle, oom_killed=self._oom_kills_grew()
+            )
             logger.warning(
-                "Worker %s (pid %s) died: %s",
+                "Worker %s died%s. %s",
                 handle.address,
-                handle.pid,
+                "" if executing is None else f" while executing {executing!r}",
                 handle.exit_reason,
             )
+        if handle.executing_page is not None:
+            handle.executing_page.close()
         self.store.reclaim(handle.pid)
         for run_id in [
             i for i, run in self._runs.items() if handle.address in run.waiting
@@ -66,28 +110,209 @@ class Supervision:
                     address=handle.address,
                     expected=expected,
                     reason=handle.exit_reason,
+                    executing=executing,
                     time=time.time(),
                 )
             )
         if self.on_worker_exit is not None:
             self.on_worker_exit(handle, expected)
 
+    def _executing_keys(
+        self: SchedulerRuntime, handle: WorkerHandle
+    ) -> list[Hashable] | None:
+        """Keys the dead worker was executing; None if it cannot be known."""
+        page = handle.executing_page
+        ws = self.scheduler.state.workers.get(handle.address)
+        if page is None or ws is None:
+            return None
+        run_ids = page.executing()
+        if run_ids is None:
+            return None
+        return [ts.key for ts in ws.processing if ts.run_id in run_ids]
+
+    def _oom_kills_grew(self: SchedulerRuntime) -> bool:
+        """Did the kernel's OOM killer act in our cgroup since the last look?"""
+        count = read_oom_kills()
+        grew = count is not None and count > self.oom_kills_seen
+        if count is not None:
+            self.oom_kills_seen = count
+        return grew
+
+    def _close_stderr_relays(self: SchedulerRuntime) -> None:
+        """At the end of the loop: forward what is left, close the pipes."""
+        for handle in self.workers.values():
+            relay = handle.stderr_relay
+            if relay is not None:
+                relay.pump()
+                relay.close()
+
+
+class StderrRelay:
+    """Forwards a worker's stderr to the user's and keeps its last lines.
+
+    Parameters
+    ----------
+    stream
+        Our end of the worker's stderr pipe, non-blocking.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.fd = stream.fileno()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
+        self._partial = ""
+        self.is_closed = False
+
+    def pump(self) -> bool:
+        """Forward whatever is readable now; True at end of file."""
+        if self.is_closed:
+            return True
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not data:
+                return True
+            text = self._decoder.decode(data)
+            _write_user_stderr(text)
+            self._keep(text)
+
+    def _keep(self, text: str) -> None:
+        *complete, self._partial = (self._partial + text).split("\n")
+        self._partial = self._partial[-TAIL_LINE_CHARS:]
+        for line in complete[-TAIL_LINES:]:
+            self._lines.append(line[:TAIL_LINE_CHARS])
+
+    def tail(self) -> list[str]:
+        """The last lines it printed (an unfinished last line included)."""
+        lines = list(self._lines)
+        if self._partial:
+            lines.append(self._partial)
+        return [line for line in lines[-TAIL_LINES:] if line.strip()]
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            with contextlib.suppress(OSError):
+                self._stream.close()
+
+
+def _write_user_stderr(text: str) -> None:
+    # sys.stderr, not file descriptor 2: in a notebook the kernel replaces
+    # sys.stderr, and the user sees the workers' output in the cell.
+    stream = sys.stderr
+    if stream is None:
+        return
+    with contextlib.suppress(Exception):
+        stream.write(text)
+        stream.flush()
+
+
+def read_oom_kills() -> int | None:
+    """The cgroup's count of processes the OOM killer ended (None: unreadable)."""
+    for path in _OOM_COUNTERS:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def explain_death(handle: WorkerHandle, oom_killed: bool = False) -> str:
+    """Why a worker died, in words, for the log and ``KilledWorker``."""
+    exitcode = handle.process.exitcode
+    text = f"Worker {handle.address} (pid {handle.pid}) {describe_exit(exitcode)}"
+    if handle.exit_cause:
+        text += f": {handle.exit_cause}."
+    elif oom_killed:
+        text += (
+            ": the kernel's out-of-memory killer ended a process of this cgroup "
+            "just now, so the machine most likely ran out of memory."
+        )
+    elif exitcode == -signal.SIGKILL and not handle.restarting:
+        text += (
+            ". localsched did not send that signal: most likely the kernel's "
+            "out-of-memory killer ended it (the machine ran out of memory; see "
+            "`dmesg`), or something outside killed it."
+        )
+    elif exitcode is not None and exitcode == -signal.SIGSEGV:
+        text += ": a segmentation fault, in native code the task called."
+    else:
+        text += "."
+    if not handle.is_ready:
+        text += " It died while starting, before it could run any task."
+    tail = [] if handle.stderr_relay is None else handle.stderr_relay.tail()
+    if tail:
+        text += " The last lines it printed to stderr:\n" + "\n".join(
+            f"    {line}" for line in tail
+        )
+    return text
+
 
 def describe_exit(exitcode: int | None) -> str:
     """Human words for a process exit status (negative: killed by a signal)."""
-    import signal
-
     if exitcode is None:
-        return "still running"
+        return "is still running"
     if exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        text = f"killed by {name}"
-        if -exitcode == signal.SIGKILL:
-            text += " (the out-of-memory killer, or a kill from outside)"
-        elif -exitcode == signal.SIGSEGV:
-            text += " (a segmentation fault in native code)"
-        return text
+        return f"was killed by {name}"
     return f"exited with status {exitcode}"
+
+
+class RestartPolicy:
+    """When ``LocalCluster`` replaces a crashed worker, and when it gives up.
+
+    A worker that crashes after it started (it said hello) is replaced at once:
+    a task that keeps killing workers is stopped by ``KilledWorker`` after
+    ``allowed_failures``, which bounds that loop. A worker that dies *while
+    starting* (a broken environment, a crash on import) would die again: its
+    replacement waits ``base_delay * 2**(n-1)`` seconds (at most ``max_delay``)
+    after the n-th such death in a row, and after ``max_start_failures`` in a
+    row the cluster stops replacing workers and reports why (:attr:`failure`,
+    with the last lines the worker printed). A worker that started well resets
+    the count.
+    """
+
+    base_delay = 0.1
+    max_delay = 5.0
+    max_start_failures = 5
+
+    def __init__(self) -> None:
+        #: Workers in a row that died before saying hello.
+        self.start_failures = 0
+        #: Why the cluster stopped replacing workers; None while it does.
+        self.failure: str | None = None
+
+    def delay_after(self, handle: WorkerHandle) -> float | None:
+        """Seconds to wait before replacing ``handle``; None: do not replace."""
+        if self.failure is not None:
+            return None
+        if handle.is_ready:
+            self.start_failures = 0
+            return 0.0
+        self.start_failures += 1
+        if self.start_failures >= self.max_start_failures:
+            self.failure = (
+                f"{self.start_failures} worker processes in a row died while "
+                "starting; localsched stopped starting new ones. The last one: "
+                f"{handle.exit_reason or explain_death(handle)}"
+            )
+            logger.error("%s", self.failure)
+            return None
+        return min(self.max_delay, self.base_delay * 2 ** (self.start_failures - 1))
+
+    def check(self) -> None:
+        """Raise ``RuntimeError`` if the cluster gave up starting workers."""
+        if self.failure is not None:
+            raise RuntimeError(self.failure)

@@ -1,6 +1,9 @@
-"""``python -m localsched.worker FD NTHREADS PREFIX DIRECTORY [RESOURCES]``: a worker.
+"""``python -m localsched.worker FD NTHREADS PREFIX DIRECTORY [OPTIONS]``: a worker.
 
-``RESOURCES`` is a JSON object of the abstract resources the worker offers.
+Options: ``--resources=JSON`` (the abstract resources the worker offers) and
+``--executing-fd=N`` (the page shared with the scheduler that records the
+tasks executing here; see ``localsched.transport.executing``). A bare JSON
+object as the fifth argument is accepted as ``--resources``.
 
 Started by ``LocalCluster`` with the worker's end of a socket pair as file
 descriptor ``FD``. A fresh interpreter that imports only the worker's modules:
@@ -14,15 +17,24 @@ import json
 import sys
 from multiprocessing.connection import Connection
 
+from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobWriter
 from localsched.worker.main import run_worker
 
 
 def main(argv: list[str]) -> None:
-    fd, nthreads, prefix, directory, *rest = argv
+    fd, nthreads, prefix, directory, *options = argv
     writer = BlobWriter(prefix, directory) if prefix else None
-    resources = json.loads(rest[0]) if rest else None
-    run_worker(Connection(int(fd)), int(nthreads), writer, resources)
+    resources = None
+    page = None
+    for option in options:
+        if option.startswith("--executing-fd="):
+            page = ExecutingPage(int(option.split("=", 1)[1]))
+        elif option.startswith("--resources="):
+            resources = json.loads(option.split("=", 1)[1])
+        else:
+            resources = json.loads(option)
+    run_worker(Connection(int(fd)), int(nthreads), writer, resources, page)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping
     from multiprocessing.connection import Connection
 
+    from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
 
 __all__ = ["Worker", "run_worker"]
@@ -104,6 +105,7 @@ def run_worker(
     nthreads: int = 1,
     writer: BlobWriter | None = None,
     resources: Mapping[str, float] | None = None,
+    executing_page: ExecutingPage | None = None,
 ) -> None:
     """Entry point of a worker process (a ``multiprocessing`` ``Process`` target).
 
@@ -119,6 +121,9 @@ def run_worker(
     resources : mapping, optional
         Abstract resources this worker offers, e.g. ``{"GPU": 2}``: tasks with
         ``resource_restrictions`` run only while enough of them are free.
+    executing_page : ExecutingPage, optional
+        Shared with the scheduler: the run_id of every task executing here,
+        which the scheduler reads if this process dies.
 
     Notes
     -----
@@ -128,10 +133,13 @@ def run_worker(
     ``Shutdown`` or after its scheduler died.
     """
     _die_with_parent()
-    faulthandler.enable()
+    # Only the crashing thread: the scheduler quotes the last lines of a dead
+    # worker's stderr, and the other threads' stacks (control loop, sender,
+    # heartbeat) would push the task's frames out of them.
+    faulthandler.enable(all_threads=False)
     exit_code = 0
     try:
-        Worker(conn, nthreads, writer, resources).serve()
+        Worker(conn, nthreads, writer, resources, executing_page).serve()
     except BaseException:
         traceback.print_exc()  # a ProtocolError already said goodbye
         exit_code = 1
@@ -172,6 +180,8 @@ class _Job:
     is_cancelled: bool = False
     #: Forgotten while executing: its result is discarded, not sent.
     is_forgotten: bool = False
+    #: Its slot in the executing page while it runs.
+    slot: int = 0
 
 
 class Worker:
@@ -186,6 +196,7 @@ class Worker:
     nthreads : int
     writer : BlobWriter, optional
     resources : mapping, optional
+    executing_page : ExecutingPage, optional
         See :func:`run_worker`.
     """
 
@@ -195,12 +206,15 @@ class Worker:
         nthreads: int,
         writer: BlobWriter | None = None,
         resources: Mapping[str, float] | None = None,
+        executing_page: ExecutingPage | None = None,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
         self.conn = conn
         self.nthreads = nthreads
         self.writer = writer
+        #: Written under _lock as tasks start and end (transport/executing.py).
+        self._executing_page = executing_page
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._seq = itertools.count()
@@ -443,6 +457,8 @@ class Worker:
                     del self._queued[key]
                 self._executing[key] = job
                 job.started = time.monotonic()
+                if self._executing_page is not None:
+                    job.slot = self._executing_page.start(job.message.run_id)
                 restrictions = job.message.resource_restrictions
                 if restrictions:
                     for name, amount in restrictions.items():
@@ -464,6 +480,8 @@ class Worker:
                 # sending itself happens outside the lock.
                 if self._executing.get(key) is job:
                     del self._executing[key]
+                if self._executing_page is not None:
+                    self._executing_page.end(job.slot)
                 if not job.is_forgotten:
                     if type(reply) is TaskDone:
                         self._done.add(key)
