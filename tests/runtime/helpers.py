@@ -127,3 +127,89 @@ def block_then_write(release: str, started: str, done: str, value: object) -> ob
     Path(f"{done}.tmp").write_text(str(os.getpid()))
     os.replace(f"{done}.tmp", done)  # readers never see it half-written
     return value
+
+
+# -- crashes (test_crash_matrix.py, test_worker_crashes.py, test_chaos.py) ------------
+
+
+class CrashError(Exception):
+    """What a ``raise`` crash raises, so tests can tell it from anything else."""
+
+
+def crash_now(how: str, where: str) -> None:
+    """Crash the calling process as ``how`` says: raise, exit or segfault.
+
+    ``where`` names the step (it ends up in the message or on stderr).
+    """
+    import sys
+
+    if how == "raise":
+        raise CrashError(f"raised while {where}")
+    print(f"crashing now ({how}) while {where}", file=sys.stderr, flush=True)
+    if how == "exit":
+        os._exit(7)
+    import ctypes
+
+    ctypes.string_at(0)  # SIGSEGV
+
+
+class CrashAtPickle:
+    """Crashes in the process that pickles it."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[object, ...]:
+        crash_now(self.how, "pickling")
+        return (str, ())
+
+
+class CrashAtUnpickle:
+    """Pickles fine; crashes in the process that unpickles it."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (crash_now, (self.how, "unpickling"))
+
+
+def identity(value: object) -> object:
+    return value
+
+
+def crash_task(how: str) -> None:
+    """Task: crash while running."""
+    crash_now(how, "running the task")
+
+
+def return_crash_at_pickle(how: str) -> CrashAtPickle:
+    """Task: return a result that crashes the worker when it pickles it."""
+    return CrashAtPickle(how)
+
+
+def return_crash_at_unpickle(how: str) -> CrashAtUnpickle:
+    """Task: return a result that crashes whoever unpickles it (the client)."""
+    return CrashAtUnpickle(how)
+
+
+def say_on_stderr_then_block(text: str, release: str, started: str) -> None:
+    """Task: print ``text`` on stderr, then ``block``."""
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+    block(release, started)
+
+
+def secede_then_block(release: str, started: str) -> None:
+    """Task: leave the worker's thread pool, then ``block``."""
+    from localsched import secede
+
+    secede()
+    block(release, started)
+
+
+def pause_then_add(hold: float, *values: int) -> int:
+    """Task: occupy its thread ``hold`` seconds, then sum ``values``."""
+    threading.Event().wait(hold)
+    return sum(values)
