@@ -24,6 +24,7 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from localsched.memory import MemoryMonitor, MemoryThresholds, parse_memory_limit
 from localsched.preloading import start_scheduler, teardown_preloads
 from localsched.processes import start_janitor, start_worker
 from localsched.runtime import SchedulerRuntime, WorkerHandle
@@ -146,8 +147,10 @@ class LocalCluster:
     processes
         Workers are processes (True) or threads of this process (False).
     memory_limit
-        Bytes per worker, ``"auto"`` (the machine's memory split evenly) or 0/None
-        (no limit).
+        Bytes per worker as in dask: ``"auto"`` (the machine's memory times
+        threads per worker / cores), a fraction of the machine's memory, a byte
+        count or a string such as ``"4GiB"``, or 0/None (no limit). The workers'
+        limits add up to one budget for the machine (``localsched.memory``).
     resources
         Abstract resources each worker offers, e.g. ``{"GPU": 1}``.
     validate
@@ -203,7 +206,7 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.resources = dict(resources or {})
-        self.memory_limit = _parse_memory_limit(memory_limit, max(n_workers, 1))
+        self.memory_limit = parse_memory_limit(memory_limit, threads_per_worker, cores)
         self.name = name or f"LocalCluster-{os.getpid()}-{next(_cluster_ids)}"
         self.status = "starting"
         self._worker_ids = itertools.count()
@@ -211,7 +214,7 @@ class LocalCluster:
         self._adaptive: Adaptive | None = None
         self._target = n_workers
         sweep_stale_segments()
-        self.store = BlobStore()
+        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
             validate=validate,
             allowed_failures=allowed_failures,
@@ -222,6 +225,7 @@ class LocalCluster:
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
+        self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
         self._janitor = _start_janitor(self.store) if processes else None
         self.runtime.start()
         try:
@@ -476,6 +480,8 @@ class LocalCluster:
             return
         self.status = "closing"
         started = time.monotonic()
+        if getattr(self, "memory", None) is not None:
+            self.memory.stop()
         self._stop_adaptive("cluster closing")
         handles: list[WorkerHandle] = []
         if self._preloads and self.runtime.is_running:
@@ -605,38 +611,28 @@ def _shutdown_message() -> Any:
     return Shutdown(reason="cluster closing")
 
 
-def _parse_memory_limit(limit: str | float | int | None, n_workers: int) -> int:
-    import psutil
+def _start_memory_monitor(
+    runtime: SchedulerRuntime, memory_limit: int, kwargs: dict[str, Any]
+) -> MemoryMonitor | None:
+    """The memory monitor (``localsched.memory``), unless there is no limit.
 
-    if limit in (None, 0, "0"):
-        return 0
-    if limit == "auto":
-        return int(psutil.virtual_memory().total // n_workers)
-    if isinstance(limit, str):
-        return _parse_bytes(limit)
-    if isinstance(limit, float) and limit <= 1:
-        return int(psutil.virtual_memory().total * limit)
-    return int(limit)
-
-
-def _parse_bytes(text: str) -> int:
-    units = {
-        "b": 1,
-        "kb": 10**3,
-        "mb": 10**6,
-        "gb": 10**9,
-        "tb": 10**12,
-        "kib": 2**10,
-        "mib": 2**20,
-        "gib": 2**30,
-        "tib": 2**40,
+    Thresholds: dask's worker keyword arguments ``memory_target_fraction``,
+    ``memory_spill_fraction``, ``memory_pause_fraction``,
+    ``memory_terminate_fraction`` (a fraction, or False: off), else dask's
+    ``distributed.worker.memory.*`` config; ``memory_pause_timeout``: seconds.
+    """
+    fractions = {
+        name: kwargs.pop(f"memory_{name}_fraction", None)
+        for name in ("target", "spill", "pause", "terminate")
     }
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = cleaned[len(number) :] or "b"
-    if unit not in units:
-        raise ValueError(f"Could not interpret {text!r} as a byte count")
-    return int(float(number or 1) * units[unit])
+    thresholds = MemoryThresholds.resolve(
+        pause_timeout=kwargs.pop("memory_pause_timeout", 30.0), **fractions
+    )
+    if not memory_limit:
+        return None
+    monitor = MemoryMonitor(runtime, thresholds)
+    monitor.start()
+    return monitor
 
 
 def _pause_briefly() -> None:

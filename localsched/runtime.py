@@ -594,6 +594,10 @@ class SchedulerRuntime(ClientRequests, Supervision):
             handle.sent_functions.add(token)
             function = spec.function
         data = self.data
+        dependencies = {k: data[k] for k in command.dependencies}
+        for payload in dependencies.values():
+            if type(payload) is BlobRef:
+                self.store.touch(payload)  # about to be read: spill it last
         handle.outbox.append(
             RunTask(
                 key=command.key,
@@ -601,7 +605,7 @@ class SchedulerRuntime(ClientRequests, Supervision):
                 function_token=token,
                 function=function,
                 args=spec.args,
-                dependencies={k: data[k] for k in command.dependencies},
+                dependencies=dependencies,
                 priority=command.priority,
                 resource_restrictions=command.resource_restrictions,
             )
@@ -659,6 +663,8 @@ class SchedulerRuntime(ClientRequests, Supervision):
             payload = self.data[key]
         except KeyError:
             raise KeyError(f"No result for {key!r}: it was released") from None
+        if type(payload) is BlobRef:
+            self.store.touch(payload)
         return load(payload)
 
 

@@ -37,11 +37,18 @@ def run(conn: Connection, prefix: str, directory: str) -> None:
 
 
 def remove_segments(prefix: str, directory: str) -> list[str]:
-    """Unlink every file in ``directory`` whose name starts with ``prefix``."""
+    """Unlink every file in ``directory`` whose name starts with ``prefix``, and
+    the disk copy a spilled segment (a link, see ``spill.py``) points to."""
     removed = []
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
             if entry.name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    if entry.is_symlink():  # a spilled segment: its disk copy too
+                        target = os.readlink(entry.path)
+                        if os.path.basename(target).startswith(prefix):
+                            os.unlink(target)
+                            removed.append(target)
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
                     removed.append(entry.path)

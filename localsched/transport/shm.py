@@ -26,6 +26,11 @@ owner reuses a segment only if it gets the exclusive lock without waiting, and a
 stamp (``blob_id``) turns a stale ref into :class:`StaleBlobError` instead of wrong
 data. Unlinking needs no such care: a mapped file outlives its name.
 
+Spilling (:meth:`BlobStore.spill`, least recently used first) copies a live
+segment to a disk file and swaps the segment for a symbolic link to it (see
+:mod:`localsched.transport.spill`): refs keep their path, and readers, even those
+holding a ref sent before the spill, follow the link to an identical copy.
+
 Writes use ``pwrite`` rather than a shared mapping: the kernel does not zero
 fresh pages it fills completely, the GIL is released during the copy, and a full
 /dev/shm fails with ``ENOSPC`` instead of killing us with ``SIGBUS``.
@@ -36,31 +41,46 @@ warns about and unlinks segments whose owner changed (gh-82300).
 from __future__ import annotations
 
 import abc
-import contextlib
 import errno
 import fcntl
 import itertools
 import mmap
 import os
 import pickle
-import re
 import secrets
-import stat
 import struct
-import tempfile
 import threading
-import warnings
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cloudpickle
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from localsched.transport.segment_files import (
+    NAME_PREFIX,
+    SHM_DIR,
+    SharedMemoryWarning,
+    _check_fits_in_memory,
+    _choose_directory,
+    _create_file,
+    _fallback_path,
+    _free_space,
+    _lock_exclusive,
+    _pwrite_all,
+    _scan,
+    _unlink_prefix,
+    _unlink_quietly,
+    _warn_fallback,
+    sweep_stale_segments,
+)
+from localsched.transport.spill import (
+    default_spill_directory,
+    is_memory_backed,
+    spill_segment,
+)
 
 __all__ = [
     "INLINE_THRESHOLD",
+    "SHM_DIR",
     "BlobRef",
     "BlobStore",
     "BlobWriter",
@@ -74,25 +94,19 @@ __all__ = [
 
 #: Values whose pickle plus buffers take fewer bytes travel inline in messages.
 INLINE_THRESHOLD = 64 * 1024
-SHM_DIR = "/dev/shm"
-NAME_PREFIX = "localsched-"
 
 _ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
 _HEADER_OFFSET = 64
 _STAMP = struct.Struct("<8sQ")
 _MAGIC = b"LSBLOB01"
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
-_MAX_IO = 1 << 30  # Linux moves at most 2 GiB - 4 KiB per read/write call
-_NAME_RE = re.compile(r"localsched-(\d+)-")
-_fallback_warned = False
+#: Values at least this large are checked against the memory available before
+#: they are written (reading /proc/meminfo costs about 20 us).
+_CHECK_MEMORY_FROM = 8 << 20
 
 
 class StaleBlobError(LookupError):
     """The segment a :class:`BlobRef` points to was released or reused."""
-
-
-class SharedMemoryWarning(UserWarning):
-    """/dev/shm is missing or full, so segments go to a disk-backed directory."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,6 +133,7 @@ class _Segment:
     path: str
     capacity: int  #: power-of-two size class; any value of this class fits
     allocated: int  #: file size: the memory it holds, whether live or free
+    spill_path: str = ""  #: its copy on disk once spilled (``path`` is a link)
 
 
 def dumps_inline(obj: object) -> bytes:
@@ -187,43 +202,11 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
     return pickle.loads(stream, buffers=[view[o : o + n] for o, n in payload.buffers])
 
 
-def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
-    """Remove segments whose store process (the pid in the name) is gone.
-
-    Files of other users and of live pids are kept; a reused pid errs toward keeping.
-
-    Parameters
-    ----------
-    directories : iterable of str, optional
-        Where to look; default /dev/shm and the disk fallback directory.
-
-    Returns
-    -------
-    list of str
-        Paths removed.
-    """
-    if directories is None:
-        directories = [SHM_DIR, _fallback_path()]
-    removed = []
-    for directory in directories:
-        for entry in _scan(directory, NAME_PREFIX):
-            match = _NAME_RE.match(entry.name)
-            if match is None or _pid_alive(int(match.group(1))):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # its owner or another sweep got there first
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
-                _unlink_quietly([entry.path])
-                removed.append(entry.path)
-    return removed
-
-
 class _BlobSink(abc.ABC):
     """Write path shared by the store and the writer: pick a file, write, retry."""
 
     directory: str
+    _memory_backed: bool | None = None
 
     def serialize(
         self, obj: object, threshold: int = INLINE_THRESHOLD
@@ -251,6 +234,8 @@ class _BlobSink(abc.ABC):
 
     def _write_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
         spans, nbytes = _layout(len(header), buffers)
+        if nbytes >= _CHECK_MEMORY_FROM and self._is_memory_backed():
+            _check_fits_in_memory(nbytes)
         # Attempt 0 may reuse a segment; after ENOSPC, 1 is fresh once the store
         # gave back its free pool, and 2 goes to the disk fallback directory.
         for attempt in range(3):
@@ -277,9 +262,15 @@ class _BlobSink(abc.ABC):
         return path, _create_file(path)
 
     def _fallback(self) -> str:
-        directory = _fallback_path(create=True)
-        _warn_fallback(f"{self.directory} is full")
-        return directory
+        # Only the store warns (also for a worker's fallback, seen on adopt):
+        # one warning for the cluster, not one per worker process.
+        return _fallback_path(create=True)
+
+    def _is_memory_backed(self) -> bool:
+        backed = self._memory_backed
+        if backed is None:
+            backed = self._memory_backed = is_memory_backed(self.directory)
+        return backed
 
     @abc.abstractmethod
     def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
@@ -310,6 +301,9 @@ class BlobStore(_BlobSink):
         Cap on memory kept in released segments; default min(1 GiB, free / 4).
     min_shm_bytes : int
         Free space below which /dev/shm counts as too small.
+    spill_directory : str, optional
+        Where :meth:`spill` puts segments: a ``localsched-spill-<uid>``
+        directory under this one (default: the temporary directory).
 
     Examples
     --------
@@ -326,6 +320,7 @@ class BlobStore(_BlobSink):
         directory: str | None = None,
         max_free_bytes: int | None = None,
         min_shm_bytes: int = 128 << 20,
+        spill_directory: str | None = None,
     ) -> None:
         token = secrets.token_hex(4) if token is None else token
         if not token.isalnum():
@@ -338,11 +333,21 @@ class BlobStore(_BlobSink):
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._closed = False
-        self._live: dict[str, tuple[int, _Segment]] = {}  # path -> (blob_id, segment)
+        # path -> (blob_id, segment), least recently used first (see touch).
+        self._live: dict[str, tuple[int, _Segment]] = {}
         self._leased: dict[str, tuple[int, _Segment]] = {}  # path -> (holder, segment)
         self._free: dict[int, dict[str, _Segment]] = {}  # capacity -> LIFO bucket
         self._free_lru: dict[str, _Segment] = {}  # oldest first: eviction order
         self._free_bytes = 0
+        self._memory_backed = is_memory_backed(self.directory)
+        self._live_memory_bytes = 0  # live segments in RAM (not spilled)
+        self._leased_bytes = 0
+        self._spill_base = spill_directory
+        self._spill_directory = ""  # created by the first spill
+        #: Bytes of live values on disk now, and totals since the store opened.
+        self.spilled_bytes = 0
+        self.spill_count = 0
+        self.spilled_total_bytes = 0
         # The finalizer must not reference self; it shares this list instead.
         self._directories = [self.directory]
         self._finalizer = weakref.finalize(
@@ -353,6 +358,76 @@ class BlobStore(_BlobSink):
     def free_bytes(self) -> int:
         """Memory held by released segments waiting for reuse."""
         return self._free_bytes
+
+    @property
+    def memory_bytes(self) -> int:
+        """RAM the store's segments hold: live values not spilled, leased and
+        pooled segments; 0 for a disk-backed directory (the page cache there is
+        the kernel's to evict)."""
+        if not self._memory_backed:
+            return 0
+        return self._live_memory_bytes + self._leased_bytes + self._free_bytes
+
+    @property
+    def spillable_bytes(self) -> int:
+        """Of :attr:`memory_bytes`, what :meth:`spill` can give back."""
+        if not self._memory_backed:
+            return 0
+        return self._live_memory_bytes + self._free_bytes
+
+    @property
+    def spill_directory(self) -> str:
+        """Directory of spilled segments ("" until the first spill)."""
+        return self._spill_directory
+
+    def touch(self, ref: BlobRef) -> None:
+        """Mark a value as just used: it is spilled after those used before it."""
+        with self._lock:
+            entry = self._live.pop(ref.segment, None)
+            if entry is not None:
+                self._live[ref.segment] = entry
+
+    def spill(self, nbytes: int) -> int:
+        """Give back at least ``nbytes`` of RAM if possible: first the pool of
+        released segments, then live values, least recently used first, moved to
+        disk files that readers map as before (module docstring).
+
+        Runs copies under the store's lock (live segments are immutable, but a
+        release must not race the swap); call it from one thread.
+
+        Returns
+        -------
+        int
+            Bytes of RAM given back (may exceed ``nbytes`` by one segment).
+
+        Raises
+        ------
+        OSError
+            The spill directory cannot be written (e.g. the disk is full); what
+            was spilled before the error stays spilled.
+        """
+        freed = 0
+        with self._lock:
+            if self._closed or not self._memory_backed or nbytes <= 0:
+                return 0
+            pooled = self._free_bytes
+            _unlink_quietly(self._trim(max(0, pooled - nbytes)))
+            freed = pooled - self._free_bytes
+            if freed < nbytes and not self._spill_directory:
+                self._spill_directory = default_spill_directory(self._spill_base)
+                self._directories.append(self._spill_directory)
+            for path, (_, segment) in list(self._live.items()):
+                if freed >= nbytes:
+                    break
+                if segment.spill_path or os.path.dirname(path) != self.directory:
+                    continue
+                segment.spill_path = spill_segment(path, self._spill_directory)
+                self._live_memory_bytes -= segment.allocated
+                self.spilled_bytes += segment.allocated
+                self.spilled_total_bytes += segment.allocated
+                self.spill_count += 1
+                freed += segment.allocated
+        return freed
 
     def writer(self) -> BlobWriter:
         """Return a picklable :class:`BlobWriter` for this store's worker processes."""
@@ -385,11 +460,19 @@ class BlobStore(_BlobSink):
             if entry is None or entry[0] != ref.blob_id:
                 raise KeyError(f"not a live blob of this store: {ref.segment}")
             del self._live[ref.segment]
-            if entry[1].allocated > self.max_free_bytes:
-                victims = [ref.segment]  # keeping it would evict everything else
+            segment = entry[1]
+            if segment.spill_path:
+                self.spilled_bytes -= segment.allocated
+                victims = [ref.segment, segment.spill_path]  # never reused
+            elif not self._is_pooled_kind(segment):
+                victims = [ref.segment]  # a worker's fallback file
             else:
-                self._add_free(entry[1])
-                victims = self._trim(self.max_free_bytes)
+                self._live_memory_bytes -= segment.allocated
+                if segment.allocated > self.max_free_bytes:
+                    victims = [ref.segment]  # keeping it would evict the rest
+                else:
+                    self._add_free(segment)
+                    victims = self._trim(self.max_free_bytes)
         _unlink_quietly(victims)
 
     def adopt(self, ref: BlobRef) -> None:
@@ -408,12 +491,18 @@ class BlobStore(_BlobSink):
             leased = self._leased.pop(ref.segment, None)
             if leased is not None:
                 segment = leased[1]
+                self._leased_bytes -= segment.allocated
                 segment.allocated = max(segment.allocated, ref.nbytes)
             elif self._is_ours(ref.segment):
                 segment = _Segment(ref.segment, _size_class(ref.nbytes), ref.nbytes)
             else:
                 raise ValueError(f"not a segment of this store: {ref.segment}")
             self._live[ref.segment] = (ref.blob_id, segment)
+            if self._is_pooled_kind(segment):
+                self._live_memory_bytes += segment.allocated
+                return
+        # A worker found the directory full and wrote to the disk fallback.
+        _warn_fallback(f"{self.directory} is full")
 
     def lease(self, nbytes: int, holder: int) -> SegmentLease | None:
         """Hand a free segment for an ``nbytes`` value to the writer in pid ``holder``.
@@ -427,6 +516,7 @@ class BlobStore(_BlobSink):
             segment, fd = found
             os.close(fd)  # the writer takes the exclusive lock again to write
             self._leased[segment.path] = (holder, segment)
+            self._leased_bytes += segment.allocated
         return SegmentLease(segment=segment.path, capacity=segment.capacity)
 
     def reclaim(self, holder: int) -> None:
@@ -439,13 +529,15 @@ class BlobStore(_BlobSink):
             for path, (who, segment) in list(self._leased.items()):
                 if who == holder:
                     del self._leased[path]
+                    self._leased_bytes -= segment.allocated
                     if os.path.exists(path):
                         self._add_free(segment)
             victims = self._trim(self.max_free_bytes)
-            live = set(self._live)
+            # By name: a spilled value's copy in the spill directory is live too.
+            live = {os.path.basename(path) for path in self._live}
         for directory in [*self._directories, _fallback_path()]:
             entries = _scan(directory, f"{self.prefix}{holder}.")
-            victims += [e.path for e in entries if e.path not in live]
+            victims += [e.path for e in entries if e.name not in live]
         _unlink_quietly(victims)
 
     def prewarm(self, nbytes: int, segment_size: int | None = None) -> int:
@@ -504,7 +596,8 @@ class BlobStore(_BlobSink):
             self._closed = True
             for table in (self._live, self._leased, self._free, self._free_lru):
                 table.clear()
-            self._free_bytes = 0
+            self._free_bytes = self._leased_bytes = self._live_memory_bytes = 0
+            self.spilled_bytes = 0
         self._finalizer()
 
     def __enter__(self) -> BlobStore:
@@ -516,7 +609,7 @@ class BlobStore(_BlobSink):
     def __repr__(self) -> str:
         return (
             f"<BlobStore {self.prefix}* in {self.directory}: {len(self._live)} live,"
-            f" {self._free_bytes} bytes free>"
+            f" {self._free_bytes} bytes free, {self.spilled_bytes} bytes spilled>"
         )
 
     # _take_free, _add_free, _remove_free, _trim, _new_path: caller holds _lock.
@@ -543,10 +636,13 @@ class BlobStore(_BlobSink):
                 raise RuntimeError("BlobStore is closed")
             segment = _Segment(ref.segment, _size_class(ref.nbytes), size)
             self._live[ref.segment] = (ref.blob_id, segment)
+            if self._is_pooled_kind(segment):
+                self._live_memory_bytes += size
         return ref
 
     def _fallback(self) -> str:
         directory = super()._fallback()
+        _warn_fallback(f"{self.directory} is full")
         with self._lock:
             if directory not in self._directories:
                 self._directories.append(directory)
@@ -583,6 +679,12 @@ class BlobStore(_BlobSink):
             self._remove_free(segment)
             victims.append(segment.path)
         return victims
+
+    def _is_pooled_kind(self, segment: _Segment) -> bool:
+        """In the store's directory and not spilled: counted, pooled on release."""
+        return not segment.spill_path and os.path.dirname(segment.path) == (
+            self.directory
+        )
 
     def _new_path(self, directory: str) -> str:
         return os.path.join(directory, f"{self.prefix}{next(self._seq)}")
@@ -700,100 +802,3 @@ def _write_blob(
         buffers=spans,
         nbytes=nbytes,
     )
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < view.nbytes:
-        done += os.pwrite(fd, view[done : done + _MAX_IO], offset + done)
-
-
-def _create_file(path: str) -> int:
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask, so we can reopen it
-    return fd
-
-
-def _lock_exclusive(path: str) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _unlink_quietly(paths: Iterable[str]) -> None:
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def _unlink_prefix(prefix: str, directories: list[str], owner_pid: int) -> None:
-    # A forked child inherits this finalizer; only the owner may remove the files.
-    if os.getpid() == owner_pid:
-        for directory in [*directories, _fallback_path()]:
-            _unlink_quietly([e.path for e in _scan(directory, prefix)])
-
-
-def _scan(directory: str, prefix: str) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(directory) as entries:
-            return [e for e in entries if e.name.startswith(prefix)]
-    except FileNotFoundError:
-        return []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
-def _free_space(directory: str) -> int:
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return 0
-    return st.f_bavail * st.f_frsize
-
-
-def _choose_directory(min_bytes: int) -> str:
-    if os.access(SHM_DIR, os.W_OK | os.X_OK) and _free_space(SHM_DIR) >= min_bytes:
-        return SHM_DIR
-    directory = _fallback_path(create=True)
-    _warn_fallback(f"{SHM_DIR} is missing or has less than {min_bytes} bytes free")
-    return directory
-
-
-def _fallback_path(create: bool = False) -> str:
-    path = os.path.join(tempfile.gettempdir(), f"localsched-shm-{os.getuid()}")
-    if create:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-        # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise PermissionError(f"{path} is not a directory owned by this user")
-        if st.st_mode & 0o077:
-            os.chmod(path, 0o700)
-    return path
-
-
-def _warn_fallback(reason: str) -> None:
-    global _fallback_warned
-    if not _fallback_warned:
-        _fallback_warned = True
-        warnings.warn(
-            f"{reason}; shared-memory segments go to {_fallback_path()}, which is"
-            " disk-backed and slower (give the machine a larger /dev/shm)",
-            SharedMemoryWarning,
-            stacklevel=4,
-        )

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from localsched.transport import shm
+from localsched.transport import segment_files, shm
 from localsched.transport.shm import (
     BlobRef,
     BlobStore,
@@ -352,9 +352,9 @@ def test_sweep_ignores_files_that_are_not_segments(tmp_path):
 
 
 def test_falls_back_to_private_tempdir_when_shm_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(shm, "SHM_DIR", str(tmp_path / "no-shm"))
+    monkeypatch.setattr(segment_files, "SHM_DIR", str(tmp_path / "no-shm"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(shm, "_fallback_warned", False)
+    monkeypatch.setattr(segment_files, "_fallback_warned", False)
     with pytest.warns(SharedMemoryWarning):
         blob_store = BlobStore()
     with blob_store:
@@ -366,7 +366,7 @@ def test_falls_back_to_private_tempdir_when_shm_is_missing(monkeypatch, tmp_path
 
 def test_full_shm_evicts_the_pool_then_falls_back_to_disk(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(shm, "_fallback_warned", False)
+    monkeypatch.setattr(segment_files, "_fallback_warned", False)
     real_pwrite = os.pwrite
     failures = iter([True, True])
 

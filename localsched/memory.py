@@ -1,0 +1,638 @@
+"""Memory management: one budget for the machine's workers, dask's thresholds.
+
+Theory of operation
+-------------------
+::
+
+    every ~150 ms on the scheduler thread (MemoryMonitor.tick)
+      sample ── psutil: each worker's unmanaged memory (anonymous RSS)
+             ── BlobStore: managed memory (its segments in RAM), what can spill
+         │
+         ▼
+      decide(sample, thresholds)   pure: readings in, a MemoryDecision out
+         │
+         ▼
+      apply: store.spill(n) · WorkerStatusChanged(paused/running) · kill a worker
+             (exit_cause names its memory use) · rate-limited log lines
+
+Results do not live in the workers here: they are shared-memory segments the
+scheduler's :class:`~localsched.transport.shm.BlobStore` owns. So *managed*
+memory is the store's segments in RAM (live values not spilled, plus leased and
+pooled segments), and a worker's *unmanaged* memory is what its process holds
+itself: its anonymous resident pages, ``rss - shared`` from ``/proc/<pid>/statm``
+(``RssAnon``). Pages of our segments that a worker maps and only reads are
+``RssShmem``, inside ``shared``: they are managed memory already, counted once,
+by the store. Pages it writes through its copy-on-write mapping become anonymous,
+so they count as its own, rightly: they die with it. USS would also count the
+shared libraries' private pages and costs a walk of ``smaps`` (milliseconds per
+sample); PSS splits our segments between readers. ``RssAnon`` is exact for what
+restarting a worker gives back, and cheap.
+
+The budget is the sum of the workers' ``memory_limit`` (dask's per-worker
+setting; ``"auto"`` splits the machine's memory as dask does), capped by the
+machine's memory. With thresholds as fractions (dask's defaults):
+
+- **target 0.6 / spill 0.7**: when managed memory passes target * budget, or all
+  memory (managed + every worker's unmanaged) passes spill * budget, move values
+  to disk, least recently used first, until it is back under target * budget.
+- **pause 0.8**: a worker whose memory (its unmanaged memory plus its share of
+  managed memory, in proportion to its limit) passes pause * its limit gets no
+  new tasks until it drops below. One paused for ``pause_timeout`` seconds with
+  nothing left to spill and nothing to run is restarted instead of hanging.
+- **terminate 0.95**: a worker past terminate * its limit, or, when all memory
+  passes terminate * budget, the worker with the most unmanaged memory, is
+  killed; its ``exit_cause`` says why and names the tasks it was running, which
+  count as suspicious (``KilledWorker`` after ``allowed_failures``).
+
+Log lines are rate-limited per (kind, worker) and carry the count of those held
+back, so a worker swinging around a threshold writes one line per interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from localsched.scheduler import events as ev
+
+if TYPE_CHECKING:
+    from localsched.runtime import PeriodicCallback, SchedulerRuntime
+    from localsched.runtime_handles import WorkerHandle
+
+__all__ = [
+    "MemoryDecision",
+    "MemoryMonitor",
+    "MemorySample",
+    "MemoryThresholds",
+    "WorkerSample",
+    "decide",
+    "parse_memory_limit",
+    "system_memory_limit",
+]
+
+logger = logging.getLogger("localsched.memory")
+
+#: Seconds between samples (dask's ``distributed.worker.memory.monitor-interval``
+#: is 100 ms; a sample of every worker costs about 20 us each).
+MONITOR_INTERVAL = 0.15
+#: Seconds between two log lines of one kind about one worker.
+LOG_INTERVAL = 5.0
+
+_DASK_KEYS = {
+    "target": "distributed.worker.memory.target",
+    "spill": "distributed.worker.memory.spill",
+    "pause": "distributed.worker.memory.pause",
+    "terminate": "distributed.worker.memory.terminate",
+}
+
+
+def system_memory_limit() -> int:
+    """The machine's memory as dask counts it: total RAM, capped by a cgroup
+    limit and by ``RLIMIT_RSS`` (``distributed.system.memory_limit``)."""
+    import resource
+
+    import psutil
+
+    limit = int(psutil.virtual_memory().total)
+    for path in (
+        "/sys/fs/cgroup/memory.max",  # cgroup v2
+        "/sys/fs/cgroup/memory.high",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+        "/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
+    ):
+        try:
+            with open(path) as f:
+                value = int(f.read())
+        except (OSError, ValueError):  # "max" (no limit) fails int() too
+            continue
+        if value > 0:
+            limit = min(limit, value)
+    hard = resource.getrlimit(resource.RLIMIT_RSS)[1]
+    if 0 < hard < limit:
+        limit = hard
+    return limit
+
+
+def parse_memory_limit(
+    limit: str | float | None,
+    nthreads: int,
+    total_cores: int,
+    system_limit: int | None = None,
+) -> int:
+    """Bytes per worker for ``memory_limit``, with dask's semantics; 0: no limit.
+
+    ``"auto"``: the machine's memory times ``nthreads / total_cores`` (capped at
+    1); a number up to 1: that fraction of the machine's memory; a larger number
+    or a string such as ``"4GiB"`` or ``"300 MB"``: bytes; 0 or None: no limit.
+    A limit above the machine's memory is capped at it, with a warning.
+
+    >>> parse_memory_limit("1.5 KiB", 1, 4)
+    1536
+    >>> parse_memory_limit(0.5, 1, 4, system_limit=1000)
+    500
+    """
+    if limit is None:
+        return 0
+    system = system_memory_limit() if system_limit is None else system_limit
+    original = limit
+    if limit == "auto":
+        return int(system * min(1.0, nthreads / max(total_cores, 1)))
+    if isinstance(limit, str):
+        try:
+            limit = float(limit)
+        except ValueError:
+            limit = _parse_bytes(limit)
+    if isinstance(limit, float) and limit <= 1:
+        limit = limit * system
+    nbytes = int(limit)
+    if nbytes > system:
+        logger.warning(
+            "Ignoring memory_limit=%r: more than the %s of memory of this machine",
+            original,
+            format_bytes(system),
+        )
+        return system
+    return max(nbytes, 0)
+
+
+def _parse_bytes(text: str) -> int:
+    units = {
+        "b": 1,
+        "k": 10**3,
+        "kb": 10**3,
+        "m": 10**6,
+        "mb": 10**6,
+        "g": 10**9,
+        "gb": 10**9,
+        "t": 10**12,
+        "tb": 10**12,
+        "kib": 2**10,
+        "mib": 2**20,
+        "gib": 2**30,
+        "tib": 2**40,
+    }
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number) :] or "b"
+    if unit not in units:
+        raise ValueError(f"Could not interpret {text!r} as a byte count")
+    return int(float(number or 1) * units[unit])
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``, ``300.0 MiB``, ``12 B``."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    if abs(n) >= 1 << 10:
+        return f"{n / 1024:.1f} KiB"
+    return f"{int(n)} B"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryThresholds:
+    """Fractions of the budget (None: that action is off), as dask's
+    ``distributed.worker.memory.{target,spill,pause,terminate}``."""
+
+    target: float | None = 0.6
+    spill: float | None = 0.7
+    pause: float | None = 0.8
+    terminate: float | None = 0.95
+    #: Seconds a paused worker with nothing to spill or run waits for a restart.
+    pause_timeout: float = 30.0
+
+    @classmethod
+    def resolve(
+        cls, pause_timeout: float = 30.0, **fractions: float | bool | None
+    ) -> MemoryThresholds:
+        """Thresholds from keyword arguments (``target=0.5``, ``pause=False``),
+        else from dask's config when the program imported dask, else defaults.
+
+        ``False`` turns an action off, as in dask's config.
+        """
+        config = sys.modules.get("dask.config")
+        values: dict[str, float | None] = {}
+        for name, key in _DASK_KEYS.items():
+            value = fractions.pop(name, None)
+            if value is None and config is not None:
+                value = config.get(key, None)
+            if value is None:
+                value = getattr(cls(), name)
+            if value is False:
+                value = None
+            elif value is not None:
+                value = float(value)
+                if not 0 < value <= 1:
+                    raise ValueError(f"memory {name} fraction must be in (0, 1]")
+            values[name] = value
+        if fractions:
+            raise TypeError(f"unknown memory thresholds: {sorted(fractions)}")
+        return cls(pause_timeout=pause_timeout, **values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSample:
+    """One worker's reading."""
+
+    address: str
+    limit: int  #: its memory_limit in bytes; 0: none
+    unmanaged: int  #: anonymous resident bytes of its process
+    status: str  #: the core's status: running, paused, closing_gracefully...
+    #: When the monitor paused it (None: not paused by the monitor).
+    paused_since: float | None = None
+    is_busy: bool = False  #: tasks are processing on it
+    restartable: bool = True  #: a process of its own (not a thread of ours)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemorySample:
+    """Everything :func:`decide` looks at, read at ``time``."""
+
+    time: float
+    managed: int  #: RAM the store's segments hold
+    spillable: int  #: of which spill() can give back
+    workers: tuple[WorkerSample, ...]
+    machine_limit: int = 0  #: cap on the budget; 0: none
+
+
+@dataclass(slots=True)
+class MemoryDecision:
+    """What to do now; ``notes`` are (level, kind, subject, message) log lines."""
+
+    spill: int = 0
+    budget: int = 0
+    pause: dict[str, str] = field(default_factory=dict)  # address -> why
+    resume: list[str] = field(default_factory=list)
+    terminate: dict[str, str] = field(default_factory=dict)  # address -> cause
+    restart: dict[str, str] = field(default_factory=dict)  # address -> cause
+    notes: list[tuple[int, str, str, str]] = field(default_factory=list)
+
+
+def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision:
+    """The monitor's policy: a pure function of one sample (module docstring)."""
+    decision = MemoryDecision()
+    limited = [w for w in sample.workers if w.limit > 0]
+    if not limited:
+        return decision
+    limits = sum(w.limit for w in limited)
+    budget = min(limits, sample.machine_limit) if sample.machine_limit else limits
+    decision.budget = budget
+    scale = budget / limits  # per-worker limits shrink if they overcommit
+    t = thresholds
+    total = sample.managed + sum(w.unmanaged for w in sample.workers)
+    need = _spill_need(sample, limited, total, budget, scale, t)
+    decision.spill = max(0, min(math.ceil(need), sample.spillable))
+    managed = sample.managed - decision.spill
+    unspillable = sample.managed - sample.spillable  # what stays whatever happens
+    after = total - decision.spill
+    if t.spill is not None and after > t.spill * budget and need > decision.spill:
+        decision.notes.append(
+            (
+                logging.WARNING,
+                "unmanaged",
+                "",
+                f"Memory use is high: {format_bytes(after)} of the workers'"
+                f" {format_bytes(budget)} budget after spilling all it could;"
+                f" {format_bytes(after - managed)} of it is held by the worker"
+                " processes themselves (unmanaged: objects tasks create or keep,"
+                " or memory not returned to the system).",
+            )
+        )
+    for w in limited:
+        limit = w.limit * scale
+        share = managed * w.limit / limits
+        used = w.unmanaged + share
+        usage = (
+            f"{format_bytes(used)} ({format_bytes(w.unmanaged)} unmanaged,"
+            f" {format_bytes(share)} its share of shared-memory results)"
+        )
+        if (
+            t.terminate is not None
+            and used > t.terminate * limit
+            and w.unmanaged > 0
+            and w.restartable
+        ):
+            decision.terminate[w.address] = (
+                f"the memory monitor restarted it: it used {usage}, more than"
+                f" {t.terminate:.0%} of its memory limit of {format_bytes(limit)}"
+            )
+        elif t.pause is not None and used > t.pause * limit:
+            if w.status == "running":
+                decision.pause[w.address] = (
+                    f"Worker {w.address} uses {usage}, more than {t.pause:.0%} of"
+                    f" its memory limit of {format_bytes(limit)}: paused, it gets"
+                    " no new tasks until its memory use falls below that."
+                )
+            elif (
+                w.paused_since is not None
+                and sample.time - w.paused_since >= t.pause_timeout
+                and not w.is_busy
+                and w.restartable
+                # Spilling all that can spill would not help it: only a
+                # restart gives its memory back.
+                and w.unmanaged + unspillable * w.limit / limits > t.pause * limit
+            ):
+                decision.restart[w.address] = (
+                    f"the memory monitor restarted it: paused for"
+                    f" {sample.time - w.paused_since:.0f} s with nothing to run and"
+                    f" nothing to spill that would help, it used {usage}, more"
+                    f" than {t.pause:.0%} of its memory limit of"
+                    f" {format_bytes(limit)}"
+                )
+        elif w.status == "paused" and w.paused_since is not None:
+            decision.resume.append(w.address)
+    if (
+        t.terminate is not None
+        and after > t.terminate * budget
+        and not (decision.terminate)
+    ):
+        # Only reachable when workers without a limit hold the memory: with
+        # limits, some worker passed its own terminate threshold above.
+        candidates = [w for w in sample.workers if w.unmanaged > 0 and w.restartable]
+        if candidates:
+            worst = max(candidates, key=lambda w: w.unmanaged)
+            decision.terminate[worst.address] = (
+                f"the memory monitor restarted it: the workers used"
+                f" {format_bytes(after)}, more than {t.terminate:.0%} of their"
+                f" {format_bytes(budget)} budget, and it held the most unmanaged"
+                f" memory ({format_bytes(worst.unmanaged)})"
+            )
+    return decision
+
+
+def _spill_need(
+    sample: MemorySample,
+    limited: list[WorkerSample],
+    total: int,
+    budget: int,
+    scale: float,
+    t: MemoryThresholds,
+) -> float:
+    """Bytes of managed memory to spill: dask's rules for the whole budget, and
+    for each worker whose memory (with its share of managed memory) passes the
+    spill threshold of its limit, enough to bring it back to target."""
+    target = t.target if t.target is not None else t.spill
+    if target is None:
+        return 0.0
+    need = 0.0
+    if t.target is not None and sample.managed > t.target * budget:
+        need = sample.managed - t.target * budget
+    if t.spill is not None and total > t.spill * budget:
+        need = max(need, total - target * budget)
+    if t.spill is not None and sample.managed:
+        limits = sum(w.limit for w in limited)
+        for w in limited:
+            ratio = w.limit / limits  # its share of each managed byte
+            used = w.unmanaged + sample.managed * ratio
+            if used > t.spill * w.limit * scale:
+                need = max(need, (used - target * w.limit * scale) / ratio)
+    return need
+
+
+class RateLimitedLog:
+    """At most one line per (kind, subject) per ``interval`` seconds; a line
+    says how many like it were held back since the previous one."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        interval: float = LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = log
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def __call__(self, level: int, kind: str, subject: str, message: str) -> bool:
+        """Log ``message`` unless one of its kind was logged lately; True if so."""
+        key = (kind, subject)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        held = self._held.pop(key, 0)
+        if held:
+            message += (
+                f" ({held} more like this in the last {now - last:.0f} s"  # type: ignore[operator]
+                " were not logged)"
+            )
+        self._last[key] = now
+        self.log.log(level, message)
+        return True
+
+
+class MemoryMonitor:
+    """Samples memory, applies :func:`decide` (module docstring).
+
+    Parameters
+    ----------
+    runtime
+        The scheduler runtime; :meth:`tick` runs on its thread.
+    thresholds
+        Fractions of the budget; see :class:`MemoryThresholds`.
+    machine_limit
+        Cap on the budget (default: :func:`system_memory_limit`).
+    interval
+        Seconds between samples.
+    """
+
+    def __init__(
+        self,
+        runtime: SchedulerRuntime,
+        thresholds: MemoryThresholds | None = None,
+        *,
+        machine_limit: int | None = None,
+        interval: float = MONITOR_INTERVAL,
+        log_interval: float = LOG_INTERVAL,
+    ) -> None:
+        self.runtime = runtime
+        self.thresholds = thresholds or MemoryThresholds()
+        self.machine_limit = (
+            system_memory_limit() if machine_limit is None else machine_limit
+        )
+        self.interval = interval
+        self.log = RateLimitedLog(logger, log_interval)
+        self.clock: Callable[[], float] = time.monotonic
+        #: Reads a pid's unmanaged bytes; None: the process is gone.
+        self.read_unmanaged: Callable[[int], int | None] = _ProcessReader()
+        self.last_decision = MemoryDecision()
+        self._paused_at: dict[str, float] = {}
+        self._killed: set[str] = set()
+        self._spilled = (0, 0)  # (values, bytes) since the last spill log line
+        self._periodic: PeriodicCallback | None = None
+
+    def start(self) -> None:
+        """Sample every ``interval`` seconds on the scheduler thread."""
+        self._periodic = self.runtime.add_periodic(
+            self.interval, self.tick, "memory-monitor"
+        )
+
+    def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+
+    def tick(self) -> MemoryDecision:
+        """One sample, one decision, applied (scheduler thread)."""
+        decision = decide(self.sample(), self.thresholds)
+        self.apply(decision)
+        self.last_decision = decision
+        return decision
+
+    def sample(self) -> MemorySample:
+        runtime = self.runtime
+        states = runtime.scheduler.state.workers
+        own_pid = os.getpid()
+        workers = []
+        for address, handle in list(runtime.workers.items()):
+            ws = states.get(address)
+            if ws is None or not handle.is_ready or address in self._killed:
+                continue
+            restartable = bool(handle.pid) and handle.pid != own_pid
+            unmanaged = self.read_unmanaged(handle.pid) if restartable else 0
+            if unmanaged is None:
+                continue  # exiting: its sentinel will tell
+            workers.append(
+                WorkerSample(
+                    address=address,
+                    limit=handle.memory_limit,
+                    unmanaged=unmanaged,
+                    status=str(ws.status),
+                    paused_since=self._paused_at.get(address),
+                    is_busy=bool(ws.processing),
+                    restartable=restartable,
+                )
+            )
+        known = set(runtime.workers)
+        self._killed &= known
+        for address in set(self._paused_at) - known:
+            del self._paused_at[address]
+        store = runtime.store
+        return MemorySample(
+            time=self.clock(),
+            managed=store.memory_bytes,
+            spillable=store.spillable_bytes,
+            workers=tuple(workers),
+            machine_limit=self.machine_limit,
+        )
+
+    def apply(self, decision: MemoryDecision) -> None:
+        runtime = self.runtime
+        if decision.spill:
+            self._spill(decision.spill, decision.budget)
+        events: list[ev.StateEvent] = []
+        now = self.clock()
+        for address, why in decision.pause.items():
+            self._paused_at[address] = now
+            events.append(self._status(address, "paused"))
+            self.log(logging.WARNING, "pause", address, why)
+        for address in decision.resume:
+            self._paused_at.pop(address, None)
+            events.append(self._status(address, "running"))
+            self.log(
+                logging.INFO,
+                "resume",
+                address,
+                f"Worker {address} is below its pause threshold again: resumed.",
+            )
+        if events:
+            runtime.post(*events)
+        for address, cause in decision.terminate.items():
+            handle = runtime.workers.get(address)
+            if handle is not None:
+                self._kill(handle, cause + self._running(handle), restarting=False)
+        for address, cause in decision.restart.items():
+            handle = runtime.workers.get(address)
+            if handle is not None:
+                self._kill(handle, cause, restarting=True)
+        for level, kind, subject, message in decision.notes:
+            self.log(level, kind, subject, message)
+
+    def _spill(self, nbytes: int, budget: int) -> None:
+        store = self.runtime.store
+        before = store.spill_count
+        try:
+            freed = store.spill(nbytes)
+        except OSError as exc:
+            self.log(
+                logging.WARNING,
+                "spill-failed",
+                "",
+                f"Could not spill results to {store.spill_directory or 'disk'}:"
+                f" {exc}. They stay in memory.",
+            )
+            return
+        values, spilled = self._spilled
+        self._spilled = values + store.spill_count - before, spilled + freed
+        values, spilled = self._spilled
+        if self.log(
+            logging.INFO,
+            "spill",
+            "",
+            f"Spilled {values} results ({format_bytes(spilled)}) to"
+            f" {store.spill_directory}: memory use above the spill threshold of"
+            f" the {format_bytes(budget)} budget.",
+        ):
+            self._spilled = (0, 0)
+
+    def _status(self, address: str, status: str) -> ev.WorkerStatusChanged:
+        return ev.WorkerStatusChanged(
+            stimulus_id=self.runtime.stimulus_id(f"memory-{status}"),
+            address=address,
+            status=status,
+        )
+
+    def _running(self, handle: WorkerHandle) -> str:
+        """The text naming the tasks it runs, if they can be told."""
+        keys: list[Any] | None = None
+        executing = getattr(self.runtime, "_executing_keys", None)
+        if executing is not None:
+            keys = executing(handle)
+        if keys is None:
+            ws = self.runtime.scheduler.state.workers.get(handle.address)
+            keys = [] if ws is None else [ts.key for ts in ws.processing]
+        return f", while executing {keys!r}" if keys else ""
+
+    def _kill(self, handle: WorkerHandle, cause: str, restarting: bool) -> None:
+        self._killed.add(handle.address)
+        self._paused_at.pop(handle.address, None)
+        handle.exit_cause = cause
+        handle.restarting = handle.restarting or restarting
+        self.log(
+            logging.WARNING,
+            "restart",
+            handle.address,
+            f"Restarting worker {handle.address} (pid {handle.pid}): {cause}.",
+        )
+        handle.process.kill()
+
+
+class _ProcessReader:
+    """``rss - shared`` of a pid via psutil, with one ``Process`` per pid."""
+
+    def __init__(self) -> None:
+        self._processes: dict[int, Any] = {}
+
+    def __call__(self, pid: int) -> int | None:
+        import psutil
+
+        process = self._processes.get(pid)
+        try:
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+            info = process.memory_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            self._processes.pop(pid, None)
+            return None
+        if len(self._processes) > 256:  # drop pids of workers long gone
+            self._processes = {pid: process}
+        return max(0, int(info.rss) - int(getattr(info, "shared", 0)))

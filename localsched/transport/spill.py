@@ -1,0 +1,138 @@
+"""Spilling: moving a live shared-memory segment to a disk file, transparently.
+
+A :class:`~localsched.transport.shm.BlobRef` names its segment by path, and refs
+may already be on their way to a worker (in a task message) when the segment is
+spilled, so the path must keep working. :func:`spill_segment` copies the segment
+to a file of the same name in a spill directory on disk, then atomically replaces
+the segment with a symbolic link to that copy::
+
+    /dev/shm/localsched-<pid>-<token>-7   (tmpfs: memory)
+        ── spill ──▶  /dev/shm/localsched-<pid>-<token>-7  ->  <spill dir>/…-7
+                      <spill dir>/localsched-<pid>-<token>-7   (disk: page cache)
+
+Readers open the same path and follow the link: the copy carries the same stamp,
+so :func:`~localsched.transport.shm.load` maps it exactly as before, and its pages
+come from the page cache, which the kernel may evict, unlike tmpfs pages. A reader
+that opened the segment before the swap keeps the memory it maps until it unmaps
+it; the memory goes back to the system after that. Live segments are never
+rewritten, so copying needs no lock. A spilled segment is never reused: releasing
+it unlinks the link and the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+
+__all__ = [
+    "default_spill_directory",
+    "is_memory_backed",
+    "spill_directory_path",
+    "spill_segment",
+]
+
+_MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "shm"})
+_COPY_CHUNK = 1 << 30
+
+
+def spill_directory_path(base: str | None = None) -> str:
+    """This user's spill directory under ``base`` (default: the temp directory)."""
+    return os.path.join(
+        base or tempfile.gettempdir(), f"localsched-spill-{os.getuid()}"
+    )
+
+
+def default_spill_directory(base: str | None = None) -> str:
+    """:func:`spill_directory_path`, created 0700 on first use and refused if
+    someone else owns it."""
+    path = spill_directory_path(base)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError(f"{path} is not a directory owned by this user")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def is_memory_backed(directory: str) -> bool:
+    """True if ``directory`` lives on a RAM filesystem (tmpfs), per mountinfo.
+
+    Its files are memory the kernel cannot evict (without swap): what the memory
+    budget counts and spilling frees. A disk-backed directory is neither.
+    """
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        return os.path.realpath(directory).startswith("/dev/shm")
+    target = os.path.realpath(directory)
+    best, best_type = "", ""
+    for line in mounts:
+        fields = line.split()
+        try:
+            separator = fields.index("-")
+        except ValueError:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(
+            mount_point.rstrip("/") + "/"
+        )
+        # The longest mount point containing the path is the one it lives on;
+        # a later line for the same point overmounts the earlier one.
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fields[separator + 1]
+    return best_type in _MEMORY_FILESYSTEMS
+
+
+def spill_segment(path: str, spill_directory: str) -> str:
+    """Copy segment ``path`` into ``spill_directory`` and link ``path`` to it.
+
+    Returns the copy's path. On failure (e.g. a full disk, ``ENOSPC``) nothing
+    changed: the partial copy is removed and the error raised.
+    """
+    name = os.path.basename(path)
+    target = os.path.join(spill_directory, name)
+    source = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(source).st_size
+        copy = os.open(
+            target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600
+        )
+        try:
+            os.fchmod(copy, 0o600)
+            _copy(source, copy, size)
+        except BaseException:
+            os.close(copy)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+            raise
+        os.close(copy)
+    finally:
+        os.close(source)
+    link = f"{path}.link"
+    try:
+        os.symlink(target, link)
+        # rename() replaces the segment atomically: a reader opens either the
+        # tmpfs file or the link, never nothing.
+        os.rename(link, path)
+    except BaseException:
+        for leftover in (link, target):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        raise
+    return target
+
+
+def _copy(source: int, destination: int, size: int) -> None:
+    # sendfile copies in the kernel (file to file since Linux 2.6.33), across
+    # filesystems, where copy_file_range is refused by some kernels.
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(destination, source, offset, min(_COPY_CHUNK, size - offset))
+        if sent == 0:
+            raise OSError(f"segment shrank while spilling ({offset} of {size} bytes)")
+        offset += sent
