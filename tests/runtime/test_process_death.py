@@ -106,29 +106,13 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def test_sigkill_of_the_user_process_leaves_no_worker_and_no_segment(tmp_path):
-    info = tmp_path / "info.json"
-    started = tmp_path / "started"
-    with open(tmp_path / "out", "w") as out:
-        user = subprocess.Popen(
-            [sys.executable, "-c", USER_SCRIPT, str(info), str(started)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    user, details, descendants = _run_user_script(tmp_path)
     try:
-        try:
-            wait_for_file(info, timeout=30)
-        except TimeoutError:
-            user.kill()
-            user.wait()
-            pytest.fail((tmp_path / "out").read_text())
-        details = json.loads(info.read_text())
         prefix = details["prefix"]
         assert prefix.startswith(f"localsched-{user.pid}-")
         assert _segments(prefix), "the script made no shared-memory segment"
         workers = [psutil.Process(p) for p in details["pids"]]
         assert len(workers) == 2
-        descendants = psutil.Process(user.pid).children(recursive=True)
         assert {w.pid for w in workers} <= {d.pid for d in descendants}
 
         os.kill(user.pid, signal.SIGKILL)
@@ -205,3 +189,74 @@ def test_program_ending_without_close_exits_promptly_and_cleans_up(tmp_path):
     assert poll(lambda: not _alive(procs), CLEANUP_DEADLINE), _alive(procs)
     prefix = f"localsched-{user.pid}-"
     assert poll(lambda: not _segments(prefix), CLEANUP_DEADLINE), _segments(prefix)
+
+
+def _run_user_script(tmp_path):
+    """Start USER_SCRIPT; the process, its details and its descendants."""
+    info = tmp_path / "info.json"
+    started = tmp_path / "started"
+    with open(tmp_path / "out", "w") as out:
+        user = subprocess.Popen(
+            [sys.executable, "-c", USER_SCRIPT, str(info), str(started)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        wait_for_file(info, timeout=30)
+    except TimeoutError:
+        user.kill()
+        user.wait()
+        pytest.fail((tmp_path / "out").read_text())
+    descendants = psutil.Process(user.pid).children(recursive=True)
+    return user, json.loads(info.read_text()), descendants
+
+
+def test_startup_sweep_removes_segments_of_a_cluster_whose_janitor_died_too(
+    tmp_path,
+):
+    """The last line of defence: the user process and its janitor both SIGKILLed
+    (a kill of the whole tree, the OOM killer) leave segments that the next
+    cluster started on the machine removes."""
+    from localsched import LocalCluster
+
+    user, details, descendants = _run_user_script(tmp_path)
+    try:
+        prefix = details["prefix"]
+        janitors = [p for p in descendants if "janitor" in " ".join(p.cmdline())]
+        assert len(janitors) == 1
+        janitors[0].kill()
+        os.kill(user.pid, signal.SIGKILL)
+        assert user.wait(timeout=DEADLINE) == -signal.SIGKILL
+        assert poll(lambda: not _alive(descendants), CLEANUP_DEADLINE)
+        assert _segments(prefix), "nothing was left for the sweep to remove"
+
+        with LocalCluster(n_workers=1, threads_per_worker=1):
+            assert not _segments(prefix)
+    finally:
+        if user.poll() is None:
+            user.kill()
+            user.wait()
+
+
+def test_close_reaps_every_process_and_segment_before_returning():
+    from localsched import Client
+
+    client = Client(n_workers=2, threads_per_worker=1)
+    cluster = client.cluster
+    prefix = cluster.store.prefix
+    data = client.scatter(b"x" * 2**20)
+    assert client.submit(len, data).result(timeout=DEADLINE) == 2**20
+    children = psutil.Process().children(recursive=True)
+    pids = {h.pid for h in cluster.runtime.workers.values()}
+    pids.add(cluster._janitor[0].pid)
+    ours = [p for p in children if p.pid in pids]
+    assert len(ours) == 3  # two workers and the janitor
+    assert _segments(prefix)
+    client.close()
+    cluster.close()
+    # No polling: everything is gone (and reaped, not zombies) once close returns.
+    for proc in ours:
+        assert not proc.is_running(), proc
+    assert not _segments(prefix)
+    assert not cluster.runtime.is_running
