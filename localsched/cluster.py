@@ -311,7 +311,11 @@ class LocalCluster:
         delay the restart policy asks for (``supervision.RestartPolicy``)."""
         if (expected and not handle.restarting) or self.status != "running":
             return
-        delay = 0.0 if expected else self._restarts.delay_after(handle)
+        delay = (
+            0.0
+            if expected
+            else self._restarts.delay_after(handle, self.runtime.workers.values())
+        )
         if delay is None:
             return
         if delay:

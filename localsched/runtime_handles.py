@@ -33,6 +33,7 @@ class WorkerHandle:
     __slots__ = (
         "address",
         "conn",
+        "executing_at_exit",
         "executing_page",
         "exit_cause",
         "exit_reason",
@@ -83,6 +84,8 @@ class WorkerHandle:
         self.exit_cause: str | None = None
         #: The tasks it is executing, readable after its death (None: unknown).
         self.executing_page: ExecutingPage | None = None
+        #: Keys it was executing when it crashed (None: unknown or no crash).
+        self.executing_at_exit: list[Hashable] | None = None
         #: Forwards its stderr and keeps the last lines (None: not captured).
         self.stderr_relay: StderrRelay | None = None
         #: time.monotonic() when it was started.

@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import IO, TYPE_CHECKING
 
 from localsched.runtime_handles import WorkerClientHandle, WorkerHandle
@@ -75,6 +75,7 @@ class Supervision:
         if not expected or handle.exit_cause:
             if not expected:
                 executing = self._executing_keys(handle)
+                handle.executing_at_exit = executing
             handle.exit_reason = explain_death(
                 handle, oom_killed=self._oom_kills_grew()
             )
@@ -273,35 +274,59 @@ def describe_exit(exitcode: int | None) -> str:
 class RestartPolicy:
     """When ``LocalCluster`` replaces a crashed worker, and when it gives up.
 
-    A worker that crashes after it started (it said hello) is replaced at once:
-    a task that keeps killing workers is stopped by ``KilledWorker`` after
-    ``allowed_failures``, which bounds that loop. A worker that dies *while
-    starting* (a broken environment, a crash on import) would die again: its
-    replacement waits ``base_delay * 2**(n-1)`` seconds (at most ``max_delay``)
-    after the n-th such death in a row, and after ``max_start_failures`` in a
-    row the cluster stops replacing workers and reports why (:attr:`failure`,
-    with the last lines the worker printed). A worker that started well resets
-    the count.
+    A worker that crashes while running tasks is replaced at once: a task that
+    keeps killing workers is stopped by ``KilledWorker`` after
+    ``allowed_failures``, which bounds that loop. A death is *unstable* if the
+    worker died while starting (before its hello: a broken environment, a crash
+    on import) or within ``min_uptime`` seconds of its start while executing
+    nothing (a worker plugin or preload that crashes it, say): its replacement
+    would likely die the same way. After the n-th unstable death in a row the
+    replacement waits ``base_delay * 2**(n-1)`` seconds (at most
+    ``max_delay``), and after ``max_start_failures`` deaths while starting the
+    cluster stops replacing workers and reports why (:attr:`failure`, with the
+    last lines the worker printed). A worker that has run for ``min_uptime``
+    since the last unstable death resets the counts.
     """
 
     base_delay = 0.1
     max_delay = 5.0
     max_start_failures = 5
+    min_uptime = 2.0
 
     def __init__(self) -> None:
-        #: Workers in a row that died before saying hello.
+        #: Workers that died while starting, since the last stable one.
         self.start_failures = 0
+        #: Unstable deaths since the last stable worker.
+        self.unstable = 0
+        #: time.monotonic() of the last unstable death.
+        self._last_unstable = -float("inf")
         #: Why the cluster stopped replacing workers; None while it does.
         self.failure: str | None = None
 
-    def delay_after(self, handle: WorkerHandle) -> float | None:
-        """Seconds to wait before replacing ``handle``; None: do not replace."""
+    def delay_after(
+        self, handle: WorkerHandle, others: Iterable[WorkerHandle] = ()
+    ) -> float | None:
+        """Seconds to wait before replacing ``handle``; None: do not replace.
+
+        ``others`` are the cluster's workers still alive.
+        """
         if self.failure is not None:
             return None
-        if handle.is_ready:
-            self.start_failures = 0
+        now = time.monotonic()
+        if any(
+            w.is_ready and self._last_unstable < w.started <= now - self.min_uptime
+            for w in others
+        ):
+            self.start_failures = self.unstable = 0  # the environment works
+        if not handle.is_ready:
+            self.start_failures += 1
+        elif not (
+            now - handle.started < self.min_uptime and handle.executing_at_exit == []
+        ):
+            self.start_failures = self.unstable = 0
             return 0.0
-        self.start_failures += 1
+        self.unstable += 1
+        self._last_unstable = now
         if self.start_failures >= self.max_start_failures:
             self.failure = (
                 f"{self.start_failures} worker processes in a row died while "
@@ -310,7 +335,7 @@ class RestartPolicy:
             )
             logger.error("%s", self.failure)
             return None
-        return min(self.max_delay, self.base_delay * 2 ** (self.start_failures - 1))
+        return min(self.max_delay, self.base_delay * 2 ** (self.unstable - 1))
 
     def check(self) -> None:
         """Raise ``RuntimeError`` if the cluster gave up starting workers."""

@@ -208,15 +208,16 @@ class _FakeProcess:
     sentinel = None
 
 
-def _handle(is_ready):
+def _handle(is_ready, executing=None):
     handle = WorkerHandle("local://1/0", 0, _FakeProcess(), None, 1)  # type: ignore[arg-type]
     handle.is_ready = is_ready
+    handle.executing_at_exit = executing
     return handle
 
 
 def test_restart_policy_backs_off_on_start_failures_and_gives_up():
     policy = RestartPolicy()
-    assert policy.delay_after(_handle(is_ready=True)) == 0.0
+    assert policy.delay_after(_handle(is_ready=True, executing=["x"])) == 0.0
     delays = [policy.delay_after(_handle(is_ready=False)) for _ in range(4)]
     assert delays == [0.1, 0.2, 0.4, 0.8]
     policy.check()  # not given up yet
@@ -226,9 +227,24 @@ def test_restart_policy_backs_off_on_start_failures_and_gives_up():
     assert policy.delay_after(_handle(is_ready=True)) is None  # stays given up
 
 
-def test_restart_policy_forgets_start_failures_after_a_good_worker():
+def test_restart_policy_backs_off_on_young_idle_crashes_without_giving_up():
+    """A worker that dies right after starting with no task running (a crashing
+    worker plugin, say) is replaced ever more slowly, never abandoned."""
+    policy = RestartPolicy()
+    delays = [policy.delay_after(_handle(True, executing=[])) for _ in range(10)]
+    assert delays[:3] == [0.1, 0.2, 0.4]
+    assert delays[-1] == policy.max_delay
+    policy.check()
+    # A crash while executing a task is the task's doing: replaced at once.
+    assert policy.delay_after(_handle(True, executing=["poison"])) == 0.0
+
+
+def test_restart_policy_forgets_failures_once_a_worker_runs_well():
     policy = RestartPolicy()
     for _ in range(3):
         policy.delay_after(_handle(is_ready=False))
-    assert policy.delay_after(_handle(is_ready=True)) == 0.0
+    assert policy.delay_after(_handle(is_ready=True)) == 0.0  # a worker that ran
     assert policy.delay_after(_handle(is_ready=False)) == 0.1
+    policy.min_uptime = 0.0
+    survivor = _handle(is_ready=True)  # started after the last failure
+    assert policy.delay_after(_handle(is_ready=False), [survivor]) == 0.1
