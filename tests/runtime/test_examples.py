@@ -48,3 +48,14 @@ def test_small_client_helpers_match_dask():
     finally:
         client.shutdown()
     assert cluster.status == "closed"
+    assert cluster.status == "closed"
+
+
+@pytest.mark.timeout(60)
+def test_adaptive_example_grows_and_shrinks():
+    out = run_example("adaptive.py").stdout
+    assert "burst: 4 workers after" in out
+    assert "on 4 worker processes" in out
+    assert "idle again: 1 worker" in out
+    assert f"read after the pool shrank: {sum(x * x for x in range(400))}" in out
+    assert "{'status': 'down'" in out

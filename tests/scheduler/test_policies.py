@@ -228,6 +228,39 @@ def test_workers_to_close_lets_hooks_filter_candidates(state):
     assert sorted(state.workers_to_close()) == ["w0", "w2"]
 
 
+def test_workers_to_close_takes_idle_workers_before_busy_ones_whatever_bytes(state):
+    for i in range(3):
+        add_worker(state, f"w{i}", memory_limit=10_000)
+    scatter(state, {"big": "w0"}, nbytes={"big": 5000})
+    submit(state, ["t"], restrictions={"t": ["w1"]})
+    # w1 holds nothing but is busy: the idle w0 (5000 bytes) goes before it
+    assert state.workers_to_close(n=2) == ["w2", "w0"]
+    assert state.workers_to_close(n=3) == ["w2", "w0", "w1"]
+
+
+def test_workers_to_close_target_counts_workers_not_groups(state):
+    for name in ("a1", "a2"):
+        add_worker(state, name, host="hostA")
+    for name in ("b1", "b2", "b3"):
+        add_worker(state, name, host="hostB")
+    scatter(state, {"d": "b1"}, nbytes={"d": 10})
+    # down to 3 workers: hostA (2 workers, no data) closes whole; hostB would
+    # overshoot the target
+    closed = state.workers_to_close(target=3, key=lambda ws: ws.host)
+    assert sorted(closed) == ["a1", "a2"]
+    assert state.workers_to_close(target=1, key=lambda ws: ws.host) == ["a1", "a2"]
+    assert len(state.workers_to_close(target=0, key=lambda ws: ws.host)) == 5
+
+
+def test_workers_to_close_minimum_with_target_keeps_the_minimum(state):
+    for i in range(4):
+        add_worker(state, f"w{i}")
+    assert len(state.workers_to_close(target=0, minimum=2)) == 2
+    assert state.workers_to_close(target=0, minimum=2, attribute="name") == [
+        state.workers[a].name for a in state.workers_to_close(target=0, minimum=2)
+    ]
+
+
 # -- stealing --------------------------------------------------------------------------
 
 
