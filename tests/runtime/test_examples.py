@@ -48,7 +48,6 @@ def test_small_client_helpers_match_dask():
     finally:
         client.shutdown()
     assert cluster.status == "closed"
-    assert cluster.status == "closed"
 
 
 @pytest.mark.timeout(60)
