@@ -317,6 +317,9 @@ def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision
             and used > t.terminate * limit
             and w.unmanaged > 0
             and w.restartable
+            # Results outlive workers: a restart helps only if its own memory
+            # is what passes the threshold.
+            and share <= t.terminate * limit
         ):
             decision.terminate[w.address] = (
                 f"the memory monitor restarted it: it used {usage}, more than"
@@ -350,7 +353,8 @@ def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision
     if (
         t.terminate is not None
         and after > t.terminate * budget
-        and not (decision.terminate)
+        and managed <= t.terminate * budget  # else no restart would help
+        and not decision.terminate
     ):
         # Only reachable when workers without a limit hold the memory: with
         # limits, some worker passed its own terminate threshold above.

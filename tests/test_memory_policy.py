@@ -214,6 +214,16 @@ def test_worker_above_terminate_threshold_is_terminated_with_a_cause():
     assert decision.pause == {}
 
 
+def test_worker_is_not_terminated_for_results_that_cannot_spill():
+    # Its share of shared-memory results alone passes terminate: killing it
+    # would free none of them (they live outside the workers).
+    decision = decide(
+        sample(worker(unmanaged=5 * MiB), managed=96 * MiB, spillable=0), DEFAULT
+    )
+    assert decision.terminate == {}
+    assert list(decision.pause) == ["w1"]
+
+
 def test_thread_workers_are_never_terminated():
     thread = worker(unmanaged=97 * MiB, restartable=False)
     assert decide(sample(thread), DEFAULT).terminate == {}

@@ -1,0 +1,216 @@
+"""Memory management on real workers: spill, pause and resume, terminate, the
+restart of a worker paused for good, a result too large for the machine, and a
+/dev/shm too small. Memory pressure is real but cheap: limits of a few hundred
+MiB and numpy allocations of that size."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from localsched import Client, KilledWorker, LocalCluster
+from localsched.transport import segment_files
+from localsched.transport.shm import SharedMemoryWarning
+from localsched.transport.spill import spill_directory_path
+from tests.runtime.helpers import DEADLINE, poll, wait_for_file
+
+np = pytest.importorskip("numpy")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(60)
+
+MiB = 1 << 20
+
+
+def filled(mib: int, value: float) -> object:
+    """Task: an array of ``mib`` MiB filled with ``value``."""
+    return np.full(mib * MiB // 8, value)
+
+
+def total(array: object) -> float:
+    return float(array.sum())  # type: ignore[attr-defined]
+
+
+def hold(mib: int, started: str, release: str) -> int:
+    """Task: keep ``mib`` MiB of the worker's own memory until ``release``."""
+    block = np.ones(mib * MiB // 8)
+    Path(f"{started}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{started}.tmp", started)
+    wait_for_file(release, timeout=DEADLINE)
+    return int(block[0])
+
+
+def leak(mib: int) -> int:
+    """Task: keep ``mib`` MiB alive in the worker after the task (a leak)."""
+    os.localsched_test_leak = np.ones(mib * MiB // 8)  # type: ignore[attr-defined]
+    return os.getpid()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def _status(cluster: LocalCluster) -> str:
+    [ws] = cluster.scheduler.workers.values()
+    return str(ws.status)
+
+
+def _state(cluster: LocalCluster, key: object) -> str | None:
+    def read() -> str | None:
+        ts = cluster.scheduler.tasks.get(key)
+        return None if ts is None else str(ts.state)
+
+    return cluster.runtime.call(read).result(DEADLINE)
+
+
+def test_results_spill_to_disk_and_read_back_identical(tmp_path):
+    spill_directory = spill_directory_path(str(tmp_path))
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            memory_limit="200MiB",
+            local_directory=str(tmp_path),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # 8 x 20 MiB of results: past the 120 MiB target of the 200 MiB budget.
+        futures = [client.submit(filled, 20, i, pure=False) for i in range(8)]
+        client.gather(futures)
+        assert poll(lambda: cluster.store.spill_count >= 2)
+        # Read on the scheduler thread, which spills: a consistent view.
+        files, spilled = cluster.runtime.call(
+            lambda: (len(os.listdir(spill_directory)), cluster.store.spill_count)
+        ).result(DEADLINE)
+        assert files == spilled
+        assert cluster.store.memory_bytes <= 0.7 * 200 * MiB
+        # Spilled values come back identical, in this process and in a task.
+        for i, array in enumerate(client.gather(futures)):
+            assert array.shape == (20 * MiB // 8,)
+            assert float(array[0]) == float(array[-1]) == i
+        sums = client.gather([client.submit(total, f) for f in futures])
+        assert sums == [i * 20 * MiB // 8 for i in range(8)]
+    assert os.listdir(spill_directory) == []
+
+
+def test_pause_stops_placement_and_resume_restarts_it(tmp_path, caplog):
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    with (
+        caplog.at_level(logging.INFO, logger="localsched.memory"),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            memory_limit="400MiB",
+            memory_pause_fraction=0.5,  # 200 MiB: far from the worker's baseline
+            memory_terminate_fraction=False,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        holding = client.submit(hold, 250, started, release)
+        wait_for_file(started)
+        assert poll(lambda: _status(cluster) == "paused")
+        # A free thread, but a paused worker: the task is not placed.
+        waiting = client.submit(pid)
+        with pytest.raises(TimeoutError):
+            waiting.result(timeout=1.0)
+        assert _state(cluster, waiting.key) in ("no-worker", "queued")
+        Path(release).touch()
+        assert holding.result(timeout=DEADLINE) == 1
+        # The memory went back: resumed, and the waiting task runs.
+        assert waiting.result(timeout=DEADLINE) == int(Path(started).read_text())
+        assert _status(cluster) == "running"
+    paused = [r for r in caplog.records if "paused, it gets no new tasks" in r.message]
+    assert len(paused) == 1
+    assert "more than 50% of its memory limit of 400.0 MiB" in paused[0].message
+    assert any("resumed" in r.message for r in caplog.records)
+
+
+def test_worker_past_terminate_is_restarted_and_its_task_killed(tmp_path):
+    started, release = str(tmp_path / "started"), str(tmp_path / "never")
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit="300MiB", allowed_failures=0
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        first_pid = client.submit(pid).result(timeout=DEADLINE)
+        hog = client.submit(hold, 400, started, release)
+        with pytest.raises(KilledWorker) as caught:
+            hog.result(timeout=DEADLINE)
+        message = str(caught.value)
+        assert "memory monitor restarted it" in message
+        assert "more than 95% of its memory limit of 300.0 MiB" in message
+        assert repr(hog.key) in message  # the task it was running is named
+        # A replacement took its place and runs tasks.
+        again = client.submit(pid, pure=False).result(timeout=DEADLINE)
+        assert again != first_pid
+
+
+def test_paused_worker_with_nothing_to_spill_is_restarted_after_timeout(caplog):
+    with (
+        caplog.at_level(logging.WARNING, logger="localsched.memory"),
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            memory_limit="300MiB",
+            memory_pause_fraction=0.5,
+            memory_terminate_fraction=False,
+            memory_pause_timeout=0.5,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        leaky_pid = client.submit(leak, 200).result(timeout=DEADLINE)
+        assert poll(lambda: _status(cluster) == "paused")
+        # Paused for good (nothing to spill, nothing running): restarted, so
+        # the next task runs on a fresh process instead of waiting forever.
+        fresh_pid = client.submit(pid).result(timeout=DEADLINE)
+        assert fresh_pid != leaky_pid
+    restarts = [r.message for r in caplog.records if "Restarting worker" in r.message]
+    assert len(restarts) == 1
+    assert "with nothing to run and nothing to spill" in restarts[0]
+
+
+def test_result_larger_than_available_memory_fails_the_task_clearly(monkeypatch):
+    # Workers are threads here, so the fake reading reaches them.
+    monkeypatch.setattr(segment_files, "_memory_available", lambda: 10 * MiB)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        too_large = client.submit(filled, 16, 1.0)
+        with pytest.raises(MemoryError, match=r"takes 16\.0 MiB, more than the 10\.0"):
+            too_large.result(timeout=DEADLINE)
+        assert client.submit(filled, 1, 2.0).result(timeout=DEADLINE)[0] == 2.0
+
+
+def test_small_dev_shm_falls_back_to_a_disk_directory_with_one_warning(
+    monkeypatch, tmp_path
+):
+    real_free_space = segment_files._free_space
+
+    def small_shm(directory: str) -> int:
+        if directory == segment_files.SHM_DIR:
+            return 32 * MiB
+        return real_free_space(directory)
+
+    monkeypatch.setattr(segment_files, "_free_space", small_shm)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(segment_files, "_fallback_warned", False)
+    with pytest.warns(SharedMemoryWarning) as caught:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    with cluster, Client(cluster) as client:
+        assert cluster.store.directory.startswith(str(tmp_path))
+        future = client.submit(filled, 2, 3.0)
+        assert float(future.result(timeout=DEADLINE)[-1]) == 3.0
+        assert any(
+            name.startswith(cluster.store.prefix)
+            for name in os.listdir(cluster.store.directory)
+        )
+    assert len(caught) == 1
+    assert "disk-backed" in str(caught[0].message)
