@@ -19,15 +19,15 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _inc(x: int) -> int:
+def inc(x: int) -> int:
     return x + 1
 
 
-def _square(x: int) -> int:
+def square(x: int) -> int:
     return x * x
 
 
-def _pause(seconds: float) -> float:
+def pause(seconds: float) -> float:
     """A task that waits, like one reading a file or calling a service."""
     import threading
 
@@ -35,7 +35,7 @@ def _pause(seconds: float) -> float:
     return seconds
 
 
-def _burn(n: int) -> int:
+def burn(n: int) -> int:
     """A CPU-bound task: ``n`` rounds of integer arithmetic."""
     total = 0
     for i in range(n):
@@ -43,19 +43,19 @@ def _burn(n: int) -> int:
     return total
 
 
-def _blob(megabytes: int) -> bytes:
+def blob(megabytes: int) -> bytes:
     """A large result: travels through shared memory, not a pipe."""
     return bytes(megabytes * 2**20)
 
 
 def submit_workload(client: Any, scale: int = 1) -> list[Any]:
     """The demo's mixed workload; returns the futures to wait for."""
-    incs = client.map(_inc, range(2000 * scale))
-    squares = client.map(_square, incs)
+    incs = client.map(inc, range(2000 * scale))
+    squares = client.map(square, incs)
     total = client.submit(sum, squares)
-    pauses = client.map(_pause, [0.05] * (20 * scale), pure=False)
-    burns = client.map(_burn, [200_000 + i for i in range(16 * scale)])
-    blobs = client.map(_blob, [8] * (4 * scale), pure=False)
+    pauses = client.map(pause, [0.05] * (20 * scale), pure=False)
+    burns = client.map(burn, [200_000 + i for i in range(16 * scale)])
+    blobs = client.map(blob, [8] * (4 * scale), pure=False)
     sizes = client.map(len, blobs)
     return [total, *pauses, *burns, *sizes]
 
@@ -100,8 +100,8 @@ def demo(n_workers: int | None = None, scale: int = 1) -> None:
         table.add_row(
             name,
             f"{count:,}",
-            f"{seconds:.3f} s",
-            f"{1e3 * seconds / max(count, 1):.3f} ms",
+            _duration(seconds),
+            _duration(seconds / max(count, 1)),
             f"{seconds / compute:.0%}" if compute else "",
         )
     console.print(table)
@@ -113,6 +113,14 @@ def demo(n_workers: int | None = None, scale: int = 1) -> None:
         "moving data and waiting for the slowest tasks.",
         highlight=False,
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.{0 if seconds >= 1e-5 else 1}f} µs"
 
 
 def _version(name: str) -> str:

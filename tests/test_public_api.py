@@ -110,3 +110,20 @@ def test_core_imports_no_io_modules() -> None:
         for module in forbidden:
             assert f"\nimport {module}\n" not in source, (name, module)
             assert f"\nfrom {module} import" not in source, (name, module)
+
+
+def test_every_public_name_is_documented_in_docs_api() -> None:
+    api = (Path(localsched.__file__).parents[1] / "docs" / "api.md").read_text()
+    missing = [name for name in localsched.__all__ if f"`{name}" not in api]
+    assert not missing, f"add to docs/api.md: {missing}"
+
+
+def test_readme_links_to_existing_docs_and_images() -> None:
+    root = Path(localsched.__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    written_here = ["quickstart", "api", "migrating", "plugins", "architecture"]
+    for page in written_here:
+        assert f"(docs/{page}.md)" in readme
+        assert (root / "docs" / f"{page}.md").is_file()
+    for image in ("progress-terminal.png", "notebook.png"):
+        assert (root / "docs" / "images" / image).is_file()

@@ -30,6 +30,8 @@ class PrefixProgress:
     done: int
     erred: int
     cancelled: int
+    #: Seconds from the tracker's start to this prefix's latest finished task.
+    active: float = 0.0
 
     @property
     def finished(self) -> int:
@@ -93,6 +95,8 @@ class ProgressTracker(SchedulerPlugin):
         self._lock = threading.Lock()
         # prefix name -> [total, done, erred, cancelled]
         self._counts: dict[str, list[int]] = {}
+        # prefix name -> monotonic time its latest task finished (for rates)
+        self._latest: dict[str, float] = {}
         self._prefix_of: dict[Key, str] = {}
         self._remaining: set[Key] = set()
         self._erred: set[Key] = set()
@@ -113,30 +117,26 @@ class ProgressTracker(SchedulerPlugin):
         """
         self._scheduler = scheduler
         tasks = scheduler.tasks
-        seen: set[Key] = set()
-        stack = [tasks[key] for key in self._keys if key in tasks]
+        roots = [tasks[key] for key in self._keys if key in tasks]
+        # As dask's ``dependent_keys``: what is left to do is reachable without
+        # passing through a result already made; complete=True also counts what
+        # lies behind results (done, even if released since).
+        needed = _reachable(roots, stop=("memory", "erred"))
+        counted = _reachable(roots, stop=("erred",)) if self._complete else needed
         with self._lock:
-            while stack:
-                ts = stack.pop()
-                if ts.key in seen:
-                    continue
-                seen.add(ts.key)
-                in_memory = ts.state == "memory"
-                if in_memory and not self._complete:
-                    continue
-                counts = self._counts.setdefault(ts.prefix.name, [0, 0, 0, 0])
+            for ts in counted.values():
+                name = ts.prefix.name
+                counts = self._counts.setdefault(name, [0, 0, 0, 0])
                 counts[0] += 1
-                self._prefix_of[ts.key] = ts.prefix.name
-                if in_memory:
-                    counts[1] += 1
-                    continue  # its dependencies are not needed again
+                self._prefix_of[ts.key] = name
                 if ts.state == "erred":
                     counts[2] += 1
                     self._erred.add(ts.key)
                     self._note_error(ts)
-                else:
+                elif ts.key in needed and ts.state != "memory":
                     self._remaining.add(ts.key)
-                stack.extend(ts.dependencies)
+                else:
+                    counts[1] += 1
             self._check_finished()
         if not self.finished.is_set():
             scheduler.add_plugin(self, name=self.name)
@@ -160,6 +160,8 @@ class ProgressTracker(SchedulerPlugin):
             return
         with self._lock:
             counts = self._counts[prefix]
+            if finish in ("memory", "erred"):
+                self._latest[prefix] = time.monotonic()
             if finish == "memory":
                 if key in self._remaining:
                     self._remaining.discard(key)
@@ -202,13 +204,35 @@ class ProgressTracker(SchedulerPlugin):
     def snapshot(self) -> ProgressSnapshot:
         """The counts now, copied under the lock."""
         with self._lock:
-            prefixes = tuple(
-                PrefixProgress(name, *counts) for name, counts in self._counts.items()
-            )
             stop = self._stop if self._stop is not None else time.monotonic()
+            prefixes = tuple(
+                PrefixProgress(
+                    name,
+                    *counts,
+                    active=self._latest.get(name, self._start) - self._start,
+                )
+                for name, counts in self._counts.items()
+            )
             return ProgressSnapshot(
                 prefixes=prefixes,
                 elapsed=stop - self._start,
                 complete=self.finished.is_set(),
                 first_error=self._first_error,
             )
+
+
+def _reachable(roots: list[Any], stop: tuple[str, ...]) -> dict[Key, Any]:
+    """Tasks reachable from ``roots`` through dependencies, not walking past
+    tasks in the ``stop`` states; ``needed`` walks exclude memory tasks."""
+    found: dict[Key, Any] = {}
+    stack = list(roots)
+    while stack:
+        ts = stack.pop()
+        if ts.key in found:
+            continue
+        if ts.state == "memory" and "memory" in stop:
+            continue
+        found[ts.key] = ts
+        if ts.state not in stop:
+            stack.extend(ts.dependencies)
+    return found

@@ -55,9 +55,11 @@ def text_line(snapshot: ProgressSnapshot, width: int = TEXT_WIDTH) -> str:
 
 
 def _rate_and_eta(p: PrefixProgress, elapsed: float) -> tuple[str, str]:
-    if elapsed < 0.05 or p.finished == 0:  # a rate over no time means nothing
+    # A finished prefix's rate is over the time it took, not the bar's life.
+    seconds = elapsed if p.remaining else p.active
+    if seconds < 0.05 or p.finished < 2:  # a rate over no time means nothing
         return "", ""
-    rate = p.finished / elapsed
+    rate = p.finished / seconds
     rate_text = f"{rate:,.0f}/s" if rate >= 10 else f"{rate:.1f}/s"
     if p.remaining == 0:
         return rate_text, ""
@@ -193,6 +195,7 @@ class ProgressBar:
         if len(clients) > 1:
             raise ValueError("progress follows futures of one client at a time")
         self.tracker = ProgressTracker([f.key for f in futures], complete=complete)
+        self._futures = futures
         self._client = next(iter(clients.values()), None)
         if self._client is not None:
             scheduler = self._client.cluster.scheduler
@@ -213,10 +216,18 @@ class ProgressBar:
         return ProgressView(self.snapshot(), multi=self.multi)
 
     def _wait_step(self, timeout: float) -> bool:
-        """Wait up to ``timeout``; True once finished or the cluster is gone."""
+        """Wait up to ``timeout``; True once finished or the cluster is gone.
+
+        The futures being done also ends the bar: it never outlives what it
+        shows, even if a dependency's count were left behind.
+        """
         if self.tracker.finished.wait(timeout):
             return True
-        return self._runtime is None or not self._runtime.is_running
+        if self._runtime is None or not self._runtime.is_running:
+            return True
+        return all(f.done() for f in self._futures) and not self.tracker.finished.wait(
+            timeout
+        )
 
     def stop(self) -> None:
         """Unregister the tracker; the scheduler stops calling it."""

@@ -114,16 +114,35 @@ def test_progress_shows_errors_in_red(client):
 
 
 def test_progress_multi_false_and_complete_false(client):
-    done = client.submit(inc, 1)
-    assert done.result(timeout=DEADLINE) == 2
+    first = client.submit(inc, 1)
+    done = client.submit(operator.neg, first)
+    assert done.result(timeout=DEADLINE) == -2
     bar = ProgressBar([done], complete=False, console=plain_console())
     assert bar.snapshot().total == 0  # nothing left to do
     bar.run()
     assert FINAL_LINE.search(bar._console.file.getvalue())
     counted = ProgressBar([done], multi=False, console=terminal_console())
     counted.run()
-    assert counted.snapshot().total == 1
-    assert "all" in counted._console.export_text()
+    # complete=True counts the whole computation, through finished results
+    assert {p.name: p.done for p in counted.snapshot().prefixes} == {
+        "inc": 1,
+        "neg": 1,
+    }
+    drawn = counted._console.export_text()
+    assert "all" in drawn
+    assert "2/2" in drawn
+
+
+def test_progress_counts_released_intermediates_as_done(client):
+    incs = client.map(inc, range(20))
+    negs = client.map(operator.neg, incs)
+    del incs  # the incs stay as released dependencies once the negs are made
+    assert client.gather(negs) == [-(x + 1) for x in range(20)]
+    bar = ProgressBar(negs, console=plain_console())
+    snapshot = bar.snapshot()
+    assert snapshot.complete, snapshot  # nothing left: must not wait for the incs
+    assert {p.name: (p.total, p.done) for p in snapshot.prefixes}["neg"] == (20, 20)
+    bar.run()
 
 
 def test_progress_notebook_bar_renders_html(client):
@@ -236,7 +255,7 @@ def test_demo_command_runs(capsys):
     out = capsys.readouterr().out
     assert FINAL_LINE.search(out), out
     assert "Where the time went" in out
-    assert "_inc" in out
+    assert "inc" in out
     assert "tasks in" in out
 
 

@@ -21,6 +21,17 @@ def test_quickstart_example_runs():
 
 
 @pytest.mark.timeout(60)
+def test_context_manager_example_runs():
+    out = run_example("context_manager.py").stdout
+    assert "| 100% Completed |" in out
+    assert "sum of squares: 328350" in out
+    assert "client closed, cluster still running" in out
+    assert "a second client on the same cluster: 144" in out
+    assert "the error came back and the cluster closed: TypeError" in out
+    assert "client closed / its cluster closed" in out
+
+
+@pytest.mark.timeout(60)
 def test_core_demo_example_runs():
     out = run_example("core_demo.py").stdout
     assert "'total' is in memory after 20,001 task results" in out
