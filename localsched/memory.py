@@ -83,6 +83,9 @@ logger = logging.getLogger("localsched.memory")
 MONITOR_INTERVAL = 0.15
 #: Seconds between two log lines of one kind about one worker.
 LOG_INTERVAL = 5.0
+#: Seconds of copying to disk per sample at most: the scheduler thread spills,
+#: and must keep scheduling; what is left is spilled on the next samples.
+SPILL_TIME_LIMIT = 0.1
 
 _DASK_KEYS = {
     "target": "distributed.worker.memory.target",
@@ -565,7 +568,7 @@ class MemoryMonitor:
         store = self.runtime.store
         before = store.spill_count
         try:
-            freed = store.spill(nbytes)
+            freed = store.spill(nbytes, time_limit=SPILL_TIME_LIMIT)
         except OSError as exc:
             self.log(
                 logging.WARNING,

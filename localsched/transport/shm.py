@@ -50,6 +50,7 @@ import pickle
 import secrets
 import struct
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -73,9 +74,10 @@ from localsched.transport.segment_files import (
     sweep_stale_segments,
 )
 from localsched.transport.spill import (
+    copy_segment,
     default_spill_directory,
     is_memory_backed,
-    spill_segment,
+    link_to_copy,
 )
 
 __all__ = [
@@ -387,13 +389,22 @@ class BlobStore(_BlobSink):
             if entry is not None:
                 self._live[ref.segment] = entry
 
-    def spill(self, nbytes: int) -> int:
+    def spill(self, nbytes: int, time_limit: float | None = None) -> int:
         """Give back at least ``nbytes`` of RAM if possible: first the pool of
         released segments, then live values, least recently used first, moved to
         disk files that readers map as before (module docstring).
 
-        Runs copies under the store's lock (live segments are immutable, but a
-        release must not race the swap); call it from one thread.
+        Copies run outside the store's lock; a value released (or its segment
+        reused) during its copy is simply not spilled. Call it from one thread.
+
+        Parameters
+        ----------
+        nbytes : int
+            RAM wanted back.
+        time_limit : float, optional
+            Seconds after which to stop (once one value is spilled), so that a
+            caller on the scheduler thread keeps scheduling; the rest is for
+            the next call.
 
         Returns
         -------
@@ -406,7 +417,7 @@ class BlobStore(_BlobSink):
             The spill directory cannot be written (e.g. the disk is full); what
             was spilled before the error stays spilled.
         """
-        freed = 0
+        started = time.monotonic()
         with self._lock:
             if self._closed or not self._memory_backed or nbytes <= 0:
                 return 0
@@ -416,17 +427,35 @@ class BlobStore(_BlobSink):
             if freed < nbytes and not self._spill_directory:
                 self._spill_directory = default_spill_directory(self._spill_base)
                 self._directories.append(self._spill_directory)
-            for path, (_, segment) in list(self._live.items()):
-                if freed >= nbytes:
+            candidates = []
+            wanted = nbytes - freed
+            for path, (blob_id, segment) in self._live.items():
+                if wanted <= 0:
                     break
-                if segment.spill_path or os.path.dirname(path) != self.directory:
+                if self._is_pooled_kind(segment):
+                    candidates.append((path, blob_id, segment))
+                    wanted -= segment.allocated
+        spilled_here = 0
+        for path, blob_id, segment in candidates:
+            if (
+                time_limit is not None
+                and spilled_here
+                and time.monotonic() - started > time_limit
+            ):
+                break
+            copy = copy_segment(path, self._spill_directory)
+            with self._lock:
+                if self._closed or self._live.get(path) != (blob_id, segment):
+                    _unlink_quietly([copy])  # released, maybe reused, meanwhile
                     continue
-                segment.spill_path = spill_segment(path, self._spill_directory)
+                link_to_copy(path, copy)
+                segment.spill_path = copy
                 self._live_memory_bytes -= segment.allocated
                 self.spilled_bytes += segment.allocated
                 self.spilled_total_bytes += segment.allocated
                 self.spill_count += 1
-                freed += segment.allocated
+            spilled_here += 1
+            freed += segment.allocated
         return freed
 
     def writer(self) -> BlobWriter:

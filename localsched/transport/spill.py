@@ -27,8 +27,10 @@ import stat
 import tempfile
 
 __all__ = [
+    "copy_segment",
     "default_spill_directory",
     "is_memory_backed",
+    "link_to_copy",
     "spill_directory_path",
     "spill_segment",
 ]
@@ -94,8 +96,15 @@ def spill_segment(path: str, spill_directory: str) -> str:
     Returns the copy's path. On failure (e.g. a full disk, ``ENOSPC``) nothing
     changed: the partial copy is removed and the error raised.
     """
-    name = os.path.basename(path)
-    target = os.path.join(spill_directory, name)
+    target = copy_segment(path, spill_directory)
+    link_to_copy(path, target)
+    return target
+
+
+def copy_segment(path: str, spill_directory: str) -> str:
+    """Copy segment ``path`` to a file of the same name in ``spill_directory``
+    (0600); its path. A partial copy is removed if that fails."""
+    target = os.path.join(spill_directory, os.path.basename(path))
     source = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         size = os.fstat(source).st_size
@@ -113,6 +122,14 @@ def spill_segment(path: str, spill_directory: str) -> str:
         os.close(copy)
     finally:
         os.close(source)
+    return target
+
+
+def link_to_copy(path: str, target: str) -> None:
+    """Replace segment ``path`` by a symbolic link to its copy ``target``.
+
+    On failure the copy is removed and the segment stays as it was.
+    """
     link = f"{path}.link"
     try:
         os.symlink(target, link)
@@ -124,7 +141,6 @@ def spill_segment(path: str, spill_directory: str) -> str:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         raise
-    return target
 
 
 def _copy(source: int, destination: int, size: int) -> None:

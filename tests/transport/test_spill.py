@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from localsched.transport import janitor, segment_files, spill
+from localsched.transport import janitor, segment_files, shm, spill
 from localsched.transport.shm import (
     BlobStore,
     BlobWriter,
@@ -160,6 +160,36 @@ def test_reader_mapping_before_the_spill_keeps_its_data(store):
     store.spill(1)
     np.testing.assert_array_equal(early, value)
     np.testing.assert_array_equal(load(ref), value)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["released", "reused"])
+def test_value_released_during_its_copy_is_not_spilled(store, monkeypatch, reuse):
+    ref = store.put(arrays(1)[0])
+    other = np.full(MiB // 8, 42.0)
+    real_copy = shm.copy_segment
+    reused = []
+
+    def copy_then_release(path: str, directory: str) -> str:
+        copy = real_copy(path, directory)
+        store.release(ref)  # as a client thread may, while the copy ran
+        if reuse:
+            reused.append(store.put(other))  # same size class: same segment
+        return copy
+
+    monkeypatch.setattr(shm, "copy_segment", copy_then_release)
+    assert store.spill(1) == 0
+    assert store.spill_count == 0
+    assert os.listdir(store.spill_directory) == []
+    assert not os.path.islink(ref.segment)
+    if reuse:
+        assert reused[0].segment == ref.segment
+        np.testing.assert_array_equal(load(reused[0]), other)
+
+
+def test_spill_stops_at_its_time_limit_after_one_value(store):
+    refs = [store.put(v) for v in arrays(3)]
+    assert MiB < store.spill(10 * MiB, time_limit=0.0) < 2 * MiB  # one value
+    assert [os.path.islink(ref.segment) for ref in refs] == [True, False, False]
 
 
 def test_failed_spill_changes_nothing(store, monkeypatch):
