@@ -14,10 +14,15 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from localsched import joblib_hook as _joblib_hook
+
 # Every logger of the package is a child of this one (``localsched.cluster``,
 # ``localsched.runtime``...). Quiet unless the application configures logging:
 # the library itself adds no output handler.
 logging.getLogger("localsched").addHandler(logging.NullHandler())
+
+# joblib's "localsched" backend, registered without importing joblib.
+_joblib_hook.install()
 
 _EXPORTS = {
     "Client": "localsched.client",

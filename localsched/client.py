@@ -20,6 +20,11 @@ from numbers import Number
 from typing import Any
 
 from localsched import restarting
+from localsched.client_collections import (
+    CollectionsMixin,
+    stop_using_localsched_for_dask,
+    use_localsched_for_dask,
+)
 from localsched.client_control import ControlMixin, no_default
 from localsched.client_datasets import DatasetsMixin
 from localsched.client_plugins import PluginsMixin
@@ -55,18 +60,24 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client(ControlMixin, PluginsMixin, DatasetsMixin):
+class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and
     closes it on ``close()``. With a ``LocalCluster``, attaches to it.
 
+    With a scheduler address (``"tcp://host:8786"``) or ``scheduler_file``,
+    hands over: returns a ``distributed.Client`` connected there (see
+    ``docs/outgrowing.md``); without distributed installed, an ``ImportError``
+    names the extra to install.
+
     Parameters
     ----------
     address
-        None, or a ``LocalCluster`` to attach to.
+        None, a ``LocalCluster`` to attach to, or a dask scheduler address.
     set_as_default
-        Make this the client used by ``get_client`` and dask collections.
+        Make this the client used by ``get_client`` and by dask collections
+        (``dask.compute``, ``x.compute()``) until it closes.
     name
         Prefix of the client id.
     **kwargs
@@ -80,6 +91,15 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
     ...     future.result()
     1024
     """
+
+    def __new__(
+        cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if isinstance(address, str) or kwargs.get("scheduler_file") is not None:
+            from localsched.handover import distributed_client
+
+            return distributed_client(address, *args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -96,12 +116,6 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         if asynchronous:
             raise ValueError(
                 "localsched's Client is synchronous; asynchronous=True is not supported"
-            )
-        if scheduler_file is not None or isinstance(address, str):
-            raise ValueError(
-                "localsched runs on this machine only and cannot connect to a "
-                f"scheduler address ({address or scheduler_file!r}); use "
-                "distributed.Client for a remote scheduler"
             )
         self.id = f"{name or 'Client'}-{uuid.uuid4()}"
         self._owns_cluster = address is None
@@ -123,9 +137,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         self._callbacks: ThreadPoolExecutor | None = None
         self._runtime.call(self._register).result(timeout=timeout)
         self.status = "running"
+        #: This client made dask's collections run on localsched (until close).
+        self._drives_dask = False
         if set_as_default:
             with _current_lock:
                 _current[next(_current_index)] = self
+            self._drives_dask = use_localsched_for_dask()
 
     def _register(self) -> None:
         self._runtime.clients[self.id] = self._handle
@@ -620,6 +637,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
             for index, client in list(_current.items()):
                 if client is self:
                     del _current[index]
+        if getattr(self, "_drives_dask", False):
+            self._drives_dask = False
+            stop_using_localsched_for_dask()
         if self._runtime.is_running:
 
             def unregister() -> None:
@@ -652,6 +672,10 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin):
         with contextlib.suppress(Exception):
             if self.status == "running" and self._owns_cluster:
                 self.close()
+            elif self._drives_dask:
+                # Dropped without close: dask must not keep pointing at it.
+                self._drives_dask = False
+                stop_using_localsched_for_dask()
 
     def __repr__(self) -> str:
         workers = self.cluster.scheduler.workers

@@ -1,0 +1,333 @@
+"""``CollectionsMixin``: the ``Client`` methods for dask graphs and collections.
+
+``get``, ``compute``, ``persist``, ``as_current`` and ``get_executor``, with
+``distributed.Client``'s signatures. dask is imported only when one of them is
+called (or a client becomes current while dask is installed).
+
+While a client is current, dask's ``scheduler`` setting holds the bound
+``get`` of :data:`DASK_SCHEDULER`, an object that forwards to the current
+client: ``dask.compute(x)``/``x.compute()`` call its ``get`` and
+``dask.persist`` its ``persist`` (dask looks for a ``persist`` method on the
+scheduler's ``__self__``). When the last current client closes, the setting
+dask had before is put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+from localsched.dask_graphs import GraphOptions, flatten_keys, pack_results
+
+Key = Hashable
+
+__all__ = ["DASK_SCHEDULER", "CollectionsMixin", "current_client"]
+
+#: The client of the innermost ``as_current`` block in this context, if any.
+_as_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "localsched_as_current", default=None
+)
+
+
+def current_client() -> Any:
+    """The client dask collections run on: ``as_current``'s, else the default."""
+    client = _as_current.get()
+    if client is not None and client.status == "running":
+        return client
+    from localsched.client import default_client
+
+    return default_client()
+
+
+class _DaskScheduler:
+    """What dask's ``scheduler`` setting points at while a client is current."""
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        return current_client().get(dsk, keys, **kwargs)
+
+    def persist(self, collections: Any, **kwargs: Any) -> Any:
+        return current_client().persist(collections, **kwargs)
+
+
+DASK_SCHEDULER = _DaskScheduler()
+
+_config_lock = threading.Lock()
+#: How many clients (and ``as_current`` blocks) want dask to use localsched.
+_config_users = 0
+#: dask's ``config.set`` object that restores the previous setting on exit.
+_config_restore: Any = None
+
+
+def _dask_installed() -> bool:
+    import importlib.util
+    import sys
+
+    return "dask" in sys.modules or importlib.util.find_spec("dask") is not None
+
+
+def register_future_token() -> None:
+    """Teach ``dask.tokenize`` localsched futures: a future stands for its key
+    (graphs holding futures, as persisted collections do, get stable names)."""
+    from dask.tokenize import normalize_token
+
+    from localsched.future import Future
+
+    if Future not in normalize_token._lookup:
+        normalize_token.register(Future)(_future_token)
+
+
+def _future_token(future: Any) -> tuple[str, Any]:
+    return ("localsched.Future", future.key)
+
+
+def use_localsched_for_dask() -> bool:
+    """Point dask's scheduler at the current client; False without dask."""
+    global _config_users, _config_restore
+    if not _dask_installed():
+        return False
+    import dask.config
+
+    register_future_token()
+    with _config_lock:
+        _config_users += 1
+        if _config_users == 1:
+            _config_restore = dask.config.set(scheduler=DASK_SCHEDULER.get)
+    return True
+
+
+def stop_using_localsched_for_dask() -> None:
+    """Undo one :func:`use_localsched_for_dask`; the last one restores dask's."""
+    global _config_users, _config_restore
+    with _config_lock:
+        _config_users -= 1
+        if _config_users == 0 and _config_restore is not None:
+            restore, _config_restore = _config_restore, None
+            restore.__exit__(None, None, None)
+
+
+class CollectionsMixin:
+    """dask graphs, collections and ``concurrent.futures`` on this client."""
+
+    def get(
+        self,
+        dsk: Any,
+        keys: Any,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: Mapping[str, float] | None = None,
+        sync: bool = True,
+        asynchronous: bool | None = None,
+        direct: bool | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute a dask graph (``distributed.Client.get``).
+
+        Parameters
+        ----------
+        dsk
+            A dict graph (classic tuple tasks or dask's task-spec nodes), a
+            ``HighLevelGraph`` or a dask expression.
+        keys
+            A key, or (nested) lists of keys.
+        workers, allow_other_workers, resources, retries, priority
+            As ``submit``, for every task of the graph.
+        sync
+            Return results (True) or futures (False), in the shape of ``keys``.
+
+        Examples
+        --------
+        >>> from operator import add
+        >>> client.get({"x": 1, "y": (add, "x", 2)}, "y")  # doctest: +SKIP
+        3
+        """
+        from localsched.dask_graphs import submit_graph
+
+        self._check_running()  # type: ignore[attr-defined]
+        options = self._graph_options(
+            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+        )
+        futures = submit_graph(
+            self, dsk, flatten_keys(keys), options, cull=isinstance(dsk, dict)
+        )
+        if not sync:
+            return pack_results(keys, futures)
+        try:
+            results = self.gather(futures)  # type: ignore[attr-defined]
+        finally:
+            for future in futures.values():
+                future.release()
+        return pack_results(keys, results)
+
+    def compute(
+        self,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool = False,
+        resources: Mapping[str, float] | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        fifo_timeout: str | float = "60s",
+        actors: Any = None,
+        traverse: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute dask collections; a future per collection (``Client.compute``).
+
+        Parameters
+        ----------
+        collections
+            A collection, or an iterable of them (other items pass through).
+        sync
+            Return results instead of futures.
+        optimize_graph
+            Optimize the graphs first, as ``dask.compute`` does.
+
+        Returns
+        -------
+        Future, or a list of futures (and the non-collection items).
+        """
+        import dask
+        from dask._expr import FinalizeCompute
+        from dask.base import collections_to_expr
+
+        from localsched.dask_graphs import submit_graph
+
+        self._check_running()  # type: ignore[attr-defined]
+        singleton = not isinstance(collections, list | tuple | set | Iterator)
+        items = [collections] if singleton else list(collections)
+        if traverse:
+            items = [_maybe_delayed(item) for item in items]
+        variables = [item for item in items if dask.is_dask_collection(item)]
+        names: list[Key] = []
+        futures_by_key: dict[Key, Any] = {}
+        if variables:
+            expr = FinalizeCompute(
+                collections_to_expr(variables, optimize_graph, **kwargs)
+            ).optimize()
+            names = flatten_keys(expr.__dask_keys__())
+            options = self._graph_options(
+                workers, allow_other_workers, resources, retries, priority, fifo_timeout
+            )
+            futures_by_key = submit_graph(self, expr, names, options)
+        results: list[Any] = []
+        position = iter(names)
+        for item in items:
+            if dask.is_dask_collection(item):
+                results.append(futures_by_key[next(position)])
+            else:
+                results.append(item)
+        if sync:
+            results = self.gather(results)  # type: ignore[attr-defined]
+        return results[0] if singleton else results
+
+    def persist(
+        self,
+        collections: Any,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing collections; the same collections backed by futures.
+
+        Returns
+        -------
+        A collection, or a list of them, matching the input.
+        """
+        from dask.base import collections_to_expr
+
+        from localsched.dask_graphs import submit_graph
+
+        self._check_running()  # type: ignore[attr-defined]
+        singleton = not isinstance(collections, list | tuple | set)
+        items = [collections] if singleton else list(collections)
+        expr = collections_to_expr(items, optimize_graph).optimize()
+        keys = expr.__dask_keys__()
+        options = self._graph_options(
+            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+        )
+        futures = submit_graph(self, expr, flatten_keys(keys), options)
+        persisted = []
+        for item, item_keys in zip(items, keys, strict=True):
+            rebuild, state = item.__dask_postpersist__()
+            persisted.append(
+                rebuild({k: futures[k] for k in flatten_keys(item_keys)}, *state)
+            )
+        return persisted[0] if singleton else persisted
+
+    def _graph_options(
+        self,
+        workers: Any,
+        allow_other_workers: bool | None,
+        resources: Mapping[str, float] | None,
+        retries: int | None,
+        priority: int,
+        fifo_timeout: str | float,
+    ) -> GraphOptions:
+        from localsched.client import _seconds
+
+        if allow_other_workers not in (True, False, None):
+            raise TypeError("allow_other_workers= must be True, False, or None")
+        import dask
+
+        return GraphOptions(
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries or None,
+            priority=priority,
+            fifo_timeout=_seconds(fifo_timeout),
+            annotations=dict(dask.get_annotations()),
+        )
+
+    @contextlib.contextmanager
+    def as_current(self) -> Iterator[None]:
+        """Make this client the one dask collections run on, in this block."""
+        token = _as_current.set(self)
+        uses_dask = use_localsched_for_dask()
+        try:
+            yield
+        finally:
+            if uses_dask:
+                stop_using_localsched_for_dask()
+            _as_current.reset(token)
+
+    def get_executor(self, **kwargs: Any) -> Any:
+        """A ``concurrent.futures.Executor`` running on this client.
+
+        ``kwargs`` go to every ``submit`` (``workers``, ``resources``,
+        ``retries``, ``priority``, ``pure``, ...). See
+        :class:`localsched.executor.ClientExecutor`.
+        """
+        from localsched.executor import ClientExecutor
+
+        return ClientExecutor(self, **kwargs)
+
+
+def _maybe_delayed(item: Any) -> Any:
+    """dask's ``traverse``: a list or dict holding collections becomes one
+    ``delayed`` object, as ``distributed.Client.compute`` does."""
+    if isinstance(item, list | tuple | set | dict):
+        import dask
+        from dask.delayed import delayed
+
+        found = (
+            item.values() if isinstance(item, dict) else item
+        )  # only look one level down, as dask does
+        if any(dask.is_dask_collection(x) for x in found):
+            return delayed(item)
+    return item

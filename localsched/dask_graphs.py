@@ -1,0 +1,430 @@
+"""Running dask graphs: from a graph (or collection) to task specs, and back.
+
+``client.get``, ``client.compute``, ``client.persist`` and ``dask.compute``
+while a client is active all come here. A graph is turned into dask's task-spec
+nodes (``dask._task_spec``: ``Task``, ``Alias``, ``DataNode``; classic tuple
+tasks are converted by ``convert_legacy_graph``), ordered by ``dask.order`` and
+handed to the scheduler core by reference, in chunks of increasing size in
+graph order::
+
+    graph ──convert──▶ nodes ──dask.order──▶ chunk 1 ──pickle──▶ UpdateGraph ─▶ core
+                                             chunk 2 ──pickle──▶ UpdateGraph ─▶ core
+                                             ...
+
+so the first tasks run while the rest of the graph is still being pickled.
+Every chunk lists as wanted the keys that later chunks depend on (the core culls
+tasks nobody wants); once the whole graph is in, those holds are released.
+
+The worker stays dask-free until a dask task arrives: every node becomes a call
+of :func:`run_graph_node` (pickled once per client, like any function) with the
+node's own pickle and a ``{dependency: TaskRef}`` dict the worker fills in. A
+localsched ``Future`` inside a node (``delayed(f)(future)``, persisted
+collections) becomes a dependency and is read back from that dict.
+
+Only :func:`run_graph_node` and :func:`dependency_value` run on workers; this
+module imports dask lazily so that importing them costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import threading
+import time
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from localsched.transport.protocol import TaskRef
+
+if TYPE_CHECKING:
+    from localsched.client import Client
+    from localsched.future import Future
+    from localsched.graph import TaskSpec
+
+Key = Hashable
+
+#: Tasks in the first chunk posted to the core; later chunks grow by
+#: ``CHUNK_GROWTH`` up to ``MAX_CHUNK``. Small first: the workers start on it
+#: while the rest is pickled. Large later: one event per chunk.
+FIRST_CHUNK = 512
+CHUNK_GROWTH = 4
+MAX_CHUNK = 32_768
+
+MISSING_DASK = "dask graphs and collections need dask: pip install 'localsched[dask]'"
+
+__all__ = [
+    "GraphOptions",
+    "dependency_value",
+    "pack_results",
+    "run_graph_node",
+    "submit_graph",
+]
+
+
+# -- on the worker ---------------------------------------------------------------
+
+_running = threading.local()
+
+
+def run_graph_node(node_bytes: bytes, values: dict[Key, Any]) -> Any:
+    """Execute one pickled dask graph node, given its dependencies' values.
+
+    The worker has replaced the ``TaskRef`` values of ``values`` by the
+    dependencies' results. The node is unpickled here, not by the worker, so
+    that localsched futures inside it resolve to those values (see
+    :func:`dependency_value`).
+    """
+    _running.values = values
+    try:
+        node = pickle.loads(node_bytes)
+    finally:
+        _running.values = None
+    return node(values)
+
+
+def dependency_value(key: Key) -> Any:
+    """What a localsched ``Future`` inside a graph node unpickles to."""
+    values = _running.values
+    if values is None:
+        raise RuntimeError(f"The value of {key!r} is only known inside its task")
+    return values[key]
+
+
+# -- in the client ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GraphOptions:
+    """``get``/``compute``/``persist`` keywords, as dask.distributed takes them."""
+
+    workers: Any = None
+    allow_other_workers: bool | None = None
+    resources: Mapping[str, float] | None = None
+    retries: int | None = None
+    priority: int = 0
+    fifo_timeout: float = 60.0
+    #: Annotations for every task (``dask.annotate`` around the call).
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_dask() -> Any:
+    try:
+        import dask
+    except ImportError as error:  # pragma: no cover - dask is in the test extra
+        raise ImportError(MISSING_DASK) from error
+    from localsched.client_collections import register_future_token
+
+    register_future_token()
+    return dask
+
+
+def as_expr(graph: Any) -> Any:
+    """A dask expression for a dict graph, a ``HighLevelGraph`` or an expression."""
+    _import_dask()
+    from dask._expr import Expr, HLGExpr, LLGExpr
+    from dask.highlevelgraph import HighLevelGraph
+
+    if isinstance(graph, Expr):
+        return graph
+    if isinstance(graph, HighLevelGraph):
+        return HLGExpr(graph)
+    if isinstance(graph, Mapping):
+        return LLGExpr(dict(graph))
+    raise TypeError(f"Expected a dask graph (dict) or expression, got {graph!r}")
+
+
+def flatten_keys(keys: Any) -> list[Key]:
+    """Keys of a (nested) list of keys, in order."""
+    if isinstance(keys, list):
+        return [k for item in keys for k in flatten_keys(item)]
+    return [keys]
+
+
+def pack_results(keys: Any, values: Mapping[Key, Any]) -> Any:
+    """``keys`` (a key or nested lists of keys) with each key replaced by its value."""
+    if isinstance(keys, list):
+        return [pack_results(k, values) for k in keys]
+    return values[keys]
+
+
+def submit_graph(
+    client: Client,
+    graph: Any,
+    keys: Iterable[Key],
+    options: GraphOptions,
+    cull: bool = False,
+) -> dict[Key, Future]:
+    """Put a dask graph or expression into the cluster; futures of ``keys``.
+
+    Parameters
+    ----------
+    client
+        The client the futures belong to.
+    graph
+        A dict graph (tuple tasks or task-spec nodes), a ``HighLevelGraph`` or
+        a dask expression.
+    keys
+        The keys to return futures for.
+    options
+        Placement, retries and priority for every task, and global annotations.
+    cull
+        Drop the tasks ``keys`` do not need before pickling (dict graphs).
+    """
+    from localsched.future import Future
+
+    _import_dask()
+    import dask.order
+    from dask._task_spec import DataNode, convert_legacy_graph
+
+    expr = as_expr(graph)
+    wanted = list(dict.fromkeys(keys))
+    raw = dict(expr.__dask_graph__())
+    annotations_by_type = {
+        kind: dict(values) for kind, values in expr.__dask_annotations__().items()
+    }
+    existing = _take_futures(raw)
+    nodes = convert_legacy_graph(raw, all_keys=set(raw) | set(existing))
+    if cull:
+        nodes = _cull(nodes, wanted)
+    if existing:
+        # dask.order needs every dependency in the graph; these are computed.
+        order_input = {**{k: DataNode(k, None) for k in existing}, **nodes}
+        order = dask.order.order(order_input)
+    else:
+        order = dask.order.order(nodes) if nodes else {}
+    for key in wanted:
+        if key not in nodes and key not in existing:
+            raise KeyError(f"Key {key!r} is not in the graph")
+    futures = {key: Future(key, client) for key in wanted}
+    _post_in_chunks(client, nodes, order, set(wanted), annotations_by_type, options)
+    return futures
+
+
+def _take_futures(raw: dict[Key, Any]) -> dict[Key, Future]:
+    """Remove the graph entries that are futures of their own key (persisted
+    collections); an entry that is a future of another key becomes an alias."""
+    from dask._task_spec import Alias
+
+    from localsched.future import Future
+
+    existing: dict[Key, Future] = {}
+    for key, value in list(raw.items()):
+        if type(value) is Future:
+            if value.key == key:
+                existing[key] = value
+                del raw[key]
+            else:
+                existing[value.key] = value
+                raw[key] = Alias(key, value.key)
+    return existing
+
+
+def _cull(nodes: dict[Key, Any], wanted: list[Key]) -> dict[Key, Any]:
+    work = list(wanted)
+    kept: dict[Key, Any] = {}
+    while work:
+        key = work.pop()
+        if key in kept or key not in nodes:
+            continue
+        node = kept[key] = nodes[key]
+        work.extend(node.dependencies)
+    return kept
+
+
+def _chunks(keys: list[Key]) -> Iterator[list[Key]]:
+    size = FIRST_CHUNK
+    start = 0
+    while start < len(keys):
+        yield keys[start : start + size]
+        start += size
+        size = min(size * CHUNK_GROWTH, MAX_CHUNK)
+
+
+def _post_in_chunks(
+    client: Client,
+    nodes: dict[Key, Any],
+    order: Mapping[Key, int],
+    wanted: set[Key],
+    annotations_by_type: dict[str, dict[Key, Any]],
+    options: GraphOptions,
+) -> None:
+    from localsched.scheduler import events as ev
+
+    runtime = client._runtime
+    ordered = sorted(nodes, key=order.__getitem__)
+    # The graph-order position of the last task that reads each key: a key read
+    # by a later chunk must be held until that chunk is in.
+    last_reader: dict[Key, int] = {}
+    for key, node in nodes.items():
+        position = order[key]
+        for dep in node.dependencies:
+            if last_reader.get(dep, -1) < position:
+                last_reader[dep] = position
+    per_key = _annotations_per_key(annotations_by_type)
+    builder = _SpecBuilder(client)
+    held: list[Key] = []
+    # Wanted keys that are futures already (a persisted collection): the first
+    # event takes hold of them.
+    first_keys = [k for k in wanted if k not in nodes]
+    for chunk in _chunks(ordered):
+        end = order[chunk[-1]]
+        tasks = {key: builder.spec(key, nodes[key]) for key in chunk}
+        frontier = [
+            k for k in chunk if k not in wanted and last_reader.get(k, -1) > end
+        ]
+        held.extend(frontier)
+        chunk_keys = [k for k in chunk if k in wanted] + frontier + first_keys
+        first_keys = []
+        runtime.post(
+            _update_graph(
+                client,
+                tasks,
+                chunk_keys,
+                order,
+                per_key,
+                annotations_by_type,
+                options,
+            )
+        )
+    if first_keys:
+        runtime.post(
+            _update_graph(
+                client, {}, first_keys, order, {}, annotations_by_type, options
+            )
+        )
+    with client._lock:
+        # A key this client holds a future for must stay wanted.
+        release = [k for k in held if k not in client._refcount]
+    if release:
+        runtime.post(
+            ev.ClientReleasesKeys(
+                stimulus_id=runtime.stimulus_id("graph-chunks-done"),
+                client=client.id,
+                keys=tuple(release),
+            )
+        )
+
+
+def _annotations_per_key(
+    annotations_by_type: Mapping[str, Mapping[Key, Any]],
+) -> dict[Key, dict[str, Any]]:
+    per_key: dict[Key, dict[str, Any]] = {}
+    for kind, values in annotations_by_type.items():
+        for key, value in values.items():
+            per_key.setdefault(key, {})[kind] = value
+    return per_key
+
+
+def _update_graph(
+    client: Client,
+    tasks: dict[Key, TaskSpec],
+    keys: list[Key],
+    order: Mapping[Key, int],
+    per_key: dict[Key, dict[str, Any]],
+    annotations_by_type: dict[str, dict[Key, Any]],
+    options: GraphOptions,
+) -> Any:
+    from numbers import Number
+
+    from localsched.scheduler import events as ev
+
+    annotations: dict[Key, dict[str, Any]] | None = None
+    if options.annotations or per_key:
+        # Layer annotations win over those around the call, as in dask.
+        annotations = {
+            key: {**options.annotations, **per_key.get(key, {})} for key in tasks
+        }
+    workers = options.workers
+    restrictions = None
+    if workers is not None:
+        names = [workers] if isinstance(workers, str | Number) else list(workers)
+        restrictions = dict.fromkeys(tasks, tuple(names))
+    return ev.UpdateGraph(
+        stimulus_id=client._runtime.stimulus_id("update-graph"),
+        client=client.id,
+        tasks=tasks,
+        dependencies={key: spec.dependencies for key, spec in tasks.items()},
+        keys=keys,
+        priority=order,
+        user_priority=options.priority,
+        fifo_timeout=options.fifo_timeout,
+        restrictions=restrictions,
+        loose_restrictions=list(tasks) if options.allow_other_workers else (),
+        resources={key: dict(options.resources) for key in tasks}
+        if options.resources
+        else None,
+        retries=options.retries,
+        annotations=annotations,
+        annotations_by_type=annotations_by_type or None,
+        time=time.time(),
+    )
+
+
+class _SpecBuilder:
+    """Pickles graph nodes into ``TaskSpec`` s, as fast as the node allows.
+
+    C pickle first (several times faster than cloudpickle on dask's nodes);
+    cloudpickle for what it refuses or would pickle by a reference the worker
+    cannot resolve (``__main__``, modules registered to pickle by value), and
+    for nodes holding localsched futures.
+    """
+
+    def __init__(self, client: Client) -> None:
+        import cloudpickle
+
+        from localsched.graph import TaskSpec
+        from localsched.transport.shm import INLINE_THRESHOLD
+
+        self._client = client
+        self._spec_type = TaskSpec
+        self._threshold = INLINE_THRESHOLD
+        self._token, self._function = client._functions.get(run_graph_node)
+        self._by_value = [
+            name.encode() for name in cloudpickle.list_registry_pickle_by_value()
+        ]
+        self._by_value.append(b"__main__")
+
+    def spec(self, key: Key, node: Any) -> TaskSpec:
+        dumps = pickle.dumps
+        try:
+            data = dumps(node, 5)
+        except Exception:
+            data = None
+        extra: set[Key] = set()
+        if data is None or any(name in data for name in self._by_value):
+            data = _dumps_with_futures(node, extra)
+        dependencies = node.dependencies
+        if extra:
+            dependencies = dependencies | extra
+        refs = {dep: TaskRef(dep) for dep in dependencies}
+        call = ((data, refs), {})
+        if len(data) < self._threshold:
+            payload: Any = dumps(call, 5)
+        else:
+            client = self._client
+            payload = client._store.serialize(call)
+        spec = self._spec_type(
+            self._token, self._function, payload, tuple(dependencies)
+        )
+        if not isinstance(payload, bytes):
+            self._client._runtime.arg_blobs_pending.append((key, spec))
+        return spec
+
+
+def _dumps_with_futures(node: Any, found: set[Key]) -> bytes:
+    """Cloudpickle ``node``; each localsched future in it becomes a dependency."""
+    import cloudpickle
+
+    from localsched.future import Future
+
+    class GraphPickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is Future:
+                found.add(obj.key)
+                return dependency_value, (obj.key,)
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    GraphPickler(buffer, protocol=5).dump(node)
+    return buffer.getvalue()

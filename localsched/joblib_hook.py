@@ -1,0 +1,82 @@
+"""Registering the ``"localsched"`` joblib backend, without importing joblib.
+
+``import localsched`` calls :func:`install`. If joblib is imported already, the
+backend is registered at once; otherwise a one-shot import hook registers it
+right after ``joblib.parallel`` is first imported. Either way it is registered
+lazily, the way joblib registers its own ``"dask"`` backend: an entry in
+``joblib.parallel.EXTERNAL_BACKENDS`` that imports
+:mod:`localsched.joblib_backend` only when ``backend="localsched"`` is asked
+for. Importing localsched thus never imports joblib.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["BACKEND_NAME", "install"]
+
+BACKEND_NAME = "localsched"
+_TARGET = "joblib.parallel"
+
+
+def install() -> None:
+    """Make ``parallel_config(backend="localsched")`` available in joblib."""
+    module = sys.modules.get(_TARGET)
+    if module is not None:
+        _register(module)
+    elif not any(isinstance(f, _JoblibImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _JoblibImportHook())
+
+
+def _register(parallel_module: Any) -> None:
+    external = getattr(parallel_module, "EXTERNAL_BACKENDS", None)
+    if external is not None:
+        external.setdefault(BACKEND_NAME, _register_backend)
+
+
+def _register_backend() -> None:
+    """Called by joblib the first time ``backend="localsched"`` is asked for."""
+    from joblib import register_parallel_backend
+
+    from localsched.joblib_backend import LocalschedBackend
+
+    register_parallel_backend(BACKEND_NAME, LocalschedBackend)
+
+
+class _JoblibImportHook:
+    """A meta-path finder that wraps ``joblib.parallel``'s loader, once."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != _TARGET:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(name, path, target) if find_spec else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _RegisteringLoader(spec.loader)
+                return spec
+        return None
+
+
+class _RegisteringLoader:
+    """Runs the real loader, then registers the backend in the fresh module."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        # The module must report its real loader (inspect, pkgutil, reloads).
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        _register(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)

@@ -1,0 +1,39 @@
+"""While a client is active, ``dask.compute`` runs on it; closing it gives
+dask back the scheduler it had."""
+
+from __future__ import annotations
+
+import pytest
+
+from localsched import Client
+
+dask = pytest.importorskip("dask")
+
+
+def _runs_on(client: Client) -> bool:
+    before = len(client.scheduler.transition_log)
+    assert dask.delayed(sum)([1, 2, 3]).compute() == 6
+    return len(client.scheduler.transition_log) > before
+
+
+def test_default_client_drives_dask_and_restores_previous_scheduler():
+    with dask.config.set(scheduler="sync"):
+        with Client(n_workers=1, threads_per_worker=1) as client:
+            assert _runs_on(client)
+            assert dask.config.get("scheduler") != "sync"
+            # A second client: the newest one is current.
+            with Client(client.cluster) as second:
+                assert _runs_on(second)
+            assert _runs_on(client)
+        assert dask.config.get("scheduler") == "sync"
+
+
+def test_as_current_without_default():
+    previous = dask.config.get("scheduler", None)
+    with Client(n_workers=1, threads_per_worker=1, set_as_default=False) as client:
+        assert dask.config.get("scheduler", None) == previous
+        with client.as_current():
+            assert _runs_on(client)
+            (total,) = dask.persist(dask.delayed(sum)([4, 5]))
+            assert total.compute() == 9
+        assert dask.config.get("scheduler", None) == previous
