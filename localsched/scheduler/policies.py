@@ -209,6 +209,26 @@ class PoliciesMixin:
         if request is not None:
             self._undo_in_flight(ts, *request[:2])
 
+    def _hand_off_unstarted(
+        self: SchedulerState, ws: WorkerState, stimulus_id: str
+    ) -> None:
+        """Ask a retiring worker to hand the tasks it has not started to others.
+
+        Graceful retirement waits for the tasks a worker executes; those queued
+        behind them would keep it (and its place in the pool) for as long as the
+        whole queue takes, while the workers that stay sit idle. The steal
+        protocol moves only tasks the worker has not started, at any cost level.
+        """
+        thieves = [w for w in self.running if w.address not in self._retiring]
+        if not thieves:
+            return
+        for ts in list(ws.processing):
+            if ts in self.in_flight or ts.actor:
+                continue
+            thief = self._pick_thief(ts, thieves)
+            if thief is not None:
+                self._request_steal(ts, ws, thief, stimulus_id)
+
     def _combined_occupancy(self: SchedulerState, ws: WorkerState) -> float:
         return ws.occupancy + self.in_flight_occupancy.get(ws, 0.0)
 

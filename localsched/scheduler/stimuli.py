@@ -819,6 +819,8 @@ class StimuliMixin:
             self.idle_task_count.discard(ws)
             self.saturated.discard(ws)
             self._retiring[ws.address] = event.close_workers
+        for ws in retiring:
+            self._hand_off_unstarted(ws, event.stimulus_id)
         self._check_retirements(event.stimulus_id)
 
     def _check_retirements(self: SchedulerState, stimulus_id: str) -> None:

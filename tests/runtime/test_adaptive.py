@@ -209,3 +209,40 @@ def test_adapt_parameters_as_dask_takes_them():
         assert "state=inactive" in repr(unbounded)
     assert parse_interval("500ms") == 0.5
     assert Adaptive is DeployAdaptive
+
+
+def test_retiring_worker_hands_its_queued_tasks_to_the_others(tmp_path):
+    release = tmp_path / "release"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        first, _ = list(cluster.scheduler.workers)
+        futures = [
+            client.submit(
+                block,
+                str(release),
+                str(tmp_path / f"started-{i}"),
+                i,
+                workers=[first],
+                allow_other_workers=True,
+                pure=False,
+            )
+            for i in range(4)
+        ]
+        wait_for_file(tmp_path / "started-0")
+        assert len(cluster.scheduler.workers[first].processing) == 4
+        retiring = threading.Thread(target=client.retire_workers, args=([first],))
+        retiring.start()
+        try:
+            # Only the executing task stays behind; the queue moves at once.
+            assert poll(lambda: len(cluster.scheduler.workers[first].processing) == 1)
+        finally:
+            release.touch()
+        retiring.join(DEADLINE)
+        assert client.gather(futures) == [0, 1, 2, 3]
+        first_pid = (tmp_path / "started-0").read_text()
+        assert all(
+            (tmp_path / f"started-{i}").read_text() != first_pid for i in (1, 2, 3)
+        )
+        assert first not in cluster.scheduler.workers

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from localsched.scheduler import events as ev
-from localsched.scheduler.commands import ComputeTask, FreeKeys, StealRequest
+from localsched.scheduler.commands import (
+    CloseWorker,
+    ComputeTask,
+    FreeKeys,
+    StealRequest,
+)
 from localsched.scheduler.state import SchedulerState
 from tests.scheduler.factories import (
     add_worker,
@@ -259,6 +264,52 @@ def test_workers_to_close_minimum_with_target_keeps_the_minimum(state):
     assert state.workers_to_close(target=0, minimum=2, attribute="name") == [
         state.workers[a].name for a in state.workers_to_close(target=0, minimum=2)
     ]
+
+
+# -- graceful retirement ---------------------------------------------------------------
+
+
+def test_retiring_worker_hands_unstarted_tasks_to_staying_workers(state):
+    keys = overloaded_w1(state, n=4)
+    w1, w2 = state.workers["w1"], state.workers["w2"]
+
+    cmds = state.handle(ev.RetireWorkers(stimulus_id="ret", workers=["w1"]))
+
+    requests = of_type(cmds, StealRequest)
+    assert sorted(r.key for r in requests) == sorted(keys)
+    assert all(r.worker == "w1" and r.thief == "w2" for r in requests)
+    executing, *queued = [r.key for r in requests]
+    state.handle(
+        ev.StealResponse(
+            stimulus_id="r0", key=executing, worker="w1", state="executing"
+        ),
+        *(
+            ev.StealResponse(stimulus_id=f"r{k}", key=k, worker="w1", state="ready")
+            for k in queued
+        ),
+    )
+    assert all(state.tasks[k].processing_on is w2 for k in queued)
+    assert state.tasks[executing].processing_on is w1
+    assert w1.status == "closing_gracefully"
+
+    cmds = finish(state, executing, "w1", shared=True)
+
+    # its one task done, its result in the shared store: w1 retires, result kept
+    assert CloseWorker.match(worker="w1", reason="retired") in cmds
+    assert "w1" not in state.workers
+    assert state.tasks[executing].state == "memory"
+    assert w2.status == "running"
+
+
+def test_retiring_the_only_worker_keeps_its_queue(state):
+    keys = [f"t{i}" for i in range(3)]
+    add_worker(state, "w1")
+    submit(state, keys)
+
+    cmds = state.handle(ev.RetireWorkers(stimulus_id="ret", workers=["w1"]))
+
+    assert of_type(cmds, StealRequest) == []
+    assert all(state.tasks[k].processing_on is state.workers["w1"] for k in keys)
 
 
 # -- stealing --------------------------------------------------------------------------
