@@ -8,7 +8,10 @@ Prints GB/s (1e9 bytes per second), best and median of the repeats:
   one byte per page (which pays the page faults); a 1 MiB put+load+release cycle;
 - the same array handed to a child process (spawn) through a multiprocessing Pipe
   versus as a BlobRef over that Pipe, end to end: the child has the array and has
-  touched every page before it acknowledges.
+  touched every page before it acknowledges;
+- spilling: moving the value from /dev/shm to a disk file (``BlobStore.spill``:
+  copy in the kernel, then swap the segment for a link), and load plus touch of
+  the spilled value (page cache, warm: it was just written).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
+import tempfile
 import time
 from typing import TYPE_CHECKING
 
@@ -100,6 +104,21 @@ def small_cycle(store: BlobStore, array: np.ndarray) -> None:
     store.release(ref)
 
 
+def bench_spill(array: np.ndarray, repeat: int) -> None:
+    nbytes = array.nbytes
+    spills, reads = [], []
+    with tempfile.TemporaryDirectory() as base:
+        for _ in range(repeat):
+            with BlobStore(spill_directory=base) as store:
+                ref = store.put(array)
+                start = time.perf_counter()
+                store.spill(1)
+                spills.append(time.perf_counter() - start)
+                reads += timed(lambda: touch(load(ref)), 1)  # noqa: B023 - called now
+    print(f"spill to disk           {rate(nbytes, spills)}  ({base})")
+    print(f"load + touch, spilled   {rate(nbytes, reads)}")
+
+
 def bench_to_child(array: np.ndarray, repeat: int) -> None:
     nbytes, expected = array.nbytes, touch(array)
     ctx = multiprocessing.get_context("spawn")
@@ -139,6 +158,7 @@ def main() -> None:
     array = np.random.default_rng(0).integers(0, 255, args.mb * 1_000_000, np.uint8)
     print(f"{args.mb} MB uint8 array, {args.repeat} repeats")
     bench_in_process(array, args.repeat)
+    bench_spill(array, args.repeat)
     bench_to_child(array, args.repeat)
 
 
