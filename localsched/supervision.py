@@ -68,7 +68,7 @@ class Supervision:
             handle.conn.close()
         relay = handle.stderr_relay
         if relay is not None:
-            relay.pump()  # the last lines it wrote before dying
+            relay.pump(max_reads=1024)  # the last lines it wrote before dying
             relay.close()
         expected = handle.said_goodbye or handle.restarting or self._stopping
         executing: list[Hashable] | None = None
@@ -80,10 +80,9 @@ class Supervision:
                 handle, oom_killed=self._oom_kills_grew()
             )
             logger.warning(
-                "Worker %s died%s. %s",
-                handle.address,
-                "" if executing is None else f" while executing {executing!r}",
+                "%s%s",
                 handle.exit_reason,
+                "" if executing is None else f"\nIt was executing {executing!r}.",
             )
         if handle.executing_page is not None:
             handle.executing_page.close()
@@ -165,11 +164,13 @@ class StderrRelay:
         self._partial = ""
         self.is_closed = False
 
-    def pump(self) -> bool:
-        """Forward whatever is readable now; True at end of file."""
+    def pump(self, max_reads: int = 16) -> bool:
+        """Forward what is readable now, at most ``max_reads`` chunks of 64 KiB
+        (a worker printing without pause must not hold the scheduler thread);
+        True at end of file."""
         if self.is_closed:
             return True
-        while True:
+        for _ in range(max_reads):
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -181,6 +182,7 @@ class StderrRelay:
             text = self._decoder.decode(data)
             _write_user_stderr(text)
             self._keep(text)
+        return False
 
     def _keep(self, text: str) -> None:
         *complete, self._partial = (self._partial + text).split("\n")

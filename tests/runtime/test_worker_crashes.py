@@ -248,3 +248,30 @@ def test_restart_policy_forgets_failures_once_a_worker_runs_well():
     policy.min_uptime = 0.0
     survivor = _handle(is_ready=True)  # started after the last failure
     assert policy.delay_after(_handle(is_ready=False), [survivor]) == 0.1
+
+
+def test_stderr_relay_forwards_everything_and_keeps_a_bounded_tail(capsys):
+    from localsched.supervision import TAIL_LINE_CHARS, TAIL_LINES, StderrRelay
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    relay = StderrRelay(os.fdopen(read_fd, "rb", buffering=0))
+    try:
+        text = "".join(f"line {i}\n" for i in range(1000)) + "x" * 5000 + "\nlast"
+        data = text.encode()
+        written = 0
+        while written < len(data):  # more than a pipe holds: pump as we go
+            written += os.write(write_fd, data[written : written + 4096])
+            assert relay.pump() is False
+        os.close(write_fd)
+        assert relay.pump() is True  # end of file
+        assert capsys.readouterr().err == text
+        tail = relay.tail()
+        assert len(tail) == TAIL_LINES
+        assert tail[-1] == "last"  # an unfinished last line counts
+        assert tail[-2] == "x" * TAIL_LINE_CHARS  # long lines are cut
+        assert tail[-3] == "line 999"
+    finally:
+        relay.close()
+    assert relay.is_closed
+    assert relay.pump() is True
