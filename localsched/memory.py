@@ -44,8 +44,10 @@ machine's memory. With thresholds as fractions (dask's defaults):
   killed; its ``exit_cause`` says why and names the tasks it was running, which
   count as suspicious (``KilledWorker`` after ``allowed_failures``).
 
-Log lines are rate-limited per (kind, worker) and carry the count of those held
-back, so a worker swinging around a threshold writes one line per interval.
+Spilling runs on the scheduler thread, at most ``SPILL_TIME_LIMIT`` seconds of
+copying per sample (the rest on the next ones), so scheduling goes on. Log lines
+are rate-limited per (kind, worker) and carry the count of those held back, so a
+worker swinging around a threshold writes one line per interval.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from localsched.memory_limits import (
+    format_bytes,
+    parse_memory_limit,
+    system_memory_limit,
+)
 from localsched.scheduler import events as ev
 
 if TYPE_CHECKING:
@@ -93,109 +100,6 @@ _DASK_KEYS = {
     "pause": "distributed.worker.memory.pause",
     "terminate": "distributed.worker.memory.terminate",
 }
-
-
-def system_memory_limit() -> int:
-    """The machine's memory as dask counts it: total RAM, capped by a cgroup
-    limit and by ``RLIMIT_RSS`` (``distributed.system.memory_limit``)."""
-    import resource
-
-    import psutil
-
-    limit = int(psutil.virtual_memory().total)
-    for path in (
-        "/sys/fs/cgroup/memory.max",  # cgroup v2
-        "/sys/fs/cgroup/memory.high",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
-        "/sys/fs/cgroup/memory/memory.soft_limit_in_bytes",
-    ):
-        try:
-            with open(path) as f:
-                value = int(f.read())
-        except (OSError, ValueError):  # "max" (no limit) fails int() too
-            continue
-        if value > 0:
-            limit = min(limit, value)
-    hard = resource.getrlimit(resource.RLIMIT_RSS)[1]
-    if 0 < hard < limit:
-        limit = hard
-    return limit
-
-
-def parse_memory_limit(
-    limit: str | float | None,
-    nthreads: int,
-    total_cores: int,
-    system_limit: int | None = None,
-) -> int:
-    """Bytes per worker for ``memory_limit``, with dask's semantics; 0: no limit.
-
-    ``"auto"``: the machine's memory times ``nthreads / total_cores`` (capped at
-    1); a number up to 1: that fraction of the machine's memory; a larger number
-    or a string such as ``"4GiB"`` or ``"300 MB"``: bytes; 0 or None: no limit.
-    A limit above the machine's memory is capped at it, with a warning.
-
-    >>> parse_memory_limit("1.5 KiB", 1, 4)
-    1536
-    >>> parse_memory_limit(0.5, 1, 4, system_limit=1000)
-    500
-    """
-    if limit is None:
-        return 0
-    system = system_memory_limit() if system_limit is None else system_limit
-    original = limit
-    if limit == "auto":
-        return int(system * min(1.0, nthreads / max(total_cores, 1)))
-    if isinstance(limit, str):
-        try:
-            limit = float(limit)
-        except ValueError:
-            limit = _parse_bytes(limit)
-    if isinstance(limit, float) and limit <= 1:
-        limit = limit * system
-    nbytes = int(limit)
-    if nbytes > system:
-        logger.warning(
-            "Ignoring memory_limit=%r: more than the %s of memory of this machine",
-            original,
-            format_bytes(system),
-        )
-        return system
-    return max(nbytes, 0)
-
-
-def _parse_bytes(text: str) -> int:
-    units = {
-        "b": 1,
-        "k": 10**3,
-        "kb": 10**3,
-        "m": 10**6,
-        "mb": 10**6,
-        "g": 10**9,
-        "gb": 10**9,
-        "t": 10**12,
-        "tb": 10**12,
-        "kib": 2**10,
-        "mib": 2**20,
-        "gib": 2**30,
-        "tib": 2**40,
-    }
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = cleaned[len(number) :] or "b"
-    if unit not in units:
-        raise ValueError(f"Could not interpret {text!r} as a byte count")
-    return int(float(number or 1) * units[unit])
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GiB``, ``300.0 MiB``, ``12 B``."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    if abs(n) >= 1 << 10:
-        return f"{n / 1024:.1f} KiB"
-    return f"{int(n)} B"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -520,6 +424,9 @@ class MemoryMonitor:
                 )
             )
         known = set(runtime.workers)
+        forget = getattr(self.read_unmanaged, "forget_others", None)
+        if forget is not None:
+            forget({handle.pid for handle in runtime.workers.values()})
         self._killed &= known
         for address in set(self._paused_at) - known:
             del self._paused_at[address]
@@ -640,6 +547,9 @@ class _ProcessReader:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             self._processes.pop(pid, None)
             return None
-        if len(self._processes) > 256:  # drop pids of workers long gone
-            self._processes = {pid: process}
         return max(0, int(info.rss) - int(getattr(info, "shared", 0)))
+
+    def forget_others(self, pids: set[int]) -> None:
+        """Drop the processes of workers that are gone."""
+        for pid in set(self._processes) - pids:
+            del self._processes[pid]
