@@ -319,6 +319,14 @@ class Adaptive:
 
     def summary(self) -> dict[str, Any]:
         """The adaptive state as plain data (for reprs and dashboards)."""
+        runtime = self.cluster.runtime
+        if runtime.is_running:
+            # Read where the state changes, so counts and log agree.
+            with contextlib.suppress(RuntimeError):  # it stopped meanwhile
+                return runtime.call(self._summary).result()
+        return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         last = self.log[-1] if self.log else None
         return {
             "state": self.state,
