@@ -435,6 +435,8 @@ class LocalCluster:
         """
         from localsched.adaptive import Adaptive as DefaultAdaptive
 
+        if self.status != "running":
+            raise RuntimeError(f"Cannot adapt a cluster that is {self.status}")
         self._stop_adaptive("adapt() called again")
         adaptive_class = Adaptive or DefaultAdaptive
         self._adaptive = adaptive_class(

@@ -246,3 +246,10 @@ def test_retiring_worker_hands_its_queued_tasks_to_the_others(tmp_path):
             (tmp_path / f"started-{i}").read_text() != first_pid for i in (1, 2, 3)
         )
         assert first not in cluster.scheduler.workers
+
+
+def test_adapt_refuses_a_closed_cluster():
+    cluster = LocalCluster(n_workers=0, processes=False)
+    cluster.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        cluster.adapt()
