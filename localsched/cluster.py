@@ -290,7 +290,9 @@ class LocalCluster:
                     self.threads_per_worker,
                     self.store.writer(),
                     self.resources,
-                    executing_page=page,
+                    # Its own mapping: the runtime closes ``page`` when the
+                    # worker leaves, maybe while a task thread still runs.
+                    executing_page=ExecutingPage(os.dup(page.fileno())),
                 )
                 process = _ThreadProcess(worker, child_conn, name=name)
                 process.start()

@@ -38,8 +38,10 @@ class ExecutingPage:
     Parameters
     ----------
     fd : int, optional
-        The descriptor of an existing page (in the worker). Without it a new
-        anonymous page is created (in the scheduler process).
+        The descriptor of an existing page (in the worker); it is closed once
+        mapped, the mapping keeps the memory. Without it a new anonymous page is
+        created (in the scheduler process), whose descriptor :meth:`fileno`
+        gives to the worker.
 
     Notes
     -----
@@ -48,15 +50,22 @@ class ExecutingPage:
     """
 
     def __init__(self, fd: int | None = None) -> None:
+        is_new = fd is None
         if fd is None:
             fd = _anonymous_file(_SIZE)
-        self._fd = fd
         self._map = mmap.mmap(fd, _SIZE)
+        if not is_new:
+            os.close(fd)  # the worker never passes it on: no child inherits it
+        self._fd = fd if is_new else -1
+        self._is_closed = False
         self._slots = memoryview(self._map).cast("q")
         #: Free slot numbers (worker side); the last one is taken first.
         self._free = list(range(SLOTS, 0, -1))
 
     def fileno(self) -> int:
+        """The page's descriptor, to pass to a worker (scheduler side only)."""
+        if self._fd < 0:
+            raise ValueError("this page's descriptor was closed once mapped")
         return self._fd
 
     def start(self, run_id: int) -> int:
@@ -84,15 +93,21 @@ class ExecutingPage:
         return {run_id for run_id in slots[1:] if run_id}
 
     def close(self) -> None:
-        """Unmap and close the descriptor (idempotent)."""
-        if self._fd < 0:
+        """Unmap and close the descriptor (idempotent).
+
+        Only for the side that no thread writes any more: an in-process worker
+        (``processes=False``) gets a page of its own over the same memory.
+        """
+        if self._is_closed:
             return
+        self._is_closed = True
         self._slots.release()
         with contextlib.suppress(BufferError):
             self._map.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-        self._fd = -1
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
 
 
 def _anonymous_file(size: int) -> int:

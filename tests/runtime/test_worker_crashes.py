@@ -275,3 +275,26 @@ def test_stderr_relay_forwards_everything_and_keeps_a_bounded_tail(capsys):
         relay.close()
     assert relay.is_closed
     assert relay.pump() is True
+
+
+def test_in_process_worker_task_ending_after_close_is_harmless(tmp_path):
+    """``processes=False``: the runtime closes its view of a leaving worker's
+    executing page while that worker's task thread may still run."""
+    import threading
+
+    release, started = str(tmp_path / "release"), tmp_path / "started"
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False)
+    try:
+        client = Client(cluster)
+        client.submit(block, release, str(started))
+        wait_for_file(started)
+        task_threads = [
+            t for t in threading.enumerate() if t.name.startswith("localsched-task")
+        ]
+        client.close()
+        cluster.close(timeout=2.0)
+    finally:
+        Path(release).touch()
+        cluster.close()
+    assert task_threads
+    assert poll(lambda: not any(t.is_alive() for t in task_threads))
