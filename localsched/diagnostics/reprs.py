@@ -175,11 +175,16 @@ def scheduler_snapshot(scheduler: Any) -> ClusterSnapshot:
 # -- HTML -----------------------------------------------------------------------
 
 _TABLE = 'style="border-collapse:collapse;text-align:right;font-size:0.9em"'
-_CELL = 'style="padding:1px 8px;border-bottom:1px solid #ddd"'
+# One style block instead of attributes on every cell: rows stay plain
+# ``<td>value</td>``, short and easy to read or search.
+_STYLE = (
+    "<style>.localsched-repr td, .localsched-repr th "
+    "{padding:1px 8px;border-bottom:1px solid #ddd}</style>"
+)
 
 
 def _row(cells: list[str], tag: str = "td") -> str:
-    return "<tr>" + "".join(f"<{tag} {_CELL}>{c}</{tag}>" for c in cells) + "</tr>"
+    return "<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>"
 
 
 def _memory_text(snapshot: ClusterSnapshot) -> str:
@@ -235,7 +240,7 @@ def cluster_html(snapshot: ClusterSnapshot, title: str) -> str:
         )
         adaptive = f"<li>adaptive: {items}</li>"
     return (
-        '<div class="localsched-repr">'
+        f'<div class="localsched-repr">{_STYLE}'
         f"<strong>{html.escape(title)}</strong>"
         "<ul style='margin:2px 0'>"
         f"<li>status: {html.escape(snapshot.status)}, "
