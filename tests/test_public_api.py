@@ -127,3 +127,17 @@ def test_readme_links_to_existing_docs_and_images() -> None:
         assert (root / "docs" / f"{page}.md").is_file()
     for image in ("progress-terminal.png", "notebook.png"):
         assert (root / "docs" / "images" / image).is_file()
+
+
+def test_rich_loads_only_when_something_is_drawn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, localsched; localsched.Client; localsched.progress; "
+        "print('rich' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
