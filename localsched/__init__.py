@@ -11,15 +11,15 @@ imports ``localsched.worker.main``, does not pay for the client and scheduler.
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING, Any
 
 from localsched import joblib_hook as _joblib_hook
 
-# Every logger of the package is a child of this one (``localsched.cluster``,
-# ``localsched.runtime``...). Quiet unless the application configures logging:
-# the library itself adds no output handler.
-logging.getLogger("localsched").addHandler(logging.NullHandler())
+# Every logger of the package is a child of ``localsched`` (``localsched.cluster``,
+# ``localsched.runtime``...). The library adds no handler: until the application
+# configures logging, Python's last-resort handler prints WARNING and above (a
+# worker that crashed, memory pressure) and INFO stays quiet. A NullHandler here
+# would silence those warnings too, which dask users would not expect.
 
 # joblib's "localsched" backend, registered without importing joblib.
 _joblib_hook.install()

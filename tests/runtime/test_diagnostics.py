@@ -6,6 +6,8 @@ import io
 import logging
 import operator
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -276,8 +278,24 @@ def test_every_logger_hangs_under_localsched():
     names = re.findall(r"getLogger\(\s*\"([^\"]+)\"", _all_source(root))
     assert names
     assert all(name.split(".")[0] == "localsched" for name in names), names
-    handlers = logging.getLogger("localsched").handlers
-    assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_warnings_reach_stderr_and_info_stays_quiet_without_logging_config():
+    script = (
+        "import logging, localsched\n"
+        "log = logging.getLogger('localsched.cluster')\n"
+        "log.info('an info line')\n"
+        "log.warning('a warning line')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=True,
+    )
+    assert "a warning line" in done.stderr
+    assert "an info line" not in done.stderr + done.stdout
 
 
 def _all_source(root: Path) -> str:
