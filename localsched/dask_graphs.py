@@ -17,9 +17,10 @@ tasks nobody wants); once the whole graph is in, those holds are released.
 
 The worker stays dask-free until a dask task arrives: every node becomes a call
 of :func:`run_graph_node` (pickled once per client, like any function) with the
-node's own pickle and a ``{dependency: TaskRef}`` dict the worker fills in. A
-localsched ``Future`` inside a node (``delayed(f)(future)``, persisted
-collections) becomes a dependency and is read back from that dict.
+node and a ``{dependency: TaskRef}`` dict the worker fills in. A localsched
+``Future`` inside a node (``delayed(f)(future)``, persisted collections) becomes
+a dependency: that node travels pickled on its own and resolves the future from
+the dict when the task unpickles it.
 
 Only :func:`run_graph_node` and :func:`dependency_value` run on workers; this
 module imports dask lazily so that importing them costs nothing.
@@ -67,19 +68,20 @@ __all__ = [
 _running = threading.local()
 
 
-def run_graph_node(node_bytes: bytes, values: dict[Key, Any]) -> Any:
-    """Execute one pickled dask graph node, given its dependencies' values.
+def run_graph_node(node: Any, values: dict[Key, Any]) -> Any:
+    """Execute one dask graph node, given its dependencies' values.
 
     The worker has replaced the ``TaskRef`` values of ``values`` by the
-    dependencies' results. The node is unpickled here, not by the worker, so
-    that localsched futures inside it resolve to those values (see
-    :func:`dependency_value`).
+    dependencies' results. A node holding localsched futures comes pickled
+    (``bytes``) and is unpickled here, so that those futures resolve to their
+    values (see :func:`dependency_value`).
     """
-    _running.values = values
-    try:
-        node = pickle.loads(node_bytes)
-    finally:
-        _running.values = None
+    if type(node) is bytes:
+        _running.values = values
+        try:
+            node = pickle.loads(node)
+        finally:
+            _running.values = None
     return node(values)
 
 
@@ -386,24 +388,27 @@ class _SpecBuilder:
         self._by_value.append(b"__main__")
 
     def spec(self, key: Key, node: Any) -> TaskSpec:
-        dumps = pickle.dumps
-        try:
-            data = dumps(node, 5)
-        except Exception:
-            data = None
-        extra: set[Key] = set()
-        if data is None or any(name in data for name in self._by_value):
-            data = _dumps_with_futures(node, extra)
         dependencies = node.dependencies
-        if extra:
+        call: Any = ((node, {dep: TaskRef(dep) for dep in dependencies}), {})
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            # One pickle of node and references: its memo stores each key once.
+            payload: Any = pickle.dumps(call, 5, buffer_callback=buffers.append)
+        except Exception:
+            payload = None
+        if payload is None or any(name in payload for name in self._by_value):
+            extra: set[Key] = set()
+            data = _dumps_with_futures(node, extra)
             dependencies = dependencies | extra
-        refs = {dep: TaskRef(dep) for dep in dependencies}
-        call = ((data, refs), {})
-        if len(data) < self._threshold:
-            payload: Any = dumps(call, 5)
-        else:
-            client = self._client
-            payload = client._store.serialize(call)
+            call = ((data, {dep: TaskRef(dep) for dep in dependencies}), {})
+            buffers = []
+            payload = pickle.dumps(call, 5)
+        size = len(payload) + sum(b.raw().nbytes for b in buffers)
+        if size >= self._threshold:
+            # Large data embedded in the graph goes to shared memory, once.
+            payload = self._client._store.serialize(call)
+        elif buffers:
+            payload = pickle.dumps(call, 5)  # small: buffers in band
         spec = self._spec_type(
             self._token, self._function, payload, tuple(dependencies)
         )

@@ -69,3 +69,11 @@ def test_adaptive_example_grows_and_shrinks():
     assert "idle again: 1 worker" in out
     assert f"read after the pool shrank: {sum(x * x for x in range(400))}" in out
     assert "{'status': 'down'" in out
+
+
+@pytest.mark.timeout(60)
+def test_dask_array_example_runs():
+    pytest.importorskip("dask.array")
+    out = run_example("dask_array.py").stdout
+    assert "(x + x.T).mean() = 0.999999" in out
+    assert "delayed sum = 285, bag sum = 328350" in out
