@@ -9,6 +9,7 @@ distributed/localsched ratios (above 1: localsched is faster).
 
     python benchmarks/bench_dask.py            # both systems
     python benchmarks/bench_dask.py --quick    # 4,000^2 in 500^2 chunks, 20,000 tasks
+    python benchmarks/bench_dask.py --tiny 20000    # full array, fewer tiny tasks
     python benchmarks/bench_dask.py --system localsched --json
 """
 
@@ -35,11 +36,12 @@ class FirstFinish:
             self.first = time.perf_counter()
 
 
-def workloads(quick: bool) -> dict[str, Any]:
+def workloads(quick: bool, n_tiny: int | None) -> dict[str, Any]:
     import dask.array as da
 
     side, chunk = (4_000, 500) if quick else (20_000, 1_000)
-    n_tiny = 20_000 if quick else 100_000
+    if n_tiny is None:
+        n_tiny = 20_000 if quick else 100_000
 
     def transpose_mean() -> Any:
         x = da.random.random((side, side), chunks=(chunk, chunk))
@@ -55,7 +57,7 @@ def workloads(quick: bool) -> dict[str, Any]:
     }
 
 
-def run(system: str, quick: bool, repeat: int) -> dict[str, float]:
+def run(system: str, quick: bool, repeat: int, n_tiny: int | None) -> dict[str, float]:
     if system == "localsched":
         from localsched import Client
 
@@ -85,7 +87,7 @@ def run(system: str, quick: bool, repeat: int) -> dict[str, float]:
 
     results: dict[str, float] = {}
     try:
-        for name, build in workloads(quick).items():
+        for name, build in workloads(quick, n_tiny).items():
             best = best_first = float("inf")
             for _ in range(repeat):
                 collection = build()
@@ -122,9 +124,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--system", choices=["localsched", "distributed"])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--tiny", type=int, help="tasks of the tiny-task graph")
     args = parser.parse_args()
     if args.system:
-        results = run(args.system, args.quick, args.repeat)
+        results = run(args.system, args.quick, args.repeat, args.tiny)
         print(json.dumps(results) if args.json else results)
         return
     by_system: dict[str, dict[str, float]] = {}
@@ -137,6 +140,7 @@ def main() -> None:
                 break
         command = [sys.executable, __file__, "--system", system, "--json"]
         command += ["--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
+        command += ["--tiny", str(args.tiny)] if args.tiny else []
         out = subprocess.run(command, capture_output=True, text=True, check=True)
         by_system[system] = json.loads(out.stdout.strip().splitlines()[-1])
     ours = by_system["localsched"]

@@ -111,6 +111,10 @@ def stop_using_localsched_for_dask() -> None:
 class CollectionsMixin:
     """dask graphs, collections and ``concurrent.futures`` on this client."""
 
+    #: As ``distributed.Client.asynchronous``: dask reads it on
+    #: ``dask.compute(..., scheduler=client)``. localsched's client is synchronous.
+    asynchronous = False
+
     def get(
         self,
         dsk: Any,

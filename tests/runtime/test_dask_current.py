@@ -37,3 +37,18 @@ def test_as_current_without_default():
             (total,) = dask.persist(dask.delayed(sum)([4, 5]))
             assert total.compute() == 9
         assert dask.config.get("scheduler", None) == previous
+
+
+def test_client_as_the_scheduler_argument():
+    from operator import add
+
+    with Client(n_workers=1, threads_per_worker=1, set_as_default=False) as client:
+        before = len(client.scheduler.transition_log)
+        total = dask.delayed(sum)([1, 2, 3])
+        assert dask.compute(total, scheduler=client) == (6,)
+        assert total.compute(scheduler=client) == 6
+        assert len(client.scheduler.transition_log) > before
+        # Futures inside a raw graph: as an argument, and as a key's value.
+        future = client.submit(add, 1, 2)
+        dsk = {"f": future, "y": (add, future, 10), "z": (add, "f", "y")}
+        assert client.get(dsk, ["y", "z"]) == [13, 16]
