@@ -49,8 +49,11 @@ class HeapSet:
         return iter(self._data)
 
     def add(self, ts: TaskState) -> None:
-        if ts not in self._data:
-            self._data.add(ts)
+        # Sizes, not membership tests: hashing a task is a Python-level call.
+        data = self._data
+        n = len(data)
+        data.add(ts)
+        if len(data) != n:
             entry = (ts.priority, next(self._counter), ts)
             run = self._run
             if not run or run[-1] < entry:
@@ -59,10 +62,11 @@ class HeapSet:
                 heapq.heappush(self._heap, entry)
 
     def discard(self, ts: TaskState) -> None:
-        if ts in self._data:
-            self._data.discard(ts)
-            if len(self._heap) + len(self._run) > 2 * len(self._data) + 64:
-                self._rebuild()
+        data = self._data
+        n = len(data)
+        data.discard(ts)
+        if len(data) != n and len(self._heap) + len(self._run) > 2 * n + 62:
+            self._rebuild()
 
     def remove(self, ts: TaskState) -> None:
         if ts not in self._data:

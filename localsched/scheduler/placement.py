@@ -15,7 +15,14 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from localsched.scheduler.tasks import EMPTY_SET, TaskPrefix, TaskState, WorkerState
+from localsched.scheduler.tasks import (
+    EMPTY_SET,
+    TaskPrefix,
+    TaskState,
+    WorkerState,
+    with_link,
+    without_link,
+)
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -306,7 +313,19 @@ class PlacementMixin:
                 pending = occ * (p - nthreads) / (p * nthreads)
                 if 0.4 < pending > 1.9 * avg:
                     saturated.add(ws)
-        if running and self._task_slots_available(ws) > 0:
+        if not running:
+            self.idle_task_count.discard(ws)
+            return
+        # ``_task_slots_available(ws) > 0``, inlined (this runs twice per task).
+        saturation = self.worker_saturation
+        if _isinf(saturation):
+            self.idle_task_count.add(ws)
+            return
+        base = _ceil(saturation * nthreads)
+        if base < 1:
+            base = 1
+        running_tasks = p - len(ws.long_running) if ws.long_running else p
+        if base + self.extra_slots_per_thread * nthreads > running_tasks:
             self.idle_task_count.add(ws)
         else:
             self.idle_task_count.discard(ws)
@@ -316,16 +335,13 @@ class PlacementMixin:
     def add_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
         """Note that ``ws`` holds ``ts``'s data."""
         if ws not in ts.who_has:
-            if not ts.who_has:
-                ts.who_has = set()  # may be the shared EMPTY_SET
-            ts.who_has.add(ws)
+            ts.who_has = with_link(ts.who_has, ws, ws.alone)
             ws.has_what[ts] = None
             ws.nbytes += ts.get_nbytes()
 
     def remove_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
         """Note that ``ws`` no longer holds ``ts``'s data."""
-        if ts.who_has:
-            ts.who_has.discard(ws)
+        ts.who_has = without_link(ts.who_has, ws)
         if ts in ws.has_what:
             del ws.has_what[ts]
             ws.nbytes -= ts.get_nbytes()

@@ -370,8 +370,8 @@ class PoliciesMixin:
             FreeKeys(stimulus_id=stimulus_id, worker=victim.address, keys=(ts.key,))
         )
         self._add_to_processing(ts, thief, stimulus_id)
-        self.transition_log.append(
-            (ts.key, "processing", "processing", {}, stimulus_id, self.now)
+        self.transition_log.record(
+            ts.key, "processing", "processing", {}, stimulus_id, self.now
         )
 
 

@@ -39,6 +39,7 @@ from localsched.scheduler.tasks import (
     TaskPrefix,
     TaskState,
     Transition,
+    TransitionLog,
     WorkerState,
     key_group_name,
     key_split,
@@ -140,9 +141,7 @@ class SchedulerState(
         #: Sum of ``ws.occupancy`` over all workers.
         self.total_occupancy = 0.0
         #: Bounded log of transitions, oldest first.
-        self.transition_log: deque[tuple[Any, ...]] = deque(
-            maxlen=transition_log_length
-        )
+        self.transition_log = TransitionLog(maxlen=transition_log_length)
         #: Most recent erred tasks (key, time, workers, exception text).
         self.erred_tasks: deque[tuple[Any, ...]] = deque(maxlen=100)
         #: key -> metadata set by clients.
@@ -259,6 +258,17 @@ class SchedulerState(
             if kwargs
             else func(self, ts, stimulus_id)
         )
+        self._record_transition(ts, start, recs, stimulus_id)
+        return recs
+
+    def _record_transition(
+        self, ts: TaskState, start: str, recs: dict[Key, str], stimulus_id: str
+    ) -> None:
+        """The engine's bookkeeping once a transition function has run.
+
+        Counts the move in the group and prefix, logs it, and drops a group whose
+        last task was forgotten. ``_transitions`` inlines the same steps.
+        """
         actual = ts.state
         if actual != start:
             states = ts.group.states
@@ -267,10 +277,19 @@ class SchedulerState(
             states = ts.prefix.states
             states[start] -= 1
             states[actual] += 1
-        self.transition_log.append((key, start, actual, recs, stimulus_id, self.now))
+        # TransitionLog.record, inlined: recommendations as a tuple of pairs.
+        self.transition_log.append(
+            (
+                ts.key,
+                start,
+                actual,
+                tuple(recs.items()) if recs else (),
+                stimulus_id,
+                self.now,
+            )
+        )
         if actual == "forgotten":
             self._forget_group_member(ts)
-        return recs
 
     def _transition_observed(
         self,
@@ -305,9 +324,7 @@ class SchedulerState(
         else:
             raise InvalidTransition(key, start, finish, self.story(key))
         actual = ts.state
-        # A plain tuple: building a named one per transition costs measurably;
-        # ``story`` hands out ``Transition`` records.
-        self.transition_log.append((key, start, actual, recs, stimulus_id, self.now))
+        self.transition_log.record(key, start, actual, recs, stimulus_id, self.now)
         if hook is not None:
             if actual == "forgotten":
                 ts.dependents = dependents
@@ -334,7 +351,7 @@ class SchedulerState(
 
     def _transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
         """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
-        # Copy: the dict may be a transition's return value, kept in the log.
+        # Copy: the caller's dict is not ours to empty.
         recommendations = dict(recommendations)
         transition = self._transition
         tasks = self.tasks
@@ -356,8 +373,9 @@ class SchedulerState(
             ):
                 new = transition(key, finish, stimulus_id)
             else:
-                # ``_transition``'s fast path, inlined: a call per transition is
-                # a measurable part of the engine's cost. Keep the two in step.
+                # ``_transition``'s fast path and ``_record_transition``, inlined:
+                # a call per transition is a measurable part of the engine's
+                # cost. Keep the three in step.
                 self.transition_counter += 1
                 new = func(self, ts, stimulus_id)
                 actual = ts.state
@@ -368,7 +386,16 @@ class SchedulerState(
                     states = ts.prefix.states
                     states[start] -= 1
                     states[actual] += 1
-                log.append((key, start, actual, new, stimulus_id, self.now))
+                log.append(
+                    (
+                        key,
+                        start,
+                        actual,
+                        tuple(new.items()) if new else (),
+                        stimulus_id,
+                        self.now,
+                    )
+                )
                 if actual == "forgotten":
                     self._forget_group_member(ts)
             if new:
@@ -394,8 +421,11 @@ class SchedulerState(
         if slots <= 0:
             return
         if slots == 1:
-            # The common case: one task finished, one slot opened.
-            self._transitions({self.queued.peek().key: "processing"}, stimulus_id)
+            # The common case: one task finished, one slot opened. What
+            # ``_transitions`` would do with this one recommendation.
+            recs = self._transition(self.queued.peek().key, "processing", stimulus_id)
+            if recs:
+                self._transitions(recs, stimulus_id)
             return
         recs = {ts.key: "processing" for ts in reversed(self.queued.peekn(slots))}
         self._transitions(recs, stimulus_id)
@@ -443,9 +473,13 @@ class SchedulerState(
         """Every logged transition that touches one of the keys or stimulus ids."""
         wanted = set(keys_or_stimuli)
         return [
-            Transition(*t)
-            for t in self.transition_log
-            if t[0] in wanted or t[4] in wanted or any(k in wanted for k in t[3])
+            Transition(key, start, finish, dict(recs), stimulus_id, time)
+            for key, start, finish, recs, stimulus_id, time in (
+                self.transition_log.entries()
+            )
+            if key in wanted
+            or stimulus_id in wanted
+            or any(rec[0] in wanted for rec in recs)
         ]
 
     @property

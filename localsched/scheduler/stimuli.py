@@ -27,6 +27,8 @@ from localsched.scheduler.tasks import (
     Key,
     TaskState,
     WorkerState,
+    with_link,
+    without_link,
 )
 from localsched.scheduler.transitions import key_erred
 
@@ -292,8 +294,8 @@ class StimuliMixin:
                 ts.shared = event.shared
                 ts.state = "memory"
                 self._count_state_change(ts, "released")
-                self.transition_log.append(
-                    (key, "released", "memory", {}, stimulus_id, self.now)
+                self.transition_log.record(
+                    key, "released", "memory", {}, stimulus_id, self.now
                 )
                 ts.type = event.types.get(key)
                 if ts.type:
@@ -329,16 +331,31 @@ class StimuliMixin:
             and ts.processing_on is ws
             and not stale
         ):
-            recs = self._transition(
-                event.key,
-                "memory",
-                stimulus_id,
-                worker=event.worker,
-                nbytes=event.nbytes,
-                type=event.type,
-                startstops=event.startstops,
-                shared=event.shared,
-            )
+            if self.transition_hook is None and not self.transition_counter_max:
+                # The engine's fast path without packing keyword arguments: the
+                # checks above are exactly processing->memory's own.
+                self.transition_counter += 1
+                recs = self._processing_to_memory(
+                    ts,
+                    ws,
+                    event.nbytes,
+                    event.type,
+                    event.startstops,
+                    event.shared,
+                    stimulus_id,
+                )
+                self._record_transition(ts, "processing", recs, stimulus_id)
+            else:
+                recs = self._transition(
+                    event.key,
+                    "memory",
+                    stimulus_id,
+                    worker=event.worker,
+                    nbytes=event.nbytes,
+                    type=event.type,
+                    startstops=event.startstops,
+                    shared=event.shared,
+                )
             if recs:  # often empty: a wanted result with no waiting dependent
                 self._transitions(recs, stimulus_id)
             if self._retiring:
@@ -617,7 +634,7 @@ class StimuliMixin:
             if ts is None or ts not in cs.wants_what:
                 continue
             cs.wants_what.discard(ts)
-            ts.who_wants.discard(cs)
+            ts.who_wants = without_link(ts.who_wants, cs)
             if not ts.who_wants:
                 if not ts.dependents:
                     recs[key] = "forgotten"
@@ -922,9 +939,7 @@ class StimuliMixin:
 def _link_client(cs: ClientState, ts: TaskState) -> None:
     """``cs`` wants ``ts``: the symmetric ``wants_what`` / ``who_wants`` link."""
     cs.wants_what.add(ts)
-    if not ts.who_wants:
-        ts.who_wants = set()  # may be the shared EMPTY_SET
-    ts.who_wants.add(cs)
+    ts.who_wants = with_link(ts.who_wants, cs, cs.alone)
 
 
 # C-level key function (sorting 100k tasks by a Python function costs ~1 us each).

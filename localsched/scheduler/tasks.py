@@ -13,7 +13,8 @@ on memory addresses: the same events always give the same commands.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections import deque
+from collections.abc import Hashable, Iterator, Mapping
 from typing import Any, Literal
 
 TaskStateName = Literal[
@@ -244,6 +245,35 @@ class TaskGroup:
 EMPTY_SET: Any = frozenset()
 
 
+def with_link(links: Any, item: Any, alone: Any) -> Any:
+    """``links`` with ``item`` added; assign the result back to the link set.
+
+    ``who_has`` and ``who_wants`` hold, while they have one member, that
+    member's shared ``alone`` frozenset (``WorkerState.alone``,
+    ``ClientState.alone``) rather than a set of their own: most tasks are wanted
+    by one client and held by one worker, and a set per task was one more object
+    per task for the garbage collector to walk on each full collection. A second
+    member makes a real set.
+    """
+    if not links:
+        return alone
+    if type(links) is set:
+        links.add(item)
+        return links
+    grown = set(links)
+    grown.add(item)
+    return grown
+
+
+def without_link(links: Any, item: Any) -> Any:
+    """``links`` without ``item``; assign the result back to the link set."""
+    if type(links) is set:
+        links.discard(item)
+        return links
+    # The shared empty set, or a one-member ``alone`` frozenset.
+    return EMPTY_SET if item in links else links
+
+
 class TaskState:
     """The scheduler's record of one task (dask's ``TaskState``)."""
 
@@ -308,11 +338,12 @@ class TaskState:
         #: Dependents that are waiting, queued, no-worker or processing and still
         #: need this task's data.
         self.waiters: set[TaskState] = EMPTY_SET
-        #: Workers holding the result; non-empty only in memory.
+        #: Workers holding the result; non-empty only in memory. With one holder
+        #: it is that worker's shared ``alone`` frozenset (see ``with_link``).
         self.who_has: set[WorkerState] = EMPTY_SET
         #: The worker running the task; set iff state is processing.
         self.processing_on: WorkerState | None = None
-        #: Clients that hold a future to this key.
+        #: Clients that hold a future to this key (one: that client's ``alone``).
         self.who_wants: set[ClientState] = EMPTY_SET
         #: Size of the result in bytes; -1 until known.
         self.nbytes = -1
@@ -388,6 +419,7 @@ class WorkerState:
         "__weakref__",
         "_hash",
         "address",
+        "alone",
         "executing_count",
         "has_what",
         "host",
@@ -421,6 +453,8 @@ class WorkerState:
         #: Unique address (``"local://<pid>/<n>"`` in localsched).
         self.address = address
         self._hash = hash(address)
+        #: ``frozenset({self})``: the ``who_has`` of every task held here alone.
+        self.alone: frozenset[WorkerState] = frozenset((self,))
         #: User-facing name; defaults to the address.
         self.name = address if name is None else name
         #: Threads executing tasks in the worker.
@@ -484,12 +518,21 @@ class WorkerState:
 class ClientState:
     """A client that holds futures."""
 
-    __slots__ = ("__weakref__", "_hash", "client_key", "last_seen", "wants_what")
+    __slots__ = (
+        "__weakref__",
+        "_hash",
+        "alone",
+        "client_key",
+        "last_seen",
+        "wants_what",
+    )
 
     def __init__(self, client: str) -> None:
         #: The client's id.
         self.client_key = client
         self._hash = hash(client)
+        #: ``frozenset({self})``: the ``who_wants`` of every task wanted by it alone.
+        self.alone: frozenset[ClientState] = frozenset((self,))
         #: Tasks this client holds futures for; symmetric with ``who_wants``.
         self.wants_what: set[TaskState] = set()
         #: Time of the client's last action.
@@ -534,3 +577,68 @@ class Transition(tuple):  # type: ignore[type-arg]
     recommendations = property(lambda self: self[3])
     stimulus_id = property(lambda self: self[4])
     time = property(lambda self: self[5])
+
+
+#: A log entry as stored: ``(key, start, finish, recommendations, stimulus_id,
+#: time)`` with the recommendations as a tuple of ``(key, state)`` pairs.
+LogEntry = tuple[Any, ...]
+
+
+class TransitionLog(deque):  # type: ignore[type-arg]
+    """The bounded transition log; reads hand out ``Transition`` records.
+
+    Entries are stored as tuples of atoms (keys, state names, the stimulus id, a
+    float, and the recommendations as a tuple of pairs), never with a dict inside:
+    the garbage collector stops tracking such a tuple at its first collection,
+    while a tuple holding a dict stays tracked, and 100,000 log entries walked on
+    every full collection were a large part of the core's cost per task. Only the
+    engine appends (``record``, or ``append`` with an entry already in that form).
+    Iterating and indexing rebuild each entry as a ``Transition`` with a dict of
+    recommendations, as dask's log holds.
+    """
+
+    __slots__ = ()
+
+    def record(
+        self,
+        key: Key,
+        start: str,
+        finish: str,
+        recommendations: Mapping[Key, str],
+        stimulus_id: str,
+        time: float,
+    ) -> None:
+        """Append one transition (the engine's hot path inlines this)."""
+        self.append(
+            (
+                key,
+                start,
+                finish,
+                tuple(recommendations.items()) if recommendations else (),
+                stimulus_id,
+                time,
+            )
+        )
+
+    def entries(self) -> Iterator[LogEntry]:
+        """The stored entries, oldest first, without building records."""
+        return deque.__iter__(self)
+
+    def __iter__(self) -> Iterator[Transition]:
+        for entry in deque.__iter__(self):
+            yield _as_transition(entry)
+
+    def __reversed__(self) -> Iterator[Transition]:
+        for entry in deque.__reversed__(self):
+            yield _as_transition(entry)
+
+    def __getitem__(self, index: int) -> Transition:  # type: ignore[override]
+        return _as_transition(deque.__getitem__(self, index))
+
+    def __repr__(self) -> str:
+        return f"TransitionLog({list(self)!r}, maxlen={self.maxlen})"
+
+
+def _as_transition(entry: LogEntry) -> Transition:
+    key, start, finish, recs, stimulus_id, time = entry
+    return Transition(key, start, finish, dict(recs), stimulus_id, time)

@@ -201,19 +201,24 @@ class TransitionsMixin:
         ws = ts.processing_on
         assert ws is not None
         ts.processing_on = None
-        cost = ws.processing.pop(ts)
-        if ts in ws.long_running:
-            ws.long_running.discard(ts)
+        processing = ws.processing
+        cost = processing.pop(ts)
+        # Guards on emptiness before membership tests: hashing a task or a
+        # worker is a Python-level call, and these are usually empty.
+        long_running = ws.long_running
+        if long_running and ts in long_running:
+            long_running.discard(ts)
         else:
             ws.occupancy -= cost
             self.total_occupancy -= cost
             counts = ws.task_prefix_count
-            n = counts[ts.prefix] - 1
+            prefix = ts.prefix
+            n = counts[prefix] - 1
             if n:
-                counts[ts.prefix] = n
+                counts[prefix] = n
             else:
-                del counts[ts.prefix]
-        if not ws.processing:
+                del counts[prefix]
+        if not processing:
             # Drop float residue so an idle worker reads exactly zero.
             self.total_occupancy -= ws.occupancy
             ws.occupancy = 0.0
@@ -221,10 +226,11 @@ class TransitionsMixin:
             used = ws.used_resources
             for name, amount in ts.resource_restrictions.items():
                 used[name] -= amount
-        unknown = self._unknown_durations.get(ts.prefix)
-        if unknown is not None:
-            unknown.discard(ts)
-        if self._stealing_enabled:
+        if self._unknown_durations:
+            unknown = self._unknown_durations.get(ts.prefix)
+            if unknown is not None:
+                unknown.discard(ts)
+        if self._stealing_enabled and (self.stealable or self.in_flight):
             self._steal_candidates_discard(ts, ws)
         if ws.status == "closed":
             return None
@@ -249,16 +255,36 @@ class TransitionsMixin:
         if ws is None or ts.processing_on is not ws:
             # A stale answer from a worker we no longer trust with this task.
             return {ts.key: "released"}
+        return self._processing_to_memory(
+            ts, ws, nbytes, type, startstops, shared, stimulus_id
+        )
+
+    def _processing_to_memory(
+        self: SchedulerState,
+        ts: TaskState,
+        ws: WorkerState,
+        nbytes: int,
+        typename: str | None,
+        startstops: tuple[tuple[str, float, float], ...],
+        shared: bool,
+        stimulus_id: str,
+    ) -> Recs:
+        """processing -> memory on ``ws``, which is ``ts.processing_on``.
+
+        Positional, so that ``TaskFinished``'s fast path in ``stimuli.py`` calls it
+        without packing keyword arguments (this runs once per task).
+        """
         group = ts.group
         for action, start, stop in startstops:
             group.add_duration(action, start, stop)
         self._exit_processing_common(ts)
-        if self.fast_task_slots and startstops:
-            self._update_extra_slots(ts.prefix)
-        if startstops and ts.prefix in self._unknown_durations:
-            self._realign_unknown(ts.prefix)
+        if startstops:
+            if self.fast_task_slots:
+                self._update_extra_slots(ts.prefix)
+            if self._unknown_durations and ts.prefix in self._unknown_durations:
+                self._realign_unknown(ts.prefix)
         recs: Recs = {}
-        self._add_to_memory(ts, ws, recs, nbytes, type, shared, stimulus_id)
+        self._add_to_memory(ts, ws, recs, nbytes, typename, shared, stimulus_id)
         return recs
 
     def _add_to_memory(
@@ -272,20 +298,28 @@ class TransitionsMixin:
         stimulus_id: str,
     ) -> None:
         ts.shared = shared
-        self._set_nbytes(ts, nbytes)
+        if nbytes >= 0:
+            self._set_nbytes(ts, nbytes)
         if ws is not None:
-            self.add_replica(ts, ws)
+            if not ts.who_has:
+                # add_replica's work, for the usual first replica.
+                ts.who_has = ws.alone
+                ws.has_what[ts] = None
+                ws.nbytes += ts.get_nbytes()
+            else:
+                self.add_replica(ts, ws)
         dependents = ts.dependents
-        if len(dependents) > 1:
-            ordered = sorted(dependents, key=_priority_of, reverse=True)
-        else:
-            ordered = dependents  # type: ignore[assignment]
-        for dts in ordered:
-            waiting_on = dts.waiting_on
-            if ts in waiting_on:
-                waiting_on.discard(ts)
-                if not waiting_on:
-                    recs[dts.key] = "processing"
+        if dependents:
+            if len(dependents) > 1:
+                ordered = sorted(dependents, key=_priority_of, reverse=True)
+            else:
+                ordered = dependents  # type: ignore[assignment]
+            for dts in ordered:
+                waiting_on = dts.waiting_on
+                if waiting_on and ts in waiting_on:
+                    waiting_on.discard(ts)
+                    if not waiting_on:
+                        recs[dts.key] = "processing"
         for dts in ts.dependencies:
             waiters = dts.waiters
             if waiters:
@@ -297,11 +331,12 @@ class TransitionsMixin:
         if typename is not None:
             ts.group.types.add(typename)
             ts.prefix.types.add(typename)
-        if not ts.waiters and not ts.who_wants:
+        who_wants = ts.who_wants
+        if not ts.waiters and not who_wants:
             recs[ts.key] = "released"
         else:
             commands = self._commands
-            for cs in ts.who_wants:
+            for cs in who_wants:
                 commands.append(
                     KeyInMemory(
                         stimulus_id=stimulus_id,
@@ -311,7 +346,7 @@ class TransitionsMixin:
                     )
                 )
         faf = self.clients.get("fire-and-forget")
-        if faf is not None and ts in faf.wants_what:
+        if faf is not None and faf.wants_what and ts in faf.wants_what:
             self._client_releases_keys((ts.key,), faf, recs)
 
     def _transition_waiting_memory(

@@ -107,9 +107,20 @@ class ValidateMixin:
         for cs in ts.who_wants:
             check(ts in cs.wants_what, ts, f"asymmetric who_wants {cs.client_key}")
         for name in _LINK_SETS:
-            # A link set is a real set or the shared empty one (writers rely on it).
+            # A link set is a real set or the shared empty one (writers rely on it);
+            # who_has / who_wants may also be their one member's ``alone``.
             links = getattr(ts, name)
-            check(type(links) is set or links is EMPTY_SET, ts, f"{name} not a set")
+            check(
+                type(links) is set
+                or links is EMPTY_SET
+                or (
+                    name in ("who_has", "who_wants")
+                    and len(links) == 1
+                    and links is next(iter(links)).alone
+                ),
+                ts,
+                f"{name} not a set",
+            )
 
     def _check(
         self: SchedulerState, condition: bool, ts: TaskState | None, msg: str
