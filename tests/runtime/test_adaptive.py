@@ -253,3 +253,20 @@ def test_adapt_refuses_a_closed_cluster():
     cluster.close()
     with pytest.raises(RuntimeError, match="closed"):
         cluster.adapt()
+
+
+def test_worker_key_groups_retire_together():
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster:
+        # Both workers are on this host: one group, and closing it would leave
+        # fewer than the target of 1.
+        grouped = cluster.adapt(
+            minimum=0,
+            maximum=2,
+            interval=0,
+            wait_count=1,
+            worker_key=lambda ws: ws.host,
+        )
+        assert grouped.recommendations(1) == {"status": "same"}
+        assert grouped.recommendations(0)["workers"] == sorted(cluster.workers, key=str)
+        single = cluster.adapt(minimum=0, maximum=2, interval=0, wait_count=1)
+        assert len(single.recommendations(1)["workers"]) == 1
