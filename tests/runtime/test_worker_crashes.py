@@ -286,7 +286,7 @@ def test_in_process_worker_task_ending_after_close_is_harmless(tmp_path):
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False)
     try:
         client = Client(cluster)
-        client.submit(block, release, str(started))
+        future = client.submit(block, release, str(started))  # kept: not released
         wait_for_file(started)
         task_threads = [
             t for t in threading.enumerate() if t.name.startswith("localsched-task")
@@ -298,3 +298,4 @@ def test_in_process_worker_task_ending_after_close_is_harmless(tmp_path):
         cluster.close()
     assert task_threads
     assert poll(lambda: not any(t.is_alive() for t in task_threads))
+    assert future.status == "cancelled"  # the cluster closed under it
