@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from localsched.cluster import LocalCluster
     from localsched.runtime import PeriodicCallback
+    from localsched.scheduler.scheduler import Scheduler
     from localsched.scheduler.tasks import WorkerState
 
 logger = logging.getLogger("localsched.adaptive")
@@ -54,6 +55,34 @@ def parse_interval(value: str | float | timedelta) -> float:
 
         return _parse_timedelta(value)
     return float(value)
+
+
+def close_active_workers(
+    scheduler: Scheduler, keep: int, attribute: str = "address", **kwargs: Any
+) -> list[Any]:
+    """``scheduler.workers_to_close`` among the workers not already retiring.
+
+    The core counts and ranks every worker it knows, retiring ones included: a
+    plain ``workers_to_close(target=keep + retiring)`` may pick a worker that is
+    already on its way out and so close fewer than needed. Asking for one more
+    at a time until enough staying ones are picked keeps dask's order (idle
+    workers holding the fewest bytes first) and its whole ``key`` groups.
+    Scheduler thread only.
+    """
+    workers = scheduler.workers
+    leaving = {a for a, ws in workers.items() if ws.status not in ("running", "paused")}
+    wanted = len(workers) - len(leaving) - keep
+    if wanted <= 0:
+        return []
+    picked: list[Any] = []
+    for extra in range(len(leaving) + 1):
+        chosen = scheduler.workers_to_close(
+            n=wanted + extra, attribute="address", **kwargs
+        )
+        picked = [a for a in chosen if a not in leaving]
+        if len(picked) >= wanted:
+            break
+    return [getattr(workers[a], attribute) for a in picked]
 
 
 class Adaptive:
@@ -197,22 +226,15 @@ class Adaptive:
         kept); workers already retiring are neither counted nor returned.
         """
 
-        def choose() -> list[Hashable]:
-            scheduler = self.cluster.scheduler
-            leaving = {
-                ws.name
-                for ws in scheduler.workers.values()
-                if ws.status not in ("running", "paused")
-            }
-            names = scheduler.workers_to_close(
-                target=target + len(leaving),
+        return self._on_scheduler(
+            lambda: close_active_workers(
+                self.cluster.scheduler,
+                target,
                 key=self.worker_key,
                 attribute="name",
                 **self._workers_to_close_kwargs,
             )
-            return [name for name in names if name not in leaving]
-
-        return self._on_scheduler(choose)
+        )
 
     def recommendations(self, target: int) -> dict[str, Any]:
         """``{"status": "same" | "up" | "down", ...}`` for this ``target``.

@@ -66,6 +66,9 @@ FAST_TASK_SLOTS = 16
 #: scheduler round trip here, not dask's 0.1 s network latency.
 STEAL_LATENCY = 1e-3
 
+#: Worker statuses that count as staying (not retiring, not gone).
+_ACTIVE = ("running", "paused")
+
 #: Seconds ``LocalCluster`` waits for its first workers before giving up.
 START_TIMEOUT = 60.0
 
@@ -352,9 +355,16 @@ class LocalCluster:
             self._scale_up_to(n)
             return
         self._target = n
-        names = self.scheduler.workers_to_close(n=current - n)
-        if names:
-            self.scheduler.retire_workers(workers=names, close_workers=True)
+        from localsched.adaptive import close_active_workers
+
+        workers = self.scheduler.workers
+        joined = sum(ws.status in _ACTIVE for ws in workers.values())
+        # Started but not joined yet: they count, and are not the scheduler's
+        # to choose among (they join within a fraction of a second).
+        arriving = current - joined
+        addresses = close_active_workers(self.scheduler, max(0, n - arriving))
+        if addresses:
+            self.scheduler.retire_workers(workers=addresses, close_workers=True)
 
     def _scale_up_to(self, n: int) -> None:
         """Start the workers missing to have ``n`` (scheduler thread).

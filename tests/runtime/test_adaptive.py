@@ -270,3 +270,28 @@ def test_worker_key_groups_retire_together():
         assert grouped.recommendations(0)["workers"] == sorted(cluster.workers, key=str)
         single = cluster.adapt(minimum=0, maximum=2, interval=0, wait_count=1)
         assert len(single.recommendations(1)["workers"]) == 1
+
+
+def test_scale_down_twice_in_a_row_does_not_count_retiring_workers(tmp_path):
+    release = tmp_path / "release"
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        # Busy workers retire only after their task: the second scale() runs
+        # while the first one's workers are still retiring.
+        futures = [
+            client.submit(block, str(release), None, i, workers=[a], pure=False)
+            for i, a in enumerate(cluster.scheduler.workers)
+        ]
+        try:
+            assert poll(
+                lambda: all(ws.processing for ws in cluster.scheduler.workers.values())
+            )
+            cluster.scale(2)
+            cluster.scale(1)
+            assert cluster.runtime.call(cluster._count_staying_workers).result() == 1
+        finally:
+            release.touch()
+        assert client.gather(futures) == [0, 1, 2]
+        assert poll(lambda: n_workers(cluster) == 1)
