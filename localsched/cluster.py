@@ -269,6 +269,9 @@ class LocalCluster:
             self.runtime.workers[handle.address] = handle
 
     def _start_worker(self) -> WorkerHandle:
+        # Workers cannot start here (RestartPolicy gave up): scale() and adapt()
+        # get the reason instead of starting more processes that die.
+        self._restarts.check()
         number = next(self._worker_ids)
         address = f"local://{os.getpid()}/{number}"
         name = f"localsched-worker-{number}"

@@ -196,6 +196,7 @@ def test_a_worker_that_cannot_start_fails_the_cluster_with_its_stderr(
     with pytest.raises(RuntimeError) as info:
         LocalCluster(n_workers=1, threads_per_worker=1)
     text = str(info.value)
+    assert text.startswith("5 worker processes in a row died while starting")
     assert "died while starting" in text
     assert "exited with status 3" in text
     assert "cannot start: the environment is broken" in text
@@ -299,3 +300,11 @@ def test_in_process_worker_task_ending_after_close_is_harmless(tmp_path):
     assert task_threads
     assert poll(lambda: not any(t.is_alive() for t in task_threads))
     assert future.status == "cancelled"  # the cluster closed under it
+
+
+def test_scaling_up_after_workers_could_not_start_says_why():
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster:
+        cluster._restarts.failure = "5 worker processes in a row died while starting"
+        with pytest.raises(RuntimeError, match="died while starting"):
+            cluster.scale(2)
+        assert len(cluster.runtime.workers) == 1
