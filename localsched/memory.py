@@ -378,7 +378,9 @@ class MemoryMonitor:
         self.last_decision = MemoryDecision()
         self._paused_at: dict[str, float] = {}
         self._killed: set[str] = set()
-        self._spilled = (0, 0)  # (values, bytes) since the last spill log line
+        #: (values, bytes spilled, pooled bytes unlinked) since the last report.
+        self._spilled = (0, 0, 0)
+        self._spills_reported = -math.inf
         self._periodic: PeriodicCallback | None = None
 
     def start(self) -> None:
@@ -396,6 +398,8 @@ class MemoryMonitor:
         """One sample, one decision, applied (scheduler thread)."""
         decision = decide(self.sample(), self.thresholds)
         self.apply(decision)
+        if decision.spill == 0:
+            self._report_spills(decision.budget)  # what the last line held back
         self.last_decision = decision
         return decision
 
@@ -473,7 +477,7 @@ class MemoryMonitor:
 
     def _spill(self, nbytes: int, budget: int) -> None:
         store = self.runtime.store
-        before = store.spill_count
+        before, before_bytes = store.spill_count, store.spilled_total_bytes
         try:
             freed = store.spill(nbytes, time_limit=SPILL_TIME_LIMIT)
         except OSError as exc:
@@ -485,18 +489,32 @@ class MemoryMonitor:
                 f" {exc}. They stay in memory.",
             )
             return
-        values, spilled = self._spilled
-        self._spilled = values + store.spill_count - before, spilled + freed
-        values, spilled = self._spilled
-        if self.log(
-            logging.INFO,
-            "spill",
-            "",
-            f"Spilled {values} results ({format_bytes(spilled)}) to"
-            f" {store.spill_directory}: memory use above the spill threshold of"
-            f" the {format_bytes(budget)} budget.",
-        ):
-            self._spilled = (0, 0)
+        values, spilled, pooled = self._spilled
+        moved = store.spilled_total_bytes - before_bytes
+        self._spilled = (
+            values + store.spill_count - before,
+            spilled + moved,
+            pooled + freed - moved,
+        )
+        self._report_spills(budget)
+
+    def _report_spills(self, budget: int) -> None:
+        """One INFO line per ``log_interval`` sums up the spilling since the last."""
+        values, spilled, pooled = self._spilled
+        now = self.clock()
+        if not (values or pooled) or now - self._spills_reported < self.log.interval:
+            return
+        self._spilled = (0, 0, 0)
+        self._spills_reported = now
+        logger.info(
+            "Spilled %d results (%s) to %s and gave back %s of pooled segments,"
+            " to keep memory within the thresholds of the %s budget.",
+            values,
+            format_bytes(spilled),
+            self.runtime.store.spill_directory or "disk",
+            format_bytes(pooled),
+            format_bytes(budget),
+        )
 
     def _status(self, address: str, status: str) -> ev.WorkerStatusChanged:
         return ev.WorkerStatusChanged(

@@ -69,9 +69,10 @@ def _state(cluster: LocalCluster, key: object) -> str | None:
     return cluster.runtime.call(read).result(DEADLINE)
 
 
-def test_results_spill_to_disk_and_read_back_identical(tmp_path):
+def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
     spill_directory = spill_directory_path(str(tmp_path))
     with (
+        caplog.at_level(logging.INFO, logger="localsched.memory"),
         LocalCluster(
             n_workers=1,
             threads_per_worker=1,
@@ -97,6 +98,9 @@ def test_results_spill_to_disk_and_read_back_identical(tmp_path):
         sums = client.gather([client.submit(total, f) for f in futures])
         assert sums == [i * 20 * MiB // 8 for i in range(8)]
     assert os.listdir(spill_directory) == []
+    reports = [r.message for r in caplog.records if r.message.startswith("Spilled")]
+    assert 1 <= len(reports) <= 2  # one line per 5 s, however many spills
+    assert spill_directory in reports[0]
 
 
 def test_pause_stops_placement_and_resume_restarts_it(tmp_path, caplog):
