@@ -5,6 +5,7 @@ MiB and numpy allocations of that size."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -178,6 +179,32 @@ def test_paused_worker_with_nothing_to_spill_is_restarted_after_timeout(caplog):
     restarts = [r.message for r in caplog.records if "Restarting worker" in r.message]
     assert len(restarts) == 1
     assert "with nothing to run and nothing to spill" in restarts[0]
+
+
+def test_full_disk_while_spilling_logs_one_warning_not_a_flood(monkeypatch, caplog):
+    attempts = []
+
+    def disk_full(*args: object) -> int:
+        attempts.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", disk_full)
+    with (
+        caplog.at_level(logging.WARNING, logger="localsched.memory"),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, memory_limit="64MiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        futures = [client.submit(filled, 16, i, pure=False) for i in range(4)]
+        client.gather(futures)
+        assert poll(lambda: len(attempts) >= 5)  # a try on every sample
+        # Nothing was lost: every value is still in memory and reads back.
+        assert cluster.store.spill_count == 0
+        assert [float(a[0]) for a in client.gather(futures)] == [0, 1, 2, 3]
+    failures = [r for r in caplog.records if "Could not spill" in r.message]
+    assert len(failures) == 1
+    assert "No space left on device" in failures[0].message
 
 
 def test_result_larger_than_available_memory_fails_the_task_clearly(monkeypatch):
