@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from localsched import SchedulerPlugin
+from localsched import SchedulerPlugin, WorkerPlugin
 from localsched.errors import GraphError
 from tests.runtime.helpers import DEADLINE, identity
 
@@ -119,4 +119,21 @@ def test_plugin_hook_that_raises_is_logged_and_scheduling_goes_on(client, caplog
         assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in failed)
     finally:
         client.unregister_scheduler_plugin(plugin.name)
+    _assert_cluster_goes_on(client)
+
+
+class _WorkerPluginRaisingInTransition(WorkerPlugin):
+    name = "worker-raises"
+
+    def transition(self, key, start, finish, **kwargs):
+        raise ZeroDivisionError("worker plugin bug")
+
+
+def test_worker_plugin_transition_that_raises_does_not_break_tasks(client):
+    client.register_plugin(_WorkerPluginRaisingInTransition())
+    try:
+        futures = client.map(identity, range(10), pure=False)
+        assert client.gather(futures) == list(range(10))
+    finally:
+        client.unregister_worker_plugin("worker-raises")
     _assert_cluster_goes_on(client)
