@@ -39,10 +39,14 @@ machine's memory. With thresholds as fractions (dask's defaults):
   managed memory, in proportion to its limit) passes pause * its limit gets no
   new tasks until it drops below. One paused for ``pause_timeout`` seconds with
   nothing left to spill and nothing to run is restarted instead of hanging.
-- **terminate 0.95**: a worker past terminate * its limit, or, when all memory
-  passes terminate * budget, the worker with the most unmanaged memory, is
-  killed; its ``exit_cause`` says why and names the tasks it was running, which
-  count as suspicious (``KilledWorker`` after ``allowed_failures``).
+- **terminate 0.95**: a worker running tasks past terminate * its limit, or,
+  when all memory passes terminate * budget, the worker with the most unmanaged
+  memory, is killed; its ``exit_cause`` says why and names the tasks it was
+  running, which count as suspicious (``KilledWorker`` after
+  ``allowed_failures``). An idle worker has nothing to blame: it is paused and
+  restarted after ``pause_timeout``, so a limit below a fresh worker's own size
+  does not restart workers in a tight loop. Memory of results never makes a
+  worker restart: they outlive it.
 
 Spilling runs on the scheduler thread, at most ``SPILL_TIME_LIMIT`` seconds of
 copying per sample (the rest on the next ones), so scheduling goes on. Log lines
@@ -227,6 +231,10 @@ def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision
             # Results outlive workers: a restart helps only if its own memory
             # is what passes the threshold.
             and share <= t.terminate * limit
+            # An idle one has no task to blame: it is paused, and restarted
+            # after pause_timeout, which also keeps a limit below a fresh
+            # worker's own size from restarting workers in a tight loop.
+            and w.is_busy
         ):
             decision.terminate[w.address] = (
                 f"the memory monitor restarted it: it used {usage}, more than"
@@ -264,8 +272,13 @@ def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision
         and not decision.terminate
     ):
         # Only reachable when workers without a limit hold the memory: with
-        # limits, some worker passed its own terminate threshold above.
-        candidates = [w for w in sample.workers if w.unmanaged > 0 and w.restartable]
+        # limits, some worker passed its own terminate threshold above (and
+        # waits for pause_timeout if it is idle).
+        candidates = [
+            w
+            for w in sample.workers
+            if w.unmanaged > 0 and w.restartable and (w.is_busy or not w.limit)
+        ]
         if candidates:
             worst = max(candidates, key=lambda w: w.unmanaged)
             decision.terminate[worst.address] = (

@@ -207,7 +207,7 @@ def test_paused_worker_held_up_by_managed_memory_only_is_not_restarted():
 
 
 def test_worker_above_terminate_threshold_is_terminated_with_a_cause():
-    decision = decide(sample(worker(unmanaged=97 * MiB)), DEFAULT)
+    decision = decide(sample(worker(unmanaged=97 * MiB, is_busy=True)), DEFAULT)
     cause = decision.terminate["w1"]
     assert "95%" in cause
     assert "memory limit of 100.0 MiB" in cause
@@ -224,15 +224,26 @@ def test_worker_is_not_terminated_for_results_that_cannot_spill():
     assert list(decision.pause) == ["w1"]
 
 
+def test_idle_worker_above_terminate_is_paused_not_terminated():
+    idle = worker(unmanaged=97 * MiB, is_busy=False)
+    decision = decide(sample(idle), DEFAULT)
+    assert decision.terminate == {}
+    assert list(decision.pause) == ["w1"]
+    later = decide(sample(paused_for(31, unmanaged=97 * MiB)), DEFAULT)
+    assert list(later.restart) == ["w1"]
+
+
 def test_thread_workers_are_never_terminated():
-    thread = worker(unmanaged=97 * MiB, restartable=False)
+    thread = worker(unmanaged=97 * MiB, restartable=False, is_busy=True)
     assert decide(sample(thread), DEFAULT).terminate == {}
 
 
 def test_worker_over_a_capped_limit_is_terminated():
     # Limits add up to 300 but the machine has 100: each limit shrinks to 33.
-    workers = (worker("a", unmanaged=30 * MiB), worker("b", unmanaged=40 * MiB))
-    workers += (worker("c", unmanaged=10 * MiB),)
+    workers = tuple(
+        worker(name, unmanaged=mib * MiB, is_busy=True)
+        for name, mib in (("a", 30), ("b", 40), ("c", 10))
+    )
     assert decide(sample(*workers), DEFAULT).terminate == {}
     decision = decide(sample(*workers, machine_limit=100 * MiB), DEFAULT)
     assert list(decision.terminate) == ["b"]
@@ -253,7 +264,7 @@ def test_machine_over_terminate_restarts_the_worker_with_most_unmanaged_memory()
 
 def test_terminate_off_never_kills():
     off = MemoryThresholds(terminate=None)
-    decision = decide(sample(worker(unmanaged=200 * MiB)), off)
+    decision = decide(sample(worker(unmanaged=200 * MiB, is_busy=True)), off)
     assert decision.terminate == {}
     assert list(decision.pause) == ["w1"]
 
