@@ -314,6 +314,13 @@ class Adaptive:
         try:
             self._adapt()
         except Exception:
+            failure = getattr(getattr(self.cluster, "_restarts", None), "failure", None)
+            if failure is not None:
+                # Workers cannot start on this machine: retrying every interval
+                # would only repeat the error.
+                logger.error("Adaptive scaling stops: %s", failure)
+                self.stop(reason="workers-cannot-start")
+                return
             logger.warning(
                 "Adaptive encountered an error while adapting", exc_info=True
             )

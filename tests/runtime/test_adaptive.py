@@ -295,3 +295,12 @@ def test_scale_down_twice_in_a_row_does_not_count_retiring_workers(tmp_path):
             release.touch()
         assert client.gather(futures) == [0, 1, 2]
         assert poll(lambda: n_workers(cluster) == 1)
+
+
+def test_adaptive_stops_once_workers_cannot_start(caplog):
+    with LocalCluster(n_workers=0, threads_per_worker=1, processes=False) as cluster:
+        cluster._restarts.failure = "5 worker processes in a row died while starting"
+        adaptive = cluster.adapt(minimum=1, maximum=2, interval="20ms")
+        assert poll(lambda: adaptive.state == "stopped")
+        assert "died while starting" in caplog.text
+        assert not cluster.runtime.workers
