@@ -5,6 +5,11 @@ end. A clean close writes ``bye`` (the store already removed its segments). If
 the user process dies instead, even by SIGKILL, the kernel closes the write end,
 the read returns EOF, and the janitor removes every file with the store's prefix.
 The janitor deliberately does not ask to die with its parent: it must outlive it.
+
+It sweeps more than once. The kernel closes a dying process's files (our EOF)
+before it signals the children that asked to die with it, so a worker can still
+be writing a result into a new segment when the first sweep runs; later sweeps,
+once every worker is surely dead, remove those too.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 
@@ -30,10 +37,33 @@ def run(conn: Connection, prefix: str, directory: str) -> None:
     try:
         conn.recv_bytes()
     except (EOFError, OSError):
-        remove_segments(prefix, directory)
+        sweep_until_quiet(prefix, directory)
     finally:
         with contextlib.suppress(OSError):
             conn.close()
+
+
+#: Seconds between the sweeps after the cluster's process died.
+RESWEEP_DELAYS = (0.2, 0.5, 1.0)
+
+
+def sweep_until_quiet(
+    prefix: str,
+    directory: str,
+    delays: tuple[float, ...] = RESWEEP_DELAYS,
+    pause: Callable[[float], object] | None = None,
+) -> list[str]:
+    """Remove the segments now, and again after each delay; every path removed.
+
+    ``pause(seconds)`` waits between sweeps (default: an event never set).
+    """
+    if pause is None:
+        pause = threading.Event().wait
+    removed = remove_segments(prefix, directory)
+    for delay in delays:
+        pause(delay)
+        removed += remove_segments(prefix, directory)
+    return removed
 
 
 def remove_segments(prefix: str, directory: str) -> list[str]:
