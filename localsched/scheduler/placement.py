@@ -335,7 +335,7 @@ class PlacementMixin:
     def add_replica(self: SchedulerState, ts: TaskState, ws: WorkerState) -> None:
         """Note that ``ws`` holds ``ts``'s data."""
         if ws not in ts.who_has:
-            ts.who_has = with_link(ts.who_has, ws, ws.alone)
+            ts.who_has = with_link(ts.who_has, ws)
             ws.has_what[ts] = None
             ws.nbytes += ts.get_nbytes()
 

@@ -33,6 +33,7 @@ from localsched.scheduler.placement import PlacementMixin
 from localsched.scheduler.policies import STEAL_LATENCY, PoliciesMixin
 from localsched.scheduler.stimuli import StimuliMixin
 from localsched.scheduler.tasks import (
+    EMPTY_SET,
     ClientState,
     Key,
     TaskGroup,
@@ -41,8 +42,10 @@ from localsched.scheduler.tasks import (
     Transition,
     TransitionLog,
     WorkerState,
+    as_transition,
     key_group_name,
     key_split,
+    recommended_keys,
 )
 from localsched.scheduler.transitions import TRANSITIONS_TABLE, TransitionsMixin
 from localsched.scheduler.validate import ValidateMixin
@@ -277,16 +280,11 @@ class SchedulerState(
             states = ts.prefix.states
             states[start] -= 1
             states[actual] += 1
-        # TransitionLog.record, inlined: recommendations as a tuple of pairs.
+        # TransitionLog.record, inlined (one flat tuple of atoms).
         self.transition_log.append(
-            (
-                ts.key,
-                start,
-                actual,
-                tuple(recs.items()) if recs else (),
-                stimulus_id,
-                self.now,
-            )
+            (ts.key, start, actual, stimulus_id, self.now, *recs, *recs.values())
+            if recs
+            else (ts.key, start, actual, stimulus_id, self.now)
         )
         if actual == "forgotten":
             self._forget_group_member(ts)
@@ -333,8 +331,8 @@ class SchedulerState(
             hook(key, start, actual, stimulus_id, kwargs)
             if actual == "forgotten":
                 del self.tasks[key]
-                ts.dependents = set()
-                ts.dependencies = set()
+                ts.dependents = EMPTY_SET
+                ts.dependencies = EMPTY_SET
         if actual == "forgotten":
             self._forget_group_member(ts)
         return recs
@@ -387,14 +385,9 @@ class SchedulerState(
                     states[start] -= 1
                     states[actual] += 1
                 log.append(
-                    (
-                        key,
-                        start,
-                        actual,
-                        tuple(new.items()) if new else (),
-                        stimulus_id,
-                        self.now,
-                    )
+                    (key, start, actual, stimulus_id, self.now, *new, *new.values())
+                    if new
+                    else (key, start, actual, stimulus_id, self.now)
                 )
                 if actual == "forgotten":
                     self._forget_group_member(ts)
@@ -473,13 +466,11 @@ class SchedulerState(
         """Every logged transition that touches one of the keys or stimulus ids."""
         wanted = set(keys_or_stimuli)
         return [
-            Transition(key, start, finish, dict(recs), stimulus_id, time)
-            for key, start, finish, recs, stimulus_id, time in (
-                self.transition_log.entries()
-            )
-            if key in wanted
-            or stimulus_id in wanted
-            or any(rec[0] in wanted for rec in recs)
+            as_transition(entry)
+            for entry in self.transition_log.entries()
+            if entry[0] in wanted
+            or entry[3] in wanted
+            or any(key in wanted for key in recommended_keys(entry))
         ]
 
     @property

@@ -195,14 +195,12 @@ class StimuliMixin:
             key = ts.key
             group = ts.group
             dep_keys = deps.get(key, ())
-            if dep_keys:
-                ts.dependencies = set()  # a new task's is the shared EMPTY_SET
+            if len(dep_keys) > 1:
+                ts.dependencies = set()  # not the first dependency's ``alone``
             for dep_key in dep_keys:
                 dts = tasks[dep_key]
-                ts.dependencies.add(dts)
-                if not dts.dependents:
-                    dts.dependents = set()  # may be the shared EMPTY_SET
-                dts.dependents.add(ts)
+                ts.dependencies = with_link(ts.dependencies, dts)
+                dts.dependents = with_link(dts.dependents, ts)
                 if dts.group is not group:
                     group.dependencies.add(dts.group)
                     dts.group.dependents.add(group)
@@ -939,7 +937,7 @@ class StimuliMixin:
 def _link_client(cs: ClientState, ts: TaskState) -> None:
     """``cs`` wants ``ts``: the symmetric ``wants_what`` / ``who_wants`` link."""
     cs.wants_what.add(ts)
-    ts.who_wants = with_link(ts.who_wants, cs, cs.alone)
+    ts.who_wants = with_link(ts.who_wants, cs)
 
 
 # C-level key function (sorting 100k tasks by a Python function costs ~1 us each).

@@ -236,7 +236,8 @@ class TaskGroup:
 
 
 #: The value of a task's link sets (``dependencies``, ``dependents``,
-#: ``waiting_on``, ``waiters``, ``who_has``, ``who_wants``) while they are empty.
+#: ``waiting_on``, ``waiters``, ``who_has``, ``who_wants``) while they are empty
+#: (see also ``with_link``).
 #: Most tasks never fill most of them, and every live set is one more object for
 #: the garbage collector to walk on each full collection, which dominated the cost
 #: per task with 100k tasks alive. Immutable, so sharing it is safe: code that
@@ -245,17 +246,21 @@ class TaskGroup:
 EMPTY_SET: Any = frozenset()
 
 
-def with_link(links: Any, item: Any, alone: Any) -> Any:
+def with_link(links: Any, item: Any) -> Any:
     """``links`` with ``item`` added; assign the result back to the link set.
 
-    ``who_has`` and ``who_wants`` hold, while they have one member, that
-    member's shared ``alone`` frozenset (``WorkerState.alone``,
-    ``ClientState.alone``) rather than a set of their own: most tasks are wanted
-    by one client and held by one worker, and a set per task was one more object
-    per task for the garbage collector to walk on each full collection. A second
-    member makes a real set.
+    A link set with one member is that member's shared ``alone`` frozenset
+    (``TaskState.alone``, ``WorkerState.alone``, ``ClientState.alone``) rather
+    than a set of its own: most tasks are wanted by one client, held by one
+    worker, and have one dependent, and every set per task was one more object
+    for the garbage collector to walk on each full collection (the largest part
+    of the cost per task with 100k tasks alive). A second member makes a real set.
     """
     if not links:
+        alone = item.alone
+        if alone is None:
+            # Tasks make theirs on first use; _remove_key breaks the cycle.
+            alone = item.alone = frozenset((item,))
         return alone
     if type(links) is set:
         links.add(item)
@@ -266,7 +271,10 @@ def with_link(links: Any, item: Any, alone: Any) -> Any:
 
 
 def without_link(links: Any, item: Any) -> Any:
-    """``links`` without ``item``; assign the result back to the link set."""
+    """``links`` without ``item``; assign the result back to the link set.
+
+    A real set that shrinks stays a real set (possibly empty).
+    """
     if type(links) is set:
         links.discard(item)
         return links
@@ -281,6 +289,7 @@ class TaskState:
         "__weakref__",
         "_hash",
         "actor",
+        "alone",
         "annotations",
         "dependencies",
         "dependents",
@@ -327,8 +336,14 @@ class TaskState:
         self.priority: tuple[float, ...] = (0, 0, 0)
         #: Current state; the task is in exactly the state-specific sets.
         self.state: TaskStateName = "released"
-        # The six link sets below start as the shared ``EMPTY_SET`` (see there):
-        # whoever adds creates a real set, whoever discards checks it is non-empty.
+        # The six link sets below start as the shared ``EMPTY_SET`` (see there).
+        # ``dependencies``, ``dependents``, ``waiters``, ``who_has`` and
+        # ``who_wants`` change only through ``with_link`` / ``without_link``
+        # (one member: its ``alone``); ``waiting_on`` is replaced by a real set
+        # by whoever adds to it, and discarded from only when non-empty.
+        #: ``frozenset({self})`` once some link set holds this task alone; None
+        #: before (and again once forgotten).
+        self.alone: frozenset[TaskState] | None = None
         #: Tasks this task needs; symmetric with ``dependents``.
         self.dependencies: set[TaskState] = EMPTY_SET
         #: Tasks that need this one; symmetric with ``dependencies``.
@@ -338,12 +353,11 @@ class TaskState:
         #: Dependents that are waiting, queued, no-worker or processing and still
         #: need this task's data.
         self.waiters: set[TaskState] = EMPTY_SET
-        #: Workers holding the result; non-empty only in memory. With one holder
-        #: it is that worker's shared ``alone`` frozenset (see ``with_link``).
+        #: Workers holding the result; non-empty only in memory.
         self.who_has: set[WorkerState] = EMPTY_SET
         #: The worker running the task; set iff state is processing.
         self.processing_on: WorkerState | None = None
-        #: Clients that hold a future to this key (one: that client's ``alone``).
+        #: Clients that hold a future to this key.
         self.who_wants: set[ClientState] = EMPTY_SET
         #: Size of the result in bytes; -1 until known.
         self.nbytes = -1
@@ -579,22 +593,23 @@ class Transition(tuple):  # type: ignore[type-arg]
     time = property(lambda self: self[5])
 
 
-#: A log entry as stored: ``(key, start, finish, recommendations, stimulus_id,
-#: time)`` with the recommendations as a tuple of ``(key, state)`` pairs.
+#: A log entry as stored: ``(key, start, finish, stimulus_id, time, *rec_keys,
+#: *rec_states)``, one flat tuple (see ``TransitionLog``).
 LogEntry = tuple[Any, ...]
 
 
 class TransitionLog(deque):  # type: ignore[type-arg]
     """The bounded transition log; reads hand out ``Transition`` records.
 
-    Entries are stored as tuples of atoms (keys, state names, the stimulus id, a
-    float, and the recommendations as a tuple of pairs), never with a dict inside:
-    the garbage collector stops tracking such a tuple at its first collection,
-    while a tuple holding a dict stays tracked, and 100,000 log entries walked on
-    every full collection were a large part of the core's cost per task. Only the
-    engine appends (``record``, or ``append`` with an entry already in that form).
-    Iterating and indexing rebuild each entry as a ``Transition`` with a dict of
-    recommendations, as dask's log holds.
+    Entries are stored as flat tuples of atoms: ``(key, start, finish,
+    stimulus_id, time)`` followed by the recommended keys, then their states.
+    The garbage collector stops tracking a tuple of atoms at its first
+    collection, while a tuple holding a dict (or a nested tuple not yet
+    untracked) stays tracked, and 100,000 log entries walked on every full
+    collection were a large part of the core's cost per task. Only the engine
+    appends (``record``, or ``append`` with an entry already in that form).
+    Iterating and indexing rebuild each entry as a ``Transition``, with a dict
+    of recommendations, as dask's log holds.
     """
 
     __slots__ = ()
@@ -614,9 +629,10 @@ class TransitionLog(deque):  # type: ignore[type-arg]
                 key,
                 start,
                 finish,
-                tuple(recommendations.items()) if recommendations else (),
                 stimulus_id,
                 time,
+                *recommendations,
+                *recommendations.values(),
             )
         )
 
@@ -626,19 +642,27 @@ class TransitionLog(deque):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[Transition]:
         for entry in deque.__iter__(self):
-            yield _as_transition(entry)
+            yield as_transition(entry)
 
     def __reversed__(self) -> Iterator[Transition]:
         for entry in deque.__reversed__(self):
-            yield _as_transition(entry)
+            yield as_transition(entry)
 
     def __getitem__(self, index: int) -> Transition:  # type: ignore[override]
-        return _as_transition(deque.__getitem__(self, index))
+        return as_transition(deque.__getitem__(self, index))
 
     def __repr__(self) -> str:
         return f"TransitionLog({list(self)!r}, maxlen={self.maxlen})"
 
 
-def _as_transition(entry: LogEntry) -> Transition:
-    key, start, finish, recs, stimulus_id, time = entry
-    return Transition(key, start, finish, dict(recs), stimulus_id, time)
+def recommended_keys(entry: LogEntry) -> tuple[Key, ...]:
+    """The keys a stored log entry recommended."""
+    return entry[5 : 5 + (len(entry) - 5) // 2]
+
+
+def as_transition(entry: LogEntry) -> Transition:
+    """A stored log entry as a ``Transition`` record."""
+    key, start, finish, stimulus_id, time = entry[:5]
+    n = (len(entry) - 5) // 2
+    recommendations = dict(zip(entry[5 : 5 + n], entry[5 + n :], strict=True))
+    return Transition(key, start, finish, recommendations, stimulus_id, time)

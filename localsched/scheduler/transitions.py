@@ -24,7 +24,14 @@ from localsched.scheduler.commands import (
     KeyLost,
     KeyRetried,
 )
-from localsched.scheduler.tasks import EMPTY_SET, Key, TaskState, WorkerState
+from localsched.scheduler.tasks import (
+    EMPTY_SET,
+    Key,
+    TaskState,
+    WorkerState,
+    with_link,
+    without_link,
+)
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -58,17 +65,12 @@ class TransitionsMixin:
             if dts.state == "released":
                 recs[dts.key] = "waiting"
             else:
-                waiters = dts.waiters
-                if not waiters:
-                    waiters = dts.waiters = set()
-                waiters.add(ts)
+                dts.waiters = with_link(dts.waiters, ts)
         # A loop, not a comprehension: most tasks have zero or one dependent.
         waiters = EMPTY_SET
         for dts in ts.dependents:
             if dts.state == "waiting":
-                if not waiters:
-                    waiters = set()
-                waiters.add(dts)
+                waiters = with_link(waiters, dts)
         ts.waiters = waiters
         if not waiting_on:
             recs[ts.key] = "processing"
@@ -323,7 +325,7 @@ class TransitionsMixin:
         for dts in ts.dependencies:
             waiters = dts.waiters
             if waiters:
-                waiters.discard(ts)
+                waiters = dts.waiters = without_link(waiters, ts)
             if not waiters and not dts.who_wants:
                 recs[dts.key] = "released"
         ts.state = "memory"
@@ -438,7 +440,7 @@ class TransitionsMixin:
         for dts in ts.dependencies:
             waiters = dts.waiters
             if waiters:
-                waiters.discard(ts)
+                waiters = dts.waiters = without_link(waiters, ts)
             if not waiters and not dts.who_wants:
                 recs[dts.key] = "released"
         ts.waiters = EMPTY_SET
@@ -509,7 +511,7 @@ class TransitionsMixin:
         for dts in ts.dependencies:
             waiters = dts.waiters
             if ts in waiters:
-                waiters.discard(ts)
+                waiters = dts.waiters = without_link(waiters, ts)
                 if not waiters and not dts.who_wants:
                     recs[dts.key] = "released"
         ts.waiting_on = EMPTY_SET
@@ -563,7 +565,7 @@ class TransitionsMixin:
                 if dts.state != "released":
                     waiters = dts.waiters
                     if waiters:
-                        waiters.discard(ts)
+                        waiters = dts.waiters = without_link(waiters, ts)
                     if not waiters and not dts.who_wants:
                         recs[dts.key] = "released"
             ts.waiters = EMPTY_SET
@@ -626,26 +628,22 @@ class TransitionsMixin:
         self: SchedulerState, ts: TaskState, recs: Recs, stimulus_id: str
     ) -> None:
         ts.state = "forgotten"
-        # A dependent's ``dependencies`` holds ts (and a dependency's
-        # ``dependents``), so those are real sets; the others may be EMPTY_SET.
         for dts in ts.dependents:
             dts.has_lost_dependencies = True
-            dts.dependencies.discard(ts)
+            dts.dependencies = without_link(dts.dependencies, ts)
             if dts.waiting_on:
                 dts.waiting_on.discard(ts)
             if dts.state not in ("memory", "erred"):
                 recs[dts.key] = "forgotten"
-        if ts.dependents:
-            ts.dependents.clear()
+        ts.dependents = EMPTY_SET
         ts.waiters = EMPTY_SET
         for dts in ts.dependencies:
-            dts.dependents.discard(ts)
+            dts.dependents = without_link(dts.dependents, ts)
             if dts.waiters:
-                dts.waiters.discard(ts)
+                dts.waiters = without_link(dts.waiters, ts)
             if not dts.dependents and not dts.who_wants:
                 recs[dts.key] = "forgotten"
-        if ts.dependencies:
-            ts.dependencies.clear()
+        ts.dependencies = EMPTY_SET
         ts.waiting_on = EMPTY_SET
         for ws in ts.who_has:
             if ws.status != "closed":
@@ -669,6 +667,9 @@ class TransitionsMixin:
                 )
             )
         ts.who_wants = EMPTY_SET
+        # Nothing holds its ``alone`` any more: break the reference cycle, so
+        # the record is freed now rather than by a full collection.
+        ts.alone = None
         ts.processing_on = None
         ts.exception_blame = ts.exception = ts.traceback = None
         self.task_metadata.pop(ts.key, None)

@@ -107,14 +107,14 @@ class ValidateMixin:
         for cs in ts.who_wants:
             check(ts in cs.wants_what, ts, f"asymmetric who_wants {cs.client_key}")
         for name in _LINK_SETS:
-            # A link set is a real set or the shared empty one (writers rely on it);
-            # who_has / who_wants may also be their one member's ``alone``.
+            # A link set is a real set, the shared empty one, or (except
+            # waiting_on) its one member's ``alone``: writers rely on it.
             links = getattr(ts, name)
             check(
                 type(links) is set
                 or links is EMPTY_SET
                 or (
-                    name in ("who_has", "who_wants")
+                    name != "waiting_on"
                     and len(links) == 1
                     and links is next(iter(links)).alone
                 ),
