@@ -35,18 +35,21 @@ machine's memory. With thresholds as fractions (dask's defaults):
 - **target 0.6 / spill 0.7**: when managed memory passes target * budget, or all
   memory (managed + every worker's unmanaged) passes spill * budget, move values
   to disk, least recently used first, until it is back under target * budget.
-- **pause 0.8**: a worker whose memory (its unmanaged memory plus its share of
-  managed memory, in proportion to its limit) passes pause * its limit gets no
-  new tasks until it drops below. One paused for ``pause_timeout`` seconds with
-  nothing left to spill and nothing to run is restarted instead of hanging.
-- **terminate 0.95**: a worker running tasks past terminate * its limit, or,
-  when all memory passes terminate * budget, the worker with the most unmanaged
-  memory, is killed; its ``exit_cause`` says why and names the tasks it was
-  running, which count as suspicious (``KilledWorker`` after
+- **pause 0.8**: a worker whose own (unmanaged) memory passes pause * its limit
+  gets no new tasks until it drops below; so does every worker while all memory
+  passes pause * budget after spilling. A worker paused for ``pause_timeout``
+  seconds with nothing to run is restarted instead of hanging the computation
+  (for the budget: the one holding the most, if a restart can help).
+- **terminate 0.95**: a worker running tasks whose own memory passes terminate *
+  its limit, or, when all memory passes terminate * budget, the busy worker with
+  the most unmanaged memory, is killed; its ``exit_cause`` says why and names
+  the tasks it was running, which count as suspicious (``KilledWorker`` after
   ``allowed_failures``). An idle worker has nothing to blame: it is paused and
   restarted after ``pause_timeout``, so a limit below a fresh worker's own size
-  does not restart workers in a tight loop. Memory of results never makes a
-  worker restart: they outlive it.
+  does not restart workers in a tight loop.
+
+Results belong to no worker: they count toward the budget, never toward one
+worker's limit, and never make a worker restart (they would outlive it).
 
 Spilling runs on the scheduler thread, at most ``SPILL_TIME_LIMIT`` seconds of
 copying per sample (the rest on the next ones), so scheduling goes on. Log lines
@@ -197,125 +200,166 @@ def decide(sample: MemorySample, thresholds: MemoryThresholds) -> MemoryDecision
     scale = budget / limits  # per-worker limits shrink if they overcommit
     t = thresholds
     total = sample.managed + sum(w.unmanaged for w in sample.workers)
-    need = _spill_need(sample, limited, total, budget, scale, t)
+    need = _spill_need(sample.managed, total, budget, t)
     decision.spill = max(0, min(math.ceil(need), sample.spillable))
     managed = sample.managed - decision.spill
-    unspillable = sample.managed - sample.spillable  # what stays whatever happens
     after = total - decision.spill
-    if t.spill is not None and after > t.spill * budget and need > decision.spill:
+    if t.spill is not None and after > t.spill * budget:
         decision.notes.append(
             (
                 logging.WARNING,
                 "unmanaged",
                 "",
-                f"Memory use is high: {format_bytes(after)} of the workers'"
-                f" {format_bytes(budget)} budget after spilling all it could;"
-                f" {format_bytes(after - managed)} of it is held by the worker"
+                f"Memory use is high: the workers use {format_bytes(after)} of"
+                f" their {format_bytes(budget)} budget after spilling all it"
+                f" could, {format_bytes(after - managed)} of it in the worker"
                 " processes themselves (unmanaged: objects tasks create or keep,"
                 " or memory not returned to the system).",
             )
         )
+    # Past pause for the whole budget, even after spilling: no worker gets new
+    # tasks, whatever its own memory.
+    crowded = t.pause is not None and after > t.pause * budget
+    crowded_paused = []
     for w in limited:
         limit = w.limit * scale
-        share = managed * w.limit / limits
-        used = w.unmanaged + share
-        usage = (
-            f"{format_bytes(used)} ({format_bytes(w.unmanaged)} unmanaged,"
-            f" {format_bytes(share)} its share of shared-memory results)"
-        )
+        own = f"{format_bytes(w.unmanaged)} of its own memory"
         if (
             t.terminate is not None
-            and used > t.terminate * limit
-            and w.unmanaged > 0
+            and w.unmanaged > t.terminate * limit
             and w.restartable
-            # Results outlive workers: a restart helps only if its own memory
-            # is what passes the threshold.
-            and share <= t.terminate * limit
             # An idle one has no task to blame: it is paused, and restarted
             # after pause_timeout, which also keeps a limit below a fresh
             # worker's own size from restarting workers in a tight loop.
             and w.is_busy
         ):
             decision.terminate[w.address] = (
-                f"the memory monitor restarted it: it used {usage}, more than"
+                f"the memory monitor restarted it: it used {own}, more than"
                 f" {t.terminate:.0%} of its memory limit of {format_bytes(limit)}"
             )
-        elif t.pause is not None and used > t.pause * limit:
+        elif t.pause is not None and (crowded or w.unmanaged > t.pause * limit):
+            over_own = w.unmanaged > t.pause * limit
             if w.status == "running":
                 decision.pause[w.address] = (
-                    f"Worker {w.address} uses {usage}, more than {t.pause:.0%} of"
+                    f"Worker {w.address} uses {own}, more than {t.pause:.0%} of"
                     f" its memory limit of {format_bytes(limit)}: paused, it gets"
                     " no new tasks until its memory use falls below that."
+                    if over_own
+                    else ""  # one line for all of them, below
                 )
             elif (
                 w.paused_since is not None
                 and sample.time - w.paused_since >= t.pause_timeout
                 and not w.is_busy
                 and w.restartable
-                # Spilling all that can spill would not help it: only a
-                # restart gives its memory back.
-                and w.unmanaged + unspillable * w.limit / limits > t.pause * limit
+                and over_own
             ):
                 decision.restart[w.address] = (
                     f"the memory monitor restarted it: paused for"
-                    f" {sample.time - w.paused_since:.0f} s with nothing to run and"
-                    f" nothing to spill that would help, it used {usage}, more"
-                    f" than {t.pause:.0%} of its memory limit of"
-                    f" {format_bytes(limit)}"
+                    f" {sample.time - w.paused_since:.0f} s with nothing to run, it"
+                    f" still used {own}, more than {t.pause:.0%} of its memory"
+                    f" limit of {format_bytes(limit)}"
                 )
+            elif w.paused_since is not None:
+                crowded_paused.append(w)
         elif w.status == "paused" and w.paused_since is not None:
             decision.resume.append(w.address)
-    if (
-        t.terminate is not None
-        and after > t.terminate * budget
-        and managed <= t.terminate * budget  # else no restart would help
-        and not decision.terminate
-    ):
-        # Only reachable when workers without a limit hold the memory: with
-        # limits, some worker passed its own terminate threshold above (and
-        # waits for pause_timeout if it is idle).
-        candidates = [
-            w
-            for w in sample.workers
-            if w.unmanaged > 0 and w.restartable and (w.is_busy or not w.limit)
-        ]
-        if candidates:
-            worst = max(candidates, key=lambda w: w.unmanaged)
-            decision.terminate[worst.address] = (
-                f"the memory monitor restarted it: the workers used"
-                f" {format_bytes(after)}, more than {t.terminate:.0%} of their"
-                f" {format_bytes(budget)} budget, and it held the most unmanaged"
-                f" memory ({format_bytes(worst.unmanaged)})"
-            )
+    if crowded:
+        _on_crowded(decision, sample, crowded_paused, after, managed, budget, t)
+    _terminate_for_budget(decision, sample, after, managed, budget, t)
     return decision
 
 
-def _spill_need(
+def _on_crowded(
+    decision: MemoryDecision,
     sample: MemorySample,
-    limited: list[WorkerSample],
-    total: int,
+    paused: list[WorkerSample],
+    after: int,
+    managed: int,
     budget: int,
-    scale: float,
     t: MemoryThresholds,
-) -> float:
-    """Bytes of managed memory to spill: dask's rules for the whole budget, and
-    for each worker whose memory (with its share of managed memory) passes the
-    spill threshold of its limit, enough to bring it back to target."""
+) -> None:
+    """All memory is past pause: one line for the workers paused for it, and
+    after ``pause_timeout``, the restart of the idle one holding the most."""
+    assert t.pause is not None
+    usage = (
+        f"the workers use {format_bytes(after)} ({format_bytes(managed)} of"
+        f" results in shared memory), more than {t.pause:.0%} of their"
+        f" {format_bytes(budget)} budget"
+    )
+    crowded = [address for address, why in decision.pause.items() if not why]
+    if crowded:
+        decision.notes.append(
+            (
+                logging.WARNING,
+                "pause",
+                "",
+                f"Workers {', '.join(crowded)} paused: {usage}. They get no new"
+                " tasks until memory use falls below that.",
+            )
+        )
+    idle = [
+        w
+        for w in paused
+        if sample.time - (w.paused_since or sample.time) >= t.pause_timeout
+        and not w.is_busy
+        and w.restartable
+        and w.unmanaged > 0
+    ]
+    # Only if a restart can help: results do not die with a worker.
+    if idle and managed <= t.pause * budget:
+        worst = max(idle, key=lambda w: w.unmanaged)
+        decision.restart[worst.address] = (
+            f"the memory monitor restarted it: paused for"
+            f" {sample.time - (worst.paused_since or 0):.0f} s with nothing to run"
+            f" while {usage}, and it held the most unmanaged memory"
+            f" ({format_bytes(worst.unmanaged)})"
+        )
+
+
+def _terminate_for_budget(
+    decision: MemoryDecision,
+    sample: MemorySample,
+    after: int,
+    managed: int,
+    budget: int,
+    t: MemoryThresholds,
+) -> None:
+    """All memory past terminate: restart the busy worker (or one without a
+    limit) holding the most unmanaged memory, if a restart can help."""
+    if (
+        t.terminate is None
+        or after <= t.terminate * budget
+        or managed > t.terminate * budget  # results do not die with a worker
+        or decision.terminate
+    ):
+        return
+    candidates = [
+        w
+        for w in sample.workers
+        if w.unmanaged > 0 and w.restartable and (w.is_busy or not w.limit)
+    ]
+    if candidates:
+        worst = max(candidates, key=lambda w: w.unmanaged)
+        decision.terminate[worst.address] = (
+            f"the memory monitor restarted it: the workers used"
+            f" {format_bytes(after)}, more than {t.terminate:.0%} of their"
+            f" {format_bytes(budget)} budget, and it held the most unmanaged"
+            f" memory ({format_bytes(worst.unmanaged)})"
+        )
+
+
+def _spill_need(managed: int, total: int, budget: int, t: MemoryThresholds) -> float:
+    """Bytes of managed memory to spill, by dask's rules: managed memory past
+    target, or all memory past spill, back down to target."""
     target = t.target if t.target is not None else t.spill
     if target is None:
         return 0.0
     need = 0.0
-    if t.target is not None and sample.managed > t.target * budget:
-        need = sample.managed - t.target * budget
+    if t.target is not None and managed > t.target * budget:
+        need = managed - t.target * budget
     if t.spill is not None and total > t.spill * budget:
         need = max(need, total - target * budget)
-    if t.spill is not None and sample.managed:
-        limits = sum(w.limit for w in limited)
-        for w in limited:
-            ratio = w.limit / limits  # its share of each managed byte
-            used = w.unmanaged + sample.managed * ratio
-            if used > t.spill * w.limit * scale:
-                need = max(need, (used - target * w.limit * scale) / ratio)
     return need
 
 
@@ -465,7 +509,8 @@ class MemoryMonitor:
         for address, why in decision.pause.items():
             self._paused_at[address] = now
             events.append(self._status(address, "paused"))
-            self.log(logging.WARNING, "pause", address, why)
+            if why:  # else one note tells about all paused for the budget
+                self.log(logging.WARNING, "pause", address, why)
         for address in decision.resume:
             self._paused_at.pop(address, None)
             events.append(self._status(address, "running"))

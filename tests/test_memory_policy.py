@@ -69,8 +69,8 @@ def test_spilling_is_bounded_by_what_can_spill_and_says_so_once_short():
         DEFAULT,
     )
     assert decision.spill == 5 * MiB
-    [(level, kind, _, message)] = decision.notes
-    assert (level, kind) == (logging.WARNING, "unmanaged")
+    [(level, _, _, message)] = [n for n in decision.notes if n[1] == "unmanaged"]
+    assert level == logging.WARNING
     assert "unmanaged" in message
     assert "85.0 MiB" in message  # what is left after spilling
 
@@ -111,24 +111,22 @@ def test_worker_above_pause_threshold_is_paused_with_a_reason():
     decision = decide(sample(worker(unmanaged=85 * MiB)), DEFAULT)
     assert list(decision.pause) == ["w1"]
     assert "80%" in decision.pause["w1"]
-    assert "85.0 MiB unmanaged" in decision.pause["w1"]
+    assert "85.0 MiB of its own memory" in decision.pause["w1"]
     assert decision.terminate == {}
 
 
-def test_managed_memory_counts_toward_workers_in_proportion_to_their_limits():
-    small, large = worker("s", limit=100 * MiB), worker("l", limit=300 * MiB)
-    # 240 of managed memory that cannot spill: shares 60 and 180.
-    both = decide(
-        sample(small, large, managed=240 * MiB, spillable=0),
-        MemoryThresholds(target=None, spill=None),
-    )
-    assert both.pause == {}
-    heavy = worker("s", limit=100 * MiB, unmanaged=25 * MiB)
-    decision = decide(
-        sample(heavy, large, managed=240 * MiB, spillable=0),
-        MemoryThresholds(target=None, spill=None),
-    )
-    assert list(decision.pause) == ["s"]
+def test_results_count_toward_the_budget_not_a_workers_limit():
+    workers = (worker("w1", unmanaged=10 * MiB), worker("w2", unmanaged=10 * MiB))
+    no_spill = MemoryThresholds(target=None, spill=None)
+    # 140 of results in a 200 budget: more than either worker's limit of 100,
+    # but they belong to no worker.
+    assert decide(sample(*workers, managed=140 * MiB), no_spill).pause == {}
+    # Past pause for the whole budget: every worker pauses, with one line.
+    decision = decide(sample(*workers, managed=150 * MiB), no_spill)
+    assert list(decision.pause) == ["w1", "w2"]
+    [(_, kind, _, message)] = decision.notes
+    assert kind == "pause"
+    assert message.startswith("Workers w1, w2 paused: the workers use 170.0 MiB")
 
 
 def test_paused_worker_resumes_below_pause_threshold():
@@ -182,25 +180,27 @@ def test_paused_worker_is_not_restarted(seconds, busy, spillable):
     assert decision.restart == {}
 
 
-def test_paused_worker_that_spilling_would_help_gets_a_spill_not_a_restart():
-    # The machine is far from its thresholds, but w1 with its share of the
-    # results is above its own spill threshold: spill until it is back down.
-    paused = paused_for(31, unmanaged=70 * MiB)
-    decision = decide(sample(paused, worker("w2"), managed=40 * MiB), DEFAULT)
-    assert decision.spill == 40 * MiB
-    assert decision.restart == {}
-    assert decision.resume == ["w1"]
+def test_crowded_budget_restarts_the_idle_paused_worker_holding_the_most():
+    workers = (
+        worker("w1", unmanaged=75 * MiB, status="paused", paused_since=60.0),
+        worker("w2", unmanaged=78 * MiB, status="paused", paused_since=60.0),
+        worker("w3", unmanaged=99 * MiB, status="paused", paused_since=60.0,
+               is_busy=True),
+    )  # fmt: skip
+    decision = decide(sample(*workers, machine_limit=300 * MiB), DEFAULT)
+    assert list(decision.restart) == ["w2"]  # w3 is busy: its task may finish
+    assert "held the most unmanaged memory (78.0 MiB)" in decision.restart["w2"]
 
 
-def test_paused_worker_held_up_by_managed_memory_only_is_not_restarted():
-    # Spilling is off, and its share of results alone keeps it above pause:
-    # a restart would free nothing.
-    held = paused_for(31, unmanaged=1 * MiB)
+def test_paused_workers_are_not_restarted_for_results_that_cannot_spill():
+    # The budget is past pause because of results: a restart frees none.
+    held = paused_for(31, unmanaged=10 * MiB)
     decision = decide(
-        sample(held, managed=90 * MiB, spillable=90 * MiB),
-        MemoryThresholds(target=None, spill=None, terminate=None),
+        sample(held, managed=85 * MiB, spillable=0),
+        MemoryThresholds(terminate=None),
     )
     assert decision.restart == {}
+    assert decision.resume == []
 
 
 # -- terminate ---------------------------------------------------------------------

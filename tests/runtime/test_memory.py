@@ -178,7 +178,7 @@ def test_paused_worker_with_nothing_to_spill_is_restarted_after_timeout(caplog):
         assert fresh_pid != leaky_pid
     restarts = [r.message for r in caplog.records if "Restarting worker" in r.message]
     assert len(restarts) == 1
-    assert "with nothing to run and nothing to spill" in restarts[0]
+    assert "with nothing to run, it still used" in restarts[0]
 
 
 def test_full_disk_while_spilling_logs_one_warning_not_a_flood(monkeypatch, caplog):
