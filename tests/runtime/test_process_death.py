@@ -226,7 +226,8 @@ def test_startup_sweep_removes_segments_of_a_cluster_whose_janitor_died_too(
         janitors = [p for p in descendants if "janitor" in " ".join(p.cmdline())]
         assert len(janitors) == 1
         janitors[0].kill()
-        janitors[0].wait(timeout=DEADLINE)  # gone before its parent dies
+        # Dead (a zombie: its parent does not reap it) before its parent dies.
+        assert poll(lambda: not _alive(janitors))
         os.kill(user.pid, signal.SIGKILL)
         assert user.wait(timeout=DEADLINE) == -signal.SIGKILL
         assert poll(lambda: not _alive(descendants), CLEANUP_DEADLINE)
