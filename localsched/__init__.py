@@ -25,6 +25,7 @@ from localsched import joblib_hook as _joblib_hook
 _joblib_hook.install()
 
 _EXPORTS = {
+    "Adaptive": "localsched.adaptive",
     "Client": "localsched.client",
     "Event": "localsched.coordination",
     "Future": "localsched.future",
@@ -54,6 +55,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Adaptive",
     "Client",
     "Event",
     "Future",

@@ -8,6 +8,7 @@ from pathlib import Path
 import localsched
 
 PUBLIC = {
+    "Adaptive",
     "Client",
     "Future",
     "FutureCancelledError",
