@@ -443,7 +443,10 @@ class BlobStore(_BlobSink):
                 and time.monotonic() - started > time_limit
             ):
                 break
-            copy = copy_segment(path, self._spill_directory)
+            try:
+                copy = copy_segment(path, self._spill_directory)
+            except FileNotFoundError:
+                continue  # released and unlinked since it was picked
             with self._lock:
                 if self._closed or self._live.get(path) != (blob_id, segment):
                     _unlink_quietly([copy])  # released, maybe reused, meanwhile

@@ -186,6 +186,22 @@ def test_value_released_during_its_copy_is_not_spilled(store, monkeypatch, reuse
         np.testing.assert_array_equal(load(reused[0]), other)
 
 
+def test_value_released_and_unlinked_before_its_copy_is_skipped(store, monkeypatch):
+    refs = [store.put(v) for v in arrays(2)]
+    store.max_free_bytes = 0  # a release unlinks the segment
+    real_copy = shm.copy_segment
+
+    def release_first(path: str, directory: str) -> str:
+        if path == refs[0].segment and os.path.exists(path):
+            store.release(refs[0])  # as a client thread may, just before
+        return real_copy(path, directory)
+
+    monkeypatch.setattr(shm, "copy_segment", release_first)
+    assert store.spill(2 * MiB) > MiB  # no error: the next value was spilled
+    assert os.path.islink(refs[1].segment)
+    assert store.spill_count == 1
+
+
 def test_spill_stops_at_its_time_limit_after_one_value(store):
     refs = [store.put(v) for v in arrays(3)]
     assert MiB < store.spill(10 * MiB, time_limit=0.0) < 2 * MiB  # one value
