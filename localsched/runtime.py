@@ -275,9 +275,10 @@ class SchedulerRuntime(ClientRequests, Supervision):
             self._fail_runs()
 
     def _turn(self) -> None:
-        self._sync_poller()
         now = time.monotonic()
+        # Periodic callbacks first: a worker one of them starts is polled this turn.
         next_due = self._run_periodic(now) if self._periodic else self._next_tick
+        self._sync_poller()
         timeout = max(0.0, next_due - now)
         ready = self._poller.poll(timeout * 1000)
         self._wakeup.clear()
