@@ -5,71 +5,84 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
 from localsched.scheduler.tasks import TaskState
 
-_Entry = tuple[tuple[float, ...], int, TaskState]
+#: ``(priority, insertion counter)``: atoms only, so the garbage collector stops
+#: tracking an entry once it has met it (an entry holding the task stayed
+#: tracked: one more object per queued task for every full collection to walk).
+_Entry = tuple[tuple[float, ...], int]
 
 
 class HeapSet:
     """Set of tasks with O(log n) add and O(1) amortised peek/pop by priority.
 
-    Entries ``(priority, insertion counter, task)`` live in one of two places: a
-    sorted ``_run`` (a deque) that takes every entry greater than its last one,
-    and a heap for the others. Tasks are usually queued in priority order (graph
-    order within a submission, generations over time), so most entries go to the
-    run, where add and pop are O(1) whatever the size; a heap pop costs O(log n)
-    tuple comparisons, which made queuing cost more per task as graphs grew. The
+    Entries ``(priority, insertion counter)`` live in one of two places: a sorted
+    ``_run`` (a deque) that takes every entry greater than its last one, and a
+    heap for the others. Tasks are usually queued in priority order (graph order
+    within a submission, generations over time), so most entries go to the run,
+    where add and pop are O(1) whatever the size; a heap pop costs O(log n) tuple
+    comparisons, which made queuing cost more per task as graphs grew. The
     smallest entry is the smaller of the two fronts, so the order is exactly a
     single heap's.
 
-    Discarded tasks stay behind as tombstones and are skipped lazily; both are
-    rebuilt when tombstones outnumber live entries, so memory stays linear.
+    ``_owners`` maps each entry's counter to the task that made it. An entry is
+    live while its task is a member (``_tasks``, by key): a discarded task's
+    entries stay behind as tombstones, skipped lazily, and come back to life if
+    the task is added again, exactly as a heap of ``(priority, counter, task)``
+    entries would behave. Both parts are rebuilt when tombstones outnumber live
+    entries, so memory stays linear.
     """
 
-    __slots__ = ("_counter", "_data", "_heap", "_run")
+    __slots__ = ("_counter", "_heap", "_owners", "_run", "_tasks")
 
     def __init__(self) -> None:
-        self._data: set[TaskState] = set()
+        #: key -> member task (members are live tasks: one per key).
+        self._tasks: dict[Hashable, TaskState] = {}
+        self._owners: dict[int, TaskState] = {}
         self._heap: list[_Entry] = []
         self._run: deque[_Entry] = deque()
         self._counter = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._tasks)
 
     def __bool__(self) -> bool:
-        return bool(self._data)
+        return bool(self._tasks)
 
     def __contains__(self, ts: object) -> bool:
-        return ts in self._data
+        key = getattr(ts, "key", _NO_KEY)
+        return key is not _NO_KEY and self._tasks.get(key) is ts
 
     def __iter__(self) -> Iterator[TaskState]:
-        return iter(self._data)
+        return iter(self._tasks.values())
 
     def add(self, ts: TaskState) -> None:
-        # Sizes, not membership tests: hashing a task is a Python-level call.
-        data = self._data
-        n = len(data)
-        data.add(ts)
-        if len(data) != n:
-            entry = (ts.priority, next(self._counter), ts)
-            run = self._run
-            if not run or run[-1] < entry:
-                run.append(entry)
-            else:
-                heapq.heappush(self._heap, entry)
+        key = ts.key
+        tasks = self._tasks
+        if tasks.get(key) is ts:
+            return
+        tasks[key] = ts
+        counter = next(self._counter)
+        self._owners[counter] = ts
+        entry = (ts.priority, counter)
+        run = self._run
+        if not run or run[-1] < entry:
+            run.append(entry)
+        else:
+            heapq.heappush(self._heap, entry)
 
     def discard(self, ts: TaskState) -> None:
-        data = self._data
-        n = len(data)
-        data.discard(ts)
-        if len(data) != n and len(self._heap) + len(self._run) > 2 * n + 62:
-            self._rebuild()
+        key = ts.key
+        tasks = self._tasks
+        if tasks.get(key) is ts:
+            del tasks[key]
+            if len(self._owners) > 2 * len(tasks) + 64:
+                self._rebuild()
 
     def remove(self, ts: TaskState) -> None:
-        if ts not in self._data:
+        if ts not in self:
             raise KeyError(ts)
         self.discard(ts)
 
@@ -83,36 +96,38 @@ class HeapSet:
             return run[0]
         return heap[0] if heap else None
 
-    def _pop_top(self) -> _Entry:
-        """Remove and return the smallest entry (there must be one)."""
+    def _pop_top(self) -> TaskState:
+        """Remove the smallest entry (there must be one); return its task."""
         run = self._run
         heap = self._heap
         if run and not (heap and heap[0] < run[0]):
-            return run.popleft()
-        return heapq.heappop(heap)
+            return self._owners.pop(run.popleft()[1])
+        return self._owners.pop(heapq.heappop(heap)[1])
 
-    def _clean_top(self) -> None:
-        """Drop tombstones while the smallest entry is one, as one heap would."""
-        data = self._data
+    def _live_top(self) -> TaskState | None:
+        """Drop tombstones off the top, as one heap would; the top task or None."""
+        tasks = self._tasks
+        owners = self._owners
         while True:
             entry = self._top()
-            if entry is None or entry[2] in data:
-                return
+            if entry is None:
+                return None
+            ts = owners[entry[1]]
+            if tasks.get(ts.key) is ts:
+                return ts
             self._pop_top()
 
     def peek(self) -> TaskState:
-        self._clean_top()
-        entry = self._top()
-        if entry is None:
+        ts = self._live_top()
+        if ts is None:
             raise KeyError("peek into empty set")
-        return entry[2]
+        return ts
 
     def pop(self) -> TaskState:
-        self._clean_top()
-        if self._top() is None:
+        if self._live_top() is None:
             raise KeyError("pop from empty set")
-        ts = self._pop_top()[2]
-        self._data.discard(ts)
+        ts = self._pop_top()
+        del self._tasks[ts.key]
         return ts
 
     def peekn(self, n: int) -> list[TaskState]:
@@ -122,18 +137,18 @@ class HeapSet:
         back, dropping tombstones and duplicates for good (exactly what one heap
         would keep): O(n log size), never a walk over the whole heap.
         """
-        if n <= 0 or not self._data:
+        if n <= 0 or not self._tasks:
             return []
         if n == 1:
             # The common case (one slot opened per finished task): the top live
             # entry, without taking it off and putting it back.
-            self._clean_top()
-            return [self._top()[2]]  # type: ignore[index]
-        data = self._data
+            return [self._live_top()]  # type: ignore[list-item]
+        tasks = self._tasks
+        owners = self._owners
         from_run: list[_Entry] = []
         from_heap: list[_Entry] = []
         result: list[TaskState] = []
-        seen: set[TaskState] = set()
+        seen: set[int] = set()
         run = self._run
         heap = self._heap
         while (run or heap) and len(result) < n:
@@ -143,26 +158,36 @@ class HeapSet:
             else:
                 entry = heapq.heappop(heap)
                 kept = from_heap
-            ts = entry[2]
-            if ts in data and ts not in seen:
-                seen.add(ts)
+            ts = owners[entry[1]]
+            if tasks.get(ts.key) is ts and id(ts) not in seen:
+                seen.add(id(ts))
                 result.append(ts)
                 kept.append(entry)
+            else:
+                del owners[entry[1]]
         run.extendleft(reversed(from_run))
         for entry in from_heap:
             heapq.heappush(heap, entry)
         return result
 
     def sorted(self) -> list[TaskState]:
-        return sorted(self._data, key=lambda ts: ts.priority)
+        return sorted(self._tasks.values(), key=lambda ts: ts.priority)
 
     def clear(self) -> None:
-        self._data.clear()
+        self._tasks.clear()
+        self._owners.clear()
         self._heap.clear()
         self._run.clear()
 
     def _rebuild(self) -> None:
-        data = self._data
-        self._heap = [entry for entry in self._heap if entry[2] in data]
+        tasks = self._tasks
+        owners = self._owners
+        for counter, ts in list(owners.items()):
+            if tasks.get(ts.key) is not ts:
+                del owners[counter]
+        self._heap = [entry for entry in self._heap if entry[1] in owners]
         heapq.heapify(self._heap)
-        self._run = deque(entry for entry in self._run if entry[2] in data)
+        self._run = deque(entry for entry in self._run if entry[1] in owners)
+
+
+_NO_KEY = object()
