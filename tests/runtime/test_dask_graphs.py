@@ -239,3 +239,22 @@ def test_graph_posted_in_chunks_is_complete_and_releases_its_holds(client, monke
 def test_get_needs_known_keys(client):
     with pytest.raises(KeyError):
         client.get({"x": 1}, "missing")
+
+
+def test_large_data_embedded_in_a_graph_goes_through_shared_memory(client, monkeypatch):
+    from localsched.transport.shm import BlobRef
+
+    payloads: list[Any] = []
+    build = dask_graphs._SpecBuilder.spec
+
+    def recording(self: Any, key: Any, node: Any) -> Any:
+        spec = build(self, key, node)
+        payloads.append(spec.args)
+        return spec
+
+    monkeypatch.setattr(dask_graphs._SpecBuilder, "spec", recording)
+    data = np.arange(1_000_000.0).reshape(1000, 1000)
+    x = da.from_array(data, chunks=(500, 1000))  # 8 MB of data in the graph
+    assert (x * 2).sum().compute() == 2 * data.sum()
+    assert any(isinstance(p, BlobRef) for p in payloads)
+    np.testing.assert_array_equal(client.compute(x).result(), data)
