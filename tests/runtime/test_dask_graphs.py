@@ -105,6 +105,10 @@ def test_dataframe_groupby_aggregate(client):
     got = ddf.groupby("k").v.agg(["sum", "mean", "count"]).compute()
     expected = df.groupby("k").v.agg(["sum", "mean", "count"])
     pd.testing.assert_frame_equal(got.sort_index(), expected)
+    persisted = client.persist(ddf)
+    assert len(persisted) == 300
+    again = persisted.groupby("k").v.agg(["sum", "mean", "count"]).compute()
+    pd.testing.assert_frame_equal(again.sort_index(), expected)
 
 
 def test_bag_fold(client):
