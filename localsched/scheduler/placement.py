@@ -157,9 +157,16 @@ class PlacementMixin:
         pool = self.idle_task_count
         if not pool:
             return None
-        if len(pool) == 1:
-            return next(iter(pool))
-        return min(pool, key=_processing_per_thread)
+        # The fewest processing tasks per thread; ties to the first in iteration
+        # order, as min() gives (a loop: no Python key call per worker).
+        best = None
+        best_load = math.inf
+        for ws in pool:
+            load = len(ws.processing) / ws.nthreads
+            if load < best_load:
+                best = ws
+                best_load = load
+        return best
 
     def decide_worker_rootish_queuing_disabled(
         self: SchedulerState, ts: TaskState
@@ -406,7 +413,3 @@ class PlacementMixin:
         self.total_occupancy = total
         for ws in self.workers.values():
             self.check_idle_saturated(ws)
-
-
-def _processing_per_thread(ws: WorkerState) -> float:
-    return len(ws.processing) / ws.nthreads

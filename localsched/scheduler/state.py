@@ -21,6 +21,8 @@ constructor. That is what makes the exhaustive tests in ``tests/scheduler`` chea
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, Protocol
@@ -229,7 +231,8 @@ class SchedulerState(
                 # Any event may empty a retiring worker (release, cancel, restart,
                 # steal...) or bring a recipient for its data, not only results.
                 self._check_retirements(event.stimulus_id)
-            if self.queued and self.idle_task_count:
+            # The C-level set first: the HeapSet's truth test is a Python call.
+            if self.idle_task_count and self.queued:
                 self._queue_slots_maybe_opened(event.stimulus_id)
 
     # -- transition engine ---------------------------------------------------------
@@ -408,9 +411,24 @@ class SchedulerState(
         self._transitions(dict(recommendations), stimulus_id)
 
     def _queue_slots_maybe_opened(self, stimulus_id: str) -> None:
-        slots = 0
-        for ws in self.idle_task_count:
-            slots += self._task_slots_available(ws)
+        saturation = self.worker_saturation
+        if math.isinf(saturation):
+            # Queuing disabled: every running worker has room (never here, as
+            # nothing is queued then, unless the setting changed).
+            slots = sys.maxsize if self.idle_task_count else 0
+        else:
+            # ``_task_slots_available`` summed, inlined (this runs per event).
+            slots = 0
+            extra = self.extra_slots_per_thread
+            for ws in self.idle_task_count:
+                nthreads = ws.nthreads
+                base = math.ceil(saturation * nthreads)
+                if base < 1:
+                    base = 1
+                running = len(ws.processing)
+                if ws.long_running:
+                    running -= len(ws.long_running)
+                slots += base + extra * nthreads - running
         if slots <= 0:
             return
         if slots == 1:

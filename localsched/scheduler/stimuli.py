@@ -627,11 +627,16 @@ class StimuliMixin:
     def _client_releases_keys(
         self: SchedulerState, keys: Iterable[Key], cs: ClientState, recs: Recs
     ) -> None:
+        wants_what = cs.wants_what
         for key in keys:
             ts = self.tasks.get(key)
-            if ts is None or ts not in cs.wants_what:
+            if ts is None:
                 continue
-            cs.wants_what.discard(ts)
+            # One hash of the task, not two (``in`` then ``discard``).
+            n = len(wants_what)
+            wants_what.discard(ts)
+            if len(wants_what) == n:
+                continue
             ts.who_wants = without_link(ts.who_wants, cs)
             if not ts.who_wants:
                 if not ts.dependents:

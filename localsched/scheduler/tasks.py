@@ -54,22 +54,29 @@ def key_split(key: Key) -> str:
     >>> key_split("hello-world-1")
     'hello-world'
     """
-    if isinstance(key, tuple):
-        key = key[0] if key else ""
-    if isinstance(key, bytes):
-        key = key.decode(errors="replace")
-    if not isinstance(key, str):
-        return str(key)
-    words = key.split("-")
-    kept = [words[0]]
-    for word in words[1:]:
+    if type(key) is not str:
+        if isinstance(key, tuple):
+            key = key[0] if key else ""
+        if isinstance(key, bytes):
+            key = key.decode(errors="replace")
+        if not isinstance(key, str):
+            return str(key)
+    # Runs for every new task: the usual key keeps only its first word, which
+    # partition finds without splitting the whole key.
+    head, dash, rest = key.partition("-")
+    if dash:
+        word = rest.partition("-")[0]
         if word.isalpha() and not (len(word) == 8 and _is_hex(word)):
-            kept.append(word)
-        else:
-            break
-    if len(kept) == 1 and len(kept[0]) == 32 and _is_hex(kept[0]):
+            kept = [head]
+            for word in rest.split("-"):
+                if word.isalpha() and not (len(word) == 8 and _is_hex(word)):
+                    kept.append(word)
+                else:
+                    break
+            return "-".join(kept)
+    if len(head) == 32 and _is_hex(head):
         return "data"
-    return "-".join(kept)
+    return head
 
 
 def key_group_name(key: Key) -> str:
@@ -93,8 +100,11 @@ def key_group_name(key: Key) -> str:
     return "Other"
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
 def _is_hex(word: str) -> bool:
-    return all(c in "0123456789abcdef" for c in word)
+    return _HEX_DIGITS.issuperset(word)
 
 
 class TaskPrefix:

@@ -655,7 +655,8 @@ class TransitionsMixin:
 
     def _remove_key(self: SchedulerState, ts: TaskState, stimulus_id: str) -> None:
         del self.tasks[ts.key]
-        self.unrunnable.pop(ts, None)
+        if self.unrunnable:
+            self.unrunnable.pop(ts, None)
         for cs in ts.who_wants:
             cs.wants_what.discard(ts)
             self._commands.append(
@@ -672,7 +673,8 @@ class TransitionsMixin:
         ts.alone = None
         ts.processing_on = None
         ts.exception_blame = ts.exception = ts.traceback = None
-        self.task_metadata.pop(ts.key, None)
+        if self.task_metadata:
+            self.task_metadata.pop(ts.key, None)
 
 
 # C-level key function: much cheaper than a Python one per sorted task.
