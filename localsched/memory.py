@@ -30,7 +30,8 @@ restarting a worker gives back, and cheap.
 
 The budget is the sum of the workers' ``memory_limit`` (dask's per-worker
 setting; ``"auto"`` splits the machine's memory as dask does), capped by the
-machine's memory. With thresholds as fractions (dask's defaults):
+machine's available memory: what our workers and results use now plus what the
+kernel reports as available, so programs outside the cluster that grow shrink it. With thresholds as fractions (dask's defaults):
 
 - **target 0.6 / spill 0.7**: when managed memory passes target * budget, or all
   memory (managed + every worker's unmanaged) passes spill * budget, move values
@@ -398,6 +399,12 @@ class RateLimitedLog:
         return True
 
 
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 class MemoryMonitor:
     """Samples memory, applies :func:`decide` (module docstring).
 
@@ -408,7 +415,9 @@ class MemoryMonitor:
     thresholds
         Fractions of the budget; see :class:`MemoryThresholds`.
     machine_limit
-        Cap on the budget (default: :func:`system_memory_limit`).
+        Cap on the budget. Default: the machine's available memory, sampled
+        each time (what the workers and stored results use now plus
+        ``MemAvailable``), never above :func:`system_memory_limit`.
     interval
         Seconds between samples.
     """
@@ -424,9 +433,13 @@ class MemoryMonitor:
     ) -> None:
         self.runtime = runtime
         self.thresholds = thresholds or MemoryThresholds()
+        #: None: the cap follows the memory the machine has for us now.
+        self.fixed_machine_limit = machine_limit
         self.machine_limit = (
             system_memory_limit() if machine_limit is None else machine_limit
         )
+        #: Reads the machine's available bytes (``MemAvailable``).
+        self.read_available: Callable[[], int] = _available_memory
         self.interval = interval
         self.log = RateLimitedLog(logger, log_interval)
         self.clock: Callable[[], float] = time.monotonic
@@ -492,12 +505,20 @@ class MemoryMonitor:
         for address in set(self._paused_at) - known:
             del self._paused_at[address]
         store = runtime.store
+        managed = store.memory_bytes
+        machine_limit = self.machine_limit
+        if self.fixed_machine_limit is None:
+            # The machine's available memory: what we hold (segments are shmem,
+            # never "available"; workers' anonymous pages neither) plus what is
+            # still free for us. Other programs growing shrink our budget.
+            ours = managed + sum(w.unmanaged for w in workers)
+            machine_limit = min(machine_limit, ours + self.read_available())
         return MemorySample(
             time=self.clock(),
-            managed=store.memory_bytes,
+            managed=managed,
             spillable=store.spillable_bytes,
             workers=tuple(workers),
-            machine_limit=self.machine_limit,
+            machine_limit=machine_limit,
         )
 
     def apply(self, decision: MemoryDecision) -> None:

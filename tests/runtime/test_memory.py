@@ -245,3 +245,19 @@ def test_small_dev_shm_falls_back_to_a_disk_directory_with_one_warning(
         )
     assert len(caught) == 1
     assert "disk-backed" in str(caught[0].message)
+
+
+def test_budget_follows_the_machines_available_memory_by_default() -> None:
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="300MiB") as c:
+        monitor = c.memory
+        assert monitor is not None
+        monitor.read_available = lambda: 10 * MiB
+        sample = c.runtime.call(monitor.sample).result(DEADLINE)
+        ours = sample.managed + sum(w.unmanaged for w in sample.workers)
+        assert sample.machine_limit == ours + 10 * MiB
+        decision = c.runtime.call(monitor.tick).result(DEADLINE)
+        assert decision.budget == min(300 * MiB, sample.machine_limit)
+        # Given explicitly, the cap stays put whatever the machine has free.
+        monitor.fixed_machine_limit = monitor.machine_limit = 200 * MiB
+        sample = c.runtime.call(monitor.sample).result(DEADLINE)
+        assert sample.machine_limit == 200 * MiB
