@@ -31,7 +31,8 @@ restarting a worker gives back, and cheap.
 The budget is the sum of the workers' ``memory_limit`` (dask's per-worker
 setting; ``"auto"`` splits the machine's memory as dask does), capped by the
 machine's available memory: what our workers and results use now plus what the
-kernel reports as available, so programs outside the cluster that grow shrink it. With thresholds as fractions (dask's defaults):
+kernel reports as available, so programs outside the cluster that grow shrink it.
+With thresholds as fractions (dask's defaults):
 
 - **target 0.6 / spill 0.7**: when managed memory passes target * budget, or all
   memory (managed + every worker's unmanaged) passes spill * budget, move values
