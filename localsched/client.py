@@ -213,8 +213,18 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         found: dict[Key, Future] = {}
         args = replace_futures(args, _is_future, found)
         kwargs = replace_futures(kwargs, _is_future, found)
-        token, function_bytes = self._functions.get(func)
-        payload = self._store.serialize((args, kwargs))
+        try:
+            token, function_bytes = self._functions.get(func)
+        except Exception as exc:
+            raise TypeError(
+                f"Could not serialize the function {funcname(func)!r}: {exc}"
+            ) from exc
+        try:
+            payload = self._store.serialize((args, kwargs))
+        except Exception as exc:
+            raise TypeError(
+                f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
+            ) from exc
         spec = TaskSpec(token, function_bytes, payload, tuple(found))
         return spec, (args, kwargs)
 
