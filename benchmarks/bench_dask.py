@@ -5,8 +5,9 @@ The issue's workload: ``(x + x.T).mean()`` on a 20,000 x 20,000 random array in
 and a graph of 100,000 tiny tasks for the per-task cost. Each system runs in
 its own fresh process with 2 workers x 1 thread; printed: seconds per workload
 (best of ``--repeat``), time from ``compute`` to the first task sent to a worker
-(the scheduler runs in this process for both), and
-distributed/localsched ratios (above 1: localsched is faster).
+(the scheduler runs in this process for both), the part of that dask itself
+spends building, optimizing and ordering the graph (the same for both systems),
+and distributed/localsched ratios (above 1: localsched is faster).
 
     python benchmarks/bench_dask.py            # both systems
     python benchmarks/bench_dask.py --quick    # 4,000^2 in 500^2 chunks, 20,000 tasks
@@ -101,11 +102,26 @@ def run(system: str, quick: bool, repeat: int, n_tiny: int | None) -> dict[str, 
                     best_first = min(best_first, first - start)
             results[name] = best
             results[f"{name}: first dispatch"] = best_first
+            results[f"{name}: dask's graph + order"] = dask_preparation(build())
     finally:
         client.close()
         if system != "localsched":
             cluster.close()
     return results
+
+
+def dask_preparation(collection: Any) -> float:
+    """Seconds dask itself needs before any scheduler can send a task:
+    optimizing and materializing the graph, then ``dask.order`` on it."""
+    import dask.order
+    from dask._task_spec import convert_legacy_graph
+    from dask.base import collections_to_expr
+
+    start = time.perf_counter()
+    expr = collections_to_expr([collection], optimize_graph=True)
+    nodes = convert_legacy_graph(dict(expr.__dask_graph__()))
+    dask.order.order(nodes)
+    return time.perf_counter() - start
 
 
 def recorder_reset(system: str, client: Any, recorder: Any) -> None:
