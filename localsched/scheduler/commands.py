@@ -9,7 +9,7 @@ triples the cost of building one, and the core builds one or more per task.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -66,7 +66,7 @@ class ComputeTask(Command):
     #: Keys of the task's dependencies (their data must be passed to it).
     dependencies: tuple[Key, ...]
     resource_restrictions: dict[str, float] | None
-    annotations: dict[str, Any]
+    annotations: Mapping[str, Any]
     #: Echo this in the finished/erred message so stale answers are ignored.
     run_id: int
 

@@ -280,9 +280,6 @@ class SchedulerState(
             states = ts.group.states
             states[start] -= 1
             states[actual] += 1
-            states = ts.prefix.states
-            states[start] -= 1
-            states[actual] += 1
         # TransitionLog.record, inlined (one flat tuple of atoms).
         self.transition_log.append(
             (ts.key, start, actual, stimulus_id, self.now, *recs, *recs.values())
@@ -346,9 +343,6 @@ class SchedulerState(
             group_states = ts.group.states
             group_states[start] -= 1
             group_states[finish] += 1
-            prefix_states = ts.prefix.states
-            prefix_states[start] -= 1
-            prefix_states[finish] += 1
 
     def _transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
         """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
@@ -358,6 +352,9 @@ class SchedulerState(
         tasks = self.tasks
         table = TRANSITIONS_TABLE
         log = self.transition_log
+        # Transition functions run no plugin code: without a hook now, none
+        # appears during this loop (a hook may add one: then check each time).
+        observed = self.transition_hook is not None or self.transition_counter_max
         while recommendations:
             key, finish = recommendations.popitem()
             ts = tasks.get(key)
@@ -367,12 +364,11 @@ class SchedulerState(
             if start == finish:
                 continue
             func = table.get((start, finish))
-            if (
-                func is None
-                or self.transition_hook is not None
-                or self.transition_counter_max
-            ):
+            if func is None or observed:
                 new = transition(key, finish, stimulus_id)
+                observed = (
+                    self.transition_hook is not None or self.transition_counter_max
+                )
             else:
                 # ``_transition``'s fast path and ``_record_transition``, inlined:
                 # a call per transition is a measurable part of the engine's
@@ -382,9 +378,6 @@ class SchedulerState(
                 actual = ts.state
                 if actual != start:
                     states = ts.group.states
-                    states[start] -= 1
-                    states[actual] += 1
-                    states = ts.prefix.states
                     states[start] -= 1
                     states[actual] += 1
                 log.append(
@@ -459,7 +452,6 @@ class SchedulerState(
         ts = TaskState(key, spec, tg)
         tg.n_tasks += 1
         tg.states["released"] += 1
-        tg.prefix.states["released"] += 1
         self.tasks[key] = ts
         return ts
 
@@ -467,10 +459,7 @@ class SchedulerState(
         tg = ts.group
         if tg.states["forgotten"] == tg.n_tasks and self.task_groups.get(tg.name) is tg:
             del self.task_groups[tg.name]
-            tp = tg.prefix
-            del tp.groups[tg]
-            for state, n in tg.states.items():
-                tp.states[state] -= n
+            del tg.prefix.groups[tg]
             for other in tg.dependents:
                 other.dependencies.discard(tg)
             for other in tg.dependencies:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Literal
 
 TaskStateName = Literal[
@@ -120,7 +121,6 @@ class TaskPrefix:
         "max_exec_time",
         "name",
         "nbytes_total",
-        "states",
         "suspicious",
         "types",
     )
@@ -132,8 +132,6 @@ class TaskPrefix:
         self.duration_average = default_duration
         #: Longest run time seen for a task still executing (heartbeats); -1 if none.
         self.max_exec_time = -1.0
-        #: Number of tasks in each state, summed over ``groups`` (validate checks it).
-        self.states: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
         #: Live groups of this prefix (a dict for O(1) removal, in creation order).
         self.groups: dict[TaskGroup, None] = {}
         #: Total seconds spent per action (``compute``, ...), over the prefix's life.
@@ -162,6 +160,20 @@ class TaskPrefix:
         self.max_exec_time = max(duration, self.max_exec_time)
         if duration > 2 * self.duration_average:
             self.duration_average = -1.0
+
+    @property
+    def states(self) -> dict[str, int]:
+        """Number of tasks in each state, summed over the live ``groups``.
+
+        Computed when read, not kept per transition: the engine updates only
+        the group's counts (two dict updates fewer per transition), and a
+        forgotten group leaves ``groups``, which is what the sum must drop.
+        """
+        totals = dict.fromkeys(ALL_TASK_STATES, 0)
+        for group in self.groups:
+            for state, n in group.states.items():
+                totals[state] += n
+        return totals
 
     @property
     def active_states(self) -> dict[str, int]:
@@ -254,6 +266,9 @@ class TaskGroup:
 #: adds to a link set replaces an empty one by a new ``set``, and code that
 #: discards or clears does it only on a non-empty one. Readers need not care.
 EMPTY_SET: Any = frozenset()
+
+#: The annotations of a task submitted without any (read-only, shared).
+NO_ANNOTATIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 def with_link(links: Any, item: Any) -> Any:
@@ -397,8 +412,10 @@ class TaskState:
         self.resource_restrictions: dict[str, float] | None = None
         #: Restrictions are preferences: run elsewhere if no valid worker exists.
         self.loose_restrictions = False
-        #: Annotations given at submission (``priority``, ``retries``, custom ...).
-        self.annotations: dict[str, Any] = {}
+        #: Annotations given at submission (``priority``, ``retries``, custom ...);
+        #: without any, the shared read-only ``NO_ANNOTATIONS`` (a dict per task
+        #: was one more allocation per task, bringing collections sooner).
+        self.annotations: Mapping[str, Any] = NO_ANNOTATIONS
         #: Task group and prefix; the task is counted in ``group.states[state]``.
         self.group = group
         self.prefix = group.prefix
