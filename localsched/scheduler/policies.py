@@ -189,9 +189,16 @@ class PoliciesMixin:
     ) -> None:
         if ts.actor or (ts.worker_restrictions and not ts.loose_restrictions):
             return
-        level = self.steal_time_ratio(ts)
-        if level is None:
-            return
+        if ts.dependencies:
+            level = self.steal_time_ratio(ts)
+            if level is None:
+                return
+        else:
+            # steal_time_ratio's answer without dependencies, inlined (per task).
+            default = self.default_task_durations.get(ts.prefix.name)
+            if default is not None and default < 0.001:
+                return
+            level = 0
         per_worker = self.stealable.get(ws)
         if per_worker is None:
             per_worker = self.stealable[ws] = {}

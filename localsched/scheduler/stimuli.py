@@ -38,10 +38,19 @@ if TYPE_CHECKING:
 Recs = dict[Key, str]
 
 _KEY_ATOMS = (str, bytes, int, float)
+_EXACT_ATOMS = frozenset(_KEY_ATOMS)  # ``bool`` is not among them, as it must not be
 
 
 def validate_key(key: object) -> None:
     """Raise ``TypeError`` unless ``key`` is str, bytes, int, float or a tuple."""
+    kind = type(key)
+    if kind in _EXACT_ATOMS:
+        return  # the usual key, without isinstance calls (runs per new task)
+    if kind is tuple:
+        for part in key:  # type: ignore[attr-defined]
+            if type(part) not in _EXACT_ATOMS:
+                validate_key(part)
+        return
     if isinstance(key, _KEY_ATOMS) and not isinstance(key, bool):
         return
     if isinstance(key, tuple):
@@ -191,19 +200,40 @@ class StimuliMixin:
         retries = event.retries
         annotations = event.annotations or {}
         tasks = self.tasks
+        # A graph without per-task options (the usual map or reduction) skips
+        # their lookups altogether.
+        plain = not (restrictions or resources or annotations) and retries is None
         for ts in new:
             key = ts.key
-            group = ts.group
-            dep_keys = deps.get(key, ())
-            if len(dep_keys) > 1:
-                ts.dependencies = set()  # not the first dependency's ``alone``
-            for dep_key in dep_keys:
-                dts = tasks[dep_key]
-                ts.dependencies = with_link(ts.dependencies, dts)
-                dts.dependents = with_link(dts.dependents, ts)
-                if dts.group is not group:
-                    group.dependencies.add(dts.group)
-                    dts.group.dependents.add(group)
+            dep_keys = deps.get(key, ()) if deps else ()
+            if dep_keys:
+                group = ts.group
+                many = len(dep_keys) > 1
+                if many:
+                    dependencies = ts.dependencies = set()  # not an ``alone``
+                for dep_key in dep_keys:
+                    dts = tasks[dep_key]
+                    if many:
+                        dependencies.add(dts)
+                    else:
+                        ts.dependencies = with_link(ts.dependencies, dts)
+                    # with_link(dts.dependents, ts), inlined for the usual cases.
+                    dependents = dts.dependents
+                    if type(dependents) is set:
+                        dependents.add(ts)
+                    elif dependents:
+                        dts.dependents = with_link(dependents, ts)
+                    else:
+                        alone = ts.alone
+                        if alone is None:
+                            alone = ts.alone = frozenset((ts,))
+                        dts.dependents = alone
+                    dts_group = dts.group
+                    if dts_group is not group:
+                        group.dependencies.add(dts_group)
+                        dts_group.dependents.add(group)
+            if plain:
+                continue
             ann = annotations.get(key)
             if ann:
                 ts.annotations = dict(ann)
@@ -249,6 +279,15 @@ class StimuliMixin:
         order = event.priority
         user = event.user_priority
         annotations = event.annotations or {}
+        if order is None and type(user) is int and not annotations:
+            # The usual graph: submission order, one user priority.
+            user_priority = -user
+            next_order = self._next_order
+            for ts in new:
+                ts.priority = (user_priority, generation, next_order)
+                next_order += 1
+            self._next_order = next_order
+            return
         for ts in new:
             key = ts.key
             if order is not None and key in order:

@@ -70,7 +70,13 @@ class TransitionsMixin:
         waiters = EMPTY_SET
         for dts in ts.dependents:
             if dts.state == "waiting":
-                waiters = with_link(waiters, dts)
+                if waiters:
+                    waiters = with_link(waiters, dts)
+                else:
+                    # with_link(EMPTY_SET, dts), inlined: the usual single waiter.
+                    waiters = dts.alone
+                    if waiters is None:
+                        waiters = dts.alone = frozenset((dts,))
         ts.waiters = waiters
         if not waiting_on:
             recs[ts.key] = "processing"
@@ -278,7 +284,24 @@ class TransitionsMixin:
         """
         group = ts.group
         for action, start, stop in startstops:
-            group.add_duration(action, start, stop)
+            if action == "compute":
+                # TaskGroup.add_duration and TaskPrefix.add_duration, inlined
+                # for the one action every result reports.
+                duration = stop - start
+                group.duration += duration
+                if not group.start or start < group.start:
+                    group.start = start
+                if stop > group.stop:
+                    group.stop = stop
+                prefix = group.prefix
+                all_durations = prefix.all_durations
+                all_durations["compute"] = all_durations.get("compute", 0.0) + duration
+                old = prefix.duration_average
+                prefix.duration_average = (
+                    duration if old < 0 else 0.5 * duration + 0.5 * old
+                )
+            else:
+                group.add_duration(action, start, stop)
         self._exit_processing_common(ts)
         if startstops:
             if self.fast_task_slots:
@@ -300,15 +323,20 @@ class TransitionsMixin:
         stimulus_id: str,
     ) -> None:
         ts.shared = shared
-        if nbytes >= 0:
-            self._set_nbytes(ts, nbytes)
-        if ws is not None:
-            if not ts.who_has:
-                # add_replica's work, for the usual first replica.
-                ts.who_has = ws.alone
-                ws.has_what[ts] = None
-                ws.nbytes += ts.get_nbytes()
-            else:
+        if ws is not None and not ts.who_has:
+            # _set_nbytes then add_replica, inlined for the usual first result.
+            if nbytes >= 0:
+                diff = nbytes - ts.nbytes if ts.nbytes >= 0 else nbytes
+                ts.group.nbytes_total += diff
+                ts.prefix.nbytes_total += diff
+                ts.nbytes = nbytes
+            ts.who_has = ws.alone
+            ws.has_what[ts] = None
+            ws.nbytes += ts.get_nbytes()
+        else:
+            if nbytes >= 0:
+                self._set_nbytes(ts, nbytes)
+            if ws is not None:
                 self.add_replica(ts, ws)
         dependents = ts.dependents
         if dependents:
@@ -574,12 +602,20 @@ class TransitionsMixin:
         self: SchedulerState, ts: TaskState, stimulus_id: str
     ) -> Recs:
         key = ts.key
-        for ws in ts.who_has:
-            self._commands.append(
-                FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(key,))
-            )
-        self.remove_all_replicas(ts)
-        self._free_data(ts, stimulus_id)
+        who_has = ts.who_has
+        if who_has:
+            commands = self._commands
+            nbytes = ts.get_nbytes()
+            for ws in who_has:
+                commands.append(
+                    FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(key,))
+                )
+                # remove_all_replicas, inlined
+                del ws.has_what[ts]
+                ws.nbytes -= nbytes
+            ts.who_has = EMPTY_SET
+        if ts.shared:
+            self._free_data(ts, stimulus_id)
         ts.state = "released"
         for cs in ts.who_wants:
             self._commands.append(
