@@ -357,38 +357,48 @@ class SchedulerState(
         observed = self.transition_hook is not None or self.transition_counter_max
         while recommendations:
             key, finish = recommendations.popitem()
-            ts = tasks.get(key)
-            if ts is None:
-                continue
-            start = ts.state
-            if start == finish:
-                continue
-            func = table.get((start, finish))
-            if func is None or observed:
-                new = transition(key, finish, stimulus_id)
-                observed = (
-                    self.transition_hook is not None or self.transition_counter_max
-                )
-            else:
-                # ``_transition``'s fast path and ``_record_transition``, inlined:
-                # a call per transition is a measurable part of the engine's
-                # cost. Keep the three in step.
-                self.transition_counter += 1
-                new = func(self, ts, stimulus_id)
-                actual = ts.state
-                if actual != start:
-                    states = ts.group.states
-                    states[start] -= 1
-                    states[actual] += 1
-                log.append(
-                    (key, start, actual, stimulus_id, self.now, *new, *new.values())
-                    if new
-                    else (key, start, actual, stimulus_id, self.now)
-                )
-                if actual == "forgotten":
-                    self._forget_group_member(ts)
-            if new:
+            # Chained: a transition's single follow-up for a key not already
+            # recommended runs next without a trip through the dict, exactly as
+            # update() then popitem() would order it.
+            while True:
+                ts = tasks.get(key)
+                if ts is None:
+                    break
+                start = ts.state
+                if start == finish:
+                    break
+                func = table.get((start, finish))
+                if func is None or observed:
+                    new = transition(key, finish, stimulus_id)
+                    observed = (
+                        self.transition_hook is not None or self.transition_counter_max
+                    )
+                else:
+                    # ``_transition``'s fast path and ``_record_transition``,
+                    # inlined: a call per transition is a measurable part of the
+                    # engine's cost. Keep the three in step.
+                    self.transition_counter += 1
+                    new = func(self, ts, stimulus_id)
+                    actual = ts.state
+                    if actual != start:
+                        states = ts.group.states
+                        states[start] -= 1
+                        states[actual] += 1
+                    log.append(
+                        (key, start, actual, stimulus_id, self.now, *new, *new.values())
+                        if new
+                        else (key, start, actual, stimulus_id, self.now)
+                    )
+                    if actual == "forgotten":
+                        self._forget_group_member(ts)
+                if not new:
+                    break
+                if len(new) == 1:
+                    ((key, finish),) = new.items()
+                    if key not in recommendations:
+                        continue
                 recommendations.update(new)
+                break
 
     def transition(
         self, key: Key, finish: str, *args: Any, stimulus_id: str, **kwargs: Any
