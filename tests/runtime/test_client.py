@@ -479,8 +479,10 @@ def test_task_queued_behind_a_long_task_is_stolen_by_an_idle_worker(client, tmp_
         wait_for_file(started)
         # Placed with its 8 MiB input on the busy worker: dask steals it in ~2 s.
         # The blocked task ends only after this wait, so finishing at all proves
-        # the steal; the deadline is generous for a loaded machine.
-        total = client.submit(np.sum, data)
+        # the steal; the deadline is generous for a loaded machine. A key of its
+        # own: earlier tests' `sum` tasks left a microsecond duration estimate,
+        # for which moving 8 MiB is never worth it (dask's rule), so no steal.
+        total = client.submit(np.sum, data, key="steal-probe-1")
         assert total.result(timeout=DEADLINE) == 2**20
     finally:
         open(release, "w").close()
