@@ -97,8 +97,10 @@ def test_worker_death_gives_killed_worker_naming_the_cause(
 
 
 def test_raise_while_pickling_arguments_in_the_client_fails_submit(crash_client):
-    with pytest.raises(CrashError, match="raised while pickling"):
+    # dask's type (TypeError: could not serialize), the cause chained to it.
+    with pytest.raises(TypeError, match="raised while pickling") as caught:
         crash_client.submit(identity, CrashAtPickle("raise"))
+    assert isinstance(caught.value.__cause__, CrashError)
     assert not crash_client.cluster.scheduler.tasks  # nothing was submitted
     _assert_cluster_goes_on(crash_client)
 
