@@ -108,9 +108,15 @@ class HeapSet:
         """Drop tombstones off the top, as one heap would; the top task or None."""
         tasks = self._tasks
         owners = self._owners
+        run = self._run
+        heap = self._heap
         while True:
-            entry = self._top()
-            if entry is None:
+            # _top(), inlined: this runs once per task handed out.
+            if run:
+                entry = heap[0] if heap and heap[0] < run[0] else run[0]
+            elif heap:
+                entry = heap[0]
+            else:
                 return None
             ts = owners[entry[1]]
             if tasks.get(ts.key) is ts:

@@ -149,13 +149,13 @@ class TransitionsMixin:
             if unknown is None:
                 unknown = self._unknown_durations[prefix] = set()
             unknown.add(ts)
-        if ts.dependencies:
-            comm = self.get_comm_cost(ts, ws)
+        dependencies = ts.dependencies
+        if dependencies:
+            cost = duration + self.get_comm_cost(ts, ws)
             if ws.memory_limit and self._deps_nbytes(ts) > ws.memory_limit:
                 return self._refuse_oversized(ts, ws)
         else:
-            comm = 0.0
-        cost = duration + comm
+            cost = duration + 0.0
         ws.processing[ts] = cost
         ws.occupancy += cost
         self.total_occupancy += cost
@@ -163,14 +163,15 @@ class TransitionsMixin:
         counts[prefix] = counts.get(prefix, 0) + 1
         ts.processing_on = ws
         ts.state = "processing"
-        if ts.resource_restrictions:
+        resource_restrictions = ts.resource_restrictions
+        if resource_restrictions:
             used = ws.used_resources
-            for name, amount in ts.resource_restrictions.items():
+            for name, amount in resource_restrictions.items():
                 used[name] = used.get(name, 0.0) + amount
         self.check_idle_saturated(ws)
         self.n_tasks += 1
-        self._run_id += 1
-        ts.run_id = self._run_id
+        run_id = self._run_id = self._run_id + 1
+        ts.run_id = run_id
         if self._stealing_enabled:
             self._steal_candidates_add(ts, ws)
         self._commands.append(
@@ -181,13 +182,11 @@ class TransitionsMixin:
                 run_spec=ts.run_spec,
                 priority=ts.priority,
                 dependencies=(
-                    tuple([dts.key for dts in ts.dependencies])
-                    if ts.dependencies
-                    else ()
+                    tuple([dts.key for dts in dependencies]) if dependencies else ()
                 ),
-                resource_restrictions=ts.resource_restrictions,
+                resource_restrictions=resource_restrictions,
                 annotations=ts.annotations,
-                run_id=ts.run_id,
+                run_id=run_id,
             )
         )
         return {}
