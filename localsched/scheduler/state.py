@@ -390,7 +390,9 @@ class SchedulerState(
                         else (key, start, actual, stimulus_id, self.now)
                     )
                     if actual == "forgotten":
-                        self._forget_group_member(ts)
+                        group = ts.group
+                        if group.states["forgotten"] == group.n_tasks:
+                            self._forget_group_member(ts)
                 if not new:
                     break
                 if len(new) == 1:

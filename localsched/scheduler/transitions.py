@@ -680,13 +680,22 @@ class TransitionsMixin:
                 recs[dts.key] = "forgotten"
         ts.dependencies = EMPTY_SET
         ts.waiting_on = EMPTY_SET
-        for ws in ts.who_has:
-            if ws.status != "closed":
-                self._commands.append(
-                    FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,))
-                )
-        self.remove_all_replicas(ts)
-        self._free_data(ts, stimulus_id)
+        who_has = ts.who_has
+        if who_has:
+            nbytes = ts.get_nbytes()
+            for ws in who_has:
+                if ws.status != "closed":
+                    self._commands.append(
+                        FreeKeys(
+                            stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,)
+                        )
+                    )
+                # remove_all_replicas, inlined (this runs once per task)
+                del ws.has_what[ts]
+                ws.nbytes -= nbytes
+            ts.who_has = EMPTY_SET
+        if ts.shared:
+            self._free_data(ts, stimulus_id)
 
     def _remove_key(self: SchedulerState, ts: TaskState, stimulus_id: str) -> None:
         del self.tasks[ts.key]
