@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from localsched.errors import InvalidTransition
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import Command
+from localsched.scheduler.graphs import GraphsMixin
 from localsched.scheduler.heapset import HeapSet
 from localsched.scheduler.placement import PlacementMixin
 from localsched.scheduler.policies import STEAL_LATENCY, PoliciesMixin
@@ -71,7 +72,12 @@ class SchedulerHooks(Protocol):
 
 
 class SchedulerState(
-    TransitionsMixin, PlacementMixin, StimuliMixin, PoliciesMixin, ValidateMixin
+    TransitionsMixin,
+    PlacementMixin,
+    GraphsMixin,
+    StimuliMixin,
+    PoliciesMixin,
+    ValidateMixin,
 ):
     """dask.distributed's scheduler state machine, without any IO.
 
@@ -520,7 +526,7 @@ class SchedulerState(
 
 
 _DISPATCH: dict[type, Callable[[SchedulerState, Any], None]] = {
-    ev.UpdateGraph: StimuliMixin._on_update_graph,
+    ev.UpdateGraph: GraphsMixin._on_update_graph,
     ev.UpdateData: StimuliMixin._on_update_data,
     ev.TaskFinished: StimuliMixin._on_task_finished,
     ev.TaskErred: StimuliMixin._on_task_erred,

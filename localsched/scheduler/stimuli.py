@@ -2,6 +2,7 @@
 
 One ``_on_<event>`` per event class; ``state.py`` dispatches on the event type.
 Handlers validate what they are told first and change nothing when it is wrong.
+Graphs (``UpdateGraph``) are taken in by ``graphs.py``.
 """
 
 from __future__ import annotations
@@ -10,24 +11,24 @@ from collections.abc import Collection, Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
-from localsched.errors import GraphError, KilledWorker, NoValidWorkerError
+from localsched.errors import KilledWorker, NoValidWorkerError
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import (
     AcquireReplicas,
     CloseWorker,
     FreeData,
     FreeKeys,
-    GraphRejected,
     KeyCancelled,
     KeyInMemory,
     RetirementFailed,
 )
+from localsched.scheduler.graphs import validate_key
 from localsched.scheduler.tasks import (
     ClientState,
     Key,
     TaskState,
     WorkerState,
-    with_link,
+    link_client,
     without_link,
 )
 from localsched.scheduler.transitions import key_erred
@@ -37,272 +38,11 @@ if TYPE_CHECKING:
 
 Recs = dict[Key, str]
 
-_KEY_ATOMS = (str, bytes, int, float)
-_EXACT_ATOMS = frozenset(_KEY_ATOMS)  # ``bool`` is not among them, as it must not be
-
-
-def validate_key(key: object) -> None:
-    """Raise ``TypeError`` unless ``key`` is str, bytes, int, float or a tuple."""
-    kind = type(key)
-    if kind in _EXACT_ATOMS:
-        return  # the usual key, without isinstance calls (runs per new task)
-    if kind is tuple:
-        for part in key:  # type: ignore[attr-defined]
-            if type(part) not in _EXACT_ATOMS:
-                validate_key(part)
-        return
-    if isinstance(key, _KEY_ATOMS) and not isinstance(key, bool):
-        return
-    if isinstance(key, tuple):
-        for part in key:
-            validate_key(part)
-        return
-    raise TypeError(
-        f"Unexpected key type {type(key).__name__} (value: {key!r}); keys must be "
-        "str, bytes, int, float or tuples of those"
-    )
-
 
 class StimuliMixin:
     """Event handlers; mixed into ``SchedulerState``."""
 
-    # -- graphs -----------------------------------------------------------------
-
-    def _on_update_graph(self: SchedulerState, event: ev.UpdateGraph) -> None:
-        self.now = max(self.now, event.time)
-        try:
-            needed = self._check_graph(event)
-        except (GraphError, TypeError) as error:
-            self._commands.append(
-                GraphRejected(
-                    stimulus_id=event.stimulus_id,
-                    client=event.client,
-                    keys=tuple(event.keys),
-                    error=error,
-                )
-            )
-            return
-        cs = self._ensure_client(event.client)
-        tasks = event.tasks
-        new: list[TaskState] = []
-        touched: list[TaskState] = []
-        for key in needed:
-            ts = self.tasks.get(key)
-            if ts is None:
-                ts = self.new_task(key, tasks[key])
-                new.append(ts)
-            touched.append(ts)
-        self._wire_new_tasks(new, event)
-        self._set_priorities(new, event)
-        for key in event.keys:
-            ts = self.tasks[key]
-            if ts not in cs.wants_what:
-                _link_client(cs, ts)
-        if self.hooks is not None:
-            # Built only when someone listens: it costs a set per new task.
-            self._notify(
-                "update_graph",
-                client=event.client,
-                keys=set(event.keys),
-                tasks=[ts.key for ts in new],
-                annotations=dict(event.annotations_by_type or {}),
-                priority={ts.key: ts.priority for ts in new},
-                dependencies={
-                    ts.key: {dts.key for dts in ts.dependencies} for ts in new
-                },
-                stimulus_id=event.stimulus_id,
-            )
-        recs: Recs = {}
-        if len(touched) > 1:
-            touched.sort(key=_priority, reverse=True)
-        for ts in touched:
-            if ts.state == "released" and ts.run_spec is not None:
-                recs[ts.key] = "waiting"
-        for key in event.keys:
-            ts = self.tasks[key]
-            if ts.state in ("memory", "erred"):
-                self._report_on_key(ts, cs, event.stimulus_id)
-        self._transitions(recs, event.stimulus_id)
-
-    def _check_graph(self: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
-        """Keys of the graph needed by the wanted keys; raise if the graph is bad.
-
-        Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
-        any state changes, so a rejected graph leaves no trace.
-        """
-        tasks = event.tasks
-        deps = event.dependencies
-        known = self.tasks
-        for key in event.keys:
-            validate_key(key)
-            if key not in tasks and key not in known:
-                raise GraphError(
-                    f"Wanted key {key!r} is neither in the graph nor known"
-                )
-        order: list[Key] = []
-        # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
-        # known tasks keep their dependencies, so a cycle needs a new task.
-        color: dict[Key, int] = {}
-        for root in event.keys:
-            if root in known or color.get(root):
-                if root in known and root not in color:
-                    color[root] = 2
-                    order.append(root)
-                continue
-            # Roots were validated above.
-            children = deps.get(root)
-            if not children:
-                # A root without dependencies (a map): nothing to walk.
-                color[root] = 2
-                order.append(root)
-                continue
-            stack: list[tuple[Key, Any]] = [(root, iter(children))]
-            color[root] = 1
-            while stack:
-                key, children = stack[-1]
-                advanced = False
-                for dep in children:
-                    state = color.get(dep, 0)
-                    if state == 1:
-                        raise GraphError(
-                            f"Cycle in the graph: {dep!r} depends on itself through "
-                            f"{key!r}"
-                        )
-                    if state == 2:
-                        continue
-                    if dep in known:
-                        color[dep] = 2
-                        order.append(dep)
-                        continue
-                    if dep not in tasks:
-                        raise GraphError(
-                            f"Task {key!r} depends on {dep!r}, which is neither in "
-                            "the graph nor known to the scheduler"
-                        )
-                    validate_key(dep)
-                    color[dep] = 1
-                    stack.append((dep, iter(deps.get(dep, ()))))
-                    advanced = True
-                    break
-                if not advanced:
-                    stack.pop()
-                    color[key] = 2
-                    order.append(key)
-        return order
-
-    def _wire_new_tasks(
-        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
-    ) -> None:
-        deps = event.dependencies
-        restrictions = event.restrictions or {}
-        loose = set(event.loose_restrictions)
-        resources = event.resources or {}
-        retries = event.retries
-        annotations = event.annotations or {}
-        tasks = self.tasks
-        # A graph without per-task options (the usual map or reduction) skips
-        # their lookups altogether.
-        plain = not (restrictions or resources or annotations) and retries is None
-        for ts in new:
-            key = ts.key
-            dep_keys = deps.get(key, ()) if deps else ()
-            if dep_keys:
-                group = ts.group
-                many = len(dep_keys) > 1
-                if many:
-                    dependencies = ts.dependencies = set()  # not an ``alone``
-                for dep_key in dep_keys:
-                    dts = tasks[dep_key]
-                    if many:
-                        dependencies.add(dts)
-                    else:
-                        ts.dependencies = with_link(ts.dependencies, dts)
-                    # with_link(dts.dependents, ts), inlined for the usual cases.
-                    dependents = dts.dependents
-                    if type(dependents) is set:
-                        dependents.add(ts)
-                    elif dependents:
-                        dts.dependents = with_link(dependents, ts)
-                    else:
-                        alone = ts.alone
-                        if alone is None:
-                            alone = ts.alone = frozenset((ts,))
-                        dts.dependents = alone
-                    dts_group = dts.group
-                    if dts_group is not group:
-                        group.dependencies.add(dts_group)
-                        dts_group.dependents.add(group)
-            if plain:
-                continue
-            ann = annotations.get(key)
-            if ann:
-                ts.annotations = dict(ann)
-            workers = restrictions.get(key, ann.get("workers") if ann else None)
-            if workers:
-                if isinstance(workers, str):
-                    workers = [workers]
-                ts.worker_restrictions = set(workers)
-                if key in loose or (ann and ann.get("allow_other_workers")):
-                    ts.loose_restrictions = True
-            res = resources.get(key, ann.get("resources") if ann else None)
-            if res:
-                ts.resource_restrictions = dict(res)
-            if isinstance(retries, int):
-                ts.retries = retries
-            elif retries and key in retries:
-                ts.retries = retries[key]
-            elif ann and "retries" in ann:
-                ts.retries = int(ann["retries"] or 0)
-
-    def _set_priorities(
-        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
-    ) -> None:
-        """``(-user_priority, generation, graph order)`` for the new tasks."""
-        parent = (
-            self.tasks.get(event.submitting_task)
-            if event.submitting_task is not None
-            else None
-        )
-        if parent is not None:
-            # Subtasks of a running task go ahead of that task's siblings. dask
-            # takes priority[0] (-user_priority), which puts them ahead of every
-            # generation; kept for compatibility.
-            generation: float = parent.priority[0] - 0.01
-        elif event.submitting_task is not None:
-            generation = self.generation  # the parent is gone: no new generation
-        elif self._last_generation_time + event.fifo_timeout < event.time:
-            self.generation += 1
-            self._last_generation_time = event.time
-            generation = self.generation
-        else:
-            generation = self.generation
-        order = event.priority
-        user = event.user_priority
-        annotations = event.annotations or {}
-        if order is None and type(user) is int and not annotations:
-            # The usual graph: submission order, one user priority.
-            user_priority = -user
-            next_order = self._next_order
-            for ts in new:
-                ts.priority = (user_priority, generation, next_order)
-                next_order += 1
-            self._next_order = next_order
-            return
-        for ts in new:
-            key = ts.key
-            if order is not None and key in order:
-                graph_order = order[key]
-            else:
-                graph_order = self._next_order
-                self._next_order += 1
-            if isinstance(user, int):
-                user_priority = user
-            else:
-                user_priority = user.get(key, 0)
-            ann = annotations.get(key)
-            if ann and "priority" in ann:
-                user_priority = ann["priority"]
-            ts.priority = (-user_priority, generation, graph_order)
+    # -- data ------------------------------------------------------------------
 
     def _on_update_data(self: SchedulerState, event: ev.UpdateData) -> None:
         self.now = max(self.now, event.time)
@@ -324,7 +64,7 @@ class StimuliMixin:
                 ts.priority = (0, self.generation, self._next_order)
                 self._next_order += 1
             if ts not in cs.wants_what:
-                _link_client(cs, ts)
+                link_client(cs, ts)
             nbytes = event.nbytes.get(key, -1)
             if ts.state == "released":
                 self._set_nbytes(ts, nbytes)
@@ -703,7 +443,7 @@ class StimuliMixin:
             if ts is None:
                 continue
             if ts not in cs.wants_what:
-                _link_client(cs, ts)
+                link_client(cs, ts)
             if ts.state in ("memory", "erred"):
                 self._report_on_key(ts, cs, event.stimulus_id)
             elif ts.state == "released" and ts.run_spec is not None:
@@ -976,12 +716,6 @@ class StimuliMixin:
                 self._transition(key, "erred", stimulus_id, cause=key, **kwargs),
                 stimulus_id,
             )
-
-
-def _link_client(cs: ClientState, ts: TaskState) -> None:
-    """``cs`` wants ``ts``: the symmetric ``wants_what`` / ``who_wants`` link."""
-    cs.wants_what.add(ts)
-    ts.who_wants = with_link(ts.who_wants, cs)
 
 
 # C-level key function (sorting 100k tasks by a Python function costs ~1 us each).

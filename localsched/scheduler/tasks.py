@@ -295,6 +295,12 @@ def with_link(links: Any, item: Any) -> Any:
     return grown
 
 
+def link_client(cs: ClientState, ts: TaskState) -> None:
+    """``cs`` wants ``ts``: the symmetric ``wants_what`` / ``who_wants`` link."""
+    cs.wants_what.add(ts)
+    ts.who_wants = with_link(ts.who_wants, cs)
+
+
 def without_link(links: Any, item: Any) -> Any:
     """``links`` without ``item``; assign the result back to the link set.
 
