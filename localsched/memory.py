@@ -76,6 +76,7 @@ from localsched.memory_limits import (
     system_memory_limit,
 )
 from localsched.scheduler import events as ev
+from localsched.transport.protocol import SetPaused
 
 if TYPE_CHECKING:
     from localsched.runtime import PeriodicCallback, SchedulerRuntime
@@ -531,11 +532,13 @@ class MemoryMonitor:
         for address, why in decision.pause.items():
             self._paused_at[address] = now
             events.append(self._status(address, "paused"))
+            self._tell_worker(address, paused=True)
             if why:  # else one note tells about all paused for the budget
                 self.log(logging.WARNING, "pause", address, why)
         for address in decision.resume:
             self._paused_at.pop(address, None)
             events.append(self._status(address, "running"))
+            self._tell_worker(address, paused=False)
             self.log(
                 logging.INFO,
                 "resume",
@@ -554,6 +557,13 @@ class MemoryMonitor:
                 self._kill(handle, cause, restarting=True)
         for level, kind, subject, message in decision.notes:
             self.log(level, kind, subject, message)
+
+    def _tell_worker(self, address: str, paused: bool) -> None:
+        """The core stops placing tasks on a paused worker; the worker itself
+        must also stop starting the ones already queued there, as dask's does."""
+        handle = self.runtime.workers.get(address)
+        if handle is not None:
+            handle.outbox.append(SetPaused(paused=paused))  # sent this turn
 
     def _spill(self, nbytes: int, budget: int) -> None:
         store = self.runtime.store

@@ -156,6 +156,15 @@ class GrantSegments(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SetPaused(Message):
+    """Stop starting queued tasks (``paused=True``: the memory monitor's pause,
+    as a dask worker past its pause threshold) or start them again. Running
+    tasks go on; queued ones wait, and may still be stolen."""
+
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown(Message):
     """Exit now: queued tasks are dropped, running ones abandoned; the worker
     sends :class:`Goodbye` first."""
@@ -357,6 +366,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     ForgetKeys,
     StealQuery,
     GrantSegments,
+    SetPaused,
     AddPlugin,
     RemovePlugin,
     Shutdown,

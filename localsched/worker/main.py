@@ -59,6 +59,7 @@ from localsched.transport.protocol import (
     RemovePlugin,
     RunFunction,
     RunTask,
+    SetPaused,
     Shutdown,
     StealAnswer,
     StealQuery,
@@ -232,6 +233,8 @@ class Worker:
         #: Keys whose TaskDone was posted and that were not forgotten since.
         self._done: set[Hashable] = set()
         self._is_closing = False
+        #: Set by the memory monitor's pause: queued tasks wait, running ones go on.
+        self._is_paused = False
         # Written by the control thread, read by task threads; single dict
         # operations are atomic, and a lost race only means loading twice.
         self._function_bytes: dict[str, bytes] = {}
@@ -361,6 +364,11 @@ class Worker:
         elif isinstance(message, AddPlugin | RemovePlugin):
             # On this thread, so tasks that arrive later see the plugin.
             self._outbox.post_nowait(self.plugins.handle(message))
+        elif isinstance(message, SetPaused):
+            with self._lock:
+                self._is_paused = message.paused
+                if not message.paused:
+                    self._has_work.notify_all()
         elif isinstance(message, Shutdown):
             self._stop_tasks()
             self.plugins.close()  # dask tears plugins down as the worker closes
@@ -445,7 +453,7 @@ class Worker:
                         # A seceded task rejoins: this thread gives it its slot.
                         self._rejoiners.pop(0).set()
                         return
-                    if (job := self._next_job()) is not None:
+                    if not self._is_paused and (job := self._next_job()) is not None:
                         break
                     if self._is_closing:
                         return

@@ -57,6 +57,18 @@ def pid() -> int:
     return os.getpid()
 
 
+def leak_until(mib: int, started: str, release: str) -> int:
+    """Task: leave ``mib`` MiB in the worker after it ends, at ``release``."""
+    os.localsched_test_leak = np.ones(mib * MiB // 8)  # type: ignore[attr-defined]
+    Path(started).touch()
+    wait_for_file(release, timeout=DEADLINE)
+    return os.getpid()
+
+
+def drop_leak() -> None:
+    os.localsched_test_leak = None  # type: ignore[attr-defined]
+
+
 def _status(cluster: LocalCluster) -> str:
     [ws] = cluster.scheduler.workers.values()
     return str(ws.status)
@@ -261,3 +273,30 @@ def test_budget_follows_the_machines_available_memory_by_default() -> None:
         monitor.fixed_machine_limit = monitor.machine_limit = 200 * MiB
         sample = c.runtime.call(monitor.sample).result(DEADLINE)
         assert sample.machine_limit == 200 * MiB
+
+
+def test_a_paused_worker_starts_none_of_the_tasks_already_queued_on_it(tmp_path):
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            memory_limit="400MiB",
+            memory_pause_fraction=0.5,
+            memory_terminate_fraction=False,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        leaking = client.submit(leak_until, 250, started, release)
+        queued = client.submit(pid)  # sent now, queued behind it in the worker
+        wait_for_file(started)
+        assert poll(lambda: _status(cluster) == "paused")
+        Path(release).touch()
+        worker_pid = leaking.result(timeout=DEADLINE)
+        # Its memory stays (leaked): still paused, so the queued task waits.
+        with pytest.raises(TimeoutError):
+            queued.result(timeout=1.0)
+        assert _status(cluster) == "paused"
+        client.run(drop_leak)
+        assert queued.result(timeout=DEADLINE) == worker_pid
+        assert _status(cluster) == "running"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pickle
 import threading
+import time
 from multiprocessing import Pipe
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from localsched.transport.protocol import (
     Message,
     ProtocolError,
     RunTask,
+    SetPaused,
     Shutdown,
     StealAnswer,
     StealQuery,
@@ -249,6 +251,32 @@ def test_queued_tasks_run_in_priority_order(harness_factory, gates) -> None:
     messages = harness.recv_until(lambda m: getattr(m, "key", None) == "low")
     done = [m.key for m in messages if isinstance(m, TaskDone)]
     assert done == ["block", "high", "mid", "low"]
+
+
+def test_a_paused_worker_starts_no_queued_task_until_resumed(
+    harness_factory, gates
+) -> None:
+    gates("running")
+    harness = harness_factory(nthreads=1)
+    harness.send(
+        harness.run("running", wait_gate, "running", priority=(0,)),
+        harness.run("queued", add, 1, 2, priority=(1,)),
+    )
+    assert STARTED["running"].wait(DEADLINE)
+    harness.send(SetPaused(paused=True))
+    # The control thread answers in order: once this comes back, it has paused.
+    assert harness.steal("never-seen") is None
+    GATES["running"].set()  # the running task ends: pausing never stops one
+    assert isinstance(harness.reply_to("running"), TaskDone)
+    # For a while, nothing but heartbeats: the queued task does not start.
+    assert "queued" not in harness.replies
+    assert not [m for m in harness.unread if getattr(m, "key", None) == "queued"]
+    deadline = time.monotonic() + 0.3
+    while harness.conn.poll(max(0.0, deadline - time.monotonic())):
+        batch = decode_batch(harness.conn.recv_bytes())
+        assert all(isinstance(m, Heartbeat) for m in batch), batch
+    harness.send(SetPaused(paused=False))
+    assert isinstance(harness.reply_to("queued"), TaskDone)
 
 
 def test_steal_answers_follow_the_task_through_its_life(harness_factory, gates) -> None:
