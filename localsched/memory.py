@@ -401,6 +401,17 @@ class RateLimitedLog:
         return True
 
 
+def _is_executing(handle: WorkerHandle, ws: Any) -> bool:
+    """Whether the worker runs a task now. Tasks merely queued on a paused
+    worker do not count: they wait for the pause, so a worker paused for good
+    with a queue must still be restarted after ``pause_timeout``."""
+    page = handle.executing_page
+    if page is None:
+        return bool(ws.processing)
+    running = page.executing()
+    return True if running is None else bool(running)
+
+
 def _available_memory() -> int:
     import psutil
 
@@ -495,7 +506,7 @@ class MemoryMonitor:
                     unmanaged=unmanaged,
                     status=str(ws.status),
                     paused_since=self._paused_at.get(address),
-                    is_busy=bool(ws.processing),
+                    is_busy=_is_executing(handle, ws),
                     restartable=restartable,
                 )
             )

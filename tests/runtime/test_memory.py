@@ -300,3 +300,24 @@ def test_a_paused_worker_starts_none_of_the_tasks_already_queued_on_it(tmp_path)
         client.run(drop_leak)
         assert queued.result(timeout=DEADLINE) == worker_pid
         assert _status(cluster) == "running"
+
+
+def test_paused_worker_with_only_queued_tasks_is_restarted_after_timeout(tmp_path):
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        memory_limit="300MiB",
+        memory_pause_fraction=0.5,
+        memory_terminate_fraction=False,
+        memory_pause_timeout=0.5,
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        leaking = client.submit(leak_until, 200, started, release)
+        queued = client.submit(pid)  # waits on the worker behind the leak
+        wait_for_file(started)
+        assert poll(lambda: _status(cluster) == "paused")
+        Path(release).touch()
+        leaky_pid = leaking.result(timeout=DEADLINE)
+        # Nothing runs, the queued task waits for the pause, the leak stays:
+        # without the restart it would wait forever.
+        assert queued.result(timeout=DEADLINE) != leaky_pid
