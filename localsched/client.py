@@ -692,6 +692,24 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         threads = sum(ws.nthreads for ws in workers.values())
         return f"<Client: {self.id!r} processes={len(workers)} threads={threads}>"
 
+    def dashboard(self, **kwargs: Any) -> None:
+        """Show a live view of this client's cluster in the terminal; blocks.
+
+        The same as ``localsched.diagnostics.dashboard(client, **kwargs)``:
+        workers with CPU, memory and executing tasks, and progress per task
+        prefix, refreshed with rich ``Live``. dask serves a web dashboard at
+        ``client.dashboard_link`` instead.
+
+        Parameters
+        ----------
+        **kwargs
+            ``interval``, ``duration``, ``until`` (futures: stop once they are
+            done) and ``console``, as :func:`localsched.diagnostics.dashboard`.
+        """
+        from localsched.diagnostics.dashboard import dashboard
+
+        dashboard(self, **kwargs)
+
     def _repr_html_(self) -> str:
         from localsched.diagnostics.reprs import client_html
 

@@ -300,3 +300,13 @@ def test_warnings_reach_stderr_and_info_stays_quiet_without_logging_config():
 
 def _all_source(root: Path) -> str:
     return "\n".join(path.read_text() for path in root.rglob("*.py"))
+
+
+def test_client_dashboard_method_draws_the_same_view(client):
+    futures = client.map(inc, range(3))
+    client.gather(futures)
+    console = terminal_console()
+    client.dashboard(until=futures, interval=0.05, console=console)
+    text = console.export_text()
+    assert "tasks by prefix" in text
+    assert "inc" in text
