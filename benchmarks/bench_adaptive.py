@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
+
+from systems import run_each_system
 
 N_TASKS = 1000
 
@@ -161,34 +161,12 @@ def main() -> None:
         figures = run(args.system, args.maximum, args.interval, args.duration)
         print(json.dumps(figures) if args.json else figures)
         return
-    systems = ["localsched"]
-    try:
-        import distributed  # noqa: F401
-
-        systems.append("distributed")
-    except ImportError:
-        print("dask.distributed is not installed: localsched only")
-    table: dict[str, dict[str, float]] = {}
-    for system in systems:
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--system",
-                system,
-                "--maximum",
-                str(args.maximum),
-                "--interval",
-                args.interval,
-                "--duration",
-                str(args.duration),
-                "--json",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        table[system] = json.loads(out.strip().splitlines()[-1])
+    table = run_each_system(
+        __file__,
+        *("--maximum", str(args.maximum), "--interval", args.interval),
+        *("--duration", str(args.duration)),
+    )
+    systems = list(table)
     print(
         f"M={args.maximum} workers, adapt interval {args.interval}, "
         f"{N_TASKS} tasks of {args.duration * 1000:.0f} ms"

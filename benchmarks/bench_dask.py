@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from typing import Any
+
+from systems import run_each_system
 
 
 class FirstDispatch:
@@ -147,19 +147,9 @@ def main() -> None:
         results = run(args.system, args.quick, args.repeat, args.tiny)
         print(json.dumps(results) if args.json else results)
         return
-    by_system: dict[str, dict[str, float]] = {}
-    for system in ("localsched", "distributed"):
-        if system == "distributed":
-            try:
-                import distributed  # noqa: F401
-            except ImportError:
-                print("distributed is not installed: localsched only")
-                break
-        command = [sys.executable, __file__, "--system", system, "--json"]
-        command += ["--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
-        command += ["--tiny", str(args.tiny)] if args.tiny else []
-        out = subprocess.run(command, capture_output=True, text=True, check=True)
-        by_system[system] = json.loads(out.stdout.strip().splitlines()[-1])
+    extra = ["--repeat", str(args.repeat)] + (["--quick"] if args.quick else [])
+    extra += ["--tiny", str(args.tiny)] if args.tiny else []
+    by_system = run_each_system(__file__, *extra)
     ours = by_system["localsched"]
     theirs = by_system.get("distributed", {})
     print(f"{'workload':<48} {'localsched':>11} {'distributed':>12} {'ratio':>7}")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from systems import run_each_system
 
 
 def noop(x: Any) -> Any:
@@ -161,20 +161,8 @@ def main() -> None:
         results = run(args.system, args.quick)
         print(json.dumps(results) if args.json else results)
         return
-    systems = ["localsched"]
-    try:
-        import distributed  # noqa: F401
-
-        systems.append("distributed")
-    except ImportError:
-        print("dask.distributed is not installed: localsched only")
-    table: dict[str, dict[str, float]] = {}
-    for system in systems:
-        cmd = [sys.executable, __file__, "--system", system, "--json"]
-        if args.quick:
-            cmd.append("--quick")
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        table[system] = json.loads(out.strip().splitlines()[-1])
+    table = run_each_system(__file__, *(["--quick"] if args.quick else []))
+    systems = list(table)
     names = list(table["localsched"])
     header = f"{'workload':<42}" + "".join(f"{s:>14}" for s in systems)
     if len(systems) == 2:

@@ -37,6 +37,7 @@ from localsched.graph import (
     hash_args,
     prepare_scatter,
     replace_futures,
+    worker_restrictions,
 )
 from localsched.runtime import ClientHandle
 from localsched.scheduler import events as ev
@@ -420,10 +421,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         allow_other_workers: bool,
         fifo_timeout: str | float,
     ) -> ev.UpdateGraph:
-        restrictions = None
-        if workers is not None:
-            names = [workers] if isinstance(workers, str | Number) else list(workers)
-            restrictions = dict.fromkeys(tasks, tuple(names))
+        restrictions = worker_restrictions(tasks, workers)
         return ev.UpdateGraph(
             stimulus_id=self._runtime.stimulus_id("update-graph"),
             client=self.id,

@@ -327,7 +327,6 @@ def _update_graph(
     annotations_by_type: dict[str, dict[Key, Any]],
     options: GraphOptions,
 ) -> Any:
-    from numbers import Number
 
     from localsched.scheduler import events as ev
 
@@ -337,11 +336,9 @@ def _update_graph(
         annotations = {
             key: {**options.annotations, **per_key.get(key, {})} for key in tasks
         }
-    workers = options.workers
-    restrictions = None
-    if workers is not None:
-        names = [workers] if isinstance(workers, str | Number) else list(workers)
-        restrictions = dict.fromkeys(tasks, tuple(names))
+    from localsched.graph import worker_restrictions
+
+    restrictions = worker_restrictions(tasks, options.workers)
     return ev.UpdateGraph(
         stimulus_id=client._runtime.stimulus_id("update-graph"),
         client=client.id,

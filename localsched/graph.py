@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from numbers import Number
 from typing import Any
 
 import cloudpickle
@@ -116,6 +117,17 @@ def hash_args(
     for buffer in buffers:
         hasher.update(buffer.raw())
     return hasher.hexdigest()
+
+
+def worker_restrictions(
+    keys: Iterable[Key], workers: Any
+) -> dict[Key, tuple[Any, ...]] | None:
+    """``workers=`` of ``submit``/``compute`` (an address or name, or several)
+    as the restriction of each key; None without one."""
+    if workers is None:
+        return None
+    names = [workers] if isinstance(workers, str | Number) else list(workers)
+    return dict.fromkeys(keys, tuple(names))
 
 
 def new_key(function: Callable[..., Any], token: str | None) -> str:

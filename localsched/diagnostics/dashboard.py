@@ -19,6 +19,7 @@ from localsched.diagnostics.reprs import (
     ClusterSnapshot,
     cluster_snapshot,
     format_bytes,
+    memory_text,
 )
 
 #: States a prefix's finished tasks are in: their results were made.
@@ -76,9 +77,7 @@ def render(snapshot: ClusterSnapshot, cpu: dict[int, float | None]) -> Any:
         workers.add_column(column, justify="left" if column == "worker" else "right")
     for w in snapshot.workers:
         percent = cpu.get(w.pid)
-        memory = format_bytes(w.rss) if w.rss >= 0 else "?"
-        if w.memory_limit:
-            memory += f" / {format_bytes(w.memory_limit)}"
+        memory = memory_text(w)
         workers.add_row(
             w.name,
             str(w.pid),

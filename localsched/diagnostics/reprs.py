@@ -308,9 +308,7 @@ def cluster_rich(snapshot: ClusterSnapshot, title: str) -> Any:
     for column in ("worker", "threads", "status", "processing", "results", "memory"):
         table.add_column(column, justify="left" if column == "worker" else "right")
     for w in snapshot.workers:
-        memory = format_bytes(w.rss) if w.rss >= 0 else "?"
-        if w.memory_limit:
-            memory += f" / {format_bytes(w.memory_limit)}"
+        memory = memory_text(w)
         table.add_row(
             w.name,
             str(w.nthreads),
@@ -341,3 +339,11 @@ def future_rich(future: Any) -> Any:
     if future.type:
         text.append(f"  type: {future.type}")
     return text
+
+
+def memory_text(worker: Any) -> str:
+    """``used / limit`` of a worker snapshot (``?`` when its RSS is unknown)."""
+    memory = format_bytes(worker.rss) if worker.rss >= 0 else "?"
+    if worker.memory_limit:
+        memory += f" / {format_bytes(worker.memory_limit)}"
+    return memory

@@ -19,7 +19,7 @@ import tempfile
 import warnings
 from typing import TYPE_CHECKING
 
-from localsched.transport.spill import spill_directory_path
+from localsched.transport.spill import private_directory, spill_directory_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -179,15 +179,7 @@ def _choose_directory(min_bytes: int) -> str:
 
 def _fallback_path(create: bool = False) -> str:
     path = os.path.join(tempfile.gettempdir(), f"localsched-shm-{os.getuid()}")
-    if create:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
-        # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-            raise PermissionError(f"{path} is not a directory owned by this user")
-        if st.st_mode & 0o077:
-            os.chmod(path, 0o700)
-    return path
+    return private_directory(path) if create else path
 
 
 def _warn_fallback(reason: str) -> None:

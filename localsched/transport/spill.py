@@ -49,7 +49,12 @@ def spill_directory_path(base: str | None = None) -> str:
 def default_spill_directory(base: str | None = None) -> str:
     """:func:`spill_directory_path`, created 0700 on first use and refused if
     someone else owns it."""
-    path = spill_directory_path(base)
+    return private_directory(spill_directory_path(base))
+
+
+def private_directory(path: str) -> str:
+    """``path`` as a directory only this user can use: created 0700 if missing,
+    refused (``PermissionError``) if it is not a directory we own."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.lstat(path)
     # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
