@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sys
 
 from localsched import Client, LocalCluster, SchedulerPlugin
 
@@ -31,15 +32,20 @@ class QueuePlugin(SchedulerPlugin):
         self.queue.put(json.dumps(message))
 
 
+def say(line: str) -> None:
+    """Print ``line`` in one write: this process and the consumer share stdout,
+    and ``print`` may write the text and its newline separately (unbuffered
+    output), which can split a line between the two."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
 def consume(queue) -> None:
     """The consumer process: print each message until the ``None`` sentinel."""
     while (body := queue.get()) is not None:
         message = json.loads(body)
-        print(
-            f"transition {message['key']}: {message['start']} -> {message['finish']}",
-            flush=True,
-        )
-    print("consumer done", flush=True)
+        say(f"transition {message['key']}: {message['start']} -> {message['finish']}")
+    say("consumer done")
 
 
 def dask_setup(scheduler) -> None:
@@ -65,9 +71,9 @@ def main() -> None:
     with cluster, Client(cluster) as client:
         x = client.submit(inc, 1, key="x")
         y = client.submit(inc, x, key="y")
-        print("y =", y.result(), flush=True)
+        say(f"y = {y.result()}")
     # Closing the cluster ran dask_teardown: every message has been printed.
-    print("cluster closed", flush=True)
+    say("cluster closed")
 
 
 if __name__ == "__main__":
