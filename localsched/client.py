@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 import time
 import uuid
@@ -641,6 +642,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
+        bars = sys.modules.get("localsched.diagnostics.progressbar")
+        if bars is not None:  # loaded only if a progress bar was ever shown
+            bars.finish_drawing(self)
         with _current_lock:
             for index, client in list(_current.items()):
                 if client is self:

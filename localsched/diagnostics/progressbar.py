@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -321,6 +322,7 @@ class ProgressBar:
             name="localsched-progress",
             daemon=True,
         )
+        _drawing.add(self)
         self._thread.start()
 
     def _update_display(self, handle: Any) -> None:
@@ -342,6 +344,22 @@ class ProgressBar:
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return self.tracker.finished.wait(timeout)
+
+
+#: Notebook bars still drawing from their threads.
+_drawing: weakref.WeakSet[ProgressBar] = weakref.WeakSet()
+
+
+def finish_drawing(client: Any, timeout: float = 2.0) -> None:
+    """Let the client's finished notebook bars draw their final state.
+
+    ``Client.close`` calls this: a bar updates its display from a thread, and
+    an update sent after the notebook's last cell ran is lost (nbconvert,
+    papermill), so a bar could be left at 85 % although every task finished.
+    """
+    for bar in list(_drawing):
+        if bar._client is client and bar.tracker.finished.is_set():
+            bar.wait(timeout)
 
 
 def progress(
