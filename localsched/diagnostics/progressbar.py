@@ -207,6 +207,8 @@ class ProgressBar:
             self.tracker.finished.set()
         self._displayed = False
         self._thread: threading.Thread | None = None
+        #: The notebook display the bar updates (None outside notebooks).
+        self._handle: Any = None
 
     # -- state ------------------------------------------------------------------------
 
@@ -311,7 +313,7 @@ class ProgressBar:
         from IPython.display import display
 
         self._displayed = True
-        handle = display(
+        handle = self._handle = display(
             {"text/html": self._repr_html_(), "text/plain": repr(self)},
             raw=True,
             display_id=f"localsched-progress-{uuid.uuid4().hex}",
@@ -328,15 +330,15 @@ class ProgressBar:
     def _update_display(self, handle: Any) -> None:
         try:
             while not self._wait_step(self.interval * 5):
-                handle.update(
-                    {"text/html": self._repr_html_(), "text/plain": repr(self)},
-                    raw=True,
-                )
-            handle.update(
-                {"text/html": self._repr_html_(), "text/plain": repr(self)}, raw=True
-            )
+                self._redraw(handle)
+            self._redraw(handle)
         finally:
             self.stop()
+
+    def _redraw(self, handle: Any) -> None:
+        handle.update(
+            {"text/html": self._repr_html_(), "text/plain": repr(self)}, raw=True
+        )
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the bar finished drawing (notebook mode); True if it did."""
@@ -354,12 +356,18 @@ def finish_drawing(client: Any, timeout: float = 2.0) -> None:
     """Let the client's finished notebook bars draw their final state.
 
     ``Client.close`` calls this: a bar updates its display from a thread, and
-    an update sent after the notebook's last cell ran is lost (nbconvert,
-    papermill), so a bar could be left at 85 % although every task finished.
+    an update sent while no cell runs is lost for notebook runners (nbclient,
+    nbconvert, papermill), so a bar could be left at 85 % although every task
+    finished.
     """
     for bar in list(_drawing):
         if bar._client is client and bar.tracker.finished.is_set():
             bar.wait(timeout)
+            # Again from this thread: the kernel files a thread's update under
+            # whichever cell runs when it is sent, and one sent between cells
+            # reaches no cell; now a cell (the one closing) is running.
+            bar._redraw(bar._handle)
+            _drawing.discard(bar)
 
 
 def progress(
