@@ -35,6 +35,7 @@ from localsched.graph import (
     FunctionCache,
     TaskSpec,
     funcname,
+    gathered,
     hash_args,
     prepare_scatter,
     replace_futures,
@@ -462,32 +463,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         found: dict[Key, Future] = {}
         replace_futures(futures, _is_future, found)
         wait(list(found.values()))
-        return self._gather(futures, errors)
-
-    def _gather(self, obj: Any, errors: str, top: bool = True) -> Any:
-        # dask's errors="skip": erred and cancelled futures are left out of a
-        # top-level list and become None anywhere else.
-        if _is_future(obj):
-            if errors == "skip" and obj.status in ("error", "cancelled"):
-                return None
-            return obj.result()
-        typ = type(obj)
-        if typ in (list, tuple, set):
-            items = [
-                self._gather(x, errors, top=False)
-                for x in obj
-                if not (
-                    top
-                    and typ is list
-                    and errors == "skip"
-                    and _is_future(x)
-                    and x.status in ("error", "cancelled")
-                )
-            ]
-            return typ(items)
-        if typ is dict:
-            return {k: self._gather(v, errors, top=False) for k, v in obj.items()}
-        return obj
+        return gathered(futures, _is_future, _result_of, errors)
 
     def scatter(
         self,
@@ -721,6 +697,10 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         from localsched.diagnostics.reprs import client_rich
 
         return client_rich(self)
+
+
+def _result_of(future: Future) -> Any:
+    return future.result()
 
 
 def _seconds(value: str | float) -> float:

@@ -101,6 +101,42 @@ def replace_futures(
     return obj
 
 
+def gathered(
+    obj: Any,
+    is_future: Callable[[Any], bool],
+    value_of: Callable[[Any], Any],
+    errors: str,
+    top: bool = True,
+) -> Any:
+    """``obj`` with each future replaced by ``value_of(future)``, as dask's
+    ``gather``: with ``errors="skip"``, erred and cancelled futures are left out
+    of a top-level list and become None anywhere else."""
+    if is_future(obj):
+        if errors == "skip" and obj.status in ("error", "cancelled"):
+            return None
+        return value_of(obj)
+    typ = type(obj)
+    if typ in (list, tuple, set):
+        items = [
+            gathered(x, is_future, value_of, errors, top=False)
+            for x in obj
+            if not (
+                top
+                and typ is list
+                and errors == "skip"
+                and is_future(x)
+                and x.status in ("error", "cancelled")
+            )
+        ]
+        return typ(items)
+    if typ is dict:
+        return {
+            k: gathered(v, is_future, value_of, errors, top=False)
+            for k, v in obj.items()
+        }
+    return obj
+
+
 def hash_args(
     function_token: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> str:

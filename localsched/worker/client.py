@@ -23,7 +23,12 @@ import cloudpickle
 
 from localsched.client import Client, _is_future
 from localsched.future import Future, FutureState
-from localsched.graph import FunctionCache, prepare_scatter, replace_futures
+from localsched.graph import (
+    FunctionCache,
+    gathered,
+    prepare_scatter,
+    replace_futures,
+)
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import ClientRequest, KeyUpdate
 from localsched.transport.shm import load
@@ -277,27 +282,11 @@ class WorkerClient(Client):
 
 
 def _structure(obj: Any, values: dict[Key, Any], errors: str, top: bool) -> Any:
-    """``Client._gather`` with the values fetched already (thread-safe)."""
-    if _is_future(obj):
-        if obj.status == "finished" and obj.key in values:
-            return values[obj.key]
-        if errors == "skip" and obj.status in ("error", "cancelled"):
-            return None
-        return obj.result()
-    typ = type(obj)
-    if typ in (list, tuple, set):
-        items = [
-            _structure(x, values, errors, top=False)
-            for x in obj
-            if not (
-                top
-                and typ is list
-                and errors == "skip"
-                and _is_future(x)
-                and x.status in ("error", "cancelled")
-            )
-        ]
-        return typ(items)
-    if typ is dict:
-        return {k: _structure(v, values, errors, top=False) for k, v in obj.items()}
-    return obj
+    """``Client.gather``'s structure with the values fetched already."""
+
+    def value_of(future: Any) -> Any:
+        if future.status == "finished" and future.key in values:
+            return values[future.key]
+        return future.result()
+
+    return gathered(obj, _is_future, value_of, errors, top)
