@@ -401,8 +401,10 @@ class ControlMixin:
             )
         import cloudpickle
 
-        function_bytes = cloudpickle.dumps(function, protocol=5)
-        args_bytes = cloudpickle.dumps((args, kwargs), protocol=5)
+        from localsched.transport import pickling
+
+        function_bytes = pickling.dumps(function, protocol=5)
+        args_bytes = pickling.dumps((args, kwargs), protocol=5)
         names = _worker_list(workers)
 
         def start() -> Any:

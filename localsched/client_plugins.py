@@ -29,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from localsched.plugins import SchedulerPlugin, WorkerPlugin
+from localsched.transport import pickling
 from localsched.transport.protocol import AddPlugin, RemovePlugin
 
 __all__ = ["PluginsMixin", "WorkerPluginKeeper"]
@@ -267,7 +268,7 @@ class PluginsMixin:
     def _register_worker_plugin(
         self, plugin: WorkerPlugin, name: str, idempotent: bool
     ) -> dict[str, Any]:
-        data = cloudpickle.dumps(plugin, protocol=5)
+        data = pickling.dumps(plugin, protocol=5)
         scheduler = self.scheduler
         runtime = self._runtime
 
@@ -320,4 +321,4 @@ def add_worker_plugin(
     ``LocalCluster(plugins=[...])`` before its workers start)."""
     keeper = _keeper(scheduler, runtime)
     name = name or _plugin_name(plugin)
-    keeper.worker_plugins[name] = cloudpickle.dumps(plugin, protocol=5)
+    keeper.worker_plugins[name] = pickling.dumps(plugin, protocol=5)

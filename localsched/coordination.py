@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 
 from localsched.future import Future
+from localsched.transport import pickling
 
 Key = Hashable
 
@@ -160,7 +161,7 @@ def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) ->
             return _NOT_YET
 
 
-class _Pickler(cloudpickle.Pickler):
+class _Pickler(pickling.Pickler):
     def __init__(self, file: Any, keys: dict[Key, None]) -> None:
         super().__init__(file, protocol=5)
         self._keys = keys

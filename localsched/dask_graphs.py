@@ -416,11 +416,10 @@ class _SpecBuilder:
 
 def _dumps_with_futures(node: Any, found: set[Key]) -> bytes:
     """Cloudpickle ``node``; each localsched future in it becomes a dependency."""
-    import cloudpickle
-
     from localsched.future import Future
+    from localsched.transport import pickling
 
-    class GraphPickler(cloudpickle.Pickler):
+    class GraphPickler(pickling.Pickler):
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) is Future:
                 found.add(obj.key)

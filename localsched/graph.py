@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from numbers import Number
 from typing import Any
 
-import cloudpickle
-
+from localsched.transport import pickling
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
 from localsched.transport.shm import BlobRef
 
@@ -146,9 +145,7 @@ def hash_args(
     """
     hasher = hashlib.blake2b(function_token.encode(), digest_size=16)
     buffers: list[Any] = []
-    header = cloudpickle.dumps(
-        (args, kwargs), protocol=5, buffer_callback=buffers.append
-    )
+    header = pickling.dumps((args, kwargs), protocol=5, buffer_callback=buffers.append)
     hasher.update(header)
     for buffer in buffers:
         hasher.update(buffer.raw())

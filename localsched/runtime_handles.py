@@ -14,10 +14,9 @@ from collections.abc import Hashable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from localsched.future import FutureState
 from localsched.scheduler import events as ev
+from localsched.transport import pickling
 from localsched.transport.protocol import KeyUpdate, Message
 
 if TYPE_CHECKING:
@@ -127,9 +126,9 @@ class _RemoteFutureState:
 
     def set_error(self, exception: BaseException, traceback_text: str) -> None:
         try:
-            payload = cloudpickle.dumps((exception, traceback_text), protocol=5)
+            payload = pickling.dumps((exception, traceback_text), protocol=5)
         except Exception:
-            payload = cloudpickle.dumps(
+            payload = pickling.dumps(
                 (RuntimeError(repr(exception)), traceback_text), protocol=5
             )
         self._send("error", payload)

@@ -18,6 +18,7 @@ import cloudpickle
 
 from localsched.runtime_handles import WorkerClientHandle, WorkerHandle
 from localsched.scheduler import events as ev
+from localsched.transport import pickling
 from localsched.transport.protocol import ClientReply, ClientRequest, RunFunction
 
 if TYPE_CHECKING:
@@ -87,9 +88,9 @@ class ClientRequests:
             logger.debug("Client request %r of %s failed", message.op, handle.address)
             if message.id:
                 try:
-                    error = cloudpickle.dumps(exc, protocol=5)
+                    error = pickling.dumps(exc, protocol=5)
                 except Exception:
-                    error = cloudpickle.dumps(RuntimeError(repr(exc)), protocol=5)
+                    error = pickling.dumps(RuntimeError(repr(exc)), protocol=5)
                 handle.outbox.append(
                     ClientReply(id=message.id, ok=False, payload=error)
                 )

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from localsched.scheduler import events as ev
+from localsched.transport import pickling
 
 if TYPE_CHECKING:
     from localsched.runtime import SchedulerRuntime
@@ -432,9 +431,9 @@ def handle_request(
 
 def _dumps_error(exc: BaseException) -> bytes:
     try:
-        return cloudpickle.dumps(exc, protocol=5)
+        return pickling.dumps(exc, protocol=5)
     except Exception:
-        return cloudpickle.dumps(RuntimeError(repr(exc)), protocol=5)
+        return pickling.dumps(RuntimeError(repr(exc)), protocol=5)
 
 
 def worker_request(
@@ -451,7 +450,7 @@ def worker_request(
 
     method, args = payload
     if method != "wait":
-        return cloudpickle.dumps(
+        return pickling.dumps(
             handle_request(runtime, client, method, tuple(args)), protocol=5
         )
     wait_id, operation, op_args = args
@@ -459,7 +458,7 @@ def worker_request(
     def reply(result: Any) -> None:
         handle.outbox.append(
             ClientReply(
-                id=request_id, ok=True, payload=cloudpickle.dumps(result, protocol=5)
+                id=request_id, ok=True, payload=pickling.dumps(result, protocol=5)
             )
         )
 
@@ -473,4 +472,4 @@ def worker_request(
     )
     if result is DEFERRED:
         return None
-    return cloudpickle.dumps(result, protocol=5)
+    return pickling.dumps(result, protocol=5)

@@ -41,8 +41,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import TypeAlias
 
-import cloudpickle
-
+from localsched.transport import pickling
 from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
@@ -471,7 +470,7 @@ def dumps_function(function: object) -> tuple[str, bytes]:
 
     The token is a digest of the bytes, so equal pickles share one cache entry.
     """
-    data = cloudpickle.dumps(function, protocol=5)
+    data = pickling.dumps(function, protocol=5)
     return hashlib.blake2b(data, digest_size=16).hexdigest(), data
 
 

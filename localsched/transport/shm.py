@@ -54,8 +54,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import cloudpickle
-
+from localsched.transport import pickling
 from localsched.transport.segment_files import (
     NAME_PREFIX,
     SHM_DIR,
@@ -140,7 +139,7 @@ class _Segment:
 
 def dumps_inline(obj: object) -> bytes:
     """Pickle ``obj`` in-band (cloudpickle, protocol 5); :func:`load` reads it."""
-    return cloudpickle.dumps(obj, protocol=5)
+    return pickling.dumps(obj, protocol=5)
 
 
 def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
@@ -792,7 +791,7 @@ def _pickle(obj: object) -> tuple[bytes, list[memoryview]]:
         buffers.append(buffer.raw())
         return False  # false means out-of-band: pickle must not copy it
 
-    header = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
+    header = pickling.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
     return header, buffers
 
 

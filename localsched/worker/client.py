@@ -30,6 +30,7 @@ from localsched.graph import (
     replace_futures,
 )
 from localsched.scheduler import events as ev
+from localsched.transport import pickling
 from localsched.transport.protocol import ClientRequest, KeyUpdate
 from localsched.transport.shm import load
 from localsched.worker.context import thread_state
@@ -47,7 +48,7 @@ class _InlineStore:
 
     @staticmethod
     def serialize(value: Any) -> bytes:
-        return cloudpickle.dumps(value, protocol=5)
+        return pickling.dumps(value, protocol=5)
 
     @staticmethod
     def release(payload: Any) -> None:
@@ -91,7 +92,7 @@ class _PipeRuntime:
         # (a future garbage collected there), which must never write.
         self._worker._outbox.post_nowait(
             ClientRequest(
-                id=request_id, op=op, payload=cloudpickle.dumps(payload, protocol=5)
+                id=request_id, op=op, payload=pickling.dumps(payload, protocol=5)
             )
         )
         if not reply:

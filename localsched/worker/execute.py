@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
+from localsched.transport import pickling
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
 
@@ -213,7 +214,7 @@ def _serialize(
         header = b""
     if not header or b"__main__" in header or _is_pickled_by_value(value):
         if writer is None:
-            data: bytes = cloudpickle.dumps(value, protocol=5)
+            data: bytes = pickling.dumps(value, protocol=5)
             return data
         return writer.serialize(value, threshold)
     if len(header) + sum(b.raw().nbytes for b in buffers) < threshold or (
@@ -239,14 +240,14 @@ def dumps_exception(exc: BaseException) -> bytes | None:
     by a ``RuntimeError`` carrying its repr. None only if even that fails.
     """
     try:
-        data: bytes = cloudpickle.dumps(exc, protocol=5)
+        data: bytes = pickling.dumps(exc, protocol=5)
         # The receiver must be able to load it; loading here is the only check.
         # The failure path is rare, so its cost does not matter.
         pickle.loads(data)
     except BaseException:
         try:
             error = RuntimeError(f"{typename(type(exc))}: {_safe_repr(exc)}")
-            fallback: bytes = cloudpickle.dumps(error, protocol=5)
+            fallback: bytes = pickling.dumps(error, protocol=5)
             return fallback
         except BaseException:
             return None

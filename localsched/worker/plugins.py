@@ -33,8 +33,7 @@ import traceback
 from collections.abc import Hashable
 from typing import Any
 
-import cloudpickle
-
+from localsched.transport import pickling
 from localsched.transport.protocol import AddPlugin, FunctionResult, RemovePlugin
 from localsched.worker.execute import dumps_exception
 
@@ -119,7 +118,7 @@ class WorkerPlugins:
             else:
                 self.remove(message.name)
         except BaseException as exc:
-            error = dumps_exception(exc) or cloudpickle.dumps(
+            error = dumps_exception(exc) or pickling.dumps(
                 RuntimeError(f"{type(exc).__name__} (unpicklable)")
             )
             return FunctionResult(
@@ -128,7 +127,7 @@ class WorkerPlugins:
                 payload=error,
                 traceback_text="".join(traceback.format_exception(exc)),
             )
-        return FunctionResult(id=message.id, ok=True, payload=cloudpickle.dumps(None))
+        return FunctionResult(id=message.id, ok=True, payload=pickling.dumps(None))
 
     def add(self, plugin: Any, name: str) -> None:
         """dask's ``Worker.plugin_add``: replace (tear down) one of the same name,

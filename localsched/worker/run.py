@@ -14,8 +14,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-import cloudpickle
-
+from localsched.transport import pickling
 from localsched.transport.protocol import FunctionResult, RunFunction
 from localsched.worker.execute import dumps_exception
 
@@ -56,9 +55,9 @@ def call_function(message: RunFunction, nthreads: int) -> FunctionResult:
                 return await result
 
             result = asyncio.run(finish())
-        payload = cloudpickle.dumps(result, protocol=5)
+        payload = pickling.dumps(result, protocol=5)
     except BaseException as exc:
-        error = dumps_exception(exc) or cloudpickle.dumps(
+        error = dumps_exception(exc) or pickling.dumps(
             RuntimeError(f"{type(exc).__name__} (unpicklable)")
         )
         return FunctionResult(

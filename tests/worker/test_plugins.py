@@ -9,10 +9,10 @@ import pickle
 import threading
 from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 
 from localsched.plugins import WorkerPlugin
+from localsched.transport import pickling
 from localsched.transport.protocol import (
     AddPlugin,
     ForgetKeys,
@@ -99,7 +99,7 @@ class Harness:
             AddPlugin(
                 id=id,
                 name=plugin.name,
-                plugin=cloudpickle.dumps(plugin),
+                plugin=pickling.dumps(plugin),
                 address="local://1/0",
                 worker_name=0,
             )
