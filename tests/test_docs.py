@@ -2,10 +2,11 @@
 
 Each ```python block is saved as a script in a temporary directory and run in a
 fresh interpreter (so its ``if __name__ == "__main__":`` part runs too), with
-this checkout's localsched first on the path. It must exit 0, and a ``print``
-whose line ends in a comment holding a Python literal
-(``print(total.result())  # 501500``) must have printed that value. The
-snippet's worker processes and shared-memory segments must be gone after it.
+this checkout's localsched first on the path. It must exit 0 and write nothing
+to stderr (no traceback, warning or error logged), and a ``print`` whose line
+ends in a comment holding a Python literal (``print(total.result())  # 500500``)
+must have printed that value. The snippet's worker processes and shared-memory
+segments must be gone after it. One script per block, about 25 s in all.
 
 A block that cannot run as written says so in an HTML comment on the line just
 above its fence, which a reader of the page sees in the source:
@@ -22,6 +23,7 @@ above its fence, which a reader of the page sees in the source:
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import os
 import re
@@ -149,16 +151,21 @@ def _code_lines(source: str) -> list[str]:
     return out
 
 
-def _leftovers(marker: str, pid: int) -> list[str]:
-    """Processes started by the snippet and its shared-memory segments that
-    still exist."""
+def _marked(marker: str) -> list[psutil.Process]:
+    """The running processes that the snippet given ``marker`` started."""
     found = []
     for process in psutil.process_iter():
         try:
             if process.environ().get(_MARKER) == marker:
-                found.append(f"process {process.pid}: {process.cmdline()}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # gone, a zombie, or another user's
+    return found
+
+
+def _leftovers(marker: str, pid: int) -> list[str]:
+    """What the snippet started and left behind: processes, shm segments."""
+    found = [f"process {p.pid}: {p.cmdline()}" for p in _marked(marker)]
     prefix = f"localsched-{pid}-"
     found += [f"/dev/shm/{n}" for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
     return found
@@ -183,19 +190,29 @@ def run(snippet: Snippet, directory: Path) -> subprocess.CompletedProcess[str]:
         text=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=50)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{snippet.name} did not finish in 50 s:\n{stdout}\n{stderr}")
-    done = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-    assert done.returncode == 0, (
-        f"{snippet.name} failed (exit {done.returncode}):\n{stdout}\n{stderr}"
-    )
-    assert poll(lambda: not _leftovers(marker, process.pid), DEADLINE), (
-        f"{snippet.name} left behind: {_leftovers(marker, process.pid)}"
-    )
-    return done
+        try:
+            # Also waits for any process the snippet left holding its stdout.
+            stdout, stderr = process.communicate(timeout=50)
+        except subprocess.TimeoutExpired:
+            _kill([process, *_marked(marker)])
+            stdout, stderr = process.communicate(timeout=10)
+            pytest.fail(f"{snippet.name} did not finish in 50 s:\n{stdout}\n{stderr}")
+        assert process.returncode == 0, (
+            f"{snippet.name} failed (exit {process.returncode}):\n{stdout}\n{stderr}"
+        )
+        assert not stderr, f"{snippet.name} wrote to stderr:\n{stderr}"
+        assert poll(lambda: not _leftovers(marker, process.pid), DEADLINE), (
+            f"{snippet.name} left behind: {_leftovers(marker, process.pid)}"
+        )
+    finally:
+        _kill(_marked(marker))  # a failed test leaves nothing running
+    return subprocess.CompletedProcess(process.args, 0, stdout, stderr)
+
+
+def _kill(processes: list[psutil.Process] | list[subprocess.Popen[str]]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            process.kill()
 
 
 def test_the_docs_have_snippets_and_few_opt_outs() -> None:
