@@ -199,7 +199,7 @@ def info() -> None:
 def top(n_workers: int | None = None, scale: int = 2) -> None:
     """Run the demo workload under the live dashboard."""
     from localsched import Client
-    from localsched.diagnostics.dashboard import dashboard
+    from localsched.diagnostics.terminal_dashboard import dashboard
 
     with Client(n_workers=n_workers) as client:
         futures = submit_workload(client, scale)

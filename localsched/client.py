@@ -684,7 +684,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             ``interval``, ``duration``, ``until`` (futures: stop once they are
             done) and ``console``, as :func:`localsched.diagnostics.dashboard`.
         """
-        from localsched.diagnostics.dashboard import dashboard
+        from localsched.diagnostics.terminal_dashboard import dashboard
 
         dashboard(self, **kwargs)
 

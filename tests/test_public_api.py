@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import json
+import pkgutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import localsched
 
@@ -142,3 +149,59 @@ def test_rich_loads_only_when_something_is_drawn() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+#: Packages whose names are imported on first use (PEP 562 ``__getattr__``).
+LAZY_PACKAGES = ["localsched", "localsched.diagnostics"]
+
+
+def test_no_submodule_is_named_like_a_lazily_exported_name() -> None:
+    """Importing ``pkg.name`` binds the submodule as ``pkg.name``, which would
+    then shadow the function or class that ``from pkg import name`` promises."""
+    for package_name in LAZY_PACKAGES:
+        package = importlib.import_module(package_name)
+        submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+        assert not submodules & set(package.__all__), package_name
+
+
+# Run in a fresh interpreter: whether ``from pkg import name`` gives the module or
+# the function depended on what had been imported before, which a test process
+# that has imported everything cannot show.
+_IMPORT_EACH_NAME = """
+import importlib, json, pkgutil, sys
+package_name, order = sys.argv[1], sys.argv[2]
+package = importlib.import_module(package_name)
+if order == "submodules-first":
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "__main__":  # running it would start the command line
+            importlib.import_module(f"{package_name}.{info.name}")
+found = {}
+for name in package.__all__:
+    namespace = {}
+    exec(f"from {package_name} import {name}", namespace)
+    value = namespace[name]
+    found[name] = [type(value).__name__, getattr(value, "__name__", None)]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize("order", ["fresh", "submodules-first"])
+@pytest.mark.parametrize("package_name", LAZY_PACKAGES)
+def test_documented_imports_give_the_function_or_class_whatever_was_imported_first(
+    package_name: str, order: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH_NAME, package_name, order],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=50,
+    ).stdout
+    found = json.loads(out)
+    assert set(found) == set(importlib.import_module(package_name).__all__)
+    wrong = {
+        name: kind
+        for name, (kind, qualname) in found.items()
+        if kind not in ("function", "type", "ABCMeta") or qualname != name
+    }
+    assert not wrong, f"{package_name}: not the documented function or class: {wrong}"

@@ -1,23 +1,46 @@
 """What people see: progress bars, reprs and a live terminal dashboard.
 
-rich is imported on first use only, so ``import localsched`` stays fast.
+The public names are ``progress`` and ``dashboard``, imported on first use
+(PEP 562) so that ``import localsched`` stays fast. No submodule may carry a
+public name: importing ``localsched.diagnostics.<name>`` binds the submodule as
+an attribute of this package, and from then on ``from localsched.diagnostics
+import <name>`` would return the module instead of the function
+(``tests/test_public_api.py`` guards this).
+
+- ``progressbar.py``: ``progress``, drawn with rich; ``progress_tracker.py``:
+  the ``SchedulerPlugin`` that counts for it.
+- ``terminal_dashboard.py``: ``dashboard``.
+- ``reprs.py``: the HTML and rich reprs of clients, clusters and futures.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "dashboard": "localsched.diagnostics.terminal_dashboard",
+    "progress": "localsched.diagnostics.progressbar",
+}
+
+__all__ = ["dashboard", "progress"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "progress":
-        from localsched.diagnostics.progressbar import progress
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(
+            f"module 'localsched.diagnostics' has no attribute {name!r}"
+        )
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return progress
-    if name == "dashboard":
-        from localsched.diagnostics.dashboard import dashboard
 
-        return dashboard
-    raise AttributeError(f"module 'localsched.diagnostics' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
-__all__ = ["dashboard", "progress"]
+if TYPE_CHECKING:
+    from localsched.diagnostics.progressbar import progress
+    from localsched.diagnostics.terminal_dashboard import dashboard

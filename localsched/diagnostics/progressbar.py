@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from localsched.diagnostics.progress import (
+from localsched.diagnostics.progress_tracker import (
     PrefixProgress,
     ProgressSnapshot,
     ProgressTracker,

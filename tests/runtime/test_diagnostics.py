@@ -15,8 +15,7 @@ import pytest
 from rich.console import Console
 
 from localsched import Client, LocalCluster, progress
-from localsched.diagnostics import reprs
-from localsched.diagnostics.dashboard import dashboard
+from localsched.diagnostics import dashboard, reprs
 from localsched.diagnostics.progressbar import ProgressBar
 from tests.runtime.helpers import DEADLINE, block, poll
 
