@@ -174,9 +174,10 @@ def parse_bytes(value: str | float) -> int:
     return int(amount * per_unit)
 
 
-def format_bytes(n: int) -> str:
+def format_bytes(n: float) -> str:
     """``"1.15 GiB"``, ``"11.77 MiB"``, ``"1.21 kiB"``, ``"12 B"``: dask's
-    ``format_bytes``, binary units with two decimals from 0.9 of each unit."""
+    ``format_bytes``, binary units with two decimals from 0.9 of each unit
+    (a float below that is written as it is, as in dask: ``"12.5 B"``)."""
     for prefix, size in (
         ("Pi", 1 << 50),
         ("Ti", 1 << 40),

@@ -123,6 +123,7 @@ def test_parse_bytes_is_dasks(value: Any) -> None:
 @example(n=int(0.9 * 2**10))
 @example(n=int(0.9 * 2**10) - 1)
 def test_format_bytes_is_dasks(n: float) -> None:
+    # dask annotates n as int but formats floats too: compare both.
     assert format_bytes(n) == dask.utils.format_bytes(n)  # type: ignore[arg-type]
 
 
