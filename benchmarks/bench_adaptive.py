@@ -29,6 +29,8 @@ from typing import Any
 
 from systems import run_each_system
 
+from localsched.units import parse_timedelta
+
 N_TASKS = 1000
 
 
@@ -71,7 +73,7 @@ def burst_adaptive(
         client.gather(client.map(warm, range(4), pure=False))
         adaptive = cluster.adapt(minimum=1, maximum=maximum, interval=interval)
         # Let the adaptive timer run before the burst arrives.
-        threading.Event().wait(1.5 * _seconds(interval))
+        threading.Event().wait(1.5 * parse_timedelta(interval))
         workers_before = set(client.scheduler_info()["workers"])
         t0 = time.time()
         futures = client.map(short_task, range(N_TASKS), duration=duration, pure=False)
@@ -127,12 +129,6 @@ def burst_fixed(system: str, maximum: int, duration: float) -> dict[str, float]:
             client.map(short_task, range(N_TASKS), duration=duration, pure=False)
         )
         return {"burst_fixed": time.time() - t0}
-
-
-def _seconds(interval: str) -> float:
-    from localsched.adaptive import parse_interval
-
-    return parse_interval(interval)
 
 
 def run(system: str, maximum: int, interval: str, duration: float) -> dict[str, float]:

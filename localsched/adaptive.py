@@ -29,10 +29,13 @@ import time
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+from localsched.units import parse_timedelta
+
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from localsched.cluster import LocalCluster
     from localsched.runtime import PeriodicCallback
     from localsched.scheduler.scheduler import Scheduler
@@ -44,17 +47,6 @@ logger = logging.getLogger("localsched.adaptive")
 LOG_LENGTH = 1000
 
 AdaptiveStateName = Literal["starting", "running", "stopped", "inactive"]
-
-
-def parse_interval(value: str | float | timedelta) -> float:
-    """Seconds in ``"500ms"``, ``"1s"``, a ``timedelta`` or a number of seconds."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str):
-        from localsched.client_control import _parse_timedelta
-
-        return _parse_timedelta(value)
-    return float(value)
 
 
 def close_active_workers(
@@ -145,11 +137,11 @@ class Adaptive:
         if wait_count < 1:
             raise ValueError(f"wait_count must be at least 1; got {wait_count}")
         self.cluster = cluster
-        self.interval = parse_interval(interval)
+        self.interval = parse_timedelta(interval, "seconds")
         self.minimum = minimum
         self.maximum = maximum
         self.wait_count = wait_count
-        self.target_duration = parse_interval(target_duration)
+        self.target_duration = parse_timedelta(target_duration)
         self.worker_key = worker_key
         self._workers_to_close_kwargs = kwargs
         self.close_counts: defaultdict[Hashable, int] = defaultdict(int)

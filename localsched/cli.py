@@ -137,7 +137,7 @@ def info_rows() -> list[tuple[str, str]]:
     import psutil
 
     from localsched.cluster import available_cores, nprocesses_nthreads
-    from localsched.diagnostics.reprs import format_bytes
+    from localsched.units import format_bytes
 
     cores = available_cores()
     processes, threads = nprocesses_nthreads(cores)

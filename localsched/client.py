@@ -46,6 +46,7 @@ from localsched.scheduler import events as ev
 from localsched.scheduler.stimuli import validate_key
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -431,7 +432,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             dependencies=dependencies,
             keys=keys,
             user_priority=priority,
-            fifo_timeout=_seconds(fifo_timeout),
+            fifo_timeout=parse_timedelta(fifo_timeout),
             restrictions=restrictions,
             loose_restrictions=list(tasks) if allow_other_workers else (),
             resources={key: dict(resources) for key in tasks} if resources else None,
@@ -560,7 +561,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         dask's four connect timeouts).
         """
         self._check_running()
-        seconds = 120.0 if timeout is no_default else _seconds(timeout)
+        seconds = 120.0 if timeout is no_default else parse_timedelta(timeout, "s")
         deadline = time.monotonic() + seconds
         runtime = self._runtime
         old = runtime.call(lambda: restarting.restart(runtime, self.id)).result(seconds)
@@ -701,16 +702,6 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
 def _result_of(future: Future) -> Any:
     return future.result()
-
-
-def _seconds(value: str | float) -> float:
-    if isinstance(value, int | float):
-        return float(value)
-    text = value.strip().lower().replace(" ", "")
-    for unit, factor in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
 
 
 def _payload_size(payload: bytes | BlobRef) -> int:

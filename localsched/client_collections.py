@@ -21,6 +21,7 @@ from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
 from localsched.dask_graphs import GraphOptions, flatten_keys, pack_results
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -282,8 +283,6 @@ class CollectionsMixin:
         priority: int,
         fifo_timeout: str | float,
     ) -> GraphOptions:
-        from localsched.client import _seconds
-
         if allow_other_workers not in (True, False, None):
             raise TypeError("allow_other_workers= must be True, False, or None")
         import dask
@@ -294,7 +293,7 @@ class CollectionsMixin:
             resources=resources,
             retries=retries or None,
             priority=priority,
-            fifo_timeout=_seconds(fifo_timeout),
+            fifo_timeout=parse_timedelta(fifo_timeout),
             annotations=dict(dask.get_annotations()),
         )
 

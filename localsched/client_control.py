@@ -22,6 +22,7 @@ from typing import Any
 from localsched.future import Future
 from localsched.graph import replace_futures
 from localsched.plugins import SchedulerPlugin
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -125,28 +126,8 @@ class TaskStreamPlugin(SchedulerPlugin):
 def _timestamp(value: float | str) -> float:
     """A ``time()`` value, or a delay before now such as ``"60s"``."""
     if isinstance(value, str):
-        return time.time() - _parse_timedelta(value)
+        return time.time() - parse_timedelta(value)
     return float(value)
-
-
-_TIME_UNITS = {
-    "us": 1e-6, "microsecond": 1e-6, "microseconds": 1e-6,
-    "ms": 1e-3, "millisecond": 1e-3, "milliseconds": 1e-3,
-    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
-    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
-    "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0,
-    "d": 86400.0, "day": 86400.0, "days": 86400.0,
-}  # fmt: skip
-
-
-def _parse_timedelta(text: str) -> float:
-    """Seconds in a duration such as ``"500 ms"`` or ``"1 hour"`` (dask's units)."""
-    compact = text.strip().lower().replace(" ", "")
-    number = compact.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = compact[len(number) :] or "s"
-    if unit not in _TIME_UNITS or not number:
-        raise ValueError(f"Could not interpret {text!r} as a time delta")
-    return float(number) * _TIME_UNITS[unit]
 
 
 def _last_stop(entry: tuple[Key, str, dict[str, Any]]) -> float:

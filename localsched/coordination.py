@@ -13,13 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
-import re
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
-from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -27,6 +25,7 @@ import cloudpickle
 
 from localsched.future import Future
 from localsched.transport import pickling
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -35,41 +34,6 @@ __all__ = ["Event", "Lock", "Queue", "Semaphore", "Variable"]
 _NOT_YET = object()
 _FIRST_DELAY = 0.001
 _MAX_DELAY = 0.05
-
-_UNITS = {
-    "": 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "ms": 1e-3,
-    "millisecond": 1e-3,
-    "milliseconds": 1e-3,
-    "us": 1e-6,
-    "microseconds": 1e-6,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-}
-
-
-def parse_timeout(timeout: Any) -> float | None:
-    """Seconds from a number, a ``timedelta`` or a string like ``"200ms"``."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, timedelta):
-        return timeout.total_seconds()
-    if isinstance(timeout, str):
-        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([a-zA-Z]*)\s*", timeout)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise ValueError(f"Could not interpret {timeout!r} as a time delta")
-        return float(match.group(1)) * _UNITS[match.group(2).lower()]
-    return float(timeout)
-
 
 # -- talking to the scheduler thread -------------------------------------------------
 
@@ -304,7 +268,7 @@ class Event(_Primitive):
         ``timeout``: seconds, a ``timedelta`` or a string like ``"200ms"``.
         """
         client = self._verify_running()
-        seconds = parse_timeout(timeout)
+        seconds = parse_timedelta(timeout)
 
         return wait_until(client, "event_is_set", (self.name,), seconds) is True
 
@@ -376,7 +340,7 @@ class Semaphore(_Primitive):
         True if a lease was acquired, False if ``timeout`` passed first.
         """
         client = self._verify_running()
-        seconds = parse_timeout(timeout)
+        seconds = parse_timedelta(timeout)
         lease_id = uuid.uuid4().hex
 
         args = (self.name, self.max_leases, lease_id)
@@ -523,7 +487,7 @@ class Variable(_Primitive):
             The variable was not set within ``timeout``.
         """
         client = self._verify_running()
-        seconds = parse_timeout(timeout)
+        seconds = parse_timedelta(timeout)
 
         record = wait_until(client, "variable_get", (self.name,), seconds)
         if record is _NOT_YET:
@@ -590,7 +554,7 @@ class Queue(_Primitive):
             The queue stayed full for ``timeout`` seconds.
         """
         client = self._create()
-        seconds = parse_timeout(timeout)
+        seconds = parse_timedelta(timeout)
         record = dumps(value)
 
         args = (self.name, record)
@@ -614,7 +578,7 @@ class Queue(_Primitive):
             Nothing came within ``timeout``.
         """
         client = self._create()
-        seconds = parse_timeout(timeout)
+        seconds = parse_timedelta(timeout)
         if batch is True:
             count: int | None = None
         elif batch is False:

@@ -70,13 +70,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from localsched.memory_limits import (
-    format_bytes,
-    parse_memory_limit,
-    system_memory_limit,
-)
+from localsched.memory_limits import parse_memory_limit, system_memory_limit
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import SetPaused
+from localsched.units import format_bytes
 
 if TYPE_CHECKING:
     from localsched.runtime import PeriodicCallback, SchedulerRuntime

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["format_bytes", "parse_memory_limit", "system_memory_limit"]
+from localsched.units import format_bytes, parse_bytes
+
+__all__ = ["parse_memory_limit", "system_memory_limit"]
 
 logger = logging.getLogger("localsched.memory")
 
@@ -68,7 +70,7 @@ def parse_memory_limit(
         try:
             limit = float(limit)
         except ValueError:
-            limit = _parse_bytes(limit)
+            limit = parse_bytes(limit)
     if isinstance(limit, float) and limit <= 1:
         limit = limit * system
     nbytes = int(limit)
@@ -80,37 +82,3 @@ def parse_memory_limit(
         )
         return system
     return max(nbytes, 0)
-
-
-def _parse_bytes(text: str) -> int:
-    units = {
-        "b": 1,
-        "k": 10**3,
-        "kb": 10**3,
-        "m": 10**6,
-        "mb": 10**6,
-        "g": 10**9,
-        "gb": 10**9,
-        "t": 10**12,
-        "tb": 10**12,
-        "kib": 2**10,
-        "mib": 2**20,
-        "gib": 2**30,
-        "tib": 2**40,
-    }
-    cleaned = text.strip().lower().replace(" ", "")
-    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = cleaned[len(number) :] or "b"
-    if unit not in units:
-        raise ValueError(f"Could not interpret {text!r} as a byte count")
-    return int(float(number or 1) * units[unit])
-
-
-def format_bytes(n: float) -> str:
-    """``1.5 GiB``, ``300.0 MiB``, ``12 B``."""
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    if abs(n) >= 1 << 10:
-        return f"{n / 1024:.1f} KiB"
-    return f"{int(n)} B"

@@ -14,9 +14,9 @@ from localsched.memory import (
     RateLimitedLog,
     WorkerSample,
     decide,
-    format_bytes,
     parse_memory_limit,
 )
+from localsched.units import format_bytes
 
 MiB = 1 << 20
 DEFAULT = MemoryThresholds()
@@ -72,7 +72,7 @@ def test_spilling_is_bounded_by_what_can_spill_and_says_so_once_short():
     [(level, _, _, message)] = [n for n in decision.notes if n[1] == "unmanaged"]
     assert level == logging.WARNING
     assert "unmanaged" in message
-    assert "85.0 MiB" in message  # what is left after spilling
+    assert "85.00 MiB" in message  # what is left after spilling
 
 
 def test_spilling_off_spills_nothing():
@@ -111,7 +111,7 @@ def test_worker_above_pause_threshold_is_paused_with_a_reason():
     decision = decide(sample(worker(unmanaged=85 * MiB)), DEFAULT)
     assert list(decision.pause) == ["w1"]
     assert "80%" in decision.pause["w1"]
-    assert "85.0 MiB of its own memory" in decision.pause["w1"]
+    assert "85.00 MiB of its own memory" in decision.pause["w1"]
     assert decision.terminate == {}
 
 
@@ -126,7 +126,7 @@ def test_results_count_toward_the_budget_not_a_workers_limit():
     assert list(decision.pause) == ["w1", "w2"]
     [(_, kind, _, message)] = decision.notes
     assert kind == "pause"
-    assert message.startswith("Workers w1, w2 paused: the workers use 170.0 MiB")
+    assert message.startswith("Workers w1, w2 paused: the workers use 170.00 MiB")
 
 
 def test_paused_worker_resumes_below_pause_threshold():
@@ -189,7 +189,7 @@ def test_crowded_budget_restarts_the_idle_paused_worker_holding_the_most():
     )  # fmt: skip
     decision = decide(sample(*workers, machine_limit=300 * MiB), DEFAULT)
     assert list(decision.restart) == ["w2"]  # w3 is busy: its task may finish
-    assert "held the most unmanaged memory (78.0 MiB)" in decision.restart["w2"]
+    assert "held the most unmanaged memory (78.00 MiB)" in decision.restart["w2"]
 
 
 def test_paused_workers_are_not_restarted_for_results_that_cannot_spill():
@@ -210,7 +210,7 @@ def test_worker_above_terminate_threshold_is_terminated_with_a_cause():
     decision = decide(sample(worker(unmanaged=97 * MiB, is_busy=True)), DEFAULT)
     cause = decision.terminate["w1"]
     assert "95%" in cause
-    assert "memory limit of 100.0 MiB" in cause
+    assert "memory limit of 100.00 MiB" in cause
     assert decision.pause == {}
 
 
@@ -247,7 +247,7 @@ def test_worker_over_a_capped_limit_is_terminated():
     assert decide(sample(*workers), DEFAULT).terminate == {}
     decision = decide(sample(*workers, machine_limit=100 * MiB), DEFAULT)
     assert list(decision.terminate) == ["b"]
-    assert "memory limit of 33.3 MiB" in decision.terminate["b"]
+    assert "memory limit of 33.33 MiB" in decision.terminate["b"]
 
 
 def test_machine_over_terminate_restarts_the_worker_with_most_unmanaged_memory():
@@ -259,7 +259,7 @@ def test_machine_over_terminate_restarts_the_worker_with_most_unmanaged_memory()
     )
     decision = decide(sample(*workers), MemoryThresholds(pause=None))
     assert list(decision.terminate) == ["x"]
-    assert "most unmanaged memory (62.0 MiB)" in decision.terminate["x"]
+    assert "most unmanaged memory (62.00 MiB)" in decision.terminate["x"]
 
 
 def test_terminate_off_never_kills():
@@ -339,13 +339,13 @@ def test_memory_limit_above_the_machine_is_capped_with_a_warning(caplog):
 
 
 def test_memory_limit_refuses_nonsense():
-    with pytest.raises(ValueError, match="byte count"):
+    with pytest.raises(ValueError, match="as a byte unit"):
         parse_memory_limit("lots", 1, 4, system_limit=1000)
 
 
-def test_format_bytes():
-    assert format_bytes(300 * MiB) == "300.0 MiB"
-    assert format_bytes(1536) == "1.5 KiB"
+def test_memory_messages_format_bytes_as_dask():
+    assert format_bytes(300 * MiB) == "300.00 MiB"
+    assert format_bytes(1536) == "1.50 kiB"
     assert format_bytes(12) == "12 B"
 
 

@@ -205,3 +205,30 @@ def test_documented_imports_give_the_function_or_class_whatever_was_imported_fir
         if kind not in ("function", "type", "ABCMeta") or qualname != name
     }
     assert not wrong, f"{package_name}: not the documented function or class: {wrong}"
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    """A dependency that nothing imports only costs installs (loky was one:
+    see "Dependencies" in docs/architecture.md)."""
+    import ast
+    import importlib.metadata
+    import re
+    import tomllib
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    root = Path(localsched.__file__).parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {normal(re.split(r"[<>=!~\[; ]", d)[0]) for d in project["dependencies"]}
+    imported: set[str] = set()
+    for path in (root / "localsched").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.partition(".")[0])
+    distributions = importlib.metadata.packages_distributions()
+    used = {normal(d) for module in imported for d in distributions.get(module, ())}
+    assert declared, "no dependencies read from pyproject.toml"
+    assert declared - used == set()

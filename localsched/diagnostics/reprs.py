@@ -15,6 +15,8 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
+from localsched.units import format_bytes
+
 #: Colours of task states, shared by HTML and rich.
 STATE_COLOURS = {
     "memory": "#2ca02c",
@@ -78,17 +80,6 @@ class ClusterSnapshot:
     @property
     def memory_limit(self) -> int:
         return sum(w.memory_limit for w in self.workers)
-
-
-def format_bytes(n: float) -> str:
-    """``1.50 GiB``: dask's ``format_bytes``."""
-    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30)):
-        if n >= size * 0.9:
-            return f"{n / size:.2f} {unit}"
-    for unit, size in (("MiB", 2**20), ("kiB", 2**10)):
-        if n >= size * 0.9:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 # -- taking snapshots -----------------------------------------------------------------

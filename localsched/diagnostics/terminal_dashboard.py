@@ -18,9 +18,9 @@ from localsched.diagnostics.reprs import (
     STATE_COLOURS,
     ClusterSnapshot,
     cluster_snapshot,
-    format_bytes,
     memory_text,
 )
+from localsched.units import format_bytes
 
 #: States a prefix's finished tasks are in: their results were made.
 _DONE_STATES = ("memory", "released", "forgotten")

@@ -20,6 +20,7 @@ import warnings
 from typing import TYPE_CHECKING
 
 from localsched.transport.spill import private_directory, spill_directory_path
+from localsched.units import format_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -146,19 +147,12 @@ def _check_fits_in_memory(nbytes: int) -> None:
     available = _memory_available()
     if nbytes > available:
         raise MemoryError(
-            f"This value takes {_format_bytes(nbytes)}, more than the"
-            f" {_format_bytes(available)} of memory available on this machine:"
+            f"This value takes {format_bytes(nbytes)}, more than the"
+            f" {format_bytes(available)} of memory available on this machine:"
             " it was not copied into shared memory, which would exhaust the"
             " machine's memory. Return or scatter smaller pieces (for example,"
             " chunks of the array) or free memory."
         )
-
-
-def _format_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def _free_space(directory: str) -> int:

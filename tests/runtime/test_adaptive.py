@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 import operator
 import threading
+from datetime import timedelta
 
 import pytest
 
 from localsched import Client, LocalCluster, SchedulerPlugin
-from localsched.adaptive import Adaptive, parse_interval
+from localsched.adaptive import Adaptive
 from localsched.deploy import Adaptive as DeployAdaptive
 from tests.runtime.helpers import (
     DEADLINE,
@@ -207,7 +208,8 @@ def test_adapt_parameters_as_dask_takes_them():
         unbounded = cluster.adapt(maximum=math.inf, interval=0)
         assert unbounded.maximum == math.inf
         assert "state=inactive" in repr(unbounded)
-    assert parse_interval("500ms") == 0.5
+        as_timedelta = cluster.adapt(interval=timedelta(milliseconds=500))
+        assert as_timedelta.interval == 0.5
     assert Adaptive is DeployAdaptive
 
 

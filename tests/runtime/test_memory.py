@@ -144,7 +144,7 @@ def test_pause_stops_placement_and_resume_restarts_it(tmp_path, caplog):
         assert _status(cluster) == "running"
     paused = [r for r in caplog.records if "paused, it gets no new tasks" in r.message]
     assert len(paused) == 1
-    assert "more than 50% of its memory limit of 400.0 MiB" in paused[0].message
+    assert "more than 50% of its memory limit of 400.00 MiB" in paused[0].message
     assert any("resumed" in r.message for r in caplog.records)
 
 
@@ -162,7 +162,7 @@ def test_worker_past_terminate_is_restarted_and_its_task_killed(tmp_path):
             hog.result(timeout=DEADLINE)
         message = str(caught.value)
         assert "memory monitor restarted it" in message
-        assert "more than 95% of its memory limit of 300.0 MiB" in message
+        assert "more than 95% of its memory limit of 300.00 MiB" in message
         assert repr(hog.key) in message  # the task it was running is named
         # A replacement took its place and runs tasks.
         again = client.submit(pid, pure=False).result(timeout=DEADLINE)
@@ -227,7 +227,9 @@ def test_result_larger_than_available_memory_fails_the_task_clearly(monkeypatch)
         Client(cluster) as client,
     ):
         too_large = client.submit(filled, 16, 1.0)
-        with pytest.raises(MemoryError, match=r"takes 16\.0 MiB, more than the 10\.0"):
+        with pytest.raises(
+            MemoryError, match=r"takes 16\.00 MiB, more than the 10\.00"
+        ):
             too_large.result(timeout=DEADLINE)
         assert client.submit(filled, 1, 2.0).result(timeout=DEADLINE)[0] == 2.0
 

@@ -293,7 +293,9 @@ def test_spill_directory_refuses_a_directory_of_someone_else(tmp_path, monkeypat
 
 def test_value_larger_than_available_memory_fails_clearly(store, monkeypatch):
     monkeypatch.setattr(segment_files, "_memory_available", lambda: 10 * MiB)
-    with pytest.raises(MemoryError, match=r"takes 16\.0 MiB, more than the 10\.0 MiB"):
+    with pytest.raises(
+        MemoryError, match=r"takes 16\.00 MiB, more than the 10\.00 MiB"
+    ):
         store.put(np.zeros(2 * MiB))
     writer = store.writer()
     with pytest.raises(MemoryError, match="not copied into shared memory"):
