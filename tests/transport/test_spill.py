@@ -295,7 +295,8 @@ def test_spill_directory_is_private_and_ignores_a_squatted_old_name(tmp_path):
         assert os.path.dirname(spill_directory) == str(tmp_path)
         assert spill_directory != str(squatted)
         st = os.lstat(spill_directory)
-        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o700
         assert os.path.realpath(ref.segment).startswith(spill_directory + "/")
     assert os.listdir(tmp_path) == [squatted.name]
 
