@@ -108,6 +108,9 @@ _HEADER_OFFSET = 64
 _STAMP = struct.Struct("<8sQ")
 _MAGIC = b"LSBLOB01"
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
+#: Leased segments a writer remembers having written (see BlobWriter.discard);
+#: a dropped value is one of the last few written, far fewer than this.
+_WRITTEN_LEASES_KEPT = 1024
 #: Values at least this large are checked against the memory available before
 #: they are written (reading /proc/meminfo costs about 20 us).
 _CHECK_MEMORY_FROM = 8 << 20
@@ -804,6 +807,9 @@ class BlobWriter(_BlobSink):
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._leases: dict[int, list[SegmentLease]] = {}
+        # Leased segments written lately, newest last: a value dropped before
+        # the store adopted it goes back to the leases, not to unlink().
+        self._written_leases: dict[str, SegmentLease] = {}
 
     def __reduce__(self) -> tuple[type[BlobWriter], tuple[str, str, str]]:
         return (BlobWriter, (self.prefix, self.directory, self.fallback_directory))
@@ -829,15 +835,18 @@ class BlobWriter(_BlobSink):
         A segment the store leased stays leased: it goes back to the leases for
         the next value of its size, so the store's count of leased segments
         stays true (unlinking it would leave the store counting a file that no
-        longer exists). A segment this writer made is unlinked.
+        longer exists). A segment this writer made is unlinked. Call it for a
+        ref of this writer only.
         """
         self._on_failed(ref.segment, ref.nbytes)
 
     def _on_failed(self, path: str, nbytes: int) -> None:
-        if os.path.basename(path).startswith(f"{self.prefix}{os.getpid()}."):
-            _unlink_quietly([path])  # ours: nobody else counts it
+        with self._lock:
+            lease = self._written_leases.pop(path, None)
+        if lease is None:
+            _unlink_quietly([path])  # made here: nobody else counts it
         else:
-            self.grant(SegmentLease(segment=path, capacity=_size_class(nbytes)))
+            self.grant(lease)  # still leased: the store counts it as such
 
     def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
         with self._lock:
@@ -850,6 +859,11 @@ class BlobWriter(_BlobSink):
                     continue
                 if fd is not None:  # None: a stale reader holds it; keep for later
                     leases.remove(lease)
+                    written = self._written_leases
+                    written.pop(lease.segment, None)
+                    written[lease.segment] = lease
+                    if len(written) > _WRITTEN_LEASES_KEPT:  # adopted long ago
+                        del written[next(iter(written))]
                     return lease.segment, fd
         return self._fresh(f"{self.prefix}{os.getpid()}.{next(self._seq)}", attempt)
 
