@@ -41,6 +41,8 @@ logger = logging.getLogger("localsched.transport")
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "localsched-"
 _NAME_RE = re.compile(r"localsched-(\d+)-")
+#: Only a name :func:`private_directory_name` can make is swept as a directory.
+_DIRECTORY_RE = re.compile(r"localsched-\d+-[0-9a-f]{32}\Z")
 #: Links in a cluster directory to the private directories attached to it.
 FALLBACK_LINK = ".fallback"
 SPILL_LINK = ".spill"
@@ -258,7 +260,8 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
             if not _owned(st):
                 continue
             if stat.S_ISDIR(st.st_mode):
-                removed += remove_cluster_directory(entry.path)
+                if _DIRECTORY_RE.match(entry.name):
+                    removed += remove_cluster_directory(entry.path)
             elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 # A segment of an older version, or its spilled link (unfollowed).
                 _unlink_quietly([entry.path])

@@ -164,7 +164,7 @@ def test_start_up_sweep_removes_dead_clusters_and_keeps_what_others_own(tmp_path
     spill_base = tmp_path / "spill-base"
     spill_base.mkdir()
     dead = segment_files.make_private_directory(str(tmp_path))
-    dead_dir = str(tmp_path / f"localsched-{DEAD_PID}-ours")
+    dead_dir = str(tmp_path / f"localsched-{DEAD_PID}-{'0' * 32}")
     os.rename(dead, dead_dir)
     spill_dir = segment_files.attach_directory(
         dead_dir, segment_files.SPILL_LINK, str(spill_base)
@@ -173,16 +173,20 @@ def test_start_up_sweep_removes_dead_clusters_and_keeps_what_others_own(tmp_path
     open(copy, "wb").close()
     os.symlink(copy, os.path.join(dead_dir, "localsched-x-0"))
     # Another user's things under the names the sweep looks at.
-    theirs = tmp_path / f"localsched-{DEAD_PID}-theirs"
+    theirs = tmp_path / f"localsched-{DEAD_PID}-{'1' * 32}"
     theirs.mkdir()
     (theirs / "file").write_bytes(b"theirs")
     victim = tmp_path / "our-precious-file"
     victim.write_bytes(b"ours")
     planted_link = tmp_path / f"localsched-{DEAD_PID}-link"
     planted_link.symlink_to(victim)
-    planted_dir_link = tmp_path / f"localsched-{DEAD_PID}-dirlink"
+    planted_dir_link = tmp_path / f"localsched-{DEAD_PID}-{'2' * 32}"
     planted_dir_link.symlink_to(spill_base)
     give_away(theirs, theirs / "file", planted_link, planted_dir_link)
+
+    not_ours = tmp_path / f"localsched-{DEAD_PID}-notes"  # a name we never make
+    not_ours.mkdir()
+    (not_ours / "file").write_bytes(b"kept")
 
     removed = sweep_stale_segments([str(tmp_path)])
 
@@ -194,6 +198,7 @@ def test_start_up_sweep_removes_dead_clusters_and_keeps_what_others_own(tmp_path
     assert os.path.islink(planted_link)
     assert os.path.islink(planted_dir_link)
     assert os.listdir(spill_base) == []
+    assert (not_ours / "file").read_bytes() == b"kept"
 
 
 def test_removal_of_a_directory_owned_by_someone_else_touches_nothing(tmp_path):
