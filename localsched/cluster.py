@@ -281,8 +281,7 @@ class LocalCluster:
             if self.processes:
                 process, conn = start_worker(
                     self.threads_per_worker,
-                    self.store.prefix,
-                    self.store.directory,
+                    self.store.writer(),
                     name,
                     self.resources,
                     executing_page=page,
@@ -664,7 +663,7 @@ def _pause_briefly() -> None:
 
 
 def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
-    return start_janitor(store.prefix, store.directory)
+    return start_janitor(store.directory)
 
 
 def _stop_janitor(process: Any, conn: Connection) -> None:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from localsched.transport.executing import ExecutingPage
+    from localsched.transport.shm import BlobWriter
 
 
 class ChildProcess:
@@ -92,21 +93,22 @@ class ChildProcess:
 
 def start_worker(
     nthreads: int,
-    prefix: str,
-    directory: str,
+    writer: BlobWriter | None,
     name: str,
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
 ) -> tuple[ChildProcess, Connection]:
     """Start a worker process; return it and the scheduler's end of its pipe.
 
-    The worker records its executing tasks in ``executing_page`` if given; its
-    stderr is captured (``ChildProcess.stderr``).
+    The worker writes results with ``writer``'s store directories (sent as the
+    pipe's first message: a command line is visible to every user), records its
+    executing tasks in ``executing_page`` if given; its stderr is captured
+    (``ChildProcess.stderr``).
     """
     ours, theirs = multiprocessing.Pipe(duplex=True)
     try:
         fd = theirs.fileno()
-        args = ["-m", "localsched.worker", str(fd), str(nthreads), prefix, directory]
+        args = ["-m", "localsched.worker", str(fd), str(nthreads)]
         pass_fds = [fd]
         if resources:
             args.append(f"--resources={json.dumps(dict(resources))}")
@@ -118,19 +120,26 @@ def start_worker(
         )
     finally:
         theirs.close()
+    store = None
+    if writer is not None:
+        store = [writer.prefix, writer.directory, writer.fallback_directory]
+    # Far below a socket's buffer: never blocks, even before the child reads.
+    ours.send_bytes(json.dumps(store).encode())
     return process, ours
 
 
-def start_janitor(prefix: str, directory: str) -> tuple[ChildProcess, Connection]:
-    """Start the janitor; return it and the write end that keeps it waiting."""
+def start_janitor(directory: str) -> tuple[ChildProcess, Connection]:
+    """Start the janitor for the store's ``directory`` (sent through the pipe,
+    not the command line); return it and the write end that keeps it waiting."""
     reader, writer = multiprocessing.Pipe(duplex=False)
     try:
         fd = reader.fileno()
         process = ChildProcess(
-            ["-m", "localsched.transport.janitor", str(fd), prefix, directory],
+            ["-m", "localsched.transport.janitor", str(fd)],
             pass_fds=(fd,),
             name="localsched-janitor",
         )
     finally:
         reader.close()
+    writer.send_bytes(directory.encode())
     return process, writer

@@ -476,11 +476,15 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self, handle: WorkerHandle, message: TaskDone, events: list[ev.StateEvent]
     ) -> None:
         payload = message.payload
+        key = message.key
         if isinstance(payload, BlobRef):
-            self.store.adopt(payload)
+            try:
+                self.store.adopt(payload)
+            except Exception as exc:  # the store refused it: fail this task only
+                events.append(_result_not_adopted(handle, message, exc, self))
+                return
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
-        key = message.key
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         if (
@@ -694,6 +698,28 @@ class PeriodicCallback:
 
         if self.runtime.is_running:
             self.runtime.call(unregister)
+
+
+def _result_not_adopted(
+    handle: WorkerHandle, message: TaskDone, exc: Exception, runtime: SchedulerRuntime
+) -> ev.TaskErred:
+    """The task's result cannot be held by the store (say, a segment outside its
+    directories): the task errs with that reason, and the scheduler goes on."""
+    logger.warning("Result of %r not kept: %s", message.key, exc)
+    error = RuntimeError(
+        f"The result of task {message.key!r} could not be kept by the"
+        f" scheduler's shared-memory store: {exc}"
+    )
+    error.__cause__ = exc
+    return ev.TaskErred(
+        stimulus_id=runtime.stimulus_id("task-erred"),
+        key=message.key,
+        worker=handle.address,
+        run_id=message.run_id,
+        exception=error,
+        exception_text=repr(error),
+        startstops=(("compute", message.start, message.stop),),
+    )
 
 
 def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:

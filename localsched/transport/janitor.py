@@ -21,23 +21,29 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from localsched.transport.segment_files import (
+    attached_directories,
+    remove_cluster_directory,
+)
 
-def run(conn: Connection, prefix: str, directory: str) -> None:
-    """Wait for ``bye`` or EOF; on EOF (or SIGTERM) unlink ``directory/prefix*``.
+
+def run(conn: Connection, directory: str) -> None:
+    """Wait for ``bye`` or EOF; on EOF (or SIGTERM) remove the cluster's
+    ``directory`` and the directories it links to.
 
     ``multiprocessing`` terminates daemonic children with SIGTERM when the user
     process exits without closing its cluster: that also means "clean up".
     """
 
     def on_term(signum: int, frame: object) -> None:
-        remove_segments(prefix, directory)
+        remove_segments(directory)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         conn.recv_bytes()
     except (EOFError, OSError):
-        sweep_until_quiet(prefix, directory)
+        sweep_until_quiet(directory)
     finally:
         with contextlib.suppress(OSError):
             conn.close()
@@ -48,45 +54,43 @@ RESWEEP_DELAYS = (0.2, 0.5, 1.0)
 
 
 def sweep_until_quiet(
-    prefix: str,
     directory: str,
     delays: tuple[float, ...] = RESWEEP_DELAYS,
     pause: Callable[[float], object] | None = None,
 ) -> list[str]:
     """Remove the segments now, and again after each delay; every path removed.
 
-    ``pause(seconds)`` waits between sweeps (default: an event never set).
+    ``pause(seconds)`` waits between sweeps (default: an event never set). The
+    fallback directory a worker may make after the first sweep is found again:
+    its name is read before the first sweep removes the link to it.
     """
     if pause is None:
         pause = threading.Event().wait
-    removed = remove_segments(prefix, directory)
+    directories = [directory, *attached_directories(directory)]
+    removed = _remove_all(directories)
     for delay in delays:
         pause(delay)
-        removed += remove_segments(prefix, directory)
+        removed += _remove_all(directories)
     return removed
 
 
-def remove_segments(prefix: str, directory: str) -> list[str]:
-    """Unlink every file in ``directory`` whose name starts with ``prefix``, and
-    the disk copy a spilled segment (a link, see ``spill.py``) points to."""
-    removed = []
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.startswith(prefix):
-                with contextlib.suppress(OSError):
-                    if entry.is_symlink():  # a spilled segment: its disk copy too
-                        target = os.readlink(entry.path)
-                        if os.path.basename(target).startswith(prefix):
-                            os.unlink(target)
-                            removed.append(target)
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                    removed.append(entry.path)
+def remove_segments(directory: str) -> list[str]:
+    """Remove the cluster's ``directory`` with every segment in it, and its
+    fallback and spill directories (see ``segment_files``); never raises."""
+    return _remove_all([directory, *attached_directories(directory)])
+
+
+def _remove_all(directories: list[str]) -> list[str]:
+    removed: list[str] = []
+    for directory in directories:
+        removed += remove_cluster_directory(directory)
     return removed
 
 
 if __name__ == "__main__":
     import sys
 
-    fd, prefix, directory = sys.argv[1:]
-    run(Connection(int(fd), writable=False), prefix, directory)
+    # The directory comes through the pipe, not the command line: a command
+    # line is visible to every user (``ps``).
+    connection = Connection(int(sys.argv[1]), writable=False)
+    run(connection, connection.recv_bytes().decode())

@@ -1,25 +1,36 @@
 """Segment files on disk: where they go, who may remove them, and raw IO.
 
-Helpers of :mod:`localsched.transport.shm`: choosing /dev/shm or the private
-disk-backed fallback directory (one :class:`SharedMemoryWarning` per process),
-sweeping segments whose cluster died, and the system calls the store and the
-writers share. A segment's name starts with ``localsched-<store pid>-``; a
-spilled segment (see :mod:`localsched.transport.spill`) is a symbolic link with
-that name, to a copy of the same name in the spill directory.
+Helpers of :mod:`localsched.transport.shm`. Every cluster keeps its segments in
+a directory of its own, ``/dev/shm/localsched-<store pid>-<random>``, made with
+an exclusive ``mkdir`` (a new random name if the name is taken) and mode 0700:
+no other user can create, replace or even look up a file in it, so a name
+inside it cannot be squatted, whatever the name. Its disk fallback (when
+/dev/shm is missing, too small or full) and its spill directory are private
+directories of the same kind, named with their own random tokens, and the main
+directory holds a symbolic link to each (``.fallback``, ``.spill``), so that
+removing the main directory (:func:`remove_cluster_directory`) removes them
+too, wherever they are. Only those links are ever followed, and only to a
+directory or file this user owns.
+
+A segment's name inside the directory starts with the store's prefix,
+``localsched-<store pid>-<token>-``; a spilled segment (see
+:mod:`localsched.transport.spill`) is a symbolic link with that name, to a copy
+of the same name in the spill directory.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import fcntl
+import logging
 import os
 import re
+import secrets
 import stat
 import tempfile
 import warnings
 from typing import TYPE_CHECKING
 
-from localsched.transport.spill import private_directory, spill_directory_path
 from localsched.units import format_bytes
 
 if TYPE_CHECKING:
@@ -27,10 +38,19 @@ if TYPE_CHECKING:
 
 __all__ = ["SHM_DIR", "SharedMemoryWarning", "sweep_stale_segments"]
 
+logger = logging.getLogger("localsched.transport")
+
 SHM_DIR = "/dev/shm"
 NAME_PREFIX = "localsched-"
 _NAME_RE = re.compile(r"localsched-(\d+)-")
+#: Only a name :func:`private_directory_name` can make is swept as a directory.
+_DIRECTORY_RE = re.compile(r"localsched-\d+-[0-9a-f]{32}\Z")
+#: Links in a cluster directory to the private directories attached to it.
+FALLBACK_LINK = ".fallback"
+SPILL_LINK = ".spill"
+_ATTACHMENTS = (FALLBACK_LINK, SPILL_LINK)
 _MAX_IO = 1 << 30  # Linux moves at most 2 GiB - 4 KiB per read/write call
+_NAME_ATTEMPTS = 64  # random names tried before giving up (a collision is ~2^-128)
 _fallback_warned = False
 
 
@@ -38,16 +58,189 @@ class SharedMemoryWarning(UserWarning):
     """/dev/shm is missing or full, so segments go to a disk-backed directory."""
 
 
-def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
-    """Remove segments whose store process (the pid in the name) is gone.
+def private_directory_name() -> str:
+    """A fresh unguessable name for a cluster's directory, with our pid in it
+    (so that :func:`sweep_stale_segments` knows when its owner died)."""
+    return f"{NAME_PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
 
-    Files of other users and of live pids are kept; a reused pid errs toward keeping.
+
+def make_private_directory(parent: str) -> str:
+    """Create a new 0700 directory with an unguessable name in ``parent``.
+
+    ``mkdir`` fails if the name exists, whoever made it, so what it creates is
+    ours alone; a taken name (never seen in practice) is retried with another.
+
+    Raises
+    ------
+    OSError
+        ``parent`` cannot be written.
+    """
+    for _ in range(_NAME_ATTEMPTS):
+        path = os.path.join(parent, private_directory_name())
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        _make_private(path)
+        return path
+    raise FileExistsError(errno.EEXIST, "no free directory name", parent)
+
+
+def claim_directory(path: str) -> str:
+    """Create ``path`` (0700), or accept it if this user already made it so.
+
+    For a directory whose unguessable name the cluster's processes agreed on
+    (the disk fallback, made by whichever process first needs it).
+
+    Raises
+    ------
+    PermissionError
+        ``path`` exists but is not a private directory of this user.
+    """
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not (
+            stat.S_ISDIR(st.st_mode)
+            and st.st_uid == os.getuid()
+            and not st.st_mode & 0o077
+        ):
+            raise PermissionError(
+                errno.EACCES, "not a private directory of this user", path
+            ) from None
+        return path
+    _make_private(path)
+    return path
+
+
+def attach_directory(directory: str, link: str, parent: str) -> str:
+    """Make a private directory in ``parent`` and record it in ``directory``.
+
+    The link ``directory/link`` is written before the new directory is made, so
+    a process killed in between leaves nothing that removing ``directory``
+    would miss.
+    """
+    link_path = os.path.join(directory, link)
+    for _ in range(_NAME_ATTEMPTS):
+        target = os.path.join(parent, private_directory_name())
+        point_link(link_path, target)
+        try:
+            os.mkdir(target, 0o700)
+        except FileExistsError:
+            continue
+        _make_private(target)
+        return target
+    raise FileExistsError(errno.EEXIST, "no free directory name", parent)
+
+
+def point_link(link_path: str, target: str) -> None:
+    """Make ``link_path`` a symbolic link to ``target``, replacing it atomically."""
+    temporary = f"{link_path}.{secrets.token_hex(8)}"
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, link_path)
+    except BaseException:
+        _unlink_quietly([temporary])
+        raise
+
+
+def _make_private(path: str) -> None:
+    # mkdir's mode is filtered by the umask: set exactly 0700 through a
+    # descriptor, which cannot be redirected by a link planted meanwhile.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def _owned(st: os.stat_result) -> bool:
+    return st.st_uid == os.getuid()
+
+
+def remove_cluster_directory(directory: str) -> list[str]:
+    """Remove a cluster's directory, its files and its attached directories.
+
+    Never raises: what cannot be removed is logged and left. Nothing is
+    removed unless ``directory`` is a real directory (not a link) this user
+    owns, and only its ``.fallback`` and ``.spill`` links are followed, to
+    directories this user owns.
+
+    Returns
+    -------
+    list of str
+        Paths removed.
+    """
+    removed: list[str] = []
+    if not _is_own_directory(directory):
+        return removed
+    for link in _ATTACHMENTS:
+        target = _read_link(os.path.join(directory, link))
+        if target is not None:
+            removed += _empty_directory(target)
+            _rmdir_quietly(target, removed)
+    removed += _empty_directory(directory)
+    _rmdir_quietly(directory, removed)
+    return removed
+
+
+def attached_directories(directory: str) -> list[str]:
+    """The directories ``directory``'s ``.fallback`` and ``.spill`` links name."""
+    if not _is_own_directory(directory):
+        return []
+    links = (os.path.join(directory, link) for link in _ATTACHMENTS)
+    return [t for t in map(_read_link, links) if t is not None]
+
+
+def _read_link(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _is_own_directory(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and _owned(st)
+
+
+def _empty_directory(directory: str) -> list[str]:
+    """Unlink every entry of ``directory`` (if it is ours; links not followed)."""
+    if not _is_own_directory(directory):
+        return []
+    paths = [e.path for e in _scan(directory, "")]
+    _unlink_quietly(paths)
+    return [p for p in paths if not os.path.lexists(p)]
+
+
+def _rmdir_quietly(path: str, removed: list[str]) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        logger.warning("Could not remove %s: %s", path, exc)
+        return
+    removed.append(path)
+
+
+def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
+    """Remove what clusters whose store process (the pid in the name) is gone left.
+
+    Cluster directories (and what they link to) and single segment files of
+    older versions are removed if this user owns them; things of other users
+    and of live pids are kept, links are never followed, and a reused pid errs
+    toward keeping. Never raises.
 
     Parameters
     ----------
     directories : iterable of str, optional
-        Where to look; default /dev/shm, the disk fallback directory and the
-        default spill directory.
+        Where to look; default /dev/shm and the temporary directory (where the
+        disk fallback and the default spill directories are made).
 
     Returns
     -------
@@ -55,7 +248,7 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
         Paths removed.
     """
     if directories is None:
-        directories = [SHM_DIR, _fallback_path(), spill_directory_path()]
+        directories = [SHM_DIR, tempfile.gettempdir()]
     removed = []
     for directory in directories:
         for entry in _scan(directory, NAME_PREFIX):
@@ -64,14 +257,18 @@ def sweep_stale_segments(directories: Iterable[str] | None = None) -> list[str]:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+            except OSError:
                 continue  # its owner or another sweep got there first
-            # Links are spilled segments (spill.py); their copies are swept too.
-            if st.st_uid == os.getuid() and (
-                stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)
-            ):
+            if not _owned(st):
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if _DIRECTORY_RE.match(entry.name):
+                    removed += remove_cluster_directory(entry.path)
+            elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                # A segment of an older version, or its spilled link (unfollowed).
                 _unlink_quietly([entry.path])
-                removed.append(entry.path)
+                if not os.path.lexists(entry.path):
+                    removed.append(entry.path)
     return removed
 
 
@@ -99,23 +296,23 @@ def _lock_exclusive(path: str) -> int | None:
 
 
 def _unlink_quietly(paths: Iterable[str]) -> None:
+    """Unlink each path; never raises (a failure is logged, the rest go on)."""
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
-
-
-def _unlink_prefix(prefix: str, directories: list[str], owner_pid: int) -> None:
-    # A forked child inherits this finalizer; only the owner may remove the files.
-    if os.getpid() == owner_pid:
-        for directory in [*directories, _fallback_path()]:
-            _unlink_quietly([e.path for e in _scan(directory, prefix)])
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("Could not remove %s: %s", path, exc)
 
 
 def _scan(directory: str, prefix: str) -> list[os.DirEntry[str]]:
+    """Entries of ``directory`` whose name starts with ``prefix``; [] if it
+    cannot be read."""
     try:
         with os.scandir(directory) as entries:
             return [e for e in entries if e.name.startswith(prefix)]
-    except FileNotFoundError:
+    except OSError:
         return []
 
 
@@ -163,25 +360,23 @@ def _free_space(directory: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _choose_directory(min_bytes: int) -> str:
+def _choose_parent(min_bytes: int) -> str:
+    """/dev/shm if usable, else the temporary directory (one warning)."""
     if os.access(SHM_DIR, os.W_OK | os.X_OK) and _free_space(SHM_DIR) >= min_bytes:
         return SHM_DIR
-    directory = _fallback_path(create=True)
-    _warn_fallback(f"{SHM_DIR} is missing or has less than {min_bytes} bytes free")
-    return directory
+    _warn_fallback(
+        f"{SHM_DIR} is missing or has less than {min_bytes} bytes free",
+        tempfile.gettempdir(),
+    )
+    return tempfile.gettempdir()
 
 
-def _fallback_path(create: bool = False) -> str:
-    path = os.path.join(tempfile.gettempdir(), f"localsched-shm-{os.getuid()}")
-    return private_directory(path) if create else path
-
-
-def _warn_fallback(reason: str) -> None:
+def _warn_fallback(reason: str, directory: str) -> None:
     global _fallback_warned
     if not _fallback_warned:
         _fallback_warned = True
         warnings.warn(
-            f"{reason}; shared-memory segments go to {_fallback_path()}, which is"
+            f"{reason}; shared-memory segments go to {directory}, which is"
             " disk-backed and slower (give the machine a larger /dev/shm)",
             SharedMemoryWarning,
             stacklevel=4,

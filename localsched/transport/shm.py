@@ -13,9 +13,13 @@ file, one kernel copy per buffer. A segment holds one blob, and a :class:`BlobRe
 
 Ownership: one owner per segment. The :class:`BlobStore` owns what it creates,
 adopts or keeps on its free list; a worker owns what it wrote or was leased until
-the store adopts the ref. Names start with ``localsched-<store pid>-<token>-``, so
-:meth:`BlobStore.close` removes everything the cluster made, adopted or not, and
-:func:`sweep_stale_segments` removes what clusters that died left behind.
+the store adopts the ref. Every segment lives in the store's private directory
+(0700, an unguessable name: no other user can create or squat a name in it, see
+:mod:`~localsched.transport.segment_files`), so :meth:`BlobStore.close` removes
+everything the cluster made, adopted or not, by removing the directory, and
+:func:`sweep_stale_segments` removes what clusters that died left behind. Names
+in it start with ``localsched-<store pid>-<token>-``; a worker's own add
+``<worker pid>.``, which is how :meth:`BlobStore.reclaim` finds them.
 
 Reuse is the one hazard. A ``MAP_PRIVATE`` mapping still sees later writes to the
 pages its process has not written itself (Linux behaviour, left unspecified by
@@ -49,6 +53,7 @@ import os
 import pickle
 import secrets
 import struct
+import tempfile
 import threading
 import time
 import weakref
@@ -56,28 +61,29 @@ from dataclasses import dataclass
 
 from localsched.transport import pickling
 from localsched.transport.segment_files import (
+    FALLBACK_LINK,
     NAME_PREFIX,
     SHM_DIR,
+    SPILL_LINK,
     SharedMemoryWarning,
     _check_fits_in_memory,
-    _choose_directory,
+    _choose_parent,
     _create_file,
-    _fallback_path,
     _free_space,
     _lock_exclusive,
     _pwrite_all,
     _scan,
-    _unlink_prefix,
     _unlink_quietly,
     _warn_fallback,
+    attach_directory,
+    claim_directory,
+    make_private_directory,
+    point_link,
+    private_directory_name,
+    remove_cluster_directory,
     sweep_stale_segments,
 )
-from localsched.transport.spill import (
-    copy_segment,
-    default_spill_directory,
-    is_memory_backed,
-    link_to_copy,
-)
+from localsched.transport.spill import copy_segment, is_memory_backed, link_to_copy
 
 __all__ = [
     "INLINE_THRESHOLD",
@@ -101,6 +107,9 @@ _HEADER_OFFSET = 64
 _STAMP = struct.Struct("<8sQ")
 _MAGIC = b"LSBLOB01"
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
+#: Leased segments a writer remembers having written (see BlobWriter.discard);
+#: a dropped value is one of the last few written, far fewer than this.
+_WRITTEN_LEASES_KEPT = 1024
 #: Values at least this large are checked against the memory available before
 #: they are written (reading /proc/meminfo costs about 20 us).
 _CHECK_MEMORY_FROM = 8 << 20
@@ -207,6 +216,7 @@ class _BlobSink(abc.ABC):
     """Write path shared by the store and the writer: pick a file, write, retry."""
 
     directory: str
+    fallback_directory: str
     _memory_backed: bool | None = None
 
     def serialize(
@@ -245,7 +255,7 @@ class _BlobSink(abc.ABC):
                 ref = _write_blob(fd, path, header, buffers, spans, nbytes)
                 size = os.fstat(fd).st_size
             except BaseException as exc:
-                _unlink_quietly([path])
+                self._on_failed(path, nbytes)
                 if not isinstance(exc, OSError) or exc.errno != errno.ENOSPC:
                     raise
                 if attempt == 2:
@@ -260,12 +270,22 @@ class _BlobSink(abc.ABC):
     def _fresh(self, name: str, attempt: int) -> tuple[str, int]:
         directory = self.directory if attempt < 2 else self._fallback()
         path = os.path.join(directory, name)
-        return path, _create_file(path)
+        try:
+            return path, _create_file(path)
+        except FileExistsError:
+            # Only ours can be there (a private directory): a file an earlier
+            # process of the same pid left. Another name keeps the same prefix.
+            path = f"{path}.{secrets.token_hex(4)}"
+            return path, _create_file(path)
 
     def _fallback(self) -> str:
         # Only the store warns (also for a worker's fallback, seen on adopt):
         # one warning for the cluster, not one per worker process.
-        return _fallback_path(create=True)
+        return claim_directory(self.fallback_directory)
+
+    def _on_failed(self, path: str, nbytes: int) -> None:
+        """Writing a value into ``path`` failed: drop the file."""
+        _unlink_quietly([path])
 
     def _is_memory_backed(self) -> bool:
         backed = self._memory_backed
@@ -295,16 +315,28 @@ class BlobStore(_BlobSink):
     token : str, optional
         Alphanumeric cluster token used in segment names; random by default.
     directory : str, optional
-        Default /dev/shm, or a private temporary directory (one
+        Where the store makes its private directory (:attr:`directory`):
+        default /dev/shm, or the temporary directory (one
         :class:`SharedMemoryWarning`) if /dev/shm is missing or has less than
-        ``min_shm_bytes`` free (Docker's default is 64 MB), or later is full.
+        ``min_shm_bytes`` free (Docker's default is 64 MB). If it is full later,
+        segments go to a private directory in the temporary directory.
     max_free_bytes : int, optional
         Cap on memory kept in released segments; default min(1 GiB, free / 4).
     min_shm_bytes : int
         Free space below which /dev/shm counts as too small.
     spill_directory : str, optional
-        Where :meth:`spill` puts segments: a ``localsched-spill-<uid>``
-        directory under this one (default: the temporary directory).
+        Where :meth:`spill` makes its private directory of spilled segments
+        (default: the temporary directory).
+
+    Attributes
+    ----------
+    directory : str
+        The store's private directory (0700, unguessable name), removed with
+        everything in it by :meth:`close`.
+    fallback_directory : str
+        Private directory for segments when :attr:`directory` is full, made by
+        the first process that needs it (the same as :attr:`directory` if that
+        is on disk already).
 
     Examples
     --------
@@ -327,7 +359,25 @@ class BlobStore(_BlobSink):
         if not token.isalnum():
             raise ValueError(f"token must be alphanumeric, got {token!r}")
         self.prefix = f"{NAME_PREFIX}{os.getpid()}-{token}-"
-        self.directory = directory or _choose_directory(min_shm_bytes)
+        self.directory = make_private_directory(
+            directory or _choose_parent(min_shm_bytes)
+        )
+        self._memory_backed = is_memory_backed(self.directory)
+        # Removes the directory, and the fallback and spill directories it links
+        # to, once the store is closed or garbage (never a forked child's).
+        self._finalizer = weakref.finalize(
+            self, _remove_directory, self.directory, os.getpid()
+        )
+        if self._memory_backed:
+            # Named now, made on first use; the link lets close() find it.
+            self.fallback_directory = os.path.join(
+                tempfile.gettempdir(), private_directory_name()
+            )
+            point_link(
+                os.path.join(self.directory, FALLBACK_LINK), self.fallback_directory
+            )
+        else:
+            self.fallback_directory = self.directory
         if max_free_bytes is None:
             max_free_bytes = min(1 << 30, _free_space(self.directory) // 4)
         self.max_free_bytes = max_free_bytes
@@ -340,7 +390,6 @@ class BlobStore(_BlobSink):
         self._free: dict[int, dict[str, _Segment]] = {}  # capacity -> LIFO bucket
         self._free_lru: dict[str, _Segment] = {}  # oldest first: eviction order
         self._free_bytes = 0
-        self._memory_backed = is_memory_backed(self.directory)
         self._live_memory_bytes = 0  # live segments in RAM (not spilled)
         self._leased_bytes = 0
         self._spill_base = spill_directory
@@ -349,11 +398,8 @@ class BlobStore(_BlobSink):
         self.spilled_bytes = 0
         self.spill_count = 0
         self.spilled_total_bytes = 0
-        # The finalizer must not reference self; it shares this list instead.
-        self._directories = [self.directory]
-        self._finalizer = weakref.finalize(
-            self, _unlink_prefix, self.prefix, self._directories, os.getpid()
-        )
+        # Where segments of this store can be: reclaim scans them, adopt checks.
+        self._directories = {self.directory, self.fallback_directory}
 
     @property
     def free_bytes(self) -> int:
@@ -424,8 +470,11 @@ class BlobStore(_BlobSink):
             _unlink_quietly(self._trim(max(0, pooled - nbytes)))
             freed = pooled - self._free_bytes
             if freed < nbytes and not self._spill_directory:
-                self._spill_directory = default_spill_directory(self._spill_base)
-                self._directories.append(self._spill_directory)
+                self._spill_directory = attach_directory(
+                    self.directory,
+                    SPILL_LINK,
+                    self._spill_base or tempfile.gettempdir(),
+                )
             candidates = []
             wanted = nbytes - freed
             for path, (blob_id, segment) in self._live.items():
@@ -462,7 +511,7 @@ class BlobStore(_BlobSink):
 
     def writer(self) -> BlobWriter:
         """Return a picklable :class:`BlobWriter` for this store's worker processes."""
-        return BlobWriter(self.prefix, self.directory)
+        return BlobWriter(self.prefix, self.directory, self.fallback_directory)
 
     def put(self, obj: object) -> BlobRef:
         """Serialize ``obj`` into one segment, one copy per buffer, and own it.
@@ -533,7 +582,7 @@ class BlobStore(_BlobSink):
                 self._live_memory_bytes += segment.allocated
                 return
         # A worker found the directory full and wrote to the disk fallback.
-        _warn_fallback(f"{self.directory} is full")
+        _warn_fallback(f"{self.directory} is full", self.fallback_directory)
 
     def lease(self, nbytes: int, holder: int) -> SegmentLease | None:
         """Hand a free segment for an ``nbytes`` value to the writer in pid ``holder``.
@@ -553,6 +602,9 @@ class BlobStore(_BlobSink):
     def reclaim(self, holder: int) -> None:
         """After writer ``holder`` exited: pool its leases, unlink what it wrote but
         the store never adopted. Adopt the refs it sent before calling this.
+
+        Never raises for a file it cannot remove (that is logged): it runs on
+        the scheduler thread.
         """
         with self._lock:
             if self._closed:
@@ -566,7 +618,7 @@ class BlobStore(_BlobSink):
             victims = self._trim(self.max_free_bytes)
             # By name: a spilled value's copy in the spill directory is live too.
             live = {os.path.basename(path) for path in self._live}
-        for directory in [*self._directories, _fallback_path()]:
+        for directory in self._directories:
             entries = _scan(directory, f"{self.prefix}{holder}.")
             victims += [e.path for e in entries if e.name not in live]
         _unlink_quietly(victims)
@@ -619,7 +671,8 @@ class BlobStore(_BlobSink):
             created += 1
 
     def close(self) -> None:
-        """Unlink every segment with this store's prefix, adopted or not. Idempotent.
+        """Remove the store's directories and every segment, adopted or not.
+        Idempotent; never raises for a file it cannot remove (that is logged).
 
         Readers that still map a segment keep their data.
         """
@@ -673,10 +726,7 @@ class BlobStore(_BlobSink):
 
     def _fallback(self) -> str:
         directory = super()._fallback()
-        _warn_fallback(f"{self.directory} is full")
-        with self._lock:
-            if directory not in self._directories:
-                self._directories.append(directory)
+        _warn_fallback(f"{self.directory} is full", directory)
         return directory
 
     def _take_free(self, capacity: int) -> tuple[_Segment, int] | None:
@@ -685,8 +735,9 @@ class BlobStore(_BlobSink):
         for segment in list(newest):
             try:
                 fd = _lock_exclusive(segment.path)
-            except FileNotFoundError:
+            except OSError:  # gone, or unusable: never pooled again
                 self._remove_free(segment)
+                _unlink_quietly([segment.path])
                 continue
             if fd is not None:  # None: a reader still maps it; it stays for later
                 self._remove_free(segment)
@@ -722,8 +773,7 @@ class BlobStore(_BlobSink):
 
     def _is_ours(self, path: str) -> bool:
         directory, name = os.path.split(path)
-        allowed = {*self._directories, _fallback_path()}
-        return name.startswith(self.prefix) and directory in allowed
+        return name.startswith(self.prefix) and directory in self._directories
 
 
 class BlobWriter(_BlobSink):
@@ -742,17 +792,26 @@ class BlobWriter(_BlobSink):
         :attr:`BlobStore.prefix` of the store.
     directory : str
         :attr:`BlobStore.directory` of the store.
+    fallback_directory : str, optional
+        :attr:`BlobStore.fallback_directory` of the store; default
+        ``directory`` (a full directory then fails the write with ``ENOSPC``).
     """
 
-    def __init__(self, prefix: str, directory: str) -> None:
+    def __init__(
+        self, prefix: str, directory: str, fallback_directory: str | None = None
+    ) -> None:
         self.prefix = prefix
         self.directory = directory
+        self.fallback_directory = fallback_directory or directory
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._leases: dict[int, list[SegmentLease]] = {}
+        # Leased segments written lately, newest last: a value dropped before
+        # the store adopted it goes back to the leases, not to unlink().
+        self._written_leases: dict[str, SegmentLease] = {}
 
-    def __reduce__(self) -> tuple[type[BlobWriter], tuple[str, str]]:
-        return (BlobWriter, (self.prefix, self.directory))
+    def __reduce__(self) -> tuple[type[BlobWriter], tuple[str, str, str]]:
+        return (BlobWriter, (self.prefix, self.directory, self.fallback_directory))
 
     def grant(self, lease: SegmentLease) -> None:
         """Accept a segment from :meth:`BlobStore.lease` for a later :meth:`write`."""
@@ -769,17 +828,41 @@ class BlobWriter(_BlobSink):
         """
         return self._write_pickled(*_pickle(obj))
 
+    def discard(self, ref: BlobRef) -> None:
+        """Drop a value the store will never adopt (its task was forgotten).
+
+        A segment the store leased stays leased: it goes back to the leases for
+        the next value of its size, so the store's count of leased segments
+        stays true (unlinking it would leave the store counting a file that no
+        longer exists). A segment this writer made is unlinked. Call it for a
+        ref of this writer only.
+        """
+        self._on_failed(ref.segment, ref.nbytes)
+
+    def _on_failed(self, path: str, nbytes: int) -> None:
+        with self._lock:
+            lease = self._written_leases.pop(path, None)
+        if lease is None:
+            _unlink_quietly([path])  # made here: nobody else counts it
+        else:
+            self.grant(lease)  # still leased: the store counts it as such
+
     def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
         with self._lock:
             leases = self._leases.get(_size_class(nbytes), []) if attempt == 0 else []
             for lease in list(leases):
                 try:
                     fd = _lock_exclusive(lease.segment)
-                except FileNotFoundError:
+                except OSError:
                     leases.remove(lease)  # the store closed or reclaimed it
                     continue
                 if fd is not None:  # None: a stale reader holds it; keep for later
                     leases.remove(lease)
+                    written = self._written_leases
+                    written.pop(lease.segment, None)
+                    written[lease.segment] = lease
+                    if len(written) > _WRITTEN_LEASES_KEPT:  # adopted long ago
+                        del written[next(iter(written))]
                     return lease.segment, fd
         return self._fresh(f"{self.prefix}{os.getpid()}.{next(self._seq)}", attempt)
 
@@ -833,3 +916,9 @@ def _write_blob(
         buffers=spans,
         nbytes=nbytes,
     )
+
+
+def _remove_directory(directory: str, owner_pid: int) -> None:
+    # A forked child inherits this finalizer; only the owner may remove the files.
+    if os.getpid() == owner_pid:
+        remove_cluster_directory(directory)

@@ -6,9 +6,13 @@ spilled, so the path must keep working. :func:`spill_segment` copies the segment
 to a file of the same name in a spill directory on disk, then atomically replaces
 the segment with a symbolic link to that copy::
 
-    /dev/shm/localsched-<pid>-<token>-7   (tmpfs: memory)
-        ── spill ──▶  /dev/shm/localsched-<pid>-<token>-7  ->  <spill dir>/…-7
+    <cluster dir>/localsched-<pid>-<token>-7   (tmpfs: memory)
+        ── spill ──▶  <cluster dir>/localsched-<pid>-<token>-7  ->  <spill dir>/…-7
                       <spill dir>/localsched-<pid>-<token>-7   (disk: page cache)
+
+Both directories are the cluster's own (0700, unguessable names; see
+:mod:`localsched.transport.segment_files`), so no other user can squat the copy's
+name or the temporary name of the link.
 
 Readers open the same path and follow the link: the copy carries the same stamp,
 so :func:`~localsched.transport.shm.load` maps it exactly as before, and its pages
@@ -23,46 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
-import tempfile
+import secrets
 
 __all__ = [
     "copy_segment",
-    "default_spill_directory",
     "is_memory_backed",
     "link_to_copy",
-    "spill_directory_path",
     "spill_segment",
 ]
 
 _MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs", "shm"})
 _COPY_CHUNK = 1 << 30
-
-
-def spill_directory_path(base: str | None = None) -> str:
-    """This user's spill directory under ``base`` (default: the temp directory)."""
-    return os.path.join(
-        base or tempfile.gettempdir(), f"localsched-spill-{os.getuid()}"
-    )
-
-
-def default_spill_directory(base: str | None = None) -> str:
-    """:func:`spill_directory_path`, created 0700 on first use and refused if
-    someone else owns it."""
-    return private_directory(spill_directory_path(base))
-
-
-def private_directory(path: str) -> str:
-    """``path`` as a directory only this user can use: created 0700 if missing,
-    refused (``PermissionError``) if it is not a directory we own."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
-    # Anyone can pre-create this name in a shared /tmp: refuse what is not ours.
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise PermissionError(f"{path} is not a directory owned by this user")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
 
 
 def is_memory_backed(directory: str) -> bool:
@@ -108,21 +83,28 @@ def spill_segment(path: str, spill_directory: str) -> str:
 
 def copy_segment(path: str, spill_directory: str) -> str:
     """Copy segment ``path`` to a file of the same name in ``spill_directory``
-    (0600); its path. A partial copy is removed if that fails."""
+    (0600); its path. A partial copy is removed if that fails.
+
+    ``spill_directory`` is the cluster's private directory, so a file already
+    there under that name can only be a copy of ours that a failed spill could
+    not remove: it is replaced.
+    """
     target = os.path.join(spill_directory, os.path.basename(path))
     source = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         size = os.fstat(source).st_size
-        copy = os.open(
-            target, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600
-        )
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            copy = os.open(target, flags, 0o600)
+        except FileExistsError:
+            os.unlink(target)
+            copy = os.open(target, flags, 0o600)
         try:
             os.fchmod(copy, 0o600)
             _copy(source, copy, size)
         except BaseException:
             os.close(copy)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(target)
+            _remove_quietly(target)
             raise
         os.close(copy)
     finally:
@@ -133,19 +115,30 @@ def copy_segment(path: str, spill_directory: str) -> str:
 def link_to_copy(path: str, target: str) -> None:
     """Replace segment ``path`` by a symbolic link to its copy ``target``.
 
-    On failure the copy is removed and the segment stays as it was.
+    On failure the copy is removed (never raising for that) and the segment
+    stays as it was; the error is raised.
     """
-    link = f"{path}.link"
+    # A fresh random name each time: a leftover of an earlier attempt (or a
+    # name someone made) cannot block the spill.
+    link = f"{path}.{secrets.token_hex(8)}.link"
+    made = False
     try:
         os.symlink(target, link)
+        made = True
         # rename() replaces the segment atomically: a reader opens either the
         # tmpfs file or the link, never nothing.
         os.rename(link, path)
     except BaseException:
-        for leftover in (link, target):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        # Only what this call made: never someone else's file of that name.
+        _remove_quietly(target)
+        if made:
+            _remove_quietly(link)
         raise
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _copy(source: int, destination: int, size: int) -> None:

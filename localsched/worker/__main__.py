@@ -1,14 +1,17 @@
-"""``python -m localsched.worker FD NTHREADS PREFIX DIRECTORY [OPTIONS]``: a worker.
+"""``python -m localsched.worker FD NTHREADS [OPTIONS]``: a worker.
 
 Options: ``--resources=JSON`` (the abstract resources the worker offers) and
 ``--executing-fd=N`` (the page shared with the scheduler that records the
 tasks executing here; see ``localsched.transport.executing``). A bare JSON
-object as the fifth argument is accepted as ``--resources``.
+object as the third argument is accepted as ``--resources``.
 
 Started by ``LocalCluster`` with the worker's end of a socket pair as file
-descriptor ``FD``. A fresh interpreter that imports only the worker's modules:
-the user's ``__main__`` is never re-imported, so a script without an
-``if __name__ == "__main__":`` guard cannot start clusters recursively.
+descriptor ``FD``, whose first message says where to write results (the
+store's prefix and private directories, as JSON, or null): a command line is
+visible to every user of the machine, so it names no path. A fresh interpreter
+that imports only the worker's modules: the user's ``__main__`` is never
+re-imported, so a script without an ``if __name__ == "__main__":`` guard
+cannot start clusters recursively.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from localsched.worker.main import run_worker
 
 
 def main(argv: list[str]) -> None:
-    fd, nthreads, prefix, directory, *options = argv
-    writer = BlobWriter(prefix, directory) if prefix else None
+    fd, nthreads, *options = argv
+    conn = Connection(int(fd))
+    store = json.loads(conn.recv_bytes())
+    writer = BlobWriter(*store) if store else None
     resources = None
     page = None
     for option in options:
@@ -34,7 +39,7 @@ def main(argv: list[str]) -> None:
             resources = json.loads(option.split("=", 1)[1])
         else:
             resources = json.loads(option)
-    run_worker(Connection(int(fd)), int(nthreads), writer, resources, page)
+    run_worker(conn, int(nthreads), writer, resources, page)
 
 
 if __name__ == "__main__":

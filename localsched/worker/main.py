@@ -502,7 +502,7 @@ class Worker:
             if must_send:
                 self._outbox.send_all()
             elif job.is_forgotten:
-                _discard(reply)
+                self._discard(reply)
             if has_seceded:
                 return  # seceded and never rejoined: its replacement has the slot
 
@@ -595,6 +595,17 @@ class Worker:
             event.wait()
         state.seceded = False
 
+    def _discard(self, reply: TaskDone | TaskFailed) -> None:
+        # The worker owns what it wrote until the scheduler adopts it (shm.py);
+        # a leased segment goes back to the writer's leases, still the store's.
+        payload = reply.payload if type(reply) is TaskDone else None
+        if isinstance(payload, BlobRef):
+            if self.writer is not None:
+                self.writer.discard(payload)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(payload.segment)
+
     def _get_client(self) -> Any:
         with self._client_lock:
             if self._client is None:
@@ -602,13 +613,6 @@ class Worker:
 
                 self._client = WorkerClient(self)
             return self._client
-
-
-def _discard(reply: TaskDone | TaskFailed) -> None:
-    # The worker owns what it wrote until the scheduler adopts it (shm.py).
-    if type(reply) is TaskDone and isinstance(reply.payload, BlobRef):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(reply.payload.segment)
 
 
 class _Outbox:

@@ -1,10 +1,12 @@
 """Fixtures for the end-to-end tests on real worker processes.
 
 Every test here runs under a leak check: child processes, threads (daemon or
-not) and ``/dev/shm/localsched-<our pid>-*`` segments that exist after the test
-but not before it fail the test, once a few seconds of polling have given them
-time to go. Clusters shared by a module (the ``client`` fixture) are checked the
-same way at module teardown; while they live, the segments they pool are theirs.
+not) and ``localsched-<our pid>-*`` directories and the segments in them (in
+/dev/shm and, for the disk fallback and spill, the temporary directory) that
+exist after the test but not before it fail the test, once a few seconds of
+polling have given them time to go. Clusters shared by a module (the
+``client`` fixture) are checked the same way at module teardown; while they
+live, the segments they pool are theirs.
 
 A fork server or resource tracker that ``multiprocessing`` started is a
 per-process singleton that outlives every cluster by design: not a leak.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,7 +114,7 @@ def client() -> Iterator[Client]:
     """A 2-worker, 1-thread-each client shared by a module; leak-checked at the end."""
     before = Snapshot.take()
     with Client(n_workers=2, threads_per_worker=1, validate=True) as shared:
-        prefix = shared.cluster.store.prefix
+        prefix = os.path.basename(shared.cluster.store.directory)
         _shared_prefixes.add(prefix)
         try:
             yield shared

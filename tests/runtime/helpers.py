@@ -7,7 +7,9 @@ Tasks block on files the test creates; nothing here sleeps for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -16,17 +18,31 @@ from pathlib import Path
 DEADLINE = 20.0  # seconds; bounds every wait in these tests
 
 SHM_DIR = Path("/dev/shm")
-#: Segments of stores in this process (named after its pid): other test runs on
-#: the machine have their own, which must not fail ours.
+#: Directories of stores in this process (named after its pid): other test runs
+#: on the machine have their own, which must not fail ours.
 SHM_PREFIX = f"localsched-{os.getpid()}-"
 
 
-def shm_entries() -> set[str]:
-    """Names of this process's segments in /dev/shm."""
-    try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
-    except FileNotFoundError:
-        return set()
+def shm_entries(prefix: str = SHM_PREFIX) -> set[str]:
+    """What the clusters of a process hold: in /dev/shm and the temporary
+    directory (disk fallback, spill), each directory named ``prefix...``, and
+    ``directory/name`` for each file in it; this process's by default."""
+    found = set()
+    for parent in (SHM_DIR, Path(tempfile.gettempdir())):
+        try:
+            names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+        except FileNotFoundError:
+            continue
+        for name in names:
+            found.add(name)
+            with contextlib.suppress(NotADirectoryError, FileNotFoundError):
+                found.update(f"{name}/{inner}" for inner in os.listdir(parent / name))
+    return found
+
+
+def segments_of(pid: int) -> list[str]:
+    """Segment files (not directories) the clusters of process ``pid`` hold."""
+    return sorted(e for e in shm_entries(f"localsched-{pid}-") if "/" in e)
 
 
 def poll(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:

@@ -9,6 +9,7 @@ import operator
 import stat
 import threading
 import traceback
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -17,7 +18,6 @@ import pytest
 from localsched import Client, Future, FutureCancelledError, LocalCluster
 from tests.runtime.helpers import (
     DEADLINE,
-    SHM_DIR,
     array_digest,
     block,
     count_call,
@@ -27,7 +27,6 @@ from tests.runtime.helpers import (
     pid,
     poll,
     record,
-    shm_entries,
     wait_for_file,
 )
 
@@ -247,9 +246,11 @@ def test_scatter_large_array_arrives_intact_and_results_are_private(client):
     future = client.scatter(array)
     assert client.submit(array_digest, future).result(timeout=DEADLINE) == expected
     # Shared memory is readable by this user only (DESIGN: safe by construction).
-    segments = [SHM_DIR / name for name in shm_entries()]
+    directory = Path(client.cluster.store.directory)
+    segments = [path for path in directory.iterdir() if not path.name.startswith(".")]
     assert segments
     assert {stat.S_IMODE(path.stat().st_mode) for path in segments} == {0o600}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
     mine = future.result(timeout=DEADLINE)
     assert mine.flags.writeable

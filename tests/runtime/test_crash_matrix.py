@@ -137,9 +137,10 @@ CLIENT_CRASH_SCRIPT = textwrap.dedent(
         client.wait_for_workers(2)
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         with open(info_path + ".tmp", "w") as f:
-            prefix = client.cluster.store.prefix
-            segments = [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
-            json.dump({"children": children, "prefix": prefix, "segments": segments}, f)
+            directory = client.cluster.store.directory
+            segments = os.listdir(directory)
+            details = {"children": children, "directory": directory}
+            json.dump({**details, "segments": segments}, f)
         os.replace(info_path + ".tmp", info_path)
         if step == "pickle":
             client.submit(helpers.identity, helpers.CrashAtPickle(how))
@@ -162,8 +163,12 @@ def _alive(pids):
     return alive
 
 
-def _segments(prefix):
-    return [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]
+def _segments(directory):
+    """What is left of a cluster's directory: the directory and its files."""
+    try:
+        return [directory, *os.listdir(directory)]
+    except FileNotFoundError:
+        return []
 
 
 @pytest.mark.parametrize(
@@ -195,6 +200,8 @@ def test_client_process_crash_leaves_nothing_behind(tmp_path, step, how, status)
     assert poll(lambda: not _alive(details["children"]), CLEANUP_DEADLINE), [
         psutil.Process(p).cmdline() for p in _alive(details["children"])
     ]
-    prefix = details["prefix"]
+    directory = details["directory"]
     assert details["segments"], "the script made no shared-memory segment"
-    assert poll(lambda: not _segments(prefix), CLEANUP_DEADLINE), _segments(prefix)
+    assert poll(lambda: not _segments(directory), CLEANUP_DEADLINE), _segments(
+        directory
+    )

@@ -18,7 +18,6 @@ import pytest
 from localsched import Client, KilledWorker, LocalCluster
 from localsched.transport import segment_files
 from localsched.transport.shm import SharedMemoryWarning
-from localsched.transport.spill import spill_directory_path
 from tests.runtime.helpers import DEADLINE, poll, wait_for_file
 
 np = pytest.importorskip("numpy")
@@ -83,7 +82,6 @@ def _state(cluster: LocalCluster, key: object) -> str | None:
 
 
 def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
-    spill_directory = spill_directory_path(str(tmp_path))
     with (
         caplog.at_level(logging.INFO, logger="localsched.memory"),
         LocalCluster(
@@ -98,6 +96,8 @@ def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
         futures = [client.submit(filled, 20, i, pure=False) for i in range(8)]
         client.gather(futures)
         assert poll(lambda: cluster.store.spill_count >= 2)
+        spill_directory = cluster.store.spill_directory
+        assert os.path.dirname(spill_directory) == str(tmp_path)
         # Read on the scheduler thread, which spills: a consistent view.
         files, spilled = cluster.runtime.call(
             lambda: (len(os.listdir(spill_directory)), cluster.store.spill_count)
@@ -110,7 +110,7 @@ def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
             assert float(array[0]) == float(array[-1]) == i
         sums = client.gather([client.submit(total, f) for f in futures])
         assert sums == [i * 20 * MiB // 8 for i in range(8)]
-    assert os.listdir(spill_directory) == []
+    assert os.listdir(tmp_path) == []  # the spill directory went too
     reports = [r.message for r in caplog.records if r.message.startswith("Spilled")]
     assert 1 <= len(reports) <= 2  # one line per 5 s, however many spills
     assert spill_directory in reports[0]

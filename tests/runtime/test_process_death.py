@@ -15,7 +15,7 @@ import textwrap
 import psutil
 import pytest
 
-from tests.runtime.helpers import DEADLINE, poll, wait_for_file
+from tests.runtime.helpers import DEADLINE, poll, shm_entries, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,7 +91,10 @@ UNCLOSED_SCRIPT = textwrap.dedent(
 
 
 def _segments(prefix: str) -> list[str]:
-    return [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
+    """The cluster directories of the process in ``prefix`` (``localsched-<pid>-``,
+    maybe more) and their files, in /dev/shm and the temporary directory."""
+    pid_prefix = "-".join(prefix.split("-")[:2]) + "-"
+    return sorted(shm_entries(pid_prefix))
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -42,8 +42,8 @@ def store(tmp_path):
     blob_store = BlobStore(spill_directory=str(tmp_path))
     yield blob_store
     blob_store.close()
-    spill_directory = spill.spill_directory_path(str(tmp_path))
-    assert _ours(blob_store.prefix, blob_store.directory, spill_directory) == []
+    assert not os.path.lexists(blob_store.directory)
+    assert os.listdir(tmp_path) == []  # the spill directory went too
 
 
 def arrays(n: int, size: int = MiB) -> list[np.ndarray]:
@@ -246,9 +246,11 @@ def test_janitor_removes_spilled_copies_too(tmp_path):
         ref = blob_store.put(arrays(1)[0])
         blob_store.spill(1)
         copy = os.path.realpath(ref.segment)
-        removed = janitor.remove_segments(blob_store.prefix, blob_store.directory)
-        assert set(removed) == {ref.segment, copy}
+        removed = janitor.remove_segments(blob_store.directory)
+        spill_directory = blob_store.spill_directory
+        assert {ref.segment, copy, spill_directory} <= set(removed)
         assert not os.path.exists(copy)
+        assert not os.path.exists(spill_directory)
 
 
 def test_sweep_removes_spilled_segments_of_dead_stores(tmp_path):
@@ -281,11 +283,22 @@ def test_is_memory_backed():
     assert not spill.is_memory_backed(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_spill_directory_refuses_a_directory_of_someone_else(tmp_path, monkeypatch):
-    monkeypatch.setattr(os, "getuid", lambda: 12345)
-    os.makedirs(tmp_path / "localsched-spill-12345")
-    with pytest.raises(PermissionError, match="not a directory owned"):
-        spill.default_spill_directory(str(tmp_path))
+def test_spill_directory_is_private_and_ignores_a_squatted_old_name(tmp_path):
+    # The old fixed name, made first by another user, used to block spilling.
+    squatted = tmp_path / f"localsched-spill-{os.getuid()}"
+    squatted.mkdir()
+    os.chown(squatted, 65534, 65534)
+    with BlobStore(spill_directory=str(tmp_path)) as blob_store:
+        ref = blob_store.put(arrays(1)[0])
+        assert blob_store.spill(1) >= MiB
+        spill_directory = blob_store.spill_directory
+        assert os.path.dirname(spill_directory) == str(tmp_path)
+        assert spill_directory != str(squatted)
+        st = os.lstat(spill_directory)
+        assert stat.S_ISDIR(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        assert os.path.realpath(ref.segment).startswith(spill_directory + "/")
+    assert os.listdir(tmp_path) == [squatted.name]
 
 
 # -- limits ------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from localsched.transport.protocol import (
     dumps_function,
     encode_batch,
 )
-from localsched.transport.shm import SHM_DIR, BlobRef, BlobStore, load
+from localsched.transport.shm import BlobRef, BlobStore, load
 from localsched.worker.execute import loads_traceback
 from localsched.worker.main import run_worker
 
@@ -207,7 +207,7 @@ def test_worker_process_runs_tasks_and_says_goodbye(start_worker, gate) -> None:
         assert worker.expect(Goodbye) == Goodbye(reason="test over")
         worker.process.join(DEADLINE)
         assert worker.process.exitcode == 0
-    assert not [name for name in os.listdir(SHM_DIR) if name.startswith(store.prefix)]
+    assert not os.path.exists(store.directory)
 
 
 @pytest.mark.timeout(30)
