@@ -51,11 +51,11 @@ import secrets
 import struct
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 import cloudpickle
 
+from localsched.transport.finalizers import Finalizer
 from localsched.transport.segment_files import (
     NAME_PREFIX,
     SHM_DIR,
@@ -351,8 +351,10 @@ class BlobStore(_BlobSink):
         self.spill_count = 0
         self.spilled_total_bytes = 0
         # The finalizer must not reference self; it shares this list instead.
+        # Not weakref.finalize: its exit hook ran before the cluster's (see
+        # localsched.transport.finalizers).
         self._directories = [self.directory]
-        self._finalizer = weakref.finalize(
+        self._finalizer = Finalizer(
             self, _unlink_prefix, self.prefix, self._directories, os.getpid()
         )
 
