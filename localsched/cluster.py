@@ -556,10 +556,16 @@ class LocalCluster:
         Returns True if every worker is gone, so nothing can write a segment
         after the store's close.
         """
-        if self.runtime.is_running:  # a hung thread still uses its handles
-            return False
         told = {id(h) for h in handles}  # joined already, or killed
-        everyone = {id(h): h for h in [*handles, *self.runtime.workers.values()]}
+        workers = list(self.runtime.workers.values())
+        everyone = {id(h): h for h in [*handles, *workers]}
+        if self.runtime.is_running:
+            # Hung (stop timed out): it still reads the handles' pipes, so only
+            # stop and reap the processes; the close is not clean.
+            for handle in everyone.values():
+                handle.process.kill()
+                handle.process.join(1.0)
+            return False
         are_gone = True
         for key, handle in everyone.items():
             with contextlib.suppress(OSError):

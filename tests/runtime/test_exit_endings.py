@@ -16,6 +16,7 @@ hundreds of MiB stayed in /dev/shm.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Iterator
 
 import psutil
 import pytest
 
+from localsched import LocalCluster
 from tests.runtime.helpers import DEADLINE, SHM_DIR, poll, wait_for_file
 
 pytestmark = pytest.mark.timeout(90)
@@ -173,3 +176,34 @@ def test_ending_with_results_in_flight_leaves_no_segment_and_no_process(
     )
     roots = (shm_directory, str(spill_root))
     assert poll(lambda: not _leftovers(*roots), CLEANUP_DEADLINE), _leftovers(*roots)
+
+
+def test_janitor_sweeps_after_a_close_that_was_not_clean(monkeypatch):
+    """A hung scheduler thread makes close() unclean: the janitor is not told
+    "bye" and removes what was written after the store closed (a worker's late
+    segment), as it does when the program dies."""
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    store = cluster.store
+    late = os.path.join(store.directory, f"{store.prefix}999999.0")
+    close_store = store.close
+
+    def close_then_write_late() -> None:
+        close_store()
+        with open(late, "wb") as f:
+            f.write(b"written by a worker after the store closed")
+
+    monkeypatch.setattr(store, "close", close_then_write_late)
+    janitor = psutil.Process(cluster._janitor[0].pid)
+    workers = [psutil.Process(h.pid) for h in cluster.runtime.workers.values()]
+    gate = threading.Event()
+    cluster.runtime.call(gate.wait)  # the scheduler thread hangs in it
+    try:
+        cluster.close(timeout=1.0)
+        assert poll(lambda: not os.path.exists(late), CLEANUP_DEADLINE)
+        assert not janitor.is_running()  # it swept, then exited, and was reaped
+        assert poll(lambda: not _alive([w.pid for w in workers]), CLEANUP_DEADLINE)
+    finally:
+        gate.set()
+        assert poll(lambda: not cluster.runtime.is_running)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(late)
