@@ -52,6 +52,10 @@ def _close_open_clusters() -> None:
     ``__del__`` that asks the scheduler thread to shut down waits for nothing
     until its timeouts expire: an unclosed ``Client()`` made exit hang. dask
     closes its clusters at exit the same way.
+
+    ``atexit`` runs the last registered hook first, and the imports above
+    registered the store's exit cleanup (``transport/finalizers.py``) before
+    this one: workers stop before anything removes their segments.
     """
     for cluster in list(_open_clusters):
         with contextlib.suppress(Exception):
