@@ -52,6 +52,10 @@ def _close_open_clusters() -> None:
     ``__del__`` that asks the scheduler thread to shut down waits for nothing
     until its timeouts expire: an unclosed ``Client()`` made exit hang. dask
     closes its clusters at exit the same way.
+
+    ``atexit`` runs the last registered hook first, and the imports above
+    registered the store's exit cleanup (``transport/finalizers.py``) before
+    this one: workers stop before anything removes their segments.
     """
     for cluster in list(_open_clusters):
         with contextlib.suppress(Exception):
@@ -276,7 +280,11 @@ class LocalCluster:
         address = f"local://{os.getpid()}/{number}"
         name = f"localsched-worker-{number}"
         process: Any
-        page = ExecutingPage()
+        # A thread worker shares memory without a descriptor: its page's
+        # objects live until garbage collection, which must not hold an fd.
+        page, worker_page = (
+            (ExecutingPage(), None) if self.processes else ExecutingPage.in_process()
+        )
         try:
             if self.processes:
                 process, conn = start_worker(
@@ -295,9 +303,9 @@ class LocalCluster:
                     self.threads_per_worker,
                     self.store.writer(),
                     self.resources,
-                    # Its own mapping: the runtime closes ``page`` when the
+                    # Its own view: the runtime closes ``page`` when the
                     # worker leaves, maybe while a task thread still runs.
-                    executing_page=ExecutingPage(os.dup(page.fileno())),
+                    executing_page=worker_page,
                 )
                 process = _ThreadProcess(worker, child_conn, name=name)
                 process.start()
@@ -495,44 +503,87 @@ class LocalCluster:
     # -- lifecycle ------------------------------------------------------------------
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop workers, the scheduler thread and free all shared memory; idempotent."""
+        """Stop workers, the scheduler thread and free all shared memory; idempotent.
+
+        Unless every worker is gone and the store removed its segments (a clean
+        close), the janitor is told to sweep instead of goodbye.
+        """
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
         started = time.monotonic()
-        if getattr(self, "memory", None) is not None:
-            self.memory.stop()
-        self._stop_adaptive("cluster closing")
-        handles: list[WorkerHandle] = []
-        if self._preloads and self.runtime.is_running:
-            preloads, self._preloads = self._preloads, []
-            with contextlib.suppress(Exception):
-                self.runtime.call(lambda: teardown_preloads(preloads)).result(timeout)
-        if self.runtime.is_running:
-            with contextlib.suppress(Exception):
-                handles = self.runtime.call(self._shutdown_workers).result(timeout)
-        for handle in handles:
-            handle.process.join(max(0.0, timeout - (time.monotonic() - started)))
-            if handle.process.is_alive():
-                handle.process.kill()
-                handle.process.join(1.0)
-        self.runtime.stop(timeout)
-        # Futures of clients still attached can neither finish nor be read now:
-        # cancel them all, as a dask client does when it loses its scheduler.
-        for client in list(self.runtime.clients.values()):
-            for state in list(client.states.values()):
-                state.cancel("scheduler-connection-lost")
-        self.scheduler.close()
-        for handle in handles:
-            with contextlib.suppress(OSError):
-                handle.conn.close()
-        self.store.close()
-        if self._janitor is not None:
-            _stop_janitor(*self._janitor)
+        is_clean = False
+        try:
+            if getattr(self, "memory", None) is not None:
+                self.memory.stop()
+            self._stop_adaptive("cluster closing")
+            handles: list[WorkerHandle] = []
+            if self._preloads and self.runtime.is_running:
+                preloads, self._preloads = self._preloads, []
+                with contextlib.suppress(Exception):
+                    call = self.runtime.call(lambda: teardown_preloads(preloads))
+                    call.result(timeout)
+            if self.runtime.is_running:
+                with contextlib.suppress(Exception):
+                    handles = self.runtime.call(self._shutdown_workers).result(timeout)
+            for handle in handles:
+                handle.process.join(max(0.0, timeout - (time.monotonic() - started)))
+                if handle.process.is_alive():
+                    handle.process.kill()
+                    handle.process.join(1.0)
+            self.runtime.stop(timeout)
+            # Futures of clients still attached can neither finish nor be read
+            # now: cancel them all, as a dask client does when it loses its
+            # scheduler.
+            for client in list(self.runtime.clients.values()):
+                for state in list(client.states.values()):
+                    state.cancel("scheduler-connection-lost")
+            self.scheduler.close()
+            are_workers_gone = self._release_workers(handles)
+            self.store.close()
+            is_clean = are_workers_gone
+        finally:
+            if self._janitor is not None:
+                _stop_janitor(*self._janitor, is_clean=is_clean)
         self.status = "closed"
         logger.info(
             "%s closed in %.0f ms", self.name, 1000 * (time.monotonic() - started)
         )
+
+    def _release_workers(self, handles: list[WorkerHandle]) -> bool:
+        """Give back what each worker holds in this process, once the scheduler
+        thread stopped: its pipe, pidfd and executing page. The thread may stop
+        before it handles the last exits (about one ``memfd`` leaked per cluster
+        under load), and a worker it never told to stop exits at its pipe's EOF.
+
+        Returns True if every worker is gone, so nothing can write a segment
+        after the store's close.
+        """
+        told = {id(h) for h in handles}  # joined already, or killed
+        workers = list(self.runtime.workers.values())
+        everyone = {id(h): h for h in [*handles, *workers]}
+        if self.runtime.is_running:
+            # Hung (stop timed out): it still reads the handles' pipes, so only
+            # stop and reap the processes; the close is not clean.
+            for handle in everyone.values():
+                handle.process.kill()
+                handle.process.join(1.0)
+            return False
+        are_gone = True
+        for key, handle in everyone.items():
+            with contextlib.suppress(OSError):
+                handle.conn.close()
+            process = handle.process
+            process.join(0.0 if key in told else 1.0)
+            if process.is_alive():
+                process.kill()
+                process.join(1.0)
+            are_gone = are_gone and not process.is_alive()
+            if handle.stderr_relay is not None:
+                handle.stderr_relay.close()
+            if handle.executing_page is not None:
+                handle.executing_page.close()
+        return are_gone
 
     def _shutdown_workers(self) -> list[WorkerHandle]:
         handles = list(self.runtime.workers.values())
@@ -666,9 +717,14 @@ def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
     return start_janitor(store.directory)
 
 
-def _stop_janitor(process: Any, conn: Connection) -> None:
+def _stop_janitor(process: Any, conn: Connection, is_clean: bool) -> None:
+    """After a clean close say ``bye`` (the store removed every segment); else
+    only close the pipe: at its EOF the janitor sweeps, and again for a moment
+    after (``transport/janitor.py``), as if this process had died."""
+    if is_clean:
+        with contextlib.suppress(OSError):
+            conn.send_bytes(b"bye")
     with contextlib.suppress(OSError):
-        conn.send_bytes(b"bye")
         conn.close()
     process.join(5.0)
     if process.is_alive():

@@ -16,6 +16,12 @@ task keeps its slot until it ends, so it is counted too. The page is an
 anonymous ``memfd`` passed to the child as an inherited descriptor, so it can
 neither leak nor be seen by another process; the kernel keeps its contents
 after the worker's death for the scheduler to read.
+
+A worker that is a thread of the scheduler's process (``processes=False``)
+shares plain anonymous memory instead (:meth:`ExecutingPage.in_process`): no
+descriptor at all, so none can outlive the cluster however late the worker's
+objects are garbage-collected (a ``memfd`` there stayed open until the cyclic
+garbage collector ran, one per cluster).
 """
 
 from __future__ import annotations
@@ -53,19 +59,37 @@ class ExecutingPage:
         is_new = fd is None
         if fd is None:
             fd = _anonymous_file(_SIZE)
-        self._map = mmap.mmap(fd, _SIZE)
+        # The mapping keeps a descriptor of its own (CPython's mmap dups it).
+        self._init(mmap.mmap(fd, _SIZE))
         if not is_new:
             os.close(fd)  # the worker never passes it on: no child inherits it
         self._fd = fd if is_new else -1
+
+    def _init(self, mapping: mmap.mmap) -> None:
+        self._map = mapping
+        self._fd = -1
         self._is_closed = False
-        self._slots = memoryview(self._map).cast("q")
+        self._slots = memoryview(mapping).cast("q")
         #: Free slot numbers (worker side); the last one is taken first.
         self._free = list(range(SLOTS, 0, -1))
+
+    @classmethod
+    def in_process(cls) -> tuple[ExecutingPage, ExecutingPage]:
+        """A page for a worker that is a thread of this process, without a
+        descriptor: ``(scheduler side, worker side)``, two views of the same
+        anonymous memory. Each side closes its own; the memory goes with the
+        last one, so the worker's task threads may outlive the scheduler's side.
+        """
+        mapping = mmap.mmap(-1, _SIZE)  # MAP_SHARED | MAP_ANONYMOUS: no file
+        sides = (cls.__new__(cls), cls.__new__(cls))
+        for side in sides:
+            side._init(mapping)
+        return sides
 
     def fileno(self) -> int:
         """The page's descriptor, to pass to a worker (scheduler side only)."""
         if self._fd < 0:
-            raise ValueError("this page's descriptor was closed once mapped")
+            raise ValueError("this page has no descriptor (in-process, or mapped)")
         return self._fd
 
     def start(self, run_id: int) -> int:
@@ -102,7 +126,7 @@ class ExecutingPage:
             return
         self._is_closed = True
         self._slots.release()
-        with contextlib.suppress(BufferError):
+        with contextlib.suppress(BufferError):  # the other in-process side's view
             self._map.close()
         if self._fd >= 0:
             with contextlib.suppress(OSError):

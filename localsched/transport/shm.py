@@ -56,10 +56,10 @@ import struct
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 from localsched.transport import pickling
+from localsched.transport.finalizers import Finalizer
 from localsched.transport.segment_files import (
     FALLBACK_LINK,
     NAME_PREFIX,
@@ -364,8 +364,10 @@ class BlobStore(_BlobSink):
         )
         self._memory_backed = is_memory_backed(self.directory)
         # Removes the directory, and the fallback and spill directories it links
-        # to, once the store is closed or garbage (never a forked child's).
-        self._finalizer = weakref.finalize(
+        # to, once the store is closed or garbage (never a forked child's). Not
+        # weakref.finalize: its exit hook ran before the cluster's (see
+        # localsched.transport.finalizers).
+        self._finalizer = Finalizer(
             self, _remove_directory, self.directory, os.getpid()
         )
         if self._memory_backed:
