@@ -35,15 +35,20 @@ def run(conn: Connection, directory: str) -> None:
     process exits without closing its cluster: that also means "clean up".
     """
 
+    # Read now as well as at the sweep: a close() that was not clean may have
+    # removed the directory, and its links, before a late worker recreated the
+    # fallback directory they named.
+    known = attached_directories(directory)
+
     def on_term(signum: int, frame: object) -> None:
-        remove_segments(directory)
+        remove_segments(directory, known)
         os._exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
         conn.recv_bytes()
     except (EOFError, OSError):
-        sweep_until_quiet(directory)
+        sweep_until_quiet(directory, known=known)
     finally:
         with contextlib.suppress(OSError):
             conn.close()
@@ -57,16 +62,18 @@ def sweep_until_quiet(
     directory: str,
     delays: tuple[float, ...] = RESWEEP_DELAYS,
     pause: Callable[[float], object] | None = None,
+    known: list[str] | None = None,
 ) -> list[str]:
     """Remove the segments now, and again after each delay; every path removed.
 
     ``pause(seconds)`` waits between sweeps (default: an event never set). The
     fallback directory a worker may make after the first sweep is found again:
-    its name is read before the first sweep removes the link to it.
+    its name is read before the first sweep removes the link to it. ``known``:
+    attached directories read earlier, swept too.
     """
     if pause is None:
         pause = threading.Event().wait
-    directories = [directory, *attached_directories(directory)]
+    directories = _with_attached(directory, known)
     removed = _remove_all(directories)
     for delay in delays:
         pause(delay)
@@ -74,10 +81,15 @@ def sweep_until_quiet(
     return removed
 
 
-def remove_segments(directory: str) -> list[str]:
+def remove_segments(directory: str, known: list[str] | None = None) -> list[str]:
     """Remove the cluster's ``directory`` with every segment in it, and its
     fallback and spill directories (see ``segment_files``); never raises."""
-    return _remove_all([directory, *attached_directories(directory)])
+    return _remove_all(_with_attached(directory, known))
+
+
+def _with_attached(directory: str, known: list[str] | None) -> list[str]:
+    found = [directory, *attached_directories(directory)]
+    return found + [path for path in known or () if path not in found]
 
 
 def _remove_all(directories: list[str]) -> list[str]:

@@ -184,11 +184,14 @@ def test_janitor_sweeps_after_a_close_that_was_not_clean(monkeypatch):
     segment), as it does when the program dies."""
     cluster = LocalCluster(n_workers=1, threads_per_worker=1)
     store = cluster.store
-    late = os.path.join(store.directory, f"{store.prefix}999999.0")
+    # The store's own directory goes with close(); what a late worker can still
+    # make is the disk fallback directory it links to, and a segment in it.
+    late = os.path.join(store.fallback_directory, f"{store.prefix}999999.0")
     close_store = store.close
 
     def close_then_write_late() -> None:
         close_store()
+        os.makedirs(store.fallback_directory, mode=0o700, exist_ok=True)
         with open(late, "wb") as f:
             f.write(b"written by a worker after the store closed")
 
@@ -207,3 +210,5 @@ def test_janitor_sweeps_after_a_close_that_was_not_clean(monkeypatch):
         assert poll(lambda: not cluster.runtime.is_running)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(late)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(store.fallback_directory)
