@@ -94,9 +94,7 @@ def test_a_key_another_client_wants_survives_the_close(tmp_path):
             mine = closing.submit(block, release, started, "value")
             theirs = staying.submit(block, release, started, "value")
             assert mine.key == theirs.key
-            queued = [
-                c.submit(make_bytes, 1 << 20, 7) for c in (closing, staying)
-            ]
+            queued = [c.submit(make_bytes, 1 << 20, 7) for c in (closing, staying)]
             assert queued[0].key == queued[1].key
             wait_for_file(started)
             closing.close()
