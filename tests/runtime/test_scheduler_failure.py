@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from localsched import Client, LocalCluster
+from localsched import Client, Event, LocalCluster
 from localsched.client import ClosedClientError
 from localsched.errors import SchedulerStoppedError
 from tests.runtime.helpers import (
@@ -202,5 +202,28 @@ def test_done_callback_submitting_while_the_cluster_closes_gets_an_error(tmp_pat
         assert isinstance(outcome[0], ClosedClientError), outcome
     finally:
         Path(release).touch()
+        client.close()
+        cluster.close()
+
+
+def test_scheduler_failure_wakes_coordination_waits():
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    client = Client(cluster, set_as_default=False)
+    try:
+        event = Event("never-set", client=client)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(event.wait, DEADLINE)
+            # Registered on the scheduler thread before the core breaks.
+            assert poll(lambda: getattr(cluster.runtime, "_coordination", None))
+            assert poll(lambda: cluster.runtime._coordination.waiters)
+            bug = _break_the_core(cluster)
+            client.submit(operator.neg, 1)
+            with pytest.raises(SchedulerStoppedError) as raised:
+                waiting.result(timeout=DEADLINE)
+        _check_stopped_error(raised.value, bug)
+        with pytest.raises(SchedulerStoppedError) as raised:
+            event.wait(DEADLINE)
+        _check_stopped_error(raised.value, bug)
+    finally:
         client.close()
         cluster.close()
