@@ -12,10 +12,12 @@ opens a client, submits work and closes it while that work still runs.
 Columns: ``rss`` of this process and the sum over the workers (MiB), open
 ``fds`` and ``threads`` of this process (and the workers' fds), the store's
 segments (count and allocated MiB, found from the store's own directories and
-prefix, so wherever the store keeps them), of which ``live`` values and the
-``pool`` of released segments kept for reuse (MiB, the store's counters),
-values the scheduler holds (``data``), tasks it knows (``tasks``), and the work
-done since the start.
+prefix, so wherever the store keeps them), of which ``live`` values, segments
+``lease``d to workers for their next results and the ``pool`` of released
+segments kept for reuse (MiB, from the store's own counters: the three should
+add up to ``shm``, and a difference is an accounting error), values the
+scheduler holds (``data``), tasks it knows (``tasks``), and the work done since
+the start.
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def sample(cluster: Any) -> dict[str, float]:
             process = psutil.Process(pid)
             workers_rss += process.memory_info().rss
             workers_fds += process.num_fds()
-    segments, segment_bytes = store_segments(cluster.store)
+    store = cluster.store
+    segments, segment_bytes = store_segments(store)
     runtime = cluster.runtime
     data, tasks = runtime.call(
         lambda: (len(runtime.data), len(cluster.scheduler.tasks))
@@ -193,9 +196,11 @@ def sample(cluster: Any) -> dict[str, float]:
         "threads": me.num_threads(),
         "segments": segments,
         "shm": segment_bytes / MiB,
-        # Of those, what live values hold and what the pool keeps for reuse.
-        "live": (cluster.store.spillable_bytes - cluster.store.free_bytes) / MiB,
-        "pool": cluster.store.free_bytes / MiB,
+        # The store's counters: live values, segments granted to workers for
+        # their next results, and released ones kept for reuse.
+        "live": (store.spillable_bytes - store.free_bytes) / MiB,
+        "leased": (store.memory_bytes - store.spillable_bytes) / MiB,
+        "pool": store.free_bytes / MiB,
         "data": data,
         "tasks": tasks,
     }
@@ -203,7 +208,8 @@ def sample(cluster: Any) -> dict[str, float]:
 
 HEADER = (
     f"{'t(s)':>6} {'rss':>7} {'w.rss':>7} {'fds':>4} {'w.fds':>5} {'thr':>4}"
-    f" {'segs':>5} {'shm':>7} {'live':>6} {'pool':>6} {'data':>5} {'tasks':>6}  done"
+    f" {'segs':>5} {'shm':>7} {'live':>6} {'lease':>6} {'pool':>6} {'data':>5}"
+    f" {'tasks':>6}  done"
 )
 
 
@@ -213,7 +219,8 @@ def line(elapsed: float, s: dict[str, float], work: Work) -> str:
     return (
         f"{elapsed:6.0f} {s['rss']:7.1f} {s['workers_rss']:7.1f} {s['fds']:4.0f}"
         f" {s['workers_fds']:5.0f} {s['threads']:4.0f} {s['segments']:5.0f}"
-        f" {s['shm']:7.1f} {s['live']:6.1f} {s['pool']:6.1f} {s['data']:5.0f}"
+        f" {s['shm']:7.1f} {s['live']:6.1f} {s['leased']:6.1f} {s['pool']:6.1f}"
+        f" {s['data']:5.0f}"
         f" {s['tasks']:6.0f}  {done}"
     )
 
@@ -275,7 +282,16 @@ def main() -> None:
         first, last = samples[1], samples[-1]  # the first one is before warm-up
         growth = ", ".join(
             f"{k} {first[k]:.1f} -> {last[k]:.1f}"
-            for k in ("rss", "workers_rss", "fds", "threads", "segments", "shm")
+            for k in (
+                "rss",
+                "workers_rss",
+                "fds",
+                "threads",
+                "segments",
+                "shm",
+                "leased",
+                "pool",
+            )
         )
         print(f"from the second sample to the last: {growth}")
     print(
