@@ -30,6 +30,7 @@ from localsched.client_control import ControlMixin, no_default
 from localsched.client_datasets import DatasetsMixin
 from localsched.client_plugins import PluginsMixin
 from localsched.cluster import LocalCluster
+from localsched.errors import ClosedClientError
 from localsched.future import Future, FutureState, wait
 from localsched.graph import (
     FunctionCache,
@@ -150,8 +151,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
     def _register(self) -> None:
         self._runtime.clients[self.id] = self._handle
-        self.cluster.scheduler.handle(
-            ev.ClientAdded(stimulus_id=f"client-added-{self.id}", client=self.id)
+        # Through the runtime, as every event: it carries out the commands.
+        self._runtime._handle(
+            [ev.ClientAdded(stimulus_id=f"client-added-{self.id}", client=self.id)]
         )
 
     @property
@@ -166,6 +168,11 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         state = states.get(key)
         if state is None:
             state = states[key] = FutureState(key)
+            runtime = self._runtime
+            if not runtime.is_running:
+                # The loop is gone and failed the states it saw (it stops
+                # before it fails them): nobody else will resolve this one.
+                state.set_error(runtime.stopped_error(), "")
         return state
 
     def _inc_ref(self, key: Key) -> None:
@@ -253,8 +260,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         return f"{funcname(func)}-{token}"
 
     def _check_running(self) -> None:
+        """Raise ``ClosedClientError`` if futures made now could never resolve."""
         if self.status != "running":
-            raise RuntimeError(f"Client {self.id} is {self.status}")
+            raise ClosedClientError(f"Client {self.id} is {self.status}")
+        runtime = self._runtime
+        if not runtime.is_running:
+            raise runtime.stopped_error()
 
     def submit(
         self,
@@ -629,22 +640,26 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         if getattr(self, "_drives_dask", False):
             self._drives_dask = False
             stop_using_localsched_for_dask()
-        if self._runtime.is_running:
-
-            def unregister() -> None:
-                self.cluster.scheduler.handle(
-                    ev.ClientRemoved(
-                        stimulus_id=f"client-removed-{self.id}", client=self.id
-                    )
+        runtime = self._runtime
+        if runtime.is_running:
+            # Posted like every event, so the runtime carries out the commands
+            # the core returns: queued tasks no other client wants are dropped
+            # on the workers, and their results freed. The call runs after it.
+            runtime.post(
+                ev.ClientRemoved(
+                    stimulus_id=f"client-removed-{self.id}", client=self.id
                 )
-                self._runtime.clients.pop(self.id, None)
-
+            )
             with contextlib.suppress(Exception):
-                self._runtime.call(unregister).result(timeout=timeout or 10)
+                runtime.call(lambda: runtime.clients.pop(self.id, None)).result(
+                    timeout=timeout or 10
+                )
         # As dask: the futures of a closed client are cancelled, so no thread
-        # waits for a result that can no longer come.
+        # waits for a result that can no longer come. After a failure of the
+        # scheduler thread they keep the error that says so.
         for state in list(self._handle.states.values()):
-            state.cancel("client-closed")
+            if runtime.failure is None or not state.done():
+                state.cancel("client-closed")
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=True)
         if self._owns_cluster:
@@ -760,4 +775,10 @@ def default_client() -> Client:
     raise ValueError("No clients found. Start a client with Client()")
 
 
-__all__ = ["Client", "TaskRef", "default_client", "fire_and_forget"]
+__all__ = [
+    "Client",
+    "ClosedClientError",
+    "TaskRef",
+    "default_client",
+    "fire_and_forget",
+]

@@ -24,6 +24,7 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from localsched.future import FutureState
 from localsched.memory import MemoryMonitor, MemoryThresholds, parse_memory_limit
 from localsched.preloading import start_scheduler, teardown_preloads
 from localsched.processes import start_janitor, start_worker
@@ -526,6 +527,11 @@ class LocalCluster:
             if self.runtime.is_running:
                 with contextlib.suppress(Exception):
                     handles = self.runtime.call(self._shutdown_workers).result(timeout)
+            elif self.runtime.failure is not None:
+                # The scheduler thread died (and told the workers to stop): nobody
+                # owns its state now, so this thread stops and reaps them itself.
+                self.runtime.stop(timeout)
+                handles = self._shutdown_workers()
             for handle in handles:
                 handle.process.join(max(0.0, timeout - (time.monotonic() - started)))
                 if handle.process.is_alive():
@@ -534,14 +540,17 @@ class LocalCluster:
             self.runtime.stop(timeout)
             # Futures of clients still attached can neither finish nor be read
             # now: cancel them all, as a dask client does when it loses its
-            # scheduler.
+            # scheduler (but a failure's futures keep the error that says why).
+            failed = self.runtime.failure is not None
             for client in list(self.runtime.clients.values()):
                 for state in list(client.states.values()):
+                    if failed and isinstance(state, FutureState) and state.done():
+                        continue
                     state.cancel("scheduler-connection-lost")
             self.scheduler.close()
             are_workers_gone = self._release_workers(handles)
             self.store.close()
-            is_clean = are_workers_gone
+            is_clean = are_workers_gone and not failed
         finally:
             if self._janitor is not None:
                 _stop_janitor(*self._janitor, is_clean=is_clean)

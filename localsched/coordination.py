@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
+from concurrent.futures import InvalidStateError
 from functools import partial
 from typing import Any
 
@@ -80,8 +81,17 @@ def _start_wait(
         if result is not DEFERRED:
             cell.set_result(result)
 
-    runtime.call(register)
+    registered = runtime.call(register)
+    # A loop that is gone never runs ``register``: its error is the answer.
+    registered.add_done_callback(partial(_fail_unregistered, cell))
     return cell, _identity
+
+
+def _fail_unregistered(cell: CellFuture[Any], registered: CellFuture[Any]) -> None:
+    error = registered.exception()
+    if error is not None and not cell.done():
+        with contextlib.suppress(InvalidStateError):  # answered meanwhile
+            cell.set_exception(error)
 
 
 def _identity(value: Any) -> Any:

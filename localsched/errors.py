@@ -102,3 +102,23 @@ class NoValidWorkerError(Exception):
             f"host_restrictions={hosts!r}, worker_restrictions={workers!r}, "
             f"resource_restrictions={resources!r}."
         )
+
+
+class ClosedClientError(RuntimeError):
+    """The client, or the cluster it is attached to, is closed.
+
+    dask's ``distributed.client.ClosedClientError``, raised by ``submit``,
+    ``map``, ``scatter`` and the other calls that would otherwise return futures
+    nobody can resolve. A ``RuntimeError``, as localsched raised before it had
+    this name.
+    """
+
+
+class SchedulerStoppedError(ClosedClientError):
+    """The scheduler thread stopped on an unexpected exception (its ``__cause__``).
+
+    Every future pending at that moment fails with it, and so does every later
+    call that needs the scheduler. The cluster cannot run anything more:
+    ``close()`` it (that still stops every worker and frees every segment) and
+    start a new one.
+    """

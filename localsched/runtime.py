@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future import FutureState, RemoteTraceback
 from localsched.runtime_handles import (
     ClientHandle,
@@ -130,6 +131,8 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = threading.Event()
+        #: The exception that ended the loop (None: running, or stopped by ``stop``).
+        self.failure: BaseException | None = None
         self._next_tick = 0.0
         self._poller = select.poll()
         self._poller.register(self._wakeup.fileno(), select.POLLIN)
@@ -159,11 +162,16 @@ class SchedulerRuntime(ClientRequests, Supervision):
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread after the current loop turn; idempotent."""
-        if self._thread is None or self._stopped.is_set():
+        """Stop the thread after the current loop turn; idempotent.
+
+        Also after the loop died on an exception: the wakeup pipe is closed
+        here, never by the loop, since clients may still post to it.
+        """
+        if self._thread is None:
             return
-        self._stopping = True
-        self._wakeup.set()
+        if not self._stopped.is_set():
+            self._stopping = True
+            self._wakeup.set()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._wakeup.close()
@@ -171,6 +179,24 @@ class SchedulerRuntime(ClientRequests, Supervision):
     @property
     def is_running(self) -> bool:
         return self._thread is not None and not self._stopped.is_set()
+
+    def stopped_error(self) -> ClosedClientError:
+        """What a call that needs the stopped loop raises: why it stopped.
+
+        ``SchedulerStoppedError`` (the loop's exception as its cause) after a
+        failure, else ``ClosedClientError``: the cluster was closed.
+        """
+        failure = self.failure
+        if failure is None:
+            return ClosedClientError(
+                "The scheduler thread is not running: the cluster is closed"
+            )
+        error = SchedulerStoppedError(
+            f"The scheduler thread stopped after an unexpected error: {failure!r}."
+            " Nothing more can run on this cluster; close it and start a new one"
+        )
+        error.__cause__ = failure
+        return error
 
     # -- posting from other threads ----------------------------------------------------
 
@@ -252,9 +278,7 @@ class SchedulerRuntime(ClientRequests, Supervision):
             except IndexError:
                 return
             if isinstance(item, tuple):
-                item[1].set_exception(
-                    RuntimeError("The scheduler thread is not running: cluster closed")
-                )
+                item[1].set_exception(self.stopped_error())
 
     def stimulus_id(self, name: str) -> str:
         return f"{name}-{next(self._stimulus_ids)}"
@@ -265,14 +289,48 @@ class SchedulerRuntime(ClientRequests, Supervision):
         try:
             while not self._stopping:
                 self._turn()
-        except BaseException:
+        except BaseException as exc:
+            # Not re-raised: every waiter gets it as the cause of its error.
+            self.failure = exc
             logger.exception("The scheduler thread failed")
-            raise
         finally:
             self._close_stderr_relays()
+            # After this, ``call`` and ``Client._state_for`` fail what they
+            # queue or create themselves: whatever came before is failed below.
             self._stopped.set()
             self._fail_calls()
             self._fail_runs()
+            if self.failure is not None:
+                self._fail_after_crash()
+
+    def _fail_after_crash(self) -> None:
+        """The loop died: fail every waiter at once and stop the workers.
+
+        Pending futures get :meth:`stopped_error`; so do coordination waits.
+        The workers are told to shut down, which also ends the waits of their
+        tasks' clients; ``LocalCluster.close`` joins them and frees the store.
+        """
+        error = self.stopped_error()
+        coordination = getattr(self, "_coordination", None)
+        if coordination is not None:
+            coordination.fail_all(error)
+        for client in list(self.clients.values()):
+            if isinstance(client, WorkerClientHandle):
+                continue  # its futures live in a worker, which stops below
+            for state in list(client.states.values()):
+                if state.done():
+                    continue
+                try:
+                    state.set_error(error, "")
+                except Exception:  # a done-callback's executor already shut
+                    logger.exception("Could not fail the future of %r", state.key)
+        reason = f"the scheduler thread stopped: {self.failure!r}"
+        for handle in self.workers.values():
+            handle.outbox.append(Shutdown(reason=reason))
+        try:
+            self._flush()
+        except Exception:
+            logger.exception("Could not tell the workers to stop")
 
     def _turn(self) -> None:
         now = time.monotonic()

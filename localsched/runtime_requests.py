@@ -159,12 +159,10 @@ class ClientRequests:
             del self._runs[run_id]
             run.cell.set_result(run.answers)
 
-    def _fail_runs(self) -> None:
+    def _fail_runs(self: SchedulerRuntime) -> None:
         runs, self._runs = self._runs, {}
         for run in runs.values():
-            run.cell.set_exception(
-                RuntimeError("The scheduler thread stopped: cluster closed")
-            )
+            run.cell.set_exception(self.stopped_error())
 
 
 class _PendingRun:

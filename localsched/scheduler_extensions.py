@@ -19,6 +19,7 @@ them in between.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -31,6 +32,8 @@ from localsched.transport import pickling
 
 if TYPE_CHECKING:
     from localsched.runtime import SchedulerRuntime
+
+logger = logging.getLogger("localsched.runtime")
 
 Key = Hashable
 
@@ -125,6 +128,16 @@ class Coordination:
                     del self.waiters[key]
                 return True
         return False
+
+    def fail_all(self, error: BaseException) -> None:
+        """Fail every waiter with ``error`` (the scheduler thread is stopping)."""
+        waiters, self.waiters = self.waiters, {}
+        for group in waiters.values():
+            for waiter in group.values():
+                try:
+                    waiter.fail(error)
+                except Exception:
+                    logger.exception("Could not fail a waiter of %r", waiter.client)
 
     def _wake(self, kind: str, name: Any) -> None:
         """Answer the waiters of ``(kind, name)`` whose condition now holds."""

@@ -229,3 +229,26 @@ def pause_then_add(hold: float, *values: int) -> int:
     """Task: occupy its thread ``hold`` seconds, then sum ``values``."""
     threading.Event().wait(hold)
     return sum(values)
+
+
+# -- client lifetime (test_client_close.py, test_scheduler_failure.py) ---------------
+
+
+def count_then_block(path: str, release: str, value: object) -> object:
+    """Task: ``count_call`` (one line per execution), then wait for ``release``."""
+    count_call(path, None)
+    wait_for_file(release, timeout=60.0)
+    return value
+
+
+def make_bytes(nbytes: int, fill: int = 1) -> bytearray:
+    """Task: a result of ``nbytes`` (shared memory from 64 KiB on)."""
+    return bytearray([fill]) * nbytes
+
+
+def wait_on_subtask(release: str, started: str) -> object:
+    """Task: submit ``block`` through the task's own client and wait for it."""
+    from localsched import get_client
+
+    inner = get_client().submit(block, release, started, "inner", pure=False)
+    return inner.result()
