@@ -228,7 +228,9 @@ def _processing(
 
 
 def _story(runtime: SchedulerRuntime, asker: ClientHandle, r: rq.Story) -> list[Any]:
-    return runtime.scheduler.story(*r.keys)
+    # Plain tuples, as dask's client receives them: they cross a pipe as they
+    # are (the core's record type would need the core to be unpickled).
+    return [tuple(entry) for entry in runtime.scheduler.story(*r.keys)]
 
 
 def _nbytes(
