@@ -244,3 +244,15 @@ def test_what_cannot_cross_the_pipe_fails_clearly_inside_a_task(client):
     assert out["status"] == "running"
     assert "the client of a task" in out["repr"]
     assert client.submit(inc, 1, pure=False).result(timeout=30) == 2  # still fine
+
+
+def compute_a_collection() -> int:
+    """Task: compute a dask collection through the task's client."""
+    import dask
+
+    total = dask.delayed(sum)([1, 2, 3])
+    return get_client().compute(total).result()
+
+
+def test_a_task_computes_a_dask_collection_with_its_client(client):
+    assert client.submit(compute_a_collection, pure=False).result(timeout=30) == 6
