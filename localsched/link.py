@@ -51,11 +51,16 @@ __all__ = ["LocalLink", "SchedulerLink", "settled"]
 class SchedulerLink(Protocol):
     """What a :class:`~localsched.client.Client` needs from the scheduler."""
 
-    #: The ``LocalCluster`` in this process, or None (a task's client).
-    cluster: LocalCluster | None
-    #: The link serves every task of its process, and so does its client: the
-    #: client's ``close()`` leaves it open (it closes with the worker).
-    is_shared: bool
+    @property
+    def cluster(self) -> LocalCluster | None:
+        """The ``LocalCluster`` in this process, or None (a task's client)."""
+        ...
+
+    @property
+    def is_shared(self) -> bool:
+        """The link serves every task of its process, and so does its client:
+        the client's ``close()`` leaves it open (it closes with the worker)."""
+        ...
 
     @property
     def is_running(self) -> bool:

@@ -31,12 +31,22 @@ import cloudpickle
 
 from localsched import requests as rq
 from localsched import restarting
-from localsched.plugin_keeper import KEEPER_NAME, add_message, keeper_of
+from localsched.plugin_keeper import (
+    KEEPER_NAME,
+    WorkerPluginKeeper,
+    add_message,
+    keeper_of,
+)
 from localsched.runtime_handles import ClientHandle, WorkerClientHandle, WorkerHandle
 from localsched.scheduler import events as ev
 from localsched.scheduler_extensions import DEFERRED, coordination_of
 from localsched.task_stream import task_stream_plugin
-from localsched.transport.protocol import LinkEvents, LinkReply, LinkRequest
+from localsched.transport.protocol import (
+    LinkEvents,
+    LinkReply,
+    LinkRequest,
+    RemovePlugin,
+)
 from localsched.transport.shm import BlobRef
 
 if TYPE_CHECKING:
@@ -356,10 +366,11 @@ def _add_worker_plugin(
 def _remove_worker_plugin(
     runtime: SchedulerRuntime, asker: ClientHandle, r: rq.RemoveWorkerPlugin
 ) -> CellFuture[Any]:
-    from localsched.transport.protocol import RemovePlugin
-
     keeper = runtime.scheduler.plugins.get(KEEPER_NAME)
-    if keeper is None or r.name not in keeper.worker_plugins:
+    if (
+        not isinstance(keeper, WorkerPluginKeeper)
+        or r.name not in keeper.worker_plugins
+    ):
         raise ValueError(f"The worker plugin {r.name} does not exist")
     del keeper.worker_plugins[r.name]
     name = r.name

@@ -113,7 +113,8 @@ class PipeLink:
 
     @staticmethod
     def serialize(value: Any) -> Payload:
-        return cloudpickle.dumps(value, protocol=5)
+        data: bytes = cloudpickle.dumps(value, protocol=5)
+        return data
 
     @staticmethod
     def release(payload: Payload) -> None:
@@ -155,7 +156,7 @@ class PipeLink:
             state.finish(message.payload)
         elif status == "error":
             try:
-                exception, text = cloudpickle.loads(message.payload)  # type: ignore[arg-type]
+                exception, text = cloudpickle.loads(message.payload)
             except Exception as exc:
                 exception, text = RuntimeError(f"the task failed: {exc!r}"), ""
             state.set_error(exception, text)
