@@ -51,7 +51,7 @@ def parse_interval(value: str | float | timedelta) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, str):
-        from localsched.client_control import _parse_timedelta
+        from localsched.task_stream import _parse_timedelta
 
         return _parse_timedelta(value)
     return float(value)
