@@ -3,7 +3,14 @@
 Client methods build task specs in the calling thread (functions pickled once,
 arguments once), post one event per call to the scheduler thread and return
 futures at once. They never touch scheduler state: waiting happens on the
-futures' states, which the scheduler thread resolves.
+futures' states, which the scheduler thread resolves, and everything else is a
+typed request (``localsched.requests``) answered on the scheduler thread.
+
+A client talks to the scheduler only through its link
+(``localsched.link.SchedulerLink``): a ``LocalLink`` in the process running the
+cluster, a ``PipeLink`` inside a worker (``get_client()`` in a task). The same
+class serves both, so every method works in both places, except the few that
+need the cluster object itself (listed in docs/api.md).
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from localsched import restarting
+from localsched import requests as rq
 from localsched.client_collections import (
     CollectionsMixin,
     stop_using_localsched_for_dask,
@@ -29,7 +36,6 @@ from localsched.client_collections import (
 from localsched.client_control import ControlMixin, no_default
 from localsched.client_datasets import DatasetsMixin
 from localsched.client_plugins import PluginsMixin
-from localsched.cluster import LocalCluster
 from localsched.errors import ClosedClientError
 from localsched.future import Future, FutureState, wait
 from localsched.graph import (
@@ -42,12 +48,15 @@ from localsched.graph import (
     replace_futures,
     worker_restrictions,
 )
-from localsched.runtime import ClientHandle
 from localsched.scheduler import events as ev
-from localsched.scheduler.stimuli import validate_key
+from localsched.scheduler.events import validate_key
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
 from localsched.units import parse_timedelta
+
+if TYPE_CHECKING:
+    from localsched.cluster import LocalCluster
+    from localsched.link import SchedulerLink
 
 Key = Hashable
 
@@ -85,6 +94,11 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         (``dask.compute``, ``x.compute()``) until it closes.
     name
         Prefix of the client id.
+    link
+        Not in dask: talk to the scheduler through this
+        :class:`~localsched.link.SchedulerLink` instead of a cluster's (the
+        client of a task is a ``Client`` on the worker's pipe link; tests use
+        a fake one).
     **kwargs
         Passed to ``LocalCluster`` when the client starts one (``n_workers``,
         ``threads_per_worker``, ``memory_limit``, ...).
@@ -116,31 +130,43 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         security: Any = None,
         asynchronous: bool = False,
         name: str | None = None,
+        *,
+        link: SchedulerLink | None = None,
         **kwargs: Any,
     ) -> None:
         if asynchronous:
             raise ValueError(
                 "localsched's Client is synchronous; asynchronous=True is not supported"
             )
-        self.id = f"{name or 'Client'}-{uuid.uuid4()}"
-        self._owns_cluster = address is None
-        self.cluster = LocalCluster(**kwargs) if address is None else address
-        if not isinstance(self.cluster, LocalCluster):
-            raise TypeError(
-                f"Client needs a LocalCluster, got {type(address).__name__}"
-            )
-        self._runtime = self.cluster.runtime
-        self._store = self.cluster.store
-        self._handle = ClientHandle(self.id)
-        # Weakly: the runtime holds the handle, and a dropped client must go away.
-        self._handle.on_restart = weakref.WeakMethod(self._on_restart)  # type: ignore[attr-defined]
+        self._owns_cluster = address is None and link is None
+        if link is None:
+            from localsched.cluster import LocalCluster
+            from localsched.link import LocalLink
+
+            cluster = LocalCluster(**kwargs) if address is None else address
+            if not isinstance(cluster, LocalCluster):
+                raise TypeError(
+                    f"Client needs a LocalCluster, got {type(address).__name__}"
+                )
+            link = LocalLink(cluster)
+        self._link = link
+        #: The ``LocalCluster`` in this process; None for a task's client.
+        self.cluster = link.cluster
+        #: key -> state of this client's futures (resolved by the scheduler).
+        self._states: dict[Key, FutureState] = {}
         self._lock = threading.Lock()
         self._refcount: dict[Key, int] = {}
         #: Bumped by ``restart``: futures of older generations release nothing.
         self.generation = 0
         self._functions = FunctionCache()
         self._callbacks: ThreadPoolExecutor | None = None
-        self._runtime.call(self._register).result(timeout=timeout)
+        # Weakly: the scheduler keeps the hook, and a dropped client must go away.
+        self.id = link.connect(
+            f"{name or 'Client'}-{uuid.uuid4()}",
+            self._states,
+            weakref.WeakMethod(self._on_restart),
+            timeout,
+        )
         self.status = "running"
         #: This client made dask's collections run on localsched (until close).
         self._drives_dask = False
@@ -149,30 +175,36 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 _current[next(_current_index)] = self
             self._drives_dask = use_localsched_for_dask()
 
-    def _register(self) -> None:
-        self._runtime.clients[self.id] = self._handle
-        # Through the runtime, as every event: it carries out the commands.
-        self._runtime._handle(
-            [ev.ClientAdded(stimulus_id=f"client-added-{self.id}", client=self.id)]
-        )
-
     @property
     def scheduler(self) -> Any:
-        """The cluster's ``Scheduler`` object (same process)."""
+        """The cluster's ``Scheduler`` object (same process).
+
+        Raises
+        ------
+        AttributeError
+            Inside a task: the scheduler lives in another process (ask it with
+            ``scheduler_info``, ``run_on_scheduler`` and the like instead).
+        """
+        if self.cluster is None:
+            raise AttributeError(
+                "A task's client has no in-process Scheduler object: the "
+                "scheduler runs in the cluster's process. Use scheduler_info(), "
+                "who_has(), run_on_scheduler() and the like instead"
+            )
         return self.cluster.scheduler
 
     # -- futures bookkeeping ------------------------------------------------------
 
     def _state_for(self, key: Key) -> FutureState:
-        states = self._handle.states
+        states = self._states
         state = states.get(key)
         if state is None:
             state = states[key] = FutureState(key)
-            runtime = self._runtime
-            if not runtime.is_running:
+            link = self._link
+            if not link.is_running:
                 # The loop is gone and failed the states it saw (it stops
                 # before it fails them): nobody else will resolve this one.
-                state.set_error(runtime.stopped_error(), "")
+                state.set_error(link.stopped_error(), "")
         return state
 
     def _inc_ref(self, key: Key) -> None:
@@ -185,7 +217,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         with self._lock:
             self.generation += 1
             self._refcount.clear()
-            self._handle.states.clear()
+            self._states.clear()
 
     def _dec_ref(self, key: Key) -> None:
         with self._lock:
@@ -194,18 +226,18 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 self._refcount[key] = count
                 return
             self._refcount.pop(key, None)
-            self._handle.states.pop(key, None)
+            self._states.pop(key, None)
         if self.status == "running":
-            self._runtime.post(
+            self._link.post(
                 ev.ClientReleasesKeys(
-                    stimulus_id=self._runtime.stimulus_id("client-releases-keys"),
+                    stimulus_id=self._link.stimulus_id("client-releases-keys"),
                     client=self.id,
                     keys=(key,),
                 )
             )
 
     def _load_result(self, key: Key) -> Any:
-        return self._runtime.load_result(key)
+        return self._link.load_result(key)
 
     def _callback_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -231,7 +263,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 f"Could not serialize the function {funcname(func)!r}: {exc}"
             ) from exc
         try:
-            payload = self._store.serialize((args, kwargs))
+            payload = self._link.serialize((args, kwargs))
         except Exception as exc:
             raise TypeError(
                 f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
@@ -263,9 +295,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         """Raise ``ClosedClientError`` if futures made now could never resolve."""
         if self.status != "running":
             raise ClosedClientError(f"Client {self.id} is {self.status}")
-        runtime = self._runtime
-        if not runtime.is_running:
-            raise runtime.stopped_error()
+        if not self._link.is_running:
+            raise self._link.stopped_error()
 
     def submit(
         self,
@@ -324,12 +355,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         with self._lock:
             already = key in self._refcount
         if already:
-            _release_unused(self._store, spec)
+            self._link.release(spec.args)
             return Future(key, self)
         future = Future(key, self)
         if isinstance(spec.args, BlobRef):
-            self._runtime.arg_blobs_pending.append((key, spec))
-        self._runtime.post(
+            self._link.track_arguments(key, spec)
+        self._link.post(
             self._graph_event(
                 {key: spec},
                 {key: spec.dependencies},
@@ -394,7 +425,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 if prefix is not None:
                     k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
             if k in tasks:
-                _release_unused(self._store, spec)
+                self._link.release(spec.args)
             else:
                 tasks[k] = spec
                 dependencies[k] = spec.dependencies
@@ -405,9 +436,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         futures = [Future(k, self) for k in out_keys]
         for k, spec in new.items():
             if isinstance(spec.args, BlobRef):
-                self._runtime.arg_blobs_pending.append((k, spec))
+                self._link.track_arguments(k, spec)
         if new:
-            self._runtime.post(
+            self._link.post(
                 self._graph_event(
                     new,
                     {k: dependencies[k] for k in new},
@@ -437,7 +468,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     ) -> ev.UpdateGraph:
         restrictions = worker_restrictions(tasks, workers)
         return ev.UpdateGraph(
-            stimulus_id=self._runtime.stimulus_id("update-graph"),
+            stimulus_id=self._link.stimulus_id("update-graph"),
             client=self.id,
             tasks=tasks,
             dependencies=dependencies,
@@ -449,6 +480,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             resources={key: dict(resources) for key in tasks} if resources else None,
             retries=retries,
             time=time.time(),
+            submitting_task=self._link.current_task(),
         )
 
     # -- results ---------------------------------------------------------------------
@@ -475,7 +507,16 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         found: dict[Key, Future] = {}
         replace_futures(futures, _is_future, found)
         wait(list(found.values()))
-        return gathered(futures, _is_future, _result_of, errors)
+        # One load for every finished key: a single round trip from a task.
+        finished = [k for k, f in found.items() if f.status == "finished"]
+        values = self._link.load_results(finished) if finished else {}
+
+        def value_of(future: Future) -> Any:
+            if future.status == "finished" and future.key in values:
+                return values[future.key]
+            return future.result()
+
+        return gathered(futures, _is_future, value_of, errors)
 
     def scatter(
         self,
@@ -490,37 +531,24 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         """Move data into the cluster; return futures in the same structure.
 
         Large values go straight into shared memory; every worker reads them from
-        there, so ``broadcast`` needs no copies.
+        there, so ``broadcast`` needs no copies. (From inside a task values
+        travel inline over the worker's pipe: scatter small ones there.)
         """
         self._check_running()
         # As dask: exact types, so a dict or list subclass is one opaque value;
         # a namedtuple is unpacked and comes back as its own type.
-        prepared, rebuild = prepare_scatter(data, self._store.serialize, hash)
+        prepared, rebuild = prepare_scatter(data, self._link.serialize, hash)
         states = {key: self._state_for(key) for key, _ in prepared}
         futures = {key: Future(key, self, state) for key, state in states.items()}
         names = (
             None
             if workers is None
-            else ([workers] if isinstance(workers, str | Number) else list(workers))
+            else (workers,)
+            if isinstance(workers, str | Number)
+            else tuple(workers)
         )
-
-        def install() -> None:
-            scheduler = self.cluster.scheduler
-            targets = (
-                scheduler.workers_list(names) if names else list(scheduler.workers)
-            )
-            who_has: dict[Key, str | None] = {}
-            for i, (key, payload) in enumerate(prepared):
-                old = self._runtime.data.get(key)
-                if old is not None:
-                    _release_payload(self._store, payload)
-                else:
-                    self._runtime.data[key] = payload
-                who_has[key] = targets[i % len(targets)] if targets else None
-            nbytes = {key: _payload_size(p) for key, p in prepared}
-            scheduler.update_data(who_has=who_has, nbytes=nbytes, client=self.id)
-
-        self._runtime.call(install).result(timeout=timeout)
+        request = rq.Scatter(data=tuple(prepared), workers=names)
+        self._link.request(request).result(timeout=timeout)
         return rebuild(futures)
 
     # -- control -----------------------------------------------------------------------
@@ -546,18 +574,19 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         replace_futures(futures, _is_future, found)
         if not found:
             return
-        runtime = self._runtime
-        event = ev.CancelRequested(
-            stimulus_id=runtime.stimulus_id("cancel"),
-            client=self.id,
-            keys=list(found),
-            force=force,
-        )
+        link = self._link
         if force:
-            runtime.call(lambda: restarting.force_cancel(runtime, event)).result()
+            link.request(rq.ForceCancel(keys=tuple(found))).result()
             return
-        runtime.post(event)
-        runtime.call(lambda: None).result()
+        link.post(
+            ev.CancelRequested(
+                stimulus_id=link.stimulus_id("cancel"),
+                client=self.id,
+                keys=list(found),
+                force=False,
+            )
+        )
+        link.request(rq.Ping()).result()
 
     def restart(
         self, timeout: str | float | Any = no_default, wait_for_workers: bool = True
@@ -574,18 +603,18 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         self._check_running()
         seconds = 120.0 if timeout is no_default else parse_timedelta(timeout, "s")
         deadline = time.monotonic() + seconds
-        runtime = self._runtime
-        old = runtime.call(lambda: restarting.restart(runtime, self.id)).result(seconds)
-        workers = self.cluster.scheduler.workers
+        link = self._link
+        old = set(link.request(rq.Restart()).result(seconds))
 
         def done() -> bool:
-            current = set(workers)
+            left = max(0.0, deadline - time.monotonic())
+            current = set(link.request(rq.WorkerStatus()).result(left))
             if current & old:
                 return False
             return not wait_for_workers or len(current) >= len(old)
 
         pause = threading.Event()
-        while not runtime.call(done).result(max(0.0, deadline - time.monotonic())):
+        while not done():
             if time.monotonic() > deadline:
                 what = "come back" if wait_for_workers else "shut down"
                 raise TimeoutError(
@@ -597,14 +626,15 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         """Run erred futures again (and the erred tasks they depend on)."""
         found: dict[Key, Future] = {}
         replace_futures(futures, _is_future, found)
-        self._runtime.post(
+        link = self._link
+        link.post(
             ev.RetryRequested(
-                stimulus_id=self._runtime.stimulus_id("retry"),
+                stimulus_id=link.stimulus_id("retry"),
                 client=self.id,
                 keys=list(found),
             )
         )
-        self._runtime.call(lambda: None).result()
+        link.request(rq.Ping()).result()
 
     def futures_of(self, obj: Any) -> list[Future]:
         """Futures held in ``obj`` (see ``localsched.futures_of``)."""
@@ -616,18 +646,32 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         self, keys: Collection[Key] | None = None, summary: bool = True
     ) -> dict[Any, int]:
         """Result sizes in bytes by key, or summed by key prefix if ``summary``."""
-        return self._runtime.call(
-            lambda: self.cluster.scheduler.get_nbytes(keys, summary=summary)
-        ).result()
+        selected = None if keys is None else tuple(keys)
+        return self._link.request(rq.NBytes(keys=selected, summary=summary)).result()
 
     def shutdown(self) -> None:
-        """Close the client and its cluster, even one it did not start (dask)."""
+        """Close the client and its cluster, even one it did not start (dask).
+
+        Raises
+        ------
+        RuntimeError
+            Inside a task: the cluster belongs to the process that started it.
+        """
+        if self.cluster is None:
+            raise RuntimeError(
+                "A task cannot shut its cluster down: the cluster belongs to the "
+                "process that started it"
+            )
         self.close()
         self.cluster.close()
 
     def close(self, timeout: float | None = None) -> None:
-        """Release every future of this client; close the cluster it started."""
-        if self.status in ("closing", "closed"):
+        """Release every future of this client; close the cluster it started.
+
+        A task's client (``get_client()`` in a task) is shared by the worker's
+        tasks and closes with its worker: closing it does nothing.
+        """
+        if self.status in ("closing", "closed") or self._link.is_shared:
             return
         self.status = "closing"
         bars = sys.modules.get("localsched.diagnostics.progressbar")
@@ -640,25 +684,19 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         if getattr(self, "_drives_dask", False):
             self._drives_dask = False
             stop_using_localsched_for_dask()
-        runtime = self._runtime
-        if runtime.is_running:
-            # Posted like every event, so the runtime carries out the commands
-            # the core returns: queued tasks no other client wants are dropped
-            # on the workers, and their results freed. The call runs after it.
-            runtime.post(
-                ev.ClientRemoved(
-                    stimulus_id=f"client-removed-{self.id}", client=self.id
-                )
-            )
+        if self._link.is_running:
             with contextlib.suppress(Exception):
-                runtime.call(lambda: runtime.clients.pop(self.id, None)).result(
-                    timeout=timeout or 10
-                )
+                # Runs the client's removal through the runtime like every
+                # event, so the commands the core returns are carried out:
+                # queued tasks no other client wants are dropped on the
+                # workers, and their results freed.
+                self._link.disconnect(timeout or 10)
         # As dask: the futures of a closed client are cancelled, so no thread
         # waits for a result that can no longer come. After a failure of the
         # scheduler thread they keep the error that says so.
-        for state in list(self._handle.states.values()):
-            if runtime.failure is None or not state.done():
+        has_failed = self._link.has_failed
+        for state in list(self._states.values()):
+            if not has_failed or not state.done():
                 state.cancel("client-closed")
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=True)
@@ -682,6 +720,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 stop_using_localsched_for_dask()
 
     def __repr__(self) -> str:
+        if self.cluster is None:
+            return f"<Client: {self.id!r} (the client of a task)>"
         workers = self.cluster.scheduler.workers
         threads = sum(ws.nthreads for ws in workers.values())
         return f"<Client: {self.id!r} processes={len(workers)} threads={threads}>"
@@ -715,23 +755,6 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         return client_rich(self)
 
 
-def _result_of(future: Future) -> Any:
-    return future.result()
-
-
-def _payload_size(payload: bytes | BlobRef) -> int:
-    return payload.nbytes if isinstance(payload, BlobRef) else len(payload)
-
-
-def _release_payload(store: Any, payload: bytes | BlobRef) -> None:
-    if isinstance(payload, BlobRef):
-        store.release(payload)
-
-
-def _release_unused(store: Any, spec: TaskSpec) -> None:
-    _release_payload(store, spec.args)
-
-
 def fire_and_forget(obj: Any) -> None:
     """Run tasks at least once, even if we release the futures.
 
@@ -756,10 +779,10 @@ def fire_and_forget(obj: Any) -> None:
         entry = by_client.setdefault(id(future.client), (future.client, []))
         entry[1].append(future.key)
     for client, keys in by_client.values():
-        runtime = client._runtime
-        runtime.post(
+        link = client._link
+        link.post(
             ev.ClientDesiresKeys(
-                stimulus_id=runtime.stimulus_id("client-desires-keys"),
+                stimulus_id=link.stimulus_id("client-desires-keys"),
                 client="fire-and-forget",
                 keys=tuple(keys),
             )

@@ -5,35 +5,33 @@
 ``wait_for_workers``, ``set_metadata``/``get_metadata`` and ``run``, with
 ``distributed.Client``'s signatures and return shapes.
 
-Every read runs on the scheduler thread (``runtime.call``), so it sees one
-consistent state and never races the core. The mixin needs from its host only
-``self._runtime``, ``self.cluster``, ``self.scheduler`` and ``self.id``.
+Each method sends one typed request (``localsched.requests``) through the
+client's link; the request handler answers it on the scheduler thread, so it
+sees one consistent state and never races the core. The same methods work in
+the user's process and inside a task. The mixin needs from its host only
+``self._link`` and ``self.cluster``.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import cloudpickle
+
+from localsched import requests as rq
 from localsched.future import Future
 from localsched.graph import replace_futures
-from localsched.plugins import SchedulerPlugin
-from localsched.units import parse_timedelta
+from localsched.transport import pickling
 
 Key = Hashable
 
 #: dask's ``dask.utils.no_default`` (the same value, so either works here).
 no_default = "__no_default__"
 
-#: Records the task stream keeps (dask's ``task-stream-length`` default).
-TASK_STREAM_LENGTH = 100_000
-TASK_STREAM_PLUGIN = "task-stream"
-
-__all__ = ["ControlMixin", "TaskStreamPlugin", "get_task_stream", "no_default"]
+__all__ = ["ControlMixin", "get_task_stream", "no_default"]
 
 
 def _is_future(obj: object) -> bool:
@@ -51,125 +49,13 @@ def _keys_of(futures: Any) -> list[Key]:
     return list(found)
 
 
-def _worker_list(workers: Any) -> list[Any] | None:
+def _worker_list(workers: Any) -> tuple[Any, ...] | None:
     """dask's normalisation: one address becomes a list of one."""
     if workers is None:
         return None
     if isinstance(workers, list | tuple | set | frozenset):
-        return list(workers)
-    return [workers]
-
-
-class TaskStreamPlugin(SchedulerPlugin):
-    """Records every task that left ``processing`` (dask's ``TaskStreamPlugin``).
-
-    The hook only appends to a bounded deque; records are shaped for users when
-    collected. ``index`` counts every record ever appended, a cursor for the
-    ``get_task_stream`` context manager.
-    """
-
-    name = TASK_STREAM_PLUGIN
-    idempotent = True
-
-    def __init__(self, scheduler: Any = None, maxlen: int | None = None) -> None:
-        self.scheduler = scheduler
-        self.buffer: deque[tuple[Key, str, dict[str, Any]]] = deque(
-            maxlen=maxlen or TASK_STREAM_LENGTH
-        )
-        self.index = 0
-
-    def transition(
-        self, key: Key, start: str, finish: str, *args: Any, **kwargs: Any
-    ) -> None:
-        if start == "processing" and finish in ("memory", "erred"):
-            self.buffer.append((key, finish, kwargs))
-            self.index += 1
-
-    def collect(
-        self,
-        start: float | str | None = None,
-        stop: float | str | None = None,
-        count: int | None = None,
-        start_index: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Records by buffer position, or by stop time (dask's ``collect``)."""
-        buffer = self.buffer
-        if start_index is not None:
-            first = max(0, min(start_index - (self.index - len(buffer)), len(buffer)))
-            return [_record(buffer[i]) for i in range(first, len(buffer))]
-
-        def bisect(target: float) -> int:
-            left, right = 0, len(buffer)
-            while left != right:
-                mid = (left + right) // 2
-                if _last_stop(buffer[mid]) < target:
-                    left = mid + 1
-                else:
-                    right = mid
-            return left
-
-        lo = None if start is None else bisect(_timestamp(start))
-        hi = None if stop is None else bisect(_timestamp(stop))
-        if count is not None:
-            if lo is None and hi is None:
-                hi = len(buffer)
-                lo = hi - count
-            elif lo is None:
-                lo = hi - count  # type: ignore[operator]
-            elif hi is None:
-                hi = lo + count
-        lo = max(0, 0 if lo is None else lo)
-        hi = min(len(buffer), len(buffer) if hi is None else hi)
-        return [_record(buffer[i]) for i in range(lo, hi)]
-
-
-def _timestamp(value: float | str) -> float:
-    """A ``time()`` value, or a delay before now such as ``"60s"``."""
-    if isinstance(value, str):
-        return time.time() - parse_timedelta(value)
-    return float(value)
-
-
-def _last_stop(entry: tuple[Key, str, dict[str, Any]]) -> float:
-    startstops = entry[2].get("startstops") or ()
-    return max((s[2] for s in startstops), default=0.0)
-
-
-def _record(entry: tuple[Key, str, dict[str, Any]]) -> dict[str, Any]:
-    key, finish, kwargs = entry
-    record: dict[str, Any] = {
-        "key": key,
-        "worker": kwargs.get("worker"),
-        "status": "OK" if finish == "memory" else "error",
-        "startstops": [
-            {"action": action, "start": begin, "stop": end}
-            for action, begin, end in kwargs.get("startstops") or ()
-        ],
-    }
-    for name in ("nbytes", "type", "stimulus_id", "exception_text"):
-        if kwargs.get(name) is not None:
-            record[name] = kwargs[name]
-    return record
-
-
-def _task_stream_plugin(scheduler: Any) -> TaskStreamPlugin:
-    """The scheduler's task stream plugin, registered on first use."""
-    plugin = scheduler.plugins.get(TASK_STREAM_PLUGIN)
-    if not isinstance(plugin, TaskStreamPlugin):
-        plugin = TaskStreamPlugin(scheduler)
-        scheduler.add_plugin(plugin, name=TASK_STREAM_PLUGIN)
-    return plugin
-
-
-def _worker_identity(ws: Any) -> dict[str, Any]:
-    """dask's ``WorkerState.identity()`` keys."""
-    return {
-        **ws.identity(),
-        "name": ws.name,
-        "last_seen": ws.last_seen,
-        "services": {},
-        "nanny": None,
-    }
+        return tuple(workers)
+    return (workers,)
 
 
 def _address_order(address: str) -> tuple[str, int]:
@@ -181,14 +67,12 @@ def _address_order(address: str) -> tuple[str, int]:
 class ControlMixin:
     """Cluster inspection and control methods of ``Client``."""
 
-    _runtime: Any
+    _link: Any
     cluster: Any
-    scheduler: Any
-    id: str
 
-    def _on_scheduler(self, function: Callable[[], Any]) -> Any:
-        """Run ``function()`` on the scheduler thread; its result or exception."""
-        return self._runtime.call(function).result()
+    def _ask(self, request: rq.Request, timeout: float | None = None) -> Any:
+        """Send ``request`` through the link; the answer (or raise its error)."""
+        return self._link.request(request).result(timeout)
 
     # -- information -----------------------------------------------------------------
 
@@ -208,22 +92,7 @@ class ControlMixin:
             address -> ``nthreads``, ``memory_limit``, ``name``, ``host``,
             ``resources``, ``metrics``, ``status``, ``type``, ...
         """
-
-        def identity() -> dict[str, Any]:
-            scheduler = self.scheduler
-            workers = list(scheduler.workers.values())
-            if n_workers != -1:
-                workers = workers[: max(n_workers, 0)]
-            info = scheduler.identity()
-            info["n_workers"] = len(scheduler.workers)
-            info["total_threads"] = scheduler.total_nthreads
-            info["total_memory"] = sum(
-                ws.memory_limit or 0 for ws in scheduler.workers.values()
-            )
-            info["workers"] = {ws.address: _worker_identity(ws) for ws in workers}
-            return info
-
-        return self._on_scheduler(identity)
+        return self._ask(rq.SchedulerInfo(n_workers=n_workers))
 
     def nthreads(self, workers: Any = None, **kwargs: Any) -> dict[str, int]:
         """Threads of each worker (all, or those named), by address.
@@ -231,20 +100,7 @@ class ControlMixin:
         >>> client.nthreads()  # doctest: +SKIP
         {'local://123/0': 1, 'local://123/1': 1}
         """
-        names = _worker_list(workers)
-
-        def count() -> dict[str, int]:
-            scheduler = self.scheduler
-            if names is None:
-                return {a: ws.nthreads for a, ws in scheduler.workers.items()}
-            addresses = map(scheduler.coerce_address, names)
-            return {
-                a: scheduler.workers[a].nthreads
-                for a in addresses
-                if a in scheduler.workers
-            }
-
-        return self._on_scheduler(count)
+        return self._ask(rq.NThreads(workers=_worker_list(workers)))
 
     ncores = nthreads
 
@@ -254,53 +110,21 @@ class ControlMixin:
         A result in shared memory outlives the worker that wrote it; once that
         worker is gone its list is empty although the result is still there.
         """
-        keys = None if futures is None else _keys_of(futures)
-
-        def collect() -> dict[Key, list[str]]:
-            tasks = self.scheduler.tasks
-            if keys is None:
-                return {
-                    key: [ws.address for ws in ts.who_has]
-                    for key, ts in tasks.items()
-                    if ts.state == "memory"
-                }
-            return {
-                key: [ws.address for ws in tasks[key].who_has] if key in tasks else []
-                for key in keys
-            }
-
-        return self._on_scheduler(collect)
+        keys = None if futures is None else tuple(_keys_of(futures))
+        return self._ask(rq.WhoHas(keys=keys))
 
     def has_what(self, workers: Any = None, **kwargs: Any) -> dict[str, list[Key]]:
         """Keys whose results each worker holds, by address."""
-        return self._per_worker(workers, lambda ws: [ts.key for ts in ws.has_what])
+        return self._ask(rq.HasWhat(workers=_worker_list(workers)))
 
     def processing(self, workers: Any = None) -> dict[str, list[Key]]:
         """Keys each worker is running or has queued, by address."""
-        return self._per_worker(workers, lambda ws: [ts.key for ts in ws.processing])
-
-    def _per_worker(
-        self, workers: Any, keys_of: Callable[[Any], list[Key]]
-    ) -> dict[str, list[Key]]:
-        names = _worker_list(workers)
-
-        def collect() -> dict[str, list[Key]]:
-            scheduler = self.scheduler
-            if names is None:
-                return {a: keys_of(ws) for a, ws in scheduler.workers.items()}
-            out = {}
-            for name in names:
-                address = scheduler.coerce_address(name)
-                ws = scheduler.workers.get(address)
-                out[address] = [] if ws is None else keys_of(ws)
-            return out
-
-        return self._on_scheduler(collect)
+        return self._ask(rq.Processing(workers=_worker_list(workers)))
 
     def story(self, *keys_or_stimuli: Any, on_error: str = "raise") -> list[Any]:
         """Every logged transition of these keys (or futures) or stimulus ids."""
-        keys = [k.key if _is_future(k) else k for k in keys_or_stimuli]
-        return self._on_scheduler(lambda: self.scheduler.story(*keys))
+        keys = tuple(k.key if _is_future(k) else k for k in keys_or_stimuli)
+        return self._ask(rq.Story(keys=keys))
 
     # -- running things -------------------------------------------------------------
 
@@ -311,26 +135,15 @@ class ControlMixin:
 
         A function with a ``dask_scheduler`` parameter receives the ``Scheduler``
         there. Its exception is raised here. A coroutine function is run to
-        completion on a private event loop.
+        completion on a private event loop. From inside a task the function,
+        its arguments and its result cross the worker's pipe (cloudpickled).
 
         >>> def n_tasks(dask_scheduler=None):
         ...     return len(dask_scheduler.tasks)
         >>> client.run_on_scheduler(n_tasks)  # doctest: +SKIP
         0
         """
-
-        def call() -> Any:
-            result = self.scheduler.run_function(function, args, kwargs)
-            if inspect.isawaitable(result):
-                import asyncio
-
-                async def finish() -> Any:
-                    return await result
-
-                result = asyncio.run(finish())
-            return result
-
-        return self._on_scheduler(call)
+        return self._ask(rq.RunOnScheduler(function=function, args=args, kwargs=kwargs))
 
     def run(
         self,
@@ -380,24 +193,13 @@ class ControlMixin:
                 "workers from this process); run with nanny=False, or use "
                 "run_on_scheduler for this process"
             )
-        import cloudpickle
-
-        from localsched.transport import pickling
-
-        function_bytes = pickling.dumps(function, protocol=5)
-        args_bytes = pickling.dumps((args, kwargs), protocol=5)
-        names = _worker_list(workers)
-
-        def start() -> Any:
-            scheduler = self.scheduler
-            addresses = (
-                list(scheduler.workers)
-                if names is None
-                else scheduler.workers_list(names)
+        cell = self._link.request(
+            rq.RunOnWorkers(
+                function=pickling.dumps(function, protocol=5),
+                args=pickling.dumps((args, kwargs), protocol=5),
+                workers=_worker_list(workers),
             )
-            return self._runtime.start_run(function_bytes, args_bytes, addresses)
-
-        cell = self._on_scheduler(start)
+        )
         if not wait:
             return None
         answers = cell.result()
@@ -405,7 +207,7 @@ class ControlMixin:
             # A worker left mid-call: its answer came before the scheduler had
             # removed it; one round trip lets that finish, so what the caller
             # sees next (nthreads, wait_for_workers) no longer lists it.
-            self._on_scheduler(lambda: None)
+            self._ask(rq.Ping())
         results: dict[str, Any] = {}
         for address in sorted(answers, key=_address_order):
             ok, payload, traceback_text = answers[address]
@@ -463,19 +265,13 @@ class ControlMixin:
                 "localsched cannot plot the task stream; call get_task_stream() "
                 "without plot= and plot its records (key, worker, startstops)"
             )
-        return self._on_scheduler(
-            lambda: _task_stream_plugin(self.scheduler).collect(
-                start=start, stop=stop, count=count
-            )
-        )
+        return self._ask(rq.TaskStream(start=start, stop=stop, count=count))
 
     def _task_stream_index(self) -> int:
-        return self._on_scheduler(lambda: _task_stream_plugin(self.scheduler).index)
+        return self._ask(rq.TaskStreamIndex())
 
     def _task_stream_since(self, index: int) -> list[dict[str, Any]]:
-        return self._on_scheduler(
-            lambda: _task_stream_plugin(self.scheduler).collect(start_index=index)
-        )
+        return self._ask(rq.TaskStream(start_index=index))
 
     # -- workers ----------------------------------------------------------------------
 
@@ -496,31 +292,20 @@ class ControlMixin:
         dict
             address -> the worker's ``scheduler_info`` entry, for each retired one.
         """
-        names = _worker_list(workers)
-
-        def retire() -> dict[str, dict[str, Any]]:
-            scheduler = self.scheduler
-            infos = {a: _worker_identity(ws) for a, ws in scheduler.workers.items()}
-            addresses = scheduler.retire_workers(
-                workers=names, close_workers=close_workers, **kwargs
+        retired = self._ask(
+            rq.RetireWorkers(
+                workers=_worker_list(workers),
+                close_workers=close_workers,
+                options=kwargs,
             )
-            return {a: infos[a] for a in addresses if a in infos}
-
-        retired = self._on_scheduler(retire)
-
-        def pending() -> list[str]:
-            workers_now = self.scheduler.workers
-            return [
-                a
-                for a in retired
-                if a in workers_now and workers_now[a].status == "closing_gracefully"
-            ]
-
+        )
         pause, timer = 0.001, threading.Event()
-        while self._on_scheduler(pending):
+        while True:
+            status = self._ask(rq.WorkerStatus())
+            if not any(status.get(a) == "closing_gracefully" for a in retired):
+                return retired
             timer.wait(pause)  # their tasks finish: no event tells us when
             pause = min(pause * 2, 0.05)
-        return retired
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Block until ``n_workers`` workers are running.
@@ -534,8 +319,20 @@ class ControlMixin:
             raise ValueError(
                 f"`n_workers` must be a positive integer. Instead got {n_workers}."
             )
-        self._on_scheduler(lambda: None)  # see the effects of earlier calls
-        self.cluster.wait_for_workers(n_workers, timeout)
+        self._ask(rq.Ping())  # see the effects of earlier calls
+        if self.cluster is not None:
+            # It also says why workers that cannot start do not (restart policy).
+            self.cluster.wait_for_workers(n_workers, timeout)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause, timer = 0.001, threading.Event()
+        while (count := len(self._ask(rq.WorkerStatus()))) < n_workers:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Only {count} of {n_workers} workers started within {timeout} s"
+                )
+            timer.wait(pause)  # workers start: no event tells a client
+            pause = min(pause * 2, 0.05)
 
     # -- metadata ----------------------------------------------------------------------
 
@@ -545,8 +342,8 @@ class ControlMixin:
         A list key indexes into nested dicts, created on demand:
         ``set_metadata(["a", "b"], 1)`` sets ``task_metadata["a"]["b"] = 1``.
         """
-        keys = list(key) if isinstance(key, list | tuple) else [key]
-        self._on_scheduler(lambda: self.scheduler.set_metadata(keys=keys, value=value))
+        keys = tuple(key) if isinstance(key, list | tuple) else (key,)
+        self._ask(rq.SetMetadata(keys=keys, value=value))
 
     def get_metadata(self, keys: Any, default: Any = no_default) -> Any:
         """The value stored by ``set_metadata`` (a list indexes nested dicts).
@@ -556,11 +353,9 @@ class ControlMixin:
         KeyError
             Nothing is stored there and no ``default`` was given.
         """
-        path = list(keys) if isinstance(keys, list | tuple) else [keys]
+        path = tuple(keys) if isinstance(keys, list | tuple) else (keys,)
         missing = ... if default is no_default else default
-        return self._on_scheduler(
-            lambda: self.scheduler.get_metadata(keys=path, default=missing)
-        )
+        return self._ask(rq.GetMetadata(keys=path, default=missing))
 
     # -- not applicable on one machine -----------------------------------------------
 

@@ -1,14 +1,12 @@
-"""``Client.register_plugin`` and friends (a mixin of ``Client``), and the
-scheduler-side keeper of worker plugins.
+"""``Client.register_plugin`` and friends (a mixin of ``Client``).
 
 - A :class:`~localsched.plugins.SchedulerPlugin` is added on the scheduler
-  thread with ``Scheduler.add_plugin``; its ``start`` hook runs there.
-- A :class:`~localsched.plugins.WorkerPlugin` is cloudpickled once and sent to
-  every worker in an :class:`~localsched.transport.protocol.AddPlugin`; the
-  worker calls ``setup(worker)`` before it reads its next message and answers.
-  :class:`WorkerPluginKeeper` (an internal scheduler plugin, added with the
-  first worker plugin) keeps the pickles and sends them to every worker that
-  joins later, in the same batch as (and before) its first tasks.
+  thread with ``Scheduler.add_plugin`` (an ``AddSchedulerPlugin`` request); its
+  ``start`` hook runs there.
+- A :class:`~localsched.plugins.WorkerPlugin` is cloudpickled once here and set
+  up on every worker (an ``AddWorkerPlugin`` request; the keeper on the
+  scheduler's side, ``localsched.plugin_keeper``, also sets it up on workers
+  that join later).
 
 The names, defaults, return values and warnings are dask's: ``register_plugin``
 returns None for a scheduler plugin and ``{address: {"status": "OK"}}`` for a
@@ -23,75 +21,15 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future as CellFuture
 from typing import Any
 
 import cloudpickle
 
-from localsched.plugins import SchedulerPlugin, WorkerPlugin
+from localsched import requests as rq
+from localsched.plugins import SchedulerPlugin, WorkerPlugin, registration_name
 from localsched.transport import pickling
-from localsched.transport.protocol import AddPlugin, RemovePlugin
 
-__all__ = ["PluginsMixin", "WorkerPluginKeeper"]
-
-#: Name of the internal scheduler plugin holding worker plugins.
-KEEPER_NAME = "localsched-worker-plugins"
-
-
-class WorkerPluginKeeper(SchedulerPlugin):
-    """Holds the worker plugins (dask's ``Scheduler.worker_plugins``: name ->
-    pickled plugin) and sets them up on workers that join later."""
-
-    name = KEEPER_NAME
-    idempotent = True
-
-    def __init__(self, runtime: Any) -> None:
-        self.runtime = runtime
-        self.worker_plugins: dict[str, bytes] = {}
-
-    def add_worker(self, scheduler: Any = None, worker: Any = None, **kwargs: Any):
-        handle = self.runtime.workers.get(worker)
-        if handle is None:
-            return
-        for name, data in self.worker_plugins.items():
-            handle.outbox.append(_add_message(-1, name, data, handle))
-
-    # -- scheduler thread only -------------------------------------------------------
-
-    def broadcast(self, make: Any) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
-        """Send ``make(id, handle)`` to every ready worker; a cell resolving to
-        address -> (ok, payload, traceback text) once each answered or left."""
-        from localsched.runtime import _PendingRun
-
-        runtime = self.runtime
-        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
-        ready = [h for h in runtime.workers.values() if h.is_ready]
-        if not ready:
-            cell.set_result({})
-            return cell
-        run_id = next(runtime._run_ids)
-        runtime._runs[run_id] = _PendingRun(cell, {h.address for h in ready})
-        for handle in ready:
-            handle.outbox.append(make(run_id, handle))
-        return cell
-
-
-def _add_message(run_id: int, name: str, data: bytes, handle: Any) -> AddPlugin:
-    return AddPlugin(
-        id=run_id,
-        name=name,
-        plugin=data,
-        address=handle.address,
-        worker_name=handle.name,
-    )
-
-
-def _keeper(scheduler: Any, runtime: Any) -> WorkerPluginKeeper:
-    keeper = scheduler.plugins.get(KEEPER_NAME)
-    if keeper is None:
-        keeper = WorkerPluginKeeper(runtime)
-        scheduler.add_plugin(keeper, name=KEEPER_NAME)
-    return keeper
+__all__ = ["PluginsMixin"]
 
 
 def _responses(answers: dict[str, tuple[bool, Any, str]]) -> dict[str, Any]:
@@ -114,8 +52,7 @@ def _responses(answers: dict[str, tuple[bool, Any, str]]) -> dict[str, Any]:
 class PluginsMixin:
     """Plugin registration methods of ``Client``."""
 
-    _runtime: Any
-    scheduler: Any
+    _link: Any
 
     def register_plugin(
         self,
@@ -156,7 +93,7 @@ class PluginsMixin:
         if isinstance(plugin, type):
             raise TypeError("Please provide an instance of a plugin, not a type.")
         if name is None:
-            name = _plugin_name(plugin)
+            name = registration_name(plugin)
         assert name
         if idempotent is None:
             idempotent = getattr(plugin, "idempotent", False)
@@ -235,56 +172,28 @@ class PluginsMixin:
         """
         if nanny:
             raise ValueError("localsched has no nanny processes")
-        scheduler = self.scheduler
-        runtime = self._runtime
-
-        def start() -> Any:
-            keeper = scheduler.plugins.get(KEEPER_NAME)
-            if keeper is None or name not in keeper.worker_plugins:
-                raise ValueError(f"The worker plugin {name} does not exist")
-            del keeper.worker_plugins[name]
-            return keeper.broadcast(lambda i, _h: RemovePlugin(id=i, name=name))
-
-        cell = runtime.call(start).result()
-        return _responses(cell.result())
+        answers = self._link.request(rq.RemoveWorkerPlugin(name=name)).result()
+        return _responses(answers)
 
     def unregister_scheduler_plugin(self, name: str) -> None:
         """Remove the scheduler plugin ``name``."""
-        scheduler = self.scheduler
-        self._runtime.call(lambda: scheduler.remove_plugin(name)).result()
+        self._link.request(rq.RemoveSchedulerPlugin(name=name)).result()
 
     def _register_scheduler_plugin(
         self, plugin: SchedulerPlugin, name: str, idempotent: bool
     ) -> None:
-        scheduler = self.scheduler
-
-        def add() -> None:
-            if name in scheduler.plugins and idempotent:
-                return
-            scheduler.add_plugin(plugin, name=name, idempotent=idempotent)
-
-        self._runtime.call(add).result()
+        request = rq.AddSchedulerPlugin(plugin=plugin, name=name, idempotent=idempotent)
+        self._link.request(request).result()
 
     def _register_worker_plugin(
         self, plugin: WorkerPlugin, name: str, idempotent: bool
     ) -> dict[str, Any]:
         data = pickling.dumps(plugin, protocol=5)
-        scheduler = self.scheduler
-        runtime = self._runtime
-
-        def start() -> CellFuture[Any] | None:
-            keeper = _keeper(scheduler, runtime)
-            if name in keeper.worker_plugins and idempotent:
-                return None
-            keeper.worker_plugins[name] = data
-            return keeper.broadcast(
-                lambda i, handle: _add_message(i, name, data, handle)
-            )
-
-        cell = runtime.call(start).result()
-        if cell is None:
+        request = rq.AddWorkerPlugin(plugin=data, name=name, idempotent=idempotent)
+        answers = self._link.request(request).result()
+        if answers is None:
             return {}
-        return _responses(cell.result())
+        return _responses(answers)
 
 
 class _WorkerSetupPlugin(WorkerPlugin):
@@ -303,22 +212,3 @@ class _WorkerSetupPlugin(WorkerPlugin):
         if "dask_worker" in parameters:
             return self._setup(dask_worker=worker)
         return self._setup()
-
-
-def _plugin_name(plugin: Any) -> str:
-    """dask's ``_get_plugin_name``: the ``name`` attribute, else a unique name."""
-    if hasattr(plugin, "name"):
-        return plugin.name
-    import uuid
-
-    return f"{type(plugin).__name__}-{uuid.uuid4()}"
-
-
-def add_worker_plugin(
-    scheduler: Any, runtime: Any, plugin: WorkerPlugin, name: str | None = None
-) -> None:
-    """Keep a worker plugin for the workers yet to join (scheduler thread;
-    ``LocalCluster(plugins=[...])`` before its workers start)."""
-    keeper = _keeper(scheduler, runtime)
-    name = name or _plugin_name(plugin)
-    keeper.worker_plugins[name] = pickling.dumps(plugin, protocol=5)

@@ -1,11 +1,13 @@
 """Coordination primitives: ``Event``, ``Lock``, ``Semaphore``, ``Variable`` and
 ``Queue`` (``distributed``'s names, signatures and semantics).
 
-They work from the user's process (a ``Client``) and from inside tasks (the
-worker's client ``get_client()`` returns), which is their main use: objects
-pickle by name, so one passed to a task finds the same state. The state lives on
-the scheduler thread (``localsched.scheduler_extensions``); waiting happens in
-the caller's thread, which asks again with a bounded back-off.
+They work from the user's process and from inside tasks (the client
+``get_client()`` returns there), which is their main use: objects pickle by
+name, so one passed to a task finds the same state. The state lives on the
+scheduler thread (``localsched.scheduler_extensions``); every operation is a
+``Coordinate`` request through the client's link, and a wait is a ``WaitFor``
+request answered once its condition holds (re-sent every second, so leases a
+departed client held are seen to be free).
 """
 
 from __future__ import annotations
@@ -16,15 +18,11 @@ import pickle
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import Future as CellFuture
-from concurrent.futures import InvalidStateError
-from functools import partial
+from collections.abc import Hashable
 from typing import Any
 
-import cloudpickle
-
 from localsched.future import Future
+from localsched.requests import Coordinate, Operation, WaitFor
 from localsched.transport import pickling
 from localsched.units import parse_timedelta
 
@@ -39,75 +37,15 @@ _MAX_DELAY = 0.05
 # -- talking to the scheduler thread -------------------------------------------------
 
 
-def call(client: Any, method: str, *args: Any) -> Any:
-    """Run a coordination operation on the scheduler thread for ``client``."""
-    runtime = client._runtime
-    request = getattr(runtime, "request", None)
-    if request is not None:  # a task's client: over the worker's pipe
-        return cloudpickle.loads(request("coordination", (method, args)).result())
-    from localsched.scheduler_extensions import handle_request
-
-    return runtime.call(
-        partial(handle_request, runtime, client.id, method, args)
-    ).result()
+def call(client: Any, operation: str, *args: Any) -> Any:
+    """Perform a coordination operation on the scheduler thread for ``client``."""
+    request = Coordinate(operation=Operation(operation), args=args)
+    return client._link.request(request).result()
 
 
 #: A waiter is re-registered this often (seconds), so leases freed by a client
 #: that went away are seen even though nothing wakes its waiters.
 _WAIT_CHUNK = 1.0
-
-
-def _start_wait(
-    client: Any, wait_id: str, method: str, args: tuple[Any, ...]
-) -> tuple[CellFuture[Any], Callable[[Any], Any]]:
-    """Register a waiter; the cell resolves once ``method`` answers truthy."""
-    runtime = client._runtime
-    request = getattr(runtime, "request", None)
-    if request is not None:  # a task's client: over the worker's pipe
-        cell = request("coordination", ("wait", (wait_id, method, args)))
-        return cell, cloudpickle.loads
-    from localsched.scheduler_extensions import DEFERRED, coordination_of
-
-    cell = CellFuture()
-
-    def register() -> None:
-        try:
-            result = coordination_of(runtime).wait(
-                client.id, wait_id, method, args, cell.set_result, cell.set_exception
-            )
-        except Exception as exc:
-            cell.set_exception(exc)
-            return
-        if result is not DEFERRED:
-            cell.set_result(result)
-
-    registered = runtime.call(register)
-    # A loop that is gone never runs ``register``: its error is the answer.
-    registered.add_done_callback(partial(_fail_unregistered, cell))
-    return cell, _identity
-
-
-def _fail_unregistered(cell: CellFuture[Any], registered: CellFuture[Any]) -> None:
-    error = registered.exception()
-    if error is not None and not cell.done():
-        with contextlib.suppress(InvalidStateError):  # answered meanwhile
-            cell.set_exception(error)
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _forget_reply(client: Any, cell: CellFuture[Any]) -> None:
-    """Drop a cancelled wait's pending reply of a task's client."""
-    runtime = client._runtime
-    replies = getattr(runtime, "_replies", None)
-    if replies is None:
-        return
-    with runtime._lock:
-        for request_id, pending in list(replies.items()):
-            if pending is cell:
-                del replies[request_id]
 
 
 def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) -> Any:
@@ -119,18 +57,19 @@ def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) ->
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     wait_id = uuid.uuid4().hex
+    link = client._link
+    request = WaitFor(wait_id=wait_id, operation=Operation(method), args=args)
     while True:
         chunk = _WAIT_CHUNK
         if deadline is not None:
             chunk = min(chunk, max(0.0, deadline - time.monotonic()))
-        cell, decode = _start_wait(client, wait_id, method, args)
+        cell = link.request(request)
         try:
-            return decode(cell.result(chunk))
+            return cell.result(chunk)
         except TimeoutError:
             pass
         if not call(client, "wait_cancel", wait_id):
-            return decode(cell.result())  # answered before the cancel landed
-        _forget_reply(client, cell)
+            return cell.result()  # answered before the cancel landed
         if deadline is not None and time.monotonic() >= deadline:
             return _NOT_YET
 
@@ -190,10 +129,10 @@ def load_many(
         if not known:
             new.append(key)
     if new:
-        runtime = client._runtime
-        runtime.post(
+        link = client._link
+        link.post(
             ev.ClientDesiresKeys(
-                stimulus_id=runtime.stimulus_id("client-desires-keys"),
+                stimulus_id=link.stimulus_id("client-desires-keys"),
                 client=client.id,
                 keys=tuple(new),
             )

@@ -253,7 +253,7 @@ def _post_in_chunks(
 ) -> None:
     from localsched.scheduler import events as ev
 
-    runtime = client._runtime
+    link = client._link
     ordered = sorted(nodes, key=order.__getitem__)
     # The graph-order position of the last task that reads each key: a key read
     # by a later chunk must be held until that chunk is in.
@@ -278,7 +278,7 @@ def _post_in_chunks(
         held.extend(frontier)
         chunk_keys = [k for k in chunk if k in wanted] + frontier + first_keys
         first_keys = []
-        runtime.post(
+        link.post(
             _update_graph(
                 client,
                 tasks,
@@ -290,7 +290,7 @@ def _post_in_chunks(
             )
         )
     if first_keys:
-        runtime.post(
+        link.post(
             _update_graph(
                 client, {}, first_keys, order, {}, annotations_by_type, options
             )
@@ -299,9 +299,9 @@ def _post_in_chunks(
         # A key this client holds a future for must stay wanted.
         release = [k for k in held if k not in client._refcount]
     if release:
-        runtime.post(
+        link.post(
             ev.ClientReleasesKeys(
-                stimulus_id=runtime.stimulus_id("graph-chunks-done"),
+                stimulus_id=link.stimulus_id("graph-chunks-done"),
                 client=client.id,
                 keys=tuple(release),
             )
@@ -340,7 +340,7 @@ def _update_graph(
 
     restrictions = worker_restrictions(tasks, options.workers)
     return ev.UpdateGraph(
-        stimulus_id=client._runtime.stimulus_id("update-graph"),
+        stimulus_id=client._link.stimulus_id("update-graph"),
         client=client.id,
         tasks=tasks,
         dependencies={key: spec.dependencies for key, spec in tasks.items()},
@@ -357,6 +357,7 @@ def _update_graph(
         annotations=annotations,
         annotations_by_type=annotations_by_type or None,
         time=time.time(),
+        submitting_task=client._link.current_task(),
     )
 
 
@@ -403,14 +404,14 @@ class _SpecBuilder:
         size = len(payload) + sum(b.raw().nbytes for b in buffers)
         if size >= self._threshold:
             # Large data embedded in the graph goes to shared memory, once.
-            payload = self._client._store.serialize(call)
+            payload = self._client._link.serialize(call)
         elif buffers:
             payload = pickle.dumps(call, 5)  # small: buffers in band
         spec = self._spec_type(
             self._token, self._function, payload, tuple(dependencies)
         )
         if not isinstance(payload, bytes):
-            self._client._runtime.arg_blobs_pending.append((key, spec))
+            self._client._link.track_arguments(key, spec)
         return spec
 
 

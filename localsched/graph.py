@@ -178,7 +178,7 @@ def prepare_scatter(
     range is unpacked. Returns the pairs and a function that rebuilds the
     caller's structure from ``{key: future}``.
     """
-    from localsched.scheduler.stimuli import validate_key
+    from localsched.scheduler.events import validate_key
 
     if isinstance(data, range):
         data = list(data)

@@ -189,6 +189,16 @@ def plugin_name(plugin: object) -> str:
     return str(name)
 
 
+def registration_name(plugin: object) -> str:
+    """dask's ``_get_plugin_name``: the ``name`` attribute, else a unique name
+    (the name ``Client.register_plugin`` registers a plugin under)."""
+    if hasattr(plugin, "name"):
+        return str(plugin.name)
+    import uuid
+
+    return f"{type(plugin).__name__}-{uuid.uuid4()}"
+
+
 def _overrides(plugin: object, hook: str) -> bool:
     method = getattr(type(plugin), hook, None)
     if method is None:

@@ -149,7 +149,7 @@ def start_scheduler(
 
     for plugin in plugins:
         if isinstance(plugin, WorkerPlugin):
-            from localsched.client_plugins import add_worker_plugin
+            from localsched.plugin_keeper import add_worker_plugin
 
             add_worker_plugin(scheduler, runtime, plugin)
         else:

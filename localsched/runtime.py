@@ -26,8 +26,9 @@ kept as bytes, a large one stays in its shared-memory segment (owned by the
 ``BlobStore``). So a worker that dies loses only the tasks it was running.
 
 Beside this module: ``runtime_handles`` (the records of workers and clients),
-``runtime_requests`` (``Client.run`` and the requests of workers' own clients)
-and ``supervision`` (worker deaths), mixed into :class:`SchedulerRuntime`.
+``request_handler`` (the one handler of every client's requests, whichever
+link carried them), ``runtime_requests`` (``Client.run``) and ``supervision``
+(worker deaths), the last two mixed into :class:`SchedulerRuntime`.
 """
 
 from __future__ import annotations
@@ -47,23 +48,25 @@ import cloudpickle
 
 from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future import FutureState, RemoteTraceback
+from localsched.request_handler import serve_worker, take_worker_events
 from localsched.runtime_handles import (
     ClientHandle,
     WorkerClientHandle,
     WorkerHandle,
 )
-from localsched.runtime_requests import ClientRequests, _PendingRun
+from localsched.runtime_requests import RunRequests, _PendingRun
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.transport.protocol import (
-    ClientRequest,
     ForgetKeys,
     FunctionResult,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
+    LinkEvents,
+    LinkRequest,
     LongRunning,
     Message,
     ProtocolError,
@@ -108,7 +111,7 @@ MAX_LEASES_PER_WORKER = 4
 _PIPE, _SENTINEL, _STDERR = 0, 1, 2
 
 
-class SchedulerRuntime(ClientRequests, Supervision):
+class SchedulerRuntime(RunRequests, Supervision):
     """Owns the scheduler thread; see the module docstring."""
 
     def __init__(
@@ -476,9 +479,12 @@ class SchedulerRuntime(ClientRequests, Supervision):
                     state=message.state,
                 )
             )
-        elif typ is ClientRequest:
-            assert isinstance(message, ClientRequest)
-            self._on_client_request(handle, message, events)
+        elif typ is LinkEvents:
+            assert isinstance(message, LinkEvents)
+            take_worker_events(self, handle, message, events)
+        elif typ is LinkRequest:
+            assert isinstance(message, LinkRequest)
+            serve_worker(self, handle, message, events)
         elif typ is LongRunning:
             assert isinstance(message, LongRunning)
             events.append(

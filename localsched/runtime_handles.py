@@ -10,7 +10,7 @@ stand for futures living in the worker process.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,14 @@ class ClientHandle:
 
     def __init__(self, client_id: str) -> None:
         self.id = client_id
+        #: key -> the client's ``FutureState`` (the client's own dict, shared).
         self.states: dict[Key, FutureState] = {}
+        #: A weak reference to the client's restart hook (``Client._on_restart``).
+        self.on_restart: Callable[[], Any] | None = None
+
+    def watch(self, keys: Iterable[Key]) -> None:
+        """The client made futures of these keys itself (their states are in
+        ``states`` already): nothing to do for a client in this process."""
 
 
 class _RemoteFutureState:
@@ -156,7 +163,8 @@ class WorkerClientHandle(ClientHandle):
         super().__init__(f"worker-client-{worker.address}")
         self.worker = worker
 
-    def watch(self, keys: Any) -> None:
+    def watch(self, keys: Iterable[Key]) -> None:
+        """Report these keys' status changes to the worker (``KeyUpdate``)."""
         states = self.states
         for key in keys:
             if key not in states:

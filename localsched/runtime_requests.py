@@ -1,122 +1,21 @@
-"""Requests to the scheduler thread that are not scheduling events.
+"""``Client.run``: a function run on workers outside task scheduling.
 
-``Client.run`` (a function run on workers outside task scheduling) and the
-requests of a worker's own client (``get_client()`` in a task: graph events,
-gather, scatter, coordination primitives). Mixed into
+The ``RunOnWorkers`` request (``localsched.request_handler``) starts a run
+here; each worker's ``FunctionResult`` resolves its part. Mixed into
 :class:`~localsched.runtime.SchedulerRuntime`; everything here runs on the
 scheduler thread.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Hashable
 from concurrent.futures import Future as CellFuture
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import cloudpickle
-
-from localsched.runtime_handles import WorkerClientHandle, WorkerHandle
-from localsched.scheduler import events as ev
-from localsched.transport import pickling
-from localsched.transport.protocol import ClientReply, ClientRequest, RunFunction
-
-if TYPE_CHECKING:
-    from localsched.runtime import SchedulerRuntime
-
-logger = logging.getLogger("localsched.runtime")
-
-Key = Hashable
+from localsched.transport.protocol import RunFunction
 
 
-class ClientRequests:
-    """``SchedulerRuntime``'s handling of ``Client.run`` and workers' clients."""
-
-    def _on_client_request(
-        self: SchedulerRuntime,
-        handle: WorkerHandle,
-        message: ClientRequest,
-        events: list[ev.StateEvent],
-    ) -> None:
-        """A call of the worker's client (``localsched.worker.client``)."""
-        client_id = f"worker-client-{handle.address}"
-        client = self.clients.get(client_id)
-        if not isinstance(client, WorkerClientHandle):
-            client = self.clients[client_id] = WorkerClientHandle(handle)
-            self.scheduler.handle(
-                ev.ClientAdded(
-                    stimulus_id=f"client-added-{client_id}", client=client_id
-                )
-            )
-        answer: Any = None
-        try:
-            payload = cloudpickle.loads(message.payload)
-            op = message.op
-            if op == "event":
-                self._client_event(client, payload, events)
-            elif op == "gather":
-                data = self.data
-                missing = [key for key in payload if key not in data]
-                if missing:
-                    raise KeyError(f"No result for {missing!r}: released")
-                answer = {key: data[key] for key in payload}
-            elif op in ("scatter", "ping", "coordination") and events:
-                # The core sees (and answers) the events that came before.
-                self._handle(events)
-                events.clear()
-            if op == "scatter":
-                who_has: dict[Key, str | None] = {}
-                for key, value in payload.items():
-                    if key not in self.data:
-                        self.data[key] = value
-                    who_has[key] = handle.address
-                client.watch(payload)
-                self.scheduler.update_data(
-                    who_has=who_has,
-                    nbytes={key: len(value) for key, value in payload.items()},
-                    client=client_id,
-                )
-            elif op == "coordination":
-                from localsched.scheduler_extensions import worker_request
-
-                answer = worker_request(self, handle, message.id, client_id, payload)
-                if answer is None:
-                    return  # a wait: answered once its condition holds
-            elif op not in ("event", "gather", "ping"):
-                raise ValueError(f"unknown client request {op!r}")
-        except Exception as exc:
-            logger.debug("Client request %r of %s failed", message.op, handle.address)
-            if message.id:
-                try:
-                    error = pickling.dumps(exc, protocol=5)
-                except Exception:
-                    error = pickling.dumps(RuntimeError(repr(exc)), protocol=5)
-                handle.outbox.append(
-                    ClientReply(id=message.id, ok=False, payload=error)
-                )
-            return
-        if message.id:
-            handle.outbox.append(ClientReply(id=message.id, ok=True, payload=answer))
-
-    def _client_event(
-        self, client: WorkerClientHandle, event: Any, events: list[ev.StateEvent]
-    ) -> None:
-        if not isinstance(event, WorkerClientHandle.EVENTS):
-            raise TypeError(f"a worker's client cannot send {type(event).__name__}")
-        event.stimulus_id = self.stimulus_id(event.stimulus_id.rsplit("-", 1)[0])
-        if (
-            isinstance(event, ev.ClientDesiresKeys)
-            and event.client == "fire-and-forget"
-        ):
-            events.append(event)
-            return
-        event.client = client.id
-        if isinstance(event, ev.UpdateGraph | ev.ClientDesiresKeys):
-            client.watch(event.keys)
-        elif isinstance(event, ev.ClientReleasesKeys):
-            for key in event.keys:
-                client.states.pop(key, None)
-        events.append(event)
+class RunRequests:
+    """``SchedulerRuntime``'s side of ``Client.run``."""
 
     def start_run(
         self, function: bytes, args: bytes, addresses: list[str]
@@ -159,10 +58,12 @@ class ClientRequests:
             del self._runs[run_id]
             run.cell.set_result(run.answers)
 
-    def _fail_runs(self: SchedulerRuntime) -> None:
+    def _fail_runs(self) -> None:
         runs, self._runs = self._runs, {}
         for run in runs.values():
-            run.cell.set_exception(self.stopped_error())
+            run.cell.set_exception(
+                RuntimeError("The scheduler thread stopped: cluster closed")
+            )
 
 
 class _PendingRun:

@@ -3,11 +3,11 @@
 ``Event``, ``Lock``/``Semaphore``, ``Variable``, ``Queue`` and published
 datasets (``localsched.coordination`` and ``Client.publish_dataset``) keep their
 state here, in one :class:`Coordination` per runtime. Every operation is a short
-non-blocking call on the scheduler thread: from the user's process through
-``runtime.call``, from a task's client as a ``ClientRequest`` with op
-``"coordination"``. A caller that must wait (an event not set yet, a lock held,
-an empty queue) asks again with a bounded back-off in its own thread, so the
-scheduler thread never blocks.
+non-blocking call on the scheduler thread, made by the request handler for a
+``Coordinate`` request (``localsched.requests``), whichever link carried it. A
+caller that must wait (an event not set yet, a lock held, an empty queue) sends
+``WaitFor``: its waiter is answered once the condition holds, so the scheduler
+thread never blocks.
 
 Futures stored in a Variable, a Queue or a dataset are held by a pseudo-client
 (``variable-<name>``, ``queue-<name>``, ``published-<name>``, as dask names
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from localsched.requests import WaitCancelled
 from localsched.scheduler import events as ev
-from localsched.transport import pickling
 
 if TYPE_CHECKING:
     from localsched.runtime import SchedulerRuntime
@@ -37,7 +37,7 @@ logger = logging.getLogger("localsched.runtime")
 
 Key = Hashable
 
-__all__ = ["Coordination", "coordination_of", "handle_request", "worker_request"]
+__all__ = ["DEFERRED", "OPERATIONS", "Coordination", "coordination_of"]
 
 #: A stored value: its pickled bytes and the keys of the futures inside it.
 Record = tuple[bytes, tuple[Key, ...]]
@@ -121,11 +121,14 @@ class Coordination:
         return DEFERRED
 
     def wait_cancel(self, client: str, wait_id: str) -> bool:
-        """Forget a waiter; False if it was answered already."""
+        """Withdraw a waiter (it fails with ``WaitCancelled``, so its link
+        forgets it); False if it was answered already."""
         for key, waiters in list(self.waiters.items()):
-            if waiters.pop(wait_id, None) is not None:
+            waiter = waiters.pop(wait_id, None)
+            if waiter is not None:
                 if not waiters:
                     del self.waiters[key]
+                waiter.fail(WaitCancelled(wait_id))
                 return True
         return False
 
@@ -415,11 +418,15 @@ class Coordination:
                 self._drop_client(f"published-{name}")
 
 
-_METHODS = frozenset(
+#: Methods the runtime calls itself; no client may name them.
+_RUNTIME_ONLY = frozenset({"wait", "fail_all"})
+
+#: The operations a ``Coordinate`` request may name (``requests.Operation``).
+OPERATIONS = frozenset(
     name
     for name in vars(Coordination)
     if not name.startswith("_")
-    and name != "wait"
+    and name not in _RUNTIME_ONLY
     and callable(getattr(Coordination, name))
 )
 
@@ -431,58 +438,3 @@ def coordination_of(runtime: SchedulerRuntime) -> Coordination:
         state = Coordination(runtime)
         runtime._coordination = state  # type: ignore[attr-defined]
     return state
-
-
-def handle_request(
-    runtime: SchedulerRuntime, client: str, method: str, args: tuple[Any, ...]
-) -> Any:
-    """Run one coordination operation for ``client`` (scheduler thread)."""
-    if method not in _METHODS:
-        raise ValueError(f"unknown coordination operation {method!r}")
-    return getattr(coordination_of(runtime), method)(client, *args)
-
-
-def _dumps_error(exc: BaseException) -> bytes:
-    try:
-        return pickling.dumps(exc, protocol=5)
-    except Exception:
-        return pickling.dumps(RuntimeError(repr(exc)), protocol=5)
-
-
-def worker_request(
-    runtime: SchedulerRuntime,
-    handle: Any,
-    request_id: int,
-    client: str,
-    payload: Any,
-) -> bytes | None:
-    """A task's client asked (``ClientRequest`` op ``"coordination"``): the
-    answer, cloudpickled for the ``ClientReply``; None if a ``"wait"`` is
-    answered later (a ``ClientReply`` to ``request_id`` in ``handle.outbox``)."""
-    from localsched.transport.protocol import ClientReply
-
-    method, args = payload
-    if method != "wait":
-        return pickling.dumps(
-            handle_request(runtime, client, method, tuple(args)), protocol=5
-        )
-    wait_id, operation, op_args = args
-
-    def reply(result: Any) -> None:
-        handle.outbox.append(
-            ClientReply(
-                id=request_id, ok=True, payload=pickling.dumps(result, protocol=5)
-            )
-        )
-
-    def fail(exc: BaseException) -> None:
-        handle.outbox.append(
-            ClientReply(id=request_id, ok=False, payload=_dumps_error(exc))
-        )
-
-    result = coordination_of(runtime).wait(
-        client, wait_id, operation, tuple(op_args), reply, fail
-    )
-    if result is DEFERRED:
-        return None
-    return pickling.dumps(result, protocol=5)

@@ -199,8 +199,14 @@ class ProgressBar:
         self._futures = futures
         self._client = next(iter(clients.values()), None)
         if self._client is not None:
-            scheduler = self._client.cluster.scheduler
-            self._runtime = self._client._runtime
+            cluster = self._client.cluster
+            if cluster is None:
+                raise RuntimeError(
+                    "progress() needs the cluster's process: show it from the "
+                    "client that created the cluster, not from inside a task"
+                )
+            scheduler = cluster.scheduler
+            self._runtime = cluster.runtime
             self._runtime.call(lambda: self.tracker.attach(scheduler)).result()
         else:
             self._runtime = None

@@ -16,37 +16,13 @@ from typing import TYPE_CHECKING, Any
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import GraphRejected
+from localsched.scheduler.events import validate_key
 from localsched.scheduler.tasks import Key, TaskState, link_client, with_link
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
 
 Recs = dict[Key, str]
-
-_KEY_ATOMS = (str, bytes, int, float)
-_EXACT_ATOMS = frozenset(_KEY_ATOMS)  # ``bool`` is not among them, as it must not be
-
-
-def validate_key(key: object) -> None:
-    """Raise ``TypeError`` unless ``key`` is str, bytes, int, float or a tuple."""
-    kind = type(key)
-    if kind in _EXACT_ATOMS:
-        return  # the usual key, without isinstance calls (runs per new task)
-    if kind is tuple:
-        for part in key:  # type: ignore[attr-defined]
-            if type(part) not in _EXACT_ATOMS:
-                validate_key(part)
-        return
-    if isinstance(key, _KEY_ATOMS) and not isinstance(key, bool):
-        return
-    if isinstance(key, tuple):
-        for part in key:
-            validate_key(part)
-        return
-    raise TypeError(
-        f"Unexpected key type {type(key).__name__} (value: {key!r}); keys must be "
-        "str, bytes, int, float or tuples of those"
-    )
 
 
 class GraphsMixin:

@@ -7,9 +7,9 @@ costs one system call per worker however many tasks it moves::
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
     GrantSegments, Shutdown, RunFunction,
-    WorkerInfo, ClientReply, KeyUpdate ──────────────▶  control thread ─▶ task threads
-    Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult,
-    Heartbeat, ClientRequest, LongRunning, Goodbye ◀────────────── (any thread)
+    WorkerInfo, LinkReply, KeyUpdate ────────────────▶  control thread ─▶ task threads
+    Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult, Heartbeat,
+    LinkRequest, LinkEvents, LongRunning, Goodbye ◀─────────────── (any thread)
 
 What the scheduler never looks into stays opaque bytes: a task's function and
 arguments (cloudpickled once, in the client), results and exceptions (cloudpickled
@@ -47,8 +47,6 @@ from localsched.transport.shm import BlobRef, SegmentLease
 __all__ = [
     "PROTOCOL_VERSION",
     "AddPlugin",
-    "ClientReply",
-    "ClientRequest",
     "ForgetKeys",
     "FunctionResult",
     "Goodbye",
@@ -56,6 +54,9 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "KeyUpdate",
+    "LinkEvents",
+    "LinkReply",
+    "LinkRequest",
     "LongRunning",
     "Message",
     "Payload",
@@ -222,14 +223,13 @@ class WorkerInfo(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClientReply(Message):
-    """Answer to a :class:`ClientRequest` with the same ``id``: ``payload`` is the
-    answer (plain data: keys, bytes, ``BlobRef``) if ``ok``, else the cloudpickled
-    exception."""
+class LinkReply(Message):
+    """Answer to the :class:`LinkRequest` with the same ``id``: ``payload`` is
+    the cloudpickled answer if ``ok``, else the cloudpickled exception."""
 
     id: int
     ok: bool
-    payload: object = None
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -328,18 +328,28 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClientRequest(Message):
-    """A call of the worker's client (``get_client()`` in a task).
+class LinkRequest(Message):
+    """A request of the worker's client (``get_client()`` in a task): one
+    ``localsched.requests.Request``, answered by :class:`LinkReply` with the
+    same ``id``.
 
-    ``payload`` is cloudpickled (the scheduler trusts its own workers). ``op``:
-    ``"event"`` (a client event for the core), ``"gather"`` (serialized results
-    of keys), ``"scatter"`` (install values) or ``"ping"`` (a round trip). Answered
-    by :class:`ClientReply` with the same ``id`` unless ``id`` is 0.
+    The request is cloudpickled (it may hold user objects: a function to run on
+    the scheduler, a plugin; the scheduler trusts its own workers), so this
+    module's restricted unpickler never resolves a request class.
     """
 
     id: int
-    op: str
-    payload: bytes = b""
+    #: The cloudpickled request.
+    request: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkEvents(Message):
+    """Client events of the worker's client for the scheduler core (a graph,
+    keys released or desired, cancel, retry), in order, unanswered."""
+
+    #: The cloudpickled list of events (graphs hold task specs).
+    events: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -371,7 +381,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     Shutdown,
     RunFunction,
     WorkerInfo,
-    ClientReply,
+    LinkReply,
     KeyUpdate,
     Hello,
     TaskDone,
@@ -379,7 +389,8 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     StealAnswer,
     FunctionResult,
     Heartbeat,
-    ClientRequest,
+    LinkRequest,
+    LinkEvents,
     LongRunning,
     Goodbye,
 )

@@ -3,8 +3,9 @@
 
 A task thread records the worker and the task it runs in :data:`thread_state`
 while the task executes; these functions read it. ``get_client()`` in a task
-returns the worker's :class:`~localsched.worker.client.WorkerClient`, which talks
-to the scheduler over the worker's own pipe. A seceded task stops counting
+returns the worker's client: a :class:`~localsched.client.Client` on a
+:class:`~localsched.worker.link.PipeLink`, which talks to the scheduler over the
+worker's own pipe. A seceded task stops counting
 against its worker's threads: the worker starts another thread for its queue and
 tells the scheduler (``LongRunning``, the core's ``TaskSeceded``).
 """

@@ -46,13 +46,13 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.transport.protocol import (
     AddPlugin,
-    ClientReply,
     ForgetKeys,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
     KeyUpdate,
+    LinkReply,
     LongRunning,
     Message,
     ProtocolError,
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
 
     from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
+    from localsched.worker.link import PipeLink
 
 __all__ = ["Worker", "run_worker"]
 
@@ -252,8 +253,9 @@ class Worker:
         #: Events of seceded tasks waiting in rejoin() for a thread slot (_lock).
         self._rejoiners: list[threading.Event] = []
         self._seceded_threads = itertools.count()
-        #: get_client() in a task: created on first use.
+        #: get_client() in a task: a ``Client`` on a ``PipeLink``, made on first use.
         self._client: Any = None
+        self._link: PipeLink | None = None
         self._client_lock = threading.Lock()
 
     def serve(self) -> str:
@@ -350,14 +352,14 @@ class Worker:
                 name=f"localsched-run-{message.id}",
                 daemon=True,
             ).start()
-        elif isinstance(message, ClientReply):
-            client = self._client
-            if client is not None:
-                client._runtime.answered(message.id, message.ok, message.payload)
+        elif isinstance(message, LinkReply):
+            link = self._link
+            if link is not None:
+                link.answered(message.id, message.ok, message.payload)
         elif isinstance(message, KeyUpdate):
-            client = self._client
-            if client is not None:
-                client.on_key_update(message)
+            link = self._link
+            if link is not None:
+                link.on_key_update(message)
         elif isinstance(message, WorkerInfo):
             self.address = message.address
             self.name = message.name
@@ -439,9 +441,10 @@ class Worker:
                 event.set()
             self._rejoiners.clear()
             self._has_work.notify_all()
-        client = self._client
-        if client is not None:
-            client._closed_by_worker()
+        client, link = self._client, self._link
+        if client is not None and link is not None:
+            client.status = "closed"
+            link.close("the worker is shutting down")
 
     # --- task threads ------------------------------------------------------------
 
@@ -609,9 +612,9 @@ class Worker:
     def _get_client(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                from localsched.worker.client import WorkerClient
+                from localsched.worker.link import task_client
 
-                self._client = WorkerClient(self)
+                self._client, self._link = task_client(self)
             return self._client
 
 

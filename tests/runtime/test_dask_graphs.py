@@ -208,13 +208,13 @@ def test_graph_posted_in_chunks_is_complete_and_releases_its_holds(client, monke
     monkeypatch.setattr(dask_graphs, "FIRST_CHUNK", 3)
     monkeypatch.setattr(dask_graphs, "CHUNK_GROWTH", 2)
     events: list[Any] = []
-    post = client._runtime.post
+    post = client._link.post
 
     def counting_post(event: Any) -> None:
         events.append(event)
         post(event)
 
-    monkeypatch.setattr(client._runtime, "post", counting_post)
+    monkeypatch.setattr(client._link, "post", counting_post)
     x = da.arange(400, chunks=4)
     total = x.sum(split_every=3)
     assert total.compute() == sum(range(400))

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def on_scheduler(client: Client, function):
     """``function()`` on the scheduler thread (state is not read mid-change)."""
-    return client._runtime.call(function).result(timeout=10)
+    return client.cluster.runtime.call(function).result(timeout=10)
 
 
 # -- task functions -------------------------------------------------------------------
