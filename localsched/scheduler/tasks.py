@@ -169,7 +169,7 @@ class TaskPrefix:
         the group's counts (two dict updates fewer per transition), and a
         forgotten group leaves ``groups``, which is what the sum must drop.
         """
-        totals = dict.fromkeys(ALL_TASK_STATES, 0)
+        totals: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
         for group in self.groups:
             for state, n in group.states.items():
                 totals[state] += n
