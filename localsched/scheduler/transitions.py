@@ -258,10 +258,9 @@ def exit_processing_common(state: SchedulerState, ts: TaskState) -> WorkerState 
         unknown = state._unknown_durations.get(ts.prefix)
         if unknown is not None:
             unknown.discard(ts)
-    if state.stealing.enabled and (
-        state.stealing.stealable or state.stealing.in_flight
-    ):
-        state.stealing.discard(ts, ws)
+    stealing = state.stealing
+    if stealing.enabled and (stealing.stealable or stealing.in_flight):
+        stealing.discard(ts, ws)
     if ws.status == "closed":
         return None
     check_idle_saturated(state, ws)
