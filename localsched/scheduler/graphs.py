@@ -10,8 +10,9 @@ react to workers and clients.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
@@ -137,12 +138,12 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
             color[root] = 2
             order.append(root)
             continue
-        stack: list[tuple[Key, Any]] = [(root, iter(children))]
+        stack: list[tuple[Key, Iterator[Key]]] = [(root, iter(children))]
         color[root] = 1
         while stack:
-            key, children = stack[-1]
+            key, pending = stack[-1]
             advanced = False
-            for dep in children:
+            for dep in pending:
                 mark = color.get(dep, 0)
                 if mark == 1:
                     raise GraphError(
