@@ -36,6 +36,8 @@ def validate_key(key: object) -> None:
     if kind in _EXACT_ATOMS:
         return  # the usual key, without isinstance calls (runs per new task)
     if kind is tuple:
+        # ``kind is tuple`` does not narrow ``key`` for mypy (``type(key) is
+        # tuple`` would, at the cost of a second call).
         for part in key:  # type: ignore[attr-defined]
             if type(part) not in _EXACT_ATOMS:
                 validate_key(part)

@@ -700,10 +700,11 @@ class Scheduler:
         scheduler there.
         """
         kwargs = dict(kwargs or {})
+        parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(function).parameters
         except (TypeError, ValueError):
-            parameters = {}  # type: ignore[assignment]
+            parameters = {}
         if "dask_scheduler" in parameters:
             kwargs["dask_scheduler"] = self
         return function(*args, **kwargs)

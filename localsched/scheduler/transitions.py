@@ -10,7 +10,7 @@ Semantics follow dask.distributed's scheduler (see ``shared/scheduler-notes.md``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -367,10 +367,11 @@ def _add_to_memory(
             add_replica(state, ts, ws)
     dependents = ts.dependents
     if dependents:
+        ordered: Iterable[TaskState]
         if len(dependents) > 1:
             ordered = sorted(dependents, key=_priority_of, reverse=True)
         else:
-            ordered = dependents  # type: ignore[assignment]
+            ordered = dependents
         for dts in ordered:
             waiting_on = dts.waiting_on
             if waiting_on and ts in waiting_on:
