@@ -182,6 +182,7 @@ class SchedulerState:
         self.tasks: dict[Key, TaskState] = {}
         #: address -> WorkerState for every worker not removed.
         self.workers: dict[str, WorkerState] = {}
+        #: worker name -> WorkerState, for the workers in ``workers``.
         self._workers_by_name: dict[object, WorkerState] = {}
         #: Workers whose status is running (they may receive tasks).
         self.running: set[WorkerState] = set()
@@ -232,7 +233,7 @@ class SchedulerState:
         self.transition_counter_max = transition_counter_max
         self.no_workers_timeout = no_workers_timeout
         #: Cap on extra root-ish slots per thread for very short tasks (0: off,
-        #: dask's behaviour); see ``_update_extra_slots``.
+        #: dask's behaviour); see ``placement.update_extra_slots``.
         self.fast_task_slots = fast_task_slots
         #: Seconds of queued work a worker should hold when tasks are short.
         self.dispatch_latency = dispatch_latency
@@ -245,9 +246,13 @@ class SchedulerState:
         self._last_generation_time = float("-inf")
         #: Latest time seen in an event.
         self.now = 0.0
+        #: Last run id handed out (each ComputeTask gets a new one).
         self._run_id = 0
+        #: Next graph order for a task submitted without one.
         self._next_order = 0
+        #: prefix without a duration estimate -> its tasks processing on a guess.
         self._unknown_durations: dict[TaskPrefix, set[TaskState]] = {}
+        #: Commands of the ``handle`` call under way, in order.
         self._commands: list[Command] = []
         #: Work stealing's own record (candidates, requests in flight).
         self.stealing = WorkStealing(enabled=work_stealing, latency=steal_latency)
