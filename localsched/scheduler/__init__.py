@@ -5,12 +5,19 @@
  UpdateGraph, TaskFinished, WorkerRemoved ...     ComputeTask, FreeKeys, KeyInMemory ...
             │                                                ▲
             ▼                                                │
-   SchedulerState.handle(*events) ── stimuli.py ── recommendations {key: state}
-                                     transitions.py (table, run to a fixed point)
-                                     placement.py   (decide_worker, occupancy)
-                                     policies.py    (adaptive, stealing)
-                                     validate.py    (every invariant)
+   SchedulerState.handle(*events)                  state._commands
+            │  (state.py: the record; _DISPATCH)             ▲
+            ▼                                                │
+   stimuli.py / graphs.py  ── recommendations {key: state} ──┤
+   engine.py      (run to a fixed point, log, story)         │
+   transitions.py (one function per edge of the table) ──────┘
+   placement.py   (decide_worker, occupancy)   clients.py (who wants what)
+   stealing.py    (WorkStealing: its own fields, balance)
+   policies.py    (adaptive)                   validate.py (every invariant)
 ```
+
+``SchedulerState`` is one record of data; the modules are plain functions that
+take it first (``func(state, ...)``), so no class is split across files.
 
 Pure state in, commands out: no threads, pipes, pickling, clocks or global config
 here. The runtime (``localsched.runtime``) owns a ``SchedulerState``, feeds it the

@@ -1,4 +1,4 @@
-"""Graph intake: the ``UpdateGraph`` handler and the checks before it changes state.
+"""Graph intake: ``on_update_graph`` and the checks before it changes state.
 
 A graph is validated whole (key types, missing dependencies, cycles) and culled
 to what the wanted keys need before any task is created, so a rejected graph
@@ -10,12 +10,15 @@ react to workers and clients.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
+from localsched.scheduler.clients import ensure_client, report_on_key
 from localsched.scheduler.commands import GraphRejected
+from localsched.scheduler.engine import new_task, notify, run_transitions
 from localsched.scheduler.events import validate_key
 from localsched.scheduler.tasks import Key, TaskState, link_client, with_link
 
@@ -25,244 +28,242 @@ if TYPE_CHECKING:
 Recs = dict[Key, str]
 
 
-class GraphsMixin:
-    """The ``UpdateGraph`` handler; mixed into ``SchedulerState``."""
-
-    def _on_update_graph(self: SchedulerState, event: ev.UpdateGraph) -> None:
-        self.now = max(self.now, event.time)
-        try:
-            needed = self._check_graph(event)
-        except (GraphError, TypeError) as error:
-            self._commands.append(
-                GraphRejected(
-                    stimulus_id=event.stimulus_id,
-                    client=event.client,
-                    keys=tuple(event.keys),
-                    error=error,
-                )
-            )
-            return
-        cs = self._ensure_client(event.client)
-        tasks = event.tasks
-        new: list[TaskState] = []
-        touched: list[TaskState] = []
-        for key in needed:
-            ts = self.tasks.get(key)
-            if ts is None:
-                ts = self.new_task(key, tasks[key])
-                new.append(ts)
-            touched.append(ts)
-        self._wire_new_tasks(new, event)
-        self._set_priorities(new, event)
-        for key in event.keys:
-            ts = self.tasks[key]
-            if ts not in cs.wants_what:
-                link_client(cs, ts)
-        if self.hooks is not None:
-            # Built only when someone listens: it costs a set per new task.
-            self._notify(
-                "update_graph",
-                client=event.client,
-                keys=set(event.keys),
-                tasks=[ts.key for ts in new],
-                annotations=dict(event.annotations_by_type or {}),
-                priority={ts.key: ts.priority for ts in new},
-                dependencies={
-                    ts.key: {dts.key for dts in ts.dependencies} for ts in new
-                },
+def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
+    state.now = max(state.now, event.time)
+    try:
+        needed = _check_graph(state, event)
+    except (GraphError, TypeError) as error:
+        state._commands.append(
+            GraphRejected(
                 stimulus_id=event.stimulus_id,
+                client=event.client,
+                keys=tuple(event.keys),
+                error=error,
             )
-        recs: Recs = {}
-        if len(touched) > 1:
-            touched.sort(key=_priority, reverse=True)
-        for ts in touched:
-            if ts.state == "released" and ts.run_spec is not None:
-                recs[ts.key] = "waiting"
-        for key in event.keys:
-            ts = self.tasks[key]
-            if ts.state in ("memory", "erred"):
-                self._report_on_key(ts, cs, event.stimulus_id)
-        self._transitions(recs, event.stimulus_id)
+        )
+        return
+    cs = ensure_client(state, event.client)
+    tasks = event.tasks
+    new: list[TaskState] = []
+    touched: list[TaskState] = []
+    for key in needed:
+        ts = state.tasks.get(key)
+        if ts is None:
+            ts = new_task(state, key, tasks[key])
+            new.append(ts)
+        touched.append(ts)
+    _wire_new_tasks(state, new, event)
+    _set_priorities(state, new, event)
+    for key in event.keys:
+        ts = state.tasks[key]
+        if ts not in cs.wants_what:
+            link_client(cs, ts)
+    if state.hooks is not None:
+        # Built only when someone listens: it costs a set per new task.
+        notify(
+            state,
+            "update_graph",
+            client=event.client,
+            keys=set(event.keys),
+            tasks=[ts.key for ts in new],
+            annotations=dict(event.annotations_by_type or {}),
+            priority={ts.key: ts.priority for ts in new},
+            dependencies={ts.key: {dts.key for dts in ts.dependencies} for ts in new},
+            stimulus_id=event.stimulus_id,
+        )
+    recs: Recs = {}
+    if len(touched) > 1:
+        touched.sort(key=_priority, reverse=True)
+    for ts in touched:
+        if ts.state == "released" and ts.run_spec is not None:
+            recs[ts.key] = "waiting"
+    for key in event.keys:
+        ts = state.tasks[key]
+        if ts.state in ("memory", "erred"):
+            report_on_key(state, ts, cs, event.stimulus_id)
+    run_transitions(state, recs, event.stimulus_id)
 
-    def _check_graph(self: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
-        """Keys of the graph needed by the wanted keys; raise if the graph is bad.
 
-        Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
-        any state changes, so a rejected graph leaves no trace.
-        """
-        tasks = event.tasks
-        deps = event.dependencies
-        known = self.tasks
-        for key in event.keys:
-            validate_key(key)
-            if key not in tasks and key not in known:
-                raise GraphError(
-                    f"Wanted key {key!r} is neither in the graph nor known"
-                )
-        order: list[Key] = []
-        # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
-        # known tasks keep their dependencies, so a cycle needs a new task.
-        color: dict[Key, int] = {}
-        for root in event.keys:
-            if root in known or color.get(root):
-                if root in known and root not in color:
-                    color[root] = 2
-                    order.append(root)
-                continue
-            # Roots were validated above.
-            children = deps.get(root)
-            if not children:
-                # A root without dependencies (a map): nothing to walk.
+def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
+    """Keys of the graph needed by the wanted keys; raise if the graph is bad.
+
+    Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
+    any state changes, so a rejected graph leaves no trace.
+    """
+    tasks = event.tasks
+    deps = event.dependencies
+    known = state.tasks
+    for key in event.keys:
+        validate_key(key)
+        if key not in tasks and key not in known:
+            raise GraphError(f"Wanted key {key!r} is neither in the graph nor known")
+    order: list[Key] = []
+    # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
+    # known tasks keep their dependencies, so a cycle needs a new task.
+    color: dict[Key, int] = {}
+    for root in event.keys:
+        if root in known or color.get(root):
+            if root in known and root not in color:
                 color[root] = 2
                 order.append(root)
-                continue
-            stack: list[tuple[Key, Any]] = [(root, iter(children))]
-            color[root] = 1
-            while stack:
-                key, children = stack[-1]
-                advanced = False
-                for dep in children:
-                    state = color.get(dep, 0)
-                    if state == 1:
-                        raise GraphError(
-                            f"Cycle in the graph: {dep!r} depends on itself through "
-                            f"{key!r}"
-                        )
-                    if state == 2:
-                        continue
-                    if dep in known:
-                        color[dep] = 2
-                        order.append(dep)
-                        continue
-                    if dep not in tasks:
-                        raise GraphError(
-                            f"Task {key!r} depends on {dep!r}, which is neither in "
-                            "the graph nor known to the scheduler"
-                        )
-                    validate_key(dep)
-                    color[dep] = 1
-                    stack.append((dep, iter(deps.get(dep, ()))))
-                    advanced = True
-                    break
-                if not advanced:
-                    stack.pop()
-                    color[key] = 2
-                    order.append(key)
-        return order
+            continue
+        # Roots were validated above.
+        children = deps.get(root)
+        if not children:
+            # A root without dependencies (a map): nothing to walk.
+            color[root] = 2
+            order.append(root)
+            continue
+        stack: list[tuple[Key, Iterator[Key]]] = [(root, iter(children))]
+        color[root] = 1
+        while stack:
+            key, pending = stack[-1]
+            advanced = False
+            for dep in pending:
+                mark = color.get(dep, 0)
+                if mark == 1:
+                    raise GraphError(
+                        f"Cycle in the graph: {dep!r} depends on itself through {key!r}"
+                    )
+                if mark == 2:
+                    continue
+                if dep in known:
+                    color[dep] = 2
+                    order.append(dep)
+                    continue
+                if dep not in tasks:
+                    raise GraphError(
+                        f"Task {key!r} depends on {dep!r}, which is neither in "
+                        "the graph nor known to the scheduler"
+                    )
+                validate_key(dep)
+                color[dep] = 1
+                stack.append((dep, iter(deps.get(dep, ()))))
+                advanced = True
+                break
+            if not advanced:
+                stack.pop()
+                color[key] = 2
+                order.append(key)
+    return order
 
-    def _wire_new_tasks(
-        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
-    ) -> None:
-        deps = event.dependencies
-        restrictions = event.restrictions or {}
-        loose = set(event.loose_restrictions)
-        resources = event.resources or {}
-        retries = event.retries
-        annotations = event.annotations or {}
-        tasks = self.tasks
-        # A graph without per-task options (the usual map or reduction) skips
-        # their lookups altogether.
-        plain = not (restrictions or resources or annotations) and retries is None
-        for ts in new:
-            key = ts.key
-            dep_keys = deps.get(key, ()) if deps else ()
-            if dep_keys:
-                group = ts.group
-                many = len(dep_keys) > 1
+
+def _wire_new_tasks(
+    state: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
+) -> None:
+    deps = event.dependencies
+    restrictions = event.restrictions or {}
+    loose = set(event.loose_restrictions)
+    resources = event.resources or {}
+    retries = event.retries
+    annotations = event.annotations or {}
+    tasks = state.tasks
+    # A graph without per-task options (the usual map or reduction) skips
+    # their lookups altogether.
+    plain = not (restrictions or resources or annotations) and retries is None
+    for ts in new:
+        key = ts.key
+        dep_keys = deps.get(key, ()) if deps else ()
+        if dep_keys:
+            group = ts.group
+            many = len(dep_keys) > 1
+            if many:
+                dependencies = ts.dependencies = set()  # not an ``alone``
+            for dep_key in dep_keys:
+                dts = tasks[dep_key]
                 if many:
-                    dependencies = ts.dependencies = set()  # not an ``alone``
-                for dep_key in dep_keys:
-                    dts = tasks[dep_key]
-                    if many:
-                        dependencies.add(dts)
-                    else:
-                        ts.dependencies = with_link(ts.dependencies, dts)
-                    # with_link(dts.dependents, ts), inlined for the usual cases.
-                    dependents = dts.dependents
-                    if type(dependents) is set:
-                        dependents.add(ts)
-                    elif dependents:
-                        dts.dependents = with_link(dependents, ts)
-                    else:
-                        alone = ts.alone
-                        if alone is None:
-                            alone = ts.alone = frozenset((ts,))
-                        dts.dependents = alone
-                    dts_group = dts.group
-                    if dts_group is not group:
-                        group.dependencies.add(dts_group)
-                        dts_group.dependents.add(group)
-            if plain:
-                continue
-            ann = annotations.get(key)
-            if ann:
-                ts.annotations = dict(ann)
-            workers = restrictions.get(key, ann.get("workers") if ann else None)
-            if workers:
-                if isinstance(workers, str):
-                    workers = [workers]
-                ts.worker_restrictions = set(workers)
-                if key in loose or (ann and ann.get("allow_other_workers")):
-                    ts.loose_restrictions = True
-            res = resources.get(key, ann.get("resources") if ann else None)
-            if res:
-                ts.resource_restrictions = dict(res)
-            if isinstance(retries, int):
-                ts.retries = retries
-            elif retries and key in retries:
-                ts.retries = retries[key]
-            elif ann and "retries" in ann:
-                ts.retries = int(ann["retries"] or 0)
+                    dependencies.add(dts)
+                else:
+                    ts.dependencies = with_link(ts.dependencies, dts)
+                # with_link(dts.dependents, ts), inlined for the usual cases.
+                dependents = dts.dependents
+                if type(dependents) is set:
+                    dependents.add(ts)
+                elif dependents:
+                    dts.dependents = with_link(dependents, ts)
+                else:
+                    alone = ts.alone
+                    if alone is None:
+                        alone = ts.alone = frozenset((ts,))
+                    # A one-member link set is that member's ``alone``
+                    # frozenset, typed as the set it stands for (``with_link``).
+                    dts.dependents = alone  # type: ignore[assignment]
+                dts_group = dts.group
+                if dts_group is not group:
+                    group.dependencies.add(dts_group)
+                    dts_group.dependents.add(group)
+        if plain:
+            continue
+        ann = annotations.get(key)
+        if ann:
+            ts.annotations = dict(ann)
+        workers = restrictions.get(key, ann.get("workers") if ann else None)
+        if workers:
+            if isinstance(workers, str):
+                workers = [workers]
+            ts.worker_restrictions = set(workers)
+            if key in loose or (ann and ann.get("allow_other_workers")):
+                ts.loose_restrictions = True
+        res = resources.get(key, ann.get("resources") if ann else None)
+        if res:
+            ts.resource_restrictions = dict(res)
+        if isinstance(retries, int):
+            ts.retries = retries
+        elif retries and key in retries:
+            ts.retries = retries[key]
+        elif ann and "retries" in ann:
+            ts.retries = int(ann["retries"] or 0)
 
-    def _set_priorities(
-        self: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
-    ) -> None:
-        """``(-user_priority, generation, graph order)`` for the new tasks."""
-        parent = (
-            self.tasks.get(event.submitting_task)
-            if event.submitting_task is not None
-            else None
-        )
-        if parent is not None:
-            # Subtasks of a running task go ahead of that task's siblings. dask
-            # takes priority[0] (-user_priority), which puts them ahead of every
-            # generation; kept for compatibility.
-            generation: float = parent.priority[0] - 0.01
-        elif event.submitting_task is not None:
-            generation = self.generation  # the parent is gone: no new generation
-        elif self._last_generation_time + event.fifo_timeout < event.time:
-            self.generation += 1
-            self._last_generation_time = event.time
-            generation = self.generation
-        else:
-            generation = self.generation
-        order = event.priority
-        user = event.user_priority
-        annotations = event.annotations or {}
-        if order is None and type(user) is int and not annotations:
-            # The usual graph: submission order, one user priority.
-            user_priority = -user
-            next_order = self._next_order
-            for ts in new:
-                ts.priority = (user_priority, generation, next_order)
-                next_order += 1
-            self._next_order = next_order
-            return
+
+def _set_priorities(
+    state: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
+) -> None:
+    """``(-user_priority, generation, graph order)`` for the new tasks."""
+    parent = (
+        state.tasks.get(event.submitting_task)
+        if event.submitting_task is not None
+        else None
+    )
+    if parent is not None:
+        # Subtasks of a running task go ahead of that task's siblings. dask
+        # takes priority[0] (-user_priority), which puts them ahead of every
+        # generation; kept for compatibility.
+        generation: float = parent.priority[0] - 0.01
+    elif event.submitting_task is not None:
+        generation = state.generation  # the parent is gone: no new generation
+    elif state._last_generation_time + event.fifo_timeout < event.time:
+        state.generation += 1
+        state._last_generation_time = event.time
+        generation = state.generation
+    else:
+        generation = state.generation
+    order = event.priority
+    user = event.user_priority
+    annotations = event.annotations or {}
+    if order is None and type(user) is int and not annotations:
+        # The usual graph: submission order, one user priority.
+        user_priority = -user
+        next_order = state._next_order
         for ts in new:
-            key = ts.key
-            if order is not None and key in order:
-                graph_order = order[key]
-            else:
-                graph_order = self._next_order
-                self._next_order += 1
-            if isinstance(user, int):
-                user_priority = user
-            else:
-                user_priority = user.get(key, 0)
-            ann = annotations.get(key)
-            if ann and "priority" in ann:
-                user_priority = ann["priority"]
-            ts.priority = (-user_priority, generation, graph_order)
+            ts.priority = (user_priority, generation, next_order)
+            next_order += 1
+        state._next_order = next_order
+        return
+    for ts in new:
+        key = ts.key
+        if order is not None and key in order:
+            graph_order = order[key]
+        else:
+            graph_order = state._next_order
+            state._next_order += 1
+        if isinstance(user, int):
+            user_priority = user
+        else:
+            user_priority = user.get(key, 0)
+        ann = annotations.get(key)
+        if ann and "priority" in ann:
+            user_priority = ann["priority"]
+        ts.priority = (-user_priority, generation, graph_order)
 
 
 # C-level key function (sorting 100k tasks by a Python function costs ~1 us each).

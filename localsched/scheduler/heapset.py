@@ -147,7 +147,8 @@ class HeapSet:
             return []
         if n == 1:
             # The common case (one slot opened per finished task): the top live
-            # entry, without taking it off and putting it back.
+            # entry, without taking it off and putting it back. ``_tasks`` is not
+            # empty, so a live top exists (``_live_top`` is None only when empty).
             return [self._live_top()]  # type: ignore[list-item]
         tasks = self._tasks
         owners = self._owners

@@ -14,9 +14,10 @@ import inspect
 import itertools
 import os
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from localsched.plugins import PluginRegistry, SchedulerPlugin
+from localsched.scheduler import engine, placement, policies
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import Command
 from localsched.scheduler.state import SchedulerState
@@ -30,6 +31,7 @@ from localsched.scheduler.tasks import (
 )
 
 Key = Hashable
+_T = TypeVar("_T")
 
 _stimulus_counter = itertools.count()
 
@@ -511,7 +513,7 @@ class Scheduler:
         """
         stimulus_id = stimulus_id or _stimulus("transition")
         return self._in_handle(
-            lambda: self.state._transition(key, finish, stimulus_id, **kwargs)
+            lambda: engine.transition(self.state, key, finish, stimulus_id, **kwargs)
         )
 
     def transitions(
@@ -520,10 +522,12 @@ class Scheduler:
         """Process transitions until none are left."""
         stimulus_id = stimulus_id or _stimulus("transitions")
         self._in_handle(
-            lambda: self.state._transitions(dict(recommendations), stimulus_id)
+            lambda: engine.run_transitions(
+                self.state, dict(recommendations), stimulus_id
+            )
         )
 
-    def _in_handle(self, func: Callable[[], Any]) -> Any:
+    def _in_handle(self, func: Callable[[], _T]) -> _T:
         state = self.state
         if state._handling:
             return func()
@@ -543,32 +547,33 @@ class Scheduler:
 
     def decide_worker(self, ts: TaskState) -> WorkerState | None:
         """The worker ``ts`` would go to now (no state change)."""
-        if self.state.is_rootish(ts) and self.state.queuing_enabled:
-            return self.state.decide_worker_rootish_queuing_enabled()
-        return self.state.decide_worker_non_rootish(ts)
+        state = self.state
+        if placement.is_rootish(state, ts) and placement.queuing_enabled(state):
+            return placement.decide_worker_rootish_queuing_enabled(state)
+        return placement.decide_worker_non_rootish(state, ts)
 
     def valid_workers(self, ts: TaskState) -> set[WorkerState] | None:
-        return self.state.valid_workers(ts)
+        return placement.valid_workers(self.state, ts)
 
     def worker_objective(self, ts: TaskState, ws: WorkerState) -> tuple[float, int]:
-        return self.state.worker_objective(ts, ws)
+        return placement.worker_objective(self.state, ts, ws)
 
     def get_comm_cost(self, ts: TaskState, ws: WorkerState) -> float:
-        return self.state.get_comm_cost(ts, ws)
+        return placement.get_comm_cost(self.state, ts, ws)
 
     def get_task_duration(self, ts: TaskState, default: float | None = None) -> float:
-        return self.state.get_task_duration(ts)
+        return placement.get_task_duration(self.state, ts)
 
     def check_idle_saturated(self, ws: WorkerState, occ: float = -1.0) -> None:
-        self.state.check_idle_saturated(ws, occ)
+        placement.check_idle_saturated(self.state, ws, occ)
 
     def reevaluate_occupancy(self) -> None:
         """Re-align occupancy with current duration estimates (when not busy)."""
-        self.state.realign_occupancy()
+        placement.realign_occupancy(self.state)
 
     def adaptive_target(self, target_duration: float | None = None) -> int:
         """Desired number of workers based on the current workload."""
-        return self.state.adaptive_target(target_duration)
+        return policies.adaptive_target(self.state, target_duration)
 
     def workers_to_close(
         self,
@@ -579,8 +584,9 @@ class Scheduler:
         target: int | None = None,
         attribute: str = "address",
     ) -> list[Any]:
-        """Workers that can be closed with low cost (see ``SchedulerState``)."""
-        return self.state.workers_to_close(
+        """Workers that can be closed with low cost (dask's rule)."""
+        return policies.workers_to_close(
+            self.state,
             memory_ratio=memory_ratio,
             n=n,
             key=key,
@@ -694,10 +700,11 @@ class Scheduler:
         scheduler there.
         """
         kwargs = dict(kwargs or {})
+        parameters: Mapping[str, inspect.Parameter]
         try:
             parameters = inspect.signature(function).parameters
         except (TypeError, ValueError):
-            parameters = {}  # type: ignore[assignment]
+            parameters = {}
         if "dask_scheduler" in parameters:
             kwargs["dask_scheduler"] = self
         return function(*args, **kwargs)

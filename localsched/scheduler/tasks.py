@@ -169,7 +169,7 @@ class TaskPrefix:
         the group's counts (two dict updates fewer per transition), and a
         forgotten group leaves ``groups``, which is what the sum must drop.
         """
-        totals = dict.fromkeys(ALL_TASK_STATES, 0)
+        totals: dict[str, int] = dict.fromkeys(ALL_TASK_STATES, 0)
         for group in self.groups:
             for state, n in group.states.items():
                 totals[state] += n
@@ -600,7 +600,7 @@ def _counts(states: dict[str, int]) -> str:
     return ", ".join(f"{name}: {n}" for name, n in states.items() if n)
 
 
-class Transition(tuple):  # type: ignore[type-arg]
+class Transition(tuple[Any, ...]):
     """One entry of the transition log (dask's ``Transition`` namedtuple)."""
 
     __slots__ = ()
@@ -631,7 +631,9 @@ class Transition(tuple):  # type: ignore[type-arg]
 LogEntry = tuple[Any, ...]
 
 
-class TransitionLog(deque):  # type: ignore[type-arg]
+# ``Any``: entries are stored as flat ``LogEntry`` tuples and read back as
+# ``Transition`` records, two types for one item.
+class TransitionLog(deque[Any]):
     """The bounded transition log; reads hand out ``Transition`` records.
 
     Entries are stored as flat tuples of atoms: ``(key, start, finish,
@@ -681,6 +683,8 @@ class TransitionLog(deque):  # type: ignore[type-arg]
         for entry in deque.__reversed__(self):
             yield as_transition(entry)
 
+    # Integer indexing only (dask's log is read that way); deque's slice-free
+    # signature also takes SupportsIndex, which mypy wants kept.
     def __getitem__(self, index: int) -> Transition:  # type: ignore[override]
         return as_transition(deque.__getitem__(self, index))
 

@@ -223,7 +223,7 @@ def test_retiring_worker_hands_its_queued_tasks_to_the_others(tmp_path):
         # Stealing off: it may move the queue to the idle worker before the
         # retirement does, which is what this test is about.
         state = cluster.scheduler.state
-        cluster.runtime.call(lambda: setattr(state, "_stealing_enabled", False)).result(
+        cluster.runtime.call(lambda: setattr(state.stealing, "enabled", False)).result(
             DEADLINE
         )
         futures = [

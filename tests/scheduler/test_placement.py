@@ -7,6 +7,7 @@ import math
 import pytest
 
 from localsched.scheduler import events as ev
+from localsched.scheduler import placement
 from localsched.scheduler.commands import ComputeTask, KeyErred
 from localsched.scheduler.state import SchedulerState
 from tests.scheduler.factories import (
@@ -31,21 +32,21 @@ def roots(name: str, n: int) -> list[tuple[str, int]]:
 def test_large_group_without_dependencies_is_rootish(state):
     add_worker(state, "w1", nthreads=2)
     submit(state, roots("x", 5))
-    assert all(state.is_rootish(state.tasks[k]) for k in roots("x", 5))
+    assert all(placement.is_rootish(state, state.tasks[k]) for k in roots("x", 5))
 
 
 def test_group_no_larger_than_twice_the_threads_is_not_rootish(state):
     add_worker(state, "w1", nthreads=2)
     submit(state, roots("x", 4))
-    assert not state.is_rootish(state.tasks[("x", 0)])
+    assert not placement.is_rootish(state, state.tasks[("x", 0)])
     assert all(state.tasks[k].state == "processing" for k in roots("x", 4))
 
 
 def test_restricted_tasks_are_never_rootish(state):
     add_worker(state, "w1")
     submit(state, roots("x", 5), restrictions={("x", 0): ["w1"]})
-    assert not state.is_rootish(state.tasks[("x", 0)])
-    assert state.is_rootish(state.tasks[("x", 1)])
+    assert not placement.is_rootish(state, state.tasks[("x", 0)])
+    assert placement.is_rootish(state, state.tasks[("x", 1)])
 
 
 def test_group_with_many_dependency_tasks_is_not_rootish(state):
@@ -53,8 +54,8 @@ def test_group_with_many_dependency_tasks_is_not_rootish(state):
     # 3 tasks of y each depending on all of 5 x's: dependency groups hold 5 tasks
     graph = {("y", i): roots("x", 5) for i in range(3)}
     submit(state, graph)
-    assert state.is_rootish(state.tasks[("x", 0)])
-    assert not state.is_rootish(state.tasks[("y", 0)])
+    assert placement.is_rootish(state, state.tasks[("x", 0)])
+    assert not placement.is_rootish(state, state.tasks[("y", 0)])
 
 
 def test_group_depending_on_five_groups_is_not_rootish():
@@ -62,11 +63,11 @@ def test_group_depending_on_five_groups_is_not_rootish():
     add_worker(s, "w1")
     deps = [(f"d{j}", 0) for j in range(5)]
     submit(s, {("y", i): deps for i in range(3)})
-    assert not s.is_rootish(s.tasks[("y", 0)])
+    assert not placement.is_rootish(s, s.tasks[("y", 0)])
     s4 = SchedulerState(validate=True)
     add_worker(s4, "w1")
     submit(s4, {("y", i): deps[:4] for i in range(3)})
-    assert s4.is_rootish(s4.tasks[("y", 0)])
+    assert placement.is_rootish(s4, s4.tasks[("y", 0)])
 
 
 # -- queuing (worker-saturation 1.1) ---------------------------------------------------
@@ -111,12 +112,12 @@ def test_slots_spread_over_workers_by_processing_per_thread(state):
 def test_long_running_tasks_do_not_use_a_slot(state):
     add_worker(state, "w1", nthreads=1)
     submit(state, roots("x", 6))
-    assert state._task_slots_available(state.workers["w1"]) == 0
+    assert placement.task_slots_available(state, state.workers["w1"]) == 0
     state.handle(ev.TaskSeceded(stimulus_id="s", key=("x", 0), worker="w1"))
     ws = state.workers["w1"]
     # refilled at once: 3 processing, one of them long-running
     assert len(ws.processing) == 3
-    assert state._task_slots_available(ws) == 0
+    assert placement.task_slots_available(state, ws) == 0
 
 
 def test_downstream_task_takes_the_freed_slot_before_a_new_root(state):
@@ -157,7 +158,7 @@ def test_queued_root_waits_when_every_worker_is_paused(state):
     state.handle(ev.WorkerStatusChanged(stimulus_id="p", address="w1", status="paused"))
     submit(state, roots("x", 3))
     assert len(state.queued) == 3
-    assert state.decide_worker_rootish_queuing_enabled() is None
+    assert placement.decide_worker_rootish_queuing_enabled(state) is None
 
 
 # -- queuing disabled: co-assignment ---------------------------------------------------
@@ -275,8 +276,8 @@ def test_worker_objective_is_start_time_then_stored_bytes(state):
     ts = state.tasks["b"]
     w1, w2 = state.workers["w1"], state.workers["w2"]
 
-    assert state.worker_objective(ts, w1) == (0.5 / 2, 2 * 10**8)
-    assert state.worker_objective(ts, w2) == (pytest.approx(2.0), 0)
+    assert placement.worker_objective(state, ts, w1) == (0.5 / 2, 2 * 10**8)
+    assert placement.worker_objective(state, ts, w2) == (pytest.approx(2.0), 0)
 
 
 def test_comm_cost_of_shared_data_uses_memory_bandwidth(state):
@@ -286,8 +287,8 @@ def test_comm_cost_of_shared_data_uses_memory_bandwidth(state):
     finish(state, "a", nbytes=10**9, shared=True)
     submit(state, {"b": ["a"]}, keys=["b"], restrictions={"b": ["w1"]})
     ts = state.tasks["b"]
-    assert state.get_comm_cost(ts, state.workers["w1"]) == 0
-    assert state.get_comm_cost(ts, state.workers["w2"]) == pytest.approx(
+    assert placement.get_comm_cost(state, ts, state.workers["w1"]) == 0
+    assert placement.get_comm_cost(state, ts, state.workers["w2"]) == pytest.approx(
         10**9 / state.shm_bandwidth
     )
 
@@ -305,8 +306,8 @@ def test_resource_restriction_needs_enough_of_the_resource(state):
     add_worker(state, "w3")
     submit(state, ["a", "b"], resources={"a": {"GPU": 2}, "b": {"GPU": 1}})
 
-    assert state.valid_workers(state.tasks["a"]) == {state.workers["w2"]}
-    assert state.valid_workers(state.tasks["b"]) == {
+    assert placement.valid_workers(state, state.tasks["a"]) == {state.workers["w2"]}
+    assert placement.valid_workers(state, state.tasks["b"]) == {
         state.workers["w1"],
         state.workers["w2"],
     }
@@ -317,7 +318,7 @@ def test_restrictions_and_resources_intersect(state):
     add_worker(state, "w1", resources={"GPU": 1})
     add_worker(state, "w2", resources={"GPU": 1})
     submit(state, ["a"], restrictions={"a": ["w1"]}, resources={"a": {"GPU": 1}})
-    assert state.valid_workers(state.tasks["a"]) == {state.workers["w1"]}
+    assert placement.valid_workers(state, state.tasks["a"]) == {state.workers["w1"]}
 
 
 def test_valid_workers_is_none_without_restrictions_and_running_when_some_paused(
@@ -327,9 +328,9 @@ def test_valid_workers_is_none_without_restrictions_and_running_when_some_paused
     add_worker(state, "w2")
     submit(state, {"b": ["a"]}, keys=["b"])
     b = state.tasks["b"]
-    assert state.valid_workers(b) is None
+    assert placement.valid_workers(state, b) is None
     state.handle(ev.WorkerStatusChanged(stimulus_id="p", address="w2", status="paused"))
-    assert state.valid_workers(b) == {state.workers["w1"]}
+    assert placement.valid_workers(state, b) == {state.workers["w1"]}
 
 
 def test_host_restrictions_match_worker_hosts(state):
@@ -339,7 +340,7 @@ def test_host_restrictions_match_worker_hosts(state):
     ts = state.tasks["a"]
     ts.worker_restrictions = None
     ts.host_restrictions = {"h2"}
-    assert state.valid_workers(ts) == {state.workers["w2"]}
+    assert placement.valid_workers(state, ts) == {state.workers["w2"]}
 
 
 def test_occupied_resources_are_tracked_and_released(state):

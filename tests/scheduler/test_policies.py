@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localsched.scheduler import events as ev
+from localsched.scheduler import policies, stealing
 from localsched.scheduler.commands import (
     CloseWorker,
     ComputeTask,
@@ -36,27 +37,27 @@ def restricted(keys, worker):
 
 
 def test_adaptive_target_is_zero_when_nothing_happens(state):
-    assert state.adaptive_target() == 0
+    assert policies.adaptive_target(state) == 0
 
 
 def test_adaptive_target_asks_for_a_worker_when_work_waits_and_none_exist(state):
     submit(state, [("x", i) for i in range(3)])
     assert len(state.queued) == 3
     # 1.5 s of work fits in 5 s: one worker
-    assert state.adaptive_target() == 1
+    assert policies.adaptive_target(state) == 1
 
 
 def test_adaptive_target_sizes_queued_work_by_target_duration(state):
     submit(state, [("x", i) for i in range(100)])
     # 100 * 0.5 s / 5 s = 10 threads
-    assert state.adaptive_target() == 10
-    assert state.adaptive_target(target_duration=1.0) == 50
+    assert policies.adaptive_target(state) == 10
+    assert policies.adaptive_target(state, target_duration=1.0) == 50
 
 
 def test_adaptive_target_extrapolates_beyond_a_sample_of_100_ready_tasks(state):
     submit(state, [("x", i) for i in range(300)])
     # 100 sampled * 0.5 s * 300 / 100 = 150 s -> 30
-    assert state.adaptive_target() == 30
+    assert policies.adaptive_target(state) == 30
 
 
 def test_adaptive_target_counts_unrunnable_tasks(state):
@@ -66,7 +67,7 @@ def test_adaptive_target_counts_unrunnable_tasks(state):
         restrictions=restricted([f"t{i}" for i in range(20)], "gpu-box"),
     )
     assert len(state.unrunnable) == 20
-    assert state.adaptive_target(target_duration=1.0) == 10
+    assert policies.adaptive_target(state, target_duration=1.0) == 10
 
 
 def test_adaptive_target_caps_cpu_at_the_number_of_tasks():
@@ -75,7 +76,7 @@ def test_adaptive_target_caps_cpu_at_the_number_of_tasks():
     submit(s, [("slow", 0), ("slow", 1)])
     assert s.total_occupancy == 200.0
     # 200 s / 5 s = 40 threads, but only 2 tasks exist
-    assert s.adaptive_target() == 2
+    assert policies.adaptive_target(s) == 2
 
 
 def test_adaptive_target_converts_threads_to_workers():
@@ -86,14 +87,14 @@ def test_adaptive_target_converts_threads_to_workers():
     submit(s, keys, restrictions={k: ["w1" if k[1] % 2 else "w2"] for k in keys})
     assert s.total_occupancy == 80.0
     # 80 s / 5 s = 16 threads = 16 / 8 * 2 workers = 4 workers
-    assert s.adaptive_target() == 4
+    assert policies.adaptive_target(s) == 4
 
 
 def test_adaptive_target_doubles_workers_when_memory_is_over_60_percent(state):
     add_worker(state, "w1", memory_limit=1000)
     add_worker(state, "w2", memory_limit=1000)
     scatter(state, {"d": "w1"}, nbytes={"d": 1300})
-    assert state.adaptive_target() == 4
+    assert policies.adaptive_target(state) == 4
 
 
 def test_adaptive_target_ignores_memory_below_60_percent(state):
@@ -101,7 +102,7 @@ def test_adaptive_target_ignores_memory_below_60_percent(state):
     add_worker(state, "w2", memory_limit=1000)
     scatter(state, {"d": "w1"}, nbytes={"d": 1100})
     # scale down as far as workers_to_close allows: limit 1000 >= 2 * 1100? no
-    assert state.adaptive_target() == 2
+    assert policies.adaptive_target(state) == 2
 
 
 def test_adaptive_target_scales_down_only_as_far_as_safe(state):
@@ -109,8 +110,8 @@ def test_adaptive_target_scales_down_only_as_far_as_safe(state):
         add_worker(state, f"w{i}", memory_limit=1000)
     scatter(state, {"d": "w0"}, nbytes={"d": 900})
     # keep 2 * 900 bytes of limit: w3, w2 go (limit 2000), w1 would leave 1000 < 1800
-    assert state.workers_to_close() == ["w3", "w2"]
-    assert state.adaptive_target() == 2
+    assert policies.workers_to_close(state) == ["w3", "w2"]
+    assert policies.adaptive_target(state) == 2
 
 
 def test_adaptive_target_keeps_enough_workers_for_running_work():
@@ -120,7 +121,7 @@ def test_adaptive_target_keeps_enough_workers_for_running_work():
     add_worker(s, "w3", nthreads=1)
     submit(s, ["t-a", "t-b"], restrictions={"t-a": ["w1"], "t-b": ["w2"]})
     # 10 s / 5 s = 2 workers; the idle w3 may go
-    assert s.adaptive_target() == 2
+    assert policies.adaptive_target(s) == 2
 
 
 # -- workers_to_close ------------------------------------------------------------------
@@ -129,15 +130,15 @@ def test_adaptive_target_keeps_enough_workers_for_running_work():
 def test_workers_to_close_idle_workers_without_data(state):
     for i in range(3):
         add_worker(state, f"w{i}")
-    assert sorted(state.workers_to_close()) == ["w0", "w1", "w2"]
+    assert sorted(policies.workers_to_close(state)) == ["w0", "w1", "w2"]
 
 
 def test_workers_to_close_nothing_when_every_worker_is_busy(state):
     add_worker(state, "w0")
     add_worker(state, "w1")
     submit(state, ["a", "b"], restrictions={"a": ["w0"], "b": ["w1"]})
-    assert state.workers_to_close() == []
-    assert state.workers_to_close(n=1) != []
+    assert policies.workers_to_close(state) == []
+    assert policies.workers_to_close(state, n=1) != []
 
 
 def test_workers_to_close_busy_workers_only_when_n_asks(state):
@@ -145,8 +146,8 @@ def test_workers_to_close_busy_workers_only_when_n_asks(state):
     add_worker(state, "w1")
     add_worker(state, "w2")
     submit(state, ["a", "b"], restrictions={"a": ["w0"], "b": ["w1"]})
-    assert state.workers_to_close() == ["w2"]
-    closed = state.workers_to_close(n=2)
+    assert policies.workers_to_close(state) == ["w2"]
+    closed = policies.workers_to_close(state, n=2)
     assert closed[0] == "w2"
     assert len(closed) == 2
 
@@ -156,7 +157,7 @@ def test_workers_to_close_prefers_idle_workers_holding_fewer_bytes(state):
         add_worker(state, f"w{i}", memory_limit=10_000)
     scatter(state, {"big": "w0"}, nbytes={"big": 500})
     scatter(state, {"small": "w1"}, nbytes={"small": 100})
-    assert state.workers_to_close(n=2) == ["w2", "w1"]
+    assert policies.workers_to_close(state, n=2) == ["w2", "w1"]
 
 
 def test_workers_to_close_keeps_memory_ratio_times_stored_bytes(state):
@@ -164,25 +165,25 @@ def test_workers_to_close_keeps_memory_ratio_times_stored_bytes(state):
         add_worker(state, f"w{i}", memory_limit=100)
     scatter(state, {"d": "w0"}, nbytes={"d": 60})
     # closing w2 leaves 200 >= 2 * 60; closing w1 too would leave 100 < 120
-    assert state.workers_to_close() == ["w2"]
-    assert state.workers_to_close(memory_ratio=1) == ["w2", "w1"]
-    assert state.workers_to_close(memory_ratio=4) == []
+    assert policies.workers_to_close(state) == ["w2"]
+    assert policies.workers_to_close(state, memory_ratio=1) == ["w2", "w1"]
+    assert policies.workers_to_close(state, memory_ratio=4) == []
 
 
 def test_workers_to_close_respects_minimum(state):
     for i in range(4):
         add_worker(state, f"w{i}")
-    assert len(state.workers_to_close(minimum=3)) == 1
-    assert state.workers_to_close(minimum=4) == []
+    assert len(policies.workers_to_close(state, minimum=3)) == 1
+    assert policies.workers_to_close(state, minimum=4) == []
 
 
 def test_workers_to_close_down_to_target(state):
     for i in range(4):
         add_worker(state, f"w{i}")
-    assert len(state.workers_to_close(target=1)) == 3
-    assert state.workers_to_close(target=4) == []
-    assert state.workers_to_close(target=9) == []
-    assert len(state.workers_to_close(n=1)) == 1
+    assert len(policies.workers_to_close(state, target=1)) == 3
+    assert policies.workers_to_close(state, target=4) == []
+    assert policies.workers_to_close(state, target=9) == []
+    assert len(policies.workers_to_close(state, n=1)) == 1
 
 
 def test_workers_to_close_groups_by_key_and_closes_whole_groups(state):
@@ -191,7 +192,7 @@ def test_workers_to_close_groups_by_key_and_closes_whole_groups(state):
     add_worker(state, "b1", host="hostB")
     submit(state, ["t"], restrictions={"t": ["b1"]})
 
-    closed = state.workers_to_close(key=lambda ws: ws.host)
+    closed = policies.workers_to_close(state, key=lambda ws: ws.host)
 
     assert sorted(closed) == ["a1", "a2"]
 
@@ -200,7 +201,7 @@ def test_workers_to_close_group_would_break_minimum_is_kept(state):
     add_worker(state, "a1", host="hostA")
     add_worker(state, "a2", host="hostA")
     add_worker(state, "b1", host="hostB")
-    closed = state.workers_to_close(key=lambda ws: ws.host, minimum=2)
+    closed = policies.workers_to_close(state, key=lambda ws: ws.host, minimum=2)
     assert closed == ["b1"]
 
 
@@ -208,7 +209,7 @@ def test_workers_to_close_returns_the_requested_attribute(state):
     add_worker(state, "w0", name="alice")
     add_worker(state, "w1", name="bob")
     submit(state, ["t"], restrictions={"t": ["w0"]})
-    assert state.workers_to_close(attribute="name") == ["bob"]
+    assert policies.workers_to_close(state, attribute="name") == ["bob"]
 
 
 def test_workers_to_close_never_closes_a_worker_with_seceded_tasks(state):
@@ -216,7 +217,7 @@ def test_workers_to_close_never_closes_a_worker_with_seceded_tasks(state):
     add_worker(state, "w1")
     submit(state, ["t"], restrictions={"t": ["w0"]})
     state.handle(ev.TaskSeceded(stimulus_id="s", key="t", worker="w0"))
-    assert state.workers_to_close(n=2) == ["w1"]
+    assert policies.workers_to_close(state, n=2) == ["w1"]
 
 
 def test_workers_to_close_lets_hooks_filter_candidates(state):
@@ -230,7 +231,7 @@ def test_workers_to_close_lets_hooks_filter_candidates(state):
     state.hooks = Hooks()
     for i in range(3):
         add_worker(state, f"w{i}")
-    assert sorted(state.workers_to_close()) == ["w0", "w2"]
+    assert sorted(policies.workers_to_close(state)) == ["w0", "w2"]
 
 
 def test_workers_to_close_takes_idle_workers_before_busy_ones_whatever_bytes(state):
@@ -239,8 +240,8 @@ def test_workers_to_close_takes_idle_workers_before_busy_ones_whatever_bytes(sta
     scatter(state, {"big": "w0"}, nbytes={"big": 5000})
     submit(state, ["t"], restrictions={"t": ["w1"]})
     # w1 holds nothing but is busy: the idle w0 (5000 bytes) goes before it
-    assert state.workers_to_close(n=2) == ["w2", "w0"]
-    assert state.workers_to_close(n=3) == ["w2", "w0", "w1"]
+    assert policies.workers_to_close(state, n=2) == ["w2", "w0"]
+    assert policies.workers_to_close(state, n=3) == ["w2", "w0", "w1"]
 
 
 def test_workers_to_close_target_counts_workers_not_groups(state):
@@ -251,18 +252,22 @@ def test_workers_to_close_target_counts_workers_not_groups(state):
     scatter(state, {"d": "b1"}, nbytes={"d": 10})
     # down to 3 workers: hostA (2 workers, no data) closes whole; hostB would
     # overshoot the target
-    closed = state.workers_to_close(target=3, key=lambda ws: ws.host)
+    closed = policies.workers_to_close(state, target=3, key=lambda ws: ws.host)
     assert sorted(closed) == ["a1", "a2"]
-    assert state.workers_to_close(target=1, key=lambda ws: ws.host) == ["a1", "a2"]
-    assert len(state.workers_to_close(target=0, key=lambda ws: ws.host)) == 5
+    assert policies.workers_to_close(state, target=1, key=lambda ws: ws.host) == [
+        "a1",
+        "a2",
+    ]
+    assert len(policies.workers_to_close(state, target=0, key=lambda ws: ws.host)) == 5
 
 
 def test_workers_to_close_minimum_with_target_keeps_the_minimum(state):
     for i in range(4):
         add_worker(state, f"w{i}")
-    assert len(state.workers_to_close(target=0, minimum=2)) == 2
-    assert state.workers_to_close(target=0, minimum=2, attribute="name") == [
-        state.workers[a].name for a in state.workers_to_close(target=0, minimum=2)
+    assert len(policies.workers_to_close(state, target=0, minimum=2)) == 2
+    assert policies.workers_to_close(state, target=0, minimum=2, attribute="name") == [
+        state.workers[a].name
+        for a in policies.workers_to_close(state, target=0, minimum=2)
     ]
 
 
@@ -333,11 +338,11 @@ def test_balance_asks_the_busy_worker_to_hand_tasks_to_the_idle_one(state):
     requests = of_type(cmds, StealRequest)
     assert requests
     assert all(r.worker == "w1" and r.thief == "w2" for r in requests)
-    assert len(state.in_flight) == len(requests)
+    assert len(state.stealing.in_flight) == len(requests)
     w1, w2 = state.workers["w1"], state.workers["w2"]
     moved = sum(w1.processing[state.tasks[r.key]] for r in requests)
-    assert state.in_flight_occupancy[w2] == pytest.approx(moved)
-    assert state.in_flight_occupancy[w1] == pytest.approx(-moved)
+    assert state.stealing.in_flight_occupancy[w2] == pytest.approx(moved)
+    assert state.stealing.in_flight_occupancy[w1] == pytest.approx(-moved)
     # the task stays on the victim until it answers
     assert all(state.tasks[r.key].processing_on is w1 for r in requests)
 
@@ -368,7 +373,7 @@ def test_nothing_to_steal_when_every_worker_is_idle(state):
     add_worker(state, "w1", nthreads=4)
     add_worker(state, "w2", nthreads=4)
     submit(state, ["a", "b"])
-    assert state.balance("b") == []
+    assert stealing.balance(state, "b") == []
 
 
 def test_strictly_restricted_tasks_are_never_stolen(state):
@@ -376,7 +381,7 @@ def test_strictly_restricted_tasks_are_never_stolen(state):
     keys = [f"t{i}" for i in range(10)]
     submit(state, keys, restrictions=restricted(keys, "w1"))
     add_worker(state, "w2")
-    assert state.stealable.get(state.workers["w1"]) is None
+    assert state.stealing.stealable.get(state.workers["w1"]) is None
     assert of_type(tick(state, 1.0), StealRequest) == []
 
 
@@ -384,7 +389,7 @@ def test_stealing_can_be_disabled():
     s = make_state(work_stealing=False)
     overloaded_w1(s)
     assert of_type(tick(s, 1.0), StealRequest) == []
-    assert s.stealable == {}
+    assert s.stealing.stealable == {}
 
 
 def test_steal_levels_follow_transfer_to_compute_ratio(state):
@@ -394,14 +399,17 @@ def test_steal_levels_follow_transfer_to_compute_ratio(state):
     submit(state, ["free"])
     # no dependencies: level 0; 1 s transfer + 0.1 s latency vs 0.5 s compute:
     # round(log2(2.2) + 6) = 7
-    assert state.steal_time_ratio(state.tasks["free"]) == 0
-    assert state.steal_time_ratio(state.tasks["b"]) == 7
+    assert stealing.steal_time_ratio(state, state.tasks["free"]) == 0
+    assert stealing.steal_time_ratio(state, state.tasks["b"]) == 7
 
 
 def test_fast_prefixes_are_never_stolen(state):
     add_worker(state, "w1")
     submit(state, [("rechunk-split-0123abcd", 0)])
-    assert state.steal_time_ratio(state.tasks[("rechunk-split-0123abcd", 0)]) is None
+    assert (
+        stealing.steal_time_ratio(state, state.tasks[("rechunk-split-0123abcd", 0)])
+        is None
+    )
 
 
 def test_tasks_too_costly_to_move_are_never_stolen():
@@ -409,7 +417,7 @@ def test_tasks_too_costly_to_move_are_never_stolen():
     add_worker(s, "w1")
     scatter(s, {"d": "w1"}, nbytes={"d": 10**10})
     submit(s, {("quick", 0): ["d"]}, keys=[("quick", 0)])
-    assert s.steal_time_ratio(s.tasks[("quick", 0)]) is None
+    assert stealing.steal_time_ratio(s, s.tasks[("quick", 0)]) is None
 
 
 def _one_request(s: SchedulerState) -> StealRequest:
@@ -436,7 +444,7 @@ def test_ready_steal_response_moves_the_task_to_the_thief(state):
     ]
     assert ts.processing_on is state.workers["w2"]
     assert ts.run_id > old_run
-    assert ts not in state.in_flight
+    assert ts not in state.stealing.in_flight
     assert ("processing", "processing") in [
         (t.start, t.finish) for t in state.story(request.key)
     ]
@@ -459,7 +467,7 @@ def test_executing_steal_response_rejects_the_steal(state):
 
     assert cmds == []
     assert ts.processing_on is state.workers["w1"]
-    assert ts not in state.in_flight
+    assert ts not in state.stealing.in_flight
 
 
 def test_unknown_task_steal_response_reschedules_it(state):
@@ -472,7 +480,7 @@ def test_unknown_task_steal_response_reschedules_it(state):
 
     assert FreeKeys.match(worker="w1", keys=(request.key,)) in cmds
     assert computed(cmds) == {request.key: "w2"}
-    assert state.tasks[request.key] not in state.in_flight
+    assert state.tasks[request.key] not in state.stealing.in_flight
 
 
 def test_all_answers_restore_in_flight_occupancy(state):
@@ -487,8 +495,8 @@ def test_all_answers_restore_in_flight_occupancy(state):
         )
     for request in requests[len(answers) :]:
         finish(state, request.key)
-    assert state.in_flight == {}
-    assert state.in_flight_occupancy == {}
+    assert state.stealing.in_flight == {}
+    assert state.stealing.in_flight_occupancy == {}
 
 
 def test_steal_response_from_another_worker_is_ignored(state):
@@ -500,14 +508,14 @@ def test_steal_response_from_another_worker_is_ignored(state):
         )
     )
     assert cmds == []
-    assert state.tasks[request.key] in state.in_flight
+    assert state.tasks[request.key] in state.stealing.in_flight
 
 
 def test_steal_is_abandoned_when_the_task_finishes_first(state):
     overloaded_w1(state)
     request = _one_request(state)
     finish(state, request.key)
-    assert state.tasks[request.key] not in state.in_flight
+    assert state.tasks[request.key] not in state.stealing.in_flight
 
     cmds = state.handle(
         ev.StealResponse(
@@ -532,5 +540,5 @@ def test_steal_to_a_thief_that_left_keeps_the_task(state):
         )
         assert cmds == []
         assert state.tasks[request.key].processing_on is state.workers["w1"]
-    assert state.in_flight == {}
-    assert state.in_flight_occupancy == {}
+    assert state.stealing.in_flight == {}
+    assert state.stealing.in_flight_occupancy == {}

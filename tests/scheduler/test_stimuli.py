@@ -6,6 +6,7 @@ import pytest
 
 from localsched.errors import GraphError, KilledWorker, NoValidWorkerError
 from localsched.scheduler import events as ev
+from localsched.scheduler import stimuli
 from localsched.scheduler.commands import (
     AcquireReplicas,
     CloseWorker,
@@ -929,7 +930,7 @@ def test_cancel_from_an_unknown_client_is_ignored(state):
 def test_cancel_key_helper_matches_the_event(state):
     add_worker(state, "w1")
     submit(state, ["a"])
-    state.cancel_key("a", "c")
+    stimuli.cancel_key(state, "a", "c")
     assert "a" not in state.tasks
 
 

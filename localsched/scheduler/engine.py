@@ -1,0 +1,309 @@
+"""The transition engine: runs recommendations to a fixed point over the state.
+
+``run_transitions(state, recommendations, stimulus_id)`` pops recommendations LIFO
+(as dask's ``popitem`` does) and calls the function of ``TRANSITIONS_TABLE`` for
+each ``(start, finish)`` edge; a pair without an edge goes through ``released``.
+Every transition is counted in its group, appended to the bounded
+``transition_log`` with its ``stimulus_id`` and reported, in order, to the
+transition hook (plugins). Also here: creating a task (``new_task``), dropping a
+group whose last task was forgotten, ``story`` and the plugin notifications that
+are not transitions.
+
+Everything is a plain function over ``SchedulerState``; the engine's fast path is
+written out three times (``transition``, ``run_transitions`` and the
+``TaskFinished`` handler in ``stimuli.py``) because a call per transition is a
+measurable part of the cost per task. Keep the copies in step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from localsched.errors import InvalidTransition
+from localsched.scheduler.tasks import (
+    EMPTY_SET,
+    Key,
+    TaskGroup,
+    TaskPrefix,
+    TaskState,
+    Transition,
+    as_transition,
+    key_group_name,
+    key_split,
+    recommended_keys,
+)
+from localsched.scheduler.transitions import (
+    TRANSITIONS_TABLE,
+    Recs,
+    TransitionFunc,
+)
+
+if TYPE_CHECKING:
+    from localsched.scheduler.state import SchedulerState
+
+
+def transition(
+    state: SchedulerState, key: Key, finish: str, stimulus_id: str, **kwargs: Any
+) -> Recs:
+    """Move one key to ``finish``; return the follow-up recommendations."""
+    ts = state.tasks.get(key)
+    if ts is None:
+        return {}
+    start = ts.state
+    if start == finish:
+        return {}
+    state.transition_counter += 1
+    if state.transition_counter_max and (
+        state.transition_counter > state.transition_counter_max
+    ):
+        raise RuntimeError(
+            f"transition_counter_max={state.transition_counter_max} exceeded"
+        )
+    func = TRANSITIONS_TABLE.get((start, finish))
+    if func is None or state.transition_hook is not None:
+        return _transition_observed(state, ts, start, finish, func, stimulus_id, kwargs)
+    recs = (
+        func(state, ts, stimulus_id, **kwargs)
+        if kwargs
+        else func(state, ts, stimulus_id)
+    )
+    record_transition(state, ts, start, recs, stimulus_id)
+    return recs
+
+
+def record_transition(
+    state: SchedulerState, ts: TaskState, start: str, recs: Recs, stimulus_id: str
+) -> None:
+    """The engine's bookkeeping once a transition function has run.
+
+    Counts the move in the group and prefix, logs it, and drops a group whose
+    last task was forgotten. ``run_transitions`` inlines the same steps.
+    """
+    actual = ts.state
+    if actual != start:
+        states = ts.group.states
+        states[start] -= 1
+        states[actual] += 1
+    # TransitionLog.record, inlined (one flat tuple of atoms).
+    state.transition_log.append(
+        (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
+        if recs
+        else (ts.key, start, actual, stimulus_id, state.now)
+    )
+    if actual == "forgotten":
+        forget_group_member(state, ts)
+
+
+def _transition_observed(
+    state: SchedulerState,
+    ts: TaskState,
+    start: str,
+    finish: str,
+    func: TransitionFunc | None,
+    stimulus_id: str,
+    kwargs: dict[str, Any],
+) -> Recs:
+    """``transition`` with a plugin hook or through released (slow path)."""
+    key = ts.key
+    hook = state.transition_hook
+    dependents: set[TaskState] = EMPTY_SET
+    dependencies: set[TaskState] = EMPTY_SET
+    if hook is not None and (func is None or finish == "forgotten"):
+        # Plugins may read a forgotten task's links, as in dask.
+        dependents = set(ts.dependents)
+        dependencies = set(ts.dependencies)
+    if func is not None:
+        recs = func(state, ts, stimulus_id, **kwargs)
+        count_state_change(ts, start)
+    elif "released" not in (start, finish):
+        # No direct edge: go through released, then where that step points.
+        first = transition(state, key, "released", stimulus_id)
+        target = first.get(key, finish)
+        second = TRANSITIONS_TABLE.get(("released", target))
+        if second is None or ts.state != "released":
+            return first
+        recs = dict(first)
+        recs.update(second(state, ts, stimulus_id, **kwargs))
+        start = "released"
+        count_state_change(ts, start)
+    else:
+        history: list[tuple[Any, ...]] = [*story(state, key)]
+        raise InvalidTransition(key, start, finish, history)
+    actual = ts.state
+    state.transition_log.record(key, start, actual, recs, stimulus_id, state.now)
+    if hook is not None:
+        if actual == "forgotten":
+            ts.dependents = dependents
+            ts.dependencies = dependencies
+            state.tasks[key] = ts
+        hook(key, start, actual, stimulus_id, kwargs)
+        if actual == "forgotten":
+            del state.tasks[key]
+            ts.dependents = EMPTY_SET
+            ts.dependencies = EMPTY_SET
+    if actual == "forgotten":
+        forget_group_member(state, ts)
+    return recs
+
+
+def count_state_change(ts: TaskState, start: str) -> None:
+    """Count a move from ``start`` to the task's state in its group."""
+    finish = ts.state
+    if finish != start:
+        group_states = ts.group.states
+        group_states[start] -= 1
+        group_states[finish] += 1
+
+
+def run_transitions(
+    state: SchedulerState, recommendations: Recs, stimulus_id: str
+) -> None:
+    """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
+    # Copy: the caller's dict is not ours to empty.
+    recommendations = dict(recommendations)
+    tasks = state.tasks
+    table = TRANSITIONS_TABLE
+    log = state.transition_log
+    # Transition functions run no plugin code: without a hook now, none
+    # appears during this loop (a hook may add one: then check each time).
+    observed = state.transition_hook is not None or state.transition_counter_max
+    while recommendations:
+        key, finish = recommendations.popitem()
+        # Chained: a transition's single follow-up for a key not already
+        # recommended runs next without a trip through the dict, exactly as
+        # update() then popitem() would order it.
+        while True:
+            ts = tasks.get(key)
+            if ts is None:
+                break
+            start = ts.state
+            if start == finish:
+                break
+            func = table.get((start, finish))
+            if func is None or observed:
+                new = transition(state, key, finish, stimulus_id)
+                observed = (
+                    state.transition_hook is not None or state.transition_counter_max
+                )
+            else:
+                # ``transition``'s fast path and ``record_transition``, inlined:
+                # a call per transition is a measurable part of the engine's
+                # cost. Keep the three in step.
+                state.transition_counter += 1
+                new = func(state, ts, stimulus_id)
+                actual = ts.state
+                if actual != start:
+                    states = ts.group.states
+                    states[start] -= 1
+                    states[actual] += 1
+                log.append(
+                    (key, start, actual, stimulus_id, state.now, *new, *new.values())
+                    if new
+                    else (key, start, actual, stimulus_id, state.now)
+                )
+                if actual == "forgotten":
+                    group = ts.group
+                    if group.states["forgotten"] == group.n_tasks:
+                        forget_group_member(state, ts)
+            if not new:
+                break
+            if len(new) == 1:
+                ((key, finish),) = new.items()
+                if key not in recommendations:
+                    continue
+            recommendations.update(new)
+            break
+
+
+def queue_slots_maybe_opened(state: SchedulerState, stimulus_id: str) -> None:
+    """Send queued root-ish tasks into the worker slots that opened."""
+    saturation = state.worker_saturation
+    if math.isinf(saturation):
+        # Queuing disabled: every running worker has room (never here, as
+        # nothing is queued then, unless the setting changed).
+        slots = sys.maxsize if state.idle_task_count else 0
+    else:
+        # ``task_slots_available`` summed, inlined (this runs per event).
+        slots = 0
+        extra = state.extra_slots_per_thread
+        for ws in state.idle_task_count:
+            nthreads = ws.nthreads
+            base = math.ceil(saturation * nthreads)
+            if base < 1:
+                base = 1
+            running = len(ws.processing)
+            if ws.long_running:
+                running -= len(ws.long_running)
+            slots += base + extra * nthreads - running
+    if slots <= 0:
+        return
+    if slots == 1:
+        # The common case: one task finished, one slot opened. What
+        # ``run_transitions`` would do with this one recommendation.
+        recs = transition(state, state.queued.peek().key, "processing", stimulus_id)
+        if recs:
+            run_transitions(state, recs, stimulus_id)
+        return
+    recs = {ts.key: "processing" for ts in reversed(state.queued.peekn(slots))}
+    run_transitions(state, recs, stimulus_id)
+
+
+# -- creating and forgetting tasks ------------------------------------------------
+
+
+def new_task(state: SchedulerState, key: Key, spec: object) -> TaskState:
+    """Create a task in ``released`` and count it in its group and prefix."""
+    group_name = key_group_name(key)
+    tg = state.task_groups.get(group_name)
+    if tg is None:
+        prefix_name = key_split(key)
+        tp = state.task_prefixes.get(prefix_name)
+        if tp is None:
+            tp = state.task_prefixes[prefix_name] = TaskPrefix(
+                prefix_name, state.default_task_durations.get(prefix_name, -1.0)
+            )
+        tg = state.task_groups[group_name] = TaskGroup(group_name, tp)
+        tp.groups[tg] = None
+    ts = TaskState(key, spec, tg)
+    tg.n_tasks += 1
+    tg.states["released"] += 1
+    state.tasks[key] = ts
+    return ts
+
+
+def forget_group_member(state: SchedulerState, ts: TaskState) -> None:
+    """Drop ``ts``'s group once its last task is forgotten."""
+    tg = ts.group
+    if tg.states["forgotten"] == tg.n_tasks and state.task_groups.get(tg.name) is tg:
+        del state.task_groups[tg.name]
+        del tg.prefix.groups[tg]
+        for other in tg.dependents:
+            other.dependencies.discard(tg)
+        for other in tg.dependencies:
+            other.dependents.discard(tg)
+        tg.dependents = set()
+        tg.dependencies = set()
+
+
+# -- observability ------------------------------------------------------------------
+
+
+def story(state: SchedulerState, *keys_or_stimuli: Hashable) -> list[Transition]:
+    """Every logged transition that touches one of the keys or stimulus ids."""
+    wanted = set(keys_or_stimuli)
+    return [
+        as_transition(entry)
+        for entry in state.transition_log.entries()
+        if entry[0] in wanted
+        or entry[3] in wanted
+        or any(key in wanted for key in recommended_keys(entry))
+    ]
+
+
+def notify(state: SchedulerState, hook: str, **kwargs: Any) -> None:
+    """Report a lifecycle event other than a transition to the plugins."""
+    if state.hooks is not None:
+        state.hooks.notify(hook, **kwargs)
