@@ -220,6 +220,13 @@ def test_retiring_worker_hands_its_queued_tasks_to_the_others(tmp_path):
         Client(cluster) as client,
     ):
         first, _ = list(cluster.scheduler.workers)
+        # A worker not yet running is not a valid place for a restricted task:
+        # loose restrictions would then send the queue to the other worker.
+        assert poll(
+            lambda: all(
+                ws.status == "running" for ws in cluster.scheduler.workers.values()
+            )
+        )
         # Stealing off: it may move the queue to the idle worker before the
         # retirement does, which is what this test is about.
         state = cluster.scheduler.state
