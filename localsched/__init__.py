@@ -13,44 +13,45 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from localsched import joblib_hook as _joblib_hook
+from localsched.integrations import joblib_hook as _joblib_hook
 
-# Every logger of the package is a child of ``localsched`` (``localsched.cluster``,
-# ``localsched.runtime``...). The library adds no handler: until the application
-# configures logging, Python's last-resort handler prints WARNING and above (a
-# worker that crashed, memory pressure) and INFO stays quiet. A NullHandler here
-# would silence those warnings too, which dask users would not expect.
+# Every logger of the package is a child of ``localsched``
+# (``localsched.deploy.local``, ``localsched.runtime.scheduler_thread``...). The
+# library adds no handler: until the application configures logging, Python's
+# last-resort handler prints WARNING and above (a worker that crashed, memory
+# pressure) and INFO stays quiet. A NullHandler here would silence those
+# warnings too, which dask users would not expect.
 
 # joblib's "localsched" backend, registered without importing joblib.
 _joblib_hook.install()
 
 _EXPORTS = {
-    "Adaptive": "localsched.adaptive",
-    "Client": "localsched.client",
-    "Event": "localsched.coordination",
-    "Future": "localsched.future",
-    "FutureCancelledError": "localsched.future",
+    "Adaptive": "localsched.deploy.adaptive",
+    "Client": "localsched.client.client",
+    "Event": "localsched.client.coordination",
+    "Future": "localsched.client.future",
+    "FutureCancelledError": "localsched.client.future",
     "KilledWorker": "localsched.errors",
-    "LocalCluster": "localsched.cluster",
-    "Lock": "localsched.coordination",
+    "LocalCluster": "localsched.deploy.local",
+    "Lock": "localsched.client.coordination",
     "NoValidWorkerError": "localsched.errors",
-    "Queue": "localsched.coordination",
+    "Queue": "localsched.client.coordination",
     "Scheduler": "localsched.scheduler.scheduler",
     "SchedulerPlugin": "localsched.plugins",
-    "Semaphore": "localsched.coordination",
-    "Variable": "localsched.coordination",
+    "Semaphore": "localsched.client.coordination",
+    "Variable": "localsched.client.coordination",
     "WorkerPlugin": "localsched.plugins",
-    "as_completed": "localsched.future",
-    "default_client": "localsched.client",
-    "futures_of": "localsched.future",
-    "get_task_stream": "localsched.client_control",
+    "as_completed": "localsched.client.future",
+    "default_client": "localsched.client.client",
+    "futures_of": "localsched.client.future",
+    "get_task_stream": "localsched.client.control",
     "progress": "localsched.diagnostics.progressbar",
-    "fire_and_forget": "localsched.client",
+    "fire_and_forget": "localsched.client.client",
     "get_client": "localsched.worker.context",
     "get_worker": "localsched.worker.context",
     "rejoin": "localsched.worker.context",
     "secede": "localsched.worker.context",
-    "wait": "localsched.future",
+    "wait": "localsched.client.future",
     "worker_client": "localsched.worker.context",
 }
 
@@ -104,18 +105,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from localsched.client import Client, default_client, fire_and_forget
-    from localsched.cluster import LocalCluster
-    from localsched.coordination import Event, Lock, Queue, Semaphore, Variable
-    from localsched.diagnostics.progressbar import progress
-    from localsched.errors import KilledWorker, NoValidWorkerError
-    from localsched.future import (
+    from localsched.client.client import Client, default_client, fire_and_forget
+    from localsched.client.coordination import Event, Lock, Queue, Semaphore, Variable
+    from localsched.client.future import (
         Future,
         FutureCancelledError,
         as_completed,
         futures_of,
         wait,
     )
+    from localsched.deploy.local import LocalCluster
+    from localsched.diagnostics.progressbar import progress
+    from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
     from localsched.worker.context import (

@@ -136,7 +136,7 @@ def info_rows() -> list[tuple[str, str]]:
 
     import psutil
 
-    from localsched.cluster import available_cores, nprocesses_nthreads
+    from localsched.deploy.local import available_cores, nprocesses_nthreads
     from localsched.units import format_bytes
 
     cores = available_cores()

@@ -27,11 +27,11 @@ from localsched import (
     WorkerPlugin,
     get_task_stream,
 )
-from localsched import requests as rq
+from localsched.client.future import Future, FutureCancelledError, RemoteTraceback
 from localsched.errors import ClosedClientError
-from localsched.future import Future, FutureCancelledError, RemoteTraceback
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
+from localsched.transport import requests as rq
 
 Key = Hashable
 
@@ -552,13 +552,13 @@ def test_every_request_is_frozen_slotted_keyword_only_and_crosses_a_pipe(kind):
 
 
 def test_the_handler_answers_every_request_type():
-    from localsched.request_handler import _HANDLERS
+    from localsched.runtime.request_handler import _HANDLERS
 
     assert set(_HANDLERS) == set(_request_types())
 
 
 def test_the_operations_are_the_coordination_methods():
-    from localsched.scheduler_extensions import OPERATIONS
+    from localsched.runtime.coordination_state import OPERATIONS
 
     assert {op.value for op in rq.Operation} == set(OPERATIONS)
 

@@ -1,5 +1,5 @@
-"""The memory monitor's policy (``localsched.memory.decide``) on crafted readings,
-its thresholds and ``memory_limit`` parsing, and its rate-limited log."""
+"""The memory monitor's policy (``localsched.runtime.memory.decide``) on crafted
+readings, its thresholds and ``memory_limit`` parsing, and its rate-limited log."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from localsched.memory import (
+from localsched.runtime.memory import (
     MemorySample,
     MemoryThresholds,
     RateLimitedLog,
@@ -333,7 +333,7 @@ def test_memory_limit_auto_is_at_most_the_machine():
 
 
 def test_memory_limit_above_the_machine_is_capped_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="localsched.memory"):
+    with caplog.at_level(logging.WARNING, logger="localsched.runtime.memory"):
         assert parse_memory_limit("2kB", 1, 4, system_limit=1000) == 1000
     assert "Ignoring memory_limit='2kB'" in caplog.text
 
@@ -354,8 +354,10 @@ def test_memory_messages_format_bytes_as_dask():
 
 def test_log_lines_are_rate_limited_per_kind_and_subject_with_counts(caplog):
     now = [0.0]
-    log = RateLimitedLog(logging.getLogger("localsched.memory"), 5.0, lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="localsched.memory"):
+    log = RateLimitedLog(
+        logging.getLogger("localsched.runtime.memory"), 5.0, lambda: now[0]
+    )
+    with caplog.at_level(logging.INFO, logger="localsched.runtime.memory"):
         for step in range(100):  # a worker swinging around a threshold
             now[0] = step * 0.1
             log(logging.WARNING, "pause", "w1", "w1 paused")

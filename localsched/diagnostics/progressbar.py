@@ -147,7 +147,7 @@ def _in_notebook() -> bool:
 def _collect_futures(objects: Iterable[Any]) -> list[Any]:
     """Futures in the arguments: futures, containers of them, persisted dask
     collections (whose graphs hold futures)."""
-    from localsched.future import futures_of
+    from localsched.client.future import futures_of
 
     found: list[Any] = []
     for obj in objects:

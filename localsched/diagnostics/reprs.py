@@ -151,7 +151,7 @@ def cluster_snapshot(cluster: Any, timeout: float = 2.0) -> ClusterSnapshot:
 
 def scheduler_snapshot(scheduler: Any) -> ClusterSnapshot:
     """Snapshot of a ``Scheduler``: through its cluster's thread when it has one."""
-    from localsched.cluster import _open_clusters
+    from localsched.deploy.local import _open_clusters
 
     for cluster in list(_open_clusters):
         if cluster.scheduler is scheduler:

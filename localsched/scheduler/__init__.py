@@ -20,6 +20,7 @@
 take it first (``func(state, ...)``), so no class is split across files.
 
 Pure state in, commands out: no threads, pipes, pickling, clocks or global config
-here. The runtime (``localsched.runtime``) owns a ``SchedulerState``, feeds it the
-events it observes and performs the commands it gets back.
+here. The runtime (``localsched.runtime.scheduler_thread``) owns a
+``SchedulerState``, feeds it the events it observes and performs the commands
+it gets back.
 """

@@ -2,7 +2,7 @@
 
 ``weakref.finalize`` registers an exit hook of its own when the first finalizer
 of the process is created. For the shared-memory store that was when the first
-cluster started, so the hook was registered *after* ``localsched.cluster``'s
+cluster started, so the hook was registered *after* ``localsched.deploy.local``'s
 ``_close_open_clusters``, and ``atexit`` runs hooks last in, first out: a
 program that ended without ``close()`` had its segments unlinked while workers
 still wrote new ones, and the hook then marked every finalizer as shut down, so
@@ -15,7 +15,7 @@ hook has run, calling any ``weakref.finalize`` does nothing at all.
 - calling it runs the function once, at any time, during exit too;
 - the object's garbage collection runs it, as ``weakref.finalize`` does;
 - what is still pending at exit runs in this module's exit hook, registered
-  when the module is first imported. ``localsched.cluster`` imports the store,
+  when the module is first imported. ``localsched.deploy.local`` imports the store,
   and so this module, before it registers ``_close_open_clusters``: the
   clusters close first (workers stopped, stores closed), and only what no
   cluster closed is removed here.

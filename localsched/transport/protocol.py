@@ -330,7 +330,7 @@ class Heartbeat(Message):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkRequest(Message):
     """A request of the worker's client (``get_client()`` in a task): one
-    ``localsched.requests.Request``, answered by :class:`LinkReply` with the
+    ``localsched.transport.requests.Request``, answered by :class:`LinkReply` with the
     same ``id``.
 
     The request is cloudpickled (it may hold user objects: a function to run on

@@ -3,7 +3,7 @@
 
 A task thread records the worker and the task it runs in :data:`thread_state`
 while the task executes; these functions read it. ``get_client()`` in a task
-returns the worker's client: a :class:`~localsched.client.Client` on a
+returns the worker's client: a :class:`~localsched.client.client.Client` on a
 :class:`~localsched.worker.link.PipeLink`, which talks to the scheduler over the
 worker's own pipe. A seceded task stops counting
 against its worker's threads: the worker starts another thread for its queue and
@@ -72,7 +72,7 @@ def get_client(
     worker = getattr(thread_state, "worker", None)
     if worker is not None and not address:
         return worker._get_client()
-    from localsched.client import Client, default_client
+    from localsched.client.client import Client, default_client
 
     try:
         client = default_client()

@@ -1,6 +1,6 @@
 """``PipeLink``: the scheduler link of a worker's tasks (``get_client()``).
 
-The client a task gets is a plain :class:`~localsched.client.Client` on this
+The client a task gets is a plain :class:`~localsched.client.client.Client` on this
 link, one per worker (``worker-client-<address>``), shared by its tasks. The
 link speaks over the worker's own pipe::
 
@@ -10,7 +10,7 @@ link speaks over the worker's own pipe::
     futures' states ◀── on_key_update() ◀── KeyUpdate ┴── control thread ◀─ pipe
 
 On the scheduler's side the same request handler answers as for a client in
-the user's process (``localsched.request_handler``), so the client behaves the
+the user's process (``localsched.runtime.request_handler``), so the client behaves the
 same. Differences: values travel inline (``scatter`` and task arguments are
 for small values here), and a result is fetched with a ``Gather`` request.
 
@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from localsched.errors import ClosedClientError
-from localsched.requests import Gather, Request
 from localsched.transport import pickling
 from localsched.transport.protocol import KeyUpdate, LinkEvents, LinkRequest
+from localsched.transport.requests import Gather, Request
 from localsched.transport.shm import load
 from localsched.worker.context import thread_state
 
 if TYPE_CHECKING:
-    from localsched.client import Client
-    from localsched.graph import TaskSpec
+    from localsched.client.client import Client
+    from localsched.client.graph import TaskSpec
     from localsched.scheduler.events import StateEvent
     from localsched.transport.protocol import Payload
     from localsched.worker.main import Worker
@@ -48,7 +48,7 @@ __all__ = ["PipeLink", "task_client"]
 
 
 class PipeLink:
-    """A :class:`~localsched.link.SchedulerLink` over a worker's pipe."""
+    """A :class:`~localsched.client.link.SchedulerLink` over a worker's pipe."""
 
     cluster = None
     is_shared = True
@@ -188,7 +188,7 @@ class PipeLink:
 
 def task_client(worker: Worker) -> tuple[Client, PipeLink]:
     """The client of ``worker``'s tasks, and its link."""
-    from localsched.client import Client
+    from localsched.client.client import Client
 
     link = PipeLink(worker)
     return Client(link=link, set_as_default=False), link

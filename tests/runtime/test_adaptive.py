@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from localsched import Client, LocalCluster, SchedulerPlugin
-from localsched.adaptive import Adaptive
 from localsched.deploy import Adaptive as DeployAdaptive
+from localsched.deploy.adaptive import Adaptive
 from tests.runtime.helpers import (
     DEADLINE,
     block,

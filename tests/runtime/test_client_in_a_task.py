@@ -31,18 +31,18 @@ pytestmark = pytest.mark.timeout(60)
 #: vocabulary, ``localsched.scheduler.events``, is what a client posts).
 SCHEDULER_SIDE = frozenset(
     {
-        "localsched.cluster",
-        "localsched.runtime",
-        "localsched.runtime_handles",
-        "localsched.runtime_requests",
-        "localsched.request_handler",
-        "localsched.supervision",
-        "localsched.restarting",
-        "localsched.scheduler_extensions",
-        "localsched.plugin_keeper",
-        "localsched.task_stream",
-        "localsched.memory",
-        "localsched.adaptive",
+        "localsched.deploy.local",
+        "localsched.runtime.scheduler_thread",
+        "localsched.runtime.handles",
+        "localsched.runtime.run_requests",
+        "localsched.runtime.request_handler",
+        "localsched.runtime.supervision",
+        "localsched.runtime.restarting",
+        "localsched.runtime.coordination_state",
+        "localsched.runtime.plugin_keeper",
+        "localsched.diagnostics.task_stream",
+        "localsched.runtime.memory",
+        "localsched.deploy.adaptive",
         "localsched.scheduler.scheduler",
         "localsched.scheduler.state",
         "localsched.scheduler.stimuli",
@@ -80,8 +80,8 @@ def test_a_task_that_calls_get_client_loads_neither_the_runtime_nor_the_core():
     with Client(n_workers=1, threads_per_worker=2) as client:
         future = client.submit(localsched_modules_after_get_client, pure=False)
         before, after = future.result(timeout=30)
-    assert "localsched.client" not in before  # the task's client was made here
-    assert {"localsched.client", "localsched.worker.link"} <= set(after)
+    assert "localsched.client.client" not in before  # the task's client was made here
+    assert {"localsched.client.client", "localsched.worker.link"} <= set(after)
     assert sorted(SCHEDULER_SIDE & set(after)) == []
 
 

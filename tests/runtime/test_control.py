@@ -7,7 +7,7 @@ import operator
 import pytest
 
 from localsched import Client
-from localsched.client_control import get_task_stream
+from localsched.client.control import get_task_stream
 from localsched.transport.protocol import (
     FunctionResult,
     RunFunction,

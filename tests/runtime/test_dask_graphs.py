@@ -18,7 +18,7 @@ da = pytest.importorskip("dask.array")
 
 from dask._task_spec import DataNode, Task, TaskRef  # noqa: E402
 
-from localsched import dask_graphs  # noqa: E402
+from localsched.client import dask_graphs  # noqa: E402
 from tests.runtime.helpers import poll  # noqa: E402
 
 # Task functions defined here reach workers by value, not by import.
@@ -92,7 +92,7 @@ def test_array_reduction_and_rechunk_with_x_compute(client):
 
 
 def client_collections() -> Any:
-    import localsched.client_collections as module
+    import localsched.client.dask_collections as module
 
     return module
 

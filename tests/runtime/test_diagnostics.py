@@ -282,7 +282,7 @@ def test_every_logger_hangs_under_localsched():
 def test_warnings_reach_stderr_and_info_stays_quiet_without_logging_config():
     script = (
         "import logging, localsched\n"
-        "log = logging.getLogger('localsched.cluster')\n"
+        "log = logging.getLogger('localsched.deploy.local')\n"
         "log.info('an info line')\n"
         "log.warning('a warning line')\n"
     )

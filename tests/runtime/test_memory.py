@@ -83,7 +83,7 @@ def _state(cluster: LocalCluster, key: object) -> str | None:
 
 def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
     with (
-        caplog.at_level(logging.INFO, logger="localsched.memory"),
+        caplog.at_level(logging.INFO, logger="localsched.runtime.memory"),
         LocalCluster(
             n_workers=1,
             threads_per_worker=1,
@@ -119,7 +119,7 @@ def test_results_spill_to_disk_and_read_back_identical(tmp_path, caplog):
 def test_pause_stops_placement_and_resume_restarts_it(tmp_path, caplog):
     started, release = str(tmp_path / "started"), str(tmp_path / "release")
     with (
-        caplog.at_level(logging.INFO, logger="localsched.memory"),
+        caplog.at_level(logging.INFO, logger="localsched.runtime.memory"),
         LocalCluster(
             n_workers=1,
             threads_per_worker=2,
@@ -171,7 +171,7 @@ def test_worker_past_terminate_is_restarted_and_its_task_killed(tmp_path):
 
 def test_paused_worker_with_nothing_to_spill_is_restarted_after_timeout(caplog):
     with (
-        caplog.at_level(logging.WARNING, logger="localsched.memory"),
+        caplog.at_level(logging.WARNING, logger="localsched.runtime.memory"),
         LocalCluster(
             n_workers=1,
             threads_per_worker=1,
@@ -202,7 +202,7 @@ def test_full_disk_while_spilling_logs_one_warning_not_a_flood(monkeypatch, capl
 
     monkeypatch.setattr(os, "sendfile", disk_full)
     with (
-        caplog.at_level(logging.WARNING, logger="localsched.memory"),
+        caplog.at_level(logging.WARNING, logger="localsched.runtime.memory"),
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, memory_limit="64MiB"
         ) as cluster,

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from localsched import Client, Event, LocalCluster
-from localsched.client import ClosedClientError
+from localsched.client.client import ClosedClientError
 from localsched.errors import SchedulerStoppedError
 from tests.runtime.helpers import (
     DEADLINE,

@@ -184,7 +184,7 @@ def test_get_client_outside_a_task_is_the_default_client(client):
 
 
 def test_get_client_without_any_client_raises(monkeypatch):
-    import localsched.client as client_module
+    import localsched.client.client as client_module
 
     monkeypatch.setattr(client_module, "_current", weakref.WeakValueDictionary())
     with pytest.raises(ValueError, match="No global client found"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from localsched import Client, KilledWorker, LocalCluster
-from localsched.runtime_handles import WorkerHandle
-from localsched.supervision import RestartPolicy
+from localsched.runtime.handles import WorkerHandle
+from localsched.runtime.supervision import RestartPolicy
 from tests.runtime.helpers import (
     DEADLINE,
     block,
@@ -252,7 +252,7 @@ def test_restart_policy_forgets_failures_once_a_worker_runs_well():
 
 
 def test_stderr_relay_forwards_everything_and_keeps_a_bounded_tail(capsys):
-    from localsched.supervision import TAIL_LINE_CHARS, TAIL_LINES, StderrRelay
+    from localsched.runtime.supervision import TAIL_LINE_CHARS, TAIL_LINES, StderrRelay
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)

@@ -5,8 +5,8 @@ backend is registered at once; otherwise a one-shot import hook registers it
 right after ``joblib.parallel`` is first imported. Either way it is registered
 lazily, the way joblib registers its own ``"dask"`` backend: an entry in
 ``joblib.parallel.EXTERNAL_BACKENDS`` that imports
-:mod:`localsched.joblib_backend` only when ``backend="localsched"`` is asked
-for. Importing localsched thus never imports joblib.
+:mod:`localsched.integrations.joblib_backend` only when
+``backend="localsched"`` is asked for. Importing localsched thus never imports joblib.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _register_backend() -> None:
     """Called by joblib the first time ``backend="localsched"`` is asked for."""
     from joblib import register_parallel_backend
 
-    from localsched.joblib_backend import LocalschedBackend
+    from localsched.integrations.joblib_backend import LocalschedBackend
 
     register_parallel_backend(BACKEND_NAME, LocalschedBackend)
 

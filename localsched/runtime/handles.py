@@ -14,13 +14,13 @@ from collections.abc import Callable, Hashable, Iterable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from localsched.future import FutureState
+from localsched.client.future import FutureState
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
 from localsched.transport.protocol import KeyUpdate, Message
 
 if TYPE_CHECKING:
-    from localsched.supervision import StderrRelay
+    from localsched.runtime.supervision import StderrRelay
     from localsched.transport.executing import ExecutingPage
 
 Key = Hashable

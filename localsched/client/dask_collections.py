@@ -20,7 +20,7 @@ import threading
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
-from localsched.dask_graphs import GraphOptions, flatten_keys, pack_results
+from localsched.client.dask_graphs import GraphOptions, flatten_keys, pack_results
 from localsched.units import parse_timedelta
 
 Key = Hashable
@@ -38,7 +38,7 @@ def current_client() -> Any:
     client = _as_current.get()
     if client is not None and client.status == "running":
         return client
-    from localsched.client import default_client
+    from localsched.client.client import default_client
 
     return default_client()
 
@@ -74,7 +74,7 @@ def register_future_token() -> None:
     (graphs holding futures, as persisted collections do, get stable names)."""
     from dask.tokenize import normalize_token
 
-    from localsched.future import Future
+    from localsched.client.future import Future
 
     if Future not in normalize_token._lookup:
         normalize_token.register(Future)(_future_token)
@@ -152,7 +152,7 @@ class CollectionsMixin:
         >>> client.get({"x": 1, "y": (add, "x", 2)}, "y")  # doctest: +SKIP
         3
         """
-        from localsched.dask_graphs import submit_graph
+        from localsched.client.dask_graphs import submit_graph
 
         self._check_running()  # type: ignore[attr-defined]
         options = self._graph_options(
@@ -204,7 +204,7 @@ class CollectionsMixin:
         from dask._expr import FinalizeCompute
         from dask.base import collections_to_expr
 
-        from localsched.dask_graphs import submit_graph
+        from localsched.client.dask_graphs import submit_graph
 
         self._check_running()  # type: ignore[attr-defined]
         singleton = not isinstance(collections, list | tuple | set | Iterator)
@@ -255,7 +255,7 @@ class CollectionsMixin:
         """
         from dask.base import collections_to_expr
 
-        from localsched.dask_graphs import submit_graph
+        from localsched.client.dask_graphs import submit_graph
 
         self._check_running()  # type: ignore[attr-defined]
         singleton = not isinstance(collections, list | tuple | set)
@@ -314,9 +314,9 @@ class CollectionsMixin:
 
         ``kwargs`` go to every ``submit`` (``workers``, ``resources``,
         ``retries``, ``priority``, ``pure``, ...). See
-        :class:`localsched.executor.ClientExecutor`.
+        :class:`localsched.client.executor.ClientExecutor`.
         """
-        from localsched.executor import ClientExecutor
+        from localsched.client.executor import ClientExecutor
 
         return ClientExecutor(self, **kwargs)
 

@@ -24,20 +24,24 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from localsched.future import FutureState
-from localsched.memory import MemoryMonitor, MemoryThresholds, parse_memory_limit
-from localsched.preloading import start_scheduler, teardown_preloads
-from localsched.processes import start_janitor, start_worker
-from localsched.runtime import SchedulerRuntime, WorkerHandle
+from localsched.client.future import FutureState
+from localsched.deploy.preloading import start_scheduler, teardown_preloads
+from localsched.deploy.processes import start_janitor, start_worker
+from localsched.runtime.memory import (
+    MemoryMonitor,
+    MemoryThresholds,
+    parse_memory_limit,
+)
+from localsched.runtime.scheduler_thread import SchedulerRuntime, WorkerHandle
+from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
-from localsched.supervision import RestartPolicy, StderrRelay
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
 
 if TYPE_CHECKING:
-    from localsched.adaptive import Adaptive
+    from localsched.deploy.adaptive import Adaptive
 
-logger = logging.getLogger("localsched.cluster")
+logger = logging.getLogger("localsched.deploy.local")
 
 _cluster_ids = itertools.count()
 
@@ -158,7 +162,7 @@ class LocalCluster:
         Bytes per worker as in dask: ``"auto"`` (the machine's memory times
         threads per worker / cores), a fraction of the machine's memory, a byte
         count or a string such as ``"4GiB"``, or 0/None (no limit). The workers'
-        limits add up to one budget for the machine (``localsched.memory``).
+        limits add up to one budget for the machine (``localsched.runtime.memory``).
     resources
         Abstract resources each worker offers, e.g. ``{"GPU": 1}``.
     validate
@@ -366,7 +370,7 @@ class LocalCluster:
             self._scale_up_to(n)
             return
         self._target = n
-        from localsched.adaptive import close_active_workers
+        from localsched.deploy.adaptive import close_active_workers
 
         workers = self.scheduler.workers
         joined = sum(ws.status in _ACTIVE for ws in workers.values())
@@ -456,7 +460,7 @@ class LocalCluster:
         >>> cluster.adapt(minimum=1, maximum=4, interval="500ms")  # doctest: +SKIP
         <Adaptive: minimum=1, maximum=4, state=running, decisions=0>
         """
-        from localsched.adaptive import Adaptive as DefaultAdaptive
+        from localsched.deploy.adaptive import Adaptive as DefaultAdaptive
 
         if self.status != "running":
             raise RuntimeError(f"Cannot adapt a cluster that is {self.status}")
@@ -694,7 +698,7 @@ def _shutdown_message() -> Any:
 def _start_memory_monitor(
     runtime: SchedulerRuntime, memory_limit: int, kwargs: dict[str, Any]
 ) -> MemoryMonitor | None:
-    """The memory monitor (``localsched.memory``), unless there is no limit.
+    """The memory monitor (``localsched.runtime.memory``), unless there is no limit.
 
     Thresholds: dask's worker keyword arguments ``memory_target_fraction``,
     ``memory_spill_fraction``, ``memory_pause_fraction``,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
-logger = logging.getLogger("localsched.preloading")
+logger = logging.getLogger("localsched.deploy.preloading")
 
 __all__ = ["Preload", "process_preloads", "start_scheduler", "teardown_preloads"]
 
@@ -149,7 +149,7 @@ def start_scheduler(
 
     for plugin in plugins:
         if isinstance(plugin, WorkerPlugin):
-            from localsched.plugin_keeper import add_worker_plugin
+            from localsched.runtime.plugin_keeper import add_worker_plugin
 
             add_worker_plugin(scheduler, runtime, plugin)
         else:

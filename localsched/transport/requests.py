@@ -1,8 +1,8 @@
 """What a client asks the scheduler thread: typed requests, one class each.
 
-A :class:`~localsched.link.SchedulerLink` carries these from a
-:class:`~localsched.client.Client` to the one request handler on the scheduler
-thread (``localsched.request_handler``), which answers each with one value or
+A :class:`~localsched.client.link.SchedulerLink` carries these from a
+:class:`~localsched.client.client.Client` to the one request handler on the scheduler
+thread (``localsched.runtime.request_handler``), which answers each with one value or
 one exception. In the user's process the request object itself reaches the
 handler; from inside a task (``get_client()``) it is cloudpickled into a
 ``LinkRequest`` wire message and answered by a ``LinkReply``. Either way the
@@ -307,7 +307,7 @@ class RemoveWorkerPlugin(Request):
 class Operation(StrEnum):
     """The operations on coordination state (``Event``, ``Lock``/``Semaphore``,
     ``Variable``, ``Queue``, published datasets); each names the method of
-    ``localsched.scheduler_extensions.Coordination`` that performs it."""
+    ``localsched.runtime.coordination_state.Coordination`` that performs it."""
 
     EVENT_SET = "event_set"
     EVENT_CLEAR = "event_clear"

@@ -36,12 +36,12 @@ from localsched.units import parse_timedelta
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from localsched.cluster import LocalCluster
-    from localsched.runtime import PeriodicCallback
+    from localsched.deploy.local import LocalCluster
+    from localsched.runtime.scheduler_thread import PeriodicCallback
     from localsched.scheduler.scheduler import Scheduler
     from localsched.scheduler.tasks import WorkerState
 
-logger = logging.getLogger("localsched.adaptive")
+logger = logging.getLogger("localsched.deploy.adaptive")
 
 #: Decisions kept in ``Adaptive.log`` (dask's ``admin.low-level-log-length``).
 LOG_LENGTH = 1000

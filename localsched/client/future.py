@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from localsched.client import Client
+    from localsched.client.client import Client
 
 Key = Hashable
 
@@ -294,7 +294,7 @@ def _run_callback(fn: Callable[[Future], Any], future: Future) -> None:
     except Exception:
         import logging
 
-        logging.getLogger("localsched.future").exception(
+        logging.getLogger("localsched.client.future").exception(
             "Error in callback %r of %r", fn, future
         )
 

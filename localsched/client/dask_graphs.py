@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any
 from localsched.transport.protocol import TaskRef
 
 if TYPE_CHECKING:
-    from localsched.client import Client
-    from localsched.future import Future
-    from localsched.graph import TaskSpec
+    from localsched.client.client import Client
+    from localsched.client.future import Future
+    from localsched.client.graph import TaskSpec
 
 Key = Hashable
 
@@ -115,7 +115,7 @@ def _import_dask() -> Any:
         import dask
     except ImportError as error:  # pragma: no cover - dask is in the test extra
         raise ImportError(MISSING_DASK) from error
-    from localsched.client_collections import register_future_token
+    from localsched.client.dask_collections import register_future_token
 
     register_future_token()
     return dask
@@ -173,7 +173,7 @@ def submit_graph(
     cull
         Drop the tasks ``keys`` do not need before pickling (dict graphs).
     """
-    from localsched.future import Future
+    from localsched.client.future import Future
 
     _import_dask()
     import dask.order
@@ -208,7 +208,7 @@ def _take_futures(raw: dict[Key, Any]) -> dict[Key, Future]:
     collections); an entry that is a future of another key becomes an alias."""
     from dask._task_spec import Alias
 
-    from localsched.future import Future
+    from localsched.client.future import Future
 
     existing: dict[Key, Future] = {}
     for key, value in list(raw.items()):
@@ -336,7 +336,7 @@ def _update_graph(
         annotations = {
             key: {**options.annotations, **per_key.get(key, {})} for key in tasks
         }
-    from localsched.graph import worker_restrictions
+    from localsched.client.graph import worker_restrictions
 
     restrictions = worker_restrictions(tasks, options.workers)
     return ev.UpdateGraph(
@@ -373,7 +373,7 @@ class _SpecBuilder:
     def __init__(self, client: Client) -> None:
         import cloudpickle
 
-        from localsched.graph import TaskSpec
+        from localsched.client.graph import TaskSpec
         from localsched.transport.shm import INLINE_THRESHOLD
 
         self._client = client
@@ -417,7 +417,7 @@ class _SpecBuilder:
 
 def _dumps_with_futures(node: Any, found: set[Key]) -> bytes:
     """Cloudpickle ``node``; each localsched future in it becomes a dependency."""
-    from localsched.future import Future
+    from localsched.client.future import Future
     from localsched.transport import pickling
 
     class GraphPickler(pickling.Pickler):

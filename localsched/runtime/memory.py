@@ -70,14 +70,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from localsched.memory_limits import parse_memory_limit, system_memory_limit
+from localsched.runtime.memory_limits import parse_memory_limit, system_memory_limit
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import SetPaused
 from localsched.units import format_bytes
 
 if TYPE_CHECKING:
-    from localsched.runtime import PeriodicCallback, SchedulerRuntime
-    from localsched.runtime_handles import WorkerHandle
+    from localsched.runtime.handles import WorkerHandle
+    from localsched.runtime.scheduler_thread import PeriodicCallback, SchedulerRuntime
 
 __all__ = [
     "MemoryDecision",
@@ -90,7 +90,7 @@ __all__ = [
     "system_memory_limit",
 ]
 
-logger = logging.getLogger("localsched.memory")
+logger = logging.getLogger("localsched.runtime.memory")
 
 #: Seconds between samples (dask's ``distributed.worker.memory.monitor-interval``
 #: is 100 ms; a sample of every worker costs about 20 us each).

@@ -4,7 +4,7 @@
 They work from the user's process and from inside tasks (the client
 ``get_client()`` returns there), which is their main use: objects pickle by
 name, so one passed to a task finds the same state. The state lives on the
-scheduler thread (``localsched.scheduler_extensions``); every operation is a
+scheduler thread (``localsched.runtime.coordination_state``); every operation is a
 ``Coordinate`` request through the client's link, and a wait is a ``WaitFor``
 request answered once its condition holds (re-sent every second, so leases a
 departed client held are seen to be free).
@@ -21,9 +21,9 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
-from localsched.future import Future
-from localsched.requests import Coordinate, Operation, WaitFor
+from localsched.client.future import Future
 from localsched.transport import pickling
+from localsched.transport.requests import Coordinate, Operation, WaitFor
 from localsched.units import parse_timedelta
 
 Key = Hashable

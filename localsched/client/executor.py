@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from localsched.future import Future
+from localsched.client.future import Future
 
 __all__ = ["ClientExecutor"]
 

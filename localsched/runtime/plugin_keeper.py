@@ -53,7 +53,7 @@ class WorkerPluginKeeper(SchedulerPlugin):
     def broadcast(self, make: Any) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
         """Send ``make(id, handle)`` to every ready worker; a cell resolving to
         address -> (ok, payload, traceback text) once each answered or left."""
-        from localsched.runtime import _PendingRun
+        from localsched.runtime.scheduler_thread import _PendingRun
 
         runtime = self.runtime
         cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()

@@ -12,7 +12,7 @@ the other side)::
 
 - ``post(*events)``: client events for the core (a graph, keys released, ...),
   in order, without waiting.
-- ``request(request)``: a typed request (``localsched.requests``); the answer
+- ``request(request)``: a typed request (``localsched.transport.requests``); the answer
   arrives in a ``concurrent.futures.Future`` (a cell). One handler on the
   scheduler thread answers every request, whichever link carried it, so a
   client behaves the same in the user's process and inside a task.
@@ -20,7 +20,9 @@ the other side)::
 - ``serialize``/``release``: how this link moves values (shared memory for
   large ones in the user's process, inline bytes from a task).
 
-:class:`LocalLink` serves a client in the process that runs the cluster: it
+:class:`~localsched.runtime.local_link.LocalLink` serves a client in the
+process that runs the cluster (it lives with the runtime, the one module of it
+a client imports): it
 queues a call of the handler on the runtime's inbox, behind the events posted
 before it, and reads results straight from the runtime's store. The tests'
 ``FakeLink`` (tests/test_client_link.py) answers requests from a table, so
@@ -31,25 +33,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future as CellFuture
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from localsched.requests import ConnectClient, DisconnectClient, Request
-from localsched.transport.shm import BlobRef
+from localsched.transport.requests import Request
 
 if TYPE_CHECKING:
-    from localsched.cluster import LocalCluster
-    from localsched.graph import TaskSpec
+    from localsched.client.graph import TaskSpec
+    from localsched.deploy.local import LocalCluster
     from localsched.scheduler.events import StateEvent
     from localsched.transport.protocol import Payload
 
 Key = Hashable
 
-__all__ = ["LocalLink", "SchedulerLink", "settled"]
+__all__ = ["SchedulerLink", "settled"]
 
 
 class SchedulerLink(Protocol):
-    """What a :class:`~localsched.client.Client` needs from the scheduler."""
+    """What a :class:`~localsched.client.client.Client` needs from the scheduler."""
 
     @property
     def cluster(self) -> LocalCluster | None:
@@ -147,78 +147,3 @@ def settled(cell: CellFuture[Any]) -> CellFuture[Any]:
 
     cell.add_done_callback(copy)
     return out
-
-
-class LocalLink:
-    """A link to the scheduler thread of a ``LocalCluster`` in this process.
-
-    Posting appends to the runtime's inbox; a request queues the handler's call
-    there, behind the events posted before it; results are read from the
-    runtime's store in the calling thread (zero-copy for arrays).
-    """
-
-    is_shared = False
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        from localsched.request_handler import answer
-        from localsched.runtime_handles import ClientHandle
-
-        self.cluster = cluster
-        runtime = self._runtime = cluster.runtime
-        store = cluster.store
-        self._answer = answer
-        self._handle_type = ClientHandle
-        self._handle: Any = None
-        # Bound once: submit and map call these per task.
-        self.post = runtime.post
-        self.stimulus_id = runtime.stimulus_id
-        self.load_result = runtime.load_result
-        self.serialize = store.serialize
-        self._store = store
-        self._arg_blobs = runtime.arg_blobs_pending
-
-    @property
-    def is_running(self) -> bool:
-        return self._runtime.is_running
-
-    @property
-    def has_failed(self) -> bool:
-        return self._runtime.failure is not None
-
-    def stopped_error(self) -> Exception:
-        return self._runtime.stopped_error()
-
-    def connect(
-        self,
-        client_id: str,
-        states: dict[Key, Any],
-        on_restart: Callable[[], Any] | None,
-        timeout: float | None,
-    ) -> str:
-        self._handle = self._handle_type(client_id)
-        self._handle.states = states
-        self.request(ConnectClient(on_restart=on_restart)).result(timeout=timeout)
-        return client_id
-
-    def disconnect(self, timeout: float | None) -> None:
-        self.request(DisconnectClient()).result(timeout=timeout)
-
-    def request(self, request: Request) -> CellFuture[Any]:
-        if self._handle is None:
-            raise RuntimeError("connect() the link before sending requests")
-        call = partial(self._answer, self._runtime, self._handle, request)
-        return settled(self._runtime.call(call))
-
-    def release(self, payload: Payload) -> None:
-        if isinstance(payload, BlobRef):  # inline bytes own nothing
-            self._store.release(payload)
-
-    def load_results(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        load = self.load_result
-        return {key: load(key) for key in keys}
-
-    def track_arguments(self, key: Key, spec: TaskSpec) -> None:
-        self._arg_blobs.append((key, spec))  # deque appends are atomic
-
-    def current_task(self) -> Key | None:
-        return None  # the user's process runs no tasks

@@ -1,7 +1,7 @@
 """How much memory a worker may use: dask's ``memory_limit`` semantics.
 
 Used by ``LocalCluster`` to turn ``memory_limit`` into bytes per worker, and by
-:mod:`localsched.memory` for the machine's cap on the workers' budget.
+:mod:`localsched.runtime.memory` for the machine's cap on the workers' budget.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from localsched.units import format_bytes, parse_bytes
 
 __all__ = ["parse_memory_limit", "system_memory_limit"]
 
-logger = logging.getLogger("localsched.memory")
+logger = logging.getLogger("localsched.runtime.memory")
 
 
 def system_memory_limit() -> int:

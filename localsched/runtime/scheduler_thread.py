@@ -46,18 +46,18 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from localsched.client.future import FutureState, RemoteTraceback
 from localsched.errors import ClosedClientError, SchedulerStoppedError
-from localsched.future import FutureState, RemoteTraceback
-from localsched.request_handler import serve_worker, take_worker_events
-from localsched.runtime_handles import (
+from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
     WorkerHandle,
 )
-from localsched.runtime_requests import RunRequests, _PendingRun
+from localsched.runtime.request_handler import serve_worker, take_worker_events
+from localsched.runtime.run_requests import RunRequests, _PendingRun
+from localsched.runtime.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
-from localsched.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.transport.protocol import (
     ForgetKeys,
     FunctionResult,
@@ -85,11 +85,11 @@ from localsched.transport.wakeup import Wakeup
 from localsched.worker.execute import loads_traceback
 
 if TYPE_CHECKING:
-    from localsched.graph import TaskSpec
+    from localsched.client.graph import TaskSpec
     from localsched.scheduler.scheduler import Scheduler
     from localsched.transport.shm import BlobStore
 
-logger = logging.getLogger("localsched.runtime")
+logger = logging.getLogger("localsched.runtime.scheduler_thread")
 
 __all__ = [
     "ClientHandle",

@@ -4,10 +4,10 @@ Client methods build task specs in the calling thread (functions pickled once,
 arguments once), post one event per call to the scheduler thread and return
 futures at once. They never touch scheduler state: waiting happens on the
 futures' states, which the scheduler thread resolves, and everything else is a
-typed request (``localsched.requests``) answered on the scheduler thread.
+typed request (``localsched.transport.requests``) answered on the scheduler thread.
 
 A client talks to the scheduler only through its link
-(``localsched.link.SchedulerLink``): a ``LocalLink`` in the process running the
+(``localsched.client.link.SchedulerLink``): a ``LocalLink`` in the process running the
 cluster, a ``PipeLink`` inside a worker (``get_client()`` in a task). The same
 class serves both, so every method works in both places, except the few that
 need the cluster object itself (listed in docs/api.md).
@@ -27,18 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
-from localsched import requests as rq
-from localsched.client_collections import (
+from localsched.client.control import ControlMixin, no_default
+from localsched.client.dask_collections import (
     CollectionsMixin,
     stop_using_localsched_for_dask,
     use_localsched_for_dask,
 )
-from localsched.client_control import ControlMixin, no_default
-from localsched.client_datasets import DatasetsMixin
-from localsched.client_plugins import PluginsMixin
-from localsched.errors import ClosedClientError
-from localsched.future import Future, FutureState, wait
-from localsched.graph import (
+from localsched.client.datasets import DatasetsMixin
+from localsched.client.future import Future, FutureState, wait
+from localsched.client.graph import (
     FunctionCache,
     TaskSpec,
     funcname,
@@ -48,15 +45,18 @@ from localsched.graph import (
     replace_futures,
     worker_restrictions,
 )
+from localsched.client.plugins import PluginsMixin
+from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
+from localsched.transport import requests as rq
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
-    from localsched.cluster import LocalCluster
-    from localsched.link import SchedulerLink
+    from localsched.client.link import SchedulerLink
+    from localsched.deploy.local import LocalCluster
 
 Key = Hashable
 
@@ -96,7 +96,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         Prefix of the client id.
     link
         Not in dask: talk to the scheduler through this
-        :class:`~localsched.link.SchedulerLink` instead of a cluster's (the
+        :class:`~localsched.client.link.SchedulerLink` instead of a cluster's (the
         client of a task is a ``Client`` on the worker's pipe link; tests use
         a fake one).
     **kwargs
@@ -115,7 +115,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
     ) -> Any:
         if isinstance(address, str) or kwargs.get("scheduler_file") is not None:
-            from localsched.handover import distributed_client
+            from localsched.integrations.handover import distributed_client
 
             return distributed_client(address, *args, **kwargs)
         return super().__new__(cls)
@@ -140,8 +140,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             )
         self._owns_cluster = address is None and link is None
         if link is None:
-            from localsched.cluster import LocalCluster
-            from localsched.link import LocalLink
+            from localsched.deploy.local import LocalCluster
+            from localsched.runtime.local_link import LocalLink
 
             cluster = LocalCluster(**kwargs) if address is None else address
             if not isinstance(cluster, LocalCluster):
@@ -638,7 +638,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
     def futures_of(self, obj: Any) -> list[Future]:
         """Futures held in ``obj`` (see ``localsched.futures_of``)."""
-        from localsched.future import futures_of
+        from localsched.client.future import futures_of
 
         return futures_of(obj)
 

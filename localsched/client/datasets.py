@@ -2,7 +2,7 @@
 ``list_datasets``, ``unpublish_dataset`` and the ``Client.datasets`` mapping.
 
 A dataset is any picklable object, futures inside it included; it lives on the
-scheduler thread (``localsched.scheduler_extensions``) and its futures' keys
+scheduler thread (``localsched.runtime.coordination_state``) and its futures' keys
 stay in memory (pseudo-client ``published-<name>``) until it is unpublished.
 Every client of the cluster, tasks' clients included, sees the same datasets.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from localsched.client_control import no_default
-from localsched.coordination import call, dumps, load_many
+from localsched.client.control import no_default
+from localsched.client.coordination import call, dumps, load_many
 
 Key = Hashable
 
@@ -48,7 +48,7 @@ class Datasets(MutableMapping):
 
 
 class DatasetsMixin:
-    """The datasets methods of :class:`~localsched.client.Client`."""
+    """The datasets methods of :class:`~localsched.client.client.Client`."""
 
     def publish_dataset(
         self, *args: Any, name: Key | None = None, override: bool = False, **kwargs: Any

@@ -1,10 +1,10 @@
 """State of the coordination primitives, on the scheduler thread.
 
 ``Event``, ``Lock``/``Semaphore``, ``Variable``, ``Queue`` and published
-datasets (``localsched.coordination`` and ``Client.publish_dataset``) keep their
+datasets (``localsched.client.coordination`` and ``Client.publish_dataset``) keep their
 state here, in one :class:`Coordination` per runtime. Every operation is a short
 non-blocking call on the scheduler thread, made by the request handler for a
-``Coordinate`` request (``localsched.requests``), whichever link carried it. A
+``Coordinate`` request (``localsched.transport.requests``), whichever link carried it. A
 caller that must wait (an event not set yet, a lock held, an empty queue) sends
 ``WaitFor``: its waiter is answered once the condition holds, so the scheduler
 thread never blocks.
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from localsched.requests import WaitCancelled
 from localsched.scheduler import events as ev
+from localsched.transport.requests import WaitCancelled
 
 if TYPE_CHECKING:
-    from localsched.runtime import SchedulerRuntime
+    from localsched.runtime.scheduler_thread import SchedulerRuntime
 
-logger = logging.getLogger("localsched.runtime")
+logger = logging.getLogger("localsched.runtime.scheduler_thread")
 
 Key = Hashable
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from localsched.scheduler import events as ev
 
 if TYPE_CHECKING:
-    from localsched.runtime import SchedulerRuntime
+    from localsched.runtime.scheduler_thread import SchedulerRuntime
 
-logger = logging.getLogger("localsched.restarting")
+logger = logging.getLogger("localsched.runtime.restarting")
 
 Key = Hashable
 

@@ -5,7 +5,7 @@
 ``wait_for_workers``, ``set_metadata``/``get_metadata`` and ``run``, with
 ``distributed.Client``'s signatures and return shapes.
 
-Each method sends one typed request (``localsched.requests``) through the
+Each method sends one typed request (``localsched.transport.requests``) through the
 client's link; the request handler answers it on the scheduler thread, so it
 sees one consistent state and never races the core. The same methods work in
 the user's process and inside a task. The mixin needs from its host only
@@ -21,10 +21,10 @@ from typing import Any
 
 import cloudpickle
 
-from localsched import requests as rq
-from localsched.future import Future
-from localsched.graph import replace_futures
+from localsched.client.future import Future
+from localsched.client.graph import replace_futures
 from localsched.transport import pickling
+from localsched.transport import requests as rq
 
 Key = Hashable
 
@@ -218,7 +218,7 @@ class ControlMixin:
                 results[address] = value
                 continue
             if traceback_text and value.__cause__ is None:
-                from localsched.future import RemoteTraceback
+                from localsched.client.future import RemoteTraceback
 
                 value.__cause__ = RemoteTraceback(traceback_text)
             if on_error == "raise":
@@ -393,7 +393,7 @@ class get_task_stream:
         if plot:
             raise ValueError("localsched cannot plot the task stream")
         if client is None:
-            from localsched.client import default_client
+            from localsched.client.client import default_client
 
             client = default_client()
         self.client = client

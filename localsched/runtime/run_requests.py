@@ -1,9 +1,9 @@
 """``Client.run``: a function run on workers outside task scheduling.
 
-The ``RunOnWorkers`` request (``localsched.request_handler``) starts a run
+The ``RunOnWorkers`` request (``localsched.runtime.request_handler``) starts a run
 here; each worker's ``FunctionResult`` resolves its part. Mixed into
-:class:`~localsched.runtime.SchedulerRuntime`; everything here runs on the
-scheduler thread.
+:class:`~localsched.runtime.scheduler_thread.SchedulerRuntime`; everything here
+runs on the scheduler thread.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   ``start`` hook runs there.
 - A :class:`~localsched.plugins.WorkerPlugin` is cloudpickled once here and set
   up on every worker (an ``AddWorkerPlugin`` request; the keeper on the
-  scheduler's side, ``localsched.plugin_keeper``, also sets it up on workers
+  scheduler's side, ``localsched.runtime.plugin_keeper``, also sets it up on workers
   that join later).
 
 The names, defaults, return values and warnings are dask's: ``register_plugin``
@@ -25,9 +25,9 @@ from typing import Any
 
 import cloudpickle
 
-from localsched import requests as rq
 from localsched.plugins import SchedulerPlugin, WorkerPlugin, registration_name
 from localsched.transport import pickling
+from localsched.transport import requests as rq
 
 __all__ = ["PluginsMixin"]
 
@@ -42,7 +42,7 @@ def _responses(answers: dict[str, tuple[bool, Any, str]]) -> dict[str, Any]:
             continue
         error = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
         if traceback_text and error.__cause__ is None:
-            from localsched.future import RemoteTraceback
+            from localsched.client.future import RemoteTraceback
 
             error.__cause__ = RemoteTraceback(traceback_text)
         raise error

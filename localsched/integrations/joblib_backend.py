@@ -4,7 +4,7 @@
 >>> with joblib.parallel_config(backend="localsched"):  # doctest: +SKIP
 ...     joblib.Parallel()(joblib.delayed(pow)(i, 2) for i in range(10))
 
-Registered lazily by :mod:`localsched.joblib_hook` (``import localsched``);
+Registered lazily by :mod:`localsched.integrations.joblib_hook` (``import localsched``);
 this module imports joblib. Calls run through the client's executor
 (``client.get_executor``), in batches sized by joblib's own auto-batching
 (about 0.2 s to 2 s of work per task), so short calls do not pay a task each.
@@ -54,7 +54,7 @@ class LocalschedBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore
     @property
     def client(self) -> Any:
         if self._client is None:
-            from localsched.client_collections import current_client
+            from localsched.client.dask_collections import current_client
 
             self._client = current_client()
         return self._client

@@ -1,6 +1,6 @@
 """Supervision of worker processes: noticing deaths and explaining them.
 
-Mixed into :class:`~localsched.runtime.SchedulerRuntime`; runs on the
+Mixed into :class:`~localsched.runtime.scheduler_thread.SchedulerRuntime`; runs on the
 scheduler thread. A worker's exit is seen through its process sentinel (or its
 pipe's EOF); a worker that exits without having said goodbye crashed. Then:
 
@@ -35,13 +35,13 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import IO, TYPE_CHECKING
 
-from localsched.runtime_handles import WorkerClientHandle, WorkerHandle
+from localsched.runtime.handles import WorkerClientHandle, WorkerHandle
 from localsched.scheduler import events as ev
 
 if TYPE_CHECKING:
-    from localsched.runtime import SchedulerRuntime
+    from localsched.runtime.scheduler_thread import SchedulerRuntime
 
-logger = logging.getLogger("localsched.runtime")
+logger = logging.getLogger("localsched.runtime.scheduler_thread")
 
 #: Lines of a worker's stderr kept for the explanation of its death.
 TAIL_LINES = 20

@@ -1,6 +1,6 @@
 """The one handler of clients' requests, on the scheduler thread.
 
-Every :class:`~localsched.requests.Request` a client sends, through whichever
+Every :class:`~localsched.transport.requests.Request` a client sends, through whichever
 link, ends in :func:`answer`: one function per request type, found in a table
 keyed by the type (as the core's event dispatch). ``asker`` is the runtime's
 record of the client that asks: a :class:`ClientHandle` for a client in this
@@ -29,19 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched import requests as rq
-from localsched import restarting
-from localsched.plugin_keeper import (
+from localsched.diagnostics.task_stream import task_stream_plugin
+from localsched.runtime import restarting
+from localsched.runtime.coordination_state import DEFERRED, coordination_of
+from localsched.runtime.handles import ClientHandle, WorkerClientHandle, WorkerHandle
+from localsched.runtime.plugin_keeper import (
     KEEPER_NAME,
     WorkerPluginKeeper,
     add_message,
     keeper_of,
 )
-from localsched.runtime_handles import ClientHandle, WorkerClientHandle, WorkerHandle
 from localsched.scheduler import events as ev
-from localsched.scheduler_extensions import DEFERRED, coordination_of
-from localsched.task_stream import task_stream_plugin
 from localsched.transport import pickling
+from localsched.transport import requests as rq
 from localsched.transport.protocol import (
     LinkEvents,
     LinkReply,
@@ -51,9 +51,9 @@ from localsched.transport.protocol import (
 from localsched.transport.shm import BlobRef
 
 if TYPE_CHECKING:
-    from localsched.runtime import SchedulerRuntime
+    from localsched.runtime.scheduler_thread import SchedulerRuntime
 
-logger = logging.getLogger("localsched.runtime")
+logger = logging.getLogger("localsched.runtime.scheduler_thread")
 
 Key = Hashable
 
