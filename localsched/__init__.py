@@ -45,14 +45,14 @@ _EXPORTS = {
     "default_client": "localsched.client.client",
     "futures_of": "localsched.client.future",
     "get_task_stream": "localsched.client.control",
-    "progress": "localsched.diagnostics.progressbar",
+    "progress": "localsched.client.progress",
     "fire_and_forget": "localsched.client.client",
-    "get_client": "localsched.worker.context",
+    "get_client": "localsched.client.task_client",
     "get_worker": "localsched.worker.context",
     "rejoin": "localsched.worker.context",
     "secede": "localsched.worker.context",
     "wait": "localsched.client.future",
-    "worker_client": "localsched.worker.context",
+    "worker_client": "localsched.client.task_client",
 }
 
 __all__ = [
@@ -114,15 +114,10 @@ if TYPE_CHECKING:
         futures_of,
         wait,
     )
+    from localsched.client.progress import progress
+    from localsched.client.task_client import get_client, worker_client
     from localsched.deploy.local import LocalCluster
-    from localsched.diagnostics.progressbar import progress
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
-    from localsched.worker.context import (
-        get_client,
-        get_worker,
-        rejoin,
-        secede,
-        worker_client,
-    )
+    from localsched.worker.context import get_worker, rejoin, secede

@@ -115,7 +115,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
     ) -> Any:
         if isinstance(address, str) or kwargs.get("scheduler_file") is not None:
-            from localsched.integrations.handover import distributed_client
+            from localsched.client.handover import distributed_client
 
             return distributed_client(address, *args, **kwargs)
         return super().__new__(cls)
@@ -140,8 +140,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             )
         self._owns_cluster = address is None and link is None
         if link is None:
+            from localsched.client.local_link import LocalLink
             from localsched.deploy.local import LocalCluster
-            from localsched.runtime.local_link import LocalLink
 
             cluster = LocalCluster(**kwargs) if address is None else address
             if not isinstance(cluster, LocalCluster):
@@ -745,12 +745,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         dashboard(self, **kwargs)
 
     def _repr_html_(self) -> str:
-        from localsched.diagnostics.reprs import client_html
+        from localsched.reprs import client_html
 
         return client_html(self)
 
     def __rich__(self) -> Any:
-        from localsched.diagnostics.reprs import client_rich
+        from localsched.reprs import client_rich
 
         return client_rich(self)
 

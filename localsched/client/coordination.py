@@ -147,7 +147,7 @@ def load_many(
 def _resolve_client(client: Any) -> Any:
     if client is not None:
         return client
-    from localsched.worker.context import get_client
+    from localsched.client.task_client import get_client
 
     return get_client()
 

@@ -20,7 +20,7 @@ the other side)::
 - ``serialize``/``release``: how this link moves values (shared memory for
   large ones in the user's process, inline bytes from a task).
 
-:class:`~localsched.runtime.local_link.LocalLink` serves a client in the
+:class:`~localsched.client.local_link.LocalLink` serves a client in the
 process that runs the cluster (it lives with the runtime, the one module of it
 a client imports): it
 queues a call of the handler on the runtime's inbox, behind the events posted

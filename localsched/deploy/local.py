@@ -24,9 +24,9 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from localsched.client.future import FutureState
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
+from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
     MemoryThresholds,
@@ -234,6 +234,7 @@ class LocalCluster:
             fast_task_slots=FAST_TASK_SLOTS,
             steal_latency=STEAL_LATENCY,
         )
+        self.scheduler.cluster_ref = weakref.ref(self)
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
@@ -629,14 +630,14 @@ class LocalCluster:
         )
 
     def _repr_html_(self) -> str:
-        from localsched.diagnostics import reprs
+        from localsched import reprs
 
         return reprs.cluster_html(
             reprs.cluster_snapshot(self), f"{type(self).__name__} {self.name}"
         )
 
     def __rich__(self) -> Any:
-        from localsched.diagnostics import reprs
+        from localsched import reprs
 
         return reprs.cluster_rich(
             reprs.cluster_snapshot(self), f"{type(self).__name__} {self.name}"

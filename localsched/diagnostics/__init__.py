@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "dashboard": "localsched.diagnostics.terminal_dashboard",
-    "progress": "localsched.diagnostics.progressbar",
+    "progress": "localsched.client.progress",
 }
 
 __all__ = ["dashboard", "progress"]
@@ -42,5 +42,5 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from localsched.diagnostics.progressbar import progress
+    from localsched.client.progress import progress
     from localsched.diagnostics.terminal_dashboard import dashboard

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
 from typing import Any
 
 from localsched.diagnostics.progress_tracker import (
@@ -135,28 +134,13 @@ def render_html(renderable: Any, width: int = 100) -> str:
     )
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
     """True in a Jupyter kernel (dask's ``is_kernel``)."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
     shell = ipython.get_ipython()  # type: ignore[attr-defined]
     return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _collect_futures(objects: Iterable[Any]) -> list[Any]:
-    """Futures in the arguments: futures, containers of them, persisted dask
-    collections (whose graphs hold futures)."""
-    from localsched.client.future import futures_of
-
-    found: list[Any] = []
-    for obj in objects:
-        graph = getattr(obj, "__dask_graph__", None)
-        if callable(graph):
-            found.extend(futures_of(list(dict(graph()).values())))
-        else:
-            found.extend(futures_of(obj))
-    return found
 
 
 class ProgressBar:
@@ -374,68 +358,3 @@ def finish_drawing(client: Any, timeout: float = 2.0) -> None:
             # reaches no cell; now a cell (the one closing) is running.
             bar._redraw(bar._handle)
             _drawing.discard(bar)
-
-
-def progress(
-    *futures: Any,
-    notebook: bool | None = None,
-    multi: bool = True,
-    complete: bool = True,
-    group_by: str = "prefix",
-    **kwargs: Any,
-) -> ProgressBar | None:
-    """Track the progress of futures (``distributed.progress``).
-
-    In a notebook the bar shows at once and updates in place while the cell
-    returns (non-blocking); in a script it blocks until every task finished.
-    It draws live in a terminal, prints a plain line every few seconds when the
-    output is not a terminal, and ends with dask's text bar line.
-
-    Parameters
-    ----------
-    *futures
-        Futures, collections of futures, or persisted dask collections.
-    notebook
-        Draw for Jupyter (default: when running in a kernel).
-    multi
-        One bar per task prefix (``inc``, ``sum``, ...) or a single bar.
-    complete
-        Count tasks that finished before the call (True) or only those left.
-    group_by
-        Only ``"prefix"`` (as dask's default) is supported.
-    **kwargs
-        ``interval`` (seconds between refreshes), ``console`` (a rich Console),
-        ``line_interval`` (seconds between plain lines in a log).
-
-    Returns
-    -------
-    The ``ProgressBar`` in a notebook (dask returns its widget), else None.
-
-    Examples
-    --------
-    >>> futures = client.map(slowinc, range(100))  # doctest: +SKIP
-    >>> progress(futures)  # doctest: +SKIP
-    [########################################] | 100% Completed | 1.2s
-    """
-    if group_by != "prefix":
-        raise NotImplementedError("progress groups tasks by key prefix only")
-    bar = ProgressBar(
-        _collect_futures(futures),
-        multi=multi,
-        complete=complete,
-        interval=kwargs.pop("interval", 0.1),
-        console=kwargs.pop("console", None),
-        line_interval=kwargs.pop("line_interval", 2.0),
-    )
-    if kwargs:
-        bar.stop()
-        raise TypeError(f"progress got unexpected arguments {sorted(kwargs)}")
-    if notebook is None:
-        notebook = _in_notebook()
-    if notebook:
-        from IPython.display import display
-
-        display(bar)
-        return bar
-    bar.run()
-    return None

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from localsched.diagnostics.reprs import (
+from localsched.reprs import (
     STATE_COLOURS,
     ClusterSnapshot,
     cluster_snapshot,

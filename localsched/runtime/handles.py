@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterable
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from localsched.client.future import FutureState
+from localsched.future_state import FutureState
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
 from localsched.transport.protocol import KeyUpdate, Message

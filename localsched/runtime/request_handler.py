@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched.diagnostics.task_stream import task_stream_plugin
 from localsched.runtime import restarting
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
 from localsched.runtime.handles import ClientHandle, WorkerClientHandle, WorkerHandle
@@ -39,6 +38,7 @@ from localsched.runtime.plugin_keeper import (
     add_message,
     keeper_of,
 )
+from localsched.runtime.task_stream import task_stream_plugin
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
 from localsched.transport import requests as rq

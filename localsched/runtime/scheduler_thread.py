@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched.client.future import FutureState, RemoteTraceback
 from localsched.errors import ClosedClientError, SchedulerStoppedError
+from localsched.future_state import FutureState, RemoteTraceback
 from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
@@ -58,6 +58,7 @@ from localsched.runtime.run_requests import RunRequests, _PendingRun
 from localsched.runtime.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
+from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
     ForgetKeys,
     FunctionResult,
@@ -82,7 +83,6 @@ from localsched.transport.protocol import (
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
-from localsched.worker.execute import loads_traceback
 
 if TYPE_CHECKING:
     from localsched.client.graph import TaskSpec

@@ -95,6 +95,9 @@ class Scheduler:
         self.address = f"local://{os.getpid()}"
         #: Commands produced by calls made outside ``handle`` (runtime flushes it).
         self.outbox: list[Command] = []
+        #: The ``LocalCluster`` running this scheduler (set by it; weakly, and
+        #: without an import: the reprs find their snapshot through it).
+        self.cluster_ref: Callable[[], Any] = lambda: None
         self._plugins = PluginRegistry(self)
         self.state.hooks = self._plugins
         self.status = "init"
@@ -716,11 +719,11 @@ class Scheduler:
         )
 
     def _repr_html_(self) -> str:
-        from localsched.diagnostics import reprs
+        from localsched import reprs
 
         return reprs.cluster_html(reprs.scheduler_snapshot(self), "Scheduler")
 
     def __rich__(self) -> Any:
-        from localsched.diagnostics import reprs
+        from localsched import reprs
 
         return reprs.cluster_rich(reprs.scheduler_snapshot(self), "Scheduler")

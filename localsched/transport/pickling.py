@@ -26,14 +26,16 @@ from __future__ import annotations
 import io
 import linecache
 import os
+import pickle
 import types
 from collections import ChainMap
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import cloudpickle
 
-__all__ = ["Pickler", "dumps", "restore_code"]
+__all__ = ["Pickler", "dumps", "dumps_traceback", "loads_traceback", "restore_code"]
 
 _BASE_TABLE: Any = cloudpickle.Pickler.dispatch_table
 
@@ -96,3 +98,36 @@ def dumps(
     with io.BytesIO() as file:
         Pickler(file, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
         return file.getvalue()
+
+
+def dumps_traceback(tb: TracebackType | None) -> bytes | None:
+    """Serialize a traceback for :func:`loads_traceback` (None without tblib).
+
+    Frames are reduced to plain data (code names, file names, line numbers) by
+    tblib, as distributed does, so loading needs neither the frames' globals
+    nor cloudpickle.
+    """
+    if tb is None:
+        return None
+    try:
+        from tblib import Traceback  # only on the failure path, if installed
+    except ImportError:
+        return None
+    try:
+        return pickle.dumps(Traceback(tb).to_dict(), protocol=5)
+    except Exception:
+        return None
+
+
+def loads_traceback(data: bytes | None) -> TracebackType | None:
+    """Rebuild what :func:`dumps_traceback` wrote into a real traceback object,
+    for ``raise exc.with_traceback(tb)`` and ``Future.traceback()``; None if
+    ``data`` is None or tblib is missing."""
+    if data is None:
+        return None
+    try:
+        from tblib import Traceback
+    except ImportError:
+        return None
+    tb: TracebackType | None = Traceback.from_dict(pickle.loads(data)).as_traceback()
+    return tb

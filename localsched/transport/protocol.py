@@ -287,7 +287,7 @@ class TaskFailed(Message):
     start: float
     stop: float
     #: The traceback as tblib's plain-data dict, pickled; None without tblib.
-    #: ``localsched.worker.execute.loads_traceback`` rebuilds a traceback object.
+    #: ``localsched.transport.pickling.loads_traceback`` rebuilds a traceback object.
     traceback: bytes | None = None
 
 

@@ -1,26 +1,24 @@
-"""Tasks inside tasks: ``get_worker``, ``get_client``, ``secede``, ``rejoin``,
-``worker_client`` (dask's functions of the same names).
+"""Tasks inside tasks: ``get_worker``, ``secede``, ``rejoin`` (dask's functions
+of the same names).
 
 A task thread records the worker and the task it runs in :data:`thread_state`
-while the task executes; these functions read it. ``get_client()`` in a task
-returns the worker's client: a :class:`~localsched.client.client.Client` on a
-:class:`~localsched.worker.link.PipeLink`, which talks to the scheduler over the
-worker's own pipe. A seceded task stops counting
+while the task executes; these functions read it, and so do ``get_client`` and
+``worker_client`` in :mod:`localsched.client.task_client` (the worker never
+imports the client: the client of its tasks is made there, on first use, and
+only kept by the worker). A seceded task stops counting
 against its worker's threads: the worker starts another thread for its queue and
 tells the scheduler (``LongRunning``, the core's ``TaskSeceded``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from localsched.worker.main import Worker
 
-__all__ = ["get_client", "get_worker", "rejoin", "secede", "worker_client"]
+__all__ = ["get_worker", "rejoin", "secede"]
 
 #: Per task thread: ``worker`` and ``key``, ``run_id``, ``start_time`` of the task
 #: it runs (unset between tasks), ``seceded``.
@@ -46,43 +44,6 @@ def get_worker() -> Worker:
     if worker is None:
         raise ValueError("No worker found")
     return worker
-
-
-def get_client(
-    address: Any = None, timeout: Any = None, resolve_address: bool = True
-) -> Any:
-    """Get a client while within a task (else the default client).
-
-    Inside a task: the worker's client, which submits to the same scheduler over
-    the worker's pipe; its subtasks run ahead of the task's siblings.
-
-    Raises
-    ------
-    ValueError
-        Outside a task, when there is no default client and no ``address``.
-
-    Examples
-    --------
-    >>> def f():
-    ...     client = get_client()
-    ...     futures = client.map(lambda x: x + 1, range(10))  # spawn many tasks
-    ...     return sum(client.gather(futures))
-    >>> future = client.submit(f)  # doctest: +SKIP
-    """
-    worker = getattr(thread_state, "worker", None)
-    if worker is not None and not address:
-        return worker._get_client()
-    from localsched.client.client import Client, default_client
-
-    try:
-        client = default_client()
-    except ValueError:
-        client = None
-    if client is not None and (not address or client.scheduler.address == address):
-        return client
-    if address:
-        return Client(address, timeout=timeout)
-    raise ValueError("No global client found and no address provided")
 
 
 def secede() -> None:
@@ -111,36 +72,3 @@ def rejoin() -> None:
     worker = getattr(thread_state, "worker", None)
     if worker is not None:
         worker._rejoin()
-
-
-@contextlib.contextmanager
-def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator[Any]:
-    """Get a client for this task; the task secedes while it is held.
-
-    Parameters
-    ----------
-    timeout
-        Accepted for dask compatibility.
-    separate_thread
-        Secede from the worker's thread pool while in the block (and rejoin on
-        exit), so that a one-thread worker can run the subtasks waited for.
-
-    Examples
-    --------
-    >>> def func(x):
-    ...     with worker_client() as c:  # connect from worker back to scheduler
-    ...         a = c.submit(inc, x)  # this task can submit more tasks
-    ...         b = c.submit(dec, x)
-    ...         return c.gather([a, b])  # and gather results
-    """
-    get_worker()
-    client = get_client(timeout=timeout)
-    with contextlib.ExitStack() as stack:
-        if separate_thread:
-            try:
-                secede()
-            except KeyError:  # already seceded
-                pass
-            else:
-                stack.callback(rejoin)
-        yield client

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import cloudpickle
 
 from localsched.transport import pickling
+from localsched.transport.pickling import dumps_traceback
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
 
@@ -35,10 +36,8 @@ __all__ = [
     "Outcome",
     "Success",
     "dumps_exception",
-    "dumps_traceback",
     "failure_from",
     "load_inputs",
-    "loads_traceback",
     "run_task",
     "substitute",
     "to_message",
@@ -252,39 +251,6 @@ def dumps_exception(exc: BaseException) -> bytes | None:
         except BaseException:
             return None
     return data
-
-
-def dumps_traceback(tb: TracebackType | None) -> bytes | None:
-    """Serialize a traceback for :func:`loads_traceback` (None without tblib).
-
-    Frames are reduced to plain data (code names, file names, line numbers) by
-    tblib, as distributed does, so loading needs neither the frames' globals
-    nor cloudpickle.
-    """
-    if tb is None:
-        return None
-    try:
-        from tblib import Traceback  # only on the failure path, if installed
-    except ImportError:
-        return None
-    try:
-        return pickle.dumps(Traceback(tb).to_dict(), protocol=5)
-    except Exception:
-        return None
-
-
-def loads_traceback(data: bytes | None) -> TracebackType | None:
-    """Rebuild what :func:`dumps_traceback` wrote into a real traceback object,
-    for ``raise exc.with_traceback(tb)`` and ``Future.traceback()``; None if
-    ``data`` is None or tblib is missing."""
-    if data is None:
-        return None
-    try:
-        from tblib import Traceback
-    except ImportError:
-        return None
-    tb: TracebackType | None = Traceback.from_dict(pickle.loads(data)).as_traceback()
-    return tb
 
 
 def load_inputs(

@@ -85,9 +85,9 @@ if TYPE_CHECKING:
     from collections.abc import Hashable, Mapping
     from multiprocessing.connection import Connection
 
+    from localsched.client.task_client import PipeLink  # set by get_client()
     from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
-    from localsched.worker.link import PipeLink
 
 __all__ = ["Worker", "run_worker"]
 
@@ -608,14 +608,6 @@ class Worker:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(payload.segment)
-
-    def _get_client(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                from localsched.worker.link import task_client
-
-                self._client, self._link = task_client(self)
-            return self._client
 
 
 class _Outbox:

@@ -40,7 +40,7 @@ SCHEDULER_SIDE = frozenset(
         "localsched.runtime.restarting",
         "localsched.runtime.coordination_state",
         "localsched.runtime.plugin_keeper",
-        "localsched.diagnostics.task_stream",
+        "localsched.runtime.task_stream",
         "localsched.runtime.memory",
         "localsched.deploy.adaptive",
         "localsched.scheduler.scheduler",
@@ -81,7 +81,7 @@ def test_a_task_that_calls_get_client_loads_neither_the_runtime_nor_the_core():
         future = client.submit(localsched_modules_after_get_client, pure=False)
         before, after = future.result(timeout=30)
     assert "localsched.client.client" not in before  # the task's client was made here
-    assert {"localsched.client.client", "localsched.worker.link"} <= set(after)
+    assert {"localsched.client.client", "localsched.client.task_client"} <= set(after)
     assert sorted(SCHEDULER_SIDE & set(after)) == []
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from localsched import Client, LocalCluster, progress
-from localsched.diagnostics import dashboard, reprs
+from localsched import Client, LocalCluster, progress, reprs
+from localsched.diagnostics import dashboard
 from localsched.diagnostics.progressbar import ProgressBar
 from tests.runtime.helpers import DEADLINE, block, poll
 

@@ -7,6 +7,7 @@ import traceback
 
 import pytest
 
+from localsched.transport.pickling import dumps_traceback, loads_traceback
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import (
     INLINE_THRESHOLD,
@@ -19,9 +20,7 @@ from localsched.worker.execute import (
     Failure,
     Success,
     dumps_exception,
-    dumps_traceback,
     load_inputs,
-    loads_traceback,
     run_task,
     substitute,
     to_message,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
     Goodbye,
     Heartbeat,
@@ -36,7 +37,6 @@ from localsched.transport.protocol import (
     encode_batch,
 )
 from localsched.transport.shm import BlobRef, BlobStore, load
-from localsched.worker.execute import loads_traceback
 from localsched.worker.main import run_worker
 
 if TYPE_CHECKING:

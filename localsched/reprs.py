@@ -151,13 +151,11 @@ def cluster_snapshot(cluster: Any, timeout: float = 2.0) -> ClusterSnapshot:
 
 def scheduler_snapshot(scheduler: Any) -> ClusterSnapshot:
     """Snapshot of a ``Scheduler``: through its cluster's thread when it has one."""
-    from localsched.deploy.local import _open_clusters
-
-    for cluster in list(_open_clusters):
-        if cluster.scheduler is scheduler:
-            snapshot = cluster_snapshot(cluster)
-            snapshot.name, snapshot.status = "Scheduler", scheduler.status
-            return snapshot
+    cluster = getattr(scheduler, "cluster_ref", lambda: None)()
+    if cluster is not None and cluster.scheduler is scheduler:
+        snapshot = cluster_snapshot(cluster)
+        snapshot.name, snapshot.status = "Scheduler", scheduler.status
+        return snapshot
     snapshot = _collect(scheduler, "Scheduler", scheduler.status)
     _add_rss(snapshot)
     return snapshot

@@ -20,9 +20,10 @@ runs ``get_client()`` loads the client, the requests and this link only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from localsched.transport import pickling
 from localsched.transport.protocol import KeyUpdate, LinkEvents, LinkRequest
 from localsched.transport.requests import Gather, Request
 from localsched.transport.shm import load
-from localsched.worker.context import thread_state
+from localsched.worker.context import get_worker, rejoin, secede, thread_state
 
 if TYPE_CHECKING:
     from localsched.client.client import Client
@@ -192,3 +193,82 @@ def task_client(worker: Worker) -> tuple[Client, PipeLink]:
 
     link = PipeLink(worker)
     return Client(link=link, set_as_default=False), link
+
+
+def _client_of(worker: Worker) -> Client:
+    """The client of ``worker``'s tasks, made on first use. The worker only
+    keeps it (and routes its link's replies): it never imports the client."""
+    with worker._client_lock:
+        if worker._client is None:
+            worker._client, worker._link = task_client(worker)
+        return worker._client
+
+
+def get_client(
+    address: Any = None, timeout: Any = None, resolve_address: bool = True
+) -> Any:
+    """Get a client while within a task (else the default client).
+
+    Inside a task: the worker's client, which submits to the same scheduler over
+    the worker's pipe; its subtasks run ahead of the task's siblings.
+
+    Raises
+    ------
+    ValueError
+        Outside a task, when there is no default client and no ``address``.
+
+    Examples
+    --------
+    >>> def f():
+    ...     client = get_client()
+    ...     futures = client.map(lambda x: x + 1, range(10))  # spawn many tasks
+    ...     return sum(client.gather(futures))
+    >>> future = client.submit(f)  # doctest: +SKIP
+    """
+    worker = getattr(thread_state, "worker", None)
+    if worker is not None and not address:
+        return _client_of(worker)
+    from localsched.client.client import Client, default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        client = None
+    if client is not None and (not address or client.scheduler.address == address):
+        return client
+    if address:
+        return Client(address, timeout=timeout)
+    raise ValueError("No global client found and no address provided")
+
+
+@contextlib.contextmanager
+def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator[Any]:
+    """Get a client for this task; the task secedes while it is held.
+
+    Parameters
+    ----------
+    timeout
+        Accepted for dask compatibility.
+    separate_thread
+        Secede from the worker's thread pool while in the block (and rejoin on
+        exit), so that a one-thread worker can run the subtasks waited for.
+
+    Examples
+    --------
+    >>> def func(x):
+    ...     with worker_client() as c:  # connect from worker back to scheduler
+    ...         a = c.submit(inc, x)  # this task can submit more tasks
+    ...         b = c.submit(dec, x)
+    ...         return c.gather([a, b])  # and gather results
+    """
+    get_worker()
+    client = get_client(timeout=timeout)
+    with contextlib.ExitStack() as stack:
+        if separate_thread:
+            try:
+                secede()
+            except KeyError:  # already seceded
+                pass
+            else:
+                stack.callback(rejoin)
+        yield client

@@ -1,0 +1,95 @@
+"""``progress``: dask's progress bar for futures and persisted collections.
+
+The entry point lives with the client because it understands what a client
+hands out (futures, containers of them, persisted dask collections); the bar
+itself, :class:`~localsched.diagnostics.progressbar.ProgressBar`, is a view
+that only needs the futures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from localsched.client.future import futures_of
+from localsched.diagnostics.progressbar import ProgressBar, in_notebook
+
+__all__ = ["progress"]
+
+
+def progress(
+    *futures: Any,
+    notebook: bool | None = None,
+    multi: bool = True,
+    complete: bool = True,
+    group_by: str = "prefix",
+    **kwargs: Any,
+) -> ProgressBar | None:
+    """Track the progress of futures (``distributed.progress``).
+
+    In a notebook the bar shows at once and updates in place while the cell
+    returns (non-blocking); in a script it blocks until every task finished.
+    It draws live in a terminal, prints a plain line every few seconds when the
+    output is not a terminal, and ends with dask's text bar line.
+
+    Parameters
+    ----------
+    *futures
+        Futures, collections of futures, or persisted dask collections.
+    notebook
+        Draw for Jupyter (default: when running in a kernel).
+    multi
+        One bar per task prefix (``inc``, ``sum``, ...) or a single bar.
+    complete
+        Count tasks that finished before the call (True) or only those left.
+    group_by
+        Only ``"prefix"`` (as dask's default) is supported.
+    **kwargs
+        ``interval`` (seconds between refreshes), ``console`` (a rich Console),
+        ``line_interval`` (seconds between plain lines in a log).
+
+    Returns
+    -------
+    The ``ProgressBar`` in a notebook (dask returns its widget), else None.
+
+    Examples
+    --------
+    >>> futures = client.map(slowinc, range(100))  # doctest: +SKIP
+    >>> progress(futures)  # doctest: +SKIP
+    [########################################] | 100% Completed | 1.2s
+    """
+    if group_by != "prefix":
+        raise NotImplementedError("progress groups tasks by key prefix only")
+    bar = ProgressBar(
+        _collect_futures(futures),
+        multi=multi,
+        complete=complete,
+        interval=kwargs.pop("interval", 0.1),
+        console=kwargs.pop("console", None),
+        line_interval=kwargs.pop("line_interval", 2.0),
+    )
+    if kwargs:
+        bar.stop()
+        raise TypeError(f"progress got unexpected arguments {sorted(kwargs)}")
+    if notebook is None:
+        notebook = in_notebook()
+    if notebook:
+        from IPython.display import display
+
+        display(bar)
+        return bar
+    bar.run()
+    return None
+
+
+def _collect_futures(objects: Iterable[Any]) -> list[Any]:
+    """Futures in the arguments: futures, containers of them, persisted dask
+    collections (whose graphs hold futures)."""
+    found: list[Any] = []
+    for obj in objects:
+        graph = getattr(obj, "__dask_graph__", None)
+        if callable(graph):
+            found.extend(futures_of(list(dict(graph()).values())))
+        else:
+            found.extend(futures_of(obj))
+    return found
