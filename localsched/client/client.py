@@ -117,7 +117,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         if isinstance(address, str) or kwargs.get("scheduler_file") is not None:
             from localsched.client.handover import distributed_client
 
-            return distributed_client(address, *args, **kwargs)
+            where = address if isinstance(address, str) else None
+            return distributed_client(where, *args, **kwargs)
         return super().__new__(cls)
 
     def __init__(

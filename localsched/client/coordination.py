@@ -365,7 +365,11 @@ class Lock(Semaphore):
             max_leases=1, name=name or f"lock-{uuid.uuid4().hex}", client=client
         )
 
-    def acquire(self, blocking: bool = True, timeout: Any = None) -> bool:
+    # dask's Lock.acquire(blocking, timeout) is not Semaphore.acquire(timeout):
+    # dask's Lock is no Semaphore; ours only reuses its machinery.
+    def acquire(  # type: ignore[override]
+        self, blocking: bool = True, timeout: Any = None
+    ) -> bool:
         """Acquire the lock.
 
         Parameters

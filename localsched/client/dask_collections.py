@@ -18,10 +18,13 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Hashable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localsched.client.dask_graphs import GraphOptions, flatten_keys, pack_results
 from localsched.units import parse_timedelta
+
+if TYPE_CHECKING:
+    from localsched.client.client import Client
 
 Key = Hashable
 
@@ -109,6 +112,7 @@ def stop_using_localsched_for_dask() -> None:
             restore.__exit__(None, None, None)
 
 
+# The mixin is only ever part of ``Client``: ``cast("Client", self)`` says so.
 class CollectionsMixin:
     """dask graphs, collections and ``concurrent.futures`` on this client."""
 
@@ -159,7 +163,11 @@ class CollectionsMixin:
             workers, allow_other_workers, resources, retries, priority, fifo_timeout
         )
         futures = submit_graph(
-            self, dsk, flatten_keys(keys), options, cull=isinstance(dsk, dict)
+            cast("Client", self),
+            dsk,
+            flatten_keys(keys),
+            options,
+            cull=isinstance(dsk, dict),
         )
         if not sync:
             return pack_results(keys, futures)
@@ -222,7 +230,7 @@ class CollectionsMixin:
             options = self._graph_options(
                 workers, allow_other_workers, resources, retries, priority, fifo_timeout
             )
-            futures_by_key = submit_graph(self, expr, names, options)
+            futures_by_key = submit_graph(cast("Client", self), expr, names, options)
         results: list[Any] = []
         position = iter(names)
         for item in items:
@@ -265,7 +273,7 @@ class CollectionsMixin:
         options = self._graph_options(
             workers, allow_other_workers, resources, retries, priority, fifo_timeout
         )
-        futures = submit_graph(self, expr, flatten_keys(keys), options)
+        futures = submit_graph(cast("Client", self), expr, flatten_keys(keys), options)
         persisted = []
         for item, item_keys in zip(items, keys, strict=True):
             rebuild, state = item.__dask_postpersist__()

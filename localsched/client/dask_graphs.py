@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localsched.transport.protocol import TaskRef
 
@@ -218,7 +218,8 @@ def _take_futures(raw: dict[Key, Any]) -> dict[Key, Future]:
                 del raw[key]
             else:
                 existing[value.key] = value
-                raw[key] = Alias(key, value.key)
+                # dask's Key type is narrower than the Hashable keys we hold.
+                raw[key] = Alias(cast(Any, key), cast(Any, value.key))
     return existing
 
 
@@ -246,7 +247,7 @@ def _chunks(keys: list[Key]) -> Iterator[list[Key]]:
 def _post_in_chunks(
     client: Client,
     nodes: dict[Key, Any],
-    order: Mapping[Key, int],
+    order: Mapping[Any, int],
     wanted: set[Key],
     annotations_by_type: dict[str, dict[Key, Any]],
     options: GraphOptions,

@@ -199,9 +199,11 @@ def _client_of(worker: Worker) -> Client:
     """The client of ``worker``'s tasks, made on first use. The worker only
     keeps it (and routes its link's replies): it never imports the client."""
     with worker._client_lock:
-        if worker._client is None:
-            worker._client, worker._link = task_client(worker)
-        return worker._client
+        client: Client | None = worker._client
+        if client is None:
+            client, worker._link = task_client(worker)
+            worker._client = client
+        return client
 
 
 def get_client(

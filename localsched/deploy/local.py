@@ -520,8 +520,9 @@ class LocalCluster:
         started = time.monotonic()
         is_clean = False
         try:
-            if getattr(self, "memory", None) is not None:
-                self.memory.stop()
+            memory = getattr(self, "memory", None)
+            if memory is not None:
+                memory.stop()
             self._stop_adaptive("cluster closing")
             handles: list[WorkerHandle] = []
             if self._preloads and self.runtime.is_running:

@@ -208,7 +208,10 @@ class ProgressTracker(SchedulerPlugin):
             prefixes = tuple(
                 PrefixProgress(
                     name,
-                    *counts,
+                    counts[0],
+                    counts[1],
+                    counts[2],
+                    counts[3],
                     active=self._latest.get(name, self._start) - self._start,
                 )
                 for name, counts in self._counts.items()

@@ -96,7 +96,7 @@ class ProgressView:
         snapshot = self.snapshot
         table = Table.grid(padding=(0, 1))
         for justify in ("right", "left", "right", "right", "right", "left"):
-            table.add_column(justify=justify)  # type: ignore[arg-type]
+            table.add_column(justify=justify)
         for p in self._rows():
             style = "red" if p.erred else ("green" if p.remaining == 0 else "cyan")
             bar = Bar(
@@ -139,7 +139,7 @@ def in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
-    shell = ipython.get_ipython()  # type: ignore[attr-defined]
+    shell = ipython.get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 

@@ -90,7 +90,7 @@ def render(snapshot: ClusterSnapshot, cpu: dict[int, float | None]) -> Any:
         )
     prefixes = Table.grid(padding=(0, 1))
     for justify in ("right", "left", "right", "left"):
-        prefixes.add_column(justify=justify)  # type: ignore[arg-type]
+        prefixes.add_column(justify=justify)
     biggest = sorted(
         snapshot.prefixes.items(), key=lambda item: -sum(item[1].values())
     )[:MAX_PREFIXES]

@@ -21,7 +21,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 __all__ = ["LocalschedBackend"]
 
 
-class LocalschedBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
+class LocalschedBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's backend protocol over a localsched ``Client``.
 
     Parameters

@@ -624,7 +624,7 @@ class MemoryMonitor:
     def _running(self, handle: WorkerHandle) -> str:
         """The text naming the tasks it runs, if they can be told."""
         keys: list[Any] | None = None
-        executing = getattr(self.runtime, "_executing_keys", None)
+        executing = getattr(self.runtime, "executing_keys", None)
         if executing is not None:
             keys = executing(handle)
         if keys is None:

@@ -53,7 +53,7 @@ class WorkerPluginKeeper(SchedulerPlugin):
     def broadcast(self, make: Any) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
         """Send ``make(id, handle)`` to every ready worker; a cell resolving to
         address -> (ok, payload, traceback text) once each answered or left."""
-        from localsched.runtime.scheduler_thread import _PendingRun
+        from localsched.runtime.run_requests import PendingRun
 
         runtime = self.runtime
         cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
@@ -61,8 +61,8 @@ class WorkerPluginKeeper(SchedulerPlugin):
         if not ready:
             cell.set_result({})
             return cell
-        run_id = next(runtime._run_ids)
-        runtime._runs[run_id] = _PendingRun(cell, {h.address for h in ready})
+        run_id = next(runtime.runs.ids)
+        runtime.runs.pending[run_id] = PendingRun(cell, {h.address for h in ready})
         for handle in ready:
             handle.outbox.append(make(run_id, handle))
         return cell

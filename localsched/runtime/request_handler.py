@@ -308,7 +308,7 @@ def _run_on_workers(
         if r.workers is None
         else scheduler.workers_list(list(r.workers))
     )
-    return runtime.start_run(r.function, r.args, addresses)
+    return runtime.runs.start(r.function, r.args, addresses)
 
 
 def _restart(

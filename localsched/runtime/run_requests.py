@@ -1,23 +1,36 @@
 """``Client.run``: a function run on workers outside task scheduling.
 
 The ``RunOnWorkers`` request (``localsched.runtime.request_handler``) starts a run
-here; each worker's ``FunctionResult`` resolves its part. Mixed into
-:class:`~localsched.runtime.scheduler_thread.SchedulerRuntime`; everything here
-runs on the scheduler thread.
+here; each worker's ``FunctionResult`` resolves its part. A component of
+:class:`~localsched.runtime.scheduler_thread.SchedulerRuntime` (``runtime.runs``)
+owning its own fields; everything here runs on the scheduler thread.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
 from concurrent.futures import Future as CellFuture
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localsched.transport.protocol import RunFunction
 
+if TYPE_CHECKING:
+    from localsched.runtime.handles import WorkerHandle
 
-class RunRequests:
-    """``SchedulerRuntime``'s side of ``Client.run``."""
+__all__ = ["PendingRun", "Runs"]
 
-    def start_run(
+
+class Runs:
+    """The ``Client.run`` calls under way, and their workers' answers."""
+
+    def __init__(self, workers: Mapping[str, WorkerHandle]) -> None:
+        self.workers = workers
+        #: run id -> the run still waiting for some of its workers
+        self.pending: dict[int, PendingRun] = {}
+        self.ids = itertools.count()
+
+    def start(
         self, function: bytes, args: bytes, addresses: list[str]
     ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
         """Send ``Client.run``'s function to these workers (scheduler thread only).
@@ -32,8 +45,8 @@ class RunRequests:
         if not ready:
             cell.set_result({})
             return cell
-        run_id = next(self._run_ids)
-        self._runs[run_id] = _PendingRun(cell, {h.address for h in ready})
+        run_id = next(self.ids)
+        self.pending[run_id] = PendingRun(cell, {h.address for h in ready})
         for handle in ready:
             handle.outbox.append(
                 RunFunction(
@@ -46,27 +59,29 @@ class RunRequests:
             )
         return cell
 
-    def _run_answered(
+    def answered(
         self, run_id: int, address: str, answer: tuple[bool, Any, str]
     ) -> None:
-        run = self._runs.get(run_id)
+        """A worker's answer to run ``run_id``."""
+        run = self.pending.get(run_id)
         if run is None or address not in run.waiting:
             return
         run.waiting.discard(address)
         run.answers[address] = answer
         if not run.waiting:
-            del self._runs[run_id]
+            del self.pending[run_id]
             run.cell.set_result(run.answers)
 
-    def _fail_runs(self) -> None:
-        runs, self._runs = self._runs, {}
+    def fail_all(self) -> None:
+        """The scheduler thread stops: every run still waiting fails."""
+        runs, self.pending = self.pending, {}
         for run in runs.values():
             run.cell.set_exception(
                 RuntimeError("The scheduler thread stopped: cluster closed")
             )
 
 
-class _PendingRun:
+class PendingRun:
     """A ``Client.run`` call: its result cell and the workers yet to answer."""
 
     __slots__ = ("answers", "cell", "waiting")

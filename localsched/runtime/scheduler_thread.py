@@ -54,8 +54,14 @@ from localsched.runtime.handles import (
     WorkerHandle,
 )
 from localsched.runtime.request_handler import serve_worker, take_worker_events
-from localsched.runtime.run_requests import RunRequests, _PendingRun
-from localsched.runtime.supervision import Supervision, describe_exit, read_oom_kills
+from localsched.runtime.run_requests import Runs
+from localsched.runtime.supervision import (
+    close_stderr_relays,
+    describe_exit,
+    executing_keys,
+    read_oom_kills,
+    worker_exited,
+)
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport.pickling import loads_traceback
@@ -97,7 +103,6 @@ __all__ = [
     "SchedulerRuntime",
     "WorkerClientHandle",
     "WorkerHandle",
-    "_PendingRun",
     "describe_exit",
 ]
 
@@ -111,7 +116,7 @@ MAX_LEASES_PER_WORKER = 4
 _PIPE, _SENTINEL, _STDERR = 0, 1, 2
 
 
-class SchedulerRuntime(RunRequests, Supervision):
+class SchedulerRuntime:
     """Owns the scheduler thread; see the module docstring."""
 
     def __init__(
@@ -149,8 +154,8 @@ class SchedulerRuntime(RunRequests, Supervision):
         self.arg_blobs_pending: deque[tuple[Key, Any]] = deque()
         self._arg_blobs: list[tuple[Key, Any]] = []
         #: ``Client.run`` calls waiting for replies, by id.
-        self._runs: dict[int, _PendingRun] = {}
-        self._run_ids = itertools.count()
+        #: ``Client.run`` calls waiting for their workers' answers.
+        self.runs = Runs(self.workers)
         #: Callbacks run on this thread every so often (adaptive, memory, ...).
         self._periodic: list[PeriodicCallback] = []
         #: The cgroup's OOM-kill count when last read (supervision.py).
@@ -182,6 +187,10 @@ class SchedulerRuntime(RunRequests, Supervision):
     @property
     def is_running(self) -> bool:
         return self._thread is not None and not self._stopped.is_set()
+
+    def executing_keys(self, handle: WorkerHandle) -> list[Hashable] | None:
+        """Keys ``handle``'s worker is executing now; None if unknown."""
+        return executing_keys(self, handle)
 
     def stopped_error(self) -> ClosedClientError:
         """What a call that needs the stopped loop raises: why it stopped.
@@ -297,12 +306,12 @@ class SchedulerRuntime(RunRequests, Supervision):
             self.failure = exc
             logger.exception("The scheduler thread failed")
         finally:
-            self._close_stderr_relays()
+            close_stderr_relays(self)
             # After this, ``call`` and ``Client._state_for`` fail what they
             # queue or create themselves: whatever came before is failed below.
             self._stopped.set()
             self._fail_calls()
-            self._fail_runs()
+            self.runs.fail_all()
             if self.failure is not None:
                 self._fail_after_crash()
 
@@ -365,7 +374,7 @@ class SchedulerRuntime(RunRequests, Supervision):
                 exited.append(handle)
         for handle in exited:
             self._drain_worker(handle, events)
-            self._worker_exited(handle, events)
+            worker_exited(self, handle, events)
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + TICK_INTERVAL
@@ -516,7 +525,7 @@ class SchedulerRuntime(RunRequests, Supervision):
             )
         elif typ is FunctionResult:
             assert isinstance(message, FunctionResult)
-            self._run_answered(
+            self.runs.answered(
                 message.id,
                 address,
                 (message.ok, message.payload, message.traceback_text),
@@ -558,8 +567,9 @@ class SchedulerRuntime(RunRequests, Supervision):
             or ts.run_id != message.run_id
         ):
             self._free_payload(payload)  # stale: the task moved on
-            payload = None
+            is_kept = False
         else:
+            is_kept = True
             old = self.data.get(key)
             if old is not None:
                 self._free_payload(old)
@@ -576,75 +586,85 @@ class SchedulerRuntime(RunRequests, Supervision):
                 nbytes=message.nbytes,
                 type=message.type,
                 startstops=(("compute", message.start, message.stop),),
-                shared=payload is not None,
+                shared=is_kept,
             )
         )
 
     # -- commands -> IO ----------------------------------------------------------------
 
     def _execute(self, commands: list[cmd.Command]) -> None:
+        # One table lookup per command, as the core's _DISPATCH for events.
+        handlers = _COMMAND_HANDLERS
         for command in commands:
-            typ = type(command)
-            if typ is cmd.ComputeTask:
-                self._compute(command)  # type: ignore[arg-type]
-            elif typ is cmd.KeyInMemory:
-                state = self._client_state(command)
-                if state is not None:
-                    state.finish(command.type)  # type: ignore[attr-defined]
-            elif typ is cmd.FreeData:
-                payload = self.data.pop(command.key, None)  # type: ignore[attr-defined]
-                if payload is not None:
-                    self._free_payload(payload)
-                    producer = self._producers.pop(command.key, None)  # type: ignore[attr-defined]
-                    if producer is not None and isinstance(payload, BlobRef):
-                        self._lease_back(producer, payload.nbytes)
-            elif typ is cmd.FreeKeys:
-                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
-                if handle is not None:
-                    handle.outbox.append(ForgetKeys(keys=command.keys))  # type: ignore[attr-defined]
-            elif typ is cmd.KeyErred:
-                state = self._client_state(command)
-                if state is not None:
-                    state.set_error(*_exception_of(command))  # type: ignore[arg-type]
-            elif typ is cmd.KeyCancelled:
-                state = self._client_state(command)
-                if state is not None:
-                    state.cancel(command.reason)  # type: ignore[attr-defined]
-            elif typ in (cmd.KeyLost, cmd.KeyRetried):
-                state = self._client_state(command)
-                if state is not None:
-                    state.reset()
-            elif typ is cmd.StealRequest:
-                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
-                if handle is not None:
-                    handle.outbox.append(StealQuery(key=command.key))  # type: ignore[attr-defined]
-            elif typ is cmd.CloseWorker:
-                handle = self.workers.get(command.worker)  # type: ignore[attr-defined]
-                if handle is not None:
-                    handle.outbox.append(Shutdown(reason=command.reason))  # type: ignore[attr-defined]
-            elif typ is cmd.GraphRejected:
-                client = self.clients.get(command.client)  # type: ignore[attr-defined]
-                for key in command.keys:  # type: ignore[attr-defined]
-                    state = client.states.get(key) if client else None
-                    if state is not None:
-                        state.set_error(command.error, "")  # type: ignore[attr-defined]
-            elif typ is cmd.RetirementFailed:
-                logger.warning(
-                    "Could not retire workers %s: %s",
-                    command.workers,  # type: ignore[attr-defined]
-                    command.reason,  # type: ignore[attr-defined]
-                )
-            elif typ is cmd.AcquireReplicas:
-                # Every result already lives in this process: nothing to move.
-                self.post(
-                    ev.ReplicasAdded(
-                        stimulus_id=command.stimulus_id,
-                        worker=command.worker,  # type: ignore[attr-defined]
-                        keys=command.keys,  # type: ignore[attr-defined]
-                    )
-                )
-            else:
+            handler = handlers.get(type(command))
+            if handler is None:
                 raise AssertionError(f"Unknown command {command!r}")
+            handler(self, command)
+
+    def _on_key_in_memory(self, command: cmd.KeyInMemory) -> None:
+        state = self._client_state(command)
+        if state is not None:
+            state.finish(command.type)
+
+    def _on_free_data(self, command: cmd.FreeData) -> None:
+        payload = self.data.pop(command.key, None)
+        if payload is not None:
+            self._free_payload(payload)
+            producer = self._producers.pop(command.key, None)
+            if producer is not None and isinstance(payload, BlobRef):
+                self._lease_back(producer, payload.nbytes)
+
+    def _on_free_keys(self, command: cmd.FreeKeys) -> None:
+        handle = self.workers.get(command.worker)
+        if handle is not None:
+            handle.outbox.append(ForgetKeys(keys=command.keys))
+
+    def _on_key_erred(self, command: cmd.KeyErred) -> None:
+        state = self._client_state(command)
+        if state is not None:
+            state.set_error(*_exception_of(command))
+
+    def _on_key_cancelled(self, command: cmd.KeyCancelled) -> None:
+        state = self._client_state(command)
+        if state is not None:
+            state.cancel(command.reason)
+
+    def _on_key_recomputed(self, command: cmd.KeyLost | cmd.KeyRetried) -> None:
+        state = self._client_state(command)
+        if state is not None:
+            state.reset()
+
+    def _on_steal_request(self, command: cmd.StealRequest) -> None:
+        handle = self.workers.get(command.worker)
+        if handle is not None:
+            handle.outbox.append(StealQuery(key=command.key))
+
+    def _on_close_worker(self, command: cmd.CloseWorker) -> None:
+        handle = self.workers.get(command.worker)
+        if handle is not None:
+            handle.outbox.append(Shutdown(reason=command.reason))
+
+    def _on_graph_rejected(self, command: cmd.GraphRejected) -> None:
+        client = self.clients.get(command.client)
+        for key in command.keys:
+            state = client.states.get(key) if client else None
+            if state is not None:
+                state.set_error(command.error, "")
+
+    def _on_retirement_failed(self, command: cmd.RetirementFailed) -> None:
+        logger.warning(
+            "Could not retire workers %s: %s", command.workers, command.reason
+        )
+
+    def _on_acquire_replicas(self, command: cmd.AcquireReplicas) -> None:
+        # Every result already lives in this process: nothing to move.
+        self.post(
+            ev.ReplicasAdded(
+                stimulus_id=command.stimulus_id,
+                worker=command.worker,
+                keys=command.keys,
+            )
+        )
 
     def _client_state(self, command: Any) -> FutureState | None:
         client = self.clients.get(command.client)
@@ -810,3 +830,21 @@ def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
     if text and exception.__cause__ is None:
         exception.__cause__ = RemoteTraceback(text)
     return exception, text
+
+
+#: What the runtime does for each command of the core (see ``_execute``).
+_COMMAND_HANDLERS: dict[type[cmd.Command], Callable[[SchedulerRuntime, Any], None]] = {
+    cmd.ComputeTask: SchedulerRuntime._compute,
+    cmd.KeyInMemory: SchedulerRuntime._on_key_in_memory,
+    cmd.FreeData: SchedulerRuntime._on_free_data,
+    cmd.FreeKeys: SchedulerRuntime._on_free_keys,
+    cmd.KeyErred: SchedulerRuntime._on_key_erred,
+    cmd.KeyCancelled: SchedulerRuntime._on_key_cancelled,
+    cmd.KeyLost: SchedulerRuntime._on_key_recomputed,
+    cmd.KeyRetried: SchedulerRuntime._on_key_recomputed,
+    cmd.StealRequest: SchedulerRuntime._on_steal_request,
+    cmd.CloseWorker: SchedulerRuntime._on_close_worker,
+    cmd.GraphRejected: SchedulerRuntime._on_graph_rejected,
+    cmd.RetirementFailed: SchedulerRuntime._on_retirement_failed,
+    cmd.AcquireReplicas: SchedulerRuntime._on_acquire_replicas,
+}

@@ -54,97 +54,96 @@ _OOM_COUNTERS = (
 )
 
 
-class Supervision:
-    """``SchedulerRuntime``'s handling of worker exits."""
+def worker_exited(
+    runtime: SchedulerRuntime, handle: WorkerHandle, events: list[ev.StateEvent]
+) -> None:
+    """A worker process ended: forget it, say why, and tell the core."""
+    if runtime.workers.get(handle.address) is not handle:
+        return
+    handle.process.join(1.0)
+    runtime.workers.pop(handle.address, None)
+    with contextlib.suppress(OSError):
+        handle.conn.close()
+    relay = handle.stderr_relay
+    if relay is not None:
+        relay.pump(max_reads=1024)  # the last lines it wrote before dying
+        relay.close()
+    expected = handle.said_goodbye or handle.restarting or runtime._stopping
+    executing: list[Hashable] | None = None
+    if not expected or handle.exit_cause:
+        if not expected:
+            executing = executing_keys(runtime, handle)
+            handle.executing_at_exit = executing
+        handle.exit_reason = explain_death(handle, oom_killed=oom_kills_grew(runtime))
+        logger.warning(
+            "%s%s",
+            handle.exit_reason,
+            "" if executing is None else f"\nIt was executing {executing!r}.",
+        )
+    if handle.executing_page is not None:
+        handle.executing_page.close()
+    runtime.store.reclaim(handle.pid)
+    for run_id in [
+        i for i, run in runtime.runs.pending.items() if handle.address in run.waiting
+    ]:
+        error = OSError(
+            f"Worker {handle.address} left before answering Client.run"
+            f" ({handle.exit_reason or 'it exited'})"
+        )
+        runtime.runs.answered(run_id, handle.address, (False, error, ""))
+    client_id = f"worker-client-{handle.address}"
+    if isinstance(runtime.clients.get(client_id), WorkerClientHandle):
+        del runtime.clients[client_id]
+        events.append(
+            ev.ClientRemoved(
+                stimulus_id=runtime.stimulus_id("client-removed"), client=client_id
+            )
+        )
+    if handle.is_ready:
+        events.append(
+            ev.WorkerRemoved(
+                stimulus_id=runtime.stimulus_id("worker-removed"),
+                address=handle.address,
+                expected=expected,
+                reason=handle.exit_reason,
+                executing=executing,
+                time=time.time(),
+            )
+        )
+    if runtime.on_worker_exit is not None:
+        runtime.on_worker_exit(handle, expected)
 
-    def _worker_exited(
-        self: SchedulerRuntime, handle: WorkerHandle, events: list[ev.StateEvent]
-    ) -> None:
-        if self.workers.get(handle.address) is not handle:
-            return
-        handle.process.join(1.0)
-        self.workers.pop(handle.address, None)
-        with contextlib.suppress(OSError):
-            handle.conn.close()
+
+def executing_keys(
+    runtime: SchedulerRuntime, handle: WorkerHandle
+) -> list[Hashable] | None:
+    """Keys the dead worker was executing; None if it cannot be known."""
+    page = handle.executing_page
+    ws = runtime.scheduler.state.workers.get(handle.address)
+    if page is None or ws is None:
+        return None
+    run_ids = page.executing()
+    if run_ids is None:
+        return None
+    return [ts.key for ts in ws.processing if ts.run_id in run_ids]
+
+
+def oom_kills_grew(runtime: SchedulerRuntime) -> bool:
+    """Did the kernel's OOM killer act in our cgroup since the last look?"""
+    count = read_oom_kills()
+    grew = count is not None and count > runtime.oom_kills_seen
+    if count is not None:
+        runtime.oom_kills_seen = count
+    return grew
+
+
+def close_stderr_relays(runtime: SchedulerRuntime) -> None:
+    """At the end of the loop: forward what is left, close the pipes."""
+    for handle in runtime.workers.values():
         relay = handle.stderr_relay
         if relay is not None:
-            relay.pump(max_reads=1024)  # the last lines it wrote before dying
+            relay.pump()
             relay.close()
-        expected = handle.said_goodbye or handle.restarting or self._stopping
-        executing: list[Hashable] | None = None
-        if not expected or handle.exit_cause:
-            if not expected:
-                executing = self._executing_keys(handle)
-                handle.executing_at_exit = executing
-            handle.exit_reason = explain_death(
-                handle, oom_killed=self._oom_kills_grew()
-            )
-            logger.warning(
-                "%s%s",
-                handle.exit_reason,
-                "" if executing is None else f"\nIt was executing {executing!r}.",
-            )
-        if handle.executing_page is not None:
-            handle.executing_page.close()
-        self.store.reclaim(handle.pid)
-        for run_id in [
-            i for i, run in self._runs.items() if handle.address in run.waiting
-        ]:
-            error = OSError(
-                f"Worker {handle.address} left before answering Client.run"
-                f" ({handle.exit_reason or 'it exited'})"
-            )
-            self._run_answered(run_id, handle.address, (False, error, ""))
-        client_id = f"worker-client-{handle.address}"
-        if isinstance(self.clients.get(client_id), WorkerClientHandle):
-            del self.clients[client_id]
-            events.append(
-                ev.ClientRemoved(
-                    stimulus_id=self.stimulus_id("client-removed"), client=client_id
-                )
-            )
-        if handle.is_ready:
-            events.append(
-                ev.WorkerRemoved(
-                    stimulus_id=self.stimulus_id("worker-removed"),
-                    address=handle.address,
-                    expected=expected,
-                    reason=handle.exit_reason,
-                    executing=executing,
-                    time=time.time(),
-                )
-            )
-        if self.on_worker_exit is not None:
-            self.on_worker_exit(handle, expected)
-
-    def _executing_keys(
-        self: SchedulerRuntime, handle: WorkerHandle
-    ) -> list[Hashable] | None:
-        """Keys the dead worker was executing; None if it cannot be known."""
-        page = handle.executing_page
-        ws = self.scheduler.state.workers.get(handle.address)
-        if page is None or ws is None:
-            return None
-        run_ids = page.executing()
-        if run_ids is None:
-            return None
-        return [ts.key for ts in ws.processing if ts.run_id in run_ids]
-
-    def _oom_kills_grew(self: SchedulerRuntime) -> bool:
-        """Did the kernel's OOM killer act in our cgroup since the last look?"""
-        count = read_oom_kills()
-        grew = count is not None and count > self.oom_kills_seen
-        if count is not None:
-            self.oom_kills_seen = count
-        return grew
-
-    def _close_stderr_relays(self: SchedulerRuntime) -> None:
-        """At the end of the loop: forward what is left, close the pipes."""
-        for handle in self.workers.values():
-            relay = handle.stderr_relay
-            if relay is not None:
-                relay.pump()
-                relay.close()
 
 
 class StderrRelay:

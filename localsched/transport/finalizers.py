@@ -83,4 +83,4 @@ def _run_pending_at_exit() -> None:
         try:
             _run(number)
         except Exception:
-            sys.excepthook(*sys.exc_info())  # type: ignore[arg-type]
+            sys.excepthook(*sys.exc_info())

@@ -41,12 +41,14 @@ _BASE_TABLE: Any = cloudpickle.Pickler.dispatch_table
 
 
 def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
-    rebuild, args = _BASE_TABLE[types.CodeType](code)[:2]
+    reduced: tuple[Any, ...] = _BASE_TABLE[types.CodeType](code)
+    rebuild, args = reduced[0], reduced[1]
     filename = code.co_filename
     lines: tuple[str, ...] | None = None
     if not os.path.isfile(filename):
-        entry = linecache.cache.get(filename)
-        if entry is not None and entry[2]:
+        entry: tuple[Any, ...] | None = linecache.cache.get(filename)
+        # A lazy entry is a 1-tuple (a loader to call): only full ones have lines.
+        if entry is not None and len(entry) == 4 and entry[2]:
             lines = _shared_lines(filename, entry[2])
     return restore_code, (rebuild, args, filename, lines)
 
@@ -83,7 +85,7 @@ def restore_code(
     return code
 
 
-class Pickler(cloudpickle.Pickler):
+class Pickler(cloudpickle.Pickler):  # type: ignore[misc,unused-ignore]  # untyped base
     """cloudpickle's pickler, keeping each by-value code object's file name."""
 
     dispatch_table = ChainMap({types.CodeType: _reduce_code}, _BASE_TABLE)
