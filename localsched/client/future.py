@@ -576,7 +576,9 @@ def futures_of(obj: Any) -> list[Future]:
 def _is_dask_collection(obj: Any) -> bool:
     # A dask collection exists only once dask is imported: never import it here.
     dask = sys.modules.get("dask")
-    return dask is not None and not isinstance(obj, type) and dask.is_dask_collection(obj)
+    return (
+        dask is not None and not isinstance(obj, type) and dask.is_dask_collection(obj)
+    )
 
 
 def _futures_to_wait_on(fs: Any) -> list[Future]:

@@ -12,8 +12,7 @@ import threading
 
 import pytest
 
-from localsched import SchedulerPlugin, WorkerPlugin
-from localsched import FutureCancelledError
+from localsched import FutureCancelledError, SchedulerPlugin, WorkerPlugin
 from tests.runtime.helpers import DEADLINE, identity
 
 pytestmark = pytest.mark.timeout(60)
