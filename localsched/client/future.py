@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import copy
+import itertools
 import sys
 import threading
 import time
@@ -440,26 +441,33 @@ class as_completed:
         with_results: bool = False,
         raise_errors: bool = True,
         *,
-        timeout: float | None = None,
+        timeout: float | str | None = None,
     ) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
+        if isinstance(timeout, str):
+            timeout = parse_timedelta(timeout)
         self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Condition()
         self._ready: deque[Future] = deque()
+        #: One entry per ``add``: a future added twice is yielded twice (dask).
         self._pending: dict[int, Future] = {}
+        self._entries = itertools.count()
         for future in futures or ():
             self.add(future)
 
     def add(self, future: Future) -> None:
         """Watch one more future."""
+        if not isinstance(future, Future):
+            raise TypeError(f"Input must be a future, got {future!r}")
         with self._lock:
-            self._pending[id(future)] = future
+            entry = next(self._entries)
+            self._pending[entry] = future
 
         def on_done(_: FutureState, future: Future = future) -> None:
             with self._lock:
-                if self._pending.pop(id(future), None) is not None:
+                if self._pending.pop(entry, None) is not None:
                     self._ready.append(future)
                     self._lock.notify_all()
 
