@@ -370,15 +370,19 @@ def wait(
     DoneAndNotDoneFutures
         Named tuple of ``done`` and ``not_done`` sets.
     """
-    if timeout is not None and not isinstance(timeout, Number):
-        if not isinstance(timeout, str):
-            raise TypeError(
-                "timeout= keyword received a non-numeric value.\n"
-                "Beware that wait expects a list of values\n"
-                "  Bad:  wait(x, y, z)\n"
-                "  Good: wait([x, y, z])"
-            )
-        timeout = parse_timedelta(timeout)
+    seconds: float | None = None
+    if isinstance(timeout, str):
+        seconds = parse_timedelta(timeout)
+    elif isinstance(timeout, Number):
+        seconds = float(timeout)
+    elif timeout is not None:
+        raise TypeError(
+            "timeout= keyword received a non-numeric value.\n"
+            "Beware that wait expects a list of values\n"
+            "  Bad:  wait(x, y, z)\n"
+            "  Good: wait([x, y, z])"
+        )
+    timeout = seconds
     futures = _futures_to_wait_on(fs)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"Unknown return_when {return_when!r}")
