@@ -34,7 +34,13 @@ from localsched.client.dask_collections import (
     use_localsched_for_dask,
 )
 from localsched.client.datasets import DatasetsMixin
-from localsched.client.future import Future, FutureState, wait
+from localsched.client.future import (
+    Future,
+    FutureState,
+    futures_of,
+    loading_client,
+    wait,
+)
 from localsched.client.graph import (
     FunctionCache,
     TaskSpec,
@@ -157,9 +163,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         self._states: dict[Key, FutureState] = {}
         self._lock = threading.Lock()
         self._refcount: dict[Key, int] = {}
+        #: Keys of futures unpickled here (``_adopt``) that this client never
+        #: asked the scheduler for; asked for when first waited on.
+        self._adopted: set[Key] = set()
         #: Bumped by ``restart``: futures of older generations release nothing.
         self.generation = 0
-        self._functions = FunctionCache()
+        self._functions: FunctionCache = FunctionCache()
         self._callbacks: ThreadPoolExecutor | None = None
         # Weakly: the scheduler keeps the hook, and a dropped client must go away.
         self.id = link.connect(
@@ -212,12 +221,37 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         with self._lock:
             self._refcount[key] = self._refcount.get(key, 0) + 1
 
+    def _adopt(self, key: Key) -> Future:
+        """A future of ``key`` unpickled here (inside a persisted collection or
+        another object). As in dask it does not claim the key: the scheduler
+        keeps it for whoever submitted it. Waiting on it asks the scheduler for
+        its news (``_claim_adopted``), so a wait never hangs on a key only
+        another client hears about."""
+        with self._lock:
+            if key not in self._refcount:
+                self._adopted.add(key)
+        return Future(key, self)
+
+    def _claim_adopted(self, keys: Iterable[Key]) -> None:
+        with self._lock:
+            claimed = tuple(k for k in keys if k in self._adopted)
+            self._adopted.difference_update(claimed)
+        if claimed and self.status == "running":
+            self._link.post(
+                ev.ClientDesiresKeys(
+                    stimulus_id=self._link.stimulus_id("client-desires-keys"),
+                    client=self.id,
+                    keys=claimed,
+                )
+            )
+
     def _on_restart(self) -> None:
         """The scheduler restarted (scheduler thread): forget every key, as dask's
         client does, so old futures released later cannot release new tasks."""
         with self._lock:
             self.generation += 1
             self._refcount.clear()
+            self._adopted.clear()
             self._states.clear()
 
     def _dec_ref(self, key: Key) -> None:
@@ -228,6 +262,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 return
             self._refcount.pop(key, None)
             self._states.pop(key, None)
+            if key in self._adopted:
+                self._adopted.discard(key)
+                return  # never asked for: nothing to release
         if self.status == "running":
             self._link.post(
                 ev.ClientReleasesKeys(
@@ -238,7 +275,11 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             )
 
     def _load_result(self, key: Key) -> Any:
-        return self._link.load_result(key)
+        token = loading_client.set(self)  # futures inside the value are ours
+        try:
+            return self._link.load_result(key)
+        finally:
+            loading_client.reset(token)
 
     def _callback_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -510,7 +551,13 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         wait(list(found.values()))
         # One load for every finished key: a single round trip from a task.
         finished = [k for k, f in found.items() if f.status == "finished"]
-        values = self._link.load_results(finished) if finished else {}
+        values = {}
+        if finished:
+            token = loading_client.set(self)
+            try:
+                values = self._link.load_results(finished)
+            finally:
+                loading_client.reset(token)
 
         def value_of(future: Future) -> Any:
             if future.status == "finished" and future.key in values:
@@ -571,8 +618,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         replacement worker starts. Without ``force``, a running task is released
         (its future cancelled) but runs to its end on the worker, as in dask.
         """
-        found: dict[Key, Future] = {}
-        replace_futures(futures, _is_future, found)
+        found = {f.key: f for f in futures_of(futures)}
         if not found:
             return
         link = self._link
@@ -625,8 +671,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
         """Run erred futures again (and the erred tasks they depend on)."""
-        found: dict[Key, Future] = {}
-        replace_futures(futures, _is_future, found)
+        found = {f.key: f for f in futures_of(futures)}
         link = self._link
         link.post(
             ev.RetryRequested(
@@ -639,8 +684,6 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
     def futures_of(self, obj: Any) -> list[Future]:
         """Futures held in ``obj`` (see ``localsched.futures_of``)."""
-        from localsched.client.future import futures_of
-
         return futures_of(obj)
 
     def nbytes(
@@ -773,8 +816,7 @@ def fire_and_forget(obj: Any) -> None:
     --------
     >>> fire_and_forget(client.submit(func, *args))  # doctest: +SKIP
     """
-    found: dict[Key, Future] = {}
-    replace_futures(obj, _is_future, found)
+    found = {f.key: f for f in futures_of(obj)}
     by_client: dict[int, tuple[Client, list[Key]]] = {}
     for future in found.values():
         entry = by_client.setdefault(id(future.client), (future.client, []))

@@ -4,12 +4,13 @@
 ``distributed.Client``'s signatures. dask is imported only when one of them is
 called (or a client becomes current while dask is installed).
 
-While a client is current, dask's ``scheduler`` setting holds the bound
-``get`` of :data:`DASK_SCHEDULER`, an object that forwards to the current
-client: ``dask.compute(x)``/``x.compute()`` call its ``get`` and
-``dask.persist`` its ``persist`` (dask looks for a ``persist`` method on the
-scheduler's ``__self__``). When the last current client closes, the setting
-dask had before is put back.
+While a client is current, dask's ``scheduler`` setting holds
+:data:`DASK_SCHEDULER`, a client-like object whose ``get`` is the bound ``get``
+of the current client: ``dask.base.get_scheduler()`` equals ``client.get``,
+``dask.compute(x)``/``x.compute()`` call it and ``dask.persist`` calls that
+client's ``persist`` (dask looks for a ``persist`` method on the scheduler's
+``__self__``). When the last current client closes, in whatever order the
+clients close, the setting dask had before is put back.
 """
 
 from __future__ import annotations
@@ -37,26 +38,44 @@ _as_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
 
 
 def current_client() -> Any:
-    """The client dask collections run on: ``as_current``'s, else the default."""
+    """The client dask collections run on: ``as_current``'s, else the worker's
+    client in a task (as dask's ``get_client``), else the default."""
     client = _as_current.get()
     if client is not None and client.status == "running":
         return client
+    from localsched.worker.context import thread_state
+
+    worker = getattr(thread_state, "worker", None)
+    if worker is not None:
+        return worker._get_client()
     from localsched.client.client import default_client
 
     return default_client()
 
 
-class _DaskScheduler:
-    """What dask's ``scheduler`` setting points at while a client is current."""
+class _CurrentClient:
+    """What dask's ``scheduler`` setting holds while a client is current.
 
-    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        return current_client().get(dsk, keys, **kwargs)
+    dask treats an object whose type name holds "Client" as a client: its
+    ``get_scheduler()`` returns ``obj.get``, and ``dask.persist`` calls the
+    ``persist`` of that method's ``__self__``. Here ``get`` is the bound ``get``
+    of the client current *now* (``as_current`` in this context, the worker's
+    client in a task, else the default), so ``dask.base.get_scheduler()``
+    equals ``client.get`` as under dask.distributed, per thread.
+    """
 
-    def persist(self, collections: Any, **kwargs: Any) -> Any:
-        return current_client().persist(collections, **kwargs)
+    #: Read by dask's ``get_scheduler``; localsched's client is synchronous.
+    asynchronous = False
+
+    @property
+    def get(self) -> Any:
+        return current_client().get
+
+    def __repr__(self) -> str:
+        return "<localsched: the current Client>"
 
 
-DASK_SCHEDULER = _DaskScheduler()
+DASK_SCHEDULER = _CurrentClient()
 
 _config_lock = threading.Lock()
 #: How many clients (and ``as_current`` blocks) want dask to use localsched.
@@ -98,7 +117,7 @@ def use_localsched_for_dask() -> bool:
     with _config_lock:
         _config_users += 1
         if _config_users == 1:
-            _config_restore = dask.config.set(scheduler=DASK_SCHEDULER.get)
+            _config_restore = dask.config.set(scheduler=DASK_SCHEDULER)
     return True
 
 

@@ -385,6 +385,9 @@ class _SpecBuilder:
             name.encode() for name in cloudpickle.list_registry_pickle_by_value()
         ]
         self._by_value.append(b"__main__")
+        # A localsched future pickles by itself now (as a live future where it
+        # is unpickled); in a node it must be a dependency instead.
+        self._by_value.append(b"_unpickle_future")
 
     def spec(self, key: Key, node: Any) -> TaskSpec:
         dependencies = node.dependencies

@@ -10,17 +10,22 @@ collected, the client tells the scheduler it no longer wants the key.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
+import itertools
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from numbers import Number
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Re-exported: the cells are the client's API too (``localsched.client.future``).
 from localsched.future_state import FutureCancelledError as FutureCancelledError
 from localsched.future_state import FutureState as FutureState
 from localsched.future_state import RemoteTraceback as RemoteTraceback
+from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
     from localsched.client.client import Client
@@ -75,6 +80,8 @@ class Future:
         return self._state.status == "cancelled"
 
     def _wait(self, timeout: float | None) -> None:
+        if self.client._adopted:
+            self.client._claim_adopted((self.key,))
         if not self._state.event.wait(timeout):
             raise TimeoutError(
                 f"Future {self.key!r} did not finish within {timeout} seconds"
@@ -146,10 +153,12 @@ class Future:
             self.release()
 
     def __reduce__(self) -> Any:
-        raise TypeError(
-            "A localsched Future cannot be pickled; pass it directly as an argument "
-            "of submit/map (also inside lists, tuples, sets or dicts)"
-        )
+        # As dask's: a future pickled inside another object (a persisted
+        # collection, a custom class) travels as its key and comes back as a
+        # live future of the client where it is unpickled (the worker's client
+        # in a task), which does not claim the key: whoever submitted it must
+        # keep it alive (dask/distributed#7498).
+        return _unpickle_future, (self.key,)
 
     def __repr__(self) -> str:
         text = f"<Future: {self.status}, key: {self.key!r}"
@@ -172,6 +181,34 @@ class Future:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Future) and other.key == self.key
+
+
+#: The client unpickling results in this context (``Client._load_result``):
+#: futures inside them belong to it.
+loading_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "localsched_loading_client", default=None
+)
+
+
+def _unpickle_future(key: Key) -> Future:
+    """A pickled future comes back bound to the client of where it lands: the
+    worker's client in a task, else the client loading it, else the current one.
+    """
+    from localsched.worker.context import thread_state
+
+    worker = getattr(thread_state, "worker", None)
+    client = worker._get_client() if worker is not None else loading_client.get()
+    if client is None:
+        from localsched.client.dask_collections import current_client
+
+        try:
+            client = current_client()
+        except ValueError:
+            raise RuntimeError(
+                f"A localsched Future (key {key!r}) was unpickled where no "
+                "Client runs: unpickle it in a task or in a process with a Client"
+            ) from None
+    return client._adopt(key)
 
 
 def _to_raise(exception: BaseException) -> BaseException:
@@ -215,8 +252,8 @@ FIRST_EXCEPTION = "FIRST_EXCEPTION"
 
 
 def wait(
-    fs: Future | Iterable[Future],
-    timeout: float | None = None,
+    fs: Any,
+    timeout: float | str | None = None,
     return_when: str = ALL_COMPLETED,
 ) -> DoneAndNotDoneFutures:
     """Wait until all or any of the futures are done.
@@ -224,9 +261,11 @@ def wait(
     Parameters
     ----------
     fs
-        A future or an iterable of futures.
+        A future, an iterable of futures, a dask collection (persisted) or
+        nested lists, tuples, sets and dicts of these.
     timeout
-        Seconds to wait; ``TimeoutError`` after that.
+        Seconds (or a duration such as ``"2s"``) to wait; ``TimeoutError``
+        after that.
     return_when
         ``"ALL_COMPLETED"``, ``"FIRST_COMPLETED"`` or ``"FIRST_EXCEPTION"``.
 
@@ -235,9 +274,23 @@ def wait(
     DoneAndNotDoneFutures
         Named tuple of ``done`` and ``not_done`` sets.
     """
-    futures = [fs] if isinstance(fs, Future) else list(fs)
+    seconds: float | None = None
+    if isinstance(timeout, str):
+        seconds = parse_timedelta(timeout)
+    elif isinstance(timeout, Number):
+        seconds = float(timeout)
+    elif timeout is not None:
+        raise TypeError(
+            "timeout= keyword received a non-numeric value.\n"
+            "Beware that wait expects a list of values\n"
+            "  Bad:  wait(x, y, z)\n"
+            "  Good: wait([x, y, z])"
+        )
+    timeout = seconds
+    futures = _futures_to_wait_on(fs)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"Unknown return_when {return_when!r}")
+    claim_adopted(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     ready = threading.Event()
     lock = threading.Lock()
@@ -296,29 +349,37 @@ class as_completed:
         with_results: bool = False,
         raise_errors: bool = True,
         *,
-        timeout: float | None = None,
+        timeout: float | str | None = None,
     ) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
+        if isinstance(timeout, str):
+            timeout = parse_timedelta(timeout)
         self.timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Condition()
         self._ready: deque[Future] = deque()
+        #: One entry per ``add``: a future added twice is yielded twice (dask).
         self._pending: dict[int, Future] = {}
+        self._entries = itertools.count()
         for future in futures or ():
             self.add(future)
 
     def add(self, future: Future) -> None:
         """Watch one more future."""
+        if not isinstance(future, Future):
+            raise TypeError(f"Input must be a future, got {future!r}")
         with self._lock:
-            self._pending[id(future)] = future
+            entry = next(self._entries)
+            self._pending[entry] = future
 
         def on_done(_: FutureState, future: Future = future) -> None:
             with self._lock:
-                if self._pending.pop(id(future), None) is not None:
+                if self._pending.pop(entry, None) is not None:
                     self._ready.append(future)
                     self._lock.notify_all()
 
+        claim_adopted((future,))
         future._state.add_waiter(on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
@@ -400,12 +461,15 @@ class as_completed:
 
 
 def futures_of(obj: Any) -> list[Future]:
-    """Futures held in ``obj``: itself, or inside lists, tuples, sets and dicts.
+    """Futures held in ``obj``: itself, inside lists, tuples, sets and dicts,
+    and in the graphs of dask collections (a persisted array or dataframe).
 
     Examples
     --------
     >>> futures_of([x, {"y": y}])  # doctest: +SKIP
     [<Future: finished, key: x>, <Future: pending, key: y>]
+    >>> futures_of(client.persist(array))  # doctest: +SKIP
+    [<Future: pending, key: ('ones-...', 0)>, ...]
     """
     found: list[Future] = []
     seen: set[int] = set()
@@ -420,4 +484,38 @@ def futures_of(obj: Any) -> list[Future]:
             stack.extend(reversed(list(item)))
         elif type(item) is dict:
             stack.extend(reversed(list(item.values())))
+        elif _is_dask_collection(item):
+            stack.extend(reversed(list(item.__dask_graph__().values())))
     return found
+
+
+def _is_dask_collection(obj: Any) -> bool:
+    # A dask collection exists only once dask is imported: never import it here.
+    dask = sys.modules.get("dask")
+    return (
+        dask is not None and not isinstance(obj, type) and dask.is_dask_collection(obj)
+    )
+
+
+def _futures_to_wait_on(fs: Any) -> list[Future]:
+    """``wait``'s argument as dask takes it (a future, a collection, nested lists
+    and dicts), and any other iterable of futures as ``concurrent.futures``."""
+    if (
+        isinstance(fs, Future)
+        or type(fs) in (list, tuple, set, frozenset, dict)
+        or _is_dask_collection(fs)
+    ):
+        return futures_of(fs)
+    return futures_of(list(fs))
+
+
+def claim_adopted(futures: Iterable[Future]) -> None:
+    """Ask the scheduler for news of the unpickled futures among ``futures``
+    (see ``Client._adopt``) before waiting on them."""
+    by_client: dict[int, tuple[Client, list[Key]]] = {}
+    for future in futures:
+        client = future.client
+        if client._adopted:
+            by_client.setdefault(id(client), (client, []))[1].append(future.key)
+    for client, keys in by_client.values():
+        client._claim_adopted(keys)

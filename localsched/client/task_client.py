@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future as CellFuture
@@ -203,6 +204,15 @@ def _client_of(worker: Worker) -> Client:
         if client is None:
             client, worker._link = task_client(worker)
             worker._client = client
+        if worker.owns_process and not worker._drives_dask and "dask" in sys.modules:
+            # As in dask, where ``dask.compute`` in a task falls back to
+            # ``get_client()``: collections (persisted ones that arrived
+            # pickled, too) compute on the cluster. A worker thread in the
+            # user's process keeps the user's setting. Only once dask is
+            # imported: a task that never uses dask does not pay for it.
+            from localsched.client.dask_collections import use_localsched_for_dask
+
+            worker._drives_dask = use_localsched_for_dask()
         return client
 
 

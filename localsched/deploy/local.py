@@ -24,6 +24,7 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
 from localsched.future_state import FutureState
@@ -168,9 +169,19 @@ class LocalCluster:
     validate
         Check the scheduler's invariants after every change (tests).
     allowed_failures
-        Worker deaths a task survives before ``KilledWorker``.
+        Worker deaths a task survives before ``KilledWorker`` (default: dask's
+        ``distributed.scheduler.allowed-failures``, 3).
+    worker_saturation
+        Root tasks queued per worker thread ahead of time (default: dask's
+        ``distributed.scheduler.worker-saturation``, 1.1; ``inf``: no queuing).
+        dask's ``distributed.scheduler.work-stealing`` turns stealing off.
     **kwargs
-        Accepted for compatibility (``dashboard_address``, ``silence_logs``, ...).
+        dask's worker options ``memory_target_fraction`` (and ``_spill_``,
+        ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
+        ``preload``, ``scheduler_kwargs``; dask's other ``LocalCluster``,
+        ``Worker`` and ``Nanny`` options are accepted and ignored
+        (``dashboard_address``, ``silence_logs``, ...). Any other name raises
+        ``TypeError``, as in dask.
 
     Examples
     --------
@@ -189,12 +200,17 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         *,
         validate: bool = False,
-        allowed_failures: int = 3,
-        worker_saturation: float = 1.1,
+        allowed_failures: int | None = None,
+        worker_saturation: float | str | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
+        # Before anything starts, as dask's Worker rejects a typo (n_worker=2).
+        check_keywords("LocalCluster", set(kwargs) - _KEYWORDS_TAKEN_BELOW)
+        options = scheduler_options(
+            allowed_failures=allowed_failures, worker_saturation=worker_saturation
+        )
         # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
         # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
@@ -229,8 +245,7 @@ class LocalCluster:
         self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
             validate=validate,
-            allowed_failures=allowed_failures,
-            worker_saturation=worker_saturation,
+            **options,
             fast_task_slots=FAST_TASK_SLOTS,
             steal_latency=STEAL_LATENCY,
         )
@@ -695,6 +710,23 @@ def _shutdown_message() -> Any:
     from localsched.transport.protocol import Shutdown
 
     return Shutdown(reason="cluster closing")
+
+
+#: Keyword arguments ``LocalCluster.__init__`` takes out of ``**kwargs``.
+_KEYWORDS_TAKEN_BELOW = frozenset(
+    {
+        "scheduler_kwargs",
+        "plugins",
+        "preload",
+        "preload_argv",
+        "local_directory",
+        "memory_target_fraction",
+        "memory_spill_fraction",
+        "memory_pause_fraction",
+        "memory_terminate_fraction",
+        "memory_pause_timeout",
+    }
+)
 
 
 def _start_memory_monitor(

@@ -7,6 +7,11 @@ lazily, the way joblib registers its own ``"dask"`` backend: an entry in
 ``joblib.parallel.EXTERNAL_BACKENDS`` that imports
 :mod:`localsched.integrations.joblib_backend` only when
 ``backend="localsched"`` is asked for. Importing localsched thus never imports joblib.
+
+joblib's own ``"dask"`` backend is wrapped the same way: with a localsched
+client current (or given as ``client=``) ``parallel_config(backend="dask")``
+runs on it, as a script written for dask.distributed expects; otherwise it is
+joblib's backend for a dask.distributed client, unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ def _register(parallel_module: Any) -> None:
     external = getattr(parallel_module, "EXTERNAL_BACKENDS", None)
     if external is not None:
         external.setdefault(BACKEND_NAME, _register_backend)
+        register_dask = external.get("dask")
+        if register_dask is not None and not isinstance(register_dask, _DaskRegistrar):
+            external["dask"] = _DaskRegistrar(register_dask)
+    backends = getattr(parallel_module, "BACKENDS", None)
+    if backends is not None and "dask" in backends:
+        # joblib's "dask" backend was asked for before localsched was imported.
+        backends["dask"] = _dask_backend_factory(backends["dask"])
 
 
 def _register_backend() -> None:
@@ -42,6 +54,55 @@ def _register_backend() -> None:
     from localsched.integrations.joblib_backend import LocalschedBackend
 
     register_parallel_backend(BACKEND_NAME, LocalschedBackend)
+
+
+class _DaskRegistrar:
+    """Wraps joblib's registration of its ``"dask"`` backend, so that
+    ``parallel_config(backend="dask")`` runs on a localsched client when one is
+    current (a script written for dask.distributed, with only the import
+    changed), and on dask.distributed's client otherwise."""
+
+    def __init__(self, register: Any) -> None:
+        self._register = register
+
+    def __call__(self) -> None:
+        self._register()
+        from joblib.parallel import BACKENDS
+
+        if "dask" in BACKENDS:
+            BACKENDS["dask"] = _dask_backend_factory(BACKENDS["dask"])
+
+
+def _dask_backend_factory(dask_backend: Any) -> Any:
+    """The ``"dask"`` backend: localsched's for a localsched client (given as
+    ``client=``, or current), else joblib's own ``dask_backend``."""
+    if getattr(dask_backend, "_localsched_wrapped", False):
+        return dask_backend
+
+    def make_backend(**kwargs: Any) -> Any:
+        client = kwargs.get("client")
+        if client is None and kwargs.get("scheduler_host") is None:
+            from localsched.client.dask_collections import current_client
+
+            try:
+                client = current_client()
+            except ValueError:
+                client = None
+        from localsched.client.client import Client
+
+        if not isinstance(client, Client):
+            return dask_backend(**kwargs)
+        from localsched.integrations.joblib_backend import LocalschedBackend
+
+        # Options of joblib's dask backend with no meaning here: the workers
+        # share the client's memory (scatter) and its event loop (loop).
+        for name in ("scatter", "loop", "wait_for_workers_timeout"):
+            kwargs.pop(name, None)
+        kwargs["client"] = client
+        return LocalschedBackend(**kwargs)
+
+    make_backend._localsched_wrapped = True  # type: ignore[attr-defined]
+    return make_backend
 
 
 class _JoblibImportHook:

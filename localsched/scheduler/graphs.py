@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
 from localsched.scheduler.clients import ensure_client, report_on_key
-from localsched.scheduler.commands import GraphRejected
+from localsched.scheduler.commands import GraphRejected, KeyCancelled
 from localsched.scheduler.engine import new_task, notify, run_transitions
 from localsched.scheduler.events import validate_key
 from localsched.scheduler.tasks import Key, TaskState, link_client, with_link
@@ -28,10 +28,29 @@ if TYPE_CHECKING:
 Recs = dict[Key, str]
 
 
+class LostDependencyError(GraphError):
+    """A graph refers to a key that is neither in it nor known (released data)."""
+
+
 def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
     state.now = max(state.now, event.time)
     try:
         needed = _check_graph(state, event)
+    except LostDependencyError:
+        # As dask's ``update_graph``: a computation on data that is gone is
+        # cancelled ("lost dependencies"), not an error. The whole graph is
+        # refused, so nothing changes; dask still runs the wanted keys that do
+        # not depend on the lost data.
+        state._commands.extend(
+            KeyCancelled(
+                stimulus_id=event.stimulus_id,
+                client=event.client,
+                key=key,
+                reason="lost dependencies",
+            )
+            for key in event.keys
+        )
+        return
     except (GraphError, TypeError) as error:
         state._commands.append(
             GraphRejected(
@@ -96,7 +115,9 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
     for key in event.keys:
         validate_key(key)
         if key not in tasks and key not in known:
-            raise GraphError(f"Wanted key {key!r} is neither in the graph nor known")
+            raise LostDependencyError(
+                f"Wanted key {key!r} is neither in the graph nor known"
+            )
     order: list[Key] = []
     # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
     # known tasks keep their dependencies, so a cycle needs a new task.
@@ -132,7 +153,7 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
                     order.append(dep)
                     continue
                 if dep not in tasks:
-                    raise GraphError(
+                    raise LostDependencyError(
                         f"Task {key!r} depends on {dep!r}, which is neither in "
                         "the graph nor known to the scheduler"
                     )

@@ -462,6 +462,16 @@ def on_client_desires_keys(state: SchedulerState, event: ev.ClientDesiresKeys) -
     for key in event.keys:
         ts = state.tasks.get(key)
         if ts is None:
+            # dask warns and leaves the future pending forever; here whoever
+            # waits on it learns at once that the data is gone.
+            state._commands.append(
+                KeyCancelled(
+                    stimulus_id=event.stimulus_id,
+                    client=event.client,
+                    key=key,
+                    reason="lost dependencies",
+                )
+            )
             continue
         if ts not in cs.wants_what:
             link_client(cs, ts)

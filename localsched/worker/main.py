@@ -141,7 +141,9 @@ def run_worker(
     faulthandler.enable(all_threads=False)
     exit_code = 0
     try:
-        Worker(conn, nthreads, writer, resources, executing_page).serve()
+        worker = Worker(conn, nthreads, writer, resources, executing_page)
+        worker.owns_process = True
+        worker.serve()
     except BaseException:
         traceback.print_exc()  # a ProtocolError already said goodbye
         exit_code = 1
@@ -256,6 +258,10 @@ class Worker:
         #: get_client() in a task: a ``Client`` on a ``PipeLink``, made on first use.
         self._client: Any = None
         self._link: PipeLink | None = None
+        #: This worker is its process (``run_worker``), not a thread of the
+        #: user's: it may change process-wide settings such as dask's scheduler.
+        self.owns_process = False
+        self._drives_dask = False
         self._client_lock = threading.Lock()
 
     def serve(self) -> str:

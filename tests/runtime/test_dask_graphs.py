@@ -88,7 +88,8 @@ def test_array_reduction_and_rechunk_with_x_compute(client):
     rechunked = x.rechunk((25, 100)).sum(axis=0)
     assert rechunked.chunks == ((100, 100),)
     np.testing.assert_array_equal(rechunked.compute(), data.sum(axis=0))
-    assert dask.config.get("scheduler").__self__ is client_collections().DASK_SCHEDULER
+    assert dask.config.get("scheduler") is client_collections().DASK_SCHEDULER
+    assert dask.base.get_scheduler() == client.get
 
 
 def client_collections() -> Any:

@@ -145,3 +145,19 @@ def test_as_completed_batches_with_results(client):
     batches = list(as_completed(futures, with_results=True).batches())
     pairs = [pair for batch in batches for pair in batch]
     assert sorted(result for _, result in pairs) == [-3, -2, -1, 0]
+
+
+def test_as_completed_yields_a_future_added_twice_twice(client):
+    x = client.submit(operator.add, 1, 1)
+    iterator = as_completed()
+    iterator.add(x)
+    iterator.add(x)
+    assert [next(iterator), next(iterator)] == [x, x]
+    with pytest.raises(StopIteration):
+        next(iterator)
+
+
+def test_as_completed_takes_a_duration_string_and_refuses_non_futures(client):
+    assert list(as_completed([client.submit(abs, -3)], timeout=f"{DEADLINE}s"))
+    with pytest.raises(TypeError, match="must be a future"):
+        as_completed([1, 2, 3])

@@ -67,6 +67,19 @@ def test_parallel_with_explicit_client_and_submit_options(client):
     assert len(set(pids)) == 1
 
 
+def test_dask_backend_runs_on_the_current_localsched_client(client):
+    # A script written for dask.distributed, with only the import changed.
+    counter = CountTasks()
+    client.register_plugin(counter)
+    try:
+        with joblib.parallel_config(backend="dask"):
+            out = joblib.Parallel()(joblib.delayed(pow)(i, 3) for i in range(50))
+        assert out == [i**3 for i in range(50)]
+        assert counter.finished > 0
+    finally:
+        client.unregister_scheduler_plugin(counter.name)
+
+
 def _pid() -> int:
     import os
 
@@ -86,6 +99,8 @@ def test_backend_registered_in_either_import_order(code):
     check = (
         "; from joblib.parallel import EXTERNAL_BACKENDS"
         "; assert 'localsched' in EXTERNAL_BACKENDS, EXTERNAL_BACKENDS"
+        "; from localsched.integrations.joblib_hook import _DaskRegistrar"
+        "; assert isinstance(EXTERNAL_BACKENDS['dask'], _DaskRegistrar)"
         "; import inspect, joblib.parallel"
         "; assert inspect.getsource(joblib.parallel)"
     )

@@ -256,20 +256,33 @@ def test_graph_with_a_self_dependency_is_rejected(state):
     _assert_rejected_without_change(state, event, "Cycle")
 
 
-def test_graph_with_a_missing_dependency_is_rejected_without_change(state):
+def _assert_cancelled_without_change(state, event):
+    """As dask: a graph on lost data cancels the wanted keys ("lost
+    dependencies"); here the whole graph is refused and nothing changes."""
+    before = (dict(state.tasks), set(state.clients), state.generation)
+    cmds = state.handle(event)
+    assert cmds == [
+        KeyCancelled.match(client=event.client, key=key, reason="lost dependencies")
+        for key in event.keys
+    ]
+    assert (dict(state.tasks), set(state.clients), state.generation) == before
+    assert not state.transition_log
+
+
+def test_graph_with_a_missing_dependency_is_cancelled_without_change(state):
     event = ev.UpdateGraph(
         stimulus_id="g",
         client="c",
-        tasks={"b": 2},
+        tasks={"b": 2, "c": 3},
         dependencies={"b": ["nowhere"]},
-        keys=["b"],
+        keys=["b", "c"],
     )
-    _assert_rejected_without_change(state, event, "nowhere")
+    _assert_cancelled_without_change(state, event)
 
 
-def test_graph_wanting_an_unknown_key_is_rejected(state):
+def test_graph_wanting_an_unknown_key_is_cancelled(state):
     event = ev.UpdateGraph(stimulus_id="g", client="c", tasks={"a": 1}, keys=["zzz"])
-    _assert_rejected_without_change(state, event, "zzz")
+    _assert_cancelled_without_change(state, event)
 
 
 @pytest.mark.parametrize("bad_key", [None, ("x", None), True, frozenset({1})])
@@ -829,7 +842,12 @@ def test_client_desires_existing_keys_and_hears_about_finished_ones(state):
         ev.ClientDesiresKeys(stimulus_id="d", client="c2", keys=["a", "b", "zz"])
     )
 
-    assert cmds == [KeyInMemory.match(client="c2", key="a")]
+    assert cmds == [
+        KeyInMemory.match(client="c2", key="a"),
+        # An unknown key (its data is gone) is reported cancelled at once.
+        KeyCancelled.match(client="c2", key="zz", reason="lost dependencies"),
+    ]
+    assert "zz" not in state.tasks
     assert "c2" in state.clients
     assert {cs.client_key for cs in state.tasks["b"].who_wants} == {"c1", "c2"}
     release(state, ["a"], client="c1")
