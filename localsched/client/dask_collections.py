@@ -43,11 +43,12 @@ def current_client() -> Any:
     client = _as_current.get()
     if client is not None and client.status == "running":
         return client
+    from localsched.client.task_client import client_of
     from localsched.worker.context import thread_state
 
     worker = getattr(thread_state, "worker", None)
     if worker is not None:
-        return worker._get_client()
+        return client_of(worker)
     from localsched.client.client import default_client
 
     return default_client()

@@ -194,10 +194,11 @@ def _unpickle_future(key: Key) -> Future:
     """A pickled future comes back bound to the client of where it lands: the
     worker's client in a task, else the client loading it, else the current one.
     """
+    from localsched.client.task_client import client_of
     from localsched.worker.context import thread_state
 
     worker = getattr(thread_state, "worker", None)
-    client = worker._get_client() if worker is not None else loading_client.get()
+    client = client_of(worker) if worker is not None else loading_client.get()
     if client is None:
         from localsched.client.dask_collections import current_client
 

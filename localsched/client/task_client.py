@@ -196,7 +196,7 @@ def task_client(worker: Worker) -> tuple[Client, PipeLink]:
     return Client(link=link, set_as_default=False), link
 
 
-def _client_of(worker: Worker) -> Client:
+def client_of(worker: Worker) -> Client:
     """The client of ``worker``'s tasks, made on first use. The worker only
     keeps it (and routes its link's replies): it never imports the client."""
     with worker._client_lock:
@@ -239,7 +239,7 @@ def get_client(
     """
     worker = getattr(thread_state, "worker", None)
     if worker is not None and not address:
-        return _client_of(worker)
+        return client_of(worker)
     from localsched.client.client import Client, default_client
 
     try:
