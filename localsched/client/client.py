@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
+from localsched.client.cluster_tools import ClusterToolsMixin
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
     CollectionsMixin,
@@ -76,7 +77,9 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
+class Client(
+    ControlMixin, ClusterToolsMixin, PluginsMixin, DatasetsMixin, CollectionsMixin
+):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and
