@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from localsched.worker.main import Worker
 
-__all__ = ["get_client", "get_worker", "rejoin", "secede", "worker_client"]
+__all__ = [
+    "get_client",
+    "get_worker",
+    "local_client",
+    "rejoin",
+    "secede",
+    "worker_client",
+]
 
 #: Per task thread: ``worker`` and ``key``, ``run_id``, ``start_time`` of the task
 #: it runs (unset between tasks), ``seceded``.
@@ -144,3 +151,11 @@ def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator
             else:
                 stack.callback(rejoin)
         yield client
+
+
+def local_client(*args: Any, **kwargs: Any) -> Any:
+    """dask's old name of :func:`worker_client` (it warns, as dask's does)."""
+    import warnings
+
+    warnings.warn("local_client has moved to worker_client", stacklevel=2)
+    return worker_client(*args, **kwargs)
