@@ -292,7 +292,7 @@ class RestartWorkers(Request):
     name-as-given -> old address, or None for a worker that is not there.
     Refused from inside a task for its own worker."""
 
-    workers: tuple[Any, ...]
+    workers: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
