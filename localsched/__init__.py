@@ -27,6 +27,7 @@ _joblib_hook.install()
 
 _EXPORTS = {
     "Adaptive": "localsched.deploy.adaptive",
+    "CancelledError": "concurrent.futures",
     "Client": "localsched.client.client",
     "Event": "localsched.client.coordination",
     "Future": "localsched.client.future",
@@ -49,6 +50,7 @@ _EXPORTS = {
     "fire_and_forget": "localsched.client.client",
     "get_client": "localsched.client.task_client",
     "get_worker": "localsched.worker.context",
+    "local_client": "localsched.client.task_client",
     "rejoin": "localsched.worker.context",
     "secede": "localsched.worker.context",
     "wait": "localsched.client.future",
@@ -57,6 +59,7 @@ _EXPORTS = {
 
 __all__ = [
     "Adaptive",
+    "CancelledError",
     "Client",
     "Event",
     "Future",
@@ -79,6 +82,7 @@ __all__ = [
     "get_client",
     "get_task_stream",
     "get_worker",
+    "local_client",
     "progress",
     "rejoin",
     "secede",
@@ -105,6 +109,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from concurrent.futures import CancelledError
+
     from localsched.client.client import Client, default_client, fire_and_forget
     from localsched.client.coordination import Event, Lock, Queue, Semaphore, Variable
     from localsched.client.future import (

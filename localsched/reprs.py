@@ -244,13 +244,26 @@ def cluster_html(snapshot: ClusterSnapshot, title: str) -> str:
 
 def client_html(client: Any) -> str:
     title = f"Client {client.id}"
-    if client.status != "running" or client.cluster.status != "running":
-        return f"<div><strong>{html.escape(title)}</strong> ({client.status})</div>"
-    snapshot = cluster_snapshot(client.cluster)
-    cluster = cluster_html(snapshot, f"{type(client.cluster).__name__} {snapshot.name}")
+    cluster = client.cluster
+    if client.status != "running" or cluster is None or cluster.status != "running":
+        # dask's words for a client that cannot reach a scheduler (a task's
+        # client has no cluster object to show: its text repr says more).
+        connected = (
+            ""
+            if cluster is None and client.status == "running"
+            else ("No scheduler connected. ")
+        )
+        return (
+            f"<div><strong>{html.escape(title)}</strong> {connected}"
+            f"({html.escape(client.status)})</div>"
+        )
+    snapshot = cluster_snapshot(cluster)
+    table = cluster_html(snapshot, f"{type(cluster).__name__} {snapshot.name}")
     return (
         f'<div class="localsched-client"><strong>{html.escape(title)}</strong>'
-        f"<div style='margin-left:1em'>{cluster}</div></div>"
+        f" scheduler: <code>{html.escape(snapshot.address)}</code>, "
+        f"threads={snapshot.nthreads}"
+        f"<div style='margin-left:1em'>{table}</div></div>"
     )
 
 

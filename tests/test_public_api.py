@@ -16,6 +16,8 @@ import localsched
 
 PUBLIC = {
     "Adaptive",
+    "CancelledError",
+    "local_client",
     "Client",
     "Future",
     "FutureCancelledError",

@@ -16,6 +16,7 @@ need the cluster object itself (listed in docs/api.md).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import sys
 import threading
@@ -27,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
+from localsched.client.cluster_tools import ClusterToolsMixin
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
     CollectionsMixin,
+    current_client_var,
     stop_using_localsched_for_dask,
     use_localsched_for_dask,
 )
@@ -58,7 +61,7 @@ from localsched.scheduler.events import validate_key
 from localsched.transport import requests as rq
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
-from localsched.units import parse_timedelta
+from localsched.units import format_bytes, parse_timedelta
 
 if TYPE_CHECKING:
     from localsched.client.link import SchedulerLink
@@ -80,7 +83,9 @@ def _is_future(obj: object) -> bool:
     return type(obj) is Future
 
 
-class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
+class Client(
+    ControlMixin, ClusterToolsMixin, PluginsMixin, DatasetsMixin, CollectionsMixin
+):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
     With no ``address``, starts a ``LocalCluster`` (``**kwargs`` go to it) and
@@ -120,6 +125,8 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     def __new__(
         cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
     ) -> Any:
+        if isinstance(address, str) and address.startswith("local://"):
+            return super().__new__(cls)  # a LocalCluster of this process
         if isinstance(address, str) or kwargs.get("scheduler_file") is not None:
             from localsched.client.handover import distributed_client
 
@@ -137,23 +144,25 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         security: Any = None,
         asynchronous: bool = False,
         name: str | None = None,
+        direct_to_workers: bool | None = None,
         *,
         link: SchedulerLink | None = None,
         **kwargs: Any,
     ) -> None:
         if asynchronous:
-            raise ValueError(
-                "localsched's Client is synchronous; asynchronous=True is not supported"
-            )
+            _refuse_asynchronous()
         self._owns_cluster = address is None and link is None
         if link is None:
             from localsched.client.local_link import LocalLink
-            from localsched.deploy.local import LocalCluster
+            from localsched.deploy.local import LocalCluster, cluster_at
 
+            if isinstance(address, str):
+                address = cluster_at(address)
             cluster = LocalCluster(**kwargs) if address is None else address
             if not isinstance(cluster, LocalCluster):
                 raise TypeError(
-                    f"Client needs a LocalCluster, got {type(address).__name__}"
+                    "Scheduler address must be a string or a Cluster instance, "
+                    f"got {type(address)}"
                 )
             link = LocalLink(cluster)
         self._link = link
@@ -178,6 +187,13 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             timeout,
         )
         self.status = "running"
+        #: As dask: a task's client talks to workers directly; here every
+        #: client shares memory with the workers, so this only reports it.
+        self.direct_to_workers = (
+            self.cluster is None if direct_to_workers is None else direct_to_workers
+        )
+        self._set_as_default = set_as_default
+        self._previous_as_current: contextvars.Token[Any] | None = None
         #: This client made dask's collections run on localsched (until close).
         self._drives_dask = False
         if set_as_default:
@@ -202,6 +218,37 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 "who_has(), run_on_scheduler() and the like instead"
             )
         return self.cluster.scheduler
+
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The client of the innermost ``as_current`` (or ``with``) block here,
+        else (``allow_global``) the default client.
+
+        Raises
+        ------
+        ValueError
+            No such client.
+        """
+        out = current_client_var.get()
+        if out is not None:
+            return out
+        if allow_global:
+            return default_client()
+        raise ValueError("Not running inside the `as_current` context manager")
+
+    @property
+    def futures(self) -> dict[Key, FutureState]:
+        """key -> state of every key this client holds futures for (dask's)."""
+        return self._states
+
+    @property
+    def dashboard_link(self) -> None:
+        """None: localsched serves no web dashboard (see ``dashboard()``)."""
+        return None
+
+    def start(self, **kwargs: Any) -> None:
+        """Nothing to do: a client is connected once constructed (dask's
+        ``start`` is idempotent too)."""
 
     # -- futures bookkeeping ------------------------------------------------------
 
@@ -548,7 +595,12 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         found: dict[Key, Future] = {}
         replace_futures(futures, _is_future, found)
-        wait(list(found.values()))
+        if errors == "raise":
+            # As dask: the first error raises at once, even while other
+            # futures still run (a blocked task must not hold the caller).
+            _wait_until_failure(list(found.values()))
+        else:
+            wait(list(found.values()))
         # One load for every finished key: a single round trip from a task.
         finished = [k for k, f in found.items() if f.status == "finished"]
         values = {}
@@ -749,10 +801,20 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         self.status = "closed"
 
     def __enter__(self) -> Client:
+        if self._set_as_default:
+            # As dask: the block's client is current in this context.
+            self._previous_as_current = current_client_var.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        token, self._previous_as_current = self._previous_as_current, None
+        try:
+            if token is not None:
+                # ValueError "was created in a different Context" if the
+                # block is left from another thread, as dask.
+                current_client_var.reset(token)
+        finally:
+            self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -764,11 +826,19 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 stop_using_localsched_for_dask()
 
     def __repr__(self) -> str:
-        if self.cluster is None:
-            return f"<Client: {self.id!r} (the client of a task)>"
-        workers = self.cluster.scheduler.workers
-        threads = sum(ws.nthreads for ws in workers.values())
-        return f"<Client: {self.id!r} processes={len(workers)} threads={threads}>"
+        if self.status != "running" or not self._link.is_running:
+            return "<Client: No scheduler connected>"
+        try:
+            info = self.scheduler_info(n_workers=-1)
+        except Exception:
+            return "<Client: No scheduler connected>"
+        workers = info["workers"].values()
+        text = (
+            f"<Client: {info['address']!r} processes={len(workers)} "
+            f"threads={sum(w['nthreads'] for w in workers)}"
+        )
+        memory = sum(w.get("memory_limit") or 0 for w in workers)
+        return text + (f", memory={format_bytes(memory)}>" if memory else ">")
 
     def dashboard(self, **kwargs: Any) -> None:
         """Show a live view of this client's cluster in the terminal; blocks.
@@ -832,13 +902,70 @@ def fire_and_forget(obj: Any) -> None:
         )
 
 
-def default_client() -> Client:
-    """The most recent client set as default; ``ValueError`` if there is none."""
+def default_client(c: Client | None = None) -> Client:
+    """``c``, else the client of the innermost ``as_current`` block, else the
+    most recent client set as default.
+
+    Raises
+    ------
+    ValueError
+        There is none (dask's message).
+    """
+    if c is not None:
+        return c
+    current = current_client_var.get()
+    if current is not None and current.status == "running":
+        return current
     with _current_lock:
         clients = sorted(_current.items())
     if clients:
         return clients[-1][1]
-    raise ValueError("No clients found. Start a client with Client()")
+    raise ValueError(
+        "No clients found\n"
+        "Start a client and point it to the scheduler address\n"
+        "  from distributed import Client\n"
+        "  client = Client('ip-addr-of-scheduler:8786')\n"
+    )
+
+
+def _wait_until_failure(futures: list[Future]) -> None:
+    """Wait until every future is done or one of them erred or was cancelled."""
+    states = {id(f._state): f._state for f in futures}
+    remaining = set(states)
+    lock = threading.Lock()
+    ready = threading.Event()
+
+    def on_done(state: FutureState) -> None:
+        with lock:
+            remaining.discard(id(state))
+            if not remaining or state.status in ("error", "cancelled"):
+                ready.set()
+
+    for state in states.values():
+        state.add_waiter(on_done)
+    if not states:
+        ready.set()
+    try:
+        ready.wait()
+    finally:
+        for state in states.values():
+            state.remove_waiter(on_done)
+
+
+def _refuse_asynchronous() -> None:
+    """dask's error without a running event loop, ours with one."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "Constructing LoopRunner(asynchronous=True) without a running loop is "
+            "not supported (and localsched's Client is synchronous)"
+        ) from None
+    raise ValueError(
+        "localsched's Client is synchronous; asynchronous=True is not supported"
+    )
 
 
 __all__ = [

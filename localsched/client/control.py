@@ -357,23 +357,6 @@ class ControlMixin:
         missing = ... if default is no_default else default
         return self._ask(rq.GetMetadata(keys=path, default=missing))
 
-    # -- not applicable on one machine -----------------------------------------------
-
-    def upload_file(self, filename: str, load: bool = True) -> None:
-        """Not needed here: workers share this machine's filesystem.
-
-        Raises
-        ------
-        ValueError
-            Always, saying what to do instead.
-        """
-        raise ValueError(
-            f"localsched does not upload files ({filename!r}): its workers run on "
-            "this machine and import from the same filesystem. Make the module "
-            "importable instead (install it, or put its directory on PYTHONPATH "
-            "or sys.path before the cluster starts its workers)."
-        )
-
 
 class get_task_stream:
     """Collect the task stream of a block (dask's ``get_task_stream``).

@@ -32,7 +32,7 @@ Key = Hashable
 __all__ = ["DASK_SCHEDULER", "CollectionsMixin", "current_client"]
 
 #: The client of the innermost ``as_current`` block in this context, if any.
-_as_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
+current_client_var: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "localsched_as_current", default=None
 )
 
@@ -40,7 +40,7 @@ _as_current: contextvars.ContextVar[Any] = contextvars.ContextVar(
 def current_client() -> Any:
     """The client dask collections run on: ``as_current``'s, else the worker's
     client in a task (as dask's ``get_client``), else the default."""
-    client = _as_current.get()
+    client = current_client_var.get()
     if client is not None and client.status == "running":
         return client
     from localsched.client.task_client import client_of
@@ -328,14 +328,14 @@ class CollectionsMixin:
     @contextlib.contextmanager
     def as_current(self) -> Iterator[None]:
         """Make this client the one dask collections run on, in this block."""
-        token = _as_current.set(self)
+        token = current_client_var.set(self)
         uses_dask = use_localsched_for_dask()
         try:
             yield
         finally:
             if uses_dask:
                 stop_using_localsched_for_dask()
-            _as_current.reset(token)
+            current_client_var.reset(token)
 
     def get_executor(self, **kwargs: Any) -> Any:
         """A ``concurrent.futures.Executor`` running on this client.

@@ -284,3 +284,11 @@ def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator
             else:
                 stack.callback(rejoin)
         yield client
+
+
+def local_client(*args: Any, **kwargs: Any) -> Any:
+    """dask's old name of :func:`worker_client` (it warns, as dask's does)."""
+    import warnings
+
+    warnings.warn("local_client has moved to worker_client", stacklevel=2)
+    return worker_client(*args, **kwargs)

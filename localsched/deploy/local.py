@@ -50,6 +50,23 @@ _cluster_ids = itertools.count()
 _open_clusters: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
 
+def cluster_at(address: str) -> LocalCluster:
+    """The open ``LocalCluster`` of this process whose scheduler is at ``address``.
+
+    Raises
+    ------
+    ValueError
+        None is (``local://`` addresses name clusters of this process only).
+    """
+    for cluster in list(_open_clusters):
+        if cluster.scheduler.address == address and cluster.status == "running":
+            return cluster
+    raise ValueError(
+        f"No running LocalCluster at {address!r} in this process: a local:// "
+        "address names a cluster started by this process"
+    )
+
+
 @atexit.register
 def _close_open_clusters() -> None:
     """Close what the program left open while the scheduler thread still runs.
@@ -235,7 +252,8 @@ class LocalCluster:
         self.processes = processes
         self.resources = dict(resources or {})
         self.memory_limit = parse_memory_limit(memory_limit, threads_per_worker, cores)
-        self.name = name or f"LocalCluster-{os.getpid()}-{next(_cluster_ids)}"
+        number = next(_cluster_ids)
+        self.name = name or f"LocalCluster-{os.getpid()}-{number}"
         self.status = "starting"
         self._worker_ids = itertools.count()
         self._restarts = RestartPolicy()
@@ -250,11 +268,16 @@ class LocalCluster:
             steal_latency=STEAL_LATENCY,
         )
         self.scheduler.cluster_ref = weakref.ref(self)
+        if number:
+            # Unique in the process, so ``Client(cluster.scheduler_address)``
+            # finds this cluster (the first keeps ``local://<pid>``).
+            self.scheduler.address = f"local://{os.getpid()}-{number}"
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
         self._janitor = _start_janitor(self.store) if processes else None
+        self.scheduler.started = time.time()
         self.runtime.start()
         try:
             self._preloads = self.runtime.call(
@@ -274,6 +297,35 @@ class LocalCluster:
             self.close()
             raise
         logger.info("%s started with %d workers", self.name, n_workers)
+
+    # -- clients ------------------------------------------------------------------
+
+    @property
+    def scheduler_address(self) -> str:
+        """The scheduler's address, ``local://<pid>[-n]``: ``Client(address)``
+        in this process attaches to this cluster."""
+        return str(self.scheduler.address)
+
+    @property
+    def dashboard_link(self) -> None:
+        """None: localsched serves no web dashboard."""
+        return None
+
+    def get_client(self) -> Any:
+        """A client of this cluster: the current client if it is one, else a new
+        one (as ``distributed``'s ``Cluster.get_client``)."""
+        # The one import of the client by deployment, declared in the layer
+        # contracts (pyproject.toml) and in tests/test_layers.py: dask's
+        # Cluster.get_client makes a client the same way.
+        from localsched.client.client import Client, default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            client = None
+        if client is not None and client.cluster is self:
+            return client
+        return Client(self)
 
     # -- workers ------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched.runtime import restarting
+from localsched.runtime import cluster_requests, restarting
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
 from localsched.runtime.handles import ClientHandle, WorkerClientHandle, WorkerHandle
 from localsched.runtime.plugin_keeper import (
@@ -430,6 +430,7 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.RemoveWorkerPlugin: _remove_worker_plugin,
     rq.Coordinate: _coordinate,
     rq.WaitFor: _wait_for,
+    **cluster_requests.HANDLERS,
 }
 
 

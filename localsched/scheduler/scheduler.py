@@ -93,6 +93,9 @@ class Scheduler:
         self.worker_ttl = worker_ttl
         self.id = f"Scheduler-{os.getpid()}-{id(self):x}"
         self.address = f"local://{os.getpid()}"
+        #: ``time.time()`` when the runtime started it (set there: the core
+        #: reads no clock); dask's ``identity()["started"]``.
+        self.started: float | None = None
         #: Commands produced by calls made outside ``handle`` (runtime flushes it).
         self.outbox: list[Command] = []
         #: The ``LocalCluster`` running this scheduler (set by it; weakly, and
@@ -630,7 +633,7 @@ class Scheduler:
             "id": self.id,
             "address": self.address,
             "services": {},
-            "started": None,
+            "started": self.started,
             "workers": {w: ws.identity() for w, ws in self.workers.items()},
         }
 

@@ -31,6 +31,7 @@ Key = Hashable
 __all__ = [
     "AddSchedulerPlugin",
     "AddWorkerPlugin",
+    "ClusterDump",
     "ConnectClient",
     "Coordinate",
     "DisconnectClient",
@@ -45,8 +46,10 @@ __all__ = [
     "Processing",
     "RemoveSchedulerPlugin",
     "RemoveWorkerPlugin",
+    "Replicate",
     "Request",
     "Restart",
+    "RestartWorkers",
     "RetireWorkers",
     "RunOnScheduler",
     "RunOnWorkers",
@@ -54,6 +57,7 @@ __all__ = [
     "SchedulerInfo",
     "SetMetadata",
     "Story",
+    "TaskRunSpecs",
     "TaskStream",
     "TaskStreamIndex",
     "WaitFor",
@@ -222,6 +226,36 @@ class SetMetadata(Request):
     value: Any
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRunSpecs(Request):
+    """Answers key -> ``(run_spec, blamed key)`` of each known task: what it
+    runs (its ``TaskSpec``) and the key whose error it carries (None unless it
+    erred). ``Client.recreate_error_locally`` and ``recreate_task_locally``."""
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterDump(Request):
+    """Answers the scheduler's state as plain data (str keys, lists, numbers):
+    ``{"scheduler": ..., "workers": {address: ...}}`` for
+    ``Client.dump_cluster_state``."""
+
+    #: Task attributes left out (dask's ``exclude``).
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replicate(Request):
+    """Record ``n`` holders (None: every worker) of each finished key, chosen
+    among ``workers``; None. Results live in shared memory, so every worker
+    reads the one copy: a holder is a worker the scheduler may count on."""
+
+    keys: tuple[Key, ...]
+    n: int | None = None
+    workers: tuple[Any, ...] | None = None
+
+
 # -- running things -------------------------------------------------------------------
 
 
@@ -250,6 +284,15 @@ class RunOnWorkers(Request):
 class Restart(Request):
     """Restart every worker and forget every task; answers the old workers'
     addresses. Refused from inside a task (its own worker would be killed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartWorkers(Request):
+    """Restart these workers' processes (replacements start); answers
+    name-as-given -> old address, or None for a worker that is not there.
+    Refused from inside a task for its own worker."""
+
+    workers: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

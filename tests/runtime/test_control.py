@@ -266,15 +266,7 @@ def test_metadata_nested_keys_and_defaults(client):
     assert client.get_metadata("nothing-here", default="fallback") == "fallback"
 
 
-# -- unsupported, with directions -------------------------------------------------
-
-
-def test_upload_file_says_what_to_do(client, tmp_path):
-    path = tmp_path / "mod.py"
-    path.write_text("x = 1\n")
-    with pytest.raises(ValueError, match=r"sys\.path"):
-        client.upload_file(str(path))
-
+# upload_file now works: tests/runtime/test_client_surface.py.
 
 # -- workers -------------------------------------------------------------------------
 
