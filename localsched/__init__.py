@@ -26,7 +26,10 @@ from localsched.integrations import joblib_hook as _joblib_hook
 _joblib_hook.install()
 
 _EXPORTS = {
+    "Actor": "localsched.client.actor",
+    "ActorFuture": "localsched.client.actor",
     "Adaptive": "localsched.deploy.adaptive",
+    "BaseActorFuture": "localsched.client.actor",
     "Client": "localsched.client.client",
     "Event": "localsched.client.coordination",
     "Future": "localsched.client.future",
@@ -56,7 +59,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Actor",
+    "ActorFuture",
     "Adaptive",
+    "BaseActorFuture",
     "Client",
     "Event",
     "Future",
@@ -105,6 +111,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from localsched.client.actor import Actor, ActorFuture, BaseActorFuture
     from localsched.client.client import Client, default_client, fire_and_forget
     from localsched.client.coordination import Event, Lock, Queue, Semaphore, Variable
     from localsched.client.future import (

@@ -16,6 +16,7 @@ need the cluster object itself (listed in docs/api.md).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import sys
 import threading
@@ -27,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
+from localsched.client.actor import Actor, BaseActorFuture
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
     CollectionsMixin,
@@ -237,7 +239,13 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             )
 
     def _load_result(self, key: Key) -> Any:
-        return self._link.load_result(key)
+        return self._bound(self._link.load_result(key))
+
+    def _bound(self, value: Any) -> Any:
+        """A result as the caller gets it: an actor handle holds its key."""
+        if type(value) is Actor:
+            value._bind(self)
+        return value
 
     def _callback_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -250,7 +258,11 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     # -- building tasks -------------------------------------------------------------
 
     def _spec(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        actor: bool = False,
     ) -> tuple[TaskSpec, tuple[Any, dict[str, Any]]]:
         """The task spec, and the arguments with futures replaced by ``TaskRef``."""
         found: dict[Key, Future] = {}
@@ -268,7 +280,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             raise TypeError(
                 f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
             ) from exc
-        spec = TaskSpec(token, function_bytes, payload, tuple(found))
+        spec = TaskSpec(token, function_bytes, payload, tuple(found), actor)
         return spec, (args, kwargs)
 
     def _key_for(
@@ -335,6 +347,10 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             Higher runs first when the cluster is busy.
         allow_other_workers
             ``workers`` is a preference, not a requirement.
+        actor, actors
+            The result is an actor: the object stays in its worker, and
+            ``result()`` returns an :class:`~localsched.client.actor.Actor`
+            handle to it (implies ``pure=False``).
         pure
             Identical calls share one key (and one computation).
 
@@ -345,9 +361,10 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         self._check_running()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        if actor or actors:
-            raise ValueError("localsched does not support actors")
-        spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs)
+        actor = actor or actors
+        if actor:
+            pure = False  # an actor is stateful, as in dask
+        spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs, actor)
         if key is None:
             key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
         else:
@@ -371,6 +388,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                 priority=priority,
                 allow_other_workers=allow_other_workers,
                 fifo_timeout=fifo_timeout,
+                actors=(key,) if actor else (),
             )
         )
         return future
@@ -394,14 +412,16 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     ) -> list[Future]:
         """Map ``func`` over sequences of arguments; one future per element.
 
-        Takes the options of ``submit``. The whole map is one event for the
-        scheduler, and the function is pickled once.
+        Takes the options of ``submit`` (``actor=True``: one actor per
+        element). The whole map is one event for the scheduler, and the
+        function is pickled once.
         """
         self._check_running()
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
-        if actor or actors:
-            raise ValueError("localsched does not support actors")
+        actor = actor or actors
+        if actor:
+            pure = False
         if iterables and all(isinstance(it, Mapping) for it in iterables):
             raise TypeError("Dictionaries are not supported by map; pass lists")
         calls = list(zip(*iterables, strict=False))
@@ -416,7 +436,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         for i, call_args in enumerate(calls):
-            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs)
+            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs, actor)
             if keys is not None:
                 k = keys[i]
                 validate_key(k)
@@ -449,6 +469,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
                     priority=priority,
                     allow_other_workers=allow_other_workers,
                     fifo_timeout=fifo_timeout,
+                    actors=tuple(new) if actor else (),
                 )
             )
         return futures
@@ -465,6 +486,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         priority: int,
         allow_other_workers: bool,
         fifo_timeout: str | float,
+        actors: tuple[Key, ...] = (),
     ) -> ev.UpdateGraph:
         restrictions = worker_restrictions(tasks, workers)
         return ev.UpdateGraph(
@@ -481,6 +503,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             retries=retries,
             time=time.time(),
             submitting_task=self._link.current_task(),
+            actors=actors,
         )
 
     # -- results ---------------------------------------------------------------------
@@ -513,7 +536,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
 
         def value_of(future: Future) -> Any:
             if future.status == "finished" and future.key in values:
-                return values[future.key]
+                return self._bound(values[future.key])
             return future.result()
 
         return gathered(futures, _is_future, value_of, errors)
@@ -648,6 +671,32 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         """Result sizes in bytes by key, or summed by key prefix if ``summary``."""
         selected = None if keys is None else tuple(keys)
         return self._link.request(rq.NBytes(keys=selected, summary=summary)).result()
+
+    def sync(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        asynchronous: bool | None = None,
+        callback_timeout: str | float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``func(*args, **kwargs)``, awaited if it returns an awaitable
+        (``distributed.Client.sync``; this client is synchronous, so the call
+        runs in the calling thread and a coroutine on a private event loop)."""
+        result = func(*args, **kwargs)
+        if isinstance(result, BaseActorFuture):
+            return result.result(callback_timeout)
+        if inspect.isawaitable(result):
+            import asyncio
+
+            async def finish() -> Any:
+                return await result
+
+            timeout = (
+                None if callback_timeout is None else parse_timedelta(callback_timeout)
+            )
+            return asyncio.run(asyncio.wait_for(finish(), timeout))
+        return result
 
     def shutdown(self) -> None:
         """Close the client and its cluster, even one it did not start (dask).

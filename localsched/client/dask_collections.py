@@ -20,7 +20,12 @@ import threading
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
-from localsched.client.dask_graphs import GraphOptions, flatten_keys, pack_results
+from localsched.client.dask_graphs import (
+    GraphOptions,
+    actor_keys,
+    flatten_keys,
+    pack_results,
+)
 from localsched.units import parse_timedelta
 
 Key = Hashable
@@ -156,7 +161,13 @@ class CollectionsMixin:
 
         self._check_running()  # type: ignore[attr-defined]
         options = self._graph_options(
-            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+            workers,
+            allow_other_workers,
+            resources,
+            retries,
+            priority,
+            fifo_timeout,
+            actors,
         )
         futures = submit_graph(
             self, dsk, flatten_keys(keys), options, cull=isinstance(dsk, dict)
@@ -220,7 +231,13 @@ class CollectionsMixin:
             ).optimize()
             names = flatten_keys(expr.__dask_keys__())
             options = self._graph_options(
-                workers, allow_other_workers, resources, retries, priority, fifo_timeout
+                workers,
+                allow_other_workers,
+                resources,
+                retries,
+                priority,
+                fifo_timeout,
+                actors,
             )
             futures_by_key = submit_graph(self, expr, names, options)
         results: list[Any] = []
@@ -263,7 +280,13 @@ class CollectionsMixin:
         expr = collections_to_expr(items, optimize_graph).optimize()
         keys = expr.__dask_keys__()
         options = self._graph_options(
-            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+            workers,
+            allow_other_workers,
+            resources,
+            retries,
+            priority,
+            fifo_timeout,
+            actors,
         )
         futures = submit_graph(self, expr, flatten_keys(keys), options)
         persisted = []
@@ -282,6 +305,7 @@ class CollectionsMixin:
         retries: int | None,
         priority: int,
         fifo_timeout: str | float,
+        actors: Any = None,
     ) -> GraphOptions:
         if allow_other_workers not in (True, False, None):
             raise TypeError("allow_other_workers= must be True, False, or None")
@@ -295,6 +319,7 @@ class CollectionsMixin:
             priority=priority,
             fifo_timeout=parse_timedelta(fifo_timeout),
             annotations=dict(dask.get_annotations()),
+            actors=actor_keys(actors),
         )
 
     @contextlib.contextmanager

@@ -48,6 +48,7 @@ import cloudpickle
 
 from localsched.client.future import FutureState, RemoteTraceback
 from localsched.errors import ClosedClientError, SchedulerStoppedError
+from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
@@ -59,6 +60,7 @@ from localsched.runtime.supervision import Supervision, describe_exit, read_oom_
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport.protocol import (
+    ActorAnswer,
     ForgetKeys,
     FunctionResult,
     Goodbye,
@@ -303,6 +305,9 @@ class SchedulerRuntime(RunRequests, Supervision):
             self._stopped.set()
             self._fail_calls()
             self._fail_runs()
+            actor_calls = getattr(self, "_actor_calls", None)
+            if actor_calls is not None:
+                actor_calls.fail_all(self.stopped_error())
             if self.failure is not None:
                 self._fail_after_crash()
 
@@ -521,6 +526,9 @@ class SchedulerRuntime(RunRequests, Supervision):
                 address,
                 (message.ok, message.payload, message.traceback_text),
             )
+        elif typ is ActorAnswer:
+            assert isinstance(message, ActorAnswer)
+            actor_calls_of(self).answered(message.id, message.ok, message.payload)
         elif typ is Heartbeat:
             assert isinstance(message, Heartbeat)
             events.append(
@@ -551,6 +559,7 @@ class SchedulerRuntime(RunRequests, Supervision):
                 handle.leases -= 1  # it may have used one: room for the next
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
+        is_actor = False
         if (
             ts is None
             or ws is None
@@ -566,6 +575,8 @@ class SchedulerRuntime(RunRequests, Supervision):
             self.data[key] = payload
             if isinstance(payload, BlobRef):
                 self._producers[key] = handle.address
+            # The payload is only a handle: the actor object dies with its worker.
+            is_actor = ts.actor
         self.tasks_finished += 1
         events.append(
             ev.TaskFinished(
@@ -576,7 +587,7 @@ class SchedulerRuntime(RunRequests, Supervision):
                 nbytes=message.nbytes,
                 type=message.type,
                 startstops=(("compute", message.start, message.stop),),
-                shared=payload is not None,
+                shared=payload is not None and not is_actor,
             )
         )
 
@@ -677,6 +688,7 @@ class SchedulerRuntime(RunRequests, Supervision):
                 dependencies=dependencies,
                 priority=command.priority,
                 resource_restrictions=command.resource_restrictions,
+                actor=spec.actor,
             )
         )
 

@@ -95,6 +95,9 @@ class Supervision:
                 f" ({handle.exit_reason or 'it exited'})"
             )
             self._run_answered(run_id, handle.address, (False, error, ""))
+        actor_calls = getattr(self, "_actor_calls", None)
+        if actor_calls is not None:
+            actor_calls.worker_left(handle.address, handle.exit_reason)
         client_id = f"worker-client-{handle.address}"
         if isinstance(self.clients.get(client_id), WorkerClientHandle):
             del self.clients[client_id]
