@@ -136,8 +136,12 @@ class Actor:
             # An actor method calling an actor of its own worker: run it here,
             # as dask does (the actor thread is busy with the caller).
             return _eager(worker.actors.objects[self._key], name)
-        attribute = getattr(self._cls, name)  # AttributeError as in dask
-        if callable(attribute):
+        attribute = getattr(self._cls, name, _UNSET)
+        if attribute is _UNSET and name.startswith("_"):
+            # Private and special names are the class's (copy, pickle and
+            # IPython probe them); an AttributeError here, as in dask.
+            raise AttributeError(f"{self._cls.__name__!r} has no attribute {name!r}")
+        if attribute is not _UNSET and callable(attribute):
 
             @functools.wraps(attribute)
             def call(*args: Any, **kwargs: Any) -> ActorFuture[Any]:
@@ -146,6 +150,8 @@ class Actor:
                 return ActorFuture(self._request(name, payload), self._key, name)
 
             return call
+        # A class attribute, a property, or (unlike dask, which only looks at
+        # the class) an attribute the object set on itself: read on the worker.
         ok, payload = self._request(name, None).result()
         value = pickle.loads(payload)
         if not ok:
@@ -154,7 +160,10 @@ class Actor:
 
     def _request(self, name: str, args: bytes | None) -> CellFuture[Any]:
         client = self._calling_client()
-        return client._link.request(ActorCall(key=self._key, name=name, args=args))
+        cell: CellFuture[Any] = client._link.request(
+            ActorCall(key=self._key, name=name, args=args)
+        )
+        return cell
 
     def _calling_client(self) -> Client:
         worker = getattr(thread_state, "worker", None)
