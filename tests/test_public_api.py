@@ -15,7 +15,10 @@ import pytest
 import localsched
 
 PUBLIC = {
+    "Actor",
+    "ActorFuture",
     "Adaptive",
+    "BaseActorFuture",
     "Client",
     "Future",
     "FutureCancelledError",
