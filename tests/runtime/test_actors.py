@@ -203,9 +203,7 @@ def test_a_task_calls_an_actor_through_its_handle(client):
             counter.increment().result()
         return counter.n
 
-    futures = [
-        client.submit(use, counter, 3, workers=[w], pure=False) for w in workers
-    ]
+    futures = [client.submit(use, counter, 3, workers=[w], pure=False) for w in workers]
 
     assert max(client.gather(futures)) == 6
     assert counter.n == 6
