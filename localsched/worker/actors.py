@@ -76,7 +76,7 @@ class ActorHost:
     def call(self, message: CallActor) -> None:
         """Start a call; its answer goes out when it is done."""
         obj = self.objects.get(message.key)
-        if obj is None:
+        if obj is None or self._is_closed:
             error = RuntimeError(
                 f"Actor {message.key!r} is not on worker {self._worker.address}:"
                 " it was released"
