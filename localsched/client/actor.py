@@ -24,7 +24,6 @@ actor lives as long as the handle does.
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import functools
 import inspect
@@ -309,6 +308,8 @@ class ActorFuture(BaseActorFuture[T]):
         return self._result_async().__await__()
 
     async def _result_async(self) -> T:
+        import asyncio  # only for callers with an event loop
+
         if not self._state.done():
             # The cell's first callback (``_answered``) has run once this wakes.
             with contextlib.suppress(Exception):

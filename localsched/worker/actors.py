@@ -22,13 +22,10 @@ The object is dropped when the scheduler forgets its key (``ForgetKeys``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
 import pickle
 import threading
 from collections.abc import Hashable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from localsched.transport import pickling
@@ -37,6 +34,9 @@ from localsched.worker.context import thread_state
 from localsched.worker.execute import _is_pickled_by_value, dumps_exception
 
 if TYPE_CHECKING:
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
     from localsched.worker.main import Worker
 
 Key = Hashable
@@ -91,7 +91,13 @@ class ActorHost:
         except Exception as exc:
             self._worker._outbox.post_nowait(_failed(message.id, exc))
             return
+        # asyncio, inspect and the executor load with the first call: a worker
+        # without actors starts without them.
+        import inspect
+
         if inspect.iscoroutinefunction(method):
+            import asyncio
+
             asyncio.run_coroutine_threadsafe(
                 self._call_async(message, method), self._event_loop()
             )
@@ -101,6 +107,8 @@ class ActorHost:
     def _thread(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._executor = ThreadPoolExecutor(
                     1,
                     thread_name_prefix="localsched-actor",
@@ -111,6 +119,8 @@ class ActorHost:
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
+                import asyncio
+
                 loop = self._loop = asyncio.new_event_loop()
                 self._loop_thread = threading.Thread(
                     target=self._run_loop,
@@ -147,6 +157,8 @@ class ActorHost:
         state.seceded = True
 
     def _run_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio
+
         self._enter_actor_thread()
         asyncio.set_event_loop(loop)
         try:
