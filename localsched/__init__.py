@@ -26,8 +26,11 @@ from localsched.integrations import joblib_hook as _joblib_hook
 _joblib_hook.install()
 
 _EXPORTS = {
+    "Actor": "localsched.client.actor",
+    "ActorFuture": "localsched.client.actor",
     "Adaptive": "localsched.deploy.adaptive",
     "CancelledError": "concurrent.futures",
+    "BaseActorFuture": "localsched.client.actor",
     "Client": "localsched.client.client",
     "Event": "localsched.client.coordination",
     "Future": "localsched.client.future",
@@ -58,7 +61,10 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Actor",
+    "ActorFuture",
     "Adaptive",
+    "BaseActorFuture",
     "CancelledError",
     "Client",
     "Event",
@@ -111,6 +117,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from concurrent.futures import CancelledError
 
+    from localsched.client.actor import Actor, ActorFuture, BaseActorFuture
     from localsched.client.client import Client, default_client, fire_and_forget
     from localsched.client.coordination import Event, Lock, Queue, Semaphore, Variable
     from localsched.client.future import (

@@ -523,6 +523,7 @@ def _request_types() -> list[type[rq.Request]]:
 def _example(kind: type[rq.Request]) -> rq.Request:
     """An instance with every required field filled in."""
     values = {
+        "key": "x",
         "keys": ("x",),
         "data": (("x", b"1"),),
         "function": b"f",

@@ -24,6 +24,9 @@ PACKAGE = ROOT / "localsched"
 ALLOWED_UPWARD = {
     # dask's Cluster.get_client(): the cluster makes the client asked of it.
     ("localsched.deploy.local", "localsched.client.client"),
+    # An actor task's result is the client's Actor handle, made in the worker
+    # (only when a task is an actor: a worker imports it then, not at start).
+    ("localsched.worker.actors", "localsched.client.actor"),
 }
 
 

@@ -15,9 +15,12 @@ import pytest
 import localsched
 
 PUBLIC = {
+    "Actor",
+    "ActorFuture",
     "Adaptive",
     "CancelledError",
     "local_client",
+    "BaseActorFuture",
     "Client",
     "Future",
     "FutureCancelledError",

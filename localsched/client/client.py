@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import itertools
 import sys
 import threading
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
+from localsched.client.actor import Actor, BaseActorFuture
 from localsched.client.cluster_tools import ClusterToolsMixin
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
@@ -324,9 +326,15 @@ class Client(
     def _load_result(self, key: Key) -> Any:
         token = loading_client.set(self)  # futures inside the value are ours
         try:
-            return self._link.load_result(key)
+            return self._bound(self._link.load_result(key))
         finally:
             loading_client.reset(token)
+
+    def _bound(self, value: Any) -> Any:
+        """A result as the caller gets it: an actor handle holds its key."""
+        if type(value) is Actor:
+            value._bind(self)
+        return value
 
     def _callback_executor(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -339,7 +347,11 @@ class Client(
     # -- building tasks -------------------------------------------------------------
 
     def _spec(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        actor: bool = False,
     ) -> tuple[TaskSpec, tuple[Any, dict[str, Any]]]:
         """The task spec, and the arguments with futures replaced by ``TaskRef``."""
         found: dict[Key, Future] = {}
@@ -357,7 +369,7 @@ class Client(
             raise TypeError(
                 f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
             ) from exc
-        spec = TaskSpec(token, function_bytes, payload, tuple(found))
+        spec = TaskSpec(token, function_bytes, payload, tuple(found), actor)
         return spec, (args, kwargs)
 
     def _key_for(
@@ -424,6 +436,10 @@ class Client(
             Higher runs first when the cluster is busy.
         allow_other_workers
             ``workers`` is a preference, not a requirement.
+        actor, actors
+            The result is an actor: the object stays in its worker, and
+            ``result()`` returns an :class:`~localsched.client.actor.Actor`
+            handle to it (implies ``pure=False``).
         pure
             Identical calls share one key (and one computation).
 
@@ -434,9 +450,10 @@ class Client(
         self._check_running()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        if actor or actors:
-            raise ValueError("localsched does not support actors")
-        spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs)
+        actor = actor or actors
+        if actor:
+            pure = False  # an actor is stateful, as in dask
+        spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs, actor)
         if key is None:
             key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
         else:
@@ -460,6 +477,7 @@ class Client(
                 priority=priority,
                 allow_other_workers=allow_other_workers,
                 fifo_timeout=fifo_timeout,
+                actors=(key,) if actor else (),
             )
         )
         return future
@@ -483,14 +501,16 @@ class Client(
     ) -> list[Future]:
         """Map ``func`` over sequences of arguments; one future per element.
 
-        Takes the options of ``submit``. The whole map is one event for the
-        scheduler, and the function is pickled once.
+        Takes the options of ``submit`` (``actor=True``: one actor per
+        element). The whole map is one event for the scheduler, and the
+        function is pickled once.
         """
         self._check_running()
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
-        if actor or actors:
-            raise ValueError("localsched does not support actors")
+        actor = actor or actors
+        if actor:
+            pure = False
         if iterables and all(isinstance(it, Mapping) for it in iterables):
             raise TypeError("Dictionaries are not supported by map; pass lists")
         calls = list(zip(*iterables, strict=False))
@@ -505,7 +525,7 @@ class Client(
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         for i, call_args in enumerate(calls):
-            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs)
+            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs, actor)
             if keys is not None:
                 k = keys[i]
                 validate_key(k)
@@ -538,6 +558,7 @@ class Client(
                     priority=priority,
                     allow_other_workers=allow_other_workers,
                     fifo_timeout=fifo_timeout,
+                    actors=tuple(new) if actor else (),
                 )
             )
         return futures
@@ -554,6 +575,7 @@ class Client(
         priority: int,
         allow_other_workers: bool,
         fifo_timeout: str | float,
+        actors: tuple[Key, ...] = (),
     ) -> ev.UpdateGraph:
         restrictions = worker_restrictions(tasks, workers)
         return ev.UpdateGraph(
@@ -570,6 +592,7 @@ class Client(
             retries=retries,
             time=time.time(),
             submitting_task=self._link.current_task(),
+            actors=actors,
         )
 
     # -- results ---------------------------------------------------------------------
@@ -613,7 +636,7 @@ class Client(
 
         def value_of(future: Future) -> Any:
             if future.status == "finished" and future.key in values:
-                return values[future.key]
+                return self._bound(values[future.key])
             return future.result()
 
         return gathered(futures, _is_future, value_of, errors)
@@ -744,6 +767,32 @@ class Client(
         """Result sizes in bytes by key, or summed by key prefix if ``summary``."""
         selected = None if keys is None else tuple(keys)
         return self._link.request(rq.NBytes(keys=selected, summary=summary)).result()
+
+    def sync(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        asynchronous: bool | None = None,
+        callback_timeout: str | float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """``func(*args, **kwargs)``, awaited if it returns an awaitable
+        (``distributed.Client.sync``; this client is synchronous, so the call
+        runs in the calling thread and a coroutine on a private event loop)."""
+        result = func(*args, **kwargs)
+        if isinstance(result, BaseActorFuture):
+            return result.result(callback_timeout)
+        if inspect.isawaitable(result):
+            import asyncio
+
+            async def finish() -> Any:
+                return await result
+
+            timeout = (
+                None if callback_timeout is None else parse_timedelta(callback_timeout)
+            )
+            return asyncio.run(asyncio.wait_for(finish(), timeout))
+        return result
 
     def shutdown(self) -> None:
         """Close the client and its cluster, even one it did not start (dask).

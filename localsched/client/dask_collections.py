@@ -21,7 +21,12 @@ import threading
 from collections.abc import Hashable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
-from localsched.client.dask_graphs import GraphOptions, flatten_keys, pack_results
+from localsched.client.dask_graphs import (
+    GraphOptions,
+    actor_keys,
+    flatten_keys,
+    pack_results,
+)
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
@@ -180,7 +185,13 @@ class CollectionsMixin:
 
         self._check_running()  # type: ignore[attr-defined]
         options = self._graph_options(
-            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+            workers,
+            allow_other_workers,
+            resources,
+            retries,
+            priority,
+            fifo_timeout,
+            actors,
         )
         futures = submit_graph(
             cast("Client", self),
@@ -248,7 +259,13 @@ class CollectionsMixin:
             ).optimize()
             names = flatten_keys(expr.__dask_keys__())
             options = self._graph_options(
-                workers, allow_other_workers, resources, retries, priority, fifo_timeout
+                workers,
+                allow_other_workers,
+                resources,
+                retries,
+                priority,
+                fifo_timeout,
+                actors,
             )
             futures_by_key = submit_graph(cast("Client", self), expr, names, options)
         results: list[Any] = []
@@ -291,7 +308,13 @@ class CollectionsMixin:
         expr = collections_to_expr(items, optimize_graph).optimize()
         keys = expr.__dask_keys__()
         options = self._graph_options(
-            workers, allow_other_workers, resources, retries, priority, fifo_timeout
+            workers,
+            allow_other_workers,
+            resources,
+            retries,
+            priority,
+            fifo_timeout,
+            actors,
         )
         futures = submit_graph(cast("Client", self), expr, flatten_keys(keys), options)
         persisted = []
@@ -310,6 +333,7 @@ class CollectionsMixin:
         retries: int | None,
         priority: int,
         fifo_timeout: str | float,
+        actors: Any = None,
     ) -> GraphOptions:
         if allow_other_workers not in (True, False, None):
             raise TypeError("allow_other_workers= must be True, False, or None")
@@ -323,6 +347,7 @@ class CollectionsMixin:
             priority=priority,
             fifo_timeout=parse_timedelta(fifo_timeout),
             annotations=dict(dask.get_annotations()),
+            actors=actor_keys(actors),
         )
 
     @contextlib.contextmanager

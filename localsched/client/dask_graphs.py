@@ -33,7 +33,7 @@ import pickle
 import threading
 import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from localsched.transport.protocol import TaskRef
@@ -56,6 +56,7 @@ MISSING_DASK = "dask graphs and collections need dask: pip install 'localsched[d
 
 __all__ = [
     "GraphOptions",
+    "actor_keys",
     "dependency_value",
     "pack_results",
     "run_graph_node",
@@ -108,6 +109,28 @@ class GraphOptions:
     fifo_timeout: float = 60.0
     #: Annotations for every task (``dask.annotate`` around the call).
     annotations: dict[str, Any] = field(default_factory=dict)
+    #: Keys whose results are actors (``actors=``); True: every wanted key.
+    actors: frozenset[Key] | bool = frozenset()
+
+
+def actor_keys(actors: Any) -> frozenset[Key] | bool:
+    """``actors=`` of ``get``/``compute``/``persist`` as dask reads it: True,
+    a key, a collection (its keys), a list, tuple or set of those, or a dict
+    of key -> bool."""
+    if actors is None or actors is False:
+        return frozenset()
+    if actors is True:
+        return True
+    if isinstance(actors, dict):
+        return frozenset(k for k, v in actors.items() if v)
+    items = actors if isinstance(actors, list | tuple | set | frozenset) else [actors]
+    keys: set[Key] = set()
+    for item in items:
+        if hasattr(item, "__dask_keys__"):
+            keys.update(flatten_keys(item.__dask_keys__()))
+        else:
+            keys.add(item)
+    return frozenset(keys)
 
 
 def _import_dask() -> Any:
@@ -266,6 +289,7 @@ def _post_in_chunks(
                 last_reader[dep] = position
     per_key = _annotations_per_key(annotations_by_type)
     builder = _SpecBuilder(client)
+    actors = wanted if options.actors is True else options.actors or frozenset()
     held: list[Key] = []
     # Wanted keys that are futures already (a persisted collection): the first
     # event takes hold of them.
@@ -273,6 +297,9 @@ def _post_in_chunks(
     for chunk in _chunks(ordered):
         end = order[chunk[-1]]
         tasks = {key: builder.spec(key, nodes[key]) for key in chunk}
+        chunk_actors = [k for k in chunk if k in actors] if actors else []
+        for key in chunk_actors:
+            tasks[key] = replace(tasks[key], actor=True)
         frontier = [
             k for k in chunk if k not in wanted and last_reader.get(k, -1) > end
         ]
@@ -288,6 +315,7 @@ def _post_in_chunks(
                 per_key,
                 annotations_by_type,
                 options,
+                chunk_actors,
             )
         )
     if first_keys:
@@ -327,6 +355,7 @@ def _update_graph(
     per_key: dict[Key, dict[str, Any]],
     annotations_by_type: dict[str, dict[Key, Any]],
     options: GraphOptions,
+    actors: list[Key] | None = None,
 ) -> Any:
 
     from localsched.scheduler import events as ev
@@ -359,6 +388,7 @@ def _update_graph(
         annotations_by_type=annotations_by_type or None,
         time=time.time(),
         submitting_task=client._link.current_task(),
+        actors=actors or (),
     )
 
 

@@ -36,6 +36,8 @@ class TaskSpec:
     args: Payload
     #: Keys of the futures the arguments refer to.
     dependencies: tuple[Key, ...]
+    #: The result is an actor: it stays in its worker (``submit(actor=True)``).
+    actor: bool = False
 
 
 class FunctionCache:

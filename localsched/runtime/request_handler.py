@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from localsched.runtime import cluster_requests, restarting
+from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
 from localsched.runtime.handles import ClientHandle, WorkerClientHandle, WorkerHandle
 from localsched.runtime.plugin_keeper import (
@@ -335,6 +336,12 @@ def _retire_workers(
     return {a: infos[a] for a in addresses if a in infos}
 
 
+def _actor_call(
+    runtime: SchedulerRuntime, asker: ClientHandle, r: rq.ActorCall
+) -> CellFuture[tuple[bool, bytes]]:
+    return actor_calls_of(runtime).start(r.key, r.name, r.args)
+
+
 # -- plugins ------------------------------------------------------------------------
 
 
@@ -424,6 +431,7 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.RunOnWorkers: _run_on_workers,
     rq.Restart: _restart,
     rq.RetireWorkers: _retire_workers,
+    rq.ActorCall: _actor_call,
     rq.AddSchedulerPlugin: _add_scheduler_plugin,
     rq.RemoveSchedulerPlugin: _remove_scheduler_plugin,
     rq.AddWorkerPlugin: _add_worker_plugin,

@@ -48,6 +48,7 @@ import cloudpickle
 
 from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future_state import FutureState, RemoteTraceback
+from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
@@ -66,6 +67,7 @@ from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
+    ActorAnswer,
     ForgetKeys,
     FunctionResult,
     Goodbye,
@@ -312,6 +314,9 @@ class SchedulerRuntime:
             self._stopped.set()
             self._fail_calls()
             self.runs.fail_all()
+            actor_calls = getattr(self, "_actor_calls", None)
+            if actor_calls is not None:
+                actor_calls.fail_all(self.stopped_error())
             if self.failure is not None:
                 self._fail_after_crash()
 
@@ -530,6 +535,9 @@ class SchedulerRuntime:
                 address,
                 (message.ok, message.payload, message.traceback_text),
             )
+        elif typ is ActorAnswer:
+            assert isinstance(message, ActorAnswer)
+            actor_calls_of(self).answered(message.id, message.ok, message.payload)
         elif typ is Heartbeat:
             assert isinstance(message, Heartbeat)
             events.append(
@@ -560,6 +568,7 @@ class SchedulerRuntime:
                 handle.leases -= 1  # it may have used one: room for the next
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
+        is_actor = False
         if (
             ts is None
             or ws is None
@@ -576,6 +585,8 @@ class SchedulerRuntime:
             self.data[key] = payload
             if isinstance(payload, BlobRef):
                 self._producers[key] = handle.address
+            # The payload is only a handle: the actor object dies with its worker.
+            is_actor = ts.actor
         self.tasks_finished += 1
         events.append(
             ev.TaskFinished(
@@ -586,7 +597,7 @@ class SchedulerRuntime:
                 nbytes=message.nbytes,
                 type=message.type,
                 startstops=(("compute", message.start, message.stop),),
-                shared=is_kept,
+                shared=is_kept and not is_actor,
             )
         )
 
@@ -697,6 +708,7 @@ class SchedulerRuntime:
                 dependencies=dependencies,
                 priority=command.priority,
                 resource_restrictions=command.resource_restrictions,
+                actor=spec.actor,
             )
         )
 

@@ -91,6 +91,9 @@ def worker_exited(
             f" ({handle.exit_reason or 'it exited'})"
         )
         runtime.runs.answered(run_id, handle.address, (False, error, ""))
+    actor_calls = getattr(runtime, "_actor_calls", None)
+    if actor_calls is not None:
+        actor_calls.worker_left(handle.address, handle.exit_reason)
     client_id = f"worker-client-{handle.address}"
     if isinstance(runtime.clients.get(client_id), WorkerClientHandle):
         del runtime.clients[client_id]

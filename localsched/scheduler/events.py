@@ -85,6 +85,8 @@ class UpdateGraph(StateEvent):
     submitting_task: Key | None = None
     #: Graph-wide annotations, for plugins (``{"annotation": {key: value}}``).
     annotations_by_type: Mapping[str, Mapping[Key, Any]] | None = None
+    #: Keys whose results are actors: objects that live in their worker.
+    actors: Collection[Key] = ()
     time: float = 0.0
 
 

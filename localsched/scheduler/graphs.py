@@ -73,6 +73,10 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
         touched.append(ts)
     _wire_new_tasks(state, new, event)
     _set_priorities(state, new, event)
+    for key in event.actors:
+        ts = state.tasks.get(key)
+        if ts is not None:
+            ts.actor = True
     for key in event.keys:
         ts = state.tasks[key]
         if ts not in cs.wants_what:

@@ -652,7 +652,9 @@ def on_retire_workers(state: SchedulerState, event: ev.RetireWorkers) -> None:
         if ws not in retiring and ws.status == "running"
     ]
     needs_recipient = any(
-        ts.who_has == {ws} and not ts.shared for ws in retiring for ts in ws.has_what
+        ts.who_has == {ws} and not ts.shared and not ts.actor
+        for ws in retiring
+        for ts in ws.has_what
     )
     if needs_recipient and not staying:
         state._commands.append(
@@ -681,7 +683,12 @@ def check_retirements(state: SchedulerState, stimulus_id: str) -> None:
         ws = state.workers[address]
         if ws.processing:
             continue
-        unique = [ts for ts in ws.has_what if ts.who_has == {ws} and not ts.shared]
+        # An actor cannot move: it is lost with the worker, as in dask.
+        unique = [
+            ts
+            for ts in ws.has_what
+            if ts.who_has == {ws} and not ts.shared and not ts.actor
+        ]
         if unique:
             pending = requested.setdefault(address, {})
             for key, recipient_address in list(pending.items()):

@@ -437,7 +437,9 @@ class TaskState:
         self.shared = False
         #: Cached root-ish verdict at submission (used by validate and queuing).
         self.queueable = False
-        #: Actors are not supported; kept for plugin compatibility.
+        #: The result is an actor: an object that lives only in the worker in
+        #: ``who_has`` (never ``shared``). Losing that worker errs the task with
+        #: "Worker holding Actor was lost"; it is never recomputed or stolen.
         self.actor = False
 
     def __repr__(self) -> str:

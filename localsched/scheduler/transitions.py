@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 
 Recs = dict[Key, str]
 
+#: Why an actor task errs when its worker is gone (dask's words; tests match).
+ACTOR_LOST = "Worker holding Actor was lost"
+
 
 # -- released -> waiting ----------------------------------------------------
 
@@ -659,9 +662,16 @@ def _transition_memory_released(
             del ws.has_what[ts]
             ws.nbytes -= nbytes
         ts.who_has = EMPTY_SET
-    if ts.shared:
+    if ts.shared or ts.actor:
         _free_data(state, ts, stimulus_id)
     ts.state = "released"
+    if ts.actor and ts.who_wants:
+        # As dask: the actor's state lived in its worker only; a new object
+        # would silently lose it, so the task errs instead of rerunning.
+        ts.exception_blame = ts
+        ts.exception = RuntimeError(ACTOR_LOST)
+        ts.exception_text = repr(ts.exception)
+        return {key: "erred"}
     for cs in ts.who_wants:
         state._commands.append(
             KeyLost(stimulus_id=stimulus_id, client=cs.client_key, key=key)
@@ -684,7 +694,8 @@ def _transition_memory_released(
 
 
 def _free_data(state: SchedulerState, ts: TaskState, stimulus_id: str) -> None:
-    if ts.shared:
+    # An actor's stored result is its handle, freed with the task too.
+    if ts.shared or ts.actor:
         ts.shared = False
         state._commands.append(FreeData(stimulus_id=stimulus_id, key=ts.key))
 
@@ -743,7 +754,7 @@ def _propagate_forgotten(
             del ws.has_what[ts]
             ws.nbytes -= nbytes
         ts.who_has = EMPTY_SET
-    if ts.shared:
+    if ts.shared or ts.actor:
         _free_data(state, ts, stimulus_id)
 
 

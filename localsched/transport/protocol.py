@@ -6,10 +6,11 @@ costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
-    GrantSegments, Shutdown, RunFunction,
+    GrantSegments, Shutdown, RunFunction, CallActor,
     WorkerInfo, LinkReply, KeyUpdate ────────────────▶  control thread ─▶ task threads
     Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult, Heartbeat,
-    LinkRequest, LinkEvents, LongRunning, Goodbye ◀─────────────── (any thread)
+    LinkRequest, LinkEvents, LongRunning, ActorAnswer,
+    Goodbye ◀────────────────────────────────────────────────────── (any thread)
 
 What the scheduler never looks into stays opaque bytes: a task's function and
 arguments (cloudpickled once, in the client), results and exceptions (cloudpickled
@@ -46,7 +47,9 @@ from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "ActorAnswer",
     "AddPlugin",
+    "CallActor",
     "ForgetKeys",
     "FunctionResult",
     "Goodbye",
@@ -129,6 +132,9 @@ class RunTask(Message):
     #: Abstract resources the task holds while it runs, e.g. ``{"GPU": 1}``; the
     #: worker starts it only when its own resources have that much free.
     resource_restrictions: dict[str, float] | None = None
+    #: ``submit(..., actor=True)``: the worker keeps the result object and
+    #: answers with an ``Actor`` handle to it (``localsched.worker.actors``).
+    actor: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +217,19 @@ class RunFunction(Message):
     #: The worker's address and name, for a ``dask_worker`` argument.
     address: str
     name: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallActor(Message):
+    """Call a method of, or read an attribute of, the actor object the worker
+    keeps for ``key``; answered by :class:`ActorAnswer` with the same ``id``."""
+
+    id: int
+    key: Key
+    #: The method or attribute name.
+    name: str
+    #: Cloudpickled ``(args, kwargs)`` of a method call; None: read the attribute.
+    args: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,6 +335,16 @@ class FunctionResult(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ActorAnswer(Message):
+    """Reply to :class:`CallActor`: ``payload`` is the cloudpickled return value
+    or attribute (``ok``), or the exception (not ``ok``)."""
+
+    id: int
+    ok: bool
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Message):
     """Sent periodically while tasks run: how long each has been executing.
 
@@ -380,6 +409,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     RemovePlugin,
     Shutdown,
     RunFunction,
+    CallActor,
     WorkerInfo,
     LinkReply,
     KeyUpdate,
@@ -392,6 +422,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     LinkRequest,
     LinkEvents,
     LongRunning,
+    ActorAnswer,
     Goodbye,
 )
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}

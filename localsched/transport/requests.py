@@ -29,6 +29,7 @@ from typing import Any
 Key = Hashable
 
 __all__ = [
+    "ActorCall",
     "AddSchedulerPlugin",
     "AddWorkerPlugin",
     "ClusterDump",
@@ -303,6 +304,22 @@ class RetireWorkers(Request):
     close_workers: bool = True
     #: ``Scheduler.workers_to_close`` options, used without ``workers``.
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorCall(Request):
+    """Call a method of (or read an attribute of) the actor of ``key`` on the
+    worker that keeps it; answers ``(ok, payload)``: the cloudpickled result,
+    or the cloudpickled exception if not ``ok``.
+
+    Raises ``RuntimeError`` if the actor is gone (released, or its worker lost).
+    """
+
+    key: Key
+    #: Method or attribute name.
+    name: str
+    #: Cloudpickled ``(args, kwargs)`` of a method call; None: read the attribute.
+    args: bytes | None = None
 
 
 # -- plugins ------------------------------------------------------------------------

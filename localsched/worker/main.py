@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.transport.protocol import (
     AddPlugin,
+    CallActor,
     ForgetKeys,
     Goodbye,
     GrantSegments,
@@ -70,9 +71,11 @@ from localsched.transport.protocol import (
     encode_batch,
 )
 from localsched.transport.shm import BlobRef
+from localsched.worker.actors import ActorHost
 from localsched.worker.context import thread_state
 from localsched.worker.execute import (
     Outcome,
+    Success,
     failure_from,
     load_inputs,
     run_task,
@@ -245,6 +248,8 @@ class Worker:
         self._outbox = _Outbox(conn)
         #: Worker plugins (``Client.register_plugin``); see worker/plugins.py.
         self.plugins = WorkerPlugins(nthreads)
+        #: Actor objects kept here and the threads calling them (actors.py).
+        self.actors = ActorHost(self)
         #: Set when serve() ends: the heartbeat thread stops.
         self._stopped = threading.Event()
         # dask's Worker attributes for get_worker(); the scheduler sends address
@@ -299,6 +304,7 @@ class Worker:
         finally:
             self._stopped.set()
             self._stop_tasks()
+            self.actors.close()
             self.plugins.close()
             self._outbox.close(None)
 
@@ -343,7 +349,9 @@ class Worker:
                 self._enqueue(runs)
 
     def _on_message(self, message: Message) -> str | None:
-        if isinstance(message, StealQuery):
+        if type(message) is CallActor:
+            self.actors.call(message)
+        elif isinstance(message, StealQuery):
             self._outbox.post_nowait(self._steal(message.key))
         elif isinstance(message, ForgetKeys):
             self._forget(message.keys)
@@ -354,7 +362,9 @@ class Worker:
         elif isinstance(message, RunFunction):
             # Client.run: user code, so never on this thread (it must keep reading).
             threading.Thread(
-                target=lambda: self._outbox.post(call_function(message, self.nthreads)),
+                target=lambda: self._outbox.post(
+                    call_function(message, self.nthreads, self.actors.objects)
+                ),
                 name=f"localsched-run-{message.id}",
                 daemon=True,
             ).start()
@@ -379,6 +389,7 @@ class Worker:
                     self._has_work.notify_all()
         elif isinstance(message, Shutdown):
             self._stop_tasks()
+            self.actors.close()
             self.plugins.close()  # dask tears plugins down as the worker closes
             self._outbox.close(Goodbye(reason=message.reason))
             return message.reason
@@ -425,6 +436,8 @@ class Worker:
     def _forget(self, keys: tuple[Hashable, ...]) -> None:
         if self.plugins.active:
             self.plugins.forget(keys)
+        if self.actors.objects:
+            self.actors.forget(keys)
         with self._lock:
             for key in keys:
                 job = self._queued.pop(key, None)
@@ -544,6 +557,9 @@ class Worker:
         else:
             outcome = run_task(function, args, kwargs, values)
             del args, kwargs, values  # unmap shared-memory inputs early
+            if message.actor and type(outcome) is Success:
+                # The object stays here; the scheduler stores a handle to it.
+                outcome.value = self.actors.adopt(message.key, outcome.value)
         reply = to_message(message.key, message.run_id, outcome, self.writer)
         if plugins is not None:  # before the reply goes out, as in dask
             plugins.ended(message.key, outcome, reply)

@@ -11,7 +11,9 @@ import inspect
 import os
 import pickle
 import traceback
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from localsched.transport import pickling
@@ -22,19 +24,39 @@ __all__ = ["WorkerInfo", "call_function"]
 
 
 @dataclass(frozen=True)
+class WorkerState:
+    """``dask_worker.state``: ``actors`` maps key -> actor object kept here."""
+
+    actors: Mapping[Hashable, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """What a ``dask_worker`` argument of ``Client.run`` gets here: the worker's
-    ``address``, ``name``, ``nthreads``, ``pid`` and ``status``."""
+    ``address``, ``name``, ``nthreads``, ``pid``, ``status``, ``state.actors``
+    and ``data``, which is always empty: results live in the scheduler's
+    store, not in the worker that computed them."""
 
     address: str
     name: Any
     nthreads: int
     pid: int
     status: str = "running"
+    state: WorkerState = field(default_factory=WorkerState)
+    data: Mapping[Hashable, object] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
-def call_function(message: RunFunction, nthreads: int) -> FunctionResult:
-    """Run the message's function; its result or exception, pickled."""
+def call_function(
+    message: RunFunction,
+    nthreads: int,
+    actors: Mapping[Hashable, object] | None = None,
+) -> FunctionResult:
+    """Run the message's function; its result or exception, pickled.
+
+    ``actors``: the worker's actor objects, for ``dask_worker.state.actors``.
+    """
     try:
         function = pickle.loads(message.function)
         args, kwargs = pickle.loads(message.args)
@@ -45,7 +67,11 @@ def call_function(message: RunFunction, nthreads: int) -> FunctionResult:
             parameters = {}  # type: ignore[assignment]
         if "dask_worker" in parameters:
             kwargs["dask_worker"] = WorkerInfo(
-                message.address, message.name, nthreads, os.getpid()
+                message.address,
+                message.name,
+                nthreads,
+                os.getpid(),
+                state=WorkerState(MappingProxyType(dict(actors or {}))),
             )
         result = function(*args, **kwargs)
         if inspect.isawaitable(result):
