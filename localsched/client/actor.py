@@ -167,7 +167,9 @@ class Actor:
     def _calling_client(self) -> Client:
         worker = getattr(thread_state, "worker", None)
         if worker is not None:
-            client: Client = worker._get_client()  # in a task or an actor method
+            from localsched.client.task_client import client_of
+
+            client: Client = client_of(worker)  # in a task or an actor method
             return client
         if self._client is not None and self._client.status == "running":
             return self._client

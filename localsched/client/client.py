@@ -45,7 +45,9 @@ from localsched.client.future import (
     futures_of,
     loading_client,
     wait,
+    wait_until_failure,
 )
+from localsched.client.future import fire_and_forget as fire_and_forget
 from localsched.client.graph import (
     FunctionCache,
     TaskSpec,
@@ -621,7 +623,7 @@ class Client(
         if errors == "raise":
             # As dask: the first error raises at once, even while other
             # futures still run (a blocked task must not hold the caller).
-            _wait_until_failure(list(found.values()))
+            wait_until_failure(list(found.values()))
         else:
             wait(list(found.values()))
         # One load for every finished key: a single round trip from a task.
@@ -918,39 +920,6 @@ class Client(
         return client_rich(self)
 
 
-def fire_and_forget(obj: Any) -> None:
-    """Run tasks at least once, even if we release the futures.
-
-    Normally a task with no future left is not run. The special client
-    ``"fire-and-forget"`` wants these keys, so the tasks run to completion
-    (their results are dropped then, unless a future holds them): useful for
-    tasks run for their side effects.
-
-    Parameters
-    ----------
-    obj
-        A future, or lists, tuples, sets and dicts holding futures.
-
-    Examples
-    --------
-    >>> fire_and_forget(client.submit(func, *args))  # doctest: +SKIP
-    """
-    found = {f.key: f for f in futures_of(obj)}
-    by_client: dict[int, tuple[Client, list[Key]]] = {}
-    for future in found.values():
-        entry = by_client.setdefault(id(future.client), (future.client, []))
-        entry[1].append(future.key)
-    for client, keys in by_client.values():
-        link = client._link
-        link.post(
-            ev.ClientDesiresKeys(
-                stimulus_id=link.stimulus_id("client-desires-keys"),
-                client="fire-and-forget",
-                keys=tuple(keys),
-            )
-        )
-
-
 def default_client(c: Client | None = None) -> Client:
     """``c``, else the client of the innermost ``as_current`` block, else the
     most recent client set as default.
@@ -975,30 +944,6 @@ def default_client(c: Client | None = None) -> Client:
         "  from distributed import Client\n"
         "  client = Client('ip-addr-of-scheduler:8786')\n"
     )
-
-
-def _wait_until_failure(futures: list[Future]) -> None:
-    """Wait until every future is done or one of them erred or was cancelled."""
-    states = {id(f._state): f._state for f in futures}
-    remaining = set(states)
-    lock = threading.Lock()
-    ready = threading.Event()
-
-    def on_done(state: FutureState) -> None:
-        with lock:
-            remaining.discard(id(state))
-            if not remaining or state.status in ("error", "cancelled"):
-                ready.set()
-
-    for state in states.values():
-        state.add_waiter(on_done)
-    if not states:
-        ready.set()
-    try:
-        ready.wait()
-    finally:
-        for state in states.values():
-            state.remove_waiter(on_done)
 
 
 def _refuse_asynchronous() -> None:

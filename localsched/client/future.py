@@ -368,7 +368,9 @@ class as_completed:
 
     def add(self, future: Future) -> None:
         """Watch one more future."""
-        if not isinstance(future, Future):
+        from localsched.client.actor import ActorFuture
+
+        if not isinstance(future, Future | ActorFuture):
             raise TypeError(f"Input must be a future, got {future!r}")
         with self._lock:
             entry = next(self._entries)
@@ -472,12 +474,17 @@ def futures_of(obj: Any) -> list[Future]:
     >>> futures_of(client.persist(array))  # doctest: +SKIP
     [<Future: pending, key: ('ones-...', 0)>, ...]
     """
-    found: list[Future] = []
+    return _held(obj, Future)
+
+
+def _held(obj: Any, kinds: type | tuple[type, ...]) -> list[Any]:
+    """The objects of ``kinds`` in ``obj``, walked as :func:`futures_of` does."""
+    found: list[Any] = []
     seen: set[int] = set()
     stack = [obj]
     while stack:
         item = stack.pop()
-        if isinstance(item, Future):
+        if isinstance(item, kinds):
             if id(item) not in seen:
                 seen.add(id(item))
                 found.append(item)
@@ -498,16 +505,20 @@ def _is_dask_collection(obj: Any) -> bool:
     )
 
 
-def _futures_to_wait_on(fs: Any) -> list[Future]:
+def _futures_to_wait_on(fs: Any) -> list[Any]:
     """``wait``'s argument as dask takes it (a future, a collection, nested lists
-    and dicts), and any other iterable of futures as ``concurrent.futures``."""
+    and dicts), and any other iterable of futures as ``concurrent.futures``.
+    Actor futures count too (they have a ``FutureState`` of their own)."""
+    from localsched.client.actor import ActorFuture
+
+    kinds = (Future, ActorFuture)
     if (
-        isinstance(fs, Future)
+        isinstance(fs, kinds)
         or type(fs) in (list, tuple, set, frozenset, dict)
         or _is_dask_collection(fs)
     ):
-        return futures_of(fs)
-    return futures_of(list(fs))
+        return _held(fs, kinds)
+    return _held(list(fs), kinds)
 
 
 def claim_adopted(futures: Iterable[Future]) -> None:
@@ -515,8 +526,67 @@ def claim_adopted(futures: Iterable[Future]) -> None:
     (see ``Client._adopt``) before waiting on them."""
     by_client: dict[int, tuple[Client, list[Key]]] = {}
     for future in futures:
-        client = future.client
-        if client._adopted:
+        client = getattr(future, "client", None)  # an actor future has none
+        if client is not None and client._adopted:
             by_client.setdefault(id(client), (client, []))[1].append(future.key)
     for client, keys in by_client.values():
         client._claim_adopted(keys)
+
+
+def fire_and_forget(obj: Any) -> None:
+    """Run tasks at least once, even if we release the futures.
+
+    Normally a task with no future left is not run. The special client
+    ``"fire-and-forget"`` wants these keys, so the tasks run to completion
+    (their results are dropped then, unless a future holds them): useful for
+    tasks run for their side effects.
+
+    Parameters
+    ----------
+    obj
+        A future, or lists, tuples, sets and dicts holding futures.
+
+    Examples
+    --------
+    >>> fire_and_forget(client.submit(func, *args))  # doctest: +SKIP
+    """
+    found = {f.key: f for f in futures_of(obj)}
+    from localsched.scheduler import events as ev
+
+    by_client: dict[int, tuple[Client, list[Key]]] = {}
+    for future in found.values():
+        entry = by_client.setdefault(id(future.client), (future.client, []))
+        entry[1].append(future.key)
+    for client, keys in by_client.values():
+        link = client._link
+        link.post(
+            ev.ClientDesiresKeys(
+                stimulus_id=link.stimulus_id("client-desires-keys"),
+                client="fire-and-forget",
+                keys=tuple(keys),
+            )
+        )
+
+
+def wait_until_failure(futures: list[Future]) -> None:
+    """Wait until every future is done or one of them erred or was cancelled."""
+    states = {id(f._state): f._state for f in futures}
+    remaining = set(states)
+    lock = threading.Lock()
+    ready = threading.Event()
+
+    def on_done(state: FutureState) -> None:
+        with lock:
+            remaining.discard(id(state))
+            if not remaining or state.status in ("error", "cancelled"):
+                ready.set()
+
+    for state in states.values():
+        state.add_waiter(on_done)
+    if not states:
+        ready.set()
+    try:
+        ready.wait()
+    finally:
+        for state in states.values():
+            state.remove_waiter(on_done)

@@ -6,7 +6,7 @@ the other side)::
 
     Client ──post(events)──────────▶ ┐
            ──request(Request)──▶ cell ├─ LocalLink: the runtime's inbox, same process
-           ◀─load_result(key)──────── ┘  PipeLink:  the worker's pipe (client/task_client.py)
+           ◀─load_result(key)──────── ┘  PipeLink:  the worker's pipe (task_client.py)
                                                   │
                        scheduler thread: request_handler.answer(runtime, asker, request)
 
