@@ -53,7 +53,6 @@ class FakeLink:
         self.requests: list[rq.Request] = []
         self.results: dict[Key, Any] = {}
         self.loads: list[list[Key]] = []
-        self.tracked: list[Key] = []
         self.task: Key | None = None
         self.states: dict[Key, Any] = {}
         self.disconnected = False
@@ -105,9 +104,6 @@ class FakeLink:
 
     def release(self, payload: Any) -> None:
         pass
-
-    def track_arguments(self, key: Key, spec: Any) -> None:
-        self.tracked.append(key)
 
     def current_task(self) -> Key | None:
         return self.task

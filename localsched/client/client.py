@@ -456,32 +456,38 @@ class Client(
         if actor:
             pure = False  # an actor is stateful, as in dask
         spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs, actor)
-        if key is None:
-            key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
-        else:
-            validate_key(key)
-        with self._lock:
-            already = key in self._refcount
-        if already:
+        # Arguments in shared memory are this client's until the graph is posted
+        # (then the scheduler frees them with the task): any way out before that
+        # frees them here.
+        try:
+            if key is None:
+                key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
+            else:
+                validate_key(key)
+            with self._lock:
+                already = key in self._refcount
+            event = None
+            if not already:
+                event = self._graph_event(
+                    {key: spec},
+                    {key: spec.dependencies},
+                    [key],
+                    workers=workers,
+                    resources=resources,
+                    retries=retries,
+                    priority=priority,
+                    allow_other_workers=allow_other_workers,
+                    fifo_timeout=fifo_timeout,
+                    actors=(key,) if actor else (),
+                )
+        except BaseException:
             self._link.release(spec.args)
-            return Future(key, self)
+            raise
         future = Future(key, self)
-        if isinstance(spec.args, BlobRef):
-            self._link.track_arguments(key, spec)
-        self._link.post(
-            self._graph_event(
-                {key: spec},
-                {key: spec.dependencies},
-                [key],
-                workers=workers,
-                resources=resources,
-                retries=retries,
-                priority=priority,
-                allow_other_workers=allow_other_workers,
-                fifo_timeout=fifo_timeout,
-                actors=(key,) if actor else (),
-            )
-        )
+        if event is None:
+            self._link.release(spec.args)
+        else:
+            self._link.post(event)
         return future
 
     def map(
@@ -526,31 +532,33 @@ class Client(
         tasks: dict[Key, TaskSpec] = {}
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
-        for i, call_args in enumerate(calls):
-            spec, (ref_args, ref_kwargs) = self._spec(func, call_args, kwargs, actor)
-            if keys is not None:
-                k = keys[i]
-                validate_key(k)
-            else:
-                k = self._key_for(func, spec, pure, ref_args, ref_kwargs)
-                if prefix is not None:
-                    k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
-            if k in tasks:
-                self._link.release(spec.args)
-            else:
-                tasks[k] = spec
-                dependencies[k] = spec.dependencies
-            out_keys.append(k)
-        with self._lock:
-            # Keys this client already holds futures for are running already.
-            new = {k: s for k, s in tasks.items() if k not in self._refcount}
-        futures = [Future(k, self) for k in out_keys]
-        for k, spec in new.items():
-            if isinstance(spec.args, BlobRef):
-                self._link.track_arguments(k, spec)
-        if new:
-            self._link.post(
-                self._graph_event(
+        spec: TaskSpec | None = None
+        # As in submit: arguments in shared memory are freed here unless posted.
+        try:
+            for i, call_args in enumerate(calls):
+                spec, (ref_args, ref_kwargs) = self._spec(
+                    func, call_args, kwargs, actor
+                )
+                if keys is not None:
+                    k = keys[i]
+                    validate_key(k)
+                else:
+                    k = self._key_for(func, spec, pure, ref_args, ref_kwargs)
+                    if prefix is not None:
+                        k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
+                if k in tasks:
+                    self._link.release(spec.args)
+                else:
+                    tasks[k] = spec
+                    dependencies[k] = spec.dependencies
+                spec = None
+                out_keys.append(k)
+            with self._lock:
+                # Keys this client already holds futures for are running already.
+                new = {k: s for k, s in tasks.items() if k not in self._refcount}
+            event = None
+            if new:
+                event = self._graph_event(
                     new,
                     {k: dependencies[k] for k in new},
                     list(new),
@@ -562,7 +570,16 @@ class Client(
                     fifo_timeout=fifo_timeout,
                     actors=tuple(new) if actor else (),
                 )
-            )
+        except BaseException:
+            for unposted in [*tasks.values(), *([spec] if spec else [])]:
+                self._link.release(unposted.args)
+            raise
+        for k, unposted in tasks.items():
+            if k not in new:
+                self._link.release(unposted.args)
+        futures = [Future(k, self) for k in out_keys]
+        if event is not None:
+            self._link.post(event)
         return futures
 
     def _graph_event(

@@ -296,18 +296,18 @@ def _post_in_chunks(
     first_keys = [k for k in wanted if k not in nodes]
     for chunk in _chunks(ordered):
         end = order[chunk[-1]]
-        tasks = {key: builder.spec(key, nodes[key]) for key in chunk}
+        tasks: dict[Key, TaskSpec] = {}
         chunk_actors = [k for k in chunk if k in actors] if actors else []
-        for key in chunk_actors:
-            tasks[key] = replace(tasks[key], actor=True)
         frontier = [
             k for k in chunk if k not in wanted and last_reader.get(k, -1) > end
         ]
-        held.extend(frontier)
         chunk_keys = [k for k in chunk if k in wanted] + frontier + first_keys
-        first_keys = []
-        link.post(
-            _update_graph(
+        try:
+            for key in chunk:
+                tasks[key] = builder.spec(key, nodes[key])
+            for key in chunk_actors:
+                tasks[key] = replace(tasks[key], actor=True)
+            event = _update_graph(
                 client,
                 tasks,
                 chunk_keys,
@@ -317,7 +317,15 @@ def _post_in_chunks(
                 options,
                 chunk_actors,
             )
-        )
+        except BaseException:
+            # Arguments in shared memory are the client's until posted (then the
+            # scheduler frees them with their tasks): this chunk's go now.
+            for spec in tasks.values():
+                link.release(spec.args)
+            raise
+        held.extend(frontier)
+        first_keys = []
+        link.post(event)
     if first_keys:
         link.post(
             _update_graph(
@@ -444,8 +452,6 @@ class _SpecBuilder:
         spec = self._spec_type(
             self._token, self._function, payload, tuple(dependencies)
         )
-        if not isinstance(payload, bytes):
-            self._client._link.track_arguments(key, spec)
         return spec
 
 

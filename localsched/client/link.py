@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from localsched.transport.requests import Request
 
 if TYPE_CHECKING:
-    from localsched.client.graph import TaskSpec
     from localsched.deploy.local import LocalCluster
     from localsched.scheduler.events import StateEvent
     from localsched.transport.protocol import Payload
@@ -117,10 +116,6 @@ class SchedulerLink(Protocol):
 
     def release(self, payload: Payload) -> None:
         """Free a payload :meth:`serialize` made that was not used."""
-        ...
-
-    def track_arguments(self, key: Key, spec: TaskSpec) -> None:
-        """The task's arguments are in shared memory: free them once it is gone."""
         ...
 
     def current_task(self) -> Key | None:

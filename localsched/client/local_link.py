@@ -17,7 +17,6 @@ from localsched.transport.requests import ConnectClient, DisconnectClient, Reque
 from localsched.transport.shm import BlobRef
 
 if TYPE_CHECKING:
-    from localsched.client.graph import TaskSpec
     from localsched.deploy.local import LocalCluster
     from localsched.transport.protocol import Payload
 
@@ -52,7 +51,6 @@ class LocalLink:
         self.load_result = runtime.load_result
         self.serialize = store.serialize
         self._store = store
-        self._arg_blobs = runtime.arg_blobs_pending
 
     @property
     def is_running(self) -> bool:
@@ -93,9 +91,6 @@ class LocalLink:
     def load_results(self, keys: Iterable[Key]) -> dict[Key, Any]:
         load = self.load_result
         return {key: load(key) for key in keys}
-
-    def track_arguments(self, key: Key, spec: TaskSpec) -> None:
-        self._arg_blobs.append((key, spec))  # deque appends are atomic
 
     def current_task(self) -> Key | None:
         return None  # the user's process runs no tasks

@@ -39,7 +39,6 @@ from localsched.worker.context import get_worker, rejoin, secede, thread_state
 
 if TYPE_CHECKING:
     from localsched.client.client import Client
-    from localsched.client.graph import TaskSpec
     from localsched.scheduler.events import StateEvent
     from localsched.transport.protocol import Payload
     from localsched.worker.main import Worker
@@ -131,9 +130,6 @@ class PipeLink:
     @staticmethod
     def release(payload: Payload) -> None:
         pass  # inline bytes own nothing
-
-    def track_arguments(self, key: Key, spec: TaskSpec) -> None:
-        raise TypeError("this link ships arguments inline, never in shared memory")
 
     def current_task(self) -> Key | None:
         return getattr(thread_state, "key", None)

@@ -151,9 +151,8 @@ class SchedulerRuntime:
         self._polled: set[str] = set()
         self._stimulus_ids = itertools.count()
         self.tasks_finished = 0
-        #: (key, spec) of tasks whose arguments live in shared memory; filled from
-        #: client threads (deque appends are atomic), swept on ticks.
-        self.arg_blobs_pending: deque[tuple[Key, Any]] = deque()
+        #: (key, spec) of tasks whose arguments live in shared memory: noted
+        #: once the core has handled their graph, swept on ticks.
         self._arg_blobs: list[tuple[Key, Any]] = []
         #: ``Client.run`` calls waiting for replies, by id.
         #: ``Client.run`` calls waiting for their workers' answers.
@@ -420,6 +419,9 @@ class SchedulerRuntime:
 
     def _handle(self, events: list[ev.StateEvent]) -> None:
         commands = self.scheduler.handle(*events) if events else []
+        for event in events:
+            if type(event) is ev.UpdateGraph:
+                self._track_arg_blobs(event)
         outbox = self.scheduler.take_outbox()
         if outbox:
             commands.extend(outbox)
@@ -720,11 +722,23 @@ class SchedulerRuntime:
                 with contextlib.suppress(OSError, ValueError):
                     handle.conn.send_bytes(encode_batch(batch))
 
+    def _track_arg_blobs(self, graph: ev.UpdateGraph) -> None:
+        """Note the tasks of a graph the core just handled whose arguments are
+        in shared memory, for :meth:`_sweep_arg_blobs` to free later.
+
+        Only after the core handled it: the sweep frees the arguments of a key
+        it cannot find, and a graph still in the inbox has no keys yet (a client
+        that noted its arguments as it submitted lost them to a tick that came
+        first, and the next argument reused the segment: ``StaleBlobError``).
+        """
+        tracked = self._arg_blobs
+        for key, spec in graph.tasks.items():
+            if type(getattr(spec, "args", None)) is BlobRef:
+                tracked.append((key, spec))
+
     def _sweep_arg_blobs(self) -> None:
-        """Free shared-memory arguments of tasks that are gone (forgotten)."""
-        pending = self.arg_blobs_pending
-        while pending:
-            self._arg_blobs.append(pending.popleft())
+        """Free shared-memory arguments of tasks that are gone: forgotten, or
+        never accepted (a rejected graph, a key already known)."""
         if not self._arg_blobs:
             return
         tasks = self.scheduler.state.tasks
