@@ -36,6 +36,7 @@ from localsched.client.dask_collections import (
 from localsched.client.datasets import DatasetsMixin
 from localsched.client.future import Future, FutureState, wait
 from localsched.client.graph import (
+    CannotSerialize,
     FunctionCache,
     TaskSpec,
     funcname,
@@ -259,13 +260,13 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         try:
             token, function_bytes = self._functions.get(func)
         except Exception as exc:
-            raise TypeError(
+            raise CannotSerialize(
                 f"Could not serialize the function {funcname(func)!r}: {exc}"
             ) from exc
         try:
             payload = self._link.serialize((args, kwargs))
         except Exception as exc:
-            raise TypeError(
+            raise CannotSerialize(
                 f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
             ) from exc
         spec = TaskSpec(token, function_bytes, payload, tuple(found))
@@ -342,11 +343,43 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         -------
         Future
         """
+        if actor or actors:
+            raise ValueError("localsched does not support actors")
+        return self._submit_call(
+            func,
+            args,
+            kwargs,
+            key=key,
+            workers=workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            fifo_timeout=fifo_timeout,
+            allow_other_workers=allow_other_workers,
+            pure=pure,
+        )
+
+    def _submit_call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: Key | None = None,
+        workers: str | Iterable[str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "100 ms",
+        allow_other_workers: bool = False,
+        pure: bool = True,
+    ) -> Future:
+        """``submit`` with the call's arguments apart from the options, so that
+        every keyword argument (``key``, ``pure``, ``self``...) can be the
+        function's (``client.get_executor().submit``)."""
         self._check_running()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        if actor or actors:
-            raise ValueError("localsched does not support actors")
         spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs)
         if key is None:
             key = self._key_for(func, spec, pure, ref_args, ref_kwargs)

@@ -24,6 +24,15 @@ from localsched.transport.shm import BlobRef
 Key = Hashable
 
 
+class CannotSerialize(TypeError):
+    """A call's function or arguments could not be pickled for a worker.
+
+    A ``TypeError``, as dask raises; ``__cause__`` is the pickler's own
+    exception, which ``client.get_executor()`` hands to the caller as
+    ``concurrent.futures`` executors do.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What a worker needs to run one task (the core's opaque ``run_spec``)."""

@@ -287,6 +287,13 @@ def loads_traceback(data: bytes | None) -> TracebackType | None:
     return tb
 
 
+#: Noted (``add_note``) on an exception a worker raised while unpickling a task's
+#: function or arguments, so the caller can tell that the task never started
+#: (``client.get_executor()`` reports it as ``BrokenProcessPool``, as a
+#: ``ProcessPoolExecutor`` does when its worker cannot read a call).
+LOAD_NOTE = "(raised while the worker unpickled the task's function or arguments)"
+
+
 def load_inputs(
     message: RunTask,
 ) -> tuple[tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:

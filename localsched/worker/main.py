@@ -72,6 +72,7 @@ from localsched.transport.protocol import (
 from localsched.transport.shm import BlobRef
 from localsched.worker.context import thread_state
 from localsched.worker.execute import (
+    LOAD_NOTE,
     Outcome,
     failure_from,
     load_inputs,
@@ -534,6 +535,7 @@ class Worker:
             function = self._function(message)
             args, kwargs, values = load_inputs(message)
         except BaseException as exc:
+            exc.add_note(LOAD_NOTE)
             outcome = failure_from(exc, start)
         else:
             outcome = run_task(function, args, kwargs, values)

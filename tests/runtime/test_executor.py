@@ -103,10 +103,19 @@ def test_shutdown_waits_cancels_and_refuses_new_work(client, tmp_path):
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.map(abs, [1])
 
+    # cancel_futures cancels the calls that wait, not those that run (as a pool).
     other = client.get_executor()
-    blocked = other.submit(block, str(tmp_path / "never"), None, None)
+    go = str(tmp_path / "go")
+    started = [str(tmp_path / f"started-{i}") for i in range(2)]
+    running = [other.submit(block, go, path, i) for i, path in enumerate(started)]
+    for path in started:  # both workers' one thread each is busy
+        wait_for_file(path)
+    queued = other.submit(abs, -5)
     other.shutdown(wait=False, cancel_futures=True)
-    assert blocked.cancelled()
+    assert queued.cancelled()
+    assert all(f.running() and not f.cancel() for f in running)
+    open(go, "w").close()
+    assert [f.result(timeout=20) for f in running] == [0, 1]
     other.shutdown()  # a second call is harmless
 
 
