@@ -36,6 +36,7 @@ from localsched.client.dask_collections import (
 from localsched.client.datasets import DatasetsMixin
 from localsched.client.future import Future, FutureState, wait
 from localsched.client.graph import (
+    IN_PROCESS_TOKEN,
     CannotSerialize,
     FunctionCache,
     TaskSpec,
@@ -50,7 +51,9 @@ from localsched.client.plugins import PluginsMixin
 from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
+from localsched.transport import inproc
 from localsched.transport import requests as rq
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
 from localsched.units import parse_timedelta
@@ -257,6 +260,10 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         found: dict[Key, Future] = {}
         args = replace_futures(args, _is_future, found)
         kwargs = replace_futures(kwargs, _is_future, found)
+        if self._link.in_process:  # the workers are threads here: no pickling
+            ref = inproc.keep((func, args, kwargs))
+            spec = TaskSpec(IN_PROCESS_TOKEN, b"", ref, tuple(found))
+            return spec, (args, kwargs)
         try:
             token, function_bytes = self._functions.get(func)
         except Exception as exc:
@@ -282,7 +289,13 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
     ) -> str:
         if not pure:
             return f"{funcname(func)}-{uuid.uuid4().hex}"
-        if isinstance(spec.args, BlobRef):
+        if isinstance(spec.args, LocalRef):
+            try:
+                function_token = self._functions.get(func)[0]
+                token = hash_args(function_token, args, kwargs)
+            except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
+                token = uuid.uuid4().hex
+        elif isinstance(spec.args, BlobRef):
             token = hash_args(spec.function_token, args, kwargs)
         else:
             import hashlib
@@ -391,7 +404,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             self._link.release(spec.args)
             return Future(key, self)
         future = Future(key, self)
-        if isinstance(spec.args, BlobRef):
+        if isinstance(spec.args, BlobRef | LocalRef):
             self._link.track_arguments(key, spec)
         self._link.post(
             self._graph_event(
@@ -468,7 +481,7 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
             new = {k: s for k, s in tasks.items() if k not in self._refcount}
         futures = [Future(k, self) for k in out_keys]
         for k, spec in new.items():
-            if isinstance(spec.args, BlobRef):
+            if isinstance(spec.args, BlobRef | LocalRef):
                 self._link.track_arguments(k, spec)
         if new:
             self._link.post(

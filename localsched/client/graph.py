@@ -23,6 +23,10 @@ from localsched.transport.shm import BlobRef
 
 Key = Hashable
 
+#: ``TaskSpec.function_token`` of a call kept in process (``transport.inproc``):
+#: its ``args`` name ``(function, args, kwargs)``, and nothing was pickled.
+IN_PROCESS_TOKEN = "localsched-in-process"
+
 
 class CannotSerialize(TypeError):
     """A call's function or arguments could not be pickled for a worker.
@@ -41,7 +45,8 @@ class TaskSpec:
     function_token: str
     #: The cloudpickled function (sent to a worker the first time only).
     function: bytes
-    #: Cloudpickled ``(args, kwargs)``, inline or in shared memory.
+    #: Cloudpickled ``(args, kwargs)``, inline or in shared memory; or a
+    #: ``LocalRef`` to ``(function, args, kwargs)`` (``IN_PROCESS_TOKEN``).
     args: Payload
     #: Keys of the futures the arguments refer to.
     dependencies: tuple[Key, ...]

@@ -58,6 +58,8 @@ from localsched.runtime.run_requests import RunRequests, _PendingRun
 from localsched.runtime.supervision import Supervision, describe_exit, read_oom_kills
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
+from localsched.transport import inproc
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import (
     ForgetKeys,
     FunctionResult,
@@ -69,6 +71,7 @@ from localsched.transport.protocol import (
     LinkRequest,
     LongRunning,
     Message,
+    Payload,
     ProtocolError,
     RunTask,
     Shutdown,
@@ -715,14 +718,16 @@ class SchedulerRuntime(RunRequests, Supervision):
         handle = self.workers.get(address)
         if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
             return
-        lease = self.store.lease(nbytes, handle.pid)
+        lease = self.store.lease(nbytes, handle.holder)
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))
 
-    def _free_payload(self, payload: bytes | BlobRef) -> None:
+    def _free_payload(self, payload: Payload) -> None:
         if isinstance(payload, BlobRef):
             self.store.release(payload)
+        elif isinstance(payload, LocalRef):  # a call kept for in-process workers
+            inproc.drop(payload)
 
     # -- for clients -------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class Supervision:
             )
         if handle.executing_page is not None:
             handle.executing_page.close()
-        self.store.reclaim(handle.pid)
+        self.store.reclaim(handle.holder)
         for run_id in [
             i for i, run in self._runs.items() if handle.address in run.waiting
         ]:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, fields
 from typing import TypeAlias
 
 from localsched.transport import pickling
+from localsched.transport.inproc import LocalRef
 from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
@@ -80,8 +81,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 Key: TypeAlias = Hashable
-#: A serialized value: an inline pickle, or where it lives in shared memory.
-Payload: TypeAlias = bytes | BlobRef
+#: A serialized value: an inline pickle, or where it lives in shared memory; or,
+#: for a task's call on an in-process worker, the call itself by reference.
+Payload: TypeAlias = bytes | BlobRef | LocalRef
 
 
 class ProtocolError(Exception):
@@ -120,7 +122,8 @@ class RunTask(Message):
     function_token: str
     #: Cloudpickled function: set the first time this token goes to this worker.
     function: bytes | None = None
-    #: Cloudpickled ``(args, kwargs)`` tuple, possibly holding :class:`TaskRef`.
+    #: Cloudpickled ``(args, kwargs)`` tuple, possibly holding :class:`TaskRef`;
+    #: or, on an in-process worker, a ``LocalRef`` to ``(function, args, kwargs)``.
     args: Payload
     #: key -> serialized value of each dependency the arguments refer to.
     dependencies: dict[Key, Payload] = field(default_factory=dict)
@@ -427,7 +430,15 @@ for _cls in _MESSAGE_TYPES:
     _install_pickling(_cls)
 _ALLOWED_GLOBALS = {
     (cls.__module__, cls.__qualname__): cls
-    for cls in (*_MESSAGE_TYPES, BlobRef, SegmentLease, complex, frozenset, set)
+    for cls in (
+        *_MESSAGE_TYPES,
+        BlobRef,
+        SegmentLease,
+        LocalRef,
+        complex,
+        frozenset,
+        set,
+    )
 }
 
 

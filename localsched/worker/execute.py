@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
-from localsched.transport import pickling
+from localsched.transport import inproc, pickling
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
 
@@ -305,6 +306,16 @@ def load_inputs(
     args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(message.args))
     values = {key: load(payload) for key, payload in message.dependencies.items()}
     return tuple(args), dict(kwargs), values
+
+
+def load_local_call(
+    message: RunTask,
+) -> tuple[Any, tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
+    """An in-process call (``transport.inproc``): the caller's own function and
+    arguments, unpickled, and the dependencies' values."""
+    function, args, kwargs = inproc.get(cast("LocalRef", message.args))
+    values = {key: load(payload) for key, payload in message.dependencies.items()}
+    return function, tuple(args), dict(kwargs), values
 
 
 def typename(cls: type) -> str:

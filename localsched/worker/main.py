@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import (
     AddPlugin,
     ForgetKeys,
@@ -76,6 +77,7 @@ from localsched.worker.execute import (
     Outcome,
     failure_from,
     load_inputs,
+    load_local_call,
     run_task,
     to_message,
 )
@@ -532,8 +534,11 @@ class Worker:
         start = time.time()
         outcome: Outcome
         try:
-            function = self._function(message)
-            args, kwargs, values = load_inputs(message)
+            if type(message.args) is LocalRef:  # an in-process worker's call
+                function, args, kwargs, values = load_local_call(message)
+            else:
+                function = self._function(message)
+                args, kwargs, values = load_inputs(message)
         except BaseException as exc:
             exc.add_note(LOAD_NOTE)
             outcome = failure_from(exc, start)
