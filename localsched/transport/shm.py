@@ -388,7 +388,8 @@ class BlobStore(_BlobSink):
         self._closed = False
         # path -> (blob_id, segment), least recently used first (see touch).
         self._live: dict[str, tuple[int, _Segment]] = {}
-        self._leased: dict[str, tuple[int, _Segment]] = {}  # path -> (holder, segment)
+        #: path -> (holder, segment)
+        self._leased: dict[str, tuple[int | str, _Segment]] = {}
         self._free: dict[int, dict[str, _Segment]] = {}  # capacity -> LIFO bucket
         self._free_lru: dict[str, _Segment] = {}  # oldest first: eviction order
         self._free_bytes = 0
