@@ -60,6 +60,8 @@ from localsched.worker.execute import LOAD_NOTE
 
 __all__ = ["ClientExecutor"]
 
+logger = logging.getLogger("localsched.client.executor")
+
 #: ``Client.submit`` keywords an executor takes (as distributed's, plus priority).
 ALLOWED_KWARGS = frozenset(
     {"pure", "workers", "resources", "allow_other_workers", "retries", "priority"}
@@ -403,10 +405,9 @@ class _Initializer:
                 try:
                     self.function(*self.args)
                 except BaseException as exc:
-                    # As concurrent.futures logs it, in the worker.
-                    logging.getLogger("concurrent.futures").critical(
-                        "Exception in initializer:", exc_info=True
-                    )
+                    # As concurrent.futures logs it, in the worker (on our
+                    # logger: every localsched logger hangs under localsched).
+                    logger.critical("Exception in initializer:", exc_info=True)
                     _initialized[where] = exc
                 else:
                     _initialized[where] = None
