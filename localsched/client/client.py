@@ -479,6 +479,9 @@ class Client(ControlMixin, PluginsMixin, DatasetsMixin, CollectionsMixin):
         with self._lock:
             # Keys this client already holds futures for are running already.
             new = {k: s for k, s in tasks.items() if k not in self._refcount}
+        for k, spec in tasks.items():
+            if k not in new:  # running already: these arguments go nowhere
+                self._link.release(spec.args)
         futures = [Future(k, self) for k in out_keys]
         for k, spec in new.items():
             if isinstance(spec.args, BlobRef | LocalRef):

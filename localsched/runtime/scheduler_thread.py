@@ -300,6 +300,7 @@ class SchedulerRuntime(RunRequests, Supervision):
             self.failure = exc
             logger.exception("The scheduler thread failed")
         finally:
+            self._drop_local_calls()
             self._close_stderr_relays()
             # After this, ``call`` and ``Client._state_for`` fail what they
             # queue or create themselves: whatever came before is failed below.
@@ -722,6 +723,16 @@ class SchedulerRuntime(RunRequests, Supervision):
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))
+
+    def _drop_local_calls(self) -> None:
+        """The loop ends: forget the calls kept for in-process workers (the
+        store's close frees the shared-memory arguments; these only we hold)."""
+        pending = self.arg_blobs_pending
+        while pending:
+            self._arg_blobs.append(pending.popleft())
+        for _, spec in self._arg_blobs:
+            if isinstance(spec.args, LocalRef):
+                inproc.drop(spec.args)
 
     def _free_payload(self, payload: Payload) -> None:
         if isinstance(payload, BlobRef):
