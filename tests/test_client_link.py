@@ -44,6 +44,7 @@ class FakeLink:
     """
 
     cluster = None
+    in_process = False
 
     def __init__(self, is_shared: bool = False) -> None:
         self.is_shared = is_shared

@@ -49,6 +49,8 @@ from localsched.client.future import (
 )
 from localsched.client.future import fire_and_forget as fire_and_forget
 from localsched.client.graph import (
+    IN_PROCESS_TOKEN,
+    CannotSerialize,
     FunctionCache,
     TaskSpec,
     funcname,
@@ -62,7 +64,9 @@ from localsched.client.plugins import PluginsMixin
 from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
+from localsched.transport import inproc
 from localsched.transport import requests as rq
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
 from localsched.units import format_bytes, parse_timedelta
@@ -359,16 +363,20 @@ class Client(
         found: dict[Key, Future] = {}
         args = replace_futures(args, _is_future, found)
         kwargs = replace_futures(kwargs, _is_future, found)
+        if self._link.in_process:  # the workers are threads here: no pickling
+            ref = inproc.keep((func, args, kwargs))
+            spec = TaskSpec(IN_PROCESS_TOKEN, b"", ref, tuple(found))
+            return spec, (args, kwargs)
         try:
             token, function_bytes = self._functions.get(func)
         except Exception as exc:
-            raise TypeError(
+            raise CannotSerialize(
                 f"Could not serialize the function {funcname(func)!r}: {exc}"
             ) from exc
         try:
             payload = self._link.serialize((args, kwargs))
         except Exception as exc:
-            raise TypeError(
+            raise CannotSerialize(
                 f"Could not serialize the arguments of {funcname(func)!r}: {exc}"
             ) from exc
         spec = TaskSpec(token, function_bytes, payload, tuple(found), actor)
@@ -384,7 +392,13 @@ class Client(
     ) -> str:
         if not pure:
             return f"{funcname(func)}-{uuid.uuid4().hex}"
-        if isinstance(spec.args, BlobRef):
+        if isinstance(spec.args, LocalRef):
+            try:
+                function_token = self._functions.get(func)[0]
+                token = hash_args(function_token, args, kwargs)
+            except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
+                token = uuid.uuid4().hex
+        elif isinstance(spec.args, BlobRef):
             token = hash_args(spec.function_token, args, kwargs)
         else:
             import hashlib
@@ -449,10 +463,43 @@ class Client(
         -------
         Future
         """
+        return self._submit_call(
+            func,
+            args,
+            kwargs,
+            key=key,
+            workers=workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            fifo_timeout=fifo_timeout,
+            allow_other_workers=allow_other_workers,
+            actor=actor or actors,
+            pure=pure,
+        )
+
+    def _submit_call(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: Key | None = None,
+        workers: str | Iterable[str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: str | float = "100 ms",
+        allow_other_workers: bool = False,
+        actor: bool = False,
+        pure: bool = True,
+    ) -> Future:
+        """``submit`` with the call's arguments apart from the options, so that
+        every keyword argument (``key``, ``pure``, ``self``...) can be the
+        function's (``client.get_executor().submit``)."""
         self._check_running()
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        actor = actor or actors
         if actor:
             pure = False  # an actor is stateful, as in dask
         spec, (ref_args, ref_kwargs) = self._spec(func, args, kwargs, actor)

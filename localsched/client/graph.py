@@ -23,6 +23,19 @@ from localsched.transport.shm import BlobRef
 
 Key = Hashable
 
+#: ``TaskSpec.function_token`` of a call kept in process (``transport.inproc``):
+#: its ``args`` name ``(function, args, kwargs)``, and nothing was pickled.
+IN_PROCESS_TOKEN = "localsched-in-process"
+
+
+class CannotSerialize(TypeError):
+    """A call's function or arguments could not be pickled for a worker.
+
+    A ``TypeError``, as dask raises; ``__cause__`` is the pickler's own
+    exception, which ``client.get_executor()`` hands to the caller as
+    ``concurrent.futures`` executors do.
+    """
+
 
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
@@ -32,7 +45,8 @@ class TaskSpec:
     function_token: str
     #: The cloudpickled function (sent to a worker the first time only).
     function: bytes
-    #: Cloudpickled ``(args, kwargs)``, inline or in shared memory.
+    #: Cloudpickled ``(args, kwargs)``, inline or in shared memory; or a
+    #: ``LocalRef`` to ``(function, args, kwargs)`` (``IN_PROCESS_TOKEN``).
     args: Payload
     #: Keys of the futures the arguments refer to.
     dependencies: tuple[Key, ...]

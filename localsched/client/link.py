@@ -62,6 +62,12 @@ class SchedulerLink(Protocol):
         ...
 
     @property
+    def in_process(self) -> bool:
+        """The workers are threads of this process (``processes=False``): a
+        call is handed to them by reference, unpickled (``transport.inproc``)."""
+        ...
+
+    @property
     def is_running(self) -> bool:
         """Whether the scheduler can still be reached."""
         ...

@@ -13,6 +13,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from localsched.client.link import settled
+from localsched.transport import inproc
+from localsched.transport.inproc import LocalRef
 from localsched.transport.requests import ConnectClient, DisconnectClient, Request
 from localsched.transport.shm import BlobRef
 
@@ -40,6 +42,7 @@ class LocalLink:
         from localsched.runtime.request_handler import answer
 
         self.cluster = cluster
+        self.in_process = not cluster.processes
         runtime = self._runtime = cluster.runtime
         store = cluster.store
         self._answer = answer
@@ -87,6 +90,8 @@ class LocalLink:
     def release(self, payload: Payload) -> None:
         if isinstance(payload, BlobRef):  # inline bytes own nothing
             self._store.release(payload)
+        elif isinstance(payload, LocalRef):
+            inproc.drop(payload)
 
     def load_results(self, keys: Iterable[Key]) -> dict[Key, Any]:
         load = self.load_result

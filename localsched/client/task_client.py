@@ -53,6 +53,8 @@ class PipeLink:
 
     cluster = None
     is_shared = True
+    #: A task's calls are pickled: its worker may be another process.
+    in_process = False
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker

@@ -371,10 +371,13 @@ class LocalCluster:
                 from localsched.worker.main import Worker
 
                 conn, child_conn = multiprocessing.Pipe(duplex=True)
+                # Its own segment names: this process's pid is every thread
+                # worker's (shm.BlobWriter).
+                owner = f"t{number}"
                 worker = Worker(
                     child_conn,
                     self.threads_per_worker,
-                    self.store.writer(),
+                    self.store.writer(owner),
                     self.resources,
                     # Its own view: the runtime closes ``page`` when the
                     # worker leaves, maybe while a task thread still runs.
@@ -386,6 +389,8 @@ class LocalCluster:
             page.close()
             raise
         handle = WorkerHandle(address, number, process, conn, self.threads_per_worker)
+        if not self.processes:
+            handle.writer_owner = f"t{number}"
         handle.resources = dict(self.resources)
         handle.memory_limit = self.memory_limit
         handle.executing_page = page

@@ -101,7 +101,9 @@ def start_worker(
     """Start a worker process; return it and the scheduler's end of its pipe.
 
     The worker writes results with ``writer``'s store directories (sent as the
-    pipe's first message: a command line is visible to every user), records its
+    pipe's first message: a command line is visible to every user, with this
+    process's ``multiprocessing`` authkey, as multiprocessing's children
+    inherit it), records its
     executing tasks in ``executing_page`` if given; its stderr is captured
     (``ChildProcess.stderr``).
     """
@@ -123,8 +125,11 @@ def start_worker(
     store = None
     if writer is not None:
         store = [writer.prefix, writer.directory, writer.fallback_directory]
+    # The parent's multiprocessing authkey too, as multiprocessing gives its
+    # children: a Manager's proxies passed to a task connect back with it.
+    authkey = bytes(multiprocessing.current_process().authkey).hex()
     # Far below a socket's buffer: never blocks, even before the child reads.
-    ours.send_bytes(json.dumps(store).encode())
+    ours.send_bytes(json.dumps({"store": store, "authkey": authkey}).encode())
     return process, ours
 
 

@@ -50,6 +50,7 @@ class WorkerHandle:
         "sent_functions",
         "started",
         "stderr_relay",
+        "writer_owner",
     )
 
     def __init__(
@@ -61,6 +62,9 @@ class WorkerHandle:
         self.conn = conn
         self.nthreads = nthreads
         self.pid: int = process.pid or 0
+        #: Names its result segments when it is a thread of this process (its
+        #: pid is then everyone's); None: its pid does.
+        self.writer_owner: str | None = None
         #: Messages to send at the end of this loop turn.
         self.outbox: list[Message] = []
         #: Function tokens this worker already has.
@@ -91,6 +95,11 @@ class WorkerHandle:
         self.started = time.monotonic()
         #: Abstract resources the worker offers (``LocalCluster(resources=)``).
         self.resources: dict[str, float] = {}
+
+    @property
+    def holder(self) -> int | str:
+        """Who owns its segments for the store's ``lease``/``reclaim``."""
+        return self.pid if self.writer_owner is None else self.writer_owner
 
     @property
     def sentinel(self) -> int | None:

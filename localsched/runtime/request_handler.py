@@ -153,6 +153,51 @@ def _force_cancel(
     return sorted(restarting.force_cancel(runtime, event))
 
 
+def _cancel_pending(
+    runtime: SchedulerRuntime, asker: ClientHandle, r: rq.CancelPending
+) -> list[Key]:
+    tasks = runtime.scheduler.state.tasks
+    known = [tasks[key] for key in r.keys if key in tasks]
+    workers = {ts.processing_on for ts in known if ts.processing_on is not None}
+    started = set().union(*(_started_keys(runtime, ws) for ws in workers))
+    cancel = [
+        ts.key
+        for ts in known
+        if ts.key not in started and ts.state not in ("memory", "erred", "forgotten")
+    ]
+    if cancel:
+        runtime._handle(
+            [
+                ev.CancelRequested(
+                    stimulus_id=runtime.stimulus_id("cancel-pending"),
+                    client=asker.id,
+                    keys=cancel,
+                    force=False,
+                )
+            ]
+        )
+    cancelled = set(cancel)
+    return [key for key in r.keys if key not in cancelled]
+
+
+def _started_keys(runtime: SchedulerRuntime, ws: Any) -> set[Key]:
+    """The keys processing on ``ws`` that count as started: executing (its
+    shared page says so), or next in the worker's order for a free thread."""
+    handle = runtime.workers.get(ws.address)
+    page = None if handle is None else handle.executing_page
+    run_ids = None if page is None else page.executing()
+    if run_ids is None:  # cannot tell: every task sent there may be running
+        return {ts.key for ts in ws.processing}
+    executing = [ts for ts in ws.processing if ts.run_id in run_ids]
+    queued = sorted(
+        (ts for ts in ws.processing if ts.run_id not in run_ids),
+        key=lambda ts: ts.priority,
+    )
+    busy = sum(1 for ts in executing if ts not in ws.long_running)
+    free = max(ws.nthreads - busy, 0)
+    return {ts.key for ts in executing} | {ts.key for ts in queued[:free]}
+
+
 # -- introspection ------------------------------------------------------------------
 
 
@@ -415,6 +460,7 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.Gather: _gather,
     rq.Scatter: _scatter,
     rq.ForceCancel: _force_cancel,
+    rq.CancelPending: _cancel_pending,
     rq.SchedulerInfo: _scheduler_info,
     rq.NThreads: _nthreads,
     rq.WhoHas: _who_has,

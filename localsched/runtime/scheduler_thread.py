@@ -65,6 +65,8 @@ from localsched.runtime.supervision import (
 )
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
+from localsched.transport import inproc
+from localsched.transport.inproc import LocalRef
 from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
     ActorAnswer,
@@ -78,6 +80,7 @@ from localsched.transport.protocol import (
     LinkRequest,
     LongRunning,
     Message,
+    Payload,
     ProtocolError,
     RunTask,
     Shutdown,
@@ -307,6 +310,7 @@ class SchedulerRuntime:
             self.failure = exc
             logger.exception("The scheduler thread failed")
         finally:
+            self._drop_local_calls()
             close_stderr_relays(self)
             # After this, ``call`` and ``Client._state_for`` fail what they
             # queue or create themselves: whatever came before is failed below.
@@ -733,7 +737,8 @@ class SchedulerRuntime:
         """
         tracked = self._arg_blobs
         for key, spec in graph.tasks.items():
-            if type(getattr(spec, "args", None)) is BlobRef:
+            # LocalRef: a call kept for in-process workers (transport/inproc.py).
+            if type(getattr(spec, "args", None)) in (BlobRef, LocalRef):
                 tracked.append((key, spec))
 
     def _sweep_arg_blobs(self) -> None:
@@ -761,14 +766,23 @@ class SchedulerRuntime:
         handle = self.workers.get(address)
         if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
             return
-        lease = self.store.lease(nbytes, handle.pid)
+        lease = self.store.lease(nbytes, handle.holder)
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))
 
-    def _free_payload(self, payload: bytes | BlobRef) -> None:
+    def _drop_local_calls(self) -> None:
+        """The loop ends: forget the calls kept for in-process workers (the
+        store's close frees the shared-memory arguments; these only we hold)."""
+        for _, spec in self._arg_blobs:
+            if isinstance(spec.args, LocalRef):
+                inproc.drop(spec.args)
+
+    def _free_payload(self, payload: Payload) -> None:
         if isinstance(payload, BlobRef):
             self.store.release(payload)
+        elif isinstance(payload, LocalRef):  # a call kept for in-process workers
+            inproc.drop(payload)
 
     # -- for clients -------------------------------------------------------------------
 

@@ -82,7 +82,7 @@ def worker_exited(
         )
     if handle.executing_page is not None:
         handle.executing_page.close()
-    runtime.store.reclaim(handle.pid)
+    runtime.store.reclaim(handle.holder)
     for run_id in [
         i for i, run in runtime.runs.pending.items() if handle.address in run.waiting
     ]:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field, fields
 from typing import TypeAlias
 
 from localsched.transport import pickling
+from localsched.transport.inproc import LocalRef
 from localsched.transport.shm import BlobRef, SegmentLease
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "Shutdown",
     "StealAnswer",
     "StealQuery",
+    "Stored",
     "TaskDone",
     "TaskFailed",
     "TaskRef",
@@ -83,8 +85,12 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 Key: TypeAlias = Hashable
-#: A serialized value: an inline pickle, or where it lives in shared memory.
-Payload: TypeAlias = bytes | BlobRef
+#: A serialized value: an inline pickle, or where it lives in shared memory; or,
+#: for a task's call on an in-process worker, the call itself by reference.
+#: A value as the store keeps it: inline bytes or a shared-memory segment.
+Stored: TypeAlias = bytes | BlobRef
+#: A task's function call as sent: stored, or kept in-process (transport/inproc).
+Payload: TypeAlias = bytes | BlobRef | LocalRef
 
 
 class ProtocolError(Exception):
@@ -123,10 +129,11 @@ class RunTask(Message):
     function_token: str
     #: Cloudpickled function: set the first time this token goes to this worker.
     function: bytes | None = None
-    #: Cloudpickled ``(args, kwargs)`` tuple, possibly holding :class:`TaskRef`.
+    #: Cloudpickled ``(args, kwargs)`` tuple, possibly holding :class:`TaskRef`;
+    #: or, on an in-process worker, a ``LocalRef`` to ``(function, args, kwargs)``.
     args: Payload
     #: key -> serialized value of each dependency the arguments refer to.
-    dependencies: dict[Key, Payload] = field(default_factory=dict)
+    dependencies: dict[Key, Stored] = field(default_factory=dict)
     #: Smaller runs first among tasks queued on the worker (dask's priority).
     priority: tuple[float, ...] = ()
     #: Abstract resources the task holds while it runs, e.g. ``{"GPU": 1}``; the
@@ -282,7 +289,7 @@ class TaskDone(Message):
 
     key: Key
     run_id: int
-    payload: Payload
+    payload: Stored
     #: Bytes the result occupies serialized (pickle plus buffers).
     nbytes: int
     #: Qualified type name of the result, e.g. ``"numpy.ndarray"``.
@@ -458,7 +465,15 @@ for _cls in _MESSAGE_TYPES:
     _install_pickling(_cls)
 _ALLOWED_GLOBALS = {
     (cls.__module__, cls.__qualname__): cls
-    for cls in (*_MESSAGE_TYPES, BlobRef, SegmentLease, complex, frozenset, set)
+    for cls in (
+        *_MESSAGE_TYPES,
+        BlobRef,
+        SegmentLease,
+        LocalRef,
+        complex,
+        frozenset,
+        set,
+    )
 }
 
 

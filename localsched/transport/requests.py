@@ -32,6 +32,7 @@ __all__ = [
     "ActorCall",
     "AddSchedulerPlugin",
     "AddWorkerPlugin",
+    "CancelPending",
     "ClusterDump",
     "ConnectClient",
     "Coordinate",
@@ -129,6 +130,19 @@ class Scatter(Request):
 class ForceCancel(Request):
     """``Client.cancel(force=True)``: cancel the keys and restart the workers
     still running them; answers the restarted workers' addresses."""
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelPending(Request):
+    """``concurrent.futures``' cancel (``client.get_executor()``): cancel those
+    keys whose tasks have not started; answers the keys left alone.
+
+    Left alone: a task executing on a worker, or next in line for a free thread
+    of the worker it was sent to (as a process pool's call queue), and a key
+    that is done or unknown. Everything else is cancelled as by ``cancel()``.
+    """
 
     keys: tuple[Key, ...]
 

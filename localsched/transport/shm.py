@@ -388,7 +388,8 @@ class BlobStore(_BlobSink):
         self._closed = False
         # path -> (blob_id, segment), least recently used first (see touch).
         self._live: dict[str, tuple[int, _Segment]] = {}
-        self._leased: dict[str, tuple[int, _Segment]] = {}  # path -> (holder, segment)
+        #: path -> (holder, segment)
+        self._leased: dict[str, tuple[int | str, _Segment]] = {}
         self._free: dict[int, dict[str, _Segment]] = {}  # capacity -> LIFO bucket
         self._free_lru: dict[str, _Segment] = {}  # oldest first: eviction order
         self._free_bytes = 0
@@ -511,9 +512,14 @@ class BlobStore(_BlobSink):
             freed += segment.allocated
         return freed
 
-    def writer(self) -> BlobWriter:
-        """Return a picklable :class:`BlobWriter` for this store's worker processes."""
-        return BlobWriter(self.prefix, self.directory, self.fallback_directory)
+    def writer(self, owner: str | None = None) -> BlobWriter:
+        """Return a picklable :class:`BlobWriter` for this store's worker processes.
+
+        ``owner`` names its segments (default: the pid of the process writing);
+        writers sharing one process (``processes=False`` workers) need distinct
+        owners, the holders :meth:`lease` and :meth:`reclaim` know them by.
+        """
+        return BlobWriter(self.prefix, self.directory, self.fallback_directory, owner)
 
     def put(self, obj: object) -> BlobRef:
         """Serialize ``obj`` into one segment, one copy per buffer, and own it.
@@ -586,8 +592,9 @@ class BlobStore(_BlobSink):
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
 
-    def lease(self, nbytes: int, holder: int) -> SegmentLease | None:
-        """Hand a free segment for an ``nbytes`` value to the writer in pid ``holder``.
+    def lease(self, nbytes: int, holder: int | str) -> SegmentLease | None:
+        """Hand a free segment for an ``nbytes`` value to the writer ``holder``
+        (its owner: its process's pid unless the writer was given one).
 
         Returns None when no free segment of that size class is reusable now.
         """
@@ -601,7 +608,7 @@ class BlobStore(_BlobSink):
             self._leased_bytes += segment.allocated
         return SegmentLease(segment=segment.path, capacity=segment.capacity)
 
-    def reclaim(self, holder: int) -> None:
+    def reclaim(self, holder: int | str) -> None:
         """After writer ``holder`` exited: pool its leases, unlink what it wrote but
         the store never adopted. Adopt the refs it sent before calling this.
 
@@ -784,8 +791,11 @@ class BlobWriter(_BlobSink):
     Picklable (leases stay behind): send ``store.writer()`` to a worker as it
     starts. A value goes into a granted lease of its size class if one is free
     (reused pages are faster), else into a fresh segment named
-    ``<store prefix><pid>.<n>``. The worker owns it until the store adopts the ref
-    (also a ref from :meth:`serialize`); :meth:`BlobStore.reclaim` or
+    ``<store prefix><owner>.<n>``, the owner being the writing process's pid
+    unless one is given (workers that are threads of one process each need
+    their own: their names must not collide, nor one's reclaim take another's).
+    The worker owns it until the store adopts the ref (also a ref from
+    :meth:`serialize`); :meth:`BlobStore.reclaim` or
     :meth:`BlobStore.close` unlink it if that never happens.
 
     Parameters
@@ -797,12 +807,19 @@ class BlobWriter(_BlobSink):
     fallback_directory : str, optional
         :attr:`BlobStore.fallback_directory` of the store; default
         ``directory`` (a full directory then fails the write with ``ENOSPC``).
+    owner : str, optional
+        Names its segments; default the pid of the process that writes.
     """
 
     def __init__(
-        self, prefix: str, directory: str, fallback_directory: str | None = None
+        self,
+        prefix: str,
+        directory: str,
+        fallback_directory: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.prefix = prefix
+        self.owner = owner
         self.directory = directory
         self.fallback_directory = fallback_directory or directory
         self._lock = threading.Lock()
@@ -812,8 +829,13 @@ class BlobWriter(_BlobSink):
         # the store adopted it goes back to the leases, not to unlink().
         self._written_leases: dict[str, SegmentLease] = {}
 
-    def __reduce__(self) -> tuple[type[BlobWriter], tuple[str, str, str]]:
-        return (BlobWriter, (self.prefix, self.directory, self.fallback_directory))
+    def __reduce__(
+        self,
+    ) -> tuple[type[BlobWriter], tuple[str, str, str, str | None]]:
+        return (
+            BlobWriter,
+            (self.prefix, self.directory, self.fallback_directory, self.owner),
+        )
 
     def grant(self, lease: SegmentLease) -> None:
         """Accept a segment from :meth:`BlobStore.lease` for a later :meth:`write`."""
@@ -866,7 +888,8 @@ class BlobWriter(_BlobSink):
                     if len(written) > _WRITTEN_LEASES_KEPT:  # adopted long ago
                         del written[next(iter(written))]
                     return lease.segment, fd
-        return self._fresh(f"{self.prefix}{os.getpid()}.{next(self._seq)}", attempt)
+        owner = os.getpid() if self.owner is None else self.owner
+        return self._fresh(f"{self.prefix}{owner}.{next(self._seq)}", attempt)
 
 
 def _pickle(obj: object) -> tuple[bytes, list[memoryview]]:

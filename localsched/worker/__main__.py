@@ -7,7 +7,8 @@ object as the third argument is accepted as ``--resources``.
 
 Started by ``LocalCluster`` with the worker's end of a socket pair as file
 descriptor ``FD``, whose first message says where to write results (the
-store's prefix and private directories, as JSON, or null): a command line is
+store's prefix and private directories, or null) and the parent's
+``multiprocessing`` authkey, as JSON: a command line is
 visible to every user of the machine, so it names no path. A fresh interpreter
 that imports only the worker's modules: the user's ``__main__`` is never
 re-imported, so a script without an ``if __name__ == "__main__":`` guard
@@ -17,6 +18,7 @@ cannot start clusters recursively.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
 from multiprocessing.connection import Connection
 
@@ -28,7 +30,11 @@ from localsched.worker.main import run_worker
 def main(argv: list[str]) -> None:
     fd, nthreads, *options = argv
     conn = Connection(int(fd))
-    store = json.loads(conn.recv_bytes())
+    setup = json.loads(conn.recv_bytes())
+    store = setup["store"]
+    # The parent's authkey, as a multiprocessing child has it: Manager proxies
+    # in a task's arguments authenticate with it.
+    multiprocessing.current_process().authkey = bytes.fromhex(setup["authkey"])
     writer = BlobWriter(*store) if store else None
     resources = None
     page = None

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
-from localsched.transport import pickling
+from localsched.transport import inproc, pickling
+from localsched.transport.inproc import LocalRef
 from localsched.transport.pickling import dumps_traceback
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
@@ -253,6 +254,13 @@ def dumps_exception(exc: BaseException) -> bytes | None:
     return data
 
 
+#: Noted (``add_note``) on an exception a worker raised while unpickling a task's
+#: function or arguments, so the caller can tell that the task never started
+#: (``client.get_executor()`` reports it as ``BrokenProcessPool``, as a
+#: ``ProcessPoolExecutor`` does when its worker cannot read a call).
+LOAD_NOTE = "(raised while the worker unpickled the task's function or arguments)"
+
+
 def load_inputs(
     message: RunTask,
 ) -> tuple[tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
@@ -261,9 +269,20 @@ def load_inputs(
     Arrays in shared memory are mapped, not copied (see
     :func:`~localsched.transport.shm.load`).
     """
-    args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(message.args))
+    stored = cast("bytes | BlobRef", message.args)  # not a LocalRef: see run_task
+    args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(stored))
     values = {key: load(payload) for key, payload in message.dependencies.items()}
     return tuple(args), dict(kwargs), values
+
+
+def load_local_call(
+    message: RunTask,
+) -> tuple[Any, tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
+    """An in-process call (``transport.inproc``): the caller's own function and
+    arguments, unpickled, and the dependencies' values."""
+    function, args, kwargs = inproc.get(cast("LocalRef", message.args))
+    values = {key: load(payload) for key, payload in message.dependencies.items()}
+    return function, tuple(args), dict(kwargs), values
 
 
 def typename(cls: type) -> str:

@@ -44,6 +44,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import (
     AddPlugin,
     CallActor,
@@ -74,10 +75,12 @@ from localsched.transport.shm import BlobRef
 from localsched.worker.actors import ActorHost
 from localsched.worker.context import thread_state
 from localsched.worker.execute import (
+    LOAD_NOTE,
     Outcome,
     Success,
     failure_from,
     load_inputs,
+    load_local_call,
     run_task,
     to_message,
 )
@@ -550,9 +553,13 @@ class Worker:
         start = time.time()
         outcome: Outcome
         try:
-            function = self._function(message)
-            args, kwargs, values = load_inputs(message)
+            if type(message.args) is LocalRef:  # an in-process worker's call
+                function, args, kwargs, values = load_local_call(message)
+            else:
+                function = self._function(message)
+                args, kwargs, values = load_inputs(message)
         except BaseException as exc:
+            exc.add_note(LOAD_NOTE)
             outcome = failure_from(exc, start)
         else:
             outcome = run_task(function, args, kwargs, values)

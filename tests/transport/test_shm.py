@@ -315,6 +315,25 @@ def test_reclaim_keeps_adopted_segments(store):
     assert load(ref) == bytearray(100_000)
 
 
+def test_writers_of_one_process_name_segments_by_owner(store):
+    # processes=False: worker threads share a pid. Each writer has its own
+    # owner, so their fresh segments never share a name, and one worker's
+    # reclaim (it left) takes its own segments and leases only.
+    first, second = store.writer("t1"), store.writer("t2")
+    one, two = first.write(bytearray(100_000)), second.write(bytearray(100_000))
+    assert os.path.basename(one.segment) == f"{store.prefix}t1.0"
+    assert os.path.basename(two.segment) == f"{store.prefix}t2.0"
+    store.release(store.put(bytearray(100_000)))
+    lease = store.lease(100_000, holder="t2")
+    store.reclaim("t1")
+    assert not os.path.exists(one.segment)
+    assert load(two) == bytearray(100_000)
+    assert lease is not None
+    assert os.path.exists(lease.segment)
+    assert store.put(bytearray(100_000)).segment != lease.segment  # still t2's
+    assert pickle.loads(pickle.dumps(second)).owner == "t2"
+
+
 def test_adopt_rejects_a_segment_of_another_store(store):
     with BlobStore() as other:
         ref = other.put(bytearray(100_000))
