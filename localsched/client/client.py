@@ -365,7 +365,7 @@ class Client(
         kwargs = replace_futures(kwargs, _is_future, found)
         if self._link.in_process:  # the workers are threads here: no pickling
             ref = inproc.keep((func, args, kwargs))
-            spec = TaskSpec(IN_PROCESS_TOKEN, b"", ref, tuple(found))
+            spec = TaskSpec(IN_PROCESS_TOKEN, b"", ref, tuple(found), actor)
             return spec, (args, kwargs)
         try:
             token, function_bytes = self._functions.get(func)
