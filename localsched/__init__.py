@@ -49,9 +49,11 @@ _EXPORTS = {
     "fire_and_forget": "localsched.client.client",
     "get_client": "localsched.worker.context",
     "get_worker": "localsched.worker.context",
+    "print": "localsched.worker.context",
     "rejoin": "localsched.worker.context",
     "secede": "localsched.worker.context",
     "wait": "localsched.client.future",
+    "warn": "localsched.worker.context",
     "worker_client": "localsched.worker.context",
 }
 
@@ -79,10 +81,12 @@ __all__ = [
     "get_client",
     "get_task_stream",
     "get_worker",
+    "print",
     "progress",
     "rejoin",
     "secede",
     "wait",
+    "warn",
     "worker_client",
 ]
 
@@ -122,7 +126,9 @@ if TYPE_CHECKING:
     from localsched.worker.context import (
         get_client,
         get_worker,
+        print,
         rejoin,
         secede,
+        warn,
         worker_client,
     )

@@ -38,6 +38,8 @@ PUBLIC = {
     "rejoin",
     "secede",
     "worker_client",
+    "print",
+    "warn",
     "Event",
     "Lock",
     "Queue",

@@ -48,6 +48,7 @@ import cloudpickle
 
 from localsched.client.future import FutureState, RemoteTraceback
 from localsched.errors import ClosedClientError, SchedulerStoppedError
+from localsched.runtime.event_log import EventLog
 from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
@@ -82,6 +83,7 @@ from localsched.transport.protocol import (
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
+from localsched.worker.diagnostics import LogRing
 from localsched.worker.execute import loads_traceback
 
 if TYPE_CHECKING:
@@ -155,10 +157,17 @@ class SchedulerRuntime(RunRequests, Supervision):
         self._periodic: list[PeriodicCallback] = []
         #: The cgroup's OOM-kill count when last read (supervision.py).
         self.oom_kills_seen = read_oom_kills() or 0
+        #: Topics, their recent events and subscribers (``log_event``).
+        self.event_log = scheduler.event_log = EventLog(self._deliver_event)
+        #: The last records of the ``localsched`` logger in this process, while
+        #: the thread runs (``Client.get_scheduler_logs``).
+        self.log_ring = LogRing()
+        self._detach_log_ring: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._detach_log_ring = self.log_ring.install(logging.getLogger("localsched"))
         self._thread = threading.Thread(
             target=self._run, name="localsched-scheduler", daemon=True
         )
@@ -178,6 +187,17 @@ class SchedulerRuntime(RunRequests, Supervision):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._wakeup.close()
+        if self._detach_log_ring is not None:
+            self._detach_log_ring()
+            self._detach_log_ring = None
+
+    def _deliver_event(self, client_id: str, topic: str, event: Any) -> None:
+        """Send a subscriber an event (``EventLog``; scheduler thread)."""
+        client = self.clients.get(client_id)
+        if client is None:
+            self.event_log.forget_client(client_id)
+        else:
+            client.deliver(topic, event)
 
     @property
     def is_running(self) -> bool:
@@ -500,6 +520,8 @@ class SchedulerRuntime(RunRequests, Supervision):
             assert isinstance(message, Hello)
             handle.outbox.append(WorkerInfo(address=address, name=handle.name))
             handle.is_ready = True
+            self.scheduler.log_event(address, {"action": "add-worker"})
+            self.scheduler.log_event("all", {"action": "add-worker", "worker": address})
             handle.pid = message.pid
             ws_name = handle.name
             events.append(

@@ -76,12 +76,13 @@ class Supervision:
             if not expected:
                 executing = self._executing_keys(handle)
                 handle.executing_at_exit = executing
-            handle.exit_reason = explain_death(
-                handle, oom_killed=self._oom_kills_grew()
-            )
+            oom_killed = self._oom_kills_grew()
+            handle.exit_reason = explain_death(handle, oom_killed=oom_killed)
+            # Its stderr reached the user's stderr as it was written (the
+            # relay): the log names the cause once and does not quote it again.
             logger.warning(
                 "%s%s",
-                handle.exit_reason,
+                explain_death(handle, oom_killed=oom_killed, quote_stderr=False),
                 "" if executing is None else f"\nIt was executing {executing!r}.",
             )
         if handle.executing_page is not None:
@@ -104,6 +105,14 @@ class Supervision:
                 )
             )
         if handle.is_ready:
+            message = {
+                "action": "remove-worker",
+                "processing-tasks": executing or [],
+                "expected": expected,
+                "reason": handle.exit_reason or "said goodbye",
+            }
+            self.scheduler.log_event(handle.address, dict(message))
+            self.scheduler.log_event("all", {**message, "worker": handle.address})
             events.append(
                 ev.WorkerRemoved(
                     stimulus_id=self.stimulus_id("worker-removed"),
@@ -229,8 +238,15 @@ def read_oom_kills() -> int | None:
     return None
 
 
-def explain_death(handle: WorkerHandle, oom_killed: bool = False) -> str:
-    """Why a worker died, in words, for the log and ``KilledWorker``."""
+def explain_death(
+    handle: WorkerHandle, oom_killed: bool = False, quote_stderr: bool = True
+) -> str:
+    """Why a worker died, in words, for the log and ``KilledWorker``.
+
+    ``quote_stderr``: end with the last lines it wrote to stderr; otherwise
+    (the log: they were relayed to the user's stderr already) say they are
+    above.
+    """
     exitcode = handle.process.exitcode
     text = f"Worker {handle.address} (pid {handle.pid}) {describe_exit(exitcode)}"
     if handle.exit_cause:
@@ -253,7 +269,9 @@ def explain_death(handle: WorkerHandle, oom_killed: bool = False) -> str:
     if not handle.is_ready:
         text += " It died while starting, before it could run any task."
     tail = [] if handle.stderr_relay is None else handle.stderr_relay.tail()
-    if tail:
+    if tail and not quote_stderr:
+        text += " What it printed to stderr is above."
+    elif tail:
         text += " The last lines it printed to stderr:\n" + "\n".join(
             f"    {line}" for line in tail
         )

@@ -6,8 +6,8 @@ costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
-    GrantSegments, Shutdown, RunFunction,
-    WorkerInfo, LinkReply, KeyUpdate ────────────────▶  control thread ─▶ task threads
+    GrantSegments, Shutdown, RunFunction, Inspect,
+    WorkerInfo, LinkReply, KeyUpdate, TopicEvent ────▶  control thread ─▶ task threads
     Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult, Heartbeat,
     LinkRequest, LinkEvents, LongRunning, Goodbye ◀─────────────── (any thread)
 
@@ -53,6 +53,7 @@ __all__ = [
     "GrantSegments",
     "Heartbeat",
     "Hello",
+    "Inspect",
     "KeyUpdate",
     "LinkEvents",
     "LinkReply",
@@ -70,6 +71,7 @@ __all__ = [
     "TaskDone",
     "TaskFailed",
     "TaskRef",
+    "TopicEvent",
     "WorkerInfo",
     "decode_batch",
     "dumps_function",
@@ -211,6 +213,28 @@ class RunFunction(Message):
     #: The worker's address and name, for a ``dask_worker`` argument.
     address: str
     name: object = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inspect(Message):
+    """Ask the worker about itself (``Client.call_stack``, ``profile``,
+    ``get_worker_logs``); answered by :class:`FunctionResult` with the same
+    ``id`` (``localsched.worker.diagnostics.inspect`` names the questions)."""
+
+    id: int
+    #: ``"logs"``, ``"call_stack"`` or ``"profile"``.
+    what: str
+    #: Keyword arguments of the question (plain data).
+    args: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicEvent(Message):
+    """An event logged under a topic the worker's client subscribed to:
+    ``event`` is the cloudpickled ``(time, msg)``."""
+
+    topic: str
+    event: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -380,6 +404,8 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     RemovePlugin,
     Shutdown,
     RunFunction,
+    Inspect,
+    TopicEvent,
     WorkerInfo,
     LinkReply,
     KeyUpdate,

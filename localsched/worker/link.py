@@ -7,7 +7,9 @@ link speaks over the worker's own pipe::
     task thread ── post(events) ─────▶ LinkEvents  ──┐
                 ── request(Request) ─▶ LinkRequest ──┼─▶ sender thread ─▶ pipe
                    cell ◀── answered() ◀── LinkReply ┐
-    futures' states ◀── on_key_update() ◀── KeyUpdate ┴── control thread ◀─ pipe
+    futures' states ◀── on_key_update() ◀── KeyUpdate ┤
+    the client's topic handlers ◀── on_topic_event() ◀┴── control thread ◀─ pipe
+                                         (TopicEvent)
 
 On the scheduler's side the same request handler answers as for a client in
 the user's process (``localsched.runtime.request_handler``), so the client behaves the
@@ -21,6 +23,7 @@ runs ``get_client()`` loads the client, the requests and this link only.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future as CellFuture
@@ -30,7 +33,12 @@ import cloudpickle
 
 from localsched.errors import ClosedClientError
 from localsched.transport import pickling
-from localsched.transport.protocol import KeyUpdate, LinkEvents, LinkRequest
+from localsched.transport.protocol import (
+    KeyUpdate,
+    LinkEvents,
+    LinkRequest,
+    TopicEvent,
+)
 from localsched.transport.requests import Gather, Request
 from localsched.transport.shm import load
 from localsched.worker.context import thread_state
@@ -45,6 +53,8 @@ if TYPE_CHECKING:
 Key = Hashable
 
 __all__ = ["PipeLink", "task_client"]
+
+logger = logging.getLogger("localsched.worker")
 
 
 class PipeLink:
@@ -62,6 +72,8 @@ class PipeLink:
         self._replies: dict[int, CellFuture[Any]] = {}
         self._states: dict[Key, Any] = {}
         self._closed_reason: str | None = None
+        #: A weak reference to the client's event sink (``connect``).
+        self._on_event: Callable[[], Any] | None = None
         self.client_id = f"worker-client-{worker.address}"
 
     @property
@@ -82,10 +94,12 @@ class PipeLink:
         states: dict[Key, Any],
         on_restart: Callable[[], Any] | None,
         timeout: float | None,
+        on_event: Callable[[], Any] | None = None,
     ) -> str:
         # The scheduler registers the worker's client on its first message, and
         # names it after the worker (one per worker): ``client_id`` is not used.
         self._states = states
+        self._on_event = on_event
         return self.client_id
 
     def disconnect(self, timeout: float | None) -> None:
@@ -175,6 +189,19 @@ class PipeLink:
         else:
             state.reset()
 
+    def on_topic_event(self, message: TopicEvent) -> None:
+        """An event of a topic the client subscribed to: hand it over (the
+        client's handlers run on a thread of its own, never this one)."""
+        sink = None if self._on_event is None else self._on_event()
+        if sink is None:
+            return
+        try:
+            event = cloudpickle.loads(message.event)
+        except Exception:
+            logger.warning("An event of %r could not be read", message.topic)
+            return
+        sink(message.topic, event)
+
     def close(self, reason: str) -> None:
         """The worker is going: fail what waits for the scheduler."""
         with self._lock:
@@ -186,9 +213,8 @@ class PipeLink:
             state.cancel("worker-closed")
 
 
-def task_client(worker: Worker) -> tuple[Client, PipeLink]:
-    """The client of ``worker``'s tasks, and its link."""
+def task_client(link: PipeLink) -> Client:
+    """The client of a worker's tasks, on the worker's link."""
     from localsched.client.client import Client
 
-    link = PipeLink(worker)
-    return Client(link=link, set_as_default=False), link
+    return Client(link=link, set_as_default=False)

@@ -33,6 +33,7 @@ import contextlib
 import faulthandler
 import heapq
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -47,10 +48,12 @@ from typing import TYPE_CHECKING, Any
 from localsched.transport.protocol import (
     AddPlugin,
     ForgetKeys,
+    FunctionResult,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
+    Inspect,
     KeyUpdate,
     LinkReply,
     LongRunning,
@@ -65,14 +68,17 @@ from localsched.transport.protocol import (
     StealQuery,
     TaskDone,
     TaskFailed,
+    TopicEvent,
     WorkerInfo,
     decode_batch,
     encode_batch,
 )
 from localsched.transport.shm import BlobRef
 from localsched.worker.context import thread_state
+from localsched.worker.diagnostics import LogRing, Profiler, inspect
 from localsched.worker.execute import (
     Outcome,
+    dumps_exception,
     failure_from,
     load_inputs,
     run_task,
@@ -82,7 +88,7 @@ from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping
+    from collections.abc import Hashable, Iterable, Mapping
     from multiprocessing.connection import Connection
 
     from localsched.transport.executing import ExecutingPage
@@ -100,6 +106,8 @@ HEARTBEAT_INTERVAL = 0.5
 _SHORT_TASK = 200e-6
 _MAX_REPLY_DELAY = 1e-3
 _MAX_DEFERRED_REPLIES = 256
+
+logger = logging.getLogger("localsched.worker")
 
 
 def run_worker(
@@ -141,7 +149,15 @@ def run_worker(
     faulthandler.enable(all_threads=False)
     exit_code = 0
     try:
-        Worker(conn, nthreads, writer, resources, executing_page).serve()
+        worker = Worker(conn, nthreads, writer, resources, executing_page)
+        # The worker's own records, for Client.get_worker_logs (dask keeps
+        # "distributed.worker" at INFO likewise). INFO never reaches stderr:
+        # logging's last-resort handler prints WARNING and above only.
+        ours = logging.getLogger("localsched")
+        if ours.level == logging.NOTSET:
+            ours.setLevel(logging.INFO)
+        worker.log_ring.install(ours)
+        worker.serve()
     except BaseException:
         traceback.print_exc()  # a ProtocolError already said goodbye
         exit_code = 1
@@ -184,6 +200,8 @@ class _Job:
     is_forgotten: bool = False
     #: Its slot in the executing page while it runs.
     slot: int = 0
+    #: Ident of the task thread running it (0 while queued).
+    thread: int = 0
 
 
 class Worker:
@@ -243,6 +261,7 @@ class Worker:
         self._outbox = _Outbox(conn)
         #: Worker plugins (``Client.register_plugin``); see worker/plugins.py.
         self.plugins = WorkerPlugins(nthreads)
+        self.plugins.worker.log_event_to = self.log_event
         #: Set when serve() ends: the heartbeat thread stops.
         self._stopped = threading.Event()
         # dask's Worker attributes for get_worker(); the scheduler sends address
@@ -257,6 +276,12 @@ class Worker:
         self._client: Any = None
         self._link: PipeLink | None = None
         self._client_lock = threading.Lock()
+        #: The last log records of this process (``Client.get_worker_logs``);
+        #: ``run_worker`` attaches it to the ``localsched`` logger.
+        self.log_ring = LogRing()
+        #: Samples the task threads (``Client.profile``); started by the
+        #: first task, so an idle worker runs no sampling thread.
+        self.profiler: Profiler | None = None
 
     def serve(self) -> str:
         """Say hello, start the threads, handle messages until the end.
@@ -291,13 +316,17 @@ class Worker:
         try:
             return self._control_loop()
         finally:
+            if self.profiler is not None:
+                self.profiler.stop()
             self._stopped.set()
             self._stop_tasks()
             self.plugins.close()
             self._outbox.close(None)
 
     def _heartbeat_loop(self) -> None:
-        """While tasks run, tell the scheduler how long they have been running."""
+        """While tasks run, tell the scheduler how long they have been running;
+        once more when they stopped, so its count of executing tasks drops."""
+        was_busy = False
         while not self._stopped.wait(HEARTBEAT_INTERVAL):
             now = time.monotonic()
             with self._lock:
@@ -306,8 +335,24 @@ class Worker:
                     for key, job in self._executing.items()
                     if job.started
                 }
-            if executing:
+            if executing or was_busy:
                 self._outbox.post_nowait(Heartbeat(executing=executing))
+            was_busy = bool(executing)
+
+    def executing_threads(self) -> dict[Hashable, int]:
+        """key -> ident of the thread running it, for the tasks executing now."""
+        with self._lock:
+            return {
+                key: job.thread for key, job in self._executing.items() if job.thread
+            }
+
+    def log_event(self, topic: str | Iterable[str], msg: Any) -> None:
+        """Log an event under a topic (dask's ``Worker.log_event``); does not
+        wait for the scheduler. See ``Client.log_event``."""
+        from localsched.transport.requests import LogEvent
+
+        topics = (topic,) if isinstance(topic, str) else tuple(topic)
+        self._get_link().request(LogEvent(topics=topics, msg=msg))
 
     # --- control thread ----------------------------------------------------------
 
@@ -360,9 +405,21 @@ class Worker:
             link = self._link
             if link is not None:
                 link.on_key_update(message)
+        elif isinstance(message, Inspect):
+            self._outbox.post_nowait(self._inspect(message))
+        elif isinstance(message, TopicEvent):
+            link = self._link
+            if link is not None:
+                link.on_topic_event(message)
         elif isinstance(message, WorkerInfo):
             self.address = message.address
             self.name = message.name
+            logger.info(
+                "Worker %s (pid %d) started with %d threads",
+                message.address,
+                os.getpid(),
+                self.nthreads,
+            )
         elif isinstance(message, AddPlugin | RemovePlugin):
             # On this thread, so tasks that arrive later see the plugin.
             self._outbox.post_nowait(self.plugins.handle(message))
@@ -382,7 +439,29 @@ class Worker:
             raise error
         return None
 
+    def _inspect(self, message: Inspect) -> FunctionResult:
+        try:
+            payload = pickle.dumps(inspect(self, message.what, message.args))
+        except Exception as exc:
+            return FunctionResult(
+                id=message.id,
+                ok=False,
+                payload=dumps_exception(exc) or b"",
+                traceback_text=traceback.format_exc(),
+            )
+        return FunctionResult(id=message.id, ok=True, payload=payload)
+
+    def _start_profiler(self) -> None:
+        # The core's tasks module only (pure; no runtime): a profile is kept
+        # per key prefix, named as the scheduler names it.
+        from localsched.scheduler.tasks import key_split
+
+        self.profiler = Profiler(self.executing_threads, key_split)
+        self.profiler.start()
+
     def _enqueue(self, runs: list[RunTask]) -> None:
+        if self.profiler is None:
+            self._start_profiler()
         if self.plugins.active:
             for run in runs:  # before a task thread can start it
                 self.plugins.arrived(run.key, bool(run.resource_restrictions))
@@ -442,13 +521,15 @@ class Worker:
             self._rejoiners.clear()
             self._has_work.notify_all()
         client, link = self._client, self._link
-        if client is not None and link is not None:
+        if client is not None:
             client.status = "closed"
+        if link is not None:
             link.close("the worker is shutting down")
 
     # --- task threads ------------------------------------------------------------
 
     def _task_loop(self) -> None:
+        ident = threading.get_ident()
         while True:
             with self._lock:
                 while True:
@@ -467,6 +548,7 @@ class Worker:
                 if self._queued.get(key) is job:
                     del self._queued[key]
                 self._executing[key] = job
+                job.thread = ident
                 job.started = time.monotonic()
                 if self._executing_page is not None:
                     job.slot = self._executing_page.start(job.message.run_id)
@@ -610,12 +692,21 @@ class Worker:
                     os.unlink(payload.segment)
 
     def _get_client(self) -> Any:
+        link = self._get_link()
         with self._client_lock:
             if self._client is None:
                 from localsched.worker.link import task_client
 
-                self._client, self._link = task_client(self)
+                self._client = task_client(link)
             return self._client
+
+    def _get_link(self) -> PipeLink:
+        with self._client_lock:
+            if self._link is None:
+                from localsched.worker.link import PipeLink
+
+                self._link = PipeLink(self)
+            return self._link
 
 
 class _Outbox:
