@@ -217,7 +217,7 @@ class ObservingMixin:
         Examples
         --------
         >>> import logging
-        >>> logger = logging.getLogger("myLogger")  # Log config not shown
+        >>> logger = logging.getLogger(__name__)
         >>> client.subscribe_topic("topic-name", lambda: logger.info)  # doctest: +SKIP
         """
         if topic in self._event_handlers:
@@ -291,7 +291,7 @@ class ObservingMixin:
         --------
         >>> client.forward_logging()  # doctest: +SKIP
         >>> def do_error():
-        ...     logging.getLogger("user.module").error("Hello error")
+        ...     logging.getLogger(__name__).error("Hello error")
         ...     return 42
         >>> client.submit(do_error).result()  # doctest: +SKIP
         Hello error

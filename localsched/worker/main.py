@@ -452,9 +452,8 @@ class Worker:
         return FunctionResult(id=message.id, ok=True, payload=payload)
 
     def _start_profiler(self) -> None:
-        # The core's tasks module only (pure; no runtime): a profile is kept
-        # per key prefix, named as the scheduler names it.
-        from localsched.scheduler.tasks import key_split
+        # A profile is kept per key prefix, named as the scheduler names it.
+        from localsched.keys import key_split
 
         self.profiler = Profiler(self.executing_threads, key_split)
         self.profiler.start()
