@@ -118,12 +118,13 @@ class _EventThread:
             except Exception:
                 logger.exception("The handler of topic %r failed", item[0])
 
-    def stop(self) -> None:
-        """Run the events queued so far, then end (waits, unless called from
-        a handler)."""
+    def stop(self, timeout: float = 10.0) -> None:
+        """Run the events queued so far, then end: waits up to ``timeout``
+        seconds (a handler that hangs must not hang ``close``), and not at all
+        when called from a handler."""
         self._queue.put(self._STOP)
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._thread.join(timeout)
 
 
 class ObservingMixin:
