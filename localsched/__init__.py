@@ -54,9 +54,11 @@ _EXPORTS = {
     "get_client": "localsched.client.task_client",
     "get_worker": "localsched.worker.context",
     "local_client": "localsched.client.task_client",
+    "print": "localsched.worker.context",
     "rejoin": "localsched.worker.context",
     "secede": "localsched.worker.context",
     "wait": "localsched.client.future",
+    "warn": "localsched.worker.context",
     "worker_client": "localsched.client.task_client",
 }
 
@@ -89,10 +91,12 @@ __all__ = [
     "get_task_stream",
     "get_worker",
     "local_client",
+    "print",
     "progress",
     "rejoin",
     "secede",
     "wait",
+    "warn",
     "worker_client",
 ]
 
@@ -133,4 +137,4 @@ if TYPE_CHECKING:
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
-    from localsched.worker.context import get_worker, rejoin, secede
+    from localsched.worker.context import get_worker, print, rejoin, secede, warn

@@ -9,6 +9,7 @@ versions in use. ``top`` runs the demo workload under the live dashboard.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -196,15 +197,49 @@ def info() -> None:
     Console().print(table)
 
 
-def top(n_workers: int | None = None, scale: int = 2) -> None:
-    """Run the demo workload under the live dashboard."""
-    from localsched import Client
-    from localsched.diagnostics.terminal_dashboard import dashboard
+def top(n_workers: int | None = None, scale: int = 2, console: Any = None) -> None:
+    """Run the demo workload under the live dashboard.
 
-    with Client(n_workers=n_workers) as client:
-        futures = submit_workload(client, scale)
-        dashboard(client, interval=0.5, until=futures)
-        client.gather(futures)
+    The first frame is drawn before the cluster starts, and the dashboard is
+    live before the workload is submitted (from a thread), so the screen is
+    never blank while work is being set up.
+    """
+    import threading
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from localsched import Client
+    from localsched.diagnostics.terminal_dashboard import (
+        DashboardView,
+        end_frame,
+        refresh_until,
+    )
+
+    console = console or Console()
+    starting = Text("localsched top: starting the cluster...")
+    with (
+        contextlib.suppress(KeyboardInterrupt),  # Ctrl-C: close and quit
+        Live(starting, console=console, auto_refresh=False) as live,
+    ):
+        live.refresh()
+        with Client(n_workers=n_workers) as client:
+            live.update(DashboardView(client.cluster), refresh=True)
+            futures: list[Any] = []
+            submitter = threading.Thread(
+                target=lambda: futures.extend(submit_workload(client, scale)),
+                name="localsched-top-submit",
+            )
+            submitter.start()
+
+            def finished() -> bool:
+                return not submitter.is_alive() and all(f.done() for f in futures)
+
+            refresh_until(live, finished, interval=0.5)
+            submitter.join()
+            client.gather(futures)
+    end_frame(console)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -165,6 +165,61 @@ class WorkerPlugin:
         """Run whenever a task changes state on the worker."""
 
 
+class ForwardLoggingPlugin(WorkerPlugin):
+    """Forward a logger's records from the workers to the client (dask's
+    plugin of the same name; ``Client.forward_logging`` registers it).
+
+    Parameters
+    ----------
+    logger_name
+        The logger whose records (and those of the loggers below it) are sent;
+        None: the root logger.
+    level
+        Only records of this level or higher.
+    topic
+        The topic the records are logged under, as dicts of their attributes.
+    """
+
+    def __init__(self, logger_name: str | None, level: int | str, topic: str) -> None:
+        self.logger_name = logger_name
+        self.level = level
+        self.topic = topic
+        self.handler: logging.Handler | None = None
+
+    def setup(self, worker: Any) -> None:
+        self.handler = _ForwardingLogHandler(worker, self.topic, level=self.level)
+        logging.getLogger(self.logger_name).addHandler(self.handler)
+
+    def teardown(self, worker: Any) -> None:
+        if self.handler is not None:
+            logging.getLogger(self.logger_name).removeHandler(self.handler)
+
+
+class _ForwardingLogHandler(logging.Handler):
+    """Sends each record it handles to the scheduler's event log."""
+
+    def __init__(self, worker: Any, topic: str, level: int | str) -> None:
+        super().__init__(level)
+        self.worker = worker
+        self.topic = topic
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # As dask (after logging.handlers.SocketHandler.makePickle): the message
+        # is formatted here, since its arguments may not exist on the client.
+        if record.exc_info:
+            self.format(record)  # fills record.exc_text
+        attributes = dict(record.__dict__)
+        attributes["msg"] = record.getMessage()
+        attributes["args"] = None
+        attributes["exc_info"] = None
+        attributes.pop("message", None)
+        attributes["worker"] = getattr(self.worker, "address", None)
+        try:
+            self.worker.log_event(self.topic, attributes)
+        except Exception:
+            self.handleError(record)
+
+
 _SCHEDULER_HOOKS = (
     "start",
     "before_close",

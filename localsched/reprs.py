@@ -95,7 +95,10 @@ def _collect(scheduler: Any, name: str, status: str) -> ClusterSnapshot:
             nthreads=ws.nthreads,
             status=ws.status,
             processing=len(ws.processing),
-            executing=ws.executing_count,
+            # The count comes with heartbeats (every 0.5 s while tasks run):
+            # a worker with nothing processing executes nothing, whatever the
+            # last heartbeat said.
+            executing=min(ws.executing_count, len(ws.processing)),
             in_memory=len(ws.has_what),
             nbytes=ws.nbytes,
             memory_limit=ws.memory_limit,

@@ -61,9 +61,10 @@ class FakeLink:
             rq.Ping: lambda r: None
         }
 
-    def connect(self, client_id, states, on_restart, timeout) -> str:
+    def connect(self, client_id, states, on_restart, timeout, on_event=None) -> str:
         self.states = states
         self.on_restart = on_restart
+        self.on_event = on_event
         return "fake-client"
 
     def stopped_error(self) -> Exception:
@@ -530,6 +531,9 @@ def _example(kind: type[rq.Request]) -> rq.Request:
         "wait_id": "w",
         "operation": rq.Operation.EVENT_SET,
         "value": 1,
+        "topics": ("t",),
+        "topic": "t",
+        "msg": {"a": 1},
     }
     required = {
         f.name: values[f.name]

@@ -43,6 +43,8 @@ PUBLIC = {
     "rejoin",
     "secede",
     "worker_client",
+    "print",
+    "warn",
     "Event",
     "Lock",
     "Queue",

@@ -60,6 +60,7 @@ from localsched.client.graph import (
     replace_futures,
     worker_restrictions,
 )
+from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
 from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
@@ -92,7 +93,12 @@ def _is_future(obj: object) -> bool:
 
 
 class Client(
-    ControlMixin, ClusterToolsMixin, PluginsMixin, DatasetsMixin, CollectionsMixin
+    ControlMixin,
+    ClusterToolsMixin,
+    ObservingMixin,
+    PluginsMixin,
+    DatasetsMixin,
+    CollectionsMixin,
 ):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
@@ -187,12 +193,15 @@ class Client(
         self.generation = 0
         self._functions: FunctionCache = FunctionCache()
         self._callbacks: ThreadPoolExecutor | None = None
-        # Weakly: the scheduler keeps the hook, and a dropped client must go away.
+        # A task's client prints nothing of its own: the print happened there.
+        self._init_events({} if link.is_shared else DEFAULT_EVENT_HANDLERS)
+        # Weakly: the scheduler keeps the hooks, and a dropped client must go away.
         self.id = link.connect(
             f"{name or 'Client'}-{uuid.uuid4()}",
             self._states,
             weakref.WeakMethod(self._on_restart),
             timeout,
+            on_event=weakref.WeakMethod(self._deliver_event),
         )
         self.status = "running"
         #: As dask: a task's client talks to workers directly; here every
@@ -905,6 +914,9 @@ class Client(
         # As dask: the futures of a closed client are cancelled, so no thread
         # waits for a result that can no longer come. After a failure of the
         # scheduler thread they keep the error that says so.
+        # After the disconnect: events logged before it (a task's print) are
+        # queued here already, and are handled before close returns.
+        self._stop_events()
         has_failed = self._link.has_failed
         for state in list(self._states.values()):
             if not has_failed or not state.done():

@@ -88,8 +88,14 @@ class SchedulerLink(Protocol):
         states: dict[Key, Any],
         on_restart: Callable[[], Any] | None,
         timeout: float | None,
+        on_event: Callable[[], Any] | None = None,
     ) -> str:
-        """Register a client whose futures' states live in ``states``; its id."""
+        """Register a client whose futures' states live in ``states``; its id.
+
+        ``on_restart`` and ``on_event`` are weak references to the client's
+        hooks: called on a restart, and with ``(topic, event)`` for each event
+        of a topic it subscribed to.
+        """
         ...
 
     def disconnect(self, timeout: float | None) -> None:

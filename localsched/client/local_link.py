@@ -72,10 +72,12 @@ class LocalLink:
         states: dict[Key, Any],
         on_restart: Callable[[], Any] | None,
         timeout: float | None,
+        on_event: Callable[[], Any] | None = None,
     ) -> str:
         self._handle = self._handle_type(client_id)
         self._handle.states = states
-        self.request(ConnectClient(on_restart=on_restart)).result(timeout=timeout)
+        request = ConnectClient(on_restart=on_restart, on_event=on_event)
+        self.request(request).result(timeout=timeout)
         return client_id
 
     def disconnect(self, timeout: float | None) -> None:

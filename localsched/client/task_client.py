@@ -1,197 +1,35 @@
-"""``PipeLink``: the scheduler link of a worker's tasks (``get_client()``).
+"""The client of a worker's tasks: ``get_client()``, ``worker_client()``.
 
-The client a task gets is a plain :class:`~localsched.client.client.Client` on this
-link, one per worker (``worker-client-<address>``), shared by its tasks. The
-link speaks over the worker's own pipe::
-
-    task thread ── post(events) ─────▶ LinkEvents  ──┐
-                ── request(Request) ─▶ LinkRequest ──┼─▶ sender thread ─▶ pipe
-                   cell ◀── answered() ◀── LinkReply ┐
-    futures' states ◀── on_key_update() ◀── KeyUpdate ┴── control thread ◀─ pipe
-
-On the scheduler's side the same request handler answers as for a client in
-the user's process (``localsched.runtime.request_handler``), so the client behaves the
-same. Differences: values travel inline (``scatter`` and task arguments are
-for small values here), and a result is fetched with a ``Gather`` request.
-
-This module imports neither the runtime nor the scheduler core: a worker that
-runs ``get_client()`` loads the client, the requests and this link only.
+The client a task gets is a plain :class:`~localsched.client.client.Client` on
+the worker's :class:`~localsched.worker.link.PipeLink`, one per worker
+(``worker-client-<address>``), shared by its tasks. On the scheduler's side
+the same request handler answers as for a client in the user's process, so the
+client behaves the same. This module is where the worker's tasks meet the
+client: the worker itself never imports the client.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sys
-import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from concurrent.futures import Future as CellFuture
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from localsched.errors import ClosedClientError
-from localsched.transport import pickling
-from localsched.transport.protocol import KeyUpdate, LinkEvents, LinkRequest
-from localsched.transport.requests import Gather, Request
-from localsched.transport.shm import load
 from localsched.worker.context import get_worker, rejoin, secede, thread_state
 
 if TYPE_CHECKING:
     from localsched.client.client import Client
-    from localsched.scheduler.events import StateEvent
-    from localsched.transport.protocol import Payload
+    from localsched.worker.link import PipeLink
     from localsched.worker.main import Worker
 
-Key = Hashable
-
-__all__ = ["PipeLink", "task_client"]
+__all__ = ["client_of", "get_client", "local_client", "task_client", "worker_client"]
 
 
-class PipeLink:
-    """A :class:`~localsched.client.link.SchedulerLink` over a worker's pipe."""
-
-    cluster = None
-    is_shared = True
-    #: A task's calls are pickled: its worker may be another process.
-    in_process = False
-
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
-        self._ids = itertools.count(1)
-        self._stimuli = itertools.count()
-        self._lock = threading.Lock()
-        #: request id -> the cell its ``LinkReply`` resolves.
-        self._replies: dict[int, CellFuture[Any]] = {}
-        self._states: dict[Key, Any] = {}
-        self._closed_reason: str | None = None
-        self.client_id = f"worker-client-{worker.address}"
-
-    @property
-    def is_running(self) -> bool:
-        return self._closed_reason is None
-
-    #: A worker's link stops only when its worker does.
-    has_failed = False
-
-    def stopped_error(self) -> Exception:
-        return ClosedClientError(
-            f"The worker's link to the scheduler is closed: {self._closed_reason}"
-        )
-
-    def connect(
-        self,
-        client_id: str,
-        states: dict[Key, Any],
-        on_restart: Callable[[], Any] | None,
-        timeout: float | None,
-    ) -> str:
-        # The scheduler registers the worker's client on its first message, and
-        # names it after the worker (one per worker): ``client_id`` is not used.
-        self._states = states
-        return self.client_id
-
-    def disconnect(self, timeout: float | None) -> None:
-        raise RuntimeError("A task's client closes with its worker")
-
-    def post(self, *events: StateEvent) -> None:
-        self._send(LinkEvents(events=pickling.dumps(list(events), protocol=5)))
-
-    def request(self, request: Request) -> CellFuture[Any]:
-        cell: CellFuture[Any] = CellFuture()
-        request_id = next(self._ids)
-        with self._lock:
-            if self._closed_reason is not None:
-                cell.set_exception(RuntimeError(self._closed_reason))
-                return cell
-            self._replies[request_id] = cell
-        payload = pickling.dumps(request, protocol=5)
-        self._send(LinkRequest(id=request_id, request=payload))
-        return cell
-
-    def _send(self, message: LinkEvents | LinkRequest) -> None:
-        # The sender thread writes: a message may come from the control thread
-        # (a future garbage collected there), which must never block on the pipe.
-        self._worker._outbox.post_nowait(message)
-
-    def stimulus_id(self, name: str) -> str:
-        return f"{name}-w{next(self._stimuli)}"  # renumbered by the scheduler
-
-    def load_result(self, key: Key) -> Any:
-        return self.load_results([key])[key]
-
-    def load_results(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        payloads = self.request(Gather(keys=tuple(keys))).result()
-        return {key: load(payload) for key, payload in payloads.items()}
-
-    @staticmethod
-    def serialize(value: Any) -> Payload:
-        data: bytes = pickling.dumps(value, protocol=5)
-        return data
-
-    @staticmethod
-    def release(payload: Payload) -> None:
-        pass  # inline bytes own nothing
-
-    def current_task(self) -> Key | None:
-        return getattr(thread_state, "key", None)
-
-    # -- the worker's control thread -----------------------------------------------
-
-    def answered(self, request_id: int, ok: bool, payload: bytes) -> None:
-        """A ``LinkReply`` arrived: resolve its request's cell."""
-        with self._lock:
-            cell = self._replies.pop(request_id, None)
-        if cell is None:
-            return
-        try:
-            value = cloudpickle.loads(payload)
-        except Exception as exc:
-            cell.set_exception(
-                RuntimeError(f"the scheduler's answer could not be read: {exc!r}")
-            )
-            return
-        if ok:
-            cell.set_result(value)
-        else:
-            cell.set_exception(value)
-
-    def on_key_update(self, message: KeyUpdate) -> None:
-        """The scheduler reports a new status of a key of this client."""
-        state = self._states.get(message.key)
-        if state is None:
-            return
-        status = message.status
-        if status == "finished":
-            state.finish(message.payload)
-        elif status == "error":
-            try:
-                exception, text = cloudpickle.loads(message.payload)
-            except Exception as exc:
-                exception, text = RuntimeError(f"the task failed: {exc!r}"), ""
-            state.set_error(exception, text)
-        elif status == "cancelled":
-            state.cancel(str(message.payload))
-        else:
-            state.reset()
-
-    def close(self, reason: str) -> None:
-        """The worker is going: fail what waits for the scheduler."""
-        with self._lock:
-            self._closed_reason = reason
-            replies, self._replies = self._replies, {}
-        for cell in replies.values():
-            cell.set_exception(RuntimeError(reason))
-        for state in list(self._states.values()):
-            state.cancel("worker-closed")
-
-
-def task_client(worker: Worker) -> tuple[Client, PipeLink]:
-    """The client of ``worker``'s tasks, and its link."""
+def task_client(link: PipeLink) -> Client:
+    """The client of a worker's tasks, on the worker's link."""
     from localsched.client.client import Client
 
-    link = PipeLink(worker)
-    return Client(link=link, set_as_default=False), link
+    return Client(link=link, set_as_default=False)
 
 
 def client_of(worker: Worker) -> Client:
@@ -200,8 +38,7 @@ def client_of(worker: Worker) -> Client:
     with worker._client_lock:
         client: Client | None = worker._client
         if client is None:
-            client, worker._link = task_client(worker)
-            worker._client = client
+            client = worker._client = task_client(worker.pipe_link())
         if worker.owns_process and not worker._drives_dask and "dask" in sys.modules:
             # As in dask, where ``dask.compute`` in a task falls back to
             # ``get_client()``: collections (persisted ones that arrived

@@ -268,9 +268,18 @@ class ProgressBar:
         while not self._wait_step(min(self.interval, every)):
             if time.monotonic() >= next_line:
                 next_line = time.monotonic() + every
-                console.print(self._plain_progress(), highlight=False, markup=False)
+                # soft_wrap: one line per report, however narrow the console
+                # (rich assumes 80 columns when it is not a terminal).
+                console.print(
+                    self._plain_progress(),
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
         snapshot = self.snapshot()
-        console.print(text_line(snapshot), highlight=False, markup=False)
+        console.print(
+            text_line(snapshot), highlight=False, markup=False, soft_wrap=True
+        )
         if snapshot.first_error is not None:
             key, error = snapshot.first_error
             console.print(
@@ -278,6 +287,7 @@ class ProgressBar:
                 style="red",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
 
     def _plain_progress(self) -> str:

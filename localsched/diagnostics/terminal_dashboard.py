@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from localsched.reprs import (
@@ -167,7 +167,6 @@ def dashboard(
     view = DashboardView(cluster)
     futures = list(until or ())
     deadline = None if duration is None else time.monotonic() + duration
-    pause = threading.Event()
 
     def finished() -> bool:
         if deadline is not None and time.monotonic() >= deadline:
@@ -181,11 +180,34 @@ def dashboard(
         contextlib.suppress(KeyboardInterrupt),
         Live(view, console=console, auto_refresh=False) as live,
     ):
+        refresh_until(live, finished, interval, deadline)
+    end_frame(console)
+
+
+def refresh_until(
+    live: Any,
+    finished: Callable[[], bool],
+    interval: float,
+    deadline: float | None = None,
+) -> None:
+    """Redraw ``live`` now, then every ``interval`` seconds (or at the
+    ``deadline``, ``time.monotonic()``) until ``finished()``."""
+    pause = threading.Event()
+    live.refresh()
+    while not finished():
+        pause.wait(
+            interval
+            if deadline is None
+            else min(interval, max(0.0, deadline - time.monotonic()))
+        )
         live.refresh()
-        while not finished():
-            pause.wait(
-                interval
-                if deadline is None
-                else min(interval, max(0.0, deadline - time.monotonic()))
-            )
-            live.refresh()
+
+
+def end_frame(console: Any) -> None:
+    """End the line of the last frame where rich leaves it open.
+
+    Outside a terminal rich ``Live`` writes the final frame once, without a
+    newline after its border, so the next output would be glued to it.
+    """
+    if not console.is_terminal:
+        console.line()

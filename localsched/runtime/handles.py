@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from localsched.future_state import FutureState
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
-from localsched.transport.protocol import KeyUpdate, Message
+from localsched.transport.protocol import KeyUpdate, Message, TopicEvent
 
 if TYPE_CHECKING:
     from localsched.runtime.supervision import StderrRelay
@@ -116,6 +116,15 @@ class ClientHandle:
         self.states: dict[Key, FutureState] = {}
         #: A weak reference to the client's restart hook (``Client._on_restart``).
         self.on_restart: Callable[[], Any] | None = None
+        #: A weak reference to the client's event sink (``Client._deliver_event``).
+        self.on_event: Callable[[], Any] | None = None
+
+    def deliver(self, topic: str, event: tuple[float, Any]) -> None:
+        """An event of a topic the client subscribed to (scheduler thread):
+        queued for the client's own event thread, which runs its handler."""
+        sink = None if self.on_event is None else self.on_event()
+        if sink is not None:
+            sink(topic, event)
 
     def watch(self, keys: Iterable[Key]) -> None:
         """The client made futures of these keys itself (their states are in
@@ -171,6 +180,16 @@ class WorkerClientHandle(ClientHandle):
     def __init__(self, worker: WorkerHandle) -> None:
         super().__init__(f"worker-client-{worker.address}")
         self.worker = worker
+
+    def deliver(self, topic: str, event: tuple[float, Any]) -> None:
+        """Send the event to the worker, whose client's handler runs there."""
+        try:
+            payload = pickling.dumps(event, protocol=5)
+        except Exception as exc:
+            payload = pickling.dumps(
+                (event[0], f"<the event could not be pickled: {exc!r}>"), protocol=5
+            )
+        self.worker.outbox.append(TopicEvent(topic=topic, event=payload))
 
     def watch(self, keys: Iterable[Key]) -> None:
         """Report these keys' status changes to the worker (``KeyUpdate``)."""

@@ -32,6 +32,8 @@ import cloudpickle
 from localsched.runtime import cluster_requests, restarting
 from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
+from localsched.runtime.diagnostic_requests import DEFAULT_TOPICS
+from localsched.runtime.diagnostic_requests import HANDLERS as DIAGNOSTIC_HANDLERS
 from localsched.runtime.handles import ClientHandle, WorkerClientHandle, WorkerHandle
 from localsched.runtime.plugin_keeper import (
     KEEPER_NAME,
@@ -81,7 +83,14 @@ def _connect(
     if isinstance(asker, WorkerClientHandle):
         return  # registered by the first message of its worker's client
     asker.on_restart = r.on_restart
+    asker.on_event = r.on_event
     runtime.clients[asker.id] = asker
+    if r.on_event is not None:
+        for topic in DEFAULT_TOPICS:
+            runtime.event_log.subscribe(topic, asker.id)
+    runtime.scheduler.log_event(
+        ["all", asker.id], {"action": "add-client", "client": asker.id}
+    )
     runtime._handle(
         [ev.ClientAdded(stimulus_id=f"client-added-{asker.id}", client=asker.id)]
     )
@@ -92,10 +101,14 @@ def _disconnect(
 ) -> None:
     if isinstance(asker, WorkerClientHandle):
         return  # its worker's tasks share it: it goes with the worker
+    runtime.scheduler.log_event(
+        ["all", asker.id], {"action": "remove-client", "client": asker.id}
+    )
     runtime._handle(
         [ev.ClientRemoved(stimulus_id=f"client-removed-{asker.id}", client=asker.id)]
     )
     runtime.clients.pop(asker.id, None)
+    runtime.event_log.forget_client(asker.id)
 
 
 def _ping(runtime: SchedulerRuntime, asker: ClientHandle, r: rq.Ping) -> None:
@@ -485,6 +498,7 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.Coordinate: _coordinate,
     rq.WaitFor: _wait_for,
     **cluster_requests.HANDLERS,
+    **DIAGNOSTIC_HANDLERS,
 }
 
 

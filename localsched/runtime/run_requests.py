@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
-from localsched.transport.protocol import RunFunction
+from localsched.transport.protocol import Inspect, RunFunction
 
 if TYPE_CHECKING:
     from localsched.runtime.handles import WorkerHandle
@@ -57,6 +57,25 @@ class Runs:
                     name=handle.name,
                 )
             )
+        return cell
+
+    def start_inspect(
+        self, questions: dict[str, tuple[str, dict[str, Any]]]
+    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
+        """Ask workers about themselves: address -> (what, args) of an
+        ``Inspect`` message (``worker/diagnostics.py``). Resolves as
+        :meth:`start`, with the answers' pickles."""
+        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
+        handles = [self.workers.get(a) for a in questions]
+        ready = [h for h in handles if h is not None and h.is_ready]
+        if not ready:
+            cell.set_result({})
+            return cell
+        run_id = next(self.ids)
+        self.pending[run_id] = PendingRun(cell, {h.address for h in ready})
+        for handle in ready:
+            what, args = questions[handle.address]
+            handle.outbox.append(Inspect(id=run_id, what=what, args=args))
         return cell
 
     def answered(

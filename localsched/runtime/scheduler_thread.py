@@ -49,6 +49,7 @@ import cloudpickle
 from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future_state import FutureState, RemoteTraceback
 from localsched.runtime.actor_calls import actor_calls_of
+from localsched.runtime.event_log import EventLog
 from localsched.runtime.handles import (
     ClientHandle,
     WorkerClientHandle,
@@ -94,6 +95,7 @@ from localsched.transport.protocol import (
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
+from localsched.worker.diagnostics import LogRing
 
 if TYPE_CHECKING:
     from localsched.client.graph import TaskSpec
@@ -164,10 +166,17 @@ class SchedulerRuntime:
         self._periodic: list[PeriodicCallback] = []
         #: The cgroup's OOM-kill count when last read (supervision.py).
         self.oom_kills_seen = read_oom_kills() or 0
+        #: Topics, their recent events and subscribers (``log_event``).
+        self.event_log = scheduler.event_log = EventLog(self._deliver_event)
+        #: The last records of the ``localsched`` logger in this process, while
+        #: the thread runs (``Client.get_scheduler_logs``).
+        self.log_ring = LogRing()
+        self._detach_log_ring: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._detach_log_ring = self.log_ring.install(logging.getLogger("localsched"))
         self._thread = threading.Thread(
             target=self._run, name="localsched-scheduler", daemon=True
         )
@@ -187,6 +196,17 @@ class SchedulerRuntime:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._wakeup.close()
+        if self._detach_log_ring is not None:
+            self._detach_log_ring()
+            self._detach_log_ring = None
+
+    def _deliver_event(self, client_id: str, topic: str, event: Any) -> None:
+        """Send a subscriber an event (``EventLog``; scheduler thread)."""
+        client = self.clients.get(client_id)
+        if client is None:
+            self.event_log.forget_client(client_id)
+        else:
+            client.deliver(topic, event)
 
     @property
     def is_running(self) -> bool:
@@ -520,6 +540,8 @@ class SchedulerRuntime:
             assert isinstance(message, Hello)
             handle.outbox.append(WorkerInfo(address=address, name=handle.name))
             handle.is_ready = True
+            self.scheduler.log_event(address, {"action": "add-worker"})
+            self.scheduler.log_event("all", {"action": "add-worker", "worker": address})
             handle.pid = message.pid
             ws_name = handle.name
             events.append(

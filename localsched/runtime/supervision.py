@@ -231,8 +231,15 @@ def read_oom_kills() -> int | None:
     return None
 
 
-def explain_death(handle: WorkerHandle, oom_killed: bool = False) -> str:
-    """Why a worker died, in words, for the log and ``KilledWorker``."""
+def explain_death(
+    handle: WorkerHandle, oom_killed: bool = False, quote_stderr: bool = True
+) -> str:
+    """Why a worker died, in words, for the log and ``KilledWorker``.
+
+    ``quote_stderr``: end with the last lines it wrote to stderr; otherwise
+    (the log: they were relayed to the user's stderr already) say they are
+    above.
+    """
     exitcode = handle.process.exitcode
     text = f"Worker {handle.address} (pid {handle.pid}) {describe_exit(exitcode)}"
     if handle.exit_cause:
@@ -255,7 +262,9 @@ def explain_death(handle: WorkerHandle, oom_killed: bool = False) -> str:
     if not handle.is_ready:
         text += " It died while starting, before it could run any task."
     tail = [] if handle.stderr_relay is None else handle.stderr_relay.tail()
-    if tail:
+    if tail and not quote_stderr:
+        text += " What it printed to stderr is above."
+    elif tail:
         text += " The last lines it printed to stderr:\n" + "\n".join(
             f"    {line}" for line in tail
         )

@@ -103,6 +103,9 @@ class Scheduler:
         self.cluster_ref: Callable[[], Any] = lambda: None
         self._plugins = PluginRegistry(self)
         self.state.hooks = self._plugins
+        #: The runtime's event log (``runtime/event_log.py``: events kept per
+        #: topic and sent to subscribers); None: only plugins see events.
+        self.event_log: Any = None
         self.status = "init"
         for plugin in plugins:
             self.add_plugin(plugin)
@@ -267,10 +270,34 @@ class Scheduler:
         self.status = "closed"
 
     def log_event(self, topic: str | Collection[str], msg: Any) -> None:
-        """Record an event; plugins' ``log_event`` hooks see it."""
+        """Log an event under a topic, or each of a list of topics.
+
+        The event ``(time, msg)`` is kept (the last 1,000 per topic), sent to
+        the clients subscribed to the topic (``Client.subscribe_topic``), and
+        plugins' ``log_event`` hooks see it.
+        """
         topics = [topic] if isinstance(topic, str) else list(topic)
+        if self.event_log is not None:
+            self.event_log.publish(topics, msg)
         for t in topics:
             self._plugins.call("log_event", t, msg)
+
+    def get_events(self, topic: str | None = None) -> Any:
+        """Events of ``topic`` as ``((time, msg), ...)``, oldest first; of
+        every topic (a dict) if None. Empty without a runtime."""
+        if self.event_log is None:
+            return () if topic is not None else {}
+        return self.event_log.get_events(topic)
+
+    def subscribe_topic(self, topic: str, client: str) -> None:
+        """Send ``client`` the events later logged under ``topic``."""
+        if self.event_log is not None:
+            self.event_log.subscribe(topic, client)
+
+    def unsubscribe_topic(self, topic: str, client: str) -> None:
+        """Stop sending ``client`` the events of ``topic``."""
+        if self.event_log is not None:
+            self.event_log.unsubscribe(topic, client)
 
     # -- graph and data ----------------------------------------------------------------
 

@@ -6,8 +6,8 @@ costs one system call per worker however many tasks it moves::
 
     scheduler thread                                   worker process
     RunTask, ForgetKeys, StealQuery,
-    GrantSegments, Shutdown, RunFunction, CallActor,
-    WorkerInfo, LinkReply, KeyUpdate ────────────────▶  control thread ─▶ task threads
+    GrantSegments, Shutdown, RunFunction, CallActor, Inspect,
+    WorkerInfo, LinkReply, KeyUpdate, TopicEvent ────▶  control thread ─▶ task threads
     Hello, TaskDone, TaskFailed, StealAnswer, FunctionResult, Heartbeat,
     LinkRequest, LinkEvents, LongRunning, ActorAnswer,
     Goodbye ◀────────────────────────────────────────────────────── (any thread)
@@ -57,6 +57,7 @@ __all__ = [
     "GrantSegments",
     "Heartbeat",
     "Hello",
+    "Inspect",
     "KeyUpdate",
     "LinkEvents",
     "LinkReply",
@@ -75,6 +76,7 @@ __all__ = [
     "TaskDone",
     "TaskFailed",
     "TaskRef",
+    "TopicEvent",
     "WorkerInfo",
     "decode_batch",
     "dumps_function",
@@ -237,6 +239,28 @@ class CallActor(Message):
     name: str
     #: Cloudpickled ``(args, kwargs)`` of a method call; None: read the attribute.
     args: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Inspect(Message):
+    """Ask the worker about itself (``Client.call_stack``, ``profile``,
+    ``get_worker_logs``); answered by :class:`FunctionResult` with the same
+    ``id`` (``localsched.worker.diagnostics.inspect`` names the questions)."""
+
+    id: int
+    #: ``"logs"``, ``"call_stack"`` or ``"profile"``.
+    what: str
+    #: Keyword arguments of the question (plain data).
+    args: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicEvent(Message):
+    """An event logged under a topic the worker's client subscribed to:
+    ``event`` is the cloudpickled ``(time, msg)``."""
+
+    topic: str
+    event: bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -417,6 +441,8 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     Shutdown,
     RunFunction,
     CallActor,
+    Inspect,
+    TopicEvent,
     WorkerInfo,
     LinkReply,
     KeyUpdate,

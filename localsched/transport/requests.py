@@ -32,6 +32,7 @@ __all__ = [
     "ActorCall",
     "AddSchedulerPlugin",
     "AddWorkerPlugin",
+    "CallStack",
     "CancelPending",
     "ClusterDump",
     "ConnectClient",
@@ -39,13 +40,16 @@ __all__ = [
     "DisconnectClient",
     "ForceCancel",
     "Gather",
+    "GetEvents",
     "GetMetadata",
     "HasWhat",
+    "LogEvent",
     "NBytes",
     "NThreads",
     "Operation",
     "Ping",
     "Processing",
+    "Profile",
     "RemoveSchedulerPlugin",
     "RemoveWorkerPlugin",
     "Replicate",
@@ -57,13 +61,16 @@ __all__ = [
     "RunOnWorkers",
     "Scatter",
     "SchedulerInfo",
+    "SchedulerLogs",
     "SetMetadata",
     "Story",
+    "SubscribeTopic",
     "TaskRunSpecs",
     "TaskStream",
     "TaskStreamIndex",
     "WaitFor",
     "WhoHas",
+    "WorkerLogs",
     "WorkerStatus",
 ]
 
@@ -87,6 +94,9 @@ class ConnectClient(Request):
 
     #: A weak reference to the client's restart hook, or None.
     on_restart: Callable[[], Any] | None = None
+    #: A weak reference to the client's ``(topic, event)`` sink, or None: the
+    #: client is then subscribed to ``"print"`` and ``"warn"`` (as dask's is).
+    on_event: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,6 +279,74 @@ class Replicate(Request):
     keys: tuple[Key, ...]
     n: int | None = None
     workers: tuple[Any, ...] | None = None
+
+
+# -- events and logs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogEvent(Request):
+    """Record ``msg`` under each topic (``Client.log_event``); None. Subscribers
+    receive ``(time, msg)``, and plugins' ``log_event`` hooks run."""
+
+    topics: tuple[str, ...]
+    msg: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GetEvents(Request):
+    """Answers the topic's ``((time, msg), ...)``, or of every topic a dict
+    topic -> events (``topic`` None), oldest first."""
+
+    topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeTopic(Request):
+    """Send the asking client every event later logged under ``topic``
+    (``subscribe=False``: stop); None."""
+
+    topic: str
+    subscribe: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerLogs(Request):
+    """Answers the scheduler process's recent log records, newest first, as
+    ``(level, text)`` (``timestamps``: ``(time, level, text)``)."""
+
+    n: int | None = None
+    timestamps: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerLogs(Request):
+    """Answers address -> that worker's recent log records, as
+    :class:`SchedulerLogs`; every worker, or those named."""
+
+    n: int | None = None
+    workers: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallStack(Request):
+    """Answers address -> key -> the call stack (lines, outermost first) of
+    each task executing now: of these keys (or those they wait for), or all."""
+
+    keys: tuple[Key, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile(Request):
+    """Answers the statistical profile of work done between ``start`` and
+    ``stop`` (``time.time()``): merged, or address -> profile."""
+
+    #: A key prefix (``"inc"``); None: every task.
+    key: str | None = None
+    start: float | None = None
+    stop: float | None = None
+    workers: tuple[Any, ...] | None = None
+    merge_workers: bool = True
 
 
 # -- running things -------------------------------------------------------------------

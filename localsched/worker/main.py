@@ -33,6 +33,7 @@ import contextlib
 import faulthandler
 import heapq
 import itertools
+import logging
 import os
 import pickle
 import signal
@@ -49,10 +50,12 @@ from localsched.transport.protocol import (
     AddPlugin,
     CallActor,
     ForgetKeys,
+    FunctionResult,
     Goodbye,
     GrantSegments,
     Heartbeat,
     Hello,
+    Inspect,
     KeyUpdate,
     LinkReply,
     LongRunning,
@@ -67,6 +70,7 @@ from localsched.transport.protocol import (
     StealQuery,
     TaskDone,
     TaskFailed,
+    TopicEvent,
     WorkerInfo,
     decode_batch,
     encode_batch,
@@ -74,10 +78,12 @@ from localsched.transport.protocol import (
 from localsched.transport.shm import BlobRef
 from localsched.worker.actors import ActorHost
 from localsched.worker.context import thread_state
+from localsched.worker.diagnostics import LogRing, Profiler, inspect
 from localsched.worker.execute import (
     LOAD_NOTE,
     Outcome,
     Success,
+    dumps_exception,
     failure_from,
     load_inputs,
     load_local_call,
@@ -88,12 +94,12 @@ from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Mapping
+    from collections.abc import Hashable, Iterable, Mapping
     from multiprocessing.connection import Connection
 
-    from localsched.client.task_client import PipeLink  # set by get_client()
     from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
+    from localsched.worker.link import PipeLink
 
 __all__ = ["Worker", "run_worker"]
 
@@ -106,6 +112,8 @@ HEARTBEAT_INTERVAL = 0.5
 _SHORT_TASK = 200e-6
 _MAX_REPLY_DELAY = 1e-3
 _MAX_DEFERRED_REPLIES = 256
+
+logger = logging.getLogger("localsched.worker")
 
 
 def run_worker(
@@ -149,6 +157,13 @@ def run_worker(
     try:
         worker = Worker(conn, nthreads, writer, resources, executing_page)
         worker.owns_process = True
+        # The worker's own records, for Client.get_worker_logs (dask keeps
+        # "distributed.worker" at INFO likewise). INFO never reaches stderr:
+        # logging's last-resort handler prints WARNING and above only.
+        ours = logging.getLogger("localsched")
+        if ours.level == logging.NOTSET:
+            ours.setLevel(logging.INFO)
+        worker.log_ring.install(ours)
         worker.serve()
     except BaseException:
         traceback.print_exc()  # a ProtocolError already said goodbye
@@ -192,6 +207,8 @@ class _Job:
     is_forgotten: bool = False
     #: Its slot in the executing page while it runs.
     slot: int = 0
+    #: Ident of the task thread running it (0 while queued).
+    thread: int = 0
 
 
 class Worker:
@@ -253,6 +270,7 @@ class Worker:
         self.plugins = WorkerPlugins(nthreads)
         #: Actor objects kept here and the threads calling them (actors.py).
         self.actors = ActorHost(self)
+        self.plugins.worker.log_event_to = self.log_event
         #: Set when serve() ends: the heartbeat thread stops.
         self._stopped = threading.Event()
         # dask's Worker attributes for get_worker(); the scheduler sends address
@@ -271,6 +289,12 @@ class Worker:
         self.owns_process = False
         self._drives_dask = False
         self._client_lock = threading.Lock()
+        #: The last log records of this process (``Client.get_worker_logs``);
+        #: ``run_worker`` attaches it to the ``localsched`` logger.
+        self.log_ring = LogRing()
+        #: Samples the task threads (``Client.profile``); started by the
+        #: first task, so an idle worker runs no sampling thread.
+        self.profiler: Profiler | None = None
 
     def serve(self) -> str:
         """Say hello, start the threads, handle messages until the end.
@@ -305,6 +329,8 @@ class Worker:
         try:
             return self._control_loop()
         finally:
+            if self.profiler is not None:
+                self.profiler.stop()
             self._stopped.set()
             self._stop_tasks()
             self.actors.close()
@@ -312,7 +338,9 @@ class Worker:
             self._outbox.close(None)
 
     def _heartbeat_loop(self) -> None:
-        """While tasks run, tell the scheduler how long they have been running."""
+        """While tasks run, tell the scheduler how long they have been running;
+        once more when they stopped, so its count of executing tasks drops."""
+        was_busy = False
         while not self._stopped.wait(HEARTBEAT_INTERVAL):
             now = time.monotonic()
             with self._lock:
@@ -321,8 +349,24 @@ class Worker:
                     for key, job in self._executing.items()
                     if job.started
                 }
-            if executing:
+            if executing or was_busy:
                 self._outbox.post_nowait(Heartbeat(executing=executing))
+            was_busy = bool(executing)
+
+    def executing_threads(self) -> dict[Hashable, int]:
+        """key -> ident of the thread running it, for the tasks executing now."""
+        with self._lock:
+            return {
+                key: job.thread for key, job in self._executing.items() if job.thread
+            }
+
+    def log_event(self, topic: str | Iterable[str], msg: Any) -> None:
+        """Log an event under a topic (dask's ``Worker.log_event``); does not
+        wait for the scheduler. See ``Client.log_event``."""
+        from localsched.transport.requests import LogEvent
+
+        topics = (topic,) if isinstance(topic, str) else tuple(topic)
+        self.pipe_link().request(LogEvent(topics=topics, msg=msg))
 
     # --- control thread ----------------------------------------------------------
 
@@ -379,9 +423,21 @@ class Worker:
             link = self._link
             if link is not None:
                 link.on_key_update(message)
+        elif isinstance(message, Inspect):
+            self._outbox.post_nowait(self._inspect(message))
+        elif isinstance(message, TopicEvent):
+            link = self._link
+            if link is not None:
+                link.on_topic_event(message)
         elif isinstance(message, WorkerInfo):
             self.address = message.address
             self.name = message.name
+            logger.info(
+                "Worker %s (pid %d) started with %d threads",
+                message.address,
+                os.getpid(),
+                self.nthreads,
+            )
         elif isinstance(message, AddPlugin | RemovePlugin):
             # On this thread, so tasks that arrive later see the plugin.
             self._outbox.post_nowait(self.plugins.handle(message))
@@ -402,7 +458,28 @@ class Worker:
             raise error
         return None
 
+    def _inspect(self, message: Inspect) -> FunctionResult:
+        try:
+            payload = pickle.dumps(inspect(self, message.what, message.args))
+        except Exception as exc:
+            return FunctionResult(
+                id=message.id,
+                ok=False,
+                payload=dumps_exception(exc) or b"",
+                traceback_text=traceback.format_exc(),
+            )
+        return FunctionResult(id=message.id, ok=True, payload=payload)
+
+    def _start_profiler(self) -> None:
+        # A profile is kept per key prefix, named as the scheduler names it.
+        from localsched.keys import key_split
+
+        self.profiler = Profiler(self.executing_threads, key_split)
+        self.profiler.start()
+
     def _enqueue(self, runs: list[RunTask]) -> None:
+        if self.profiler is None:
+            self._start_profiler()
         if self.plugins.active:
             for run in runs:  # before a task thread can start it
                 self.plugins.arrived(run.key, bool(run.resource_restrictions))
@@ -464,13 +541,15 @@ class Worker:
             self._rejoiners.clear()
             self._has_work.notify_all()
         client, link = self._client, self._link
-        if client is not None and link is not None:
+        if client is not None:
             client.status = "closed"
+        if link is not None:
             link.close("the worker is shutting down")
 
     # --- task threads ------------------------------------------------------------
 
     def _task_loop(self) -> None:
+        ident = threading.get_ident()
         while True:
             with self._lock:
                 while True:
@@ -489,6 +568,7 @@ class Worker:
                 if self._queued.get(key) is job:
                     del self._queued[key]
                 self._executing[key] = job
+                job.thread = ident
                 job.started = time.monotonic()
                 if self._executing_page is not None:
                     job.slot = self._executing_page.start(job.message.run_id)
@@ -637,6 +717,17 @@ class Worker:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(payload.segment)
+
+    def pipe_link(self) -> PipeLink:
+        """The worker's link to the scheduler thread (made on first use): its
+        own events go through it, and so does the client of its tasks
+        (``localsched.client.task_client``)."""
+        with self._client_lock:
+            if self._link is None:
+                from localsched.worker.link import PipeLink
+
+                self._link = PipeLink(self)
+            return self._link
 
 
 class _Outbox:

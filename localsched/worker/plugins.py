@@ -86,6 +86,15 @@ class WorkerView:
         self.state = _State()
         #: name -> plugin, as dask's ``Worker.plugins``.
         self.plugins: dict[str, Any] = {}
+        #: The worker's ``log_event`` (set by the worker).
+        self.log_event_to: Any = None
+
+    def log_event(self, topic: Any, msg: Any) -> None:
+        """Log an event under a topic, or each of a list of topics (dask's
+        ``Worker.log_event``; see ``Client.log_event``)."""
+        if self.log_event_to is None:
+            raise RuntimeError("this worker is not connected to a scheduler")
+        self.log_event_to(topic, msg)
 
     @property
     def id(self) -> str:

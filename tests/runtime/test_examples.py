@@ -3,6 +3,8 @@ they promise (the plugin examples are run in ``test_plugins.py``)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.runtime.test_plugins import run_example
@@ -36,7 +38,9 @@ def test_core_demo_example_runs():
     out = run_example("core_demo.py").stdout
     assert "'total' is in memory after 20,001 task results" in out
     assert "processing -> memory      20,001" in out
-    assert "us per task" in out
+    # The figure says why it differs from docs/benchmarks.md: both are shown.
+    assert re.search(r"[\d.]+ us per task with the plugin, [\d.]+ us without it", out)
+    assert "docs/benchmarks.md quotes the core without plugins" in out
 
 
 @pytest.mark.timeout(60)
