@@ -39,6 +39,7 @@ from localsched.client.dask_collections import (
     use_localsched_for_dask,
 )
 from localsched.client.datasets import DatasetsMixin
+from localsched.client.display import DisplayMixin
 from localsched.client.future import (
     Future,
     FutureState,
@@ -70,7 +71,7 @@ from localsched.transport import requests as rq
 from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
-from localsched.units import format_bytes, parse_timedelta
+from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
     from localsched.client.link import SchedulerLink
@@ -99,6 +100,7 @@ class Client(
     PluginsMixin,
     DatasetsMixin,
     CollectionsMixin,
+    DisplayMixin,
 ):
     """Connect to a local cluster and submit work to it (``distributed.Client``).
 
@@ -257,11 +259,6 @@ class Client(
     def futures(self) -> dict[Key, FutureState]:
         """key -> state of every key this client holds futures for (dask's)."""
         return self._states
-
-    @property
-    def dashboard_link(self) -> None:
-        """None: localsched serves no web dashboard (see ``dashboard()``)."""
-        return None
 
     def start(self, **kwargs: Any) -> None:
         """Nothing to do: a client is connected once constructed (dask's
@@ -951,49 +948,6 @@ class Client(
                 # Dropped without close: dask must not keep pointing at it.
                 self._drives_dask = False
                 stop_using_localsched_for_dask()
-
-    def __repr__(self) -> str:
-        if self.status != "running" or not self._link.is_running:
-            return "<Client: No scheduler connected>"
-        try:
-            info = self.scheduler_info(n_workers=-1)
-        except Exception:
-            return "<Client: No scheduler connected>"
-        workers = info["workers"].values()
-        text = (
-            f"<Client: {info['address']!r} processes={len(workers)} "
-            f"threads={sum(w['nthreads'] for w in workers)}"
-        )
-        memory = sum(w.get("memory_limit") or 0 for w in workers)
-        return text + (f", memory={format_bytes(memory)}>" if memory else ">")
-
-    def dashboard(self, **kwargs: Any) -> None:
-        """Show a live view of this client's cluster in the terminal; blocks.
-
-        The same as ``localsched.diagnostics.dashboard(client, **kwargs)``:
-        workers with CPU, memory and executing tasks, and progress per task
-        prefix, refreshed with rich ``Live``. dask serves a web dashboard at
-        ``client.dashboard_link`` instead.
-
-        Parameters
-        ----------
-        **kwargs
-            ``interval``, ``duration``, ``until`` (futures: stop once they are
-            done) and ``console``, as :func:`localsched.diagnostics.dashboard`.
-        """
-        from localsched.diagnostics.terminal_dashboard import dashboard
-
-        dashboard(self, **kwargs)
-
-    def _repr_html_(self) -> str:
-        from localsched.reprs import client_html
-
-        return client_html(self)
-
-    def __rich__(self) -> Any:
-        from localsched.reprs import client_rich
-
-        return client_rich(self)
 
 
 def default_client(c: Client | None = None) -> Client:

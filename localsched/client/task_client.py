@@ -35,10 +35,11 @@ def task_client(link: PipeLink) -> Client:
 def client_of(worker: Worker) -> Client:
     """The client of ``worker``'s tasks, made on first use. The worker only
     keeps it (and routes its link's replies): it never imports the client."""
+    link = worker.pipe_link()  # takes the same lock: before it
     with worker._client_lock:
         client: Client | None = worker._client
         if client is None:
-            client = worker._client = task_client(worker.pipe_link())
+            client = worker._client = task_client(link)
         if worker.owns_process and not worker._drives_dask and "dask" in sys.modules:
             # As in dask, where ``dask.compute`` in a task falls back to
             # ``get_client()``: collections (persisted ones that arrived

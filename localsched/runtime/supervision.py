@@ -74,10 +74,13 @@ def worker_exited(
         if not expected:
             executing = executing_keys(runtime, handle)
             handle.executing_at_exit = executing
-        handle.exit_reason = explain_death(handle, oom_killed=oom_kills_grew(runtime))
+        oom_killed = oom_kills_grew(runtime)
+        handle.exit_reason = explain_death(handle, oom_killed=oom_killed)
+        # Its stderr reached the user's stderr as it was written (the relay):
+        # the log names the cause once and does not quote it again.
         logger.warning(
             "%s%s",
-            handle.exit_reason,
+            explain_death(handle, oom_killed=oom_killed, quote_stderr=False),
             "" if executing is None else f"\nIt was executing {executing!r}.",
         )
     if handle.executing_page is not None:
@@ -103,6 +106,14 @@ def worker_exited(
             )
         )
     if handle.is_ready:
+        message = {
+            "action": "remove-worker",
+            "processing-tasks": executing or [],
+            "expected": expected,
+            "reason": handle.exit_reason or "said goodbye",
+        }
+        runtime.scheduler.log_event(handle.address, dict(message))
+        runtime.scheduler.log_event("all", {**message, "worker": handle.address})
         events.append(
             ev.WorkerRemoved(
                 stimulus_id=runtime.stimulus_id("worker-removed"),

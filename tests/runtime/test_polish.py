@@ -10,12 +10,12 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from localsched.diagnostics.reprs import cluster_snapshot
 from rich.console import Console
 
 from localsched import Client, KilledWorker
 from localsched.diagnostics import dashboard
 from localsched.diagnostics.progressbar import ProgressBar
+from localsched.reprs import cluster_snapshot
 from localsched.runtime.supervision import explain_death
 from tests.runtime.helpers import DEADLINE, poll
 

@@ -4,6 +4,7 @@ fire_and_forget, on real worker processes."""
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 
 import cloudpickle
@@ -187,8 +188,22 @@ def test_get_client_without_any_client_raises(monkeypatch):
     import localsched.client.client as client_module
 
     monkeypatch.setattr(client_module, "_current", weakref.WeakValueDictionary())
-    with pytest.raises(ValueError, match="No global client found"):
-        get_client()
+    # In a new thread: this module's client is current (``with Client``) in the
+    # test's own context, and a new thread starts with an empty one.
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            get_client()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join(20.0)
+    assert len(raised) == 1
+    assert isinstance(raised[0], ValueError)
+    assert "No global client found" in str(raised[0])
 
 
 def test_get_client_in_a_task_submits_maps_scatters_and_gathers(client):
