@@ -6,11 +6,9 @@ futures at once. They never touch scheduler state: waiting happens on the
 futures' states, which the scheduler thread resolves, and everything else is a
 typed request (``localsched.transport.requests``) answered on the scheduler thread.
 
-A client talks to the scheduler only through its link
-(``localsched.client.link.SchedulerLink``): a ``LocalLink`` in the process running the
-cluster, a ``PipeLink`` inside a worker (``get_client()`` in a task). The same
-class serves both, so every method works in both places, except the few that
-need the cluster object itself (listed in docs/api.md).
+Its only way to the scheduler is its link (``client/link.py``): a ``LocalLink``
+in the cluster's process, a ``PipeLink`` in a task, so every method works in
+both places but the few listed in docs/api.md.
 """
 
 from __future__ import annotations
