@@ -86,6 +86,7 @@ from localsched.worker.execute import loads_traceback
 
 if TYPE_CHECKING:
     from localsched.client.graph import TaskSpec
+    from localsched.runtime.recording import Recorder
     from localsched.scheduler.scheduler import Scheduler
     from localsched.transport.shm import BlobStore
 
@@ -155,6 +156,9 @@ class SchedulerRuntime(RunRequests, Supervision):
         self._periodic: list[PeriodicCallback] = []
         #: The cgroup's OOM-kill count when last read (supervision.py).
         self.oom_kills_seen = read_oom_kills() or 0
+        #: The recording of ``performance_report`` and ``get_task_stream(plot=)``
+        #: while one is open (``runtime.recording``); None: the taps cost nothing.
+        self.recorder: Recorder | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -456,6 +460,8 @@ class SchedulerRuntime(RunRequests, Supervision):
             self._on_task_done(handle, message, events)
         elif typ is TaskFailed:
             assert isinstance(message, TaskFailed)
+            if self.recorder is not None:
+                self.recorder.task_failed(address, message)
             events.append(
                 ev.TaskErred(
                     stimulus_id=self.stimulus_id("task-erred"),
@@ -514,6 +520,8 @@ class SchedulerRuntime(RunRequests, Supervision):
                     time=time.time(),
                 )
             )
+            if self.recorder is not None:
+                self.recorder.worker_added(handle, message.nthreads)
         elif typ is FunctionResult:
             assert isinstance(message, FunctionResult)
             self._run_answered(
@@ -567,6 +575,8 @@ class SchedulerRuntime(RunRequests, Supervision):
             if isinstance(payload, BlobRef):
                 self._producers[key] = handle.address
         self.tasks_finished += 1
+        if self.recorder is not None:
+            self.recorder.task_done(handle.address, message)
         events.append(
             ev.TaskFinished(
                 stimulus_id=self.stimulus_id("task-finished"),

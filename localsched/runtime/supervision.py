@@ -114,6 +114,8 @@ class Supervision:
                     time=time.time(),
                 )
             )
+        if self.recorder is not None:
+            self.recorder.worker_exited(handle, expected)
         if self.on_worker_exit is not None:
             self.on_worker_exit(handle, expected)
 

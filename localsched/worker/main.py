@@ -538,7 +538,14 @@ class Worker:
         else:
             outcome = run_task(function, args, kwargs, values)
             del args, kwargs, values  # unmap shared-memory inputs early
-        reply = to_message(message.key, message.run_id, outcome, self.writer)
+        reply = to_message(
+            message.key,
+            message.run_id,
+            outcome,
+            self.writer,
+            thread=threading.get_ident(),
+            load_start=start if message.dependencies else 0.0,
+        )
         if plugins is not None:  # before the reply goes out, as in dask
             plugins.ended(message.key, outcome, reply)
         return reply
