@@ -45,6 +45,7 @@ _EXPORTS = {
     "default_client": "localsched.client.client",
     "futures_of": "localsched.client.future",
     "get_task_stream": "localsched.client.control",
+    "performance_report": "localsched.diagnostics.report",
     "progress": "localsched.diagnostics.progressbar",
     "fire_and_forget": "localsched.client.client",
     "get_client": "localsched.worker.context",
@@ -79,6 +80,7 @@ __all__ = [
     "get_client",
     "get_task_stream",
     "get_worker",
+    "performance_report",
     "progress",
     "rejoin",
     "secede",
@@ -116,6 +118,7 @@ if TYPE_CHECKING:
     )
     from localsched.deploy.local import LocalCluster
     from localsched.diagnostics.progressbar import progress
+    from localsched.diagnostics.report import performance_report
     from localsched.errors import KilledWorker, NoValidWorkerError
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler

@@ -24,6 +24,7 @@ PUBLIC = {
     "default_client",
     "futures_of",
     "get_task_stream",
+    "performance_report",
     "progress",
     "TimeoutError",
     "wait",
