@@ -60,7 +60,10 @@ _ERROR_CATCHER = """<script>
   window.addEventListener("unhandledrejection", (e) => keep(e.reason));
   for (const level of ["error", "warn"]) {
     const original = console[level];
-    console[level] = (...args) => { keep(level + ": " + args.join(" ")); original(...args); };
+    console[level] = (...args) => {
+      keep(level + ": " + args.join(" "));
+      original(...args);
+    };
   }
   document.documentElement.setAttribute("data-errors", "[]");
 })();
