@@ -71,7 +71,13 @@ __all__ = [
 #: Bars of tasks that raised, and of loading dependencies (dask's colours).
 ERROR_COLOR = "black"
 TRANSFER_COLOR = "red"
-_PALETTE = [*Category20[20], *Category20b[20]]
+# Distinct hues first (Category20's dark shades, then its light ones, then
+# Category20b), without the reds that mark loads and deaths.
+_PALETTE = [
+    c
+    for c in (*Category20[20][::2], *Category20[20][1::2], *Category20b[20])
+    if c not in ("#d62728", "#ff9896")
+]
 _EVENT_COLORS = {
     "added": "green",
     "removed": "gray",
@@ -86,7 +92,7 @@ _EVENT_COLORS = {
 
 
 def prefix_colors(prefixes: Iterable[str]) -> dict[str, str]:
-    """A colour per prefix, in the order given (the palette cycles past 40)."""
+    """A colour per prefix, in the order given (the palette cycles past 38)."""
     colors = itertools.cycle(_PALETTE)
     return {prefix: next(colors) for prefix in dict.fromkeys(prefixes)}
 
