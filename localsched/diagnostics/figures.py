@@ -39,6 +39,7 @@ from typing import Any
 try:
     from bokeh.models import (
         ColumnDataSource,
+        DataRange1d,
         FixedTicker,
         HoverTool,
         Range1d,
@@ -187,25 +188,8 @@ def task_stream_columns(
     colors = dict(colors or {})
     missing = [key_split(r["key"]) for r in records]
     colors.update(prefix_colors(p for p in missing if p not in colors))
-    cols: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "y",
-            "bottom",
-            "top",
-            "left",
-            "right",
-            "color",
-            "key",
-            "prefix",
-            "worker",
-            "row",
-            "action",
-            "status",
-            "start",
-            "duration",
-        )
-    }
+    names = "y bottom top left right color key prefix worker row action status"
+    cols: dict[str, list[Any]] = {n: [] for n in (*names.split(), "start", "duration")}
     for record, row in zip(records, rows, strict=True):
         prefix = key_split(record["key"])
         erred = record.get("status") == "error"
@@ -285,7 +269,7 @@ def task_stream_figure(
         "x_axis_label": "seconds",
         "tools": "xpan,xwheel_zoom,box_zoom,reset,save",
         "toolbar_location": "above",
-        "y_range": Range1d(len(labels) - 0.5, -0.5),
+        "y_range": Range1d(start=len(labels) - 0.5, end=-0.5),
     }
     options.update(figure_options)
     fig = _figure(**options)
@@ -339,7 +323,8 @@ def task_stream_figure(
             )
         )
     fig.yaxis.ticker = FixedTicker(ticks=list(labels))
-    fig.yaxis.major_label_overrides = dict(labels)
+    overrides: dict[Any, Any] = dict(labels)  # bokeh types its keys loosely
+    fig.yaxis.major_label_overrides = overrides
     fig.ygrid.grid_line_color = None
     return fig
 
@@ -471,6 +456,7 @@ def memory_figure(
     options: dict[str, Any] = {
         "title": "Memory",
         "height": 300,
+        "y_range": DataRange1d(only_visible=True),
         "sizing_mode": "stretch_width",
         "x_axis_label": "seconds",
         "y_axis_label": "bytes",
@@ -529,7 +515,7 @@ def memory_figure(
             HoverTool(renderers=[line], tooltips=[(_short(address), "@text")])
         )
     # Limits are lines with a legend entry: the y range includes them, and
-    # hiding one (click its legend) zooms onto the data.
+    # hiding one (click its legend) zooms onto the data (only_visible).
     span = [x[0], x[-1]] if x else [0.0, 1.0]
     limit_values = sorted({v for v in (limits or {}).values() if v})
     for value in limit_values:
@@ -548,7 +534,6 @@ def memory_figure(
             color="red",
             legend_label="cluster budget",
         )
-    fig.y_range.only_visible = True
     if events:
         marks = ColumnDataSource(
             {

@@ -381,7 +381,7 @@ class performance_report:
 
     def _write(self, page: str) -> None:
         if self.storage_options is not None or "://" in str(self.filename):
-            import fsspec
+            import fsspec  # type: ignore[import-untyped]
 
             with fsspec.open(
                 self.filename,

@@ -270,3 +270,74 @@ def test_without_bokeh_the_calls_name_the_extra(client, monkeypatch):
     with pytest.raises(ImportError, match=r"localsched\[dashboard\]"):
         get_task_stream(client, plot=True)
     assert _runtime(client).recorder is None  # nothing was left recording
+
+
+# -- pure parts ----------------------------------------------------------------------
+
+
+def _task(key, worker, start, stop, **more):
+    return {
+        "key": key,
+        "worker": worker,
+        "status": "OK",
+        "startstops": [{"action": "compute", "start": start, "stop": stop}],
+        **more,
+    }
+
+
+def test_rows_without_threads_pack_as_many_as_ran_at_once():
+    from localsched.diagnostics.figures import task_stream_rows
+
+    records = [
+        _task("a-1", "w/0", 0.0, 2.0),
+        _task("a-2", "w/0", 1.0, 3.0),  # overlaps a-1: a second row
+        _task("a-3", "w/0", 2.0, 4.0),  # starts as a-1 ends: a-1's row
+        _task("a-4", "w/1", 0.0, 9.0),
+    ]
+    assert task_stream_rows(records) == [("w/0", 0), ("w/0", 1), ("w/0", 0), ("w/1", 0)]
+    threaded = [_task("b-1", "w/0", 0.0, 1.0, thread=77)]
+    assert task_stream_rows(threaded) == [("w/0", 77)]
+
+
+def test_prefix_table_sums_durations_errors_and_result_bytes():
+    from localsched.diagnostics.figures import prefix_table
+
+    records = [
+        _task("x-1", "w/0", 0.0, 2.0, nbytes=10),
+        _task("x-2", "w/0", 2.0, 3.0, nbytes=5),
+        {**_task("y-1", "w/0", 0.0, 0.5), "status": "error", "nbytes": 99},
+    ]
+    x, y = prefix_table(records)
+    assert x == {
+        "prefix": "x",
+        "count": 2,
+        "total": 3.0,
+        "mean": 1.5,
+        "errors": 0,
+        "nbytes": 15,
+    }
+    assert (y["prefix"], y["errors"], y["nbytes"]) == ("y", 1, 0)
+
+
+def test_memory_decisions_are_recorded_as_events():
+    from localsched.runtime.memory import MemoryDecision, _record
+    from localsched.runtime.recording import Recorder
+
+    recorder = Recorder(runtime=None)  # the event taps need no runtime
+    decision = MemoryDecision(
+        spill=2048,
+        budget=1000,
+        pause={"w/0": "over 80%"},
+        resume=["w/1"],
+        terminate={"w/2": "over 95%"},
+        restart={"w/3": "paused too long"},
+    )
+    _record(recorder, decision)
+    assert recorder.budget == 1000
+    assert [(kind, worker, detail) for _, kind, worker, detail in recorder.events] == [
+        ("paused", "w/0", "over 80%"),
+        ("resumed", "w/1", ""),
+        ("terminated", "w/2", "over 95%"),
+        ("restarting", "w/3", "paused too long"),
+        ("spilled", "", "up to 2.00 kiB"),
+    ]
