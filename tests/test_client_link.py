@@ -532,6 +532,7 @@ def _example(kind: type[rq.Request]) -> rq.Request:
         "wait_id": "w",
         "operation": rq.Operation.EVENT_SET,
         "value": 1,
+        "session": 1,
     }
     required = {
         f.name: values[f.name]
