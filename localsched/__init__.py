@@ -49,6 +49,7 @@ _EXPORTS = {
     "default_client": "localsched.client.client",
     "futures_of": "localsched.client.future",
     "get_task_stream": "localsched.client.control",
+    "performance_report": "localsched.client.report",
     "progress": "localsched.client.progress",
     "fire_and_forget": "localsched.client.client",
     "get_client": "localsched.client.task_client",
@@ -91,6 +92,7 @@ __all__ = [
     "get_task_stream",
     "get_worker",
     "local_client",
+    "performance_report",
     "print",
     "progress",
     "rejoin",
@@ -132,6 +134,7 @@ if TYPE_CHECKING:
         wait,
     )
     from localsched.client.progress import progress
+    from localsched.client.report import performance_report
     from localsched.client.task_client import get_client, worker_client
     from localsched.deploy.local import LocalCluster
     from localsched.errors import KilledWorker, NoValidWorkerError

@@ -534,6 +534,7 @@ def _example(kind: type[rq.Request]) -> rq.Request:
         "topics": ("t",),
         "topic": "t",
         "msg": {"a": 1},
+        "session": 1,
     }
     required = {
         f.name: values[f.name]

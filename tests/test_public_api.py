@@ -29,6 +29,7 @@ PUBLIC = {
     "default_client",
     "futures_of",
     "get_task_stream",
+    "performance_report",
     "progress",
     "TimeoutError",
     "wait",

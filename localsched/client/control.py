@@ -237,7 +237,7 @@ class ControlMixin:
         plot: bool | str = False,
         filename: str = "task-stream.html",
         bokeh_resources: Any = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Any:
         """Tasks that finished or erred, oldest first (dask's task stream).
 
         Recording starts with the first call (or a ``get_task_stream`` context):
@@ -251,21 +251,35 @@ class ControlMixin:
         count
             At most this many records (the latest, without ``start``/``stop``).
         plot
-            Not supported (no Bokeh figure); must be False.
+            True: also return a bokeh figure of the records (the task stream
+            of ``performance_report``); ``"save"``: also write it to
+            ``filename``. Needs bokeh (``pip install 'localsched[dashboard]'``).
+        filename
+            Where ``plot="save"`` writes the figure (self-contained HTML).
+        bokeh_resources
+            ``bokeh.resources`` to write with (default: inline, opens offline).
 
         Returns
         -------
         list of dict
             ``key``, ``worker``, ``status`` (``"OK"`` or ``"error"``),
             ``startstops`` (``[{"action": "compute", "start": ..., "stop": ...}]``),
-            and ``nbytes``/``type`` for results.
+            and ``nbytes``/``type`` for results. With ``plot``: the tuple
+            ``(records, figure)``.
+
+        Examples
+        --------
+        >>> client.get_task_stream(plot="save", filename="ts.html")  # doctest: +SKIP
         """
         if plot:
-            raise ValueError(
-                "localsched cannot plot the task stream; call get_task_stream() "
-                "without plot= and plot its records (key, worker, startstops)"
-            )
-        return self._ask(rq.TaskStream(start=start, stop=stop, count=count))
+            from localsched.diagnostics import figures  # raises without bokeh
+        records = self._ask(rq.TaskStream(start=start, stop=stop, count=count))
+        if not plot:
+            return records
+        figure = figures.task_stream_figure(records)
+        if plot == "save":
+            figures.save_figure(figure, filename, resources=bokeh_resources)
+        return records, figure
 
     def _task_stream_index(self) -> int:
         return self._ask(rq.TaskStreamIndex())
@@ -361,10 +375,25 @@ class ControlMixin:
 class get_task_stream:
     """Collect the task stream of a block (dask's ``get_task_stream``).
 
-    >>> with get_task_stream(client) as ts:  # doctest: +SKIP
+    Parameters
+    ----------
+    client
+        Default: the task's client inside a task, else the default client.
+    plot
+        True: also make ``figure``, a bokeh figure of the block's tasks (one
+        row per worker thread, loads from shared memory marked: the task
+        stream of ``performance_report``); ``"save"``: also write it to
+        ``filename``. Needs bokeh (``pip install 'localsched[dashboard]'``).
+    filename
+        Where ``plot="save"`` writes the figure.
+
+    Examples
+    --------
+    >>> with get_task_stream(client, plot="save") as ts:  # doctest: +SKIP
     ...     x.compute()
     >>> ts.data  # doctest: +SKIP
     [{'key': ..., 'worker': ..., 'startstops': [...], 'status': 'OK'}, ...]
+    >>> ts.figure  # doctest: +SKIP
     """
 
     def __init__(
@@ -374,18 +403,38 @@ class get_task_stream:
         filename: str = "task-stream.html",
     ) -> None:
         if plot:
-            raise ValueError("localsched cannot plot the task stream")
+            from localsched.diagnostics import figures  # noqa: F401 raises without bokeh
         if client is None:
-            from localsched.client.client import default_client
+            from localsched.client.task_client import get_client
 
-            client = default_client()
+            client = get_client()
         self.client = client
         self.data: list[dict[str, Any]] = []
+        #: The bokeh figure, after the block, with ``plot``.
+        self.figure: Any = None
+        self._plot = plot
+        self._filename = filename
         self._index = 0
+        self._session: int | None = None
 
     def __enter__(self) -> get_task_stream:
         self._index = self.client._task_stream_index()
+        if self._plot:
+            # The recording knows each task's thread and its input loads.
+            self._session = self.client._ask(rq.StartRecording())
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.data.extend(self.client._task_stream_since(self._index))
+        session, self._session = self._session, None
+        if session is None:
+            return
+        from localsched.client.report import records_of
+        from localsched.diagnostics import figures
+
+        records = records_of(self.client._ask(rq.StopRecording(session=session)))
+        self.figure = figures.task_stream_figure(
+            records["tasks"], origin=records["start"], spills=records["spills"]
+        )
+        if self._plot == "save":
+            figures.save_figure(self.figure, self._filename)

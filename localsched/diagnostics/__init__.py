@@ -11,6 +11,10 @@ import <name>`` would return the module instead of the function
   the ``SchedulerPlugin`` that counts for it.
 - ``terminal_dashboard.py``: ``dashboard``.
 - ``reprs.py``: the HTML and rich reprs of clients, clusters and futures.
+- ``report.py``: ``performance_report`` (exported by ``localsched``);
+  ``figures.py``: the bokeh figures it draws from plain records, shared with
+  ``get_task_stream(plot=...)`` and the dashboard (needs bokeh: the
+  ``dashboard`` extra; the recording is ``localsched.runtime.recording``).
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ from localsched.units import format_bytes
 
 if TYPE_CHECKING:
     from localsched.runtime.handles import WorkerHandle
+    from localsched.runtime.recording import Recorder
     from localsched.runtime.scheduler_thread import PeriodicCallback, SchedulerRuntime
 
 __all__ = [
@@ -533,6 +534,9 @@ class MemoryMonitor:
 
     def apply(self, decision: MemoryDecision) -> None:
         runtime = self.runtime
+        recorder = runtime.recorder
+        if recorder is not None:
+            _record(recorder, decision)
         if decision.spill:
             self._spill(decision.spill, decision.budget)
         events: list[ev.StateEvent] = []
@@ -644,6 +648,21 @@ class MemoryMonitor:
             f"Restarting worker {handle.address} (pid {handle.pid}): {cause}.",
         )
         handle.process.kill()
+
+
+def _record(recorder: Recorder, decision: MemoryDecision) -> None:
+    """The decision's events, for a ``performance_report`` being recorded."""
+    recorder.budget = decision.budget
+    for address, why in decision.pause.items():
+        recorder.event("paused", address, why)
+    for address in decision.resume:
+        recorder.event("resumed", address)
+    for address, cause in decision.terminate.items():
+        recorder.event("terminated", address, cause)
+    for address, cause in decision.restart.items():
+        recorder.event("restarting", address, cause)
+    if decision.spill:
+        recorder.event("spilled", "", f"up to {format_bytes(decision.spill)}")
 
 
 class _ProcessReader:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from localsched.runtime import cluster_requests, restarting
+from localsched.runtime import cluster_requests, recording, restarting
 from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
 from localsched.runtime.diagnostic_requests import DEFAULT_TOPICS
@@ -329,6 +329,18 @@ def _task_stream_index(
     return task_stream_plugin(runtime.scheduler).index
 
 
+def _start_recording(
+    runtime: SchedulerRuntime, asker: ClientHandle, r: rq.StartRecording
+) -> int:
+    return recording.start_recording(runtime)
+
+
+def _stop_recording(
+    runtime: SchedulerRuntime, asker: ClientHandle, r: rq.StopRecording
+) -> recording.RecordingData:
+    return recording.stop_recording(runtime, r.session)
+
+
 def _get_metadata(
     runtime: SchedulerRuntime, asker: ClientHandle, r: rq.GetMetadata
 ) -> Any:
@@ -484,6 +496,8 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.WorkerStatus: _worker_status,
     rq.TaskStream: _task_stream,
     rq.TaskStreamIndex: _task_stream_index,
+    rq.StartRecording: _start_recording,
+    rq.StopRecording: _stop_recording,
     rq.GetMetadata: _get_metadata,
     rq.SetMetadata: _set_metadata,
     rq.RunOnScheduler: _run_on_scheduler,

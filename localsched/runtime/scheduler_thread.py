@@ -99,6 +99,7 @@ from localsched.worker.diagnostics import LogRing
 
 if TYPE_CHECKING:
     from localsched.client.graph import TaskSpec
+    from localsched.runtime.recording import Recorder
     from localsched.scheduler.scheduler import Scheduler
     from localsched.transport.shm import BlobStore
 
@@ -172,6 +173,9 @@ class SchedulerRuntime:
         #: the thread runs (``Client.get_scheduler_logs``).
         self.log_ring = LogRing()
         self._detach_log_ring: Callable[[], None] | None = None
+        #: The recording of ``performance_report`` and ``get_task_stream(plot=)``
+        #: while one is open (``runtime.recording``); None: the taps cost nothing.
+        self.recorder: Recorder | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -496,6 +500,8 @@ class SchedulerRuntime:
             self._on_task_done(handle, message, events)
         elif typ is TaskFailed:
             assert isinstance(message, TaskFailed)
+            if self.recorder is not None:
+                self.recorder.task_failed(address, message)
             events.append(
                 ev.TaskErred(
                     stimulus_id=self.stimulus_id("task-erred"),
@@ -556,6 +562,8 @@ class SchedulerRuntime:
                     time=time.time(),
                 )
             )
+            if self.recorder is not None:
+                self.recorder.worker_added(handle, message.nthreads)
         elif typ is FunctionResult:
             assert isinstance(message, FunctionResult)
             self.runs.answered(
@@ -616,6 +624,8 @@ class SchedulerRuntime:
             # The payload is only a handle: the actor object dies with its worker.
             is_actor = ts.actor
         self.tasks_finished += 1
+        if self.recorder is not None:
+            self.recorder.task_done(handle.address, message)
         events.append(
             ev.TaskFinished(
                 stimulus_id=self.stimulus_id("task-finished"),

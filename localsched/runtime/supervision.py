@@ -124,6 +124,8 @@ def worker_exited(
                 time=time.time(),
             )
         )
+    if runtime.recorder is not None:
+        runtime.recorder.worker_exited(handle, expected)
     if runtime.on_worker_exit is not None:
         runtime.on_worker_exit(handle, expected)
 

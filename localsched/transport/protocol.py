@@ -321,6 +321,12 @@ class TaskDone(Message):
     #: Wall-clock ``time.time()`` when the function started and returned.
     start: float
     stop: float
+    #: ``threading.get_ident()`` of the task thread that ran it (the task
+    #: stream's row).
+    thread: int = 0
+    #: ``time.time()`` when loading its dependencies' values began (they end
+    #: at ``start``); 0.0: it had none.
+    load_start: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,6 +345,9 @@ class TaskFailed(Message):
     #: The traceback as tblib's plain-data dict, pickled; None without tblib.
     #: ``localsched.transport.pickling.loads_traceback`` rebuilds a traceback object.
     traceback: bytes | None = None
+    #: As :attr:`TaskDone.thread` and :attr:`TaskDone.load_start`.
+    thread: int = 0
+    load_start: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -50,6 +50,7 @@ __all__ = [
     "Ping",
     "Processing",
     "Profile",
+    "RecordingData",
     "RemoveSchedulerPlugin",
     "RemoveWorkerPlugin",
     "Replicate",
@@ -63,6 +64,8 @@ __all__ = [
     "SchedulerInfo",
     "SchedulerLogs",
     "SetMetadata",
+    "StartRecording",
+    "StopRecording",
     "Story",
     "SubscribeTopic",
     "TaskRunSpecs",
@@ -232,6 +235,46 @@ class TaskStream(Request):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStreamIndex(Request):
     """Answers how many task stream records were ever appended (a cursor)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartRecording(Request):
+    """Start recording tasks, memory and cluster events (``performance_report``,
+    ``get_task_stream(plot=...)``); answers the session's id."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRecording(Request):
+    """End a recording session; answers what it saw, a :class:`RecordingData`.
+    Raises ``KeyError`` for a session that is not open."""
+
+    session: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingData:
+    """What a session saw, as plain tuples (``StopRecording``'s answer).
+
+    ``tasks``: ``(key, worker address, thread, load_start, start, stop, nbytes,
+    type, error text or None)``, one per run that ended (``load_start`` 0.0:
+    no dependencies to load). ``memory``: ``(time, managed, spilled, {address:
+    unmanaged})``. ``events``: ``(time, kind, worker address, detail)`` where
+    kind is ``added``, ``removed``, ``died``, ``restarted``, ``paused``,
+    ``resumed``, ``terminated``, ``restarting`` (the memory monitor restarts
+    it) or ``spilled``. ``workers``: address ->
+    ``{"name", "nthreads", "memory_limit"}`` of every worker seen.
+    """
+
+    start: float
+    stop: float
+    tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    memory: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The memory budget (sum of the limits, capped by the machine); 0: none.
+    budget: int = 0
+    #: Task entries of this session dropped to stay within ``MAX_ENTRIES``.
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -163,12 +163,16 @@ def to_message(
     outcome: Outcome,
     writer: BlobWriter | None,
     threshold: int = INLINE_THRESHOLD,
+    *,
+    thread: int = 0,
+    load_start: float = 0.0,
 ) -> TaskDone | TaskFailed:
     """Serialize an outcome: results below ``threshold`` inline, larger ones into
     shared memory through ``writer`` (always inline without a writer).
 
     A result that cannot be pickled or written becomes a :class:`TaskFailed` with
-    that error, keeping the task's start and stop.
+    that error, keeping the task's start and stop. ``thread`` and ``load_start``
+    are passed on for the task stream (see :class:`TaskDone`).
     """
     if isinstance(outcome, Success):
         value = outcome.value
@@ -186,6 +190,8 @@ def to_message(
                 type=typename(type(value)),
                 start=outcome.start,
                 stop=outcome.stop,
+                thread=thread,
+                load_start=load_start,
             )
     return TaskFailed(
         key=key,
@@ -196,6 +202,8 @@ def to_message(
         traceback=dumps_traceback(outcome.traceback),
         start=outcome.start,
         stop=outcome.stop,
+        thread=thread,
+        load_start=load_start,
     )
 
 

@@ -647,7 +647,14 @@ class Worker:
             if message.actor and type(outcome) is Success:
                 # The object stays here; the scheduler stores a handle to it.
                 outcome.value = self.actors.adopt(message.key, outcome.value)
-        reply = to_message(message.key, message.run_id, outcome, self.writer)
+        reply = to_message(
+            message.key,
+            message.run_id,
+            outcome,
+            self.writer,
+            thread=threading.get_ident(),
+            load_start=start if message.dependencies else 0.0,
+        )
         if plugins is not None:  # before the reply goes out, as in dask
             plugins.ended(message.key, outcome, reply)
         return reply

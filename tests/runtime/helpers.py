@@ -252,3 +252,16 @@ def wait_on_subtask(release: str, started: str) -> object:
 
     inner = get_client().submit(block, release, started, "inner", pure=False)
     return inner.result()
+
+
+def report_from_task(path: str, n: int) -> int:
+    """Task: write a performance report of ``n`` subtasks from inside a task."""
+    import operator
+
+    from localsched import get_client, performance_report
+
+    client = get_client()
+    with performance_report(filename=path):
+        futures = client.map(operator.neg, range(n), pure=False)
+        total = sum(client.gather(futures))
+    return total

@@ -246,8 +246,6 @@ def test_get_task_stream_context_collects_only_its_block(client):
         futures = client.map(operator.neg, range(3), pure=False)
         client.gather(futures)
     assert sorted(r["key"] for r in stream.data) == sorted(f.key for f in futures)
-    with pytest.raises(ValueError, match="plot"):
-        client.get_task_stream(plot=True)
 
 
 # -- metadata -----------------------------------------------------------------------

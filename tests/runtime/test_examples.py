@@ -81,3 +81,34 @@ def test_dask_array_example_runs():
     out = run_example("dask_array.py").stdout
     assert "(x + x.T).mean() = 0.999999" in out
     assert "delayed sum = 285, bag sum = 328350" in out
+
+
+@pytest.mark.timeout(90)
+def test_performance_report_example_writes_its_report(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.runtime.test_plugins import ROOT
+
+    report = tmp_path / "report.html"
+    path = os.environ.get("PYTHONPATH")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "performance_report.py"), str(report)],
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), path])),
+        },
+        check=True,
+    )
+    assert f"total 276000000, 1 corrupt record, report in {report}" in done.stdout
+    assert "was killed by SIGKILL" in done.stderr  # the worker it kills on purpose
+    page = report.read_text()
+    assert "<td>died</td>" in page
+    assert "<td>errors</td><td>1</td>" in page
+    # 24 loads, 24 + 8 cleans, 5 totals, 10 checks; the crash never ends a run
+    assert "<td>tasks</td><td>71</td>" in page
