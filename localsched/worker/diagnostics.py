@@ -77,6 +77,26 @@ class LogRing(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)  # formatted on demand: logging stays cheap
+        # A handler anywhere stops Python's last resort (WARNING and up to
+        # stderr while the application configured no logging); keeping the
+        # ring must not silence a worker's death or memory pressure.
+        last_resort = logging.lastResort
+        if (
+            last_resort is not None
+            and record.levelno >= last_resort.level
+            and not self._has_other_handler(record.name)
+        ):
+            last_resort.handle(record)
+
+    def _has_other_handler(self, name: str) -> bool:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            if not logger.propagate:
+                return False
+            logger = logger.parent
+        return False
 
     def get_logs(
         self, n: int | None = None, start: float = 0, timestamps: bool = False

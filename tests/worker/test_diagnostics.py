@@ -175,3 +175,26 @@ def test_print_and_warn_in_a_task_log_events_instead(capsys):
     }
     assert warn_topic == "warn"
     assert set(warned) == {"message", "category"}
+
+
+def test_the_log_ring_keeps_pythons_last_resort_for_warnings(capsys):
+    # A handler on "localsched" would otherwise stop Python's last resort: a
+    # worker's death or memory pressure would no longer reach stderr.
+    import logging
+
+    from localsched.worker.diagnostics import LogRing
+
+    logger = logging.getLogger("localsched-test-ring")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # away from pytest's own capturing handlers
+    ring = LogRing()
+    detach = ring.install(logger)
+    try:
+        logger.warning("worker died: SIGKILL")
+        logger.info("quiet")
+    finally:
+        detach()
+    err = capsys.readouterr().err
+    assert "worker died: SIGKILL" in err
+    assert "quiet" not in err
+    assert [r.getMessage() for r in ring.records] == ["worker died: SIGKILL", "quiet"]
