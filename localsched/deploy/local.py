@@ -40,6 +40,7 @@ from localsched.transport.shm import BlobStore, sweep_stale_segments
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
+    from localsched.diagnostics.web_dashboard import DashboardServer
 
 logger = logging.getLogger("localsched.deploy.local")
 
@@ -169,8 +170,13 @@ class LocalCluster:
         Check the scheduler's invariants after every change (tests).
     allowed_failures
         Worker deaths a task survives before ``KilledWorker``.
+    dashboard_address
+        Serve the live web dashboard there, e.g. ``":8787"`` (off by default:
+        nothing listens unless asked). A host left out means 127.0.0.1; the
+        link, with its access token, is ``dashboard_link`` (docs/dashboard.md).
+        Needs bokeh (``pip install 'localsched[dashboard]'``).
     **kwargs
-        Accepted for compatibility (``dashboard_address``, ``silence_logs``, ...).
+        Accepted for compatibility (``silence_logs``, ...).
 
     Examples
     --------
@@ -192,9 +198,14 @@ class LocalCluster:
         allowed_failures: int = 3,
         worker_saturation: float = 1.1,
         name: str | None = None,
+        dashboard_address: str | int | None = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
+        if dashboard_address is not None and dashboard_address is not False:
+            from localsched.diagnostics.web_dashboard import require_bokeh
+
+            require_bokeh()  # before starting anything
         # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
         # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
@@ -225,6 +236,9 @@ class LocalCluster:
         self._restarts = RestartPolicy()
         self._adaptive: Adaptive | None = None
         self._target = n_workers
+        self._dashboard: DashboardServer | None = None
+        #: Live views drawing from threads (notebook panels): stopped at close.
+        self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
         sweep_stale_segments()
         self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
@@ -254,6 +268,10 @@ class LocalCluster:
         try:
             self._start_workers(n_workers)
             self.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+            if dashboard_address is not None and dashboard_address is not False:
+                from localsched.diagnostics.web_dashboard import DashboardServer
+
+                self._dashboard = DashboardServer(self, dashboard_address)
         except BaseException:
             self.close()
             raise
@@ -422,6 +440,23 @@ class LocalCluster:
             names.append(handle.name)
         return names
 
+    # -- dashboard ------------------------------------------------------------------
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """Link to the live web dashboard, with its token; None when it is off."""
+        dashboard = self._dashboard
+        return None if dashboard is None else dashboard.link
+
+    def _stop_live_views(self) -> None:
+        """Stop the web dashboard (freeing its port) and the notebook panels."""
+        for view in list(self.live_views):
+            with contextlib.suppress(Exception):
+                view.stop()
+        dashboard, self._dashboard = self._dashboard, None
+        if dashboard is not None:
+            dashboard.close()
+
     # -- adaptive -------------------------------------------------------------------
 
     def adapt(
@@ -519,6 +554,7 @@ class LocalCluster:
         started = time.monotonic()
         is_clean = False
         try:
+            self._stop_live_views()
             if getattr(self, "memory", None) is not None:
                 self.memory.stop()
             self._stop_adaptive("cluster closing")
@@ -623,9 +659,11 @@ class LocalCluster:
         adapting = ""
         if adaptive is not None and adaptive.state == "running":
             adapting = f", adaptive={adaptive.minimum}..{adaptive.maximum}"
+        link = self.dashboard_link
+        dashboard = "" if link is None else f", dashboard={link}"
         return (
             f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
-            f"status={self.status}{adapting})"
+            f"status={self.status}{adapting}{dashboard})"
         )
 
     def _repr_html_(self) -> str:
