@@ -227,6 +227,8 @@ def table_figure(source: Any, columns: list[tuple[str, str]]) -> Any:
         sizing_mode="stretch_width",
         height=400,
         index_position=None,
+        # Reordering columns needs jquery-ui, which bokeh does not ship.
+        reorderable=False,
     )
 
 

@@ -249,7 +249,7 @@ def _page_html(dashboard: DashboardServer, name: str) -> str:
         mode="server",
         root_url="/",
         components=["bokeh", "bokeh-widgets", "bokeh-tables"],
-        # Quiet unless something is wrong: any console message is a test failure.
+        # Warnings and errors only: bokeh logs at info level when all is well.
         log_level="warn",
     )
     nav = " · ".join(
