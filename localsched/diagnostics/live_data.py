@@ -191,7 +191,7 @@ class _Lanes:
 
 
 def key_prefix(key: Any) -> str:
-    """``inc`` of ``"inc-3f2a..."`` or ``("inc-3f2a...", 0)``, as dask's ``key_split``."""
+    """``inc`` of ``"inc-3f2a..."`` or ``("inc-3f2a...", 0)`` (dask's ``key_split``)."""
     from localsched.scheduler.tasks import key_split
 
     return str(key_split(key))
@@ -230,7 +230,7 @@ class LiveData:
         #: Tasks seen in the task stream since the view started.
         self.tasks_seen = 0
 
-    # -- lifecycle (any thread but the scheduler's) -------------------------------------
+    # -- lifecycle (any thread but the scheduler's) ---------------------------------
 
     def start(self) -> None:
         """Register the task stream and the event recorder on the scheduler."""
@@ -254,7 +254,7 @@ class LiveData:
         # What the stream recorded before (another view, get_task_stream) shows too.
         self._stream_index = max(0, self._stream.index - TASK_STREAM_WINDOW)
 
-    # -- sampling -----------------------------------------------------------------------
+    # -- sampling -------------------------------------------------------------------
 
     def refresh(self) -> LiveSample | None:
         """A recent sample (None once the cluster stopped and nothing was seen)."""
@@ -313,7 +313,7 @@ class LiveData:
             self._colours[prefix] = colour
         return colour
 
-    # -- columns (after refresh) -------------------------------------------------------
+    # -- columns (after refresh) ----------------------------------------------------
 
     def task_stream_columns(self, seconds: float | None = None) -> dict[str, list[Any]]:
         """One rectangle per task run: x in ms since the epoch, y a row number
@@ -451,7 +451,9 @@ class LiveData:
         with self._lock:
             events = list(self.events)[::-1]
         return {
-            "time": [time.strftime("%H:%M:%S", time.localtime(t)) for t, _, _ in events],
+            "time": [
+                time.strftime("%H:%M:%S", time.localtime(t)) for t, _, _ in events
+            ],
             "topic": [topic for _, topic, _ in events],
             "message": [message for _, _, message in events],
         }

@@ -60,6 +60,8 @@ class NotebookDashboard:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._handle: Any = None
+        #: The text of the last frame drawn (what ``repr`` showed then).
+        self.last_text = ""
         cluster.live_views.add(self)
 
     # -- drawing ---------------------------------------------------------------------
@@ -77,7 +79,9 @@ class NotebookDashboard:
         )
 
     def _bundle(self) -> dict[str, str]:
-        return {"text/html": self._repr_html_(), "text/plain": repr(self)}
+        bundle = {"text/html": self._repr_html_(), "text/plain": repr(self)}
+        self.last_text = bundle["text/plain"]
+        return bundle
 
     def _ipython_display_(self) -> None:
         """Show the panel once and redraw it in place from a thread."""
@@ -130,14 +134,14 @@ class NotebookDashboard:
 def _bar(parts: list[tuple[float, str]], width: int = 200, title: str = "") -> str:
     """A horizontal bar of coloured parts, each a fraction of ``width``."""
     spans = "".join(
-        f'<span style="display:inline-block;height:12px;width:{max(0.0, f) * width:.1f}px;'
-        f'background:{colour}"></span>'
+        f'<span style="display:inline-block;height:12px;'
+        f'width:{max(0.0, f) * width:.1f}px;background:{colour}"></span>'
         for f, colour in parts
         if f > 0
     )
     return (
         f'<span title="{html.escape(title)}" style="display:inline-block;'
-        f'width:{width}px;height:12px;background:#eee;line-height:0;'
+        f"width:{width}px;height:12px;background:#eee;line-height:0;"
         f'white-space:nowrap;overflow:hidden">{spans}</span>'
     )
 
@@ -194,7 +198,7 @@ def _worker_rows(data: LiveData) -> str:
 def _task_stream_svg(data: LiveData) -> str:
     t = data.task_stream_columns(seconds=STREAM_SECONDS)
     if not t["start"]:
-        return "<div>no tasks in the last {:.0f} s</div>".format(STREAM_SECONDS)
+        return f"<div>no tasks in the last {STREAM_SECONDS:.0f} s</div>"
     now = time.time() * 1000
     # From the first task shown (at least 5 s back) to now: a short burst
     # fills the width instead of a sliver at the right edge.

@@ -235,9 +235,7 @@ def cluster_html(snapshot: ClusterSnapshot, title: str) -> str:
         adaptive = f"<li>adaptive: {items}</li>"
     if snapshot.dashboard_link is not None:
         link = html.escape(snapshot.dashboard_link)
-        adaptive += (
-            f'<li>dashboard: <a href="{link}" target="_blank">{link}</a></li>'
-        )
+        adaptive += f'<li>dashboard: <a href="{link}" target="_blank">{link}</a></li>'
     return (
         f'<div class="localsched-repr">{_STYLE}'
         f"<strong>{html.escape(title)}</strong>"

@@ -253,8 +253,7 @@ def _page_html(dashboard: DashboardServer, name: str) -> str:
         log_level="warn",
     )
     nav = " · ".join(
-        f'<a href="/{p}"{" class=current" if p == name else ""}>{p}</a>'
-        for p in PAGES
+        f'<a href="/{p}"{" class=current" if p == name else ""}>{p}</a>' for p in PAGES
     )
     title = html.escape(f"localsched: {dashboard.data.cluster.name}")
     return _TEMPLATE.format(

@@ -55,7 +55,7 @@ def _listening() -> set[tuple[str, int]]:
 
 
 def _get(link: str, path: str | None = None, headers: dict[str, str] | None = None):
-    """GET ``path`` (default: the link's own path and query); (status, headers, body)."""
+    """GET ``path`` (default: the link's path and query): status, headers, body."""
     url = urlsplit(link)
     target = path if path is not None else f"{url.path}?{url.query}"
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
@@ -112,7 +112,7 @@ def test_an_address_without_host_means_loopback(address, expected):
     assert parse_dashboard_address(address) == expected
 
 
-# -- on ----------------------------------------------------------------------------------
+# -- on -------------------------------------------------------------------------------
 
 
 def test_the_dashboard_listens_on_loopback_and_refuses_requests_without_the_token():
@@ -124,7 +124,12 @@ def test_the_dashboard_listens_on_loopback_and_refuses_requests_without_the_toke
         assert link == f"http://127.0.0.1:{port}/status?token={_token(link)}"
         assert _listening() - before == {("127.0.0.1", port)}
 
-        for path in ("/status", "/workers", "/json/summary.json", "/static/js/bokeh.min.js"):
+        for path in (
+            "/status",
+            "/workers",
+            "/json/summary.json",
+            "/static/js/bokeh.min.js",
+        ):
             status, _, body = _get(link, path)
             assert status == 403, path
             assert b"token" in body
@@ -152,10 +157,9 @@ def test_a_port_in_use_makes_the_dashboard_take_another_and_say_so():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with (
-            pytest.warns(UserWarning, match=f"Port {port} is already in use"),
-            LocalCluster(n_workers=1, dashboard_address=f":{port}") as cluster,
-        ):
+        with pytest.warns(UserWarning, match=f"Port {port} is already in use"):
+            cluster = LocalCluster(n_workers=1, dashboard_address=f":{port}")
+        with cluster:
             link = cluster.dashboard_link
             assert urlsplit(link).port != port
             assert _get(link)[0] == 200
@@ -225,7 +229,10 @@ def test_the_data_matches_the_scheduler_and_has_one_bar_per_task_run():
         assert stream["status"].count("error") == 2
         assert len(set(stream["row"])) <= 2 + 1  # one row per worker thread
         progress = read("progress")
-        rows = dict(zip(progress["prefix"], zip(progress["done"], progress["erred"])))
+        rows = {
+            prefix: (progress["done"][i], progress["erred"][i])
+            for i, prefix in enumerate(progress["prefix"])
+        }
         assert rows == {"inc": (30, 0), "fail": (0, 2)}
         workers = read("workers")
         assert sorted(workers["address"]) == sorted(client.cluster.scheduler.workers)
@@ -294,7 +301,9 @@ def test_pages_load_in_a_browser_without_errors_and_show_the_schedulers_numbers(
     with Client(n_workers=2, threads_per_worker=1, dashboard_address=":0") as client:
         futures = client.map(inc, range(25))
         wait(futures, timeout=helpers.DEADLINE)
-        assert helpers.poll(lambda: client.cluster._dashboard.data.summary()["tasks_in_stream"] == 25)
+        assert helpers.poll(
+            lambda: client.cluster._dashboard.data.summary()["tasks_in_stream"] == 25
+        )
         link = client.dashboard_link
         for page in ("status", "workers", "events"):
             result = _chromium(
@@ -315,7 +324,7 @@ def test_pages_load_in_a_browser_without_errors_and_show_the_schedulers_numbers(
         assert "403 Forbidden" in refused.stdout
 
 
-# -- in a notebook -----------------------------------------------------------------------
+# -- in a notebook ---------------------------------------------------------------------
 
 
 @pytest.mark.timeout(180)
@@ -324,12 +333,18 @@ def test_the_notebook_panel_updates_in_place_to_the_final_state(tmp_path):
         "from localsched import Client\n"
         "client = Client(n_workers=2, threads_per_worker=1)",
         "panel = client.dashboard(interval=0.2)",
+        "import threading, time\n"
         "def slow_inc(x):\n"
         "    import time\n"
         "    time.sleep(0.01)\n"
         "    return x + 1\n"
         "futures = client.map(slow_inc, range(20))\n"
-        "sum(client.gather(futures))",
+        "total = sum(client.gather(futures))\n"
+        # The panel's thread draws the finished state while this cell runs.
+        "deadline = time.monotonic() + 20\n"
+        "while 'memory 20' not in panel.last_text and time.monotonic() < deadline:\n"
+        "    threading.Event().wait(0.05)\n"
+        "total",
         "type(panel).__name__, client.dashboard_link",
         "client.close()",
     ]
@@ -353,5 +368,7 @@ def test_the_notebook_panel_updates_in_place_to_the_final_state(tmp_path):
     assert "20/20" in html
     assert html.count("<rect") == 20  # one bar per task run in the task stream
     assert "memory 20" in panel["data"]["text/plain"]
+    (total,) = [o for o in code[2].outputs if "data" in o]
+    assert total["data"]["text/plain"] == str(sum(range(1, 21)))
     (answer,) = [o for o in code[3].outputs if "data" in o]
     assert answer["data"]["text/plain"] == "('NotebookDashboard', None)"
