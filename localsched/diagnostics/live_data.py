@@ -180,14 +180,18 @@ class _Lanes:
     ends: list[float] = field(default_factory=list)
 
     def place(self, start: float, stop: float) -> int:
-        # The first lane free at ``start``: tasks of one thread never overlap,
-        # so this finds a lane per thread (more only if clocks disagree).
+        # Records arrive in the order tasks finished, not started: take the
+        # lane that became free last before ``start`` (best fit), so a thread's
+        # next task lands behind its previous one and lanes stay one per thread.
+        best, best_end = -1, -1.0
         for lane, end in enumerate(self.ends):
-            if end <= start + 1e-6:
-                self.ends[lane] = stop
-                return lane
-        self.ends.append(stop)
-        return len(self.ends) - 1
+            if best_end < end <= start + 1e-6:
+                best, best_end = lane, end
+        if best < 0:
+            self.ends.append(stop)
+            return len(self.ends) - 1
+        self.ends[best] = stop
+        return best
 
 
 def key_prefix(key: Any) -> str:
@@ -269,7 +273,7 @@ class LiveData:
             stream, recorder = self._stream, self._recorder
             stream_index, event_index = self._stream_index, self._event_index
             try:
-                sample = runtime.call(
+                sample: LiveSample = runtime.call(
                     lambda: take_sample(
                         scheduler, stream, recorder, stream_index, event_index, store
                     )
@@ -417,6 +421,8 @@ class LiveData:
                 "total",
                 "memory_limit",
                 "memory_text",
+                "memory_label",
+                "processing_label",
             )
         }
         from localsched.units import format_bytes
@@ -438,10 +444,16 @@ class LiveData:
             columns["unmanaged"].append(unmanaged)
             columns["total"].append(unmanaged + w.nbytes)
             columns["memory_limit"].append(w.memory_limit)
-            columns["memory_text"].append(
+            text = (
                 f"{format_bytes(w.nbytes)} managed + {format_bytes(unmanaged)} "
                 "unmanaged"
                 + (f" / {format_bytes(w.memory_limit)}" if w.memory_limit else "")
+            )
+            columns["memory_text"].append(text)
+            columns["memory_label"].append(f"{w.name}: {text}")
+            columns["processing_label"].append(
+                f"{w.name}: {w.processing} processing, "
+                f"{min(w.executing, w.processing)} executing"
             )
         return columns
 

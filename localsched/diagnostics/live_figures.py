@@ -133,11 +133,11 @@ def progress_figure(source: Any) -> Any:
 
 def memory_figure(source: Any) -> Any:
     """Memory per worker: managed (results) and unmanaged, against the limit."""
-    from bokeh.models import HoverTool, NumeralTickFormatter
+    from bokeh.models import DataRange1d, HoverTool, NumeralTickFormatter
 
     fig = _figure("Memory per worker", height=200)
     fig.xaxis.formatter = NumeralTickFormatter(format="0.0 b")
-    fig.hbar(
+    managed = fig.hbar(
         source=source,
         y="index",
         left=0,
@@ -147,7 +147,7 @@ def memory_figure(source: Any) -> Any:
         line_color=None,
         legend_label="managed",
     )
-    fig.hbar(
+    unmanaged = fig.hbar(
         source=source,
         y="index",
         left="managed",
@@ -169,6 +169,10 @@ def memory_figure(source: Any) -> Any:
         line_width=2,
         legend_label="limit",
     )
+    # Scaled to the memory used: the limit's mark shows once memory nears it
+    # (a limit of many GiB would flatten every bar).
+    fig.x_range = DataRange1d(renderers=[managed, unmanaged], start=0)
+    _labels(fig, source, "memory_label")
     fig.legend.location = "bottom_right"
     fig.legend.orientation = "horizontal"
     fig.add_tools(
@@ -179,9 +183,9 @@ def memory_figure(source: Any) -> Any:
 
 def processing_figure(source: Any) -> Any:
     """Tasks processing (sent, not finished) and executing per worker."""
-    from bokeh.models import HoverTool
+    from bokeh.models import DataRange1d, HoverTool
 
-    fig = _figure("Processing per worker", height=200)
+    fig = _figure("Processing per worker", height=200, x_range=DataRange1d(start=0))
     fig.hbar(
         source=source,
         y="index",
@@ -203,6 +207,7 @@ def processing_figure(source: Any) -> Any:
         line_color=None,
         legend_label="executing",
     )
+    _labels(fig, source, "processing_label")
     fig.legend.location = "bottom_right"
     fig.legend.orientation = "horizontal"
     fig.add_tools(
@@ -217,13 +222,31 @@ def processing_figure(source: Any) -> Any:
     return fig
 
 
-def table_figure(source: Any, columns: list[tuple[str, str]]) -> Any:
-    """A table of ``(field, title)`` columns (workers and events pages)."""
+def _labels(fig: Any, source: Any, column: str) -> None:
+    """The text of ``column`` at the start of each row."""
+    from bokeh.models import LabelSet
+
+    fig.add_layout(
+        LabelSet(
+            source=source,
+            x=0,
+            y="index",
+            text=column,
+            x_units="screen",
+            x_offset=4,
+            text_baseline="middle",
+            text_font_size="11px",
+        )
+    )
+
+
+def table_figure(source: Any, columns: list[tuple[str, str, int]]) -> Any:
+    """A table of ``(field, title, width)`` columns (workers and events pages)."""
     from bokeh.models import DataTable, TableColumn
 
     return DataTable(
         source=source,
-        columns=[TableColumn(field=f, title=t) for f, t in columns],
+        columns=[TableColumn(field=f, title=t, width=w) for f, t, w in columns],
         sizing_mode="stretch_width",
         height=400,
         index_position=None,

@@ -54,18 +54,23 @@ REQUEST_TIMEOUT = 10.0
 TOKEN_HEADER = "X-Localsched-Token"
 PAGES = ("status", "workers", "events")
 
+#: (field, title, relative width) of the workers and events tables.
 WORKER_COLUMNS = [
-    ("worker", "worker"),
-    ("status", "status"),
-    ("pid", "pid"),
-    ("nthreads", "threads"),
-    ("processing", "processing"),
-    ("executing", "executing"),
-    ("in_memory", "results"),
-    ("memory_text", "memory"),
-    ("address", "address"),
+    ("worker", "worker", 80),
+    ("status", "status", 60),
+    ("pid", "pid", 60),
+    ("nthreads", "threads", 50),
+    ("processing", "processing", 60),
+    ("executing", "executing", 60),
+    ("in_memory", "results", 60),
+    ("memory_text", "memory", 300),
+    ("address", "address", 120),
 ]
-EVENT_COLUMNS = [("time", "time"), ("topic", "topic"), ("message", "message")]
+EVENT_COLUMNS = [
+    ("time", "time", 60),
+    ("topic", "topic", 120),
+    ("message", "message", 500),
+]
 
 
 def require_bokeh() -> None:
@@ -324,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         dashboard = self.server.dashboard
         url = urlsplit(self.path)
         query = parse_qs(url.query)
-        from_query = (query.get("token") or [None])[0]
+        from_query = query["token"][0] if query.get("token") else None
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
         morsel = cookie.get(dashboard.cookie_name)
         if not (
@@ -347,7 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._route(dashboard, url.path, headers)
 
-    def _route(self, dashboard: DashboardServer, path: str, headers: dict[str, str]):
+    def _route(
+        self, dashboard: DashboardServer, path: str, headers: dict[str, str]
+    ) -> None:
         name = path.strip("/") or "status"
         if name in PAGES:
             self._send(200, dashboard.page(name), "text/html; charset=utf-8", headers)
