@@ -11,6 +11,10 @@ import <name>`` would return the module instead of the function
   the ``SchedulerPlugin`` that counts for it.
 - ``terminal_dashboard.py``: ``dashboard``.
 - ``reprs.py``: the HTML and rich reprs of clients, clusters and futures.
+- ``live_data.py``: samples and columns behind the live views;
+  ``live_figures.py``: their bokeh figures; ``web_dashboard.py``: the opt-in web
+  dashboard (``dashboard_address=``); ``notebook_dashboard.py``: the Jupyter panel
+  of ``client.dashboard()``.
 """
 
 from __future__ import annotations
