@@ -120,6 +120,10 @@ class _Server(ThreadingHTTPServer):
     block_on_close = True
     dashboard: DashboardServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # To the package's logger, not a traceback on the user's stderr.
+        logger.exception("dashboard request from %s failed", client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
