@@ -34,6 +34,7 @@ import logging
 import mimetypes
 import secrets
 import socket
+import sys
 import threading
 import warnings
 from http.cookies import SimpleCookie
@@ -222,9 +223,22 @@ def _bind(host: str, port: int) -> _Server:
         f"running? Hosting the dashboard on port {server.server_address[1]} "
         "instead",
         UserWarning,
-        stacklevel=4,
+        stacklevel=_outside_localsched(),
     )
     return server
+
+
+def _outside_localsched() -> int:
+    """The ``stacklevel`` of the caller's first frame outside this package:
+    the warning names the user's ``LocalCluster(...)`` or ``Client(...)`` line."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and str(
+        frame.f_globals.get("__name__", "")
+    ).startswith("localsched"):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def _source(dashboard: DashboardServer, name: str) -> Any:

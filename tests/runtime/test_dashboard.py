@@ -157,10 +157,12 @@ def test_a_port_in_use_makes_the_dashboard_take_another_and_say_so():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.warns(UserWarning, match=f"Port {port} is already in use"):
-            cluster = LocalCluster(n_workers=1, dashboard_address=f":{port}")
-        with cluster:
-            link = cluster.dashboard_link
+        with pytest.warns(UserWarning, match=f"Port {port} is already in use") as said:
+            client = Client(n_workers=1, dashboard_address=f":{port}")
+        assert len(said) == 1
+        assert said[0].filename == __file__  # names the user's line
+        with client:
+            link = client.dashboard_link
             assert urlsplit(link).port != port
             assert _get(link)[0] == 200
     finally:
