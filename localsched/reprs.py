@@ -68,6 +68,8 @@ class ClusterSnapshot:
     prefixes: dict[str, dict[str, int]] = field(default_factory=dict)
     #: ``cluster.adaptive.summary()`` when adaptive scaling is on.
     adaptive: dict[str, Any] | None = None
+    #: The web dashboard's link with its token; None when it is off.
+    dashboard_link: str | None = None
 
     @property
     def nthreads(self) -> int:
@@ -148,6 +150,7 @@ def cluster_snapshot(cluster: Any, timeout: float = 2.0) -> ClusterSnapshot:
     if callable(summary):
         with contextlib.suppress(Exception):
             snapshot.adaptive = dict(summary())
+    snapshot.dashboard_link = getattr(cluster, "dashboard_link", None)
     _add_rss(snapshot)
     return snapshot
 
@@ -231,6 +234,9 @@ def cluster_html(snapshot: ClusterSnapshot, title: str) -> str:
             for k, v in snapshot.adaptive.items()
         )
         adaptive = f"<li>adaptive: {items}</li>"
+    if snapshot.dashboard_link is not None:
+        link = html.escape(snapshot.dashboard_link)
+        adaptive += f'<li>dashboard: <a href="{link}" target="_blank">{link}</a></li>'
     return (
         f'<div class="localsched-repr">{_STYLE}'
         f"<strong>{html.escape(title)}</strong>"
@@ -309,6 +315,10 @@ def cluster_rich(snapshot: ClusterSnapshot, title: str) -> Any:
             "\nadaptive: "
             + ", ".join(f"{k}: {v}" for k, v in snapshot.adaptive.items())
         )
+    if snapshot.dashboard_link is not None:
+        link = snapshot.dashboard_link
+        summary.append("\ndashboard: ")
+        summary.append(link, style=f"link {link}")
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("worker", "threads", "status", "processing", "results", "memory"):
         table.add_column(column, justify="left" if column == "worker" else "right")

@@ -892,6 +892,10 @@ class Client(
         bars = sys.modules.get("localsched.diagnostics.progressbar")
         if bars is not None:  # loaded only if a progress bar was ever shown
             bars.finish_drawing(self)
+        if self._owns_cluster:
+            # Live views draw their last frame now, while the results this
+            # client holds are still there (the cluster closes with it).
+            self.cluster._stop_live_views()
         with _current_lock:
             for index, client in list(_current.items()):
                 if client is self:

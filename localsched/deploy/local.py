@@ -41,6 +41,7 @@ from localsched.transport.shm import BlobStore, sweep_stale_segments
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
+    from localsched.diagnostics.web_dashboard import DashboardServer
 
 logger = logging.getLogger("localsched.deploy.local")
 
@@ -192,12 +193,17 @@ class LocalCluster:
         Root tasks queued per worker thread ahead of time (default: dask's
         ``distributed.scheduler.worker-saturation``, 1.1; ``inf``: no queuing).
         dask's ``distributed.scheduler.work-stealing`` turns stealing off.
+    dashboard_address
+        Serve the live web dashboard there, e.g. ``":8787"`` (off by default:
+        nothing listens unless asked). A host left out means 127.0.0.1; the
+        link, with its access token, is ``dashboard_link`` (docs/dashboard.md).
+        Needs bokeh (``pip install 'localsched[dashboard]'``).
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
         ``preload``, ``scheduler_kwargs``; dask's other ``LocalCluster``,
         ``Worker`` and ``Nanny`` options are accepted and ignored
-        (``dashboard_address``, ``silence_logs``, ...). Any other name raises
+        (``silence_logs``, ...). Any other name raises
         ``TypeError``, as in dask.
 
     Examples
@@ -220,6 +226,7 @@ class LocalCluster:
         allowed_failures: int | None = None,
         worker_saturation: float | str | None = None,
         name: str | None = None,
+        dashboard_address: str | int | None = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
@@ -228,6 +235,10 @@ class LocalCluster:
         options = scheduler_options(
             allowed_failures=allowed_failures, worker_saturation=worker_saturation
         )
+        if dashboard_address is not None and dashboard_address is not False:
+            from localsched.diagnostics.web_dashboard import require_bokeh
+
+            require_bokeh()  # before starting anything
         # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
         # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
         scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
@@ -259,6 +270,9 @@ class LocalCluster:
         self._restarts = RestartPolicy()
         self._adaptive: Adaptive | None = None
         self._target = n_workers
+        self._dashboard: DashboardServer | None = None
+        #: Live views drawing from threads (notebook panels): stopped at close.
+        self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
         sweep_stale_segments()
         self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
@@ -293,6 +307,10 @@ class LocalCluster:
         try:
             self._start_workers(n_workers)
             self.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+            if dashboard_address is not None and dashboard_address is not False:
+                from localsched.diagnostics.web_dashboard import DashboardServer
+
+                self._dashboard = DashboardServer(self, dashboard_address)
         except BaseException:
             self.close()
             raise
@@ -305,11 +323,6 @@ class LocalCluster:
         """The scheduler's address, ``local://<pid>[-n]``: ``Client(address)``
         in this process attaches to this cluster."""
         return str(self.scheduler.address)
-
-    @property
-    def dashboard_link(self) -> None:
-        """None: localsched serves no web dashboard."""
-        return None
 
     def get_client(self) -> Any:
         """A client of this cluster: the current client if it is one, else a new
@@ -495,6 +508,23 @@ class LocalCluster:
             names.append(handle.name)
         return names
 
+    # -- dashboard ------------------------------------------------------------------
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """Link to the live web dashboard, with its token; None when it is off."""
+        dashboard = self._dashboard
+        return None if dashboard is None else dashboard.link
+
+    def _stop_live_views(self) -> None:
+        """Stop the web dashboard (freeing its port) and the notebook panels."""
+        for view in list(self.live_views):
+            with contextlib.suppress(Exception):
+                view.stop()
+        dashboard, self._dashboard = self._dashboard, None
+        if dashboard is not None:
+            dashboard.close()
+
     # -- adaptive -------------------------------------------------------------------
 
     def adapt(
@@ -592,6 +622,7 @@ class LocalCluster:
         started = time.monotonic()
         is_clean = False
         try:
+            self._stop_live_views()
             memory = getattr(self, "memory", None)
             if memory is not None:
                 memory.stop()
@@ -697,9 +728,11 @@ class LocalCluster:
         adapting = ""
         if adaptive is not None and adaptive.state == "running":
             adapting = f", adaptive={adaptive.minimum}..{adaptive.maximum}"
+        link = self.dashboard_link
+        dashboard = "" if link is None else f", dashboard={link}"
         return (
             f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
-            f"status={self.status}{adapting})"
+            f"status={self.status}{adapting}{dashboard})"
         )
 
     def _repr_html_(self) -> str:

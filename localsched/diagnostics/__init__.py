@@ -15,6 +15,10 @@ import <name>`` would return the module instead of the function
   ``figures.py``: the bokeh figures it draws from plain records, shared with
   ``get_task_stream(plot=...)`` and the dashboard (needs bokeh: the
   ``dashboard`` extra; the recording is ``localsched.runtime.recording``).
+- ``live_data.py``: samples and columns behind the live views;
+  ``live_figures.py``: their bokeh figures; ``web_dashboard.py``: the opt-in web
+  dashboard (``dashboard_address=``); ``notebook_dashboard.py``: the Jupyter panel
+  of ``client.dashboard()``.
 """
 
 from __future__ import annotations
