@@ -59,6 +59,7 @@ from localsched.client.graph import (
     replace_futures,
     worker_restrictions,
 )
+from localsched.client.handover import refuse_asynchronous
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
 from localsched.errors import ClosedClientError
@@ -164,7 +165,7 @@ class Client(
         **kwargs: Any,
     ) -> None:
         if asynchronous:
-            _refuse_asynchronous()
+            refuse_asynchronous()
         self._owns_cluster = address is None and link is None
         if link is None:
             from localsched.client.local_link import LocalLink
@@ -975,22 +976,6 @@ def default_client(c: Client | None = None) -> Client:
         "Start a client and point it to the scheduler address\n"
         "  from distributed import Client\n"
         "  client = Client('ip-addr-of-scheduler:8786')\n"
-    )
-
-
-def _refuse_asynchronous() -> None:
-    """dask's error without a running event loop, ours with one."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "Constructing LoopRunner(asynchronous=True) without a running loop is "
-            "not supported (and localsched's Client is synchronous)"
-        ) from None
-    raise ValueError(
-        "localsched's Client is synchronous; asynchronous=True is not supported"
     )
 
 

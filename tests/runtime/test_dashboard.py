@@ -24,8 +24,7 @@ import psutil
 import pytest
 from rich.console import Console
 
-from localsched import Client, LocalCluster, wait
-from localsched.diagnostics import reprs
+from localsched import Client, LocalCluster, reprs, wait
 from localsched.diagnostics.web_dashboard import parse_dashboard_address
 from tests.runtime import helpers
 
