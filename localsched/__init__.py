@@ -10,10 +10,10 @@ imports ``localsched.worker.main``, does not pay for the client and scheduler.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from localsched.integrations import joblib_hook as _joblib_hook
+from localsched.lazy_exports import lazy_exports
 
 # Every logger of the package is a child of ``localsched``
 # (``localsched.deploy.local``, ``localsched.runtime.scheduler_thread``...). The
@@ -107,17 +107,7 @@ __all__ = [
 TimeoutError = TimeoutError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'localsched' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:

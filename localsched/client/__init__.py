@@ -13,8 +13,7 @@ use (PEP 562) so that a submodule such as ``link`` loads without the client.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from localsched.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "Client": "localsched.client.client",
@@ -31,14 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -9,8 +9,7 @@ Names are imported on first use (PEP 562): importing a submodule such as
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from localsched.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "Adaptive": "localsched.deploy.adaptive",
@@ -20,14 +19,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

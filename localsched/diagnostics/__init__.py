@@ -23,8 +23,9 @@ import <name>`` would return the module instead of the function
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from localsched.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "dashboard": "localsched.diagnostics.terminal_dashboard",
@@ -34,19 +35,7 @@ _EXPORTS = {
 __all__ = ["dashboard", "progress"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(
-            f"module 'localsched.diagnostics' has no attribute {name!r}"
-        )
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 
 if TYPE_CHECKING:
