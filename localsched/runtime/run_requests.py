@@ -9,11 +9,11 @@ owning its own fields; everything here runs on the scheduler thread.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
-from localsched.transport.protocol import Inspect, RunFunction
+from localsched.transport.protocol import Inspect, Message, RunFunction
 
 if TYPE_CHECKING:
     from localsched.runtime.handles import WorkerHandle
@@ -39,6 +39,38 @@ class Runs:
         (ok, pickled result or exception, traceback text); a worker that left
         answers with an ``OSError`` object instead of bytes.
         """
+
+        def message(run_id: int, handle: WorkerHandle) -> Message:
+            return RunFunction(
+                id=run_id,
+                function=function,
+                args=args,
+                address=handle.address,
+                name=handle.name,
+            )
+
+        return self._ask(addresses, message)
+
+    def start_inspect(
+        self, questions: dict[str, tuple[str, dict[str, Any]]]
+    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
+        """Ask workers about themselves: address -> (what, args) of an
+        ``Inspect`` message (``worker/diagnostics.py``). Resolves as
+        :meth:`start`, with the answers' pickles."""
+
+        def message(run_id: int, handle: WorkerHandle) -> Message:
+            what, args = questions[handle.address]
+            return Inspect(id=run_id, what=what, args=args)
+
+        return self._ask(list(questions), message)
+
+    def _ask(
+        self,
+        addresses: list[str],
+        message: Callable[[int, WorkerHandle], Message],
+    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
+        """Send each ready worker of ``addresses`` its message of a new run;
+        the cell resolves once each answered or left ({} if none is ready)."""
         cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
         handles = [self.workers.get(a) for a in addresses]
         ready = [h for h in handles if h is not None and h.is_ready]
@@ -48,34 +80,7 @@ class Runs:
         run_id = next(self.ids)
         self.pending[run_id] = PendingRun(cell, {h.address for h in ready})
         for handle in ready:
-            handle.outbox.append(
-                RunFunction(
-                    id=run_id,
-                    function=function,
-                    args=args,
-                    address=handle.address,
-                    name=handle.name,
-                )
-            )
-        return cell
-
-    def start_inspect(
-        self, questions: dict[str, tuple[str, dict[str, Any]]]
-    ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
-        """Ask workers about themselves: address -> (what, args) of an
-        ``Inspect`` message (``worker/diagnostics.py``). Resolves as
-        :meth:`start`, with the answers' pickles."""
-        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
-        handles = [self.workers.get(a) for a in questions]
-        ready = [h for h in handles if h is not None and h.is_ready]
-        if not ready:
-            cell.set_result({})
-            return cell
-        run_id = next(self.ids)
-        self.pending[run_id] = PendingRun(cell, {h.address for h in ready})
-        for handle in ready:
-            what, args = questions[handle.address]
-            handle.outbox.append(Inspect(id=run_id, what=what, args=args))
+            handle.outbox.append(message(run_id, handle))
         return cell
 
     def answered(
