@@ -741,7 +741,7 @@ class Client(
             if isinstance(workers, str | Number)
             else tuple(workers)
         )
-        request = rq.Scatter(data=tuple(prepared), workers=names)
+        request = rq.Scatter(data=tuple(prepared), workers=names, broadcast=broadcast)
         self._link.request(request).result(timeout=timeout)
         return rebuild(futures)
 

@@ -107,10 +107,14 @@ class Future:
         raise FutureCancelledError(self.key, state.reason)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The exception the task raised, or None."""
+        """The exception the task raised, or None.
+
+        None too for a cancelled future, as in dask (only ``result()`` raises
+        ``CancelledError`` there).
+        """
         self._wait(timeout)
-        if self._state.status == "cancelled":
-            raise FutureCancelledError(self.key, self._state.reason)
+        if self._state.status != "error":
+            return None
         return self._state.exception
 
     def traceback(self, timeout: float | None = None) -> Any:

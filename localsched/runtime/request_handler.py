@@ -55,6 +55,7 @@ from localsched.transport.shm import BlobRef
 
 if TYPE_CHECKING:
     from localsched.runtime.scheduler_thread import SchedulerRuntime
+    from localsched.scheduler.tasks import TaskState
 
 logger = logging.getLogger("localsched.runtime.scheduler_thread")
 
@@ -152,6 +153,10 @@ def _scatter(runtime: SchedulerRuntime, asker: ClientHandle, r: rq.Scatter) -> N
         nbytes[key] = payload.nbytes if isinstance(payload, BlobRef) else len(payload)
     asker.watch(who_has)
     scheduler.update_data(who_has=who_has, nbytes=nbytes, client=asker.id)
+    if r.broadcast and len(targets) > 1:
+        keys = list(who_has)
+        for address in targets:
+            scheduler.add_keys(address, keys)
 
 
 def _force_cancel(
@@ -257,16 +262,31 @@ def _who_has(
     runtime: SchedulerRuntime, asker: ClientHandle, r: rq.WhoHas
 ) -> dict[Key, list[str]]:
     tasks = runtime.scheduler.tasks
+    keeper = _keeper(runtime)
+
+    def holders(ts: TaskState) -> list[str]:
+        if not ts.who_has and keeper is not None and _orphaned(ts):
+            return [keeper]
+        return [ws.address for ws in ts.who_has]
+
     if r.keys is None:
-        return {
-            key: [ws.address for ws in ts.who_has]
-            for key, ts in tasks.items()
-            if ts.state == "memory"
-        }
-    return {
-        key: [ws.address for ws in tasks[key].who_has] if key in tasks else []
-        for key in r.keys
-    }
+        return {key: holders(ts) for key, ts in tasks.items() if ts.state == "memory"}
+    return {key: holders(tasks[key]) if key in tasks else [] for key in r.keys}
+
+
+def _orphaned(ts: TaskState) -> bool:
+    """A result in shared memory whose holders all left (retired or died)."""
+    return ts.state == "memory" and ts.shared and not ts.who_has
+
+
+def _keeper(runtime: SchedulerRuntime) -> str | None:
+    """The worker ``who_has``/``has_what`` name as holder of orphaned results.
+
+    Such a result lives on in shared memory, readable by every worker, so
+    naming a remaining worker (the oldest: a stable choice) is the truth a dask
+    user expects after ``retire_workers``, where dask moved the data there.
+    """
+    return next(iter(runtime.scheduler.workers), None)
 
 
 def _per_worker(
@@ -288,7 +308,18 @@ def _per_worker(
 def _has_what(
     runtime: SchedulerRuntime, asker: ClientHandle, r: rq.HasWhat
 ) -> dict[str, list[Key]]:
-    return _per_worker(runtime, r.workers, lambda ws: [ts.key for ts in ws.has_what])
+    keeper = _keeper(runtime)
+    orphans = (
+        [key for key, ts in runtime.scheduler.tasks.items() if _orphaned(ts)]
+        if keeper is not None
+        else []
+    )
+
+    def keys_of(ws: Any) -> list[Key]:
+        held = [ts.key for ts in ws.has_what]
+        return held + orphans if ws.address == keeper else held
+
+    return _per_worker(runtime, r.workers, keys_of)
 
 
 def _processing(

@@ -137,6 +137,9 @@ class Scatter(Request):
     #: Worker addresses or names to record as holders (round robin); None: the
     #: asking task's worker, or every worker for an in-process client.
     workers: tuple[Any, ...] | None = None
+    #: Record every target worker as a holder of every value (dask's
+    #: ``broadcast=True``; the values are in shared memory, readable by all).
+    broadcast: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -244,6 +244,35 @@ def test_replicate_records_holders_and_rebalance_moves_nothing(cluster):
         assert y.result() == 3
 
 
+def test_scatter_broadcast_records_every_worker_as_holder(cluster):
+    with Client(cluster) as client:
+        workers = set(cluster.scheduler.workers)
+        one, everywhere = client.scatter([1, 2]), client.scatter(3, broadcast=True)
+        who_has = client.who_has([*one, everywhere])
+        assert set(who_has[everywhere.key]) == workers
+        assert all(len(who_has[f.key]) == 1 for f in one)
+        for address, keys in client.has_what().items():
+            assert everywhere.key in keys, address
+        assert everywhere.result() == 3
+
+
+def test_retired_workers_data_is_held_by_a_remaining_worker():
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, validate=True) as cluster,
+        Client(cluster) as client,
+    ):
+        first, second = list(cluster.scheduler.workers)
+        made = client.submit(inc, 1, workers=[first])
+        scattered = client.scatter(5, workers=[first])
+        assert made.result(timeout=DEADLINE) == 2
+        assert list(client.retire_workers([first])) == [first]
+        keys = {made.key, scattered.key}
+        assert client.who_has([made, scattered]) == {key: [second] for key in keys}
+        assert keys <= set(client.has_what()[second])
+        assert first not in client.has_what()
+        assert made.result(timeout=DEADLINE) == 2
+
+
 def test_replicate_works_inside_a_task(cluster):
     def replicate_in_task(value):
         client = get_client()

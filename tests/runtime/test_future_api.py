@@ -110,6 +110,17 @@ def test_as_completed_with_results_yields_cancellation_without_raising(client, r
     assert isinstance(result, FutureCancelledError)
 
 
+def test_exception_of_a_cancelled_future_is_none_as_in_dask(client, release):
+    blocked = client.submit(block, release, None, pure=False)
+    blocked.cancel()
+    # dask: exception() answers None unless the task erred; result() raises.
+    assert blocked.exception(timeout=DEADLINE) is None
+    assert blocked.traceback(timeout=DEADLINE) is None
+    assert blocked.cancelled()
+    with pytest.raises(FutureCancelledError):
+        blocked.result(timeout=DEADLINE)
+
+
 def test_as_completed_add_while_iterating(client):
     first = client.submit(operator.add, 0, 1)
     iterator = as_completed([first])
