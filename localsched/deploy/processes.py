@@ -129,7 +129,14 @@ def start_worker(
     # children: a Manager's proxies passed to a task connect back with it.
     authkey = bytes(multiprocessing.current_process().authkey).hex()
     # Far below a socket's buffer: never blocks, even before the child reads.
-    ours.send_bytes(json.dumps({"store": store, "authkey": authkey}).encode())
+    # This process's sys.path too (dask passes the client's): a module
+    # directory added at run time is importable from the start.
+    setup = {
+        "store": store,
+        "authkey": authkey,
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+    }
+    ours.send_bytes(json.dumps(setup).encode())
     return process, ours
 
 

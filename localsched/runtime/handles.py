@@ -42,6 +42,7 @@ class WorkerHandle:
         "name",
         "nthreads",
         "outbox",
+        "path_len",
         "pid",
         "process",
         "resources",
@@ -67,6 +68,8 @@ class WorkerHandle:
         self.writer_owner: str | None = None
         #: Messages to send at the end of this loop turn.
         self.outbox: list[Message] = []
+        #: ``len(sys.path)`` when it was last sent ``ExtendPath`` (-1: never).
+        self.path_len = -1
         #: Function tokens this worker already has.
         self.sent_functions: set[str] = set()
         self.is_ready = False

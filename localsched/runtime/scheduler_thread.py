@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import select
+import sys
 import threading
 import time
 from collections import deque
@@ -71,6 +72,7 @@ from localsched.transport.inproc import LocalRef
 from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
     ActorAnswer,
+    ExtendPath,
     ForgetKeys,
     FunctionResult,
     Goodbye,
@@ -754,6 +756,12 @@ class SchedulerRuntime:
         for handle in self.workers.values():
             if handle.outbox:
                 batch, handle.outbox = handle.outbox, []
+                # A len() compare per worker and turn: sys.path grew (or
+                # changed length) since this worker last heard it.
+                if len(sys.path) != handle.path_len:
+                    handle.path_len = len(sys.path)
+                    entries = tuple(p for p in sys.path if isinstance(p, str))
+                    batch.insert(0, ExtendPath(entries=entries))
                 # OSError/ValueError: it died; its sentinel fires next turn.
                 with contextlib.suppress(OSError, ValueError):
                     handle.conn.send_bytes(encode_batch(batch))

@@ -171,6 +171,15 @@ class GrantSegments(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExtendPath(Message):
+    """The cluster process's ``sys.path``: the worker appends the entries it
+    lacks (dask passes the client's ``sys.path``), so a module directory added
+    at run time is importable by tasks, ``Client.run`` functions and plugins."""
+
+    entries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SetPaused(Message):
     """Stop starting queued tasks (``paused=True``: the memory monitor's pause,
     as a dask worker past its pause threshold) or start them again. Running
@@ -445,6 +454,7 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
     StealQuery,
     GrantSegments,
     SetPaused,
+    ExtendPath,
     AddPlugin,
     RemovePlugin,
     Shutdown,

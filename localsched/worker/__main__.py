@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobWriter
-from localsched.worker.main import run_worker
+from localsched.worker.main import extend_path, run_worker
 
 
 def main(argv: list[str]) -> None:
@@ -35,6 +35,7 @@ def main(argv: list[str]) -> None:
     # The parent's authkey, as a multiprocessing child has it: Manager proxies
     # in a task's arguments authenticate with it.
     multiprocessing.current_process().authkey = bytes.fromhex(setup["authkey"])
+    extend_path(setup.get("sys_path", ()))
     writer = BlobWriter(*store) if store else None
     resources = None
     page = None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import heapq
+import importlib
 import itertools
 import logging
 import os
@@ -49,6 +50,7 @@ from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import (
     AddPlugin,
     CallActor,
+    ExtendPath,
     ForgetKeys,
     FunctionResult,
     Goodbye,
@@ -441,6 +443,8 @@ class Worker:
         elif isinstance(message, AddPlugin | RemovePlugin):
             # On this thread, so tasks that arrive later see the plugin.
             self._outbox.post_nowait(self.plugins.handle(message))
+        elif isinstance(message, ExtendPath):
+            extend_path(message.entries)
         elif isinstance(message, SetPaused):
             with self._lock:
                 self._is_paused = message.paused
@@ -871,3 +875,16 @@ class _Outbox:
                 if isinstance(exc, OSError):
                     return  # the scheduler is gone: the control thread sees EOF
                 raise
+
+
+def extend_path(entries: Iterable[str]) -> None:
+    """Append the ``sys.path`` entries this process lacks (in their order).
+
+    Appended, not prepended: the cluster's entries must not shadow the
+    modules this worker runs on.
+    """
+    known = set(sys.path)
+    added = [entry for entry in entries if entry not in known]
+    if added:
+        sys.path.extend(added)
+        importlib.invalidate_caches()

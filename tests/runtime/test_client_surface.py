@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import gzip
 import os
+import sys
 import threading
 
 import pytest
@@ -271,6 +272,39 @@ def test_retired_workers_data_is_held_by_a_remaining_worker():
         assert keys <= set(client.has_what()[second])
         assert first not in client.has_what()
         assert made.result(timeout=DEADLINE) == 2
+
+
+def test_a_directory_put_on_sys_path_later_is_importable_by_every_worker(tmp_path):
+    # The function is pickled by reference, so the worker must import it.
+    (tmp_path / "late_path_module.py").write_text(
+        "import os\n\ndef where(x):\n    return x, os.getpid()\n"
+    )
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        assert client.submit(inc, 1).result(timeout=DEADLINE) == 2  # started before
+        sys.path.append(str(tmp_path))
+        try:
+            import late_path_module
+
+            before = client.submit(late_path_module.where, 1)
+            assert before.result(timeout=DEADLINE)[0] == 1
+            old = set(cluster.scheduler.workers)
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=DEADLINE)
+            [new] = set(cluster.scheduler.workers) - old
+            later = client.map(
+                late_path_module.where, range(4), workers=[new], pure=False
+            )
+            assert [x for x, _ in client.gather(later)] == list(range(4))
+            pids = client.run(os.getpid)
+            assert {pid for _, pid in client.gather(later)} == {pids[new]}
+            [first] = old
+            assert before.result()[1] == pids[first]
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop("late_path_module", None)
 
 
 def test_replicate_works_inside_a_task(cluster):
