@@ -40,6 +40,7 @@ _EXPORTS = {
     "Lock": "localsched.client.coordination",
     "NoValidWorkerError": "localsched.errors",
     "Queue": "localsched.client.coordination",
+    "Reschedule": "localsched.errors",
     "Scheduler": "localsched.scheduler.scheduler",
     "SchedulerPlugin": "localsched.plugins",
     "Semaphore": "localsched.client.coordination",
@@ -78,6 +79,7 @@ __all__ = [
     "Lock",
     "NoValidWorkerError",
     "Queue",
+    "Reschedule",
     "Scheduler",
     "SchedulerPlugin",
     "Semaphore",
@@ -127,7 +129,7 @@ if TYPE_CHECKING:
     from localsched.client.report import performance_report
     from localsched.client.task_client import get_client, worker_client
     from localsched.deploy.local import LocalCluster
-    from localsched.errors import KilledWorker, NoValidWorkerError
+    from localsched.errors import KilledWorker, NoValidWorkerError, Reschedule
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
     from localsched.worker.context import get_worker, print, rejoin, secede, warn

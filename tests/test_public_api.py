@@ -49,6 +49,7 @@ PUBLIC = {
     "Event",
     "Lock",
     "Queue",
+    "Reschedule",
     "Semaphore",
     "Variable",
 }
