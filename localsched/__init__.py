@@ -38,6 +38,7 @@ _EXPORTS = {
     "KilledWorker": "localsched.errors",
     "LocalCluster": "localsched.deploy.local",
     "Lock": "localsched.client.coordination",
+    "MultiLock": "localsched.client.multilock",
     "NoValidWorkerError": "localsched.errors",
     "Queue": "localsched.client.coordination",
     "Reschedule": "localsched.errors",
@@ -77,6 +78,7 @@ __all__ = [
     "KilledWorker",
     "LocalCluster",
     "Lock",
+    "MultiLock",
     "NoValidWorkerError",
     "Queue",
     "Reschedule",
@@ -125,6 +127,7 @@ if TYPE_CHECKING:
         futures_of,
         wait,
     )
+    from localsched.client.multilock import MultiLock
     from localsched.client.progress import progress
     from localsched.client.report import performance_report
     from localsched.client.task_client import get_client, worker_client

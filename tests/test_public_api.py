@@ -50,6 +50,7 @@ PUBLIC = {
     "Lock",
     "Queue",
     "Reschedule",
+    "MultiLock",
     "Semaphore",
     "Variable",
 }

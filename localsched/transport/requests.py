@@ -512,6 +512,8 @@ class Operation(StrEnum):
     SEMAPHORE_RELEASE = "semaphore_release"
     SEMAPHORE_VALUE = "semaphore_value"
     SEMAPHORE_CLOSE = "semaphore_close"
+    MULTILOCK_ACQUIRE = "multilock_acquire"
+    MULTILOCK_RELEASE = "multilock_release"
     VARIABLE_SET = "variable_set"
     VARIABLE_GET = "variable_get"
     VARIABLE_DELETE = "variable_delete"

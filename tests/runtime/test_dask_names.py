@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import pytest
 
 import localsched
-from localsched import Client, Reschedule
+from localsched import Client, MultiLock, Reschedule
 from tests.runtime.helpers import DEADLINE
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,3 +35,63 @@ def test_a_task_raising_reschedule_runs_again_and_finishes(client: Client, tmp_p
 def test_reschedule_is_dask_s_exception():
     assert localsched.Reschedule is Reschedule
     assert issubclass(Reschedule, Exception)
+
+
+# -- MultiLock ----------------------------------------------------------------------
+
+
+def test_multilock_grants_all_names_or_none(client: Client):
+    first = MultiLock(["ml-a", "ml-b"], client=client)
+    assert first.acquire(timeout=DEADLINE)
+    assert first.locked()
+    # "ml-b" is held: "ml-c" must not be taken on its own meanwhile.
+    second = MultiLock(["ml-b", "ml-c"], client=client)
+    assert not second.acquire(blocking=False)
+    assert not second.locked()
+    only_c = MultiLock(["ml-c"], client=client)
+    assert only_c.acquire(blocking=False)
+    only_c.release()
+    # One of two names is enough with num_locks=1: "ml-c" is free.
+    assert second.acquire(blocking=False, num_locks=1)
+    second.release()
+    first.release()
+    assert not first.locked()
+    with pytest.raises(ValueError, match="not yet acquired"):
+        first.release()
+
+
+def test_a_waiting_multilock_is_granted_on_release(client: Client):
+    holder = MultiLock(["mw-a", "mw-b"], client=client)
+    assert holder.acquire(timeout=DEADLINE)
+    with (
+        Client(client.cluster) as other,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        waiter = MultiLock(["mw-b", "mw-a"], client=other)
+        granted = pool.submit(waiter.acquire, timeout=DEADLINE)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            granted.result(timeout=0.2)
+        holder.release()
+        assert granted.result(timeout=DEADLINE) is True
+        assert not holder.acquire(blocking=False)
+        waiter.release()
+    assert holder.acquire(blocking=False)
+    holder.release()
+
+
+def take_multilock(names: list[str], timeout: float) -> bool:
+    lock = MultiLock(names)
+    if not lock.acquire(timeout=timeout):
+        return False
+    lock.release()
+    return True
+
+
+def test_multilock_from_inside_a_task(client: Client):
+    held = MultiLock(["mt-x"], client=client)
+    assert held.acquire(timeout=DEADLINE)
+    blocked = client.submit(take_multilock, ["mt-x", "mt-y"], 0.2, pure=False)
+    assert blocked.result(timeout=DEADLINE) is False
+    held.release()
+    free = client.submit(take_multilock, ["mt-x", "mt-y"], DEADLINE, pure=False)
+    assert free.result(timeout=DEADLINE) is True
