@@ -50,6 +50,7 @@ _EXPORTS = {
     "as_completed": "localsched.client.future",
     "default_client": "localsched.client.client",
     "futures_of": "localsched.client.future",
+    "get_task_metadata": "localsched.client.task_metadata",
     "get_task_stream": "localsched.client.control",
     "performance_report": "localsched.client.report",
     "progress": "localsched.client.progress",
@@ -93,6 +94,7 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_metadata",
     "get_task_stream",
     "get_worker",
     "local_client",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
     from localsched.client.progress import progress
     from localsched.client.report import performance_report
     from localsched.client.task_client import get_client, worker_client
+    from localsched.client.task_metadata import get_task_metadata
     from localsched.deploy.local import LocalCluster
     from localsched.errors import KilledWorker, NoValidWorkerError, Reschedule
     from localsched.plugins import SchedulerPlugin, WorkerPlugin

@@ -65,7 +65,9 @@ __all__ = [
     "SchedulerLogs",
     "SetMetadata",
     "StartRecording",
+    "StartTaskMetadata",
     "StopRecording",
+    "StopTaskMetadata",
     "Story",
     "SubscribeTopic",
     "TaskRunSpecs",
@@ -249,6 +251,23 @@ class StopRecording(Request):
     Raises ``KeyError`` for a session that is not open."""
 
     session: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTaskMetadata(Request):
+    """Start collecting the metadata and final state of the tasks submitted
+    from now on, under ``name`` (``get_task_metadata``); None."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopTaskMetadata(Request):
+    """Stop the collection ``name``; answers ``{"metadata": {key: ...},
+    "state": {key: "memory" | "erred"}}``. Raises ``ValueError`` for a name
+    that is not collecting."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

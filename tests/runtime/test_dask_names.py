@@ -8,7 +8,14 @@ import os
 import pytest
 
 import localsched
-from localsched import Client, MultiLock, Reschedule
+from localsched import (
+    Client,
+    MultiLock,
+    Reschedule,
+    SchedulerPlugin,
+    get_task_metadata,
+    worker_client,
+)
 from tests.runtime.helpers import DEADLINE
 
 pytestmark = pytest.mark.timeout(60)
@@ -95,3 +102,62 @@ def test_multilock_from_inside_a_task(client: Client):
     held.release()
     free = client.submit(take_multilock, ["mt-x", "mt-y"], DEADLINE, pure=False)
     assert free.result(timeout=DEADLINE) is True
+
+
+# -- get_task_metadata --------------------------------------------------------------
+
+
+class TagTasks(SchedulerPlugin):
+    """Fills ``TaskState.metadata`` as dask's test plugin does."""
+
+    name = "tag-tasks"
+
+    def start(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if finish == "processing":
+            self.scheduler.tasks[key].metadata = {"tag": f"tagged-{key}"}
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def fail(x: int) -> int:
+    raise ValueError(x)
+
+
+def test_get_task_metadata_collects_the_block_s_tasks(client: Client):
+    client.register_plugin(TagTasks())
+    try:
+        with get_task_metadata() as outer:
+            first = client.submit(inc, 1, key="meta-1")
+            assert first.result(timeout=DEADLINE) == 2
+            with get_task_metadata() as inner:
+                failed = client.submit(fail, 2, key="meta-2")
+                with pytest.raises(ValueError, match="2"):
+                    failed.result(timeout=DEADLINE)
+    finally:
+        client.unregister_scheduler_plugin("tag-tasks")
+    assert outer.metadata == {
+        "meta-1": {"tag": "tagged-meta-1"},
+        "meta-2": {"tag": "tagged-meta-2"},
+    }
+    assert outer.state == {"meta-1": "memory", "meta-2": "erred"}
+    assert inner.metadata == {"meta-2": {"tag": "tagged-meta-2"}}
+    assert inner.state == {"meta-2": "erred"}
+    # Leaving the block removed the collector.
+    with pytest.raises(ValueError, match="found 0"):
+        inner.__exit__(None, None, None)
+
+
+def metadata_from_a_task(x: int) -> dict:
+    with worker_client() as inner, get_task_metadata(inner) as tasks:
+        assert inner.submit(inc, x, key="meta-in-task").result() == x + 1
+    return dict(tasks.state or {})
+
+
+def test_get_task_metadata_inside_a_task(client: Client):
+    future = client.submit(metadata_from_a_task, 5, pure=False)
+    assert future.result(timeout=DEADLINE) == {"meta-in-task": "memory"}
