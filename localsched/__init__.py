@@ -38,8 +38,10 @@ _EXPORTS = {
     "KilledWorker": "localsched.errors",
     "LocalCluster": "localsched.deploy.local",
     "Lock": "localsched.client.coordination",
+    "MultiLock": "localsched.client.multilock",
     "NoValidWorkerError": "localsched.errors",
     "Queue": "localsched.client.coordination",
+    "Reschedule": "localsched.errors",
     "Scheduler": "localsched.scheduler.scheduler",
     "SchedulerPlugin": "localsched.plugins",
     "Semaphore": "localsched.client.coordination",
@@ -48,6 +50,7 @@ _EXPORTS = {
     "as_completed": "localsched.client.future",
     "default_client": "localsched.client.client",
     "futures_of": "localsched.client.future",
+    "get_task_metadata": "localsched.client.task_metadata",
     "get_task_stream": "localsched.client.control",
     "performance_report": "localsched.client.report",
     "progress": "localsched.client.progress",
@@ -76,8 +79,10 @@ __all__ = [
     "KilledWorker",
     "LocalCluster",
     "Lock",
+    "MultiLock",
     "NoValidWorkerError",
     "Queue",
+    "Reschedule",
     "Scheduler",
     "SchedulerPlugin",
     "Semaphore",
@@ -89,6 +94,7 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_metadata",
     "get_task_stream",
     "get_worker",
     "local_client",
@@ -123,11 +129,13 @@ if TYPE_CHECKING:
         futures_of,
         wait,
     )
+    from localsched.client.multilock import MultiLock
     from localsched.client.progress import progress
     from localsched.client.report import performance_report
     from localsched.client.task_client import get_client, worker_client
+    from localsched.client.task_metadata import get_task_metadata
     from localsched.deploy.local import LocalCluster
-    from localsched.errors import KilledWorker, NoValidWorkerError
+    from localsched.errors import KilledWorker, NoValidWorkerError, Reschedule
     from localsched.plugins import SchedulerPlugin, WorkerPlugin
     from localsched.scheduler.scheduler import Scheduler
     from localsched.worker.context import get_worker, print, rejoin, secede, warn

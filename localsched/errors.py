@@ -51,6 +51,15 @@ class KilledWorker(Exception):
         return text
 
 
+class Reschedule(Exception):
+    """Raise it in a task to have the scheduler place the task again.
+
+    Same as ``distributed.Reschedule``: the task is not erred; the scheduler
+    releases it and, since it is still wanted, runs it again (perhaps on
+    another worker).
+    """
+
+
 class InvalidTransition(RuntimeError):
     """The core was asked for a transition its table does not allow."""
 

@@ -28,6 +28,7 @@ PUBLIC = {
     "as_completed",
     "default_client",
     "futures_of",
+    "get_task_metadata",
     "get_task_stream",
     "performance_report",
     "progress",
@@ -49,6 +50,8 @@ PUBLIC = {
     "Event",
     "Lock",
     "Queue",
+    "Reschedule",
+    "MultiLock",
     "Semaphore",
     "Variable",
 }

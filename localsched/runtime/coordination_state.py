@@ -1,6 +1,6 @@
 """State of the coordination primitives, on the scheduler thread.
 
-``Event``, ``Lock``/``Semaphore``, ``Variable``, ``Queue`` and published
+``Event``, ``Lock``/``Semaphore``, ``MultiLock``, ``Variable``, ``Queue`` and published
 datasets (``localsched.client.coordination`` and ``Client.publish_dataset``) keep their
 state here, in one :class:`Coordination` per runtime. Every operation is a short
 non-blocking call on the scheduler thread, made by the request handler for a
@@ -74,6 +74,7 @@ _WAITABLE = {
     "variable_get": "variable",
     "queue_get": "queue",
     "queue_put": "queue",
+    "multilock_acquire": "multilock",
 }
 
 #: ``Coordination.wait`` registered a waiter: the answer comes later.
@@ -91,6 +92,10 @@ class Coordination:
         self.queues: dict[str, _Queue] = {}
         self.datasets: dict[Key, Record] = {}
         self.handoffs: set[str] = set()
+        #: MultiLock: lock name -> id of the acquisition holding it
+        self.multilock_owners: dict[str, str] = {}
+        #: MultiLock: acquisition id -> (client, names it holds)
+        self.multilock_grants: dict[str, tuple[str, tuple[str, ...]]] = {}
         #: (kind, name) -> wait id -> waiter, in arrival order
         self.waiters: dict[tuple[str, Any], dict[str, _Waiter]] = {}
         self._to_wake: list[tuple[str, Any]] = []
@@ -116,7 +121,10 @@ class Coordination:
         result = attempt()
         if result:
             return result
-        waiters = self.waiters.setdefault((kind, args[0]), {})
+        # A MultiLock request spans several names: its waiters form one group,
+        # all tried again on any release.
+        name = None if kind == "multilock" else args[0]
+        waiters = self.waiters.setdefault((kind, name), {})
         waiters[wait_id] = _Waiter(client, attempt, reply, fail)
         return DEFERRED
 
@@ -294,6 +302,48 @@ class Coordination:
     def semaphore_close(self, client: str, name: str) -> None:
         self.semaphores.pop(name, None)
         self._wake("semaphore", name)
+
+    # -- MultiLock --------------------------------------------------------------------
+
+    def multilock_acquire(
+        self, client: str, names: tuple[str, ...], num_locks: int, lock_id: str
+    ) -> bool:
+        """Grant ``num_locks`` of ``names`` to ``lock_id`` at once, or nothing."""
+        if not 0 < num_locks <= len(names):
+            raise ValueError(
+                f"num_locks must be between 1 and {len(names)}, got {num_locks}"
+            )
+        # Locks of a client (or a worker's client) that went away are free.
+        clients = self.runtime.clients
+        for gone in [
+            i for i, (c, _) in self.multilock_grants.items() if c not in clients
+        ]:
+            self._multilock_free(gone)
+        if lock_id in self.multilock_grants:
+            return True
+        owners = self.multilock_owners
+        free = [name for name in dict.fromkeys(names) if name not in owners]
+        if len(free) < num_locks:
+            return False
+        taken = tuple(free[:num_locks])
+        for name in taken:
+            owners[name] = lock_id
+        self.multilock_grants[lock_id] = (client, taken)
+        return True
+
+    def multilock_release(self, client: str, lock_id: str) -> bool:
+        if not self._multilock_free(lock_id):
+            return False
+        self._wake("multilock", None)
+        return True
+
+    def _multilock_free(self, lock_id: str) -> bool:
+        grant = self.multilock_grants.pop(lock_id, None)
+        if grant is None:
+            return False
+        for name in grant[1]:
+            del self.multilock_owners[name]
+        return True
 
     # -- Variable ---------------------------------------------------------------------
 

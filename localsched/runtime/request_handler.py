@@ -41,6 +41,7 @@ from localsched.runtime.plugin_keeper import (
     add_message,
     keeper_of,
 )
+from localsched.runtime.task_metadata import HANDLERS as TASK_METADATA_HANDLERS
 from localsched.runtime.task_stream import task_stream_plugin
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
@@ -544,6 +545,7 @@ _HANDLERS: dict[type[rq.Request], Callable[[Any, Any, Any], Any]] = {
     rq.WaitFor: _wait_for,
     **cluster_requests.HANDLERS,
     **DIAGNOSTIC_HANDLERS,
+    **TASK_METADATA_HANDLERS,
 }
 
 

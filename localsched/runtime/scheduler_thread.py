@@ -502,6 +502,16 @@ class SchedulerRuntime:
             self._on_task_done(handle, message, events)
         elif typ is TaskFailed:
             assert isinstance(message, TaskFailed)
+            if message.reschedule:
+                # The task asked to be placed again (dask's Reschedule).
+                events.append(
+                    ev.RescheduleRequested(
+                        stimulus_id=self.stimulus_id("reschedule"),
+                        key=message.key,
+                        worker=address,
+                    )
+                )
+                return
             if self.recorder is not None:
                 self.recorder.task_failed(address, message)
             events.append(

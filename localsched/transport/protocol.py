@@ -357,6 +357,9 @@ class TaskFailed(Message):
     #: As :attr:`TaskDone.thread` and :attr:`TaskDone.load_start`.
     thread: int = 0
     load_start: float = 0.0
+    #: The task raised :class:`localsched.errors.Reschedule`: the scheduler
+    #: places it again instead of marking it erred.
+    reschedule: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

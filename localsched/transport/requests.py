@@ -65,7 +65,9 @@ __all__ = [
     "SchedulerLogs",
     "SetMetadata",
     "StartRecording",
+    "StartTaskMetadata",
     "StopRecording",
+    "StopTaskMetadata",
     "Story",
     "SubscribeTopic",
     "TaskRunSpecs",
@@ -252,6 +254,23 @@ class StopRecording(Request):
     Raises ``KeyError`` for a session that is not open."""
 
     session: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTaskMetadata(Request):
+    """Start collecting the metadata and final state of the tasks submitted
+    from now on, under ``name`` (``get_task_metadata``); None."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopTaskMetadata(Request):
+    """Stop the collection ``name``; answers ``{"metadata": {key: ...},
+    "state": {key: "memory" | "erred"}}``. Raises ``ValueError`` for a name
+    that is not collecting."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -515,6 +534,8 @@ class Operation(StrEnum):
     SEMAPHORE_RELEASE = "semaphore_release"
     SEMAPHORE_VALUE = "semaphore_value"
     SEMAPHORE_CLOSE = "semaphore_close"
+    MULTILOCK_ACQUIRE = "multilock_acquire"
+    MULTILOCK_RELEASE = "multilock_release"
     VARIABLE_SET = "variable_set"
     VARIABLE_GET = "variable_get"
     VARIABLE_DELETE = "variable_delete"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import cloudpickle
 
+from localsched.errors import Reschedule
 from localsched.transport import inproc, pickling
 from localsched.transport.inproc import LocalRef
 from localsched.transport.pickling import dumps_traceback
@@ -204,6 +205,7 @@ def to_message(
         stop=outcome.stop,
         thread=thread,
         load_start=load_start,
+        reschedule=isinstance(outcome.exception, Reschedule),
     )
 
 
