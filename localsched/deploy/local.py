@@ -680,28 +680,29 @@ class LocalCluster:
         told = {id(h) for h in handles}  # joined already, or killed
         workers = list(self.runtime.workers.values())
         everyone = {id(h): h for h in [*handles, *workers]}
-        if self.runtime.is_running:
-            # Hung (stop timed out): it still reads the handles' pipes, so only
-            # stop and reap the processes; the close is not clean.
-            for handle in everyone.values():
+        is_hung = self.runtime.is_running  # stop timed out
+        for handle in everyone.values():
+            if is_hung:  # it still reads the pipes: only stop the processes
                 handle.process.kill()
-                handle.process.join(1.0)
-            return False
+            else:
+                with contextlib.suppress(OSError):
+                    handle.conn.close()
+        deadline = time.monotonic() + 1.0
         are_gone = True
         for key, handle in everyone.items():
-            with contextlib.suppress(OSError):
-                handle.conn.close()
             process = handle.process
-            process.join(0.0 if key in told else 1.0)
+            wait = 0.0 if key in told else deadline - time.monotonic()
+            process.join(max(0.0, wait))
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
             are_gone = are_gone and not process.is_alive()
-            if handle.stderr_relay is not None:
-                handle.stderr_relay.close()
-            if handle.executing_page is not None:
-                handle.executing_page.close()
-        return are_gone
+            if not is_hung:
+                if handle.stderr_relay is not None:
+                    handle.stderr_relay.close()
+                if handle.executing_page is not None:
+                    handle.executing_page.close()
+        return are_gone and not is_hung
 
     def _shutdown_workers(self) -> list[WorkerHandle]:
         handles = list(self.runtime.workers.values())
