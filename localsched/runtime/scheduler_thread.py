@@ -495,111 +495,119 @@ class SchedulerRuntime:
     def _on_message(
         self, handle: WorkerHandle, message: Message, events: list[ev.StateEvent]
     ) -> None:
+        # One table lookup per message, as the core's _DISPATCH for events.
+        handler = _MESSAGE_HANDLERS.get(type(message))
+        if handler is None:
+            logger.warning("Unexpected message from %s: %r", handle.address, message)
+            return
+        handler(self, handle, message, events)
+
+    def _on_task_failed(
+        self, handle: WorkerHandle, message: TaskFailed, events: list[ev.StateEvent]
+    ) -> None:
         address = handle.address
-        typ = type(message)
-        if typ is TaskDone:
-            assert isinstance(message, TaskDone)
-            self._on_task_done(handle, message, events)
-        elif typ is TaskFailed:
-            assert isinstance(message, TaskFailed)
-            if message.reschedule:
-                # The task asked to be placed again (dask's Reschedule).
-                events.append(
-                    ev.RescheduleRequested(
-                        stimulus_id=self.stimulus_id("reschedule"),
-                        key=message.key,
-                        worker=address,
-                    )
-                )
-                return
-            if self.recorder is not None:
-                self.recorder.task_failed(address, message)
+        if message.reschedule:
+            # The task asked to be placed again (dask's Reschedule).
             events.append(
-                ev.TaskErred(
-                    stimulus_id=self.stimulus_id("task-erred"),
+                ev.RescheduleRequested(
+                    stimulus_id=self.stimulus_id("reschedule"),
                     key=message.key,
                     worker=address,
-                    run_id=message.run_id,
-                    exception=message.exception,
-                    traceback=message.traceback,
-                    exception_text=message.exception_text,
-                    traceback_text=message.traceback_text,
-                    startstops=(("compute", message.start, message.stop),),
                 )
             )
-        elif typ is StealAnswer:
-            assert isinstance(message, StealAnswer)
-            events.append(
-                ev.StealResponse(
-                    stimulus_id=self.stimulus_id("steal-response"),
-                    key=message.key,
-                    worker=address,
-                    state=message.state,
-                )
+            return
+        if self.recorder is not None:
+            self.recorder.task_failed(address, message)
+        events.append(
+            ev.TaskErred(
+                stimulus_id=self.stimulus_id("task-erred"),
+                key=message.key,
+                worker=address,
+                run_id=message.run_id,
+                exception=message.exception,
+                traceback=message.traceback,
+                exception_text=message.exception_text,
+                traceback_text=message.traceback_text,
+                startstops=(("compute", message.start, message.stop),),
             )
-        elif typ is LinkEvents:
-            assert isinstance(message, LinkEvents)
-            take_worker_events(self, handle, message, events)
-        elif typ is LinkRequest:
-            assert isinstance(message, LinkRequest)
-            serve_worker(self, handle, message, events)
-        elif typ is LongRunning:
-            assert isinstance(message, LongRunning)
-            events.append(
-                ev.TaskSeceded(
-                    stimulus_id=self.stimulus_id("secede"),
-                    key=message.key,
-                    worker=address,
-                    compute_duration=message.compute_duration,
-                    run_id=message.run_id,
-                )
+        )
+
+    def _on_steal_answer(
+        self, handle: WorkerHandle, message: StealAnswer, events: list[ev.StateEvent]
+    ) -> None:
+        events.append(
+            ev.StealResponse(
+                stimulus_id=self.stimulus_id("steal-response"),
+                key=message.key,
+                worker=handle.address,
+                state=message.state,
             )
-        elif typ is Hello:
-            assert isinstance(message, Hello)
-            handle.outbox.append(WorkerInfo(address=address, name=handle.name))
-            handle.is_ready = True
-            self.scheduler.log_event(address, {"action": "add-worker"})
-            self.scheduler.log_event("all", {"action": "add-worker", "worker": address})
-            handle.pid = message.pid
-            ws_name = handle.name
-            events.append(
-                ev.WorkerAdded(
-                    stimulus_id=self.stimulus_id("worker-added"),
-                    address=address,
-                    nthreads=message.nthreads,
-                    name=ws_name,
-                    memory_limit=handle.memory_limit,
-                    resources=handle.resources or None,
-                    pid=message.pid,
-                    time=time.time(),
-                )
+        )
+
+    def _on_long_running(
+        self, handle: WorkerHandle, message: LongRunning, events: list[ev.StateEvent]
+    ) -> None:
+        events.append(
+            ev.TaskSeceded(
+                stimulus_id=self.stimulus_id("secede"),
+                key=message.key,
+                worker=handle.address,
+                compute_duration=message.compute_duration,
+                run_id=message.run_id,
             )
-            if self.recorder is not None:
-                self.recorder.worker_added(handle, message.nthreads)
-        elif typ is FunctionResult:
-            assert isinstance(message, FunctionResult)
-            self.runs.answered(
-                message.id,
-                address,
-                (message.ok, message.payload, message.traceback_text),
+        )
+
+    def _on_hello(
+        self, handle: WorkerHandle, message: Hello, events: list[ev.StateEvent]
+    ) -> None:
+        address = handle.address
+        handle.outbox.append(WorkerInfo(address=address, name=handle.name))
+        handle.is_ready = True
+        self.scheduler.log_event(address, {"action": "add-worker"})
+        self.scheduler.log_event("all", {"action": "add-worker", "worker": address})
+        handle.pid = message.pid
+        events.append(
+            ev.WorkerAdded(
+                stimulus_id=self.stimulus_id("worker-added"),
+                address=address,
+                nthreads=message.nthreads,
+                name=handle.name,
+                memory_limit=handle.memory_limit,
+                resources=handle.resources or None,
+                pid=message.pid,
+                time=time.time(),
             )
-        elif typ is ActorAnswer:
-            assert isinstance(message, ActorAnswer)
-            actor_calls_of(self).answered(message.id, message.ok, message.payload)
-        elif typ is Heartbeat:
-            assert isinstance(message, Heartbeat)
-            events.append(
-                ev.WorkerHeartbeat(
-                    stimulus_id=self.stimulus_id("heartbeat"),
-                    address=address,
-                    executing=message.executing,
-                    time=time.time(),
-                )
+        )
+        if self.recorder is not None:
+            self.recorder.worker_added(handle, message.nthreads)
+
+    def _on_function_result(
+        self, handle: WorkerHandle, message: FunctionResult, events: list[ev.StateEvent]
+    ) -> None:
+        answer = (message.ok, message.payload, message.traceback_text)
+        self.runs.answered(message.id, handle.address, answer)
+
+    def _on_actor_answer(
+        self, handle: WorkerHandle, message: ActorAnswer, events: list[ev.StateEvent]
+    ) -> None:
+        actor_calls_of(self).answered(message.id, message.ok, message.payload)
+
+    def _on_heartbeat(
+        self, handle: WorkerHandle, message: Heartbeat, events: list[ev.StateEvent]
+    ) -> None:
+        events.append(
+            ev.WorkerHeartbeat(
+                stimulus_id=self.stimulus_id("heartbeat"),
+                address=handle.address,
+                executing=message.executing,
+                time=time.time(),
             )
-        elif typ is Goodbye:
-            handle.said_goodbye = True
-        else:
-            logger.warning("Unexpected message from %s: %r", address, message)
+        )
+
+    def _on_goodbye(
+        self, handle: WorkerHandle, message: Goodbye, events: list[ev.StateEvent]
+    ) -> None:
+        handle.said_goodbye = True
 
     def _on_task_done(
         self, handle: WorkerHandle, message: TaskDone, events: list[ev.StateEvent]
@@ -920,6 +928,22 @@ def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
     if text and exception.__cause__ is None:
         exception.__cause__ = RemoteTraceback(text)
     return exception, text
+
+
+#: What the runtime does with each message of a worker (see ``_on_message``).
+_MESSAGE_HANDLERS: dict[type[Message], Callable[..., None]] = {
+    TaskDone: SchedulerRuntime._on_task_done,
+    TaskFailed: SchedulerRuntime._on_task_failed,
+    StealAnswer: SchedulerRuntime._on_steal_answer,
+    LinkEvents: take_worker_events,
+    LinkRequest: serve_worker,
+    LongRunning: SchedulerRuntime._on_long_running,
+    Hello: SchedulerRuntime._on_hello,
+    FunctionResult: SchedulerRuntime._on_function_result,
+    ActorAnswer: SchedulerRuntime._on_actor_answer,
+    Heartbeat: SchedulerRuntime._on_heartbeat,
+    Goodbye: SchedulerRuntime._on_goodbye,
+}
 
 
 #: What the runtime does for each command of the core (see ``_execute``).

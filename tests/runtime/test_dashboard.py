@@ -337,7 +337,7 @@ def test_the_notebook_panel_updates_in_place_to_the_final_state(tmp_path):
         "import threading, time\n"
         "def slow_inc(x):\n"
         "    import time\n"
-        "    time.sleep(0.01)\n"
+        "    threading.Event().wait(0.01)  # 10 ms of work to watch\n"
         "    return x + 1\n"
         "futures = client.map(slow_inc, range(20))\n"
         "total = sum(client.gather(futures))\n"
