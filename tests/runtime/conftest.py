@@ -64,6 +64,16 @@ def _children() -> set[tuple[int, float]]:
     return found
 
 
+def _describe(pid: int) -> str:
+    """A leaked child with what tells whose it is: its parent and command."""
+    try:
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())[:200]
+        return f"child process {pid} (parent {process.ppid()}: {command})"
+    except psutil.Error:
+        return f"child process {pid}"
+
+
 @dataclass
 class Snapshot:
     children: set[tuple[int, float]]
@@ -76,7 +86,7 @@ class Snapshot:
 
     def leaks(self, ignore_prefixes: frozenset[str] = frozenset()) -> list[str]:
         now = Snapshot.take()
-        found = [f"child process {pid}" for pid, _ in now.children - self.children]
+        found = [_describe(pid) for pid, _ in now.children - self.children]
         found += [
             f"thread {t.name!r} (daemon={t.daemon})"
             for t in now.threads - self.threads

@@ -266,7 +266,11 @@ def test_budget_follows_the_machines_available_memory_by_default() -> None:
         monitor = c.memory
         assert monitor is not None
         monitor.read_available = lambda: 10 * MiB
+        # Fixed readings: tick() samples again, and a live worker's RSS moves
+        # by a few pages between two samples.
+        monitor.read_unmanaged = lambda pid: 5 * MiB
         sample = c.runtime.call(monitor.sample).result(DEADLINE)
+        assert [w.unmanaged for w in sample.workers] == [5 * MiB]
         ours = sample.managed + sum(w.unmanaged for w in sample.workers)
         assert sample.machine_limit == ours + 10 * MiB
         decision = c.runtime.call(monitor.tick).result(DEADLINE)
