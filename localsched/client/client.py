@@ -62,6 +62,7 @@ from localsched.client.graph import (
 from localsched.client.handover import refuse_asynchronous
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
+from localsched.client.result_types import remember_type
 from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
@@ -153,7 +154,7 @@ class Client(
         self,
         address: LocalCluster | str | None = None,
         loop: Any = None,
-        timeout: float | None = None,
+        timeout: str | float | None = None,
         set_as_default: bool = True,
         scheduler_file: str | None = None,
         security: Any = None,
@@ -201,7 +202,7 @@ class Client(
             f"{name or 'Client'}-{uuid.uuid4()}",
             self._states,
             weakref.WeakMethod(self._on_restart),
-            timeout,
+            parse_timedelta(timeout),
             on_event=weakref.WeakMethod(self._deliver_event),
         )
         self.status = "running"
@@ -693,6 +694,11 @@ class Client(
             # As dask: the first error raises at once, even while other
             # futures still run (a blocked task must not hold the caller).
             wait_until_failure(list(found.values()))
+            for future in found.values():
+                if future.status in ("error", "cancelled"):
+                    # Raised here: the traceback is this call, then the task's
+                    # frames (dask's short tracebacks).
+                    raise future._error()
         else:
             wait(list(found.values()))
         # One load for every finished key: a single round trip from a task.
@@ -719,7 +725,7 @@ class Client(
         broadcast: bool = False,
         direct: bool | None = None,
         hash: bool = True,
-        timeout: float | None = None,
+        timeout: str | float | None = None,
         asynchronous: bool | None = None,
     ) -> Any:
         """Move data into the cluster; return futures in the same structure.
@@ -731,9 +737,11 @@ class Client(
         self._check_running()
         # As dask: exact types, so a dict or list subclass is one opaque value;
         # a namedtuple is unpacked and comes back as its own type.
-        prepared, rebuild = prepare_scatter(data, self._link.serialize, hash)
-        states = {key: self._state_for(key) for key, _ in prepared}
+        plan = prepare_scatter(data, self._link.serialize, hash)
+        states = {key: self._state_for(key) for key, _ in plan.pairs}
         futures = {key: Future(key, self, state) for key, state in states.items()}
+        for key, state in states.items():
+            remember_type(state, plan.types[key])  # as dask: the type object
         names = (
             None
             if workers is None
@@ -741,9 +749,15 @@ class Client(
             if isinstance(workers, str | Number)
             else tuple(workers)
         )
-        request = rq.Scatter(data=tuple(prepared), workers=names, broadcast=broadcast)
-        self._link.request(request).result(timeout=timeout)
-        return rebuild(futures)
+        request = rq.Scatter(
+            data=tuple(plan.pairs),
+            workers=names,
+            broadcast=broadcast,
+            nbytes=plan.nbytes,
+            types={key: state.type for key, state in states.items() if state.type},
+        )
+        self._link.request(request).result(timeout=parse_timedelta(timeout))
+        return plan.rebuild(futures)
 
     # -- control -----------------------------------------------------------------------
 
@@ -881,7 +895,7 @@ class Client(
         self.close()
         self.cluster.close()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: str | float | None = None) -> None:
         """Release every future of this client; close the cluster it started.
 
         A task's client (``get_client()`` in a task) is shared by the worker's
@@ -910,7 +924,7 @@ class Client(
                 # event, so the commands the core returns are carried out:
                 # queued tasks no other client wants are dropped on the
                 # workers, and their results freed.
-                self._link.disconnect(timeout or 10)
+                self._link.disconnect(parse_timedelta(timeout) or 10)
         # As dask: the futures of a closed client are cancelled, so no thread
         # waits for a result that can no longer come. After a failure of the
         # scheduler thread they keep the error that says so.

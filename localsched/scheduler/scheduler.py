@@ -348,6 +348,7 @@ class Scheduler:
         nbytes: Mapping[Key, int] | None = None,
         client: str | None = None,
         shared: bool = True,
+        types: Mapping[Key, str] | None = None,
     ) -> list[Command]:
         """Learn that new data entered the cluster from outside (``scatter``)."""
         return self._apply(
@@ -356,6 +357,7 @@ class Scheduler:
                 client=client or "fire-and-forget",
                 who_has=who_has,
                 nbytes=nbytes or {},
+                types=types or {},
                 shared=shared,
             )
         )
