@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import itertools
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.client.actor import Actor, BaseActorFuture
 from localsched.client.cluster_tools import ClusterToolsMixin
+from localsched.client.computation_code import computation_code
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
     CollectionsMixin,
@@ -37,6 +37,8 @@ from localsched.client.dask_collections import (
     use_localsched_for_dask,
 )
 from localsched.client.datasets import DatasetsMixin
+from localsched.client.defaults import default_client as default_client
+from localsched.client.defaults import register_default, unregister_default
 from localsched.client.display import DisplayMixin
 from localsched.client.future import (
     Future,
@@ -81,12 +83,6 @@ Key = Hashable
 
 #: dask's ``Client.submit`` default: calls within 100 ms share a FIFO generation.
 FIFO_TIMEOUT = 0.1
-
-_current_lock = threading.Lock()
-#: Default clients by creation order, held weakly like dask's ``_global_clients``:
-#: a client the program dropped is collected, and closes the cluster it started.
-_current: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
-_current_index = itertools.count()
 
 
 def _is_future(obj: object) -> bool:
@@ -137,6 +133,9 @@ class Client(
     ...     future.result()
     1024
     """
+
+    #: dask's: whether the client runs in an event loop (never, here).
+    asynchronous = False
 
     def __new__(
         cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
@@ -216,8 +215,7 @@ class Client(
         #: This client made dask's collections run on localsched (until close).
         self._drives_dask = False
         if set_as_default:
-            with _current_lock:
-                _current[next(_current_index)] = self
+            register_default(self)
             self._drives_dask = use_localsched_for_dask()
 
     @property
@@ -665,6 +663,7 @@ class Client(
             time=time.time(),
             submitting_task=self._link.current_task(),
             actors=actors,
+            code=computation_code(),
         )
 
     # -- results ---------------------------------------------------------------------
@@ -911,10 +910,7 @@ class Client(
             # Live views draw their last frame now, while the results this
             # client holds are still there (the cluster closes with it).
             self.cluster._stop_live_views()
-        with _current_lock:
-            for index, client in list(_current.items()):
-                if client is self:
-                    del _current[index]
+        unregister_default(self)
         if getattr(self, "_drives_dask", False):
             self._drives_dask = False
             stop_using_localsched_for_dask()
@@ -965,32 +961,6 @@ class Client(
                 # Dropped without close: dask must not keep pointing at it.
                 self._drives_dask = False
                 stop_using_localsched_for_dask()
-
-
-def default_client(c: Client | None = None) -> Client:
-    """``c``, else the client of the innermost ``as_current`` block, else the
-    most recent client set as default.
-
-    Raises
-    ------
-    ValueError
-        There is none (dask's message).
-    """
-    if c is not None:
-        return c
-    current = current_client_var.get()
-    if current is not None and current.status == "running":
-        return current
-    with _current_lock:
-        clients = sorted(_current.items())
-    if clients:
-        return clients[-1][1]
-    raise ValueError(
-        "No clients found\n"
-        "Start a client and point it to the scheduler address\n"
-        "  from distributed import Client\n"
-        "  client = Client('ip-addr-of-scheduler:8786')\n"
-    )
 
 
 __all__ = [
