@@ -162,3 +162,21 @@ def test_default_clients_are_also_distributeds_global_clients():
         # dask would pick its distributed-only "p2p" methods: its local ones.
         assert sys.modules["dask"].config.get("dataframe.shuffle.method") == "disk"
     assert registry._get_global_client() is None
+
+
+# -- repr ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("render", [str, repr, lambda c: c._repr_html_()])
+def test_the_repr_shows_the_clusters_total_memory_limit(render):
+    # dask's test_repr asks for 2 GiB per worker (the runner's adapter does not
+    # pass that limit on; see docs/migrating.md).
+    from localsched import LocalCluster
+
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=1, memory_limit="2 GiB") as lc,
+        Client(lc) as client,
+    ):
+        text = render(client)
+        assert "6.00 GiB" in text
+        assert "threads=3" in text or "Total threads" in text
