@@ -57,6 +57,7 @@ class FutureState:
         "status",
         "traceback_text",
         "type",
+        "type_object",
     )
 
     def __init__(self, key: Key) -> None:
@@ -65,7 +66,11 @@ class FutureState:
         self.status = "pending"
         self.exception: BaseException | None = None
         self.traceback_text = ""
+        #: Qualified name of the result's type (``"numpy.ndarray"``), once known.
         self.type: str | None = None
+        #: ``(name, type)``: the type ``type`` names, once looked up by the
+        #: client (``client/result_types.py``); stale when ``type`` changes.
+        self.type_object: tuple[str, object] | None = None
         self.reason: str | None = None
         #: Set iff the status is final (finished, error, cancelled).
         self.event = threading.Event()

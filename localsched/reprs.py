@@ -283,8 +283,9 @@ def future_html(future: Any) -> str:
         f"<strong>Future:</strong> <code>{html.escape(str(future.key))}</code> "
         f'<span style="color:{colour}">status: {html.escape(status)}</span>'
     )
-    if future.type:
-        text += f", type: <code>{html.escape(future.type)}</code>"
+    name = future._state.type  # the type's name: no import for a repr
+    if name:
+        text += f", type: <code>{html.escape(name)}</code>"
     return f'<div class="localsched-future">{text}</div>'
 
 
@@ -351,8 +352,9 @@ def future_rich(future: Any) -> Any:
     text = Text("Future: ", style="bold")
     text.append(str(future.key), style="")
     text.append(f"  {future.status}", style=FUTURE_COLOURS.get(future.status, ""))
-    if future.type:
-        text.append(f"  type: {future.type}")
+    name = future._state.type  # the type's name: no import for a repr
+    if name:
+        text.append(f"  type: {name}")
     return text
 
 

@@ -29,6 +29,7 @@ def test_config_is_read_when_no_value_is_given():
             "distributed.scheduler.allowed-failures": 0,
             "distributed.scheduler.worker-saturation": "inf",
             "distributed.scheduler.work-stealing": False,
+            "distributed.diagnostics.computations.max-history": 7,
         }
     ):
         options = scheduler_options()
@@ -36,6 +37,7 @@ def test_config_is_read_when_no_value_is_given():
         "allowed_failures": 0,  # 0 is a value, not "unset"
         "worker_saturation": math.inf,
         "work_stealing": False,
+        "computations_max_history": 7,
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import itertools
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.client.actor import Actor, BaseActorFuture
 from localsched.client.cluster_tools import ClusterToolsMixin
+from localsched.client.computation_code import computation_code
 from localsched.client.control import ControlMixin, no_default
 from localsched.client.dask_collections import (
     CollectionsMixin,
@@ -37,6 +37,8 @@ from localsched.client.dask_collections import (
     use_localsched_for_dask,
 )
 from localsched.client.datasets import DatasetsMixin
+from localsched.client.defaults import default_client as default_client
+from localsched.client.defaults import register_default, unregister_default
 from localsched.client.display import DisplayMixin
 from localsched.client.future import (
     Future,
@@ -62,6 +64,7 @@ from localsched.client.graph import (
 from localsched.client.handover import refuse_asynchronous
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
+from localsched.client.result_types import remember_type
 from localsched.errors import ClosedClientError
 from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
@@ -80,12 +83,6 @@ Key = Hashable
 
 #: dask's ``Client.submit`` default: calls within 100 ms share a FIFO generation.
 FIFO_TIMEOUT = 0.1
-
-_current_lock = threading.Lock()
-#: Default clients by creation order, held weakly like dask's ``_global_clients``:
-#: a client the program dropped is collected, and closes the cluster it started.
-_current: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
-_current_index = itertools.count()
 
 
 def _is_future(obj: object) -> bool:
@@ -137,6 +134,9 @@ class Client(
     1024
     """
 
+    #: dask's: whether the client runs in an event loop (never, here).
+    asynchronous = False
+
     def __new__(
         cls, address: LocalCluster | str | None = None, *args: Any, **kwargs: Any
     ) -> Any:
@@ -153,7 +153,7 @@ class Client(
         self,
         address: LocalCluster | str | None = None,
         loop: Any = None,
-        timeout: float | None = None,
+        timeout: str | float | None = None,
         set_as_default: bool = True,
         scheduler_file: str | None = None,
         security: Any = None,
@@ -201,7 +201,7 @@ class Client(
             f"{name or 'Client'}-{uuid.uuid4()}",
             self._states,
             weakref.WeakMethod(self._on_restart),
-            timeout,
+            parse_timedelta(timeout),
             on_event=weakref.WeakMethod(self._deliver_event),
         )
         self.status = "running"
@@ -215,8 +215,7 @@ class Client(
         #: This client made dask's collections run on localsched (until close).
         self._drives_dask = False
         if set_as_default:
-            with _current_lock:
-                _current[next(_current_index)] = self
+            register_default(self)
             self._drives_dask = use_localsched_for_dask()
 
     @property
@@ -664,6 +663,7 @@ class Client(
             time=time.time(),
             submitting_task=self._link.current_task(),
             actors=actors,
+            code=computation_code(),
         )
 
     # -- results ---------------------------------------------------------------------
@@ -693,6 +693,11 @@ class Client(
             # As dask: the first error raises at once, even while other
             # futures still run (a blocked task must not hold the caller).
             wait_until_failure(list(found.values()))
+            for future in found.values():
+                if future.status in ("error", "cancelled"):
+                    # Raised here: the traceback is this call, then the task's
+                    # frames (dask's short tracebacks).
+                    raise future._error()
         else:
             wait(list(found.values()))
         # One load for every finished key: a single round trip from a task.
@@ -719,7 +724,7 @@ class Client(
         broadcast: bool = False,
         direct: bool | None = None,
         hash: bool = True,
-        timeout: float | None = None,
+        timeout: str | float | None = None,
         asynchronous: bool | None = None,
     ) -> Any:
         """Move data into the cluster; return futures in the same structure.
@@ -731,9 +736,11 @@ class Client(
         self._check_running()
         # As dask: exact types, so a dict or list subclass is one opaque value;
         # a namedtuple is unpacked and comes back as its own type.
-        prepared, rebuild = prepare_scatter(data, self._link.serialize, hash)
-        states = {key: self._state_for(key) for key, _ in prepared}
+        plan = prepare_scatter(data, self._link.serialize, hash)
+        states = {key: self._state_for(key) for key, _ in plan.pairs}
         futures = {key: Future(key, self, state) for key, state in states.items()}
+        for key, state in states.items():
+            remember_type(state, plan.types[key])  # as dask: the type object
         names = (
             None
             if workers is None
@@ -741,9 +748,15 @@ class Client(
             if isinstance(workers, str | Number)
             else tuple(workers)
         )
-        request = rq.Scatter(data=tuple(prepared), workers=names, broadcast=broadcast)
-        self._link.request(request).result(timeout=timeout)
-        return rebuild(futures)
+        request = rq.Scatter(
+            data=tuple(plan.pairs),
+            workers=names,
+            broadcast=broadcast,
+            nbytes=plan.nbytes,
+            types={key: state.type for key, state in states.items() if state.type},
+        )
+        self._link.request(request).result(timeout=parse_timedelta(timeout))
+        return plan.rebuild(futures)
 
     # -- control -----------------------------------------------------------------------
 
@@ -881,7 +894,7 @@ class Client(
         self.close()
         self.cluster.close()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: str | float | None = None) -> None:
         """Release every future of this client; close the cluster it started.
 
         A task's client (``get_client()`` in a task) is shared by the worker's
@@ -897,10 +910,7 @@ class Client(
             # Live views draw their last frame now, while the results this
             # client holds are still there (the cluster closes with it).
             self.cluster._stop_live_views()
-        with _current_lock:
-            for index, client in list(_current.items()):
-                if client is self:
-                    del _current[index]
+        unregister_default(self)
         if getattr(self, "_drives_dask", False):
             self._drives_dask = False
             stop_using_localsched_for_dask()
@@ -910,7 +920,7 @@ class Client(
                 # event, so the commands the core returns are carried out:
                 # queued tasks no other client wants are dropped on the
                 # workers, and their results freed.
-                self._link.disconnect(timeout or 10)
+                self._link.disconnect(parse_timedelta(timeout) or 10)
         # As dask: the futures of a closed client are cancelled, so no thread
         # waits for a result that can no longer come. After a failure of the
         # scheduler thread they keep the error that says so.
@@ -951,32 +961,6 @@ class Client(
                 # Dropped without close: dask must not keep pointing at it.
                 self._drives_dask = False
                 stop_using_localsched_for_dask()
-
-
-def default_client(c: Client | None = None) -> Client:
-    """``c``, else the client of the innermost ``as_current`` block, else the
-    most recent client set as default.
-
-    Raises
-    ------
-    ValueError
-        There is none (dask's message).
-    """
-    if c is not None:
-        return c
-    current = current_client_var.get()
-    if current is not None and current.status == "running":
-        return current
-    with _current_lock:
-        clients = sorted(_current.items())
-    if clients:
-        return clients[-1][1]
-    raise ValueError(
-        "No clients found\n"
-        "Start a client and point it to the scheduler address\n"
-        "  from distributed import Client\n"
-        "  client = Client('ip-addr-of-scheduler:8786')\n"
-    )
 
 
 __all__ = [

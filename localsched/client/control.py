@@ -25,6 +25,7 @@ from localsched.client.future import Future
 from localsched.client.graph import replace_futures
 from localsched.transport import pickling
 from localsched.transport import requests as rq
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -321,14 +322,17 @@ class ControlMixin:
             timer.wait(pause)  # their tasks finish: no event tells us when
             pause = min(pause * 2, 0.05)
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+    def wait_for_workers(
+        self, n_workers: int, timeout: str | float | None = None
+    ) -> None:
         """Block until ``n_workers`` workers are running.
 
         Raises
         ------
         TimeoutError
-            Fewer workers after ``timeout`` seconds.
+            Fewer workers after ``timeout`` (seconds or a duration string).
         """
+        timeout = parse_timedelta(timeout)
         if not isinstance(n_workers, int) or n_workers < 1:
             raise ValueError(
                 f"`n_workers` must be a positive integer. Instead got {n_workers}."

@@ -83,6 +83,13 @@ class _CurrentClient:
 
 DASK_SCHEDULER = _CurrentClient()
 
+#: dask's defaults without a distributed client, set while a client is current
+#: unless the program chose: with ``distributed`` imported, dask finds the
+#: localsched client through ``distributed.default_client()``
+#: (``client/defaults.py``) and would choose its "p2p" methods, which need
+#: distributed's shuffle extension on the workers.
+LOCAL_METHODS = {"dataframe.shuffle.method": "disk", "array.rechunk.method": "tasks"}
+
 _config_lock = threading.Lock()
 #: How many clients (and ``as_current`` blocks) want dask to use localsched.
 _config_users = 0
@@ -123,7 +130,13 @@ def use_localsched_for_dask() -> bool:
     with _config_lock:
         _config_users += 1
         if _config_users == 1:
-            _config_restore = dask.config.set(scheduler=DASK_SCHEDULER)
+            settings: dict[str, Any] = {
+                key: value
+                for key, value in LOCAL_METHODS.items()
+                if dask.config.get(key, None) is None
+            }
+            settings["scheduler"] = DASK_SCHEDULER
+            _config_restore = dask.config.set(settings)
     return True
 
 

@@ -36,6 +36,7 @@ from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from localsched.client.computation_code import computation_code
 from localsched.transport.protocol import TaskRef
 
 if TYPE_CHECKING:
@@ -397,6 +398,8 @@ def _update_graph(
         time=time.time(),
         submitting_task=client._link.current_task(),
         actors=actors or (),
+        code=computation_code(),
+        global_annotations=options.annotations or None,
     )
 
 

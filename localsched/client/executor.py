@@ -56,6 +56,7 @@ from localsched.client.future import Future, RemoteTraceback
 from localsched.client.graph import CannotSerialize, funcname
 from localsched.errors import KilledWorker
 from localsched.transport import requests as rq
+from localsched.units import parse_timedelta
 from localsched.worker.execute import LOAD_NOTE
 
 __all__ = ["ClientExecutor"]
@@ -153,7 +154,7 @@ class ClientExecutor(cf.Executor):
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
-        timeout: float | None = None,
+        timeout: str | float | None = None,
         chunksize: int = 1,
     ) -> Iterator[Any]:
         """``map(fn, *iterables)`` on the cluster, results in order.
@@ -167,7 +168,9 @@ class ClientExecutor(cf.Executor):
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
-        end = None if timeout is None else time.monotonic() + timeout
+        # A duration string too, as dask's ClientExecutor.map takes.
+        seconds = parse_timedelta(timeout)
+        end = None if seconds is None else time.monotonic() + seconds
         calls = [list(it) for it in iterables]
         call = fn if self._initializer is None else _Initialized(self._initializer, fn)
         try:

@@ -9,6 +9,7 @@ collected, the client tells the scheduler it no longer wants the key.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import contextvars
 import copy
@@ -20,6 +21,8 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from numbers import Number
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+from localsched.client.result_types import result_type
 
 # Re-exported: the cells are the client's API too (``localsched.client.future``).
 from localsched.future_state import FutureCancelledError as FutureCancelledError
@@ -63,9 +66,15 @@ class Future:
         self._generation = getattr(client, "generation", 0)
 
     @property
-    def type(self) -> str | None:
-        """Type name of the result, once known."""
-        return self._state.type
+    def type(self) -> builtins.type | str | None:
+        """The result's type, once known (None before), as in dask.
+
+        The worker sends the type's qualified name, not the pickled result: the
+        type is looked up here by that name (imported if need be, as unpickling
+        it would). A type that cannot be found by its name in this process (a
+        class defined inside a function) is given as that name.
+        """
+        return result_type(self._state)
 
     @property
     def status(self) -> str:
@@ -79,34 +88,49 @@ class Future:
     def cancelled(self) -> bool:
         return self._state.status == "cancelled"
 
-    def _wait(self, timeout: float | None) -> None:
+    def _wait(self, timeout: str | float | None) -> None:
         if self.client._adopted:
             self.client._claim_adopted((self.key,))
-        if not self._state.event.wait(timeout):
+        seconds = parse_timedelta(timeout)
+        if not self._state.event.wait(seconds):
             raise TimeoutError(
-                f"Future {self.key!r} did not finish within {timeout} seconds"
+                f"Future {self.key!r} did not finish within {seconds} seconds"
             )
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: str | float | None = None) -> Any:
         """Wait for the result and return it; re-raise the task's exception.
+
+        Parameters
+        ----------
+        timeout
+            Seconds, or a duration such as ``"10 ms"`` (dask's strings).
 
         Raises
         ------
         TimeoutError
-            The result did not arrive within ``timeout`` seconds.
+            The result did not arrive within ``timeout``.
         FutureCancelledError
             The future was cancelled.
         """
         self._wait(timeout)
-        state = self._state
-        if state.status == "finished":
+        if self._state.status == "finished":
             return self.client._load_result(self.key)
+        raise self._error()
+
+    def _error(self) -> BaseException:
+        """What ``result()`` raises for a done future that did not finish.
+
+        Returned, not raised: the caller raises it in its own frame, so the
+        traceback shows the caller, then the task's frames (dask's short
+        tracebacks), and no frame of ours in between.
+        """
+        state = self._state
         if state.status == "error":
             assert state.exception is not None
-            raise _to_raise(state.exception)
-        raise FutureCancelledError(self.key, state.reason)
+            return _to_raise(state.exception)
+        return FutureCancelledError(self.key, state.reason)
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: str | float | None = None) -> BaseException | None:
         """The exception the task raised, or None.
 
         None too for a cancelled future, as in dask (only ``result()`` raises
@@ -117,7 +141,7 @@ class Future:
             return None
         return self._state.exception
 
-    def traceback(self, timeout: float | None = None) -> Any:
+    def traceback(self, timeout: str | float | None = None) -> Any:
         """The traceback of the task's exception (its remote text as a cause)."""
         exception = self.exception(timeout)
         return None if exception is None else exception.__traceback__

@@ -15,11 +15,12 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from numbers import Number
-from typing import Any
+from typing import Any, NamedTuple
 
 from localsched.transport import pickling
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
 from localsched.transport.shm import BlobRef
+from localsched.transport.sizeof import sizeof
 
 Key = Hashable
 
@@ -184,15 +185,27 @@ def new_key(function: Callable[..., Any], token: str | None) -> str:
     return f"{funcname(function)}-{token or uuid.uuid4().hex}"
 
 
+class ScatterPlan(NamedTuple):
+    """``scatter`` data split into values (see :func:`prepare_scatter`)."""
+
+    #: ``(key, payload)`` pairs, in the caller's order.
+    pairs: list[tuple[Key, Any]]
+    #: key -> the value's type (``Future.type`` of a scattered value).
+    types: dict[Key, type]
+    #: key -> the value's size in memory (dask's ``sizeof``).
+    nbytes: dict[Key, int]
+    #: Rebuilds the caller's structure from ``{key: future}``.
+    rebuild: Callable[[dict[Key, Any]], Any]
+
+
 def prepare_scatter(
     data: Any, serialize: Callable[[Any], Any], hash: bool
-) -> tuple[list[tuple[Key, Any]], Callable[[dict[Key, Any]], Any]]:
+) -> ScatterPlan:
     """Split ``scatter`` data into ``(key, payload)`` pairs, as dask does.
 
     Exact types, as dask: a dict is scattered per value, a list, tuple, set or
     namedtuple per element (a subclass of dict or list is one opaque value), a
-    range is unpacked. Returns the pairs and a function that rebuilds the
-    caller's structure from ``{key: future}``.
+    range is unpacked.
     """
     from localsched.scheduler.events import validate_key
 
@@ -206,6 +219,8 @@ def prepare_scatter(
     else:
         items = [(None, data)]
     prepared: list[tuple[Key, Any]] = []
+    types: dict[Key, type] = {}
+    nbytes: dict[Key, int] = {}
     for key, value in items:
         payload = serialize(value)
         if key is None:
@@ -213,6 +228,8 @@ def prepare_scatter(
             key = f"{type(value).__name__}-{token}"
         validate_key(key)
         prepared.append((key, payload))
+        types[key] = type(value)
+        nbytes[key] = sizeof(value)
 
     def rebuild(futures: dict[Key, Any]) -> Any:
         if type(data) is dict:
@@ -224,7 +241,7 @@ def prepare_scatter(
             return type(data)(result)
         return result[0]
 
-    return prepared, rebuild
+    return ScatterPlan(prepared, types, nbytes, rebuild)
 
 
 def payload_token(payload: bytes | BlobRef, value: Any) -> str:

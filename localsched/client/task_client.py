@@ -25,21 +25,29 @@ if TYPE_CHECKING:
 __all__ = ["client_of", "get_client", "local_client", "task_client", "worker_client"]
 
 
-def task_client(link: PipeLink) -> Client:
-    """The client of a worker's tasks, on the worker's link."""
+def task_client(link: PipeLink, timeout: Any = None) -> Client:
+    """The client of a worker's tasks, on the worker's link.
+
+    Raises
+    ------
+    TimeoutError
+        (an ``OSError``, as dask's) The scheduler did not answer within
+        ``timeout``.
+    """
     from localsched.client.client import Client
 
-    return Client(link=link, set_as_default=False)
+    return Client(link=link, set_as_default=False, timeout=timeout)
 
 
-def client_of(worker: Worker) -> Client:
-    """The client of ``worker``'s tasks, made on first use. The worker only
-    keeps it (and routes its link's replies): it never imports the client."""
+def client_of(worker: Worker, timeout: Any = None) -> Client:
+    """The client of ``worker``'s tasks, made on first use (connecting within
+    ``timeout``, as dask's worker client). The worker only keeps it (and routes
+    its link's replies): it never imports the client."""
     link = worker.pipe_link()  # takes the same lock: before it
     with worker._client_lock:
         client: Client | None = worker._client
         if client is None:
-            client = worker._client = task_client(link)
+            client = worker._client = task_client(link, timeout)
         if worker.owns_process and not worker._drives_dask and "dask" in sys.modules:
             # As in dask, where ``dask.compute`` in a task falls back to
             # ``get_client()``: collections (persisted ones that arrived
@@ -75,7 +83,7 @@ def get_client(
     """
     worker = getattr(thread_state, "worker", None)
     if worker is not None and not address:
-        return client_of(worker)
+        return client_of(worker, timeout)
     from localsched.client.client import Client, default_client
 
     try:
@@ -96,7 +104,9 @@ def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator
     Parameters
     ----------
     timeout
-        Accepted for dask compatibility.
+        Seconds (or a duration string) to connect the task's client in, when
+        this worker's tasks have none yet; ``TimeoutError`` (an ``OSError``)
+        after that, as in dask.
     separate_thread
         Secede from the worker's thread pool while in the block (and rejoin on
         exit), so that a one-thread worker can run the subtasks waited for.

@@ -38,6 +38,7 @@ from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
+from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
@@ -594,8 +595,12 @@ class LocalCluster:
         if adaptive is not None:
             adaptive.stop(reason=reason)
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        """Block until at least ``n_workers`` workers are running."""
+    def wait_for_workers(
+        self, n_workers: int, timeout: str | float | None = None
+    ) -> None:
+        """Block until at least ``n_workers`` workers are running (``timeout``:
+        seconds or a duration string, as dask's)."""
+        timeout = parse_timedelta(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self.scheduler.workers) < n_workers:
             self._restarts.check()  # workers that cannot start: say why, now
@@ -610,7 +615,7 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: str | float = 10.0) -> None:
         """Stop workers, the scheduler thread and free all shared memory; idempotent.
 
         Unless every worker is gone and the store removed its segments (a clean
@@ -619,6 +624,7 @@ class LocalCluster:
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
+        timeout = parse_timedelta(timeout)
         started = time.monotonic()
         is_clean = False
         try:

@@ -7,9 +7,10 @@ default cluster. :func:`check_keywords` does the same here, accepting the names
 dask accepts (most of them mean nothing on one machine and are ignored).
 
 dask's config (``distributed.scheduler.allowed-failures``,
-``worker-saturation``, ``work-stealing``) is read once, here, when a cluster is
-built, and only if the program imported dask already: the scheduler core never
-reads global config, it gets the values as arguments.
+``worker-saturation``, ``work-stealing``,
+``distributed.diagnostics.computations.max-history``) is read once, here, when
+a cluster is built, and only if the program imported dask already: the
+scheduler core never reads global config, it gets the values as arguments.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ _CONFIG_KEYS = {
     "allowed_failures": "distributed.scheduler.allowed-failures",
     "worker_saturation": "distributed.scheduler.worker-saturation",
     "work_stealing": "distributed.scheduler.work-stealing",
+    "computations_max_history": "distributed.diagnostics.computations.max-history",
 }
 _DEFAULTS: dict[str, Any] = {
     "allowed_failures": 3,
     "worker_saturation": 1.1,
     "work_stealing": True,
+    "computations_max_history": 100,
 }
 
 
@@ -97,4 +100,5 @@ def scheduler_options(**given: Any) -> dict[str, Any]:
     if not options["worker_saturation"] > 0:
         raise ValueError("worker_saturation must be a positive number (or inf)")
     options["work_stealing"] = bool(options["work_stealing"])
+    options["computations_max_history"] = int(options["computations_max_history"])
     return options

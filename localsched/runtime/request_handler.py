@@ -151,9 +151,13 @@ def _scatter(runtime: SchedulerRuntime, asker: ClientHandle, r: rq.Scatter) -> N
         else:
             data[key] = payload
         who_has[key] = targets[i % len(targets)] if targets else None
-        nbytes[key] = payload.nbytes if isinstance(payload, BlobRef) else len(payload)
+        nbytes[key] = r.nbytes.get(key) or (
+            payload.nbytes if isinstance(payload, BlobRef) else len(payload)
+        )
     asker.watch(who_has)
-    scheduler.update_data(who_has=who_has, nbytes=nbytes, client=asker.id)
+    scheduler.update_data(
+        who_has=who_has, nbytes=nbytes, types=r.types, client=asker.id
+    )
     if r.broadcast and len(targets) > 1:
         keys = list(who_has)
         for address in targets:

@@ -267,6 +267,8 @@ def new_task(state: SchedulerState, key: Key, spec: object) -> TaskState:
             )
         tg = state.task_groups[group_name] = TaskGroup(group_name, tp)
         tp.groups[tg] = None
+        if state.created_groups is not None:
+            state.created_groups.append(tg)
     ts = TaskState(key, spec, tg)
     tg.n_tasks += 1
     tg.states["released"] += 1

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from localsched.scheduler.computations import SourceCode
 
 Key = Hashable
 
@@ -88,6 +91,11 @@ class UpdateGraph(StateEvent):
     #: Keys whose results are actors: objects that live in their worker.
     actors: Collection[Key] = ()
     time: float = 0.0
+    #: The client's code around the call: ``SourceCode`` tuples
+    #: (``scheduler/computations.py``), for ``Scheduler.computations`` only.
+    code: tuple[SourceCode, ...] = ()
+    #: Annotations around the call (``dask.annotate``), for the same.
+    global_annotations: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True, kw_only=True)

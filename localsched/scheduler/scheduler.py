@@ -20,6 +20,7 @@ from localsched.plugins import PluginRegistry, SchedulerPlugin
 from localsched.scheduler import engine, placement, policies
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import Command
+from localsched.scheduler.computations import Computations
 from localsched.scheduler.state import SchedulerState
 from localsched.scheduler.tasks import (
     ClientState,
@@ -38,6 +39,10 @@ _stimulus_counter = itertools.count()
 
 def _stimulus(name: str) -> str:
     return f"{name}-{next(_stimulus_counter)}"
+
+
+#: Events the facade keeps its own records for (``Scheduler.computations``).
+_BOOKKEEPING = frozenset({ev.UpdateGraph, ev.RestartRequested})
 
 
 class Scheduler:
@@ -61,6 +66,9 @@ class Scheduler:
     worker_saturation
         Root-ish tasks sent per worker thread ahead of time; ``inf`` disables
         queuing.
+    computations_max_history
+        How many computations ``computations`` keeps (dask's
+        ``distributed.diagnostics.computations.max-history``).
     **kwargs
         More options of ``SchedulerState`` (``unknown_task_duration``,
         ``bandwidth``, ``transition_log_length``, ``work_stealing``...).
@@ -81,6 +89,7 @@ class Scheduler:
         worker_ttl: float | None = None,
         plugins: Iterable[Any] = (),
         worker_saturation: float = 1.1,
+        computations_max_history: int = 100,
         **kwargs: Any,
     ) -> None:
         self.state = SchedulerState(
@@ -106,6 +115,9 @@ class Scheduler:
         #: The runtime's event log (``runtime/event_log.py``: events kept per
         #: topic and sent to subscribers); None: only plugins see events.
         self.event_log: Any = None
+        #: History of computations, oldest first (dask's deque of
+        #: ``Computation``; ``scheduler/computations.py``).
+        self.computations = Computations(maxlen=computations_max_history)
         self.status = "init"
         for plugin in plugins:
             self.add_plugin(plugin)
@@ -193,11 +205,45 @@ class Scheduler:
 
     def handle(self, *events: ev.StateEvent) -> list[Command]:
         """Feed events to the core; return the commands (the runtime's entry)."""
-        return self.state.handle(*events)
+        for event in events:
+            if type(event) in _BOOKKEEPING:
+                break
+        else:  # the usual batch: results and releases
+            return self.state.handle(*events)
+        # Graphs go to the core one at a time, each filed in a computation;
+        # the events between them in batches, in order.
+        commands: list[Command] = []
+        batch: list[ev.StateEvent] = []
+        for event in events:
+            if type(event) is ev.UpdateGraph:
+                if batch:
+                    commands += self.state.handle(*batch)
+                    batch = []
+                commands += self._update_graph(event)
+            else:
+                batch.append(event)
+        if batch:
+            commands += self.state.handle(*batch)
+        if any(type(event) is ev.RestartRequested for event in events):
+            self.computations.clear()  # as dask's restart: the groups are gone
+        return commands
+
+    def _update_graph(self, event: ev.UpdateGraph) -> list[Command]:
+        state = self.state
+        computation = self.computations.for_graph(
+            state.task_groups, event.time, event.code, event.global_annotations
+        )
+        outer, state.created_groups = state.created_groups, []
+        try:
+            commands = state.handle(event)
+            computation.groups.update(state.created_groups)
+        finally:
+            state.created_groups = outer
+        return commands
 
     def _apply(self, *events: ev.StateEvent) -> list[Command]:
         nested = self.state._handling
-        commands = self.state.handle(*events)
+        commands = self.handle(*events)
         if not nested:
             self.outbox.extend(commands)
         return commands
@@ -348,6 +394,7 @@ class Scheduler:
         nbytes: Mapping[Key, int] | None = None,
         client: str | None = None,
         shared: bool = True,
+        types: Mapping[Key, str] | None = None,
     ) -> list[Command]:
         """Learn that new data entered the cluster from outside (``scatter``)."""
         return self._apply(
@@ -356,6 +403,7 @@ class Scheduler:
                 client=client or "fire-and-forget",
                 who_has=who_has,
                 nbytes=nbytes or {},
+                types=types or {},
                 shared=shared,
             )
         )

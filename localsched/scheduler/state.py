@@ -120,6 +120,7 @@ class SchedulerState:
         "allowed_failures",
         "bandwidth",
         "clients",
+        "created_groups",
         "default_task_durations",
         "dispatch_latency",
         "erred_tasks",
@@ -202,6 +203,9 @@ class SchedulerState:
         }
         #: group name -> TaskGroup, for groups with a task not forgotten.
         self.task_groups: dict[str, TaskGroup] = {}
+        #: While not None, every task group created is appended to it (the
+        #: ``Scheduler`` facade collects the groups of a computation this way).
+        self.created_groups: list[TaskGroup] | None = None
         #: prefix name -> TaskPrefix, kept for the scheduler's life (estimates).
         self.task_prefixes: dict[str, TaskPrefix] = {}
         #: Sum of nthreads over all workers.

@@ -323,7 +323,8 @@ class TaskDone(Message):
     key: Key
     run_id: int
     payload: Stored
-    #: Bytes the result occupies serialized (pickle plus buffers).
+    #: Bytes the result occupies in memory, as dask's ``sizeof`` counts
+    #: (``transport/sizeof.py``); the payload knows its own serialized size.
     nbytes: int
     #: Qualified type name of the result, e.g. ``"numpy.ndarray"``.
     type: str

@@ -21,7 +21,7 @@ retried) are not requests: nobody waits for an answer, so a link posts them
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -142,6 +142,11 @@ class Scatter(Request):
     #: Record every target worker as a holder of every value (dask's
     #: ``broadcast=True``; the values are in shared memory, readable by all).
     broadcast: bool = False
+    #: key -> the value's size in memory (dask's ``sizeof``); missing keys
+    #: count their serialized size.
+    nbytes: Mapping[Key, int] = field(default_factory=dict)
+    #: key -> qualified name of the value's type (``TaskState.type``).
+    types: Mapping[Key, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

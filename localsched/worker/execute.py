@@ -29,6 +29,7 @@ from localsched.transport.inproc import LocalRef
 from localsched.transport.pickling import dumps_traceback
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
+from localsched.transport.sizeof import sizeof
 
 if TYPE_CHECKING:
     from localsched.transport.shm import BlobWriter
@@ -182,12 +183,13 @@ def to_message(
         except BaseException as exc:
             outcome = failure_from(exc, outcome.start, stop=outcome.stop)
         else:
-            nbytes = len(payload) if isinstance(payload, bytes) else payload.nbytes
             return TaskDone(
                 key=key,
                 run_id=run_id,
                 payload=payload,
-                nbytes=nbytes,
+                # As dask's workers: the value's size in memory, not the
+                # size of its serialized form.
+                nbytes=sizeof(value),
                 type=typename(type(value)),
                 start=outcome.start,
                 stop=outcome.stop,

@@ -41,7 +41,7 @@ from localsched.transport.protocol import (
     LinkRequest,
     TopicEvent,
 )
-from localsched.transport.requests import Gather, Request
+from localsched.transport.requests import Gather, Ping, Request
 from localsched.transport.shm import load
 from localsched.worker.context import thread_state
 
@@ -102,6 +102,15 @@ class PipeLink:
         # names it after the worker (one per worker): ``client_id`` is not used.
         self._states = states
         self._on_event = on_event
+        if timeout is not None:
+            # As dask's worker client, which connects within ``timeout``: the
+            # first message makes the round trip now.
+            try:
+                self.request(Ping()).result(timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"Timed out trying to connect to the scheduler after {timeout} s"
+                ) from None
         return self.client_id
 
     def disconnect(self, timeout: float | None) -> None:

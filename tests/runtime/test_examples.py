@@ -56,7 +56,7 @@ def test_small_client_helpers_match_dask():
         assert futures_of(nested) == [a, b]
         assert client.futures_of(nested) == [a, b]
         assert b.result(timeout=30) == 100
-        assert a.type == "bytes"
+        assert a.type is bytes
         sizes = client.nbytes(keys=[a.key], summary=False)
         assert sizes[a.key] >= 100
         assert client.nbytes(summary=True)["bytes"] >= 100

@@ -185,9 +185,9 @@ def test_get_client_outside_a_task_is_the_default_client(client):
 
 
 def test_get_client_without_any_client_raises(monkeypatch):
-    import localsched.client.client as client_module
+    import localsched.client.defaults as defaults_module
 
-    monkeypatch.setattr(client_module, "_current", weakref.WeakValueDictionary())
+    monkeypatch.setattr(defaults_module, "_defaults", weakref.WeakValueDictionary())
     # In a new thread: this module's client is current (``with Client``) in the
     # test's own context, and a new thread starts with an empty one.
     raised: list[BaseException] = []
