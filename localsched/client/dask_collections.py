@@ -9,8 +9,10 @@ While a client is current, dask's ``scheduler`` setting holds
 of the current client: ``dask.base.get_scheduler()`` equals ``client.get``,
 ``dask.compute(x)``/``x.compute()`` call it and ``dask.persist`` calls that
 client's ``persist`` (dask looks for a ``persist`` method on the scheduler's
-``__self__``). When the last current client closes, in whatever order the
-clients close, the setting dask had before is put back.
+``__self__``). dask's ``dataframe.shuffle.method`` holds ``"tasks"`` then,
+unless it was set before (see :data:`SHUFFLE_METHOD`). When the last current
+client closes, in whatever order the clients close, the settings dask had
+before are put back.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ class _CurrentClient:
 
 DASK_SCHEDULER = _CurrentClient()
 
+#: dask's setting for the default shuffle of dataframes (and bags): "tasks"
+#: while a client is current, unless the user chose one. Its pieces move
+#: through shared memory, and each worker unpickles a split partition once
+#: (``localsched.worker.shared_inputs``).
+SHUFFLE_METHOD = "dataframe.shuffle.method"
+
 _config_lock = threading.Lock()
 #: How many clients (and ``as_current`` blocks) want dask to use localsched.
 _config_users = 0
@@ -123,7 +131,12 @@ def use_localsched_for_dask() -> bool:
     with _config_lock:
         _config_users += 1
         if _config_users == 1:
-            _config_restore = dask.config.set(scheduler=DASK_SCHEDULER)
+            settings: dict[str, Any] = {"scheduler": DASK_SCHEDULER}
+            if dask.config.get(SHUFFLE_METHOD, None) is None:
+                # dask picks "p2p" only for a dask.distributed client, else its
+                # on-disk "disk" shuffle (partd, in one process's files).
+                settings[SHUFFLE_METHOD] = "tasks"
+            _config_restore = dask.config.set(settings)
     return True
 
 
