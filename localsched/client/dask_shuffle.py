@@ -48,11 +48,13 @@ def _is_concat(func: Any) -> bool:
 
 
 def _is_list_builder(node: Any) -> bool:
-    from dask._task_spec import Task, _identity_cast
+    """dask's node for a list of nodes (``List``): ``_identity_cast(*items,
+    typ=list)``. A private name of dask's: if it goes, nothing is rewritten."""
+    from dask import _task_spec
 
     return (
-        type(node) is Task
-        and node.func is _identity_cast
+        type(node) is _task_spec.Task
+        and node.func is getattr(_task_spec, "_identity_cast", None)
         and node.kwargs.get("typ") is list
         and len(node.kwargs) == 1
     )

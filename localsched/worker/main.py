@@ -644,14 +644,14 @@ class Worker:
         start = time.time()
         outcome: Outcome
         try:
+            # An actor keeps its result object: never one shared with other tasks.
+            shared = None if message.actor else self.shared_inputs
             if type(message.args) is LocalRef:  # an in-process worker's call
-                function, args, kwargs, values = load_local_call(
-                    message, self.shared_inputs
-                )
+                function, args, kwargs, values = load_local_call(message, shared)
             else:
                 function = self._function(message)
-                if reads_inputs_only(function):
-                    args, kwargs, values = load_inputs(message, self.shared_inputs.load)
+                if shared is not None and reads_inputs_only(function):
+                    args, kwargs, values = load_inputs(message, shared.load)
                 else:
                     args, kwargs, values = load_inputs(message)
         except BaseException as exc:
