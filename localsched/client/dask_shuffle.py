@@ -96,7 +96,7 @@ def reads_inputs_only(node: Any) -> bool:
     )
 
 
-def inline_splits(nodes: dict[Key, Any], wanted: set[Key]) -> dict[Key, Any]:
+def inline_splits(nodes: dict[Any, Any], wanted: set[Key]) -> dict[Any, Any]:
     """``nodes`` with each selection that only one ``_concat`` reads computed
     inside that concat (see the module docstring); other nodes are unchanged.
 
