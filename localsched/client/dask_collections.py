@@ -9,8 +9,11 @@ While a client is current, dask's ``scheduler`` setting holds
 of the current client: ``dask.base.get_scheduler()`` equals ``client.get``,
 ``dask.compute(x)``/``x.compute()`` call it and ``dask.persist`` calls that
 client's ``persist`` (dask looks for a ``persist`` method on the scheduler's
-``__self__``). When the last current client closes, in whatever order the
-clients close, the setting dask had before is put back.
+``__self__``). dask's ``dataframe.shuffle.method`` holds ``"tasks"`` then,
+and ``array.rechunk.method`` ``"tasks"``, unless set before (see
+:data:`LOCAL_METHODS`). When the last current
+client closes, in whatever order the clients close, the settings dask had
+before are put back.
 """
 
 from __future__ import annotations
@@ -83,12 +86,13 @@ class _CurrentClient:
 
 DASK_SCHEDULER = _CurrentClient()
 
-#: dask's defaults without a distributed client, set while a client is current
-#: unless the program chose: with ``distributed`` imported, dask finds the
-#: localsched client through ``distributed.default_client()``
-#: (``client/defaults.py``) and would choose its "p2p" methods, which need
-#: distributed's shuffle extension on the workers.
-LOCAL_METHODS = {"dataframe.shuffle.method": "disk", "array.rechunk.method": "tasks"}
+#: dask's settings while a client is current, unless the program chose: with
+#: ``distributed`` imported, dask finds the localsched client through
+#: ``distributed.default_client()`` (``client/defaults.py``) and would choose its
+#: "p2p" methods, which need distributed's shuffle extension on the workers.
+#: The task shuffle's pieces move through shared memory instead, and each
+#: worker unpickles a split partition once (``localsched.worker.shared_inputs``).
+LOCAL_METHODS = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 
 _config_lock = threading.Lock()
 #: How many clients (and ``as_current`` blocks) want dask to use localsched.

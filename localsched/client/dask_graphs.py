@@ -37,7 +37,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from localsched.client.computation_code import computation_code
+from localsched.client.dask_shuffle import inline_splits, reads_inputs_only
 from localsched.transport.protocol import TaskRef
+from localsched.worker.shared_inputs import READS_INPUTS_ONLY
 
 if TYPE_CHECKING:
     from localsched.client.client import Client
@@ -85,6 +87,17 @@ def run_graph_node(node: Any, values: dict[Key, Any]) -> Any:
         finally:
             _running.values = None
     return node(values)
+
+
+def run_selection_node(node: Any, values: dict[Key, Any]) -> Any:
+    """:func:`run_graph_node` for nodes that only read their inputs (see
+    :func:`~localsched.client.dask_shuffle.reads_inputs_only`): the worker may
+    hand the same unpickled dependency to many of them (see
+    :mod:`localsched.worker.shared_inputs`), as dask's task shuffle needs."""
+    return run_graph_node(node, values)
+
+
+setattr(run_selection_node, READS_INPUTS_ONLY, True)
 
 
 def dependency_value(key: Key) -> Any:
@@ -213,6 +226,7 @@ def submit_graph(
     nodes = convert_legacy_graph(raw, all_keys=set(raw) | set(existing))
     if cull:
         nodes = _cull(nodes, wanted)
+    nodes = inline_splits(nodes, set(wanted))  # dask's task shuffle: see there
     if existing:
         # dask.order needs every dependency in the graph; these are computed.
         order_input = {**{k: DataNode(k, None) for k in existing}, **nodes}
@@ -422,6 +436,7 @@ class _SpecBuilder:
         self._spec_type = TaskSpec
         self._threshold = INLINE_THRESHOLD
         self._token, self._function = client._functions.get(run_graph_node)
+        self._selection = client._functions.get(run_selection_node)
         self._by_value = [
             name.encode() for name in cloudpickle.list_registry_pickle_by_value()
         ]
@@ -452,9 +467,10 @@ class _SpecBuilder:
             payload = self._client._link.serialize(call)
         elif buffers:
             payload = pickle.dumps(call, 5)  # small: buffers in band
-        spec = self._spec_type(
-            self._token, self._function, payload, tuple(dependencies)
-        )
+        token, function = self._token, self._function
+        if reads_inputs_only(node):
+            token, function = self._selection
+        spec = self._spec_type(token, function, payload, tuple(dependencies))
         return spec
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pickle
 import time
 import traceback
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -30,6 +30,7 @@ from localsched.transport.pickling import dumps_traceback
 from localsched.transport.protocol import RunTask, TaskDone, TaskFailed, TaskRef
 from localsched.transport.shm import INLINE_THRESHOLD, BlobRef, load
 from localsched.transport.sizeof import sizeof
+from localsched.worker.shared_inputs import SharedInputs, reads_inputs_only
 
 if TYPE_CHECKING:
     from localsched.transport.shm import BlobWriter
@@ -275,25 +276,36 @@ LOAD_NOTE = "(raised while the worker unpickled the task's function or arguments
 
 def load_inputs(
     message: RunTask,
+    load_dependency: Callable[[Any], object] = load,
 ) -> tuple[tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
     """Unpickle a task's ``(args, kwargs)`` and its dependencies' values.
 
     Arrays in shared memory are mapped, not copied (see
-    :func:`~localsched.transport.shm.load`).
+    :func:`~localsched.transport.shm.load`). ``load_dependency`` loads each
+    dependency (a worker's ``SharedInputs.load`` for read-only tasks).
     """
     stored = cast("bytes | BlobRef", message.args)  # not a LocalRef: see run_task
     args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(stored))
-    values = {key: load(payload) for key, payload in message.dependencies.items()}
+    values = {
+        key: load_dependency(payload) for key, payload in message.dependencies.items()
+    }
     return tuple(args), dict(kwargs), values
 
 
 def load_local_call(
     message: RunTask,
+    shared: SharedInputs | None = None,
 ) -> tuple[Any, tuple[Any, ...], dict[str, Any], dict[Hashable, object]]:
     """An in-process call (``transport.inproc``): the caller's own function and
-    arguments, unpickled, and the dependencies' values."""
+    arguments, unpickled, and the dependencies' values (through ``shared`` if
+    the function only reads them)."""
     function, args, kwargs = inproc.get(cast("LocalRef", message.args))
-    values = {key: load(payload) for key, payload in message.dependencies.items()}
+    load_dependency: Callable[[Any], object] = load
+    if shared is not None and reads_inputs_only(function):
+        load_dependency = shared.load
+    values = {
+        key: load_dependency(payload) for key, payload in message.dependencies.items()
+    }
     return function, tuple(args), dict(kwargs), values
 
 

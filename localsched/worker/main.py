@@ -94,6 +94,7 @@ from localsched.worker.execute import (
 )
 from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
+from localsched.worker.shared_inputs import SharedInputs, reads_inputs_only
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterable, Mapping
@@ -267,6 +268,9 @@ class Worker:
         # operations are atomic, and a lost race only means loading twice.
         self._function_bytes: dict[str, bytes] = {}
         self._functions: dict[str, Any] = {}
+        #: Dependencies of read-only tasks (dask's shuffle splits), unpickled
+        #: once per worker; emptied when the worker runs out of tasks.
+        self.shared_inputs = SharedInputs()
         self._outbox = _Outbox(conn)
         #: Worker plugins (``Client.register_plugin``); see worker/plugins.py.
         self.plugins = WorkerPlugins(nthreads)
@@ -565,6 +569,9 @@ class Worker:
                         break
                     if self._is_closing:
                         return
+                    if not self._executing:
+                        # Out of work: let go of the mappings of released results.
+                        self.shared_inputs.clear()
                     self._has_work.wait()
                 if self._is_closing:
                     return
@@ -637,11 +644,16 @@ class Worker:
         start = time.time()
         outcome: Outcome
         try:
+            # An actor keeps its result object: never one shared with other tasks.
+            shared = None if message.actor else self.shared_inputs
             if type(message.args) is LocalRef:  # an in-process worker's call
-                function, args, kwargs, values = load_local_call(message)
+                function, args, kwargs, values = load_local_call(message, shared)
             else:
                 function = self._function(message)
-                args, kwargs, values = load_inputs(message)
+                if shared is not None and reads_inputs_only(function):
+                    args, kwargs, values = load_inputs(message, shared.load)
+                else:
+                    args, kwargs, values = load_inputs(message)
         except BaseException as exc:
             exc.add_note(LOAD_NOTE)
             outcome = failure_from(exc, start)

@@ -160,8 +160,10 @@ def test_default_clients_are_also_distributeds_global_clients():
             assert default_client() is inner
             assert default_client(outer) is outer
         assert registry._get_global_client() is outer
-        # dask would pick its distributed-only "p2p" methods: its local ones.
-        assert sys.modules["dask"].config.get("dataframe.shuffle.method") == "disk"
+        # dask would pick its distributed-only "p2p" methods: the task ones.
+        config = sys.modules["dask"].config
+        assert config.get("dataframe.shuffle.method") == "tasks"
+        assert config.get("array.rechunk.method") == "tasks"
     assert registry._get_global_client() is before
 
 

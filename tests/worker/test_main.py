@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -350,3 +351,45 @@ def test_a_crashing_task_ends_the_worker_without_a_goodbye(
         worker.conn.recv_bytes()
     worker.process.join(DEADLINE)
     assert worker.process.exitcode == exitcode
+
+
+@pytest.mark.timeout(30)
+def test_read_only_tasks_share_one_unpickled_dependency(start_worker, gate) -> None:
+    address, listener = gate
+    from localsched.transport.protocol import TaskRef
+    from localsched.worker.shared_inputs import READS_INPUTS_ONLY
+
+    def shared_state(value: bytes) -> tuple[int, int, int, int]:
+        from localsched.worker.context import thread_state
+
+        shared = thread_state.worker.shared_inputs
+        return shared.hits, shared.misses, len(shared), id(value)
+
+    def private_state(value: bytes) -> tuple[int, int, int, int]:
+        return shared_state(value)
+
+    setattr(shared_state, READS_INPUTS_ONLY, True)  # cloudpickle keeps it
+
+    with BlobStore() as store:
+        worker = start_worker(nthreads=1, writer=store.writer())
+        worker.expect(Hello)
+        ref = store.put(bytes(200_000))
+        tasks = []
+        for priority, (key, function) in enumerate(
+            [("r1", shared_state), ("r2", shared_state), ("p", private_state)], 1
+        ):
+            task = worker.run(key, function, TaskRef("a"), priority=(priority,))
+            tasks.append(replace(task, dependencies={"a": ref}))
+        # One thread, held by "blocked": the three queue up and run in a row.
+        worker.send(worker.run("blocked", block_on, address, priority=(0,)), *tasks)
+        connection, _ = listener.accept()
+        connection.close()
+        worker.expect(TaskDone, "blocked")
+        first = load(worker.expect(TaskDone, "r1").payload)
+        second = load(worker.expect(TaskDone, "r2").payload)
+        private = load(worker.expect(TaskDone, "p").payload)
+        assert first[:3] == (0, 1, 1)
+        assert second[:3] == (1, 1, 1)
+        assert second[3] == first[3]  # the same object
+        assert private[:3] == (1, 1, 1)  # loaded on its own, not through the cache
+        assert private[3] != first[3]
