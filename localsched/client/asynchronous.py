@@ -22,6 +22,7 @@ the client is asynchronous, as dask's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
@@ -220,6 +221,7 @@ class AsyncMixin:
 
     _aio: LoopBinding | None
     _started: asyncio.Future[Any] | None
+    _previous_as_current: contextvars.Token[Any] | None
     status: str
     close: Callable[..., Any]
 
@@ -564,6 +566,20 @@ async def client_close(client: Client, timeout: float | None = None) -> None:
 async def client_shutdown(client: Client) -> None:
     cluster = client.cluster
     if cluster is None:
-        client.shutdown(asynchronous=False)  # raises its error
+        shutdown: Any = client.shutdown
+        shutdown(asynchronous=False)  # raises its error
+    assert cluster is not None
     await client_close(client)
     await close_cluster(cluster)
+
+
+async def gather_graph(client: Client, futures: dict[Any, Future], keys: Any) -> Any:
+    """``Client.get``'s results, awaited; the graph's futures released after."""
+    from localsched.client.dask_graphs import pack_results
+
+    try:
+        results = await client_gather(client, futures)
+    finally:
+        for future in futures.values():
+            future.release()
+    return pack_results(keys, results)
