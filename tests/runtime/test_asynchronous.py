@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import operator
 import threading
-import time
 from concurrent.futures import Future as CellFuture
 from typing import Any
 
