@@ -46,7 +46,8 @@ def progress(
         Only ``"prefix"`` (as dask's default) is supported.
     **kwargs
         ``interval`` (seconds between refreshes), ``console`` (a rich Console),
-        ``line_interval`` (seconds between plain lines in a log).
+        ``line_interval`` (seconds between plain lines in a log); dask's
+        ``loop`` is accepted and not needed.
 
     Returns
     -------
@@ -58,6 +59,7 @@ def progress(
     >>> progress(futures)  # doctest: +SKIP
     [########################################] | 100% Completed | 1.2s
     """
+    kwargs.pop("loop", None)  # dask's event loop argument: the bar has a thread
     if group_by != "prefix":
         raise NotImplementedError("progress groups tasks by key prefix only")
     bar = ProgressBar(
