@@ -13,6 +13,7 @@ from typing import Any
 
 from localsched.client.future import futures_of
 from localsched.diagnostics.progressbar import ProgressBar, in_notebook
+from localsched.units import parse_timedelta
 
 __all__ = ["progress"]
 
@@ -66,7 +67,7 @@ def progress(
         _collect_futures(futures),
         multi=multi,
         complete=complete,
-        interval=kwargs.pop("interval", 0.1),
+        interval=parse_timedelta(kwargs.pop("interval", 0.1)),
         console=kwargs.pop("console", None),
         line_interval=kwargs.pop("line_interval", 2.0),
     )
