@@ -41,6 +41,7 @@ from localsched.client.coordination import (
 from localsched.client.datasets import published
 from localsched.client.future import Future
 from localsched.client.multilock import MultiLock
+from localsched.errors import ClosedClientError
 from localsched.transport import requests as rq
 from localsched.transport.requests import Coordinate, Operation, WaitFor
 from localsched.units import parse_timedelta
@@ -242,6 +243,8 @@ async def wait_until(
         except asyncio.CancelledError:
             _withdraw(client, wait_id, cell, give_back)
             raise
+        if client.status != "running":  # closed: nothing answers it now
+            raise ClosedClientError(f"Client {client.id} is {client.status}")
         if not await call(client, "wait_cancel", wait_id):
             return await await_cell(cell)  # answered before the cancel landed
         if deadline is not None and time.monotonic() >= deadline:

@@ -27,6 +27,7 @@ from localsched import (
 )
 from localsched.aio import await_cell, waker_for
 from localsched.client.future import FutureCancelledError
+from localsched.errors import ClosedClientError
 from tests.runtime.helpers import DEADLINE
 
 pytestmark = pytest.mark.anyio
@@ -377,6 +378,19 @@ async def test_a_cancelled_lock_wait_is_withdrawn(cluster):
         # The cancelled waiter got no lease, or gave it back.
         assert await holder.acquire(timeout=DEADLINE)
         await holder.release()
+
+
+async def test_closing_the_client_ends_waits_on_primitives(cluster):
+    with Client(cluster, set_as_default=False) as other:
+        assert Lock("closing-lock", client=other).acquire()
+        client = await Client(cluster, asynchronous=True, set_as_default=False)
+        lock = asyncio.ensure_future(Lock("closing-lock", client=client).acquire())
+        get = asyncio.ensure_future(Queue("closing-queue", client=client).get())
+        await asyncio.wait([lock, get], timeout=0.05)
+        await client.close()
+        for waiting in (lock, get):
+            with pytest.raises(ClosedClientError):
+                await asyncio.wait_for(waiting, DEADLINE)
 
 
 async def test_queue_event_and_variable_are_awaitable(cluster):
