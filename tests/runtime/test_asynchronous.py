@@ -332,6 +332,21 @@ def test_async_for_over_a_sync_clients_datasets_raises_dasks_type_error(cluster)
         client.datasets.__aiter__()
 
 
+async def test_a_coroutine_topic_handler_runs_in_the_clients_loop(cluster):
+    async with Client(cluster, asynchronous=True) as client:
+        loop = asyncio.get_running_loop()
+        received = loop.create_future()
+
+        async def handler(event: tuple[float, Any]) -> None:
+            assert asyncio.get_running_loop() is loop
+            if not received.done():
+                received.set_result(event[1])
+
+        client.subscribe_topic("async-topic", handler)
+        await client.log_event("async-topic", {"x": 1})
+        assert await asyncio.wait_for(received, DEADLINE) == {"x": 1}
+
+
 # -- coordination primitives ---------------------------------------------------------
 
 
