@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from localsched.aio import await_cell
-from localsched.client.asynchronous import ask, twin
+from localsched.client.asynchronous import ask, in_thread, twin
 from localsched.client.control import (
     _keys_of,
     _run_results,
@@ -156,6 +156,25 @@ async def restart(
                 f"Workers did not {what} within {seconds} s of the restart"
             )
         await _pause(0.01)
+
+
+@twin("ControlMixin.retire_workers")
+async def retire_workers(client: Any, *args: Any, **kwargs: Any) -> Any:
+    # It waits for the workers' tasks to end (no event says when): a thread
+    # of its own for this rare call, so the loop keeps running meanwhile.
+    method: Any = client.retire_workers
+    return await in_thread(
+        lambda: method(*args, asynchronous=False, **kwargs), "retire"
+    )
+
+
+@twin("ClusterToolsMixin.restart_workers")
+async def restart_workers(client: Any, *args: Any, **kwargs: Any) -> Any:
+    # It waits for new worker processes: as ``retire_workers``.
+    method: Any = client.restart_workers
+    return await in_thread(
+        lambda: method(*args, asynchronous=False, **kwargs), "restart"
+    )
 
 
 @twin("ControlMixin.set_metadata")

@@ -191,17 +191,18 @@ async def open_cluster(**kwargs: Any) -> LocalCluster:
     """
     from localsched.deploy.local import LocalCluster
 
-    return await in_thread(lambda: LocalCluster(**kwargs), "start")
+    return await in_thread(lambda: LocalCluster(**kwargs), "cluster-start")
 
 
 async def close_cluster(cluster: LocalCluster) -> None:
     """Close a cluster started by :func:`open_cluster` without blocking the loop."""
-    await in_thread(cluster.close, "close")
+    await in_thread(cluster.close, "cluster-close")
 
 
 async def in_thread(function: Callable[[], T], what: str) -> T:
     """``function()`` run in a new thread, awaited: for the rare long blocking
-    step (a cluster's start or close), never for a request or a result."""
+    step (a cluster's start or close, retiring or restarting workers), never
+    for a request or a result."""
     cell: CellFuture[T] = CellFuture()
 
     def run() -> None:
@@ -210,7 +211,7 @@ async def in_thread(function: Callable[[], T], what: str) -> T:
         except BaseException as error:
             cell.set_exception(error)
 
-    thread = threading.Thread(target=run, name=f"localsched-cluster-{what}")
+    thread = threading.Thread(target=run, name=f"localsched-{what}")
     thread.start()
     try:
         return await await_cell(cell)

@@ -315,6 +315,15 @@ async def test_run_scheduler_info_and_control_are_awaitable(cluster):
         assert await client.get_versions()  # a method without a twin: inline
 
 
+async def test_retire_workers_is_awaitable_and_leaves_the_loop_running():
+    async with Client(asynchronous=True, n_workers=2, threads_per_worker=1) as client:
+        [first, _] = sorted((await client.scheduler_info())["workers"])
+        retiring = asyncio.ensure_future(client.retire_workers([first]))
+        assert await client.submit(inc, 1) == 2  # the loop runs meanwhile
+        assert first in await retiring
+        assert first not in await client.nthreads()
+
+
 async def test_publish_and_get_dataset_are_awaitable(cluster):
     async with Client(cluster, asynchronous=True) as client:
         future = client.submit(inc, 1)
