@@ -21,6 +21,7 @@ from typing import Any
 
 import cloudpickle
 
+from localsched.client.dual import dual
 from localsched.client.future import Future
 from localsched.client.graph import replace_futures
 from localsched.transport import pickling
@@ -65,6 +66,26 @@ def _address_order(address: str) -> tuple[str, int]:
     return (head, int(tail)) if tail.isdigit() else (address, -1)
 
 
+def _run_results(answers: dict[str, Any], on_error: str) -> dict[str, Any]:
+    """``run``'s answers by worker address: values, or errors as ``on_error`` says."""
+    results: dict[str, Any] = {}
+    for address in sorted(answers, key=_address_order):
+        ok, payload, traceback_text = answers[address]
+        value = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
+        if ok:
+            results[address] = value
+            continue
+        if traceback_text and value.__cause__ is None:
+            from localsched.client.future import RemoteTraceback
+
+            value.__cause__ = RemoteTraceback(traceback_text)
+        if on_error == "raise":
+            raise value
+        if on_error == "return":
+            results[address] = value
+    return results
+
+
 class ControlMixin:
     """Cluster inspection and control methods of ``Client``."""
 
@@ -75,8 +96,44 @@ class ControlMixin:
         """Send ``request`` through the link; the answer (or raise its error)."""
         return self._link.request(request).result(timeout)
 
+    @dual
+    def restart(
+        self, timeout: str | float | Any = no_default, wait_for_workers: bool = True
+    ) -> None:
+        """Restart all workers and forget all tasks (``distributed.Client.restart``).
+
+        Every future of every client is cancelled (reason ``"scheduler-restart"``),
+        scheduler plugins' ``restart`` hooks run, results are freed and every
+        worker process is replaced by a new one. Returns once as many new workers
+        run as there were (with ``wait_for_workers=False``, once the old ones are
+        gone); raises ``TimeoutError`` after ``timeout`` seconds (default 120, as
+        dask's four connect timeouts).
+        """
+        self._check_running()  # type: ignore[attr-defined]
+        seconds = 120.0 if timeout is no_default else parse_timedelta(timeout, "s")
+        deadline = time.monotonic() + seconds
+        link = self._link
+        old = set(link.request(rq.Restart()).result(seconds))
+
+        def done() -> bool:
+            left = max(0.0, deadline - time.monotonic())
+            current = set(link.request(rq.WorkerStatus()).result(left))
+            if current & old:
+                return False
+            return not wait_for_workers or len(current) >= len(old)
+
+        pause = threading.Event()
+        while not done():
+            if time.monotonic() > deadline:
+                what = "come back" if wait_for_workers else "shut down"
+                raise TimeoutError(
+                    f"Workers did not {what} within {seconds} s of the restart"
+                )
+            pause.wait(0.01)
+
     # -- information -----------------------------------------------------------------
 
+    @dual
     def scheduler_info(self, n_workers: int = -1, **kwargs: Any) -> dict[str, Any]:
         """Basic information about the scheduler and its workers.
 
@@ -95,6 +152,7 @@ class ControlMixin:
         """
         return self._ask(rq.SchedulerInfo(n_workers=n_workers))
 
+    @dual
     def nthreads(self, workers: Any = None, **kwargs: Any) -> dict[str, int]:
         """Threads of each worker (all, or those named), by address.
 
@@ -105,6 +163,7 @@ class ControlMixin:
 
     ncores = nthreads
 
+    @dual
     def who_has(self, futures: Any = None, **kwargs: Any) -> dict[Key, list[str]]:
         """Workers holding each key's result (all keys, or those of ``futures``).
 
@@ -114,14 +173,17 @@ class ControlMixin:
         keys = None if futures is None else tuple(_keys_of(futures))
         return self._ask(rq.WhoHas(keys=keys))
 
+    @dual
     def has_what(self, workers: Any = None, **kwargs: Any) -> dict[str, list[Key]]:
         """Keys whose results each worker holds, by address."""
         return self._ask(rq.HasWhat(workers=_worker_list(workers)))
 
+    @dual
     def processing(self, workers: Any = None) -> dict[str, list[Key]]:
         """Keys each worker is running or has queued, by address."""
         return self._ask(rq.Processing(workers=_worker_list(workers)))
 
+    @dual
     def story(self, *keys_or_stimuli: Any, on_error: str = "raise") -> list[Any]:
         """Every logged transition of these keys (or futures) or stimulus ids."""
         keys = tuple(k.key if _is_future(k) else k for k in keys_or_stimuli)
@@ -129,6 +191,7 @@ class ControlMixin:
 
     # -- running things -------------------------------------------------------------
 
+    @dual
     def run_on_scheduler(
         self, function: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
@@ -146,6 +209,7 @@ class ControlMixin:
         """
         return self._ask(rq.RunOnScheduler(function=function, args=args, kwargs=kwargs))
 
+    @dual
     def run(
         self,
         function: Callable[..., Any],
@@ -184,6 +248,28 @@ class ControlMixin:
         >>> client.run(os.getpid)  # doctest: +SKIP
         {'local://4242/0': 4250, 'local://4242/1': 4251}
         """
+        cell = self._link.request(
+            self._run_request(function, args, kwargs, workers, nanny, on_error)
+        )
+        if not wait:
+            return None
+        answers = cell.result()
+        if any(not isinstance(a[1], bytes) for a in answers.values()):
+            # A worker left mid-call: its answer came before the scheduler had
+            # removed it; one round trip lets that finish, so what the caller
+            # sees next (nthreads, wait_for_workers) no longer lists it.
+            self._ask(rq.Ping())
+        return _run_results(answers, on_error)
+
+    def _run_request(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workers: list[str] | None,
+        nanny: bool,
+        on_error: str,
+    ) -> rq.RunOnWorkers:
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(
                 f"on_error must be 'raise', 'return', or 'ignore'; got {on_error!r}"
@@ -194,42 +280,15 @@ class ControlMixin:
                 "workers from this process); run with nanny=False, or use "
                 "run_on_scheduler for this process"
             )
-        cell = self._link.request(
-            rq.RunOnWorkers(
-                function=pickling.dumps(function, protocol=5),
-                args=pickling.dumps((args, kwargs), protocol=5),
-                workers=_worker_list(workers),
-            )
+        return rq.RunOnWorkers(
+            function=pickling.dumps(function, protocol=5),
+            args=pickling.dumps((args, kwargs), protocol=5),
+            workers=_worker_list(workers),
         )
-        if not wait:
-            return None
-        answers = cell.result()
-        if any(not isinstance(a[1], bytes) for a in answers.values()):
-            # A worker left mid-call: its answer came before the scheduler had
-            # removed it; one round trip lets that finish, so what the caller
-            # sees next (nthreads, wait_for_workers) no longer lists it.
-            self._ask(rq.Ping())
-        results: dict[str, Any] = {}
-        for address in sorted(answers, key=_address_order):
-            ok, payload, traceback_text = answers[address]
-            value = (
-                cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-            )
-            if ok:
-                results[address] = value
-                continue
-            if traceback_text and value.__cause__ is None:
-                from localsched.client.future import RemoteTraceback
-
-                value.__cause__ = RemoteTraceback(traceback_text)
-            if on_error == "raise":
-                raise value
-            if on_error == "return":
-                results[address] = value
-        return results
 
     # -- diagnostics ----------------------------------------------------------------
 
+    @dual
     def get_task_stream(
         self,
         start: float | str | None = None,
@@ -290,6 +349,7 @@ class ControlMixin:
 
     # -- workers ----------------------------------------------------------------------
 
+    @dual
     def retire_workers(
         self,
         workers: list[str] | None = None,
@@ -322,6 +382,7 @@ class ControlMixin:
             timer.wait(pause)  # their tasks finish: no event tells us when
             pause = min(pause * 2, 0.05)
 
+    @dual
     def wait_for_workers(
         self, n_workers: int, timeout: str | float | None = None
     ) -> None:
@@ -354,6 +415,7 @@ class ControlMixin:
 
     # -- metadata ----------------------------------------------------------------------
 
+    @dual
     def set_metadata(self, key: Any, value: Any) -> None:
         """Store a small value in the scheduler under ``key``.
 
@@ -363,6 +425,7 @@ class ControlMixin:
         keys = tuple(key) if isinstance(key, list | tuple) else (key,)
         self._ask(rq.SetMetadata(keys=keys, value=value))
 
+    @dual
     def get_metadata(self, keys: Any, default: Any = no_default) -> Any:
         """The value stored by ``set_metadata`` (a list indexes nested dicts).
 

@@ -9,11 +9,12 @@ Every client of the cluster, tasks' clients included, sees the same datasets.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from localsched.client.control import no_default
 from localsched.client.coordination import call, dumps, load_many
+from localsched.client.dual import dual
 
 Key = Hashable
 
@@ -40,6 +41,26 @@ class Datasets(MutableMapping):
     def __iter__(self) -> Iterator[Key]:
         return iter(self._client.list_datasets())
 
+    def __aiter__(self) -> AsyncIterator[Key]:
+        """``async for name in client.datasets`` (an asynchronous client's loop).
+
+        Raises
+        ------
+        TypeError
+            The client is synchronous here (dask's message).
+        """
+        if not self._client.asynchronous:
+            raise TypeError(
+                "Can't invoke 'async for' on client.datasets when client is "
+                "synchronous; use iter() or 'for' instead"
+            )
+
+        async def names() -> AsyncIterator[Key]:
+            for name in await self._client.list_datasets():
+                yield name
+
+        return names()
+
     def __len__(self) -> int:
         return len(self._client.list_datasets())
 
@@ -47,9 +68,35 @@ class Datasets(MutableMapping):
         return key in self._client.list_datasets()
 
 
+def published(
+    args: tuple[Any, ...], name: Key | None, kwargs: dict[str, Any]
+) -> tuple[list[Key], list[Any]]:
+    """``publish_dataset``'s names and pickled records."""
+    names: list[Key] = list(kwargs)
+    data: list[Any] = list(kwargs.values())
+    if name:
+        if not args:
+            raise ValueError(
+                "If name is provided, expecting call signature like"
+                " publish_dataset(df, name='ds')"
+            )
+        names.append(name)
+        data.append(args[0] if len(args) == 1 else args)
+    elif args:
+        if len(args) != 1 or not isinstance(args[0], Mapping):
+            raise ValueError(
+                "If name is omitted, positional argument must be a {name: value} dict"
+            )
+        names.extend(args[0])
+        data.extend(args[0].values())
+    records = [dumps(value) for value in data]
+    return names, records
+
+
 class DatasetsMixin:
     """The datasets methods of :class:`~localsched.client.client.Client`."""
 
+    @dual
     def publish_dataset(
         self, *args: Any, name: Key | None = None, override: bool = False, **kwargs: Any
     ) -> None:
@@ -75,37 +122,22 @@ class DatasetsMixin:
         >>> client.publish_dataset(future, name="x")  # doctest: +SKIP
         >>> client.publish_dataset({"x": future})  # doctest: +SKIP
         """
-        names: list[Key] = list(kwargs)
-        data: list[Any] = list(kwargs.values())
-        if name:
-            if not args:
-                raise ValueError(
-                    "If name is provided, expecting call signature like"
-                    " publish_dataset(df, name='ds')"
-                )
-            names.append(name)
-            data.append(args[0] if len(args) == 1 else args)
-        elif args:
-            if len(args) != 1 or not isinstance(args[0], Mapping):
-                raise ValueError(
-                    "If name is omitted, positional argument must be "
-                    "a {name: value} dict"
-                )
-            names.extend(args[0])
-            data.extend(args[0].values())
-        records = [dumps(value) for value in data]
+        names, records = published(args, name, kwargs)
         call(self, "publish_put", names, records, override)
 
+    @dual
     def unpublish_dataset(self, name: Key | list[Key], **kwargs: Any) -> None:
         """Remove named datasets (a name or a list of names) from the scheduler;
         their futures' keys are released."""
         names = name if isinstance(name, list) else [name]
         call(self, "publish_delete", names)
 
+    @dual
     def list_datasets(self, **kwargs: Any) -> list[Key]:
         """The names of the published datasets (sorted)."""
         return list(call(self, "publish_list"))
 
+    @dual
     def get_dataset(
         self, name: Key | list[Key], default: Any = no_default, **kwargs: Any
     ) -> Any:

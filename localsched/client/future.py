@@ -22,9 +22,9 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from numbers import Number
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from localsched.client.result_types import result_type
-
 # Re-exported: the cells are the client's API too (``localsched.client.future``).
+from localsched.client.dual import is_async_call, twin_call
+from localsched.client.result_types import result_type
 from localsched.future_state import FutureCancelledError as FutureCancelledError
 from localsched.future_state import FutureState as FutureState
 from localsched.future_state import RemoteTraceback as RemoteTraceback
@@ -105,6 +105,8 @@ class Future:
         timeout
             Seconds, or a duration such as ``"10 ms"`` (dask's strings).
 
+        In the event loop of an asynchronous client, a coroutine (as dask).
+
         Raises
         ------
         TimeoutError
@@ -112,6 +114,19 @@ class Future:
         FutureCancelledError
             The future was cancelled.
         """
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.result", Future._result_now, self, timeout)
+        # Not through _result_now: one frame fewer in the caller's traceback.
+        self._wait(timeout)
+        if self._state.status == "finished":
+            return self.client._load_result(self.key)
+        raise self._error()
+
+    def __await__(self) -> Any:
+        """``await future``: its result, in any event loop."""
+        return twin_call("Future.result", Future._result_now, self).__await__()
+
+    def _result_now(self, timeout: str | float | None = None) -> Any:
         self._wait(timeout)
         if self._state.status == "finished":
             return self.client._load_result(self.key)
@@ -136,6 +151,8 @@ class Future:
         None too for a cancelled future, as in dask (only ``result()`` raises
         ``CancelledError`` there).
         """
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.exception", Future.exception, self, timeout)
         self._wait(timeout)
         if self._state.status != "error":
             return None
@@ -143,7 +160,10 @@ class Future:
 
     def traceback(self, timeout: str | float | None = None) -> Any:
         """The traceback of the task's exception (its remote text as a cause)."""
-        exception = self.exception(timeout)
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.traceback", Future.traceback, self, timeout)
+        self._wait(timeout)
+        exception = self._state.exception if self.status == "error" else None
         return None if exception is None else exception.__traceback__
 
     def cancel(
@@ -153,11 +173,17 @@ class Future:
 
         ``kwargs`` go to ``Client.cancel`` (``force=True`` stops it even if it runs).
         """
-        self.client.cancel([self], reason=reason, msg=msg, **kwargs)
+        if is_async_call(self.client, kwargs.pop("asynchronous", None)):
+            return twin_call(
+                "Future.cancel", Future.cancel, self, reason, msg, **kwargs
+            )
+        self.client._cancel_now([self], reason=reason, msg=msg, **kwargs)
 
     def retry(self) -> None:
         """Run the task again if it erred."""
-        self.client.retry([self])
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.retry", Future.retry, self)
+        self.client._link.request(self.client._post_retry([self])).result()
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` in a separate thread once the future is done."""
@@ -316,9 +342,15 @@ def wait(
             "  Good: wait([x, y, z])"
         )
     timeout = seconds
-    futures = _futures_to_wait_on(fs)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"Unknown return_when {return_when!r}")
+    futures = _futures_to_wait_on(fs)
+    client = getattr(futures[0], "client", None) if futures else None
+    if client is None or client._aio is not None:  # maybe in its event loop
+        from localsched.client.asynchronous import wants_await
+
+        if wants_await(client):
+            return twin_call("wait", wait, futures, timeout, return_when)
     claim_adopted(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     ready = threading.Event()
@@ -390,6 +422,8 @@ class as_completed:
         self._ready: deque[Future] = deque()
         #: One entry per ``add``: a future added twice is yielded twice (dask).
         self._pending: dict[int, Future] = {}
+        #: Wakes the coroutine awaiting ``__anext__`` (set while it waits).
+        self._wake: Callable[[], None] | None = None
         self._entries = itertools.count()
         for future in futures or ():
             self.add(future)
@@ -409,6 +443,8 @@ class as_completed:
                 if self._pending.pop(entry, None) is not None:
                     self._ready.append(future)
                     self._lock.notify_all()
+                    if self._wake is not None:
+                        self._wake()
 
         claim_adopted((future,))
         future._state.add_waiter(on_done)
@@ -436,6 +472,15 @@ class as_completed:
     def __iter__(self) -> Iterator[Any]:
         return self
 
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next done future (``async for``), in any event loop."""
+        from localsched.client.asynchronous import as_completed_next
+
+        return await as_completed_next(self)
+
     def _item(self, future: Future) -> Any:
         if not self.with_results:
             return future
@@ -447,7 +492,9 @@ class as_completed:
             return future, (type(exception), exception, exception.__traceback__)
         if future.status == "cancelled":
             return future, FutureCancelledError(future.key, future._state.reason)
-        return future, future.result()
+        if type(future) is Future:
+            return future, future._result_now()
+        return future, future.result()  # an actor's future
 
     def __next__(self) -> Any:
         with self._lock:

@@ -34,6 +34,7 @@ from numbers import Number
 from typing import Any
 
 from localsched.client.control import _keys_of, _worker_list
+from localsched.client.dual import dual
 from localsched.transport import pickling
 from localsched.transport import requests as rq
 
@@ -42,6 +43,13 @@ Key = Hashable
 __all__ = ["DEFAULT_EVENT_HANDLERS", "ObservingMixin"]
 
 logger = logging.getLogger("localsched.client")
+
+
+def _log_failure(topic: str, done: Any) -> None:
+    error = None if done.cancelled() else done.exception()
+    if error is not None:
+        logger.error("The handler of topic %r failed", topic, exc_info=error)
+
 
 #: Prefix of the topics ``forward_logging`` uses (dask's constant).
 TOPIC_PREFIX_FORWARDED_LOG_RECORD = "forwarded-log-record"
@@ -153,6 +161,7 @@ class ObservingMixin:
 
     # -- events ---------------------------------------------------------------------
 
+    @dual
     def log_event(self, topic: str | Collection[str], msg: Any) -> None:
         """Log an event under a given topic.
 
@@ -184,6 +193,7 @@ class ObservingMixin:
         topics = (topic,) if isinstance(topic, str) else tuple(topic)
         self._request(rq.LogEvent(topics=topics, msg=msg))
 
+    @dual
     def get_events(self, topic: str | None = None) -> Any:
         """Retrieve structured topic logs.
 
@@ -260,6 +270,13 @@ class ObservingMixin:
             async def finish() -> Any:
                 return await result
 
+            binding = getattr(self, "_aio", None)
+            if binding is not None and binding.loop.is_running():
+                # As dask: a coroutine handler runs in the client's event loop
+                # (not waited for here: the loop may be closing the client).
+                done = asyncio.run_coroutine_threadsafe(finish(), binding.loop)
+                done.add_done_callback(lambda d: _log_failure(topic, d))
+                return
             asyncio.run(finish())
 
     def _stop_events(self) -> None:
@@ -307,6 +324,7 @@ class ObservingMixin:
             ForwardLoggingPlugin(logger_name, level, topic), plugin_name
         )
 
+    @dual
     def unforward_logging(self, logger_name: str | None = None) -> Any:
         """Stop forwarding the given logger (default root) from worker tasks to
         the client process."""
@@ -315,6 +333,7 @@ class ObservingMixin:
         self.unsubscribe_topic(topic)
         return self.unregister_worker_plugin(plugin_name)  # type: ignore[attr-defined]
 
+    @dual
     def get_scheduler_logs(self, n: int | None = None) -> list[tuple[str, str]]:
         """Get logs from the scheduler.
 
@@ -335,6 +354,7 @@ class ObservingMixin:
         result: list[tuple[str, str]] = self._request(rq.SchedulerLogs(n=n))
         return result
 
+    @dual
     def get_worker_logs(
         self, n: int | None = None, workers: Any = None, nanny: bool = False
     ) -> dict[str, list[tuple[str, str]]]:
@@ -366,6 +386,7 @@ class ObservingMixin:
 
     # -- what runs now, and where the time went ---------------------------------------
 
+    @dual
     def call_stack(
         self, futures: Any = None, keys: Collection[Key] | None = None
     ) -> dict[str, dict[Key, list[str]]]:
@@ -396,6 +417,7 @@ class ObservingMixin:
         )
         return result
 
+    @dual
     def profile(
         self,
         key: str | None = None,
