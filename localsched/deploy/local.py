@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -20,10 +21,17 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from localsched.deploy.asynchronous import (
+    AsyncClusterMixin,
+    Awaitable,
+    close_off_loop,
+    wait_for_workers_async,
+)
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
@@ -83,7 +91,7 @@ def _close_open_clusters() -> None:
     """
     for cluster in list(_open_clusters):
         with contextlib.suppress(Exception):
-            cluster.close(timeout=5.0)
+            cluster._close(timeout=5.0)
 
 
 #: Extra queued tasks per thread for tasks shorter than a round trip (the core's
@@ -166,7 +174,7 @@ def _check_not_in_child() -> None:
         )
 
 
-class LocalCluster:
+class LocalCluster(AsyncClusterMixin):
     """A scheduler and worker processes on this machine (``distributed.LocalCluster``).
 
     Parameters
@@ -198,6 +206,11 @@ class LocalCluster:
         nothing listens unless asked). A host left out means 127.0.0.1; the
         link, with its access token, is ``dashboard_link`` (docs/dashboard.md).
         Needs bokeh (``pip install 'localsched[dashboard]'``).
+    asynchronous
+        As dask: nothing starts until ``await cluster`` (or ``async with``),
+        which starts it without blocking the event loop; ``close``, ``scale``
+        and ``wait_for_workers`` called from the loop return awaitables
+        (``localsched.deploy.asynchronous``).
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
@@ -227,6 +240,7 @@ class LocalCluster:
         worker_saturation: float | str | None = None,
         name: str | None = None,
         dashboard_address: str | int | None = None,
+        asynchronous: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
@@ -273,8 +287,6 @@ class LocalCluster:
         self._dashboard: DashboardServer | None = None
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
-        sweep_stale_segments()
-        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
             validate=validate,
             **options,
@@ -286,33 +298,63 @@ class LocalCluster:
             # Unique in the process, so ``Client(cluster.scheduler_address)``
             # finds this cluster (the first keeps ``local://<pid>``).
             self.scheduler.address = f"local://{os.getpid()}-{number}"
+        self._asynchronous = asynchronous
+        start = functools.partial(
+            self._start,
+            n_workers,
+            plugins,
+            (preload, preload_argv),
+            dashboard_address,
+            kwargs,
+        )
+        if asynchronous:
+            # ``await cluster`` (or ``async with``) starts it off the event
+            # loop (deploy/asynchronous.py), as dask's asynchronous clusters
+            # start when awaited.
+            self.status = "created"
+            self._pending_start: Callable[[], None] | None = start
+            return
+        self._pending_start = None
+        start()
+
+    def _start(
+        self,
+        n_workers: int,
+        plugins: list[Any],
+        preloads: tuple[Any, Any],
+        dashboard_address: str | int | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Start the scheduler thread and the workers; wait for them to join."""
+        sweep_stale_segments()
+        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
-        self._janitor = _start_janitor(self.store) if processes else None
+        self._janitor = _start_janitor(self.store) if self.processes else None
         self.scheduler.started = time.time()
         self.runtime.start()
         try:
             self._preloads = self.runtime.call(
                 lambda: start_scheduler(
-                    self.scheduler, self.runtime, plugins, preload, preload_argv
+                    self.scheduler, self.runtime, plugins, *preloads
                 )
             ).result()
         except BaseException:
-            self.close()
+            self._close()
             raise
         self.status = "running"
         _open_clusters.add(self)
         try:
             self._start_workers(n_workers)
-            self.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+            self._wait_for_workers(n_workers, timeout=START_TIMEOUT)
             if dashboard_address is not None and dashboard_address is not False:
                 from localsched.diagnostics.web_dashboard import DashboardServer
 
                 self._dashboard = DashboardServer(self, dashboard_address)
         except BaseException:
-            self.close()
+            self._close()
             raise
         logger.info("%s started with %d workers", self.name, n_workers)
 
@@ -441,13 +483,19 @@ class LocalCluster:
         self.runtime.workers[replacement.address] = replacement
         self.runtime.post()  # from a timer: wake the loop to watch its pipes
 
-    def scale(self, n: int) -> None:
+    def scale(self, n: int) -> Any:
         """Grow or shrink to ``n`` workers (shrinking retires workers gracefully).
 
-        Stops adaptive scaling, if it runs (``adapt()`` starts it again).
+        Stops adaptive scaling, if it runs (``adapt()`` starts it again). On an
+        asynchronous cluster called from its event loop, returns an awaitable at
+        once, as dask does; ``await cluster`` then waits for the workers.
         """
         self._stop_adaptive("scale")
-        self.runtime.call(lambda: self._scale_now(n)).result(timeout=START_TIMEOUT)
+        done = self.runtime.call(lambda: self._scale_now(n))
+        if self.asynchronous:
+            return Awaitable(done)
+        done.result(timeout=START_TIMEOUT)
+        return None
 
     def _scale_now(self, n: int) -> None:
         # Scheduler thread: atomic with respect to adaptive decisions.
@@ -594,8 +642,18 @@ class LocalCluster:
         if adaptive is not None:
             adaptive.stop(reason=reason)
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        """Block until at least ``n_workers`` workers are running."""
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        """Block until at least ``n_workers`` workers are running.
+
+        On an asynchronous cluster called from its event loop, returns an
+        awaitable instead (``await cluster.wait_for_workers(2)``).
+        """
+        if self.asynchronous:
+            return wait_for_workers_async(self, n_workers, timeout)
+        self._wait_for_workers(n_workers, timeout)
+        return None
+
+    def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self.scheduler.workers) < n_workers:
             self._restarts.check()  # workers that cannot start: say why, now
@@ -610,13 +668,25 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0) -> Any:
         """Stop workers, the scheduler thread and free all shared memory; idempotent.
 
         Unless every worker is gone and the store removed its segments (a clean
-        close), the janitor is told to sweep instead of goodbye.
+        close), the janitor is told to sweep instead of goodbye. On an
+        asynchronous cluster called from its event loop, returns an awaitable
+        (``await cluster.close()``) that closes it off the loop.
         """
+        if self.asynchronous:
+            return close_off_loop(self, timeout)
+        self._close(timeout)
+        return None
+
+    def _close(self, timeout: float = 10.0) -> None:
         if self.status in ("closing", "closed"):
+            return
+        if self.status == "created":  # asynchronous, never awaited: nothing runs
+            self._pending_start = None
+            self.status = "closed"
             return
         self.status = "closing"
         started = time.monotonic()
@@ -712,15 +782,19 @@ class LocalCluster:
         return handles
 
     def __enter__(self) -> LocalCluster:
+        if self.asynchronous:
+            raise TypeError(
+                "Used 'with' with asynchronous class; please use 'async with'"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             if self.status == "running":
-                self.close(timeout=2.0)
+                self._close(timeout=2.0)
 
     def __repr__(self) -> str:
         workers = self.scheduler.workers
