@@ -13,9 +13,9 @@ both places but the few listed in docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
-import inspect
 import itertools
 import sys
 import threading
@@ -27,9 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from numbers import Number
 from typing import TYPE_CHECKING, Any
 
-from localsched.client.actor import Actor, BaseActorFuture
+from localsched.client.actor import Actor
+from localsched.client.asynchronous import AsyncMixin, bind_loop, start_client
 from localsched.client.cluster_tools import ClusterToolsMixin
-from localsched.client.control import ControlMixin, no_default
+from localsched.client.control import ControlMixin
 from localsched.client.dask_collections import (
     CollectionsMixin,
     current_client_var,
@@ -38,6 +39,7 @@ from localsched.client.dask_collections import (
 )
 from localsched.client.datasets import DatasetsMixin
 from localsched.client.display import DisplayMixin
+from localsched.client.dual import dual
 from localsched.client.future import (
     Future,
     FutureState,
@@ -59,7 +61,6 @@ from localsched.client.graph import (
     replace_futures,
     worker_restrictions,
 )
-from localsched.client.handover import refuse_asynchronous
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
 from localsched.errors import ClosedClientError
@@ -93,6 +94,7 @@ def _is_future(obj: object) -> bool:
 
 
 class Client(
+    AsyncMixin,
     ControlMixin,
     ClusterToolsMixin,
     ObservingMixin,
@@ -164,9 +166,36 @@ class Client(
         link: SchedulerLink | None = None,
         **kwargs: Any,
     ) -> None:
-        if asynchronous:
-            refuse_asynchronous()
+        #: The event loop this client belongs to (None: synchronous, no loop).
+        self._aio = bind_loop(asynchronous, loop)
+        self._started: Any = None
         self._owns_cluster = address is None and link is None
+        #: key -> state of this client's futures (resolved by the scheduler).
+        self._states: dict[Key, FutureState] = {}
+        self._lock = threading.Lock()
+        self._refcount: dict[Key, int] = {}
+        #: Keys of futures unpickled here (``_adopt``) that this client never
+        #: asked the scheduler for; asked for when first waited on.
+        self._adopted: set[Key] = set()
+        #: Bumped by ``restart``: futures of older generations release nothing.
+        self.generation = 0
+        self._functions: FunctionCache = FunctionCache()
+        self._callbacks: ThreadPoolExecutor | None = None
+        # A task's client prints nothing of its own: the print happened there.
+        shared = link is not None and link.is_shared
+        self._init_events({} if shared else DEFAULT_EVENT_HANDLERS)
+        self.id = f"{name or 'Client'}-{uuid.uuid4()}"
+        self.status = "newly-created"
+        self.cluster: LocalCluster | None = None
+        self._direct_to_workers = direct_to_workers
+        self._set_as_default = set_as_default
+        self._previous_as_current: contextvars.Token[Any] | None = None
+        #: This client made dask's collections run on localsched (until close).
+        self._drives_dask = False
+        if asynchronous and self._owns_cluster:
+            # As dask: the cluster starts in a task; ``await client`` waits.
+            self._started = asyncio.ensure_future(start_client(self, kwargs, timeout))
+            return
         if link is None:
             from localsched.client.local_link import LocalLink
             from localsched.deploy.local import LocalCluster, cluster_at
@@ -180,25 +209,16 @@ class Client(
                     f"got {type(address)}"
                 )
             link = LocalLink(cluster)
+        self._attach(link, timeout)
+
+    def _attach(self, link: SchedulerLink, timeout: float | None) -> None:
+        """Connect through ``link``: the client runs from now on."""
         self._link = link
         #: The ``LocalCluster`` in this process; None for a task's client.
         self.cluster = link.cluster
-        #: key -> state of this client's futures (resolved by the scheduler).
-        self._states: dict[Key, FutureState] = {}
-        self._lock = threading.Lock()
-        self._refcount: dict[Key, int] = {}
-        #: Keys of futures unpickled here (``_adopt``) that this client never
-        #: asked the scheduler for; asked for when first waited on.
-        self._adopted: set[Key] = set()
-        #: Bumped by ``restart``: futures of older generations release nothing.
-        self.generation = 0
-        self._functions: FunctionCache = FunctionCache()
-        self._callbacks: ThreadPoolExecutor | None = None
-        # A task's client prints nothing of its own: the print happened there.
-        self._init_events({} if link.is_shared else DEFAULT_EVENT_HANDLERS)
         # Weakly: the scheduler keeps the hooks, and a dropped client must go away.
         self.id = link.connect(
-            f"{name or 'Client'}-{uuid.uuid4()}",
+            self.id,
             self._states,
             weakref.WeakMethod(self._on_restart),
             timeout,
@@ -207,14 +227,9 @@ class Client(
         self.status = "running"
         #: As dask: a task's client talks to workers directly; here every
         #: client shares memory with the workers, so this only reports it.
-        self.direct_to_workers = (
-            self.cluster is None if direct_to_workers is None else direct_to_workers
-        )
-        self._set_as_default = set_as_default
-        self._previous_as_current: contextvars.Token[Any] | None = None
-        #: This client made dask's collections run on localsched (until close).
-        self._drives_dask = False
-        if set_as_default:
+        direct = self._direct_to_workers
+        self.direct_to_workers = self.cluster is None if direct is None else direct
+        if self._set_as_default:
             with _current_lock:
                 _current[next(_current_index)] = self
             self._drives_dask = use_localsched_for_dask()
@@ -668,6 +683,7 @@ class Client(
 
     # -- results ---------------------------------------------------------------------
 
+    @dual
     def gather(
         self,
         futures: Any,
@@ -708,10 +724,11 @@ class Client(
         def value_of(future: Future) -> Any:
             if future.status == "finished" and future.key in values:
                 return self._bound(values[future.key])
-            return future.result()
+            return future._result_now()
 
         return gathered(futures, _is_future, value_of, errors)
 
+    @dual
     def scatter(
         self,
         data: Any,
@@ -728,6 +745,15 @@ class Client(
         there, so ``broadcast`` needs no copies. (From inside a task values
         travel inline over the worker's pipe: scatter small ones there.)
         """
+        futures, request, rebuild = self._scatter_request(
+            data, workers, broadcast, hash
+        )
+        self._link.request(request).result(timeout=timeout)
+        return rebuild(futures)
+
+    def _scatter_request(
+        self, data: Any, workers: Any, broadcast: bool, hash: bool
+    ) -> tuple[dict[Key, Future], rq.Scatter, Callable[[Any], Any]]:
         self._check_running()
         # As dask: exact types, so a dict or list subclass is one opaque value;
         # a namedtuple is unpacked and comes back as its own type.
@@ -742,11 +768,11 @@ class Client(
             else tuple(workers)
         )
         request = rq.Scatter(data=tuple(prepared), workers=names, broadcast=broadcast)
-        self._link.request(request).result(timeout=timeout)
-        return rebuild(futures)
+        return futures, request, rebuild
 
     # -- control -----------------------------------------------------------------------
 
+    @dual
     def cancel(
         self,
         futures: Any,
@@ -764,13 +790,21 @@ class Client(
         replacement worker starts. Without ``force``, a running task is released
         (its future cancelled) but runs to its end on the worker, as in dask.
         """
+        self._cancel_now(futures, force=force)
+
+    def _cancel_now(self, futures: Any, force: bool = False, **kwargs: Any) -> None:
+        request = self._post_cancel(futures, force)
+        if request is not None:
+            self._link.request(request).result()
+
+    def _post_cancel(self, futures: Any, force: bool) -> rq.Request | None:
+        """Post the cancel; the request to wait on (None: nothing to cancel)."""
         found = {f.key: f for f in futures_of(futures)}
         if not found:
-            return
+            return None
         link = self._link
         if force:
-            link.request(rq.ForceCancel(keys=tuple(found))).result()
-            return
+            return rq.ForceCancel(keys=tuple(found))
         link.post(
             ev.CancelRequested(
                 stimulus_id=link.stimulus_id("cancel"),
@@ -779,44 +813,14 @@ class Client(
                 force=False,
             )
         )
-        link.request(rq.Ping()).result()
+        return rq.Ping()
 
-    def restart(
-        self, timeout: str | float | Any = no_default, wait_for_workers: bool = True
-    ) -> None:
-        """Restart all workers and forget all tasks (``distributed.Client.restart``).
-
-        Every future of every client is cancelled (reason ``"scheduler-restart"``),
-        scheduler plugins' ``restart`` hooks run, results are freed and every
-        worker process is replaced by a new one. Returns once as many new workers
-        run as there were (with ``wait_for_workers=False``, once the old ones are
-        gone); raises ``TimeoutError`` after ``timeout`` seconds (default 120, as
-        dask's four connect timeouts).
-        """
-        self._check_running()
-        seconds = 120.0 if timeout is no_default else parse_timedelta(timeout, "s")
-        deadline = time.monotonic() + seconds
-        link = self._link
-        old = set(link.request(rq.Restart()).result(seconds))
-
-        def done() -> bool:
-            left = max(0.0, deadline - time.monotonic())
-            current = set(link.request(rq.WorkerStatus()).result(left))
-            if current & old:
-                return False
-            return not wait_for_workers or len(current) >= len(old)
-
-        pause = threading.Event()
-        while not done():
-            if time.monotonic() > deadline:
-                what = "come back" if wait_for_workers else "shut down"
-                raise TimeoutError(
-                    f"Workers did not {what} within {seconds} s of the restart"
-                )
-            pause.wait(0.01)
-
+    @dual
     def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
         """Run erred futures again (and the erred tasks they depend on)."""
+        self._link.request(self._post_retry(futures)).result()
+
+    def _post_retry(self, futures: Any) -> rq.Request:
         found = {f.key: f for f in futures_of(futures)}
         link = self._link
         link.post(
@@ -826,7 +830,7 @@ class Client(
                 keys=list(found),
             )
         )
-        link.request(rq.Ping()).result()
+        return rq.Ping()
 
     def futures_of(self, obj: Any) -> list[Future]:
         """Futures held in ``obj`` (see ``localsched.futures_of``)."""
@@ -839,32 +843,7 @@ class Client(
         selected = None if keys is None else tuple(keys)
         return self._link.request(rq.NBytes(keys=selected, summary=summary)).result()
 
-    def sync(
-        self,
-        func: Callable[..., Any],
-        *args: Any,
-        asynchronous: bool | None = None,
-        callback_timeout: str | float | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """``func(*args, **kwargs)``, awaited if it returns an awaitable
-        (``distributed.Client.sync``; this client is synchronous, so the call
-        runs in the calling thread and a coroutine on a private event loop)."""
-        result = func(*args, **kwargs)
-        if isinstance(result, BaseActorFuture):
-            return result.result(callback_timeout)
-        if inspect.isawaitable(result):
-            import asyncio
-
-            async def finish() -> Any:
-                return await result
-
-            timeout = (
-                None if callback_timeout is None else parse_timedelta(callback_timeout)
-            )
-            return asyncio.run(asyncio.wait_for(finish(), timeout))
-        return result
-
+    @dual
     def shutdown(self) -> None:
         """Close the client and its cluster, even one it did not start (dask).
 
@@ -878,17 +857,32 @@ class Client(
                 "A task cannot shut its cluster down: the cluster belongs to the "
                 "process that started it"
             )
-        self.close()
+        self._close_now()
         self.cluster.close()
 
+    @dual
     def close(self, timeout: float | None = None) -> None:
         """Release every future of this client; close the cluster it started.
 
         A task's client (``get_client()`` in a task) is shared by the worker's
         tasks and closes with its worker: closing it does nothing.
         """
+        self._close_now(timeout)
+
+    def _close_now(self, timeout: float | None = None) -> None:
+        cluster = self._close_client(timeout)
+        if cluster is not None:
+            cluster.close()
+        if self.status == "closing":
+            self.status = "closed"
+
+    def _close_client(self, timeout: float | None) -> LocalCluster | None:
+        """Close all but the cluster; the cluster to close (it started it)."""
+        if self.status == "newly-created":  # an asynchronous start never awaited
+            self.status = "closed"
+            return None
         if self.status in ("closing", "closed") or self._link.is_shared:
-            return
+            return None
         self.status = "closing"
         bars = sys.modules.get("localsched.diagnostics.progressbar")
         if bars is not None:  # loaded only if a progress bar was ever shown
@@ -923,9 +917,9 @@ class Client(
                 state.cancel("client-closed")
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=True)
-        if self._owns_cluster:
-            self.cluster.close()
-        self.status = "closed"
+        if self._aio is not None:
+            self._aio.stop()  # a synchronous client's loop thread
+        return self.cluster if self._owns_cluster else None
 
     def __enter__(self) -> Client:
         if self._set_as_default:
@@ -941,12 +935,12 @@ class Client(
                 # block is left from another thread, as dask.
                 current_client_var.reset(token)
         finally:
-            self.close()
+            self._close_now()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             if self.status == "running" and self._owns_cluster:
-                self.close()
+                self._close_now()
             elif self._drives_dask:
                 # Dropped without close: dask must not keep pointing at it.
                 self._drives_dask = False

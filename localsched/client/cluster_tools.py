@@ -29,6 +29,7 @@ import time
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from localsched.client.dual import dual
 from localsched.client.future import Future, wait
 from localsched.client.graph import replace_futures
 from localsched.plugins import WorkerPlugin
@@ -185,6 +186,7 @@ class ClusterToolsMixin:
 
     # -- state and versions --------------------------------------------------------
 
+    @dual
     def get_versions(
         self, check: bool = False, packages: Sequence[str] | None = None
     ) -> dict[str, Any]:
@@ -218,6 +220,7 @@ class ClusterToolsMixin:
                 )
         return report
 
+    @dual
     def dump_cluster_state(
         self,
         filename: str = "dask-cluster-dump",
@@ -267,6 +270,7 @@ class ClusterToolsMixin:
 
     # -- workers -----------------------------------------------------------------------
 
+    @dual
     def restart_workers(
         self,
         workers: list[str],
@@ -312,6 +316,7 @@ class ClusterToolsMixin:
             pause.wait(0.01)  # processes start: no event tells a client
         return {w: "OK" if a else "removed" for w, a in old.items()}
 
+    @dual
     def replicate(
         self,
         futures: Any,
@@ -344,6 +349,7 @@ class ClusterToolsMixin:
             )
         self._ask(rq.Replicate(keys=tuple(f.key for f in found), n=n, workers=names))
 
+    @dual
     def rebalance(
         self, futures: Any = None, workers: Any = None, **kwargs: Any
     ) -> None:
@@ -375,6 +381,7 @@ class ClusterToolsMixin:
         out.dask = new
         return out
 
+    @dual
     def upload_file(self, filename: str, load: bool = True) -> dict[str, Any]:
         """Make a ``.py`` file importable on every worker, now and later.
 

@@ -21,10 +21,12 @@ from typing import Any
 
 import cloudpickle
 
+from localsched.client.dual import dual
 from localsched.client.future import Future
 from localsched.client.graph import replace_futures
 from localsched.transport import pickling
 from localsched.transport import requests as rq
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -74,8 +76,44 @@ class ControlMixin:
         """Send ``request`` through the link; the answer (or raise its error)."""
         return self._link.request(request).result(timeout)
 
+    @dual
+    def restart(
+        self, timeout: str | float | Any = no_default, wait_for_workers: bool = True
+    ) -> None:
+        """Restart all workers and forget all tasks (``distributed.Client.restart``).
+
+        Every future of every client is cancelled (reason ``"scheduler-restart"``),
+        scheduler plugins' ``restart`` hooks run, results are freed and every
+        worker process is replaced by a new one. Returns once as many new workers
+        run as there were (with ``wait_for_workers=False``, once the old ones are
+        gone); raises ``TimeoutError`` after ``timeout`` seconds (default 120, as
+        dask's four connect timeouts).
+        """
+        self._check_running()  # type: ignore[attr-defined]
+        seconds = 120.0 if timeout is no_default else parse_timedelta(timeout, "s")
+        deadline = time.monotonic() + seconds
+        link = self._link
+        old = set(link.request(rq.Restart()).result(seconds))
+
+        def done() -> bool:
+            left = max(0.0, deadline - time.monotonic())
+            current = set(link.request(rq.WorkerStatus()).result(left))
+            if current & old:
+                return False
+            return not wait_for_workers or len(current) >= len(old)
+
+        pause = threading.Event()
+        while not done():
+            if time.monotonic() > deadline:
+                what = "come back" if wait_for_workers else "shut down"
+                raise TimeoutError(
+                    f"Workers did not {what} within {seconds} s of the restart"
+                )
+            pause.wait(0.01)
+
     # -- information -----------------------------------------------------------------
 
+    @dual
     def scheduler_info(self, n_workers: int = -1, **kwargs: Any) -> dict[str, Any]:
         """Basic information about the scheduler and its workers.
 
@@ -94,6 +132,7 @@ class ControlMixin:
         """
         return self._ask(rq.SchedulerInfo(n_workers=n_workers))
 
+    @dual
     def nthreads(self, workers: Any = None, **kwargs: Any) -> dict[str, int]:
         """Threads of each worker (all, or those named), by address.
 
@@ -104,6 +143,7 @@ class ControlMixin:
 
     ncores = nthreads
 
+    @dual
     def who_has(self, futures: Any = None, **kwargs: Any) -> dict[Key, list[str]]:
         """Workers holding each key's result (all keys, or those of ``futures``).
 
@@ -113,14 +153,17 @@ class ControlMixin:
         keys = None if futures is None else tuple(_keys_of(futures))
         return self._ask(rq.WhoHas(keys=keys))
 
+    @dual
     def has_what(self, workers: Any = None, **kwargs: Any) -> dict[str, list[Key]]:
         """Keys whose results each worker holds, by address."""
         return self._ask(rq.HasWhat(workers=_worker_list(workers)))
 
+    @dual
     def processing(self, workers: Any = None) -> dict[str, list[Key]]:
         """Keys each worker is running or has queued, by address."""
         return self._ask(rq.Processing(workers=_worker_list(workers)))
 
+    @dual
     def story(self, *keys_or_stimuli: Any, on_error: str = "raise") -> list[Any]:
         """Every logged transition of these keys (or futures) or stimulus ids."""
         keys = tuple(k.key if _is_future(k) else k for k in keys_or_stimuli)
@@ -128,6 +171,7 @@ class ControlMixin:
 
     # -- running things -------------------------------------------------------------
 
+    @dual
     def run_on_scheduler(
         self, function: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
@@ -145,6 +189,7 @@ class ControlMixin:
         """
         return self._ask(rq.RunOnScheduler(function=function, args=args, kwargs=kwargs))
 
+    @dual
     def run(
         self,
         function: Callable[..., Any],
@@ -229,6 +274,7 @@ class ControlMixin:
 
     # -- diagnostics ----------------------------------------------------------------
 
+    @dual
     def get_task_stream(
         self,
         start: float | str | None = None,
@@ -289,6 +335,7 @@ class ControlMixin:
 
     # -- workers ----------------------------------------------------------------------
 
+    @dual
     def retire_workers(
         self,
         workers: list[str] | None = None,
@@ -321,6 +368,7 @@ class ControlMixin:
             timer.wait(pause)  # their tasks finish: no event tells us when
             pause = min(pause * 2, 0.05)
 
+    @dual
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Block until ``n_workers`` workers are running.
 
@@ -350,6 +398,7 @@ class ControlMixin:
 
     # -- metadata ----------------------------------------------------------------------
 
+    @dual
     def set_metadata(self, key: Any, value: Any) -> None:
         """Store a small value in the scheduler under ``key``.
 
@@ -359,6 +408,7 @@ class ControlMixin:
         keys = tuple(key) if isinstance(key, list | tuple) else (key,)
         self._ask(rq.SetMetadata(keys=keys, value=value))
 
+    @dual
     def get_metadata(self, keys: Any, default: Any = no_default) -> Any:
         """The value stored by ``set_metadata`` (a list indexes nested dicts).
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from localsched.client.control import no_default
 from localsched.client.coordination import call, dumps, load_many
+from localsched.client.dual import dual
 
 Key = Hashable
 
@@ -50,6 +51,7 @@ class Datasets(MutableMapping):
 class DatasetsMixin:
     """The datasets methods of :class:`~localsched.client.client.Client`."""
 
+    @dual
     def publish_dataset(
         self, *args: Any, name: Key | None = None, override: bool = False, **kwargs: Any
     ) -> None:
@@ -96,16 +98,19 @@ class DatasetsMixin:
         records = [dumps(value) for value in data]
         call(self, "publish_put", names, records, override)
 
+    @dual
     def unpublish_dataset(self, name: Key | list[Key], **kwargs: Any) -> None:
         """Remove named datasets (a name or a list of names) from the scheduler;
         their futures' keys are released."""
         names = name if isinstance(name, list) else [name]
         call(self, "publish_delete", names)
 
+    @dual
     def list_datasets(self, **kwargs: Any) -> list[Key]:
         """The names of the published datasets (sorted)."""
         return list(call(self, "publish_list"))
 
+    @dual
     def get_dataset(
         self, name: Key | list[Key], default: Any = no_default, **kwargs: Any
     ) -> Any:

@@ -22,6 +22,7 @@ from numbers import Number
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Re-exported: the cells are the client's API too (``localsched.client.future``).
+from localsched.client.dual import dual_of_client, twin_call
 from localsched.future_state import FutureCancelledError as FutureCancelledError
 from localsched.future_state import FutureState as FutureState
 from localsched.future_state import RemoteTraceback as RemoteTraceback
@@ -87,8 +88,11 @@ class Future:
                 f"Future {self.key!r} did not finish within {timeout} seconds"
             )
 
+    @dual_of_client
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the result and return it; re-raise the task's exception.
+
+        In the event loop of an asynchronous client, a coroutine (as dask).
 
         Raises
         ------
@@ -97,6 +101,13 @@ class Future:
         FutureCancelledError
             The future was cancelled.
         """
+        return self._result_now(timeout)
+
+    def __await__(self) -> Any:
+        """``await future``: its result, in any event loop."""
+        return twin_call("Future.result", Future._result_now, self).__await__()
+
+    def _result_now(self, timeout: float | None = None) -> Any:
         self._wait(timeout)
         state = self._state
         if state.status == "finished":
@@ -106,6 +117,7 @@ class Future:
             raise _to_raise(state.exception)
         raise FutureCancelledError(self.key, state.reason)
 
+    @dual_of_client
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception the task raised, or None.
 
@@ -117,11 +129,14 @@ class Future:
             return None
         return self._state.exception
 
+    @dual_of_client
     def traceback(self, timeout: float | None = None) -> Any:
         """The traceback of the task's exception (its remote text as a cause)."""
-        exception = self.exception(timeout)
+        self._wait(timeout)
+        exception = self._state.exception if self.status == "error" else None
         return None if exception is None else exception.__traceback__
 
+    @dual_of_client
     def cancel(
         self, reason: str | None = None, msg: str | None = None, **kwargs: Any
     ) -> None:
@@ -129,11 +144,12 @@ class Future:
 
         ``kwargs`` go to ``Client.cancel`` (``force=True`` stops it even if it runs).
         """
-        self.client.cancel([self], reason=reason, msg=msg, **kwargs)
+        self.client._cancel_now([self], reason=reason, msg=msg, **kwargs)
 
+    @dual_of_client
     def retry(self) -> None:
         """Run the task again if it erred."""
-        self.client.retry([self])
+        self.client._link.request(self.client._post_retry([self])).result()
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
         """Call ``fn(future)`` in a separate thread once the future is done."""
@@ -292,9 +308,14 @@ def wait(
             "  Good: wait([x, y, z])"
         )
     timeout = seconds
-    futures = _futures_to_wait_on(fs)
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"Unknown return_when {return_when!r}")
+    from localsched.client.asynchronous import wants_await
+
+    futures = wants_await(fs)  # in an asynchronous client's event loop
+    if futures is not None:
+        return twin_call("wait", wait, futures, timeout, return_when)  # type: ignore[no-any-return]
+    futures = _futures_to_wait_on(fs)
     claim_adopted(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     ready = threading.Event()
@@ -366,6 +387,8 @@ class as_completed:
         self._ready: deque[Future] = deque()
         #: One entry per ``add``: a future added twice is yielded twice (dask).
         self._pending: dict[int, Future] = {}
+        #: Wakes the coroutine awaiting ``__anext__`` (set while it waits).
+        self._wake: Callable[[], None] | None = None
         self._entries = itertools.count()
         for future in futures or ():
             self.add(future)
@@ -385,6 +408,8 @@ class as_completed:
                 if self._pending.pop(entry, None) is not None:
                     self._ready.append(future)
                     self._lock.notify_all()
+                    if self._wake is not None:
+                        self._wake()
 
         claim_adopted((future,))
         future._state.add_waiter(on_done)
@@ -412,6 +437,15 @@ class as_completed:
     def __iter__(self) -> Iterator[Any]:
         return self
 
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        """The next done future (``async for``), in any event loop."""
+        from localsched.client.asynchronous import as_completed_next
+
+        return await as_completed_next(self)
+
     def _item(self, future: Future) -> Any:
         if not self.with_results:
             return future
@@ -423,7 +457,9 @@ class as_completed:
             return future, (type(exception), exception, exception.__traceback__)
         if future.status == "cancelled":
             return future, FutureCancelledError(future.key, future._state.reason)
-        return future, future.result()
+        if type(future) is Future:
+            return future, future._result_now()
+        return future, future.result()  # an actor's future
 
     def __next__(self) -> Any:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["MISSING_DISTRIBUTED", "distributed_client", "refuse_asynchronous"]
+__all__ = ["MISSING_DISTRIBUTED", "distributed_client"]
 
 MISSING_DISTRIBUTED = (
     "Connecting to a dask scheduler at {where} needs dask.distributed; "
@@ -33,18 +33,3 @@ def distributed_client(address: str | None, *args: Any, **kwargs: Any) -> Any:
         raise ImportError(MISSING_DISTRIBUTED.format(where=repr(where))) from error
     return distributed.Client(address, *args, **kwargs)
 
-
-def refuse_asynchronous() -> None:
-    """dask's error without a running event loop, ours with one."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            "Constructing LoopRunner(asynchronous=True) without a running loop is "
-            "not supported (and localsched's Client is synchronous)"
-        ) from None
-    raise ValueError(
-        "localsched's Client is synchronous; asynchronous=True is not supported"
-    )

@@ -34,6 +34,7 @@ from numbers import Number
 from typing import Any
 
 from localsched.client.control import _keys_of, _worker_list
+from localsched.client.dual import dual
 from localsched.transport import pickling
 from localsched.transport import requests as rq
 
@@ -153,6 +154,7 @@ class ObservingMixin:
 
     # -- events ---------------------------------------------------------------------
 
+    @dual
     def log_event(self, topic: str | Collection[str], msg: Any) -> None:
         """Log an event under a given topic.
 
@@ -184,6 +186,7 @@ class ObservingMixin:
         topics = (topic,) if isinstance(topic, str) else tuple(topic)
         self._request(rq.LogEvent(topics=topics, msg=msg))
 
+    @dual
     def get_events(self, topic: str | None = None) -> Any:
         """Retrieve structured topic logs.
 
@@ -307,6 +310,7 @@ class ObservingMixin:
             ForwardLoggingPlugin(logger_name, level, topic), plugin_name
         )
 
+    @dual
     def unforward_logging(self, logger_name: str | None = None) -> Any:
         """Stop forwarding the given logger (default root) from worker tasks to
         the client process."""
@@ -315,6 +319,7 @@ class ObservingMixin:
         self.unsubscribe_topic(topic)
         return self.unregister_worker_plugin(plugin_name)  # type: ignore[attr-defined]
 
+    @dual
     def get_scheduler_logs(self, n: int | None = None) -> list[tuple[str, str]]:
         """Get logs from the scheduler.
 
@@ -335,6 +340,7 @@ class ObservingMixin:
         result: list[tuple[str, str]] = self._request(rq.SchedulerLogs(n=n))
         return result
 
+    @dual
     def get_worker_logs(
         self, n: int | None = None, workers: Any = None, nanny: bool = False
     ) -> dict[str, list[tuple[str, str]]]:
@@ -366,6 +372,7 @@ class ObservingMixin:
 
     # -- what runs now, and where the time went ---------------------------------------
 
+    @dual
     def call_stack(
         self, futures: Any = None, keys: Collection[Key] | None = None
     ) -> dict[str, dict[Key, list[str]]]:
@@ -396,6 +403,7 @@ class ObservingMixin:
         )
         return result
 
+    @dual
     def profile(
         self,
         key: str | None = None,

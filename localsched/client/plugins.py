@@ -25,6 +25,7 @@ from typing import Any
 
 import cloudpickle
 
+from localsched.client.dual import dual
 from localsched.plugins import SchedulerPlugin, WorkerPlugin, registration_name
 from localsched.transport import pickling
 from localsched.transport import requests as rq
@@ -54,6 +55,7 @@ class PluginsMixin:
 
     _link: Any
 
+    @dual
     def register_plugin(
         self,
         plugin: SchedulerPlugin | WorkerPlugin,
@@ -107,6 +109,7 @@ class PluginsMixin:
             "NannyPlugin, WorkerPlugin, or SchedulerPlugin to create a plugin."
         )
 
+    @dual
     def register_scheduler_plugin(
         self,
         plugin: SchedulerPlugin,
@@ -121,6 +124,7 @@ class PluginsMixin:
         )
         return self.register_plugin(plugin, name=name, idempotent=idempotent)
 
+    @dual
     def register_worker_plugin(
         self,
         plugin: WorkerPlugin | None = None,
@@ -142,6 +146,7 @@ class PluginsMixin:
             raise ValueError("register_worker_plugin needs a plugin")
         return self.register_plugin(plugin, name=name)
 
+    @dual
     def register_worker_callbacks(
         self, setup: Callable[..., Any] | None = None
     ) -> dict[str, Any]:
@@ -157,6 +162,7 @@ class PluginsMixin:
         """
         return self.register_plugin(_WorkerSetupPlugin(setup))
 
+    @dual
     def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
         """Tear down and remove the worker plugin ``name`` on every worker.
 
@@ -175,6 +181,7 @@ class PluginsMixin:
         answers = self._link.request(rq.RemoveWorkerPlugin(name=name)).result()
         return _responses(answers)
 
+    @dual
     def unregister_scheduler_plugin(self, name: str) -> None:
         """Remove the scheduler plugin ``name``."""
         self._link.request(rq.RemoveSchedulerPlugin(name=name)).result()

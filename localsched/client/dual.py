@@ -1,0 +1,92 @@
+"""One method, two faces: blocking, or a coroutine in the client's event loop.
+
+dask's client decides per call (``SyncMethodMixin.sync``): in the event loop of
+an asynchronous client (or with ``asynchronous=True``) a method returns an
+awaitable, elsewhere it blocks and returns the value. ``@dual`` gives a
+blocking method that behaviour: the coroutine is its *twin*, registered by
+qualified name in :mod:`localsched.client.asynchronous` (imported with the
+first asynchronous call). A method without a twin runs inline in a coroutine:
+only methods that the scheduler thread answers at once are left so.
+
+A synchronous client without an event loop pays one attribute test per call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+__all__ = ["TWINS", "dual", "dual_of_client", "is_async_call"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``"Class.method"`` -> its coroutine twin, called with the same arguments.
+TWINS: dict[str, Callable[..., Awaitable[Any]]] = {}
+
+#: Set while a method without a twin runs inline in the loop: the methods it
+#: calls block too (they are part of its blocking body).
+_inline: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "localsched_inline", default=False
+)
+
+
+def is_async_call(client: Any, flag: bool | None) -> bool:
+    """dask's ``client.asynchronous`` for this call, ``flag`` (the method's
+    ``asynchronous=`` argument) first."""
+    if flag is not None:
+        return bool(flag)
+    binding = getattr(client, "_aio", None)
+    return binding is not None and binding.in_loop() and not _inline.get()
+
+
+def twin_call(name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The coroutine for ``method(*args, **kwargs)``: its twin's, or inline."""
+
+    twin = TWINS.get(name)
+    if twin is not None:
+        return twin(*args, **kwargs)
+
+    async def inline() -> Any:
+        token = _inline.set(True)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _inline.reset(token)
+
+    return inline()
+
+
+def _dual(method: F, client_of: Callable[[Any], Any]) -> F:
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        flag = kwargs.pop("asynchronous", None) if kwargs else None
+        if flag is None:
+            binding = getattr(client_of(self), "_aio", None)
+            flag = binding is not None and binding.in_loop() and not _inline.get()
+        if flag:
+            return twin_call(name, method, self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return call  # type: ignore[return-value]
+
+
+def dual(method: F) -> F:
+    """A ``Client`` method that is a coroutine in its event loop (see above)."""
+    return _dual(method, _self)
+
+
+def dual_of_client(method: F) -> F:
+    """``@dual`` for methods of objects with a ``client`` (futures, locks...)."""
+    return _dual(method, _client_attribute)
+
+
+def _self(obj: Any) -> Any:
+    return obj
+
+
+def _client_attribute(obj: Any) -> Any:
+    return obj.client  # None for an unbound primitive: it has no _aio
