@@ -197,6 +197,8 @@ class AsyncClusterMixin:
         from localsched.deploy.local import START_TIMEOUT
 
         cluster: LocalCluster = self  # type: ignore[assignment]
+        if cluster.loop is None:
+            cluster._remember_loop()
         if self._pending_start is not None:
             start, self._pending_start = self._pending_start, None
             cluster.status = "starting"

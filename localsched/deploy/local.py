@@ -27,11 +27,11 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from localsched.deploy.asynchronous import (
-    AsyncClusterMixin,
     Awaitable,
     close_off_loop,
     wait_for_workers_async,
 )
+from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
@@ -46,6 +46,7 @@ from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
+from localsched.units import format_bytes
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
@@ -174,7 +175,7 @@ def _check_not_in_child() -> None:
         )
 
 
-class LocalCluster(AsyncClusterMixin):
+class LocalCluster(DaskClusterSurface):
     """A scheduler and worker processes on this machine (``distributed.LocalCluster``).
 
     Parameters
@@ -244,8 +245,15 @@ class LocalCluster(AsyncClusterMixin):
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
-        # Before anything starts, as dask's Worker rejects a typo (n_worker=2).
-        check_keywords("LocalCluster", set(kwargs) - _KEYWORDS_TAKEN_BELOW)
+        # Before anything starts, as dask's Worker rejects a typo (n_worker=2);
+        # an asynchronous cluster raises it when awaited, as dask's does.
+        refusal: TypeError | None = None
+        try:
+            check_keywords("LocalCluster", set(kwargs) - _KEYWORDS_TAKEN_BELOW)
+        except TypeError as exc:
+            if not asynchronous:
+                raise
+            refusal = exc
         options = scheduler_options(
             allowed_failures=allowed_failures, worker_saturation=worker_saturation
         )
@@ -312,7 +320,9 @@ class LocalCluster(AsyncClusterMixin):
             # loop (deploy/asynchronous.py), as dask's asynchronous clusters
             # start when awaited.
             self.status = "created"
-            self._pending_start: Callable[[], None] | None = start
+            self._pending_start: Callable[[], None] | None = (
+                start if refusal is None else functools.partial(_refuse, refusal)
+            )
             return
         self._pending_start = None
         start()
@@ -385,9 +395,10 @@ class LocalCluster(AsyncClusterMixin):
     # -- workers ------------------------------------------------------------------
 
     @property
-    def workers(self) -> dict[Any, str]:
-        """Worker name -> address of the workers the scheduler knows."""
-        return {ws.name: address for address, ws in self.scheduler.workers.items()}
+    def workers(self) -> WorkersView:
+        """Worker name -> address of the workers the scheduler knows (a live
+        mapping, empty once the cluster closed, as dask's)."""
+        return WorkersView(self)
 
     def _start_workers(self, n: int) -> None:
         # On the scheduler thread: Linux's PR_SET_PDEATHSIG fires when the thread
@@ -483,13 +494,18 @@ class LocalCluster(AsyncClusterMixin):
         self.runtime.workers[replacement.address] = replacement
         self.runtime.post()  # from a timer: wake the loop to watch its pipes
 
-    def scale(self, n: int) -> Any:
+    def scale(
+        self, n: int = 0, memory: str | int | None = None, cores: int | None = None
+    ) -> Any:
         """Grow or shrink to ``n`` workers (shrinking retires workers gracefully).
 
-        Stops adaptive scaling, if it runs (``adapt()`` starts it again). On an
-        asynchronous cluster called from its event loop, returns an awaitable at
-        once, as dask does; ``await cluster`` then waits for the workers.
+        ``memory=``/``cores=``: at least enough workers for that much memory or
+        that many threads, as dask's. Stops adaptive scaling, if it runs
+        (``adapt()`` starts it again). On an asynchronous cluster called from
+        its event loop, returns an awaitable at once, as dask does; ``await
+        cluster`` then waits for the workers.
         """
+        n = self._n_from_resources(n, memory, cores)
         self._stop_adaptive("scale")
         done = self.runtime.call(lambda: self._scale_now(n))
         if self.asynchronous:
@@ -579,11 +595,11 @@ class LocalCluster(AsyncClusterMixin):
         self,
         Adaptive: type[Adaptive] | None = None,
         *,
-        minimum: int = 0,
+        minimum: int | None = None,
         maximum: int | float | None = None,
-        interval: str | float | timedelta = "1s",
-        wait_count: int = 3,
-        target_duration: str | float | timedelta = "5s",
+        interval: str | float | timedelta | None = None,
+        wait_count: int | None = None,
+        target_duration: str | float | timedelta | None = None,
         **kwargs: Any,
     ) -> Adaptive:
         """Start and retire workers as the load changes; returns the ``Adaptive``.
@@ -604,7 +620,12 @@ class LocalCluster(AsyncClusterMixin):
         target_duration
             Time the current work should take; shorter scales up more.
         **kwargs
-            ``worker_key=`` and ``Scheduler.workers_to_close`` arguments.
+            ``minimum_cores``/``maximum_cores``/``minimum_memory``/
+            ``maximum_memory`` (bounds as dask computes them from the workers'
+            threads and memory limit), ``worker_key=`` and
+            ``Scheduler.workers_to_close`` arguments. Values left out come from
+            dask's ``distributed.adaptive.*`` config, else dask's defaults
+            (``localsched.deploy.adaptive.Adaptive``).
 
         Examples
         --------
@@ -617,14 +638,13 @@ class LocalCluster(AsyncClusterMixin):
             raise RuntimeError(f"Cannot adapt a cluster that is {self.status}")
         self._stop_adaptive("adapt() called again")
         adaptive_class = Adaptive or DefaultAdaptive
+        bounds = self._adapt_bounds({"minimum": minimum, "maximum": maximum, **kwargs})
         self._adaptive = adaptive_class(
             self,
             interval=interval,
-            minimum=minimum,
-            maximum=maximum,
             wait_count=wait_count,
             target_duration=target_duration,
-            **kwargs,
+            **bounds,
         )
         return self._adaptive
 
@@ -805,8 +825,12 @@ class LocalCluster(AsyncClusterMixin):
             adapting = f", adaptive={adaptive.minimum}..{adaptive.maximum}"
         link = self.dashboard_link
         dashboard = "" if link is None else f", dashboard={link}"
+        # As dask's: the address, then the memory when the workers have a limit.
+        memory = sum(ws.memory_limit or 0 for ws in workers.values())
+        limit = f", memory={format_bytes(memory)}" if memory else ""
         return (
-            f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
+            f"LocalCluster({self.name!r}, {self.scheduler_address!r}, "
+            f"workers={len(workers)}, threads={threads}{limit}, "
             f"status={self.status}{adapting}{dashboard})"
         )
 
@@ -869,6 +893,10 @@ class _ThreadProcess:
     def kill(self) -> None:
         with contextlib.suppress(OSError):
             self._conn.close()
+
+
+def _refuse(exc: BaseException) -> None:
+    raise exc
 
 
 def _shutdown_message() -> Any:

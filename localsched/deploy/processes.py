@@ -135,6 +135,7 @@ def start_worker(
         "store": store,
         "authkey": authkey,
         "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "dask_config": _dask_config(),
     }
     ours.send_bytes(json.dumps(setup).encode())
     return process, ours
@@ -155,3 +156,17 @@ def start_janitor(directory: str) -> tuple[ChildProcess, Connection]:
         reader.close()
     writer.send_bytes(directory.encode())
     return process, writer
+
+
+def _dask_config() -> str | None:
+    """This process's dask config, serialized as dask's Nanny hands it to its
+    workers (``dask.config.set`` before the cluster starts reaches the tasks);
+    None if the program never imported dask (nothing to inherit)."""
+    config = sys.modules.get("dask.config")
+    if config is None:
+        return None
+    try:
+        serialized: str = config.serialize(config.global_config)
+    except (TypeError, ValueError):  # a value JSON cannot carry: as dask, skip
+        return None
+    return serialized

@@ -180,6 +180,11 @@ class Scheduler:
     def allowed_failures(self) -> int:
         return self.state.allowed_failures
 
+    @allowed_failures.setter
+    def allowed_failures(self, value: int) -> None:
+        # dask's is a plain attribute that tests and tools set.
+        self.state.allowed_failures = int(value)
+
     @property
     def validate(self) -> bool:
         return self.state.validate
