@@ -21,7 +21,7 @@ from localsched.units import parse_bytes
 if TYPE_CHECKING:
     from localsched.deploy.local import LocalCluster
 
-__all__ = ["ClusterStatus", "DaskClusterSurface", "WorkersView"]
+__all__ = ["ClusterStatus", "DaskClusterSurface", "WorkerAddress", "WorkersView"]
 
 
 class ClusterStatus(str):
@@ -40,7 +40,22 @@ class ClusterStatus(str):
     __hash__ = str.__hash__
 
 
-class WorkersView(Mapping[Any, str]):
+class WorkerAddress(str):
+    """A worker's address (``cluster.workers`` values), with what dask's
+    ``Worker`` objects there are most often asked: ``name``, ``address``,
+    ``nthreads``, ``memory_limit``, ``status``."""
+
+    name: Any
+    nthreads: int
+    memory_limit: int | None
+    status: str
+
+    @property
+    def address(self) -> str:
+        return str(self)
+
+
+class WorkersView(Mapping[Any, WorkerAddress]):
     """``cluster.workers``: worker name -> address, live (as dask's dict, which
     the cluster empties when it closes), read from the scheduler's table."""
 
@@ -49,14 +64,21 @@ class WorkersView(Mapping[Any, str]):
     def __init__(self, cluster: LocalCluster) -> None:
         self._cluster = cluster
 
-    def _now(self) -> dict[Any, str]:
+    def _now(self) -> dict[Any, WorkerAddress]:
         cluster = self._cluster
         if cluster.status in ("closed", "created"):
             return {}
-        workers = list(cluster.scheduler.workers.items())
-        return {ws.name: address for address, ws in workers}
+        now = {}
+        for address, ws in list(cluster.scheduler.workers.items()):
+            worker = WorkerAddress(address)
+            worker.name = ws.name
+            worker.nthreads = ws.nthreads
+            worker.memory_limit = ws.memory_limit
+            worker.status = ws.status
+            now[ws.name] = worker
+        return now
 
-    def __getitem__(self, name: Any) -> str:
+    def __getitem__(self, name: Any) -> WorkerAddress:
         return self._now()[name]
 
     def __iter__(self) -> Iterator[Any]:
@@ -115,6 +137,24 @@ class DaskClusterSurface(AsyncClusterMixin):
             worker.setdefault("name", worker.get("id"))
             worker.setdefault("address", address)
         return info
+
+    @property
+    def worker_spec(self) -> dict[Any, dict[str, Any]]:
+        """The workers asked for, as dask's ``SpecCluster.worker_spec``: name ->
+        ``{"cls", "options"}``; the workers ``scale`` asked for count at once,
+        under a placeholder name until they start."""
+        cluster: LocalCluster = self  # type: ignore[assignment]
+        if cluster.status not in ("running", "starting"):
+            return {}
+        names = cluster.runtime.call(cluster._staying_worker_names).result(10.0)
+        names = names[: cluster._target]
+        names += [f"pending-{i}" for i in range(cluster._target - len(names))]
+        options = {
+            "nthreads": cluster.threads_per_worker,
+            "memory_limit": cluster.memory_limit,
+        }
+        spec = {"cls": "localsched.worker", "options": options}
+        return {name: dict(spec) for name in names}
 
     def _n_from_resources(
         self, n: int, memory: str | int | None, cores: int | None

@@ -507,6 +507,9 @@ class LocalCluster(DaskClusterSurface):
         """
         n = self._n_from_resources(n, memory, cores)
         self._stop_adaptive("scale")
+        # Now, not on the scheduler thread's next turn: an asynchronous
+        # caller's ``worker_spec`` counts the workers asked for at once.
+        self._target = n
         done = self.runtime.call(lambda: self._scale_now(n))
         if self.asynchronous:
             return Awaitable(done)
@@ -704,7 +707,8 @@ class LocalCluster(DaskClusterSurface):
     def _close(self, timeout: float = 10.0) -> None:
         if self.status in ("closing", "closed"):
             return
-        if self.status == "created":  # asynchronous, never awaited: nothing runs
+        if self.status == "created" or "runtime" not in vars(self):
+            # Asynchronous, never awaited (or refused when awaited): nothing runs.
             self._pending_start = None
             self.status = "closed"
             return

@@ -41,6 +41,8 @@ def main(argv: list[str]) -> None:
         # dask reads it when a task first imports dask.config, as in the
         # worker processes dask's Nanny starts: the parent's config, inherited.
         os.environ["DASK_INTERNAL_INHERIT_CONFIG"] = setup["dask_config"]
+        if "dask.config" in sys.modules:  # read before this message came
+            sys.modules["dask.config"].refresh()
     writer = BlobWriter(*store) if store else None
     resources = None
     page = None
