@@ -32,6 +32,7 @@ __all__ = [
     "Awaitable",
     "await_future",
     "close_off_loop",
+    "close_soon",
     "run_off_loop",
     "wait_for_workers_async",
 ]
@@ -106,12 +107,6 @@ async def run_off_loop(function: Callable[[], T], name: str) -> T:
     return await await_future(_in_thread(function, name))
 
 
-async def _settled(future: concurrent.futures.Future[Any]) -> None:
-    """Wait for ``future`` to finish, whatever its outcome."""
-    with contextlib.suppress(Exception):
-        await await_future(future)
-
-
 class Awaitable(Generic[T]):
     """An awaitable on work already under way (``scale`` on an asynchronous
     cluster): the work happens whether or not it is awaited, as dask's
@@ -124,15 +119,35 @@ class Awaitable(Generic[T]):
         return await_future(self._future).__await__()
 
 
+def close_soon(
+    cluster: LocalCluster, timeout: float
+) -> concurrent.futures.Future[None]:
+    """Start closing ``cluster`` in a thread of its own, now; its outcome in a
+    future shared by every caller.
+
+    A start under way finishes first. The close begins whether or not the
+    caller awaits it: code written for a synchronous cluster that calls
+    ``cluster.close()`` on the event loop and ignores the result still closes
+    it (dask's would return a coroutine that, not awaited, does nothing).
+    """
+    closing = cluster._close_future
+    if closing is not None:
+        return closing
+
+    def close() -> None:
+        starting = cluster._start_future
+        if starting is not None:
+            with contextlib.suppress(BaseException):  # its awaiter has it
+                starting.result()
+        cluster._close(timeout)
+
+    closing = cluster._close_future = _in_thread(close, f"{cluster.name}-close")
+    return closing
+
+
 async def close_off_loop(cluster: LocalCluster, timeout: float) -> None:
-    """``await cluster.close()``: a start under way finishes first, then the
-    synchronous close (joining the workers) runs off the loop."""
-    starting = cluster._start_future
-    if starting is not None and not starting.done():
-        await _settled(starting)
-    if cluster.status == "closed":
-        return
-    await run_off_loop(lambda: cluster._close(timeout), f"{cluster.name}-close")
+    """``await cluster.close()``: :func:`close_soon`, awaited."""
+    await await_future(close_soon(cluster, timeout))
 
 
 async def wait_for_workers_async(
@@ -182,6 +197,7 @@ class AsyncClusterMixin:
     _asynchronous: bool
     _pending_start: Callable[[], None] | None
     _start_future: concurrent.futures.Future[None] | None = None
+    _close_future: concurrent.futures.Future[None] | None = None
 
     @property
     def asynchronous(self) -> bool:

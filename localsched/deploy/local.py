@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.deploy.asynchronous import (
     Awaitable,
-    close_off_loop,
+    close_soon,
     wait_for_workers_async,
 )
 from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
@@ -696,11 +696,12 @@ class LocalCluster(DaskClusterSurface):
 
         Unless every worker is gone and the store removed its segments (a clean
         close), the janitor is told to sweep instead of goodbye. On an
-        asynchronous cluster called from its event loop, returns an awaitable
-        (``await cluster.close()``) that closes it off the loop.
+        asynchronous cluster called from its event loop, the close starts in a
+        thread of its own and an awaitable is returned (``await
+        cluster.close()``): the loop goes on meanwhile.
         """
         if self.asynchronous:
-            return close_off_loop(self, timeout)
+            return Awaitable(close_soon(self, timeout))
         self._close(timeout)
         return None
 

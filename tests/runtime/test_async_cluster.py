@@ -66,10 +66,19 @@ async def test_await_cluster_then_await_close() -> None:
         # A synchronous client works on it from another thread.
         assert await run_off_loop(lambda: use(cluster), "use") == 3
         assert n_workers(cluster) == 1
-        closing = cluster.close()
-        assert cluster.status == "running"  # nothing happens until awaited
-        await closing
+        await cluster.close()
     assert cluster.status == "closed"
+
+
+@pytest.mark.anyio
+async def test_close_not_awaited_closes_all_the_same() -> None:
+    # Code written for a synchronous cluster ignores close()'s result.
+    with anyio.fail_after(DEADLINE):
+        cluster = await LocalCluster(n_workers=1, asynchronous=True)
+        cluster.close()
+        while cluster.status != "closed":
+            await asyncio.sleep(0.01)
+        await cluster.close()  # idempotent, and awaitable again
 
 
 @pytest.mark.anyio
