@@ -22,11 +22,13 @@ the client is asynchronous, as dask's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import threading
 import time
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future as CellFuture
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from localsched.aio import await_cell, await_states, waker_for
 from localsched.client.dual import TWINS
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     from localsched.deploy.local import LocalCluster
 
 __all__ = ["ClientLoop", "LoopBinding", "close_cluster", "open_cluster"]
+
+T = TypeVar("T")
 
 
 def twin(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -181,18 +185,39 @@ def start_loop_thread() -> LoopBinding:
 
 async def open_cluster(**kwargs: Any) -> LocalCluster:
     """Start the ``LocalCluster`` of an asynchronous ``Client()`` without
-    blocking the event loop: the one place where a client starts a cluster
-    asynchronously (an asynchronous ``LocalCluster`` start can replace its body).
+    blocking the event loop (the cluster starts in a thread of its own, which
+    ends with the start): the one place where a client starts a cluster, to
+    become ``await LocalCluster(asynchronous=True, **kwargs)`` once the
+    deployment has one.
     """
     from localsched.deploy.local import LocalCluster
 
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, lambda: LocalCluster(**kwargs))
+    return await in_thread(lambda: LocalCluster(**kwargs), "start")
 
 
 async def close_cluster(cluster: LocalCluster) -> None:
     """Close a cluster started by :func:`open_cluster` without blocking the loop."""
-    await asyncio.get_running_loop().run_in_executor(None, cluster.close)
+    await in_thread(cluster.close, "close")
+
+
+async def in_thread(function: Callable[[], T], what: str) -> T:
+    """``function()`` run in a new thread, awaited: for the rare long blocking
+    step (a cluster's start or close), never for a request or a result."""
+    cell: CellFuture[T] = CellFuture()
+
+    def run() -> None:
+        try:
+            cell.set_result(function())
+        except BaseException as error:
+            cell.set_exception(error)
+
+    thread = threading.Thread(target=run, name=f"localsched-cluster-{what}")
+    thread.start()
+    try:
+        return await await_cell(cell)
+    finally:
+        if cell.done():
+            thread.join()
 
 
 async def start_client(
@@ -220,6 +245,7 @@ class AsyncMixin:
 
     _aio: LoopBinding | None
     _started: asyncio.Future[Any] | None
+    _previous_as_current: contextvars.Token[Any] | None
     status: str
     close: Callable[..., Any]
 
@@ -273,6 +299,13 @@ class AsyncMixin:
             return await asyncio.wait_for(_awaited(result), timeout)
 
         binding = self._aio
+        if asyncio._get_running_loop() is not None:
+            if asyncio.iscoroutine(result):
+                result.close()  # never to run: no "never awaited" warning
+            raise RuntimeError(
+                "sync(..., asynchronous=False) cannot run a coroutine inside a "
+                "running event loop: await it instead"
+            )
         if binding is not None and binding.loop.is_running():
             done = asyncio.run_coroutine_threadsafe(finish(), binding.loop)
             return done.result()
@@ -337,9 +370,11 @@ async def _load(client: Client, keys: list[Any]) -> dict[Any, Any]:
     """Finished results, bound to ``client`` as ``Client.gather`` binds them."""
     if not keys:
         return {}
+    link = client._link
+    answer = await await_cell(link.request_results(tuple(keys)))
     token = loading_client.set(client)
     try:
-        values = client._link.load_results(keys)
+        values = link.decode_results(answer)
     finally:
         loading_client.reset(token)
     return {key: client._bound(value) for key, value in values.items()}
@@ -564,6 +599,20 @@ async def client_close(client: Client, timeout: float | None = None) -> None:
 async def client_shutdown(client: Client) -> None:
     cluster = client.cluster
     if cluster is None:
-        client.shutdown(asynchronous=False)  # raises its error
+        shutdown: Any = client.shutdown
+        shutdown(asynchronous=False)  # raises its error
+    assert cluster is not None
     await client_close(client)
     await close_cluster(cluster)
+
+
+async def gather_graph(client: Client, futures: dict[Any, Future], keys: Any) -> Any:
+    """``Client.get``'s results, awaited; the graph's futures released after."""
+    from localsched.client.dask_graphs import pack_results
+
+    try:
+        results = await client_gather(client, futures)
+    finally:
+        for future in futures.values():
+            future.release()
+    return pack_results(keys, results)

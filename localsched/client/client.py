@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import itertools
 import sys
 import threading
@@ -189,7 +188,7 @@ class Client(
         self.cluster: LocalCluster | None = None
         self._direct_to_workers = direct_to_workers
         self._set_as_default = set_as_default
-        self._previous_as_current: contextvars.Token[Any] | None = None
+        self._previous_as_current = None
         #: This client made dask's collections run on localsched (until close).
         self._drives_dask = False
         if asynchronous and self._owns_cluster:
@@ -887,7 +886,7 @@ class Client(
         bars = sys.modules.get("localsched.diagnostics.progressbar")
         if bars is not None:  # loaded only if a progress bar was ever shown
             bars.finish_drawing(self)
-        if self._owns_cluster:
+        if self._owns_cluster and self.cluster is not None:
             # Live views draw their last frame now, while the results this
             # client holds are still there (the cluster closes with it).
             self.cluster._stop_live_views()

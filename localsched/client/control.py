@@ -66,6 +66,26 @@ def _address_order(address: str) -> tuple[str, int]:
     return (head, int(tail)) if tail.isdigit() else (address, -1)
 
 
+def _run_results(answers: dict[str, Any], on_error: str) -> dict[str, Any]:
+    """``run``'s answers by worker address: values, or errors as ``on_error`` says."""
+    results: dict[str, Any] = {}
+    for address in sorted(answers, key=_address_order):
+        ok, payload, traceback_text = answers[address]
+        value = cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
+        if ok:
+            results[address] = value
+            continue
+        if traceback_text and value.__cause__ is None:
+            from localsched.client.future import RemoteTraceback
+
+            value.__cause__ = RemoteTraceback(traceback_text)
+        if on_error == "raise":
+            raise value
+        if on_error == "return":
+            results[address] = value
+    return results
+
+
 class ControlMixin:
     """Cluster inspection and control methods of ``Client``."""
 
@@ -228,6 +248,28 @@ class ControlMixin:
         >>> client.run(os.getpid)  # doctest: +SKIP
         {'local://4242/0': 4250, 'local://4242/1': 4251}
         """
+        cell = self._link.request(
+            self._run_request(function, args, kwargs, workers, nanny, on_error)
+        )
+        if not wait:
+            return None
+        answers = cell.result()
+        if any(not isinstance(a[1], bytes) for a in answers.values()):
+            # A worker left mid-call: its answer came before the scheduler had
+            # removed it; one round trip lets that finish, so what the caller
+            # sees next (nthreads, wait_for_workers) no longer lists it.
+            self._ask(rq.Ping())
+        return _run_results(answers, on_error)
+
+    def _run_request(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workers: list[str] | None,
+        nanny: bool,
+        on_error: str,
+    ) -> rq.RunOnWorkers:
         if on_error not in ("raise", "return", "ignore"):
             raise ValueError(
                 f"on_error must be 'raise', 'return', or 'ignore'; got {on_error!r}"
@@ -238,39 +280,11 @@ class ControlMixin:
                 "workers from this process); run with nanny=False, or use "
                 "run_on_scheduler for this process"
             )
-        cell = self._link.request(
-            rq.RunOnWorkers(
-                function=pickling.dumps(function, protocol=5),
-                args=pickling.dumps((args, kwargs), protocol=5),
-                workers=_worker_list(workers),
-            )
+        return rq.RunOnWorkers(
+            function=pickling.dumps(function, protocol=5),
+            args=pickling.dumps((args, kwargs), protocol=5),
+            workers=_worker_list(workers),
         )
-        if not wait:
-            return None
-        answers = cell.result()
-        if any(not isinstance(a[1], bytes) for a in answers.values()):
-            # A worker left mid-call: its answer came before the scheduler had
-            # removed it; one round trip lets that finish, so what the caller
-            # sees next (nthreads, wait_for_workers) no longer lists it.
-            self._ask(rq.Ping())
-        results: dict[str, Any] = {}
-        for address in sorted(answers, key=_address_order):
-            ok, payload, traceback_text = answers[address]
-            value = (
-                cloudpickle.loads(payload) if isinstance(payload, bytes) else payload
-            )
-            if ok:
-                results[address] = value
-                continue
-            if traceback_text and value.__cause__ is None:
-                from localsched.client.future import RemoteTraceback
-
-                value.__cause__ = RemoteTraceback(traceback_text)
-            if on_error == "raise":
-                raise value
-            if on_error == "return":
-                results[address] = value
-        return results
 
     # -- diagnostics ----------------------------------------------------------------
 

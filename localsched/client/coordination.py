@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
+from localsched.client.dual import dual_of_client
 from localsched.client.future import Future
 from localsched.transport import pickling
 from localsched.transport.requests import Coordinate, Operation, WaitFor
@@ -211,6 +212,7 @@ class Event(_Primitive):
     def __init__(self, name: str | None = None, client: Any = None) -> None:
         super().__init__(name or f"event-{uuid.uuid4().hex}", client)
 
+    @dual_of_client
     def wait(self, timeout: Any = None) -> bool:
         """Wait until the event is set; False if ``timeout`` passed first.
 
@@ -221,14 +223,17 @@ class Event(_Primitive):
 
         return wait_until(client, "event_is_set", (self.name,), seconds) is True
 
+    @dual_of_client
     def clear(self) -> None:
         """Clear the event (its flag is false): waiters block again."""
         self._call("event_clear")
 
+    @dual_of_client
     def set(self) -> None:
         """Set the event (its flag is true): every waiter returns."""
         self._call("event_set")
 
+    @dual_of_client
     def is_set(self) -> bool:
         """Whether the event is set."""
         return bool(self._call("event_is_set"))
@@ -281,6 +286,7 @@ class Semaphore(_Primitive):
         self.id = uuid.uuid4().hex
         self._leases: deque[str] = deque()
 
+    @dual_of_client
     def acquire(self, timeout: Any = None) -> bool:
         """Acquire a lease, waiting up to ``timeout`` (forever if None).
 
@@ -288,6 +294,9 @@ class Semaphore(_Primitive):
         -------
         True if a lease was acquired, False if ``timeout`` passed first.
         """
+        return self._acquire(timeout)
+
+    def _acquire(self, timeout: Any) -> bool:
         client = self._verify_running()
         seconds = parse_timedelta(timeout)
         lease_id = uuid.uuid4().hex
@@ -298,6 +307,7 @@ class Semaphore(_Primitive):
             return True
         return False
 
+    @dual_of_client
     def release(self) -> bool:
         """Release the oldest lease this object holds.
 
@@ -312,6 +322,7 @@ class Semaphore(_Primitive):
         lease_id = self._leases.popleft()
         return bool(self._call("semaphore_release", lease_id))
 
+    @dual_of_client
     def get_value(self) -> int:
         """The number of leases currently held."""
         return int(self._call("semaphore_value"))
@@ -321,11 +332,21 @@ class Semaphore(_Primitive):
         self._call("semaphore_close")
 
     def __enter__(self) -> Semaphore:
-        self.acquire()
+        self._acquire(None)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        release: Any = self.release
+        release(asynchronous=False)
+
+    async def __aenter__(self) -> Semaphore:
+        acquire: Any = self.acquire  # ``@dual``: a coroutine when asked for
+        await acquire(asynchronous=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        release: Any = self.release
+        await release(asynchronous=True)
 
     def __getstate__(self) -> Any:
         return (self.name, self.max_leases)
@@ -333,6 +354,15 @@ class Semaphore(_Primitive):
     def __setstate__(self, state: Any) -> None:
         name, max_leases = state
         self.__init__(name=name, max_leases=max_leases)  # type: ignore[misc]
+
+
+def lock_timeout(blocking: bool, timeout: Any) -> Any:
+    """``Lock.acquire``'s timeout (0: do not wait)."""
+    if not blocking:
+        if timeout is not None:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return 0
+    return timeout
 
 
 class Lock(Semaphore):
@@ -367,6 +397,7 @@ class Lock(Semaphore):
 
     # dask's Lock.acquire(blocking, timeout) is not Semaphore.acquire(timeout):
     # dask's Lock is no Semaphore; ours only reuses its machinery.
+    @dual_of_client
     def acquire(  # type: ignore[override]
         self, blocking: bool = True, timeout: Any = None
     ) -> bool:
@@ -383,15 +414,12 @@ class Lock(Semaphore):
         -------
         True if the lock was acquired, False otherwise.
         """
-        if not blocking:
-            if timeout is not None:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = 0
-        return super().acquire(timeout=timeout)
+        return self._acquire(lock_timeout(blocking, timeout))
 
+    @dual_of_client
     def locked(self) -> bool:
         """Whether someone holds the lock."""
-        return self.get_value() == 1
+        return int(self._call("semaphore_value")) == 1
 
     def __getstate__(self) -> Any:
         return self.name
@@ -427,10 +455,12 @@ class Variable(_Primitive):
     def __init__(self, name: str | None = None, client: Any = None) -> None:
         super().__init__(name or f"variable-{uuid.uuid4().hex}", client)
 
+    @dual_of_client
     def set(self, value: Any, timeout: Any = "30 s", **kwargs: Any) -> None:
         """Set the value: any picklable object, or a future (also inside one)."""
         self._call("variable_set", dumps(value))
 
+    @dual_of_client
     def get(self, timeout: Any = None, **kwargs: Any) -> Any:
         """The value (a future for a stored future), waiting until it is set.
 
@@ -449,6 +479,7 @@ class Variable(_Primitive):
             )
         return loads(client, *record)
 
+    @dual_of_client
     def delete(self) -> None:
         """Delete the variable (for every client); its future is released."""
         client = self._verify_running()
@@ -460,6 +491,20 @@ class Variable(_Primitive):
 
 
 # -- Queue --------------------------------------------------------------------------
+
+
+def _batch_count(batch: bool | int, timeout: Any) -> int | None:
+    """Items ``Queue.get(batch=...)`` takes (None: all there are)."""
+    if batch is True:
+        return None
+    if batch is False:
+        return 1
+    if timeout is not None:
+        raise NotImplementedError(
+            "Dask queues don't support simultaneous use of "
+            "integer batch sizes and timeouts"
+        )
+    return int(batch)
 
 
 class Queue(_Primitive):
@@ -498,6 +543,7 @@ class Queue(_Primitive):
             self._created = True
         return client
 
+    @dual_of_client
     def put(self, value: Any, timeout: Any = None, **kwargs: Any) -> None:
         """Put a value or a future at the end, waiting while the queue is full.
 
@@ -514,6 +560,7 @@ class Queue(_Primitive):
         if wait_until(client, "queue_put", args, seconds) is _NOT_YET:
             raise TimeoutError(f"Queue {self.name!r} stayed full for {timeout} s")
 
+    @dual_of_client
     def get(self, timeout: Any = None, batch: bool | int = False, **kwargs: Any) -> Any:
         """Take the first item, waiting until there is one.
 
@@ -531,20 +578,11 @@ class Queue(_Primitive):
             Nothing came within ``timeout``.
         """
         client = self._create()
-        seconds = parse_timedelta(timeout)
-        if batch is True:
-            count: int | None = None
-        elif batch is False:
-            count = 1
-        else:
-            if timeout is not None:
-                raise NotImplementedError(
-                    "Dask queues don't support simultaneous use of "
-                    "integer batch sizes and timeouts"
-                )
-            count = int(batch)
+        args = (self.name, _batch_count(batch, timeout))
+        got = wait_until(client, "queue_get", args, parse_timedelta(timeout))
+        return self._taken(client, got, batch, timeout)
 
-        got = wait_until(client, "queue_get", (self.name, count), seconds)
+    def _taken(self, client: Any, got: Any, batch: bool | int, timeout: Any) -> Any:
         if got is _NOT_YET:
             raise TimeoutError(f"Nothing came in queue {self.name!r} in {timeout} s")
         records, token = got
@@ -556,6 +594,7 @@ class Queue(_Primitive):
         )
         return values[0] if batch is False else values
 
+    @dual_of_client
     def qsize(self, **kwargs: Any) -> int:
         """Current number of items in the queue."""
         self._create()

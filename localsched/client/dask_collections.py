@@ -27,6 +27,7 @@ from localsched.client.dask_graphs import (
     flatten_keys,
     pack_results,
 )
+from localsched.client.dual import is_async_call
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
@@ -139,11 +140,10 @@ def stop_using_localsched_for_dask() -> None:
 
 # The mixin is only ever part of ``Client``: ``cast("Client", self)`` says so.
 class CollectionsMixin:
-    """dask graphs, collections and ``concurrent.futures`` on this client."""
+    # ``asynchronous`` (read by dask on ``dask.compute(..., scheduler=client)``)
+    # is ``AsyncMixin``'s.
 
-    #: As ``distributed.Client.asynchronous``: dask reads it on
-    #: ``dask.compute(..., scheduler=client)``. localsched's client is synchronous.
-    asynchronous = False
+    """dask graphs, collections and ``concurrent.futures`` on this client."""
 
     def get(
         self,
@@ -202,6 +202,10 @@ class CollectionsMixin:
         )
         if not sync:
             return pack_results(keys, futures)
+        if is_async_call(self, asynchronous):
+            from localsched.client.asynchronous import gather_graph
+
+            return gather_graph(cast("Client", self), futures, keys)
         try:
             results = self.gather(futures)  # type: ignore[attr-defined]
         finally:

@@ -48,6 +48,31 @@ class Datasets(MutableMapping):
         return key in self._client.list_datasets()
 
 
+def published(
+    args: tuple[Any, ...], name: Key | None, kwargs: dict[str, Any]
+) -> tuple[list[Key], list[Any]]:
+    """``publish_dataset``'s names and pickled records."""
+    names: list[Key] = list(kwargs)
+    data: list[Any] = list(kwargs.values())
+    if name:
+        if not args:
+            raise ValueError(
+                "If name is provided, expecting call signature like"
+                " publish_dataset(df, name='ds')"
+            )
+        names.append(name)
+        data.append(args[0] if len(args) == 1 else args)
+    elif args:
+        if len(args) != 1 or not isinstance(args[0], Mapping):
+            raise ValueError(
+                "If name is omitted, positional argument must be a {name: value} dict"
+            )
+        names.extend(args[0])
+        data.extend(args[0].values())
+    records = [dumps(value) for value in data]
+    return names, records
+
+
 class DatasetsMixin:
     """The datasets methods of :class:`~localsched.client.client.Client`."""
 
@@ -77,25 +102,7 @@ class DatasetsMixin:
         >>> client.publish_dataset(future, name="x")  # doctest: +SKIP
         >>> client.publish_dataset({"x": future})  # doctest: +SKIP
         """
-        names: list[Key] = list(kwargs)
-        data: list[Any] = list(kwargs.values())
-        if name:
-            if not args:
-                raise ValueError(
-                    "If name is provided, expecting call signature like"
-                    " publish_dataset(df, name='ds')"
-                )
-            names.append(name)
-            data.append(args[0] if len(args) == 1 else args)
-        elif args:
-            if len(args) != 1 or not isinstance(args[0], Mapping):
-                raise ValueError(
-                    "If name is omitted, positional argument must be "
-                    "a {name: value} dict"
-                )
-            names.extend(args[0])
-            data.extend(args[0].values())
-        records = [dumps(value) for value in data]
+        names, records = published(args, name, kwargs)
         call(self, "publish_put", names, records, override)
 
     @dual

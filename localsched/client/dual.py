@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import importlib
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: ``"Class.method"`` -> its coroutine twin, called with the same arguments.
 TWINS: dict[str, Callable[..., Awaitable[Any]]] = {}
+
+_TWIN_MODULE = "localsched.client.async_methods"
 
 #: Set while a method without a twin runs inline in the loop: the methods it
 #: calls block too (they are part of its blocking body).
@@ -43,7 +47,8 @@ def is_async_call(client: Any, flag: bool | None) -> bool:
 
 def twin_call(name: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The coroutine for ``method(*args, **kwargs)``: its twin's, or inline."""
-
+    if _TWIN_MODULE not in sys.modules:  # the twins register as it loads
+        importlib.import_module(_TWIN_MODULE)
     twin = TWINS.get(name)
     if twin is not None:
         return twin(*args, **kwargs)

@@ -314,7 +314,7 @@ def wait(
 
     futures = wants_await(fs)  # in an asynchronous client's event loop
     if futures is not None:
-        return twin_call("wait", wait, futures, timeout, return_when)  # type: ignore[no-any-return]
+        return twin_call("wait", wait, futures, timeout, return_when)
     futures = _futures_to_wait_on(fs)
     claim_adopted(futures)
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -32,4 +32,3 @@ def distributed_client(address: str | None, *args: Any, **kwargs: Any) -> Any:
         where = address or kwargs.get("scheduler_file")
         raise ImportError(MISSING_DISTRIBUTED.format(where=repr(where))) from error
     return distributed.Client(address, *args, **kwargs)
-

@@ -122,6 +122,15 @@ class SchedulerLink(Protocol):
         """:meth:`load_result` for several keys, in one round trip if remote."""
         ...
 
+    def request_results(self, keys: tuple[Key, ...]) -> CellFuture[Any]:
+        """Ask for finished results without waiting (an asynchronous gather):
+        the cell's answer goes to :meth:`decode_results`, in the caller's thread."""
+        ...
+
+    def decode_results(self, answer: Any) -> dict[Key, Any]:
+        """The results a :meth:`request_results` cell answered, deserialized."""
+        ...
+
     def serialize(self, value: Any) -> Payload:
         """A value as this link ships it (bytes, or a shared-memory ref)."""
         ...

@@ -134,8 +134,14 @@ class PipeLink:
         return self.load_results([key])[key]
 
     def load_results(self, keys: Iterable[Key]) -> dict[Key, Any]:
-        payloads = self.request(Gather(keys=tuple(keys))).result()
-        return {key: load(payload) for key, payload in payloads.items()}
+        return self.decode_results(self.request_results(tuple(keys)).result())
+
+    def request_results(self, keys: tuple[Key, ...]) -> CellFuture[Any]:
+        return self.request(Gather(keys=keys))
+
+    @staticmethod
+    def decode_results(answer: Any) -> dict[Key, Any]:
+        return {key: load(payload) for key, payload in answer.items()}
 
     @staticmethod
     def serialize(value: Any) -> Payload:
