@@ -16,28 +16,13 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from localsched.deploy.asynchronous import AsyncClusterMixin
+from localsched.status import StatusStr
 from localsched.units import parse_bytes
 
 if TYPE_CHECKING:
     from localsched.deploy.local import LocalCluster
 
-__all__ = ["ClusterStatus", "DaskClusterSurface", "WorkerAddress", "WorkersView"]
-
-
-class ClusterStatus(str):
-    """A cluster status: a string equal to dask's ``Status`` member of that
-    name too (``status == "running"`` and ``status == Status.running``)."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        value = getattr(other, "value", other)  # an Enum member: its value
-        return str.__eq__(self, value) if isinstance(value, str) else False
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = str.__hash__
+__all__ = ["DaskClusterSurface", "WorkerAddress", "WorkersView"]
 
 
 class WorkerAddress(str):
@@ -94,11 +79,11 @@ class WorkersView(Mapping[Any, WorkerAddress]):
 class DaskClusterSurface(AsyncClusterMixin):
     """dask's cluster attributes, mixed into ``LocalCluster``."""
 
-    _status: ClusterStatus
+    _status: StatusStr
     _tornado_loop: Any = None
 
     @property
-    def status(self) -> ClusterStatus:
+    def status(self) -> StatusStr:
         """``"created"`` (asynchronous, not awaited yet), ``"starting"``,
         ``"running"``, ``"closing"`` or ``"closed"``; equal to dask's
         ``Status`` member of the same name as well."""
@@ -106,7 +91,7 @@ class DaskClusterSurface(AsyncClusterMixin):
 
     @status.setter
     def status(self, value: Any) -> None:
-        self._status = ClusterStatus(getattr(value, "value", value))
+        self._status = StatusStr(getattr(value, "value", value))
 
     @property
     def loop(self) -> Any:

@@ -29,6 +29,7 @@ from localsched.scheduler.tasks import (
     Transition,
     WorkerState,
 )
+from localsched.status import StatusStr
 
 Key = Hashable
 _T = TypeVar("_T")
@@ -106,7 +107,7 @@ class Scheduler:
         #: The runtime's event log (``runtime/event_log.py``: events kept per
         #: topic and sent to subscribers); None: only plugins see events.
         self.event_log: Any = None
-        self.status = "init"
+        self.status = StatusStr("init")
         for plugin in plugins:
             self.add_plugin(plugin)
 
@@ -261,18 +262,18 @@ class Scheduler:
         """Mark the scheduler running and run the plugins' ``start`` hooks."""
         if self.status == "running":
             return
-        self.status = "running"
+        self.status = StatusStr("running")
         self._plugins.call("start", self)
 
     def close(self) -> None:
         """Run ``before_close`` then ``close`` hooks; idempotent."""
         if self.status in ("closing", "closed"):
             return
-        self.status = "closing"
+        self.status = StatusStr("closing")
         self._plugins.call("before_close")
         self._plugins.call("close")
         self._plugins.close()
-        self.status = "closed"
+        self.status = StatusStr("closed")
 
     def log_event(self, topic: str | Collection[str], msg: Any) -> None:
         """Log an event under a topic, or each of a list of topics.

@@ -18,10 +18,13 @@ def test_status_equals_dask_status_and_the_string() -> None:
         assert cluster.status == "running"
         assert Status.running == cluster.status
         assert cluster.status != Status.closed
+        assert cluster.scheduler.status == Status.running
         # dask's tools set it to a Status member; it stays a string.
         cluster.status = Status.running
         assert isinstance(cluster.status, str)
     assert cluster.status == Status.closed
+    assert cluster.scheduler.status == Status.closed
+    assert {cluster.status} == {"closed"}  # hashes as the string
 
 
 def test_scheduler_info_repr_and_live_workers() -> None:
@@ -68,3 +71,17 @@ def test_workers_inherit_dask_config() -> None:
     ):
         future = client.submit(dask.config.get, "localsched-test.inherited")
         assert future.result(timeout=DEADLINE) == 42
+
+
+def test_dashboard_link_follows_dask_s_link_template() -> None:
+    pytest.importorskip("bokeh")
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as lc:
+        default = lc.dashboard_link
+        assert default.startswith("http://127.0.0.1:")
+        assert "/status?token=" in default
+        token = default.split("token=", 1)[1]
+        with dask.config.set({"distributed.dashboard.link": "{host}"}):
+            assert lc.dashboard_link == f"127.0.0.1?token={token}"
+        template = "https://proxy.example/{port}/status?x=1"
+        with dask.config.set({"distributed.dashboard.link": template}):
+            assert lc.dashboard_link.endswith(f"/status?x=1&token={token}")
