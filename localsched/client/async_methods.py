@@ -40,6 +40,7 @@ from localsched.client.coordination import (
 )
 from localsched.client.datasets import published
 from localsched.client.future import Future
+from localsched.client.multilock import MultiLock
 from localsched.transport import requests as rq
 from localsched.transport.requests import Coordinate, Operation, WaitFor
 from localsched.units import parse_timedelta
@@ -392,3 +393,35 @@ async def queue_get(
 async def queue_qsize(queue: Queue, **kwargs: Any) -> int:
     client = await _created(queue)
     return int(await call(client, "queue_qsize", queue.name))
+
+
+@twin("MultiLock.acquire")
+async def multilock_acquire(
+    lock: MultiLock,
+    blocking: bool = True,
+    timeout: Any = None,
+    num_locks: int | None = None,
+) -> bool:
+    client = lock._verify_running()
+    seconds = parse_timedelta(lock_timeout(blocking, timeout))
+    args = lock._acquire_args(num_locks)
+
+    def give_back(answer: Any) -> None:
+        if answer is True:  # granted to a cancelled waiter: free them
+            release = Coordinate(
+                operation=Operation("multilock_release"), args=(lock.id,)
+            )
+            client._link.request(release)
+
+    answer = await wait_until(client, "multilock_acquire", args, seconds, give_back)
+    lock._locked = answer is True
+    return lock._locked
+
+
+@twin("MultiLock.release")
+async def multilock_release(lock: MultiLock) -> bool:
+    if not lock.locked():
+        raise ValueError("Lock is not yet acquired")
+    released = bool(await call(lock._verify_running(), "multilock_release", lock.id))
+    lock._locked = False
+    return released

@@ -207,7 +207,7 @@ class CollectionsMixin:
 
             return gather_graph(cast("Client", self), futures, keys)
         try:
-            results = self.gather(futures)  # type: ignore[attr-defined]
+            results = self.gather(futures, asynchronous=False)  # type: ignore[attr-defined]
         finally:
             for future in futures.values():
                 future.release()
@@ -280,7 +280,7 @@ class CollectionsMixin:
             else:
                 results.append(item)
         if sync:
-            results = self.gather(results)  # type: ignore[attr-defined]
+            results = self.gather(results, asynchronous=False)  # type: ignore[attr-defined]
         return results[0] if singleton else results
 
     def persist(

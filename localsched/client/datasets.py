@@ -9,7 +9,7 @@ Every client of the cluster, tasks' clients included, sees the same datasets.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from localsched.client.control import no_default
@@ -40,6 +40,26 @@ class Datasets(MutableMapping):
 
     def __iter__(self) -> Iterator[Key]:
         return iter(self._client.list_datasets())
+
+    def __aiter__(self) -> AsyncIterator[Key]:
+        """``async for name in client.datasets`` (an asynchronous client's loop).
+
+        Raises
+        ------
+        TypeError
+            The client is synchronous here (dask's message).
+        """
+        if not self._client.asynchronous:
+            raise TypeError(
+                "Can't invoke 'async for' on client.datasets when client is "
+                "synchronous; use iter() or 'for' instead"
+            )
+
+        async def names() -> AsyncIterator[Key]:
+            for name in await self._client.list_datasets():
+                yield name
+
+        return names()
 
     def __len__(self) -> int:
         return len(self._client.list_datasets())

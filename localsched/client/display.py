@@ -43,7 +43,7 @@ class DisplayMixin:
         if self.status != "running" or not self._link.is_running:
             return "<Client: No scheduler connected>"
         try:
-            info = self.scheduler_info(n_workers=-1)
+            info = self.scheduler_info(n_workers=-1, asynchronous=False)
         except Exception:
             return "<Client: No scheduler connected>"
         workers = info["workers"].values()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from localsched.client.coordination import _Primitive, call, wait_until
+from localsched.client.coordination import _Primitive, call, lock_timeout, wait_until
+from localsched.client.dual import dual_of_client
 from localsched.units import parse_timedelta
 
 __all__ = ["MultiLock"]
@@ -45,6 +46,7 @@ class MultiLock(_Primitive):
         self.id = uuid.uuid4().hex
         self._locked = False
 
+    @dual_of_client
     def acquire(
         self, blocking: bool = True, timeout: Any = None, num_locks: int | None = None
     ) -> bool:
@@ -64,17 +66,19 @@ class MultiLock(_Primitive):
         bool
             True if the locks were acquired, False if ``timeout`` passed first.
         """
-        if not blocking:
-            if timeout is not None:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = 0
+        return self._acquire(lock_timeout(blocking, timeout), num_locks)
+
+    def _acquire(self, timeout: Any, num_locks: int | None) -> bool:
         client = self._verify_running()
+        args = self._acquire_args(num_locks)
         seconds = parse_timedelta(timeout)
-        count = num_locks or len(self.names)
-        args = (tuple(self.names), count, self.id)
         self._locked = wait_until(client, "multilock_acquire", args, seconds) is True
         return self._locked
 
+    def _acquire_args(self, num_locks: int | None) -> tuple[Any, ...]:
+        return (tuple(self.names), num_locks or len(self.names), self.id)
+
+    @dual_of_client
     def release(self) -> bool:
         """Release the locks.
 
@@ -94,11 +98,21 @@ class MultiLock(_Primitive):
         return self._locked
 
     def __enter__(self) -> MultiLock:
-        self.acquire()
+        self._acquire(None, None)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        release: Any = self.release
+        release(asynchronous=False)
+
+    async def __aenter__(self) -> MultiLock:
+        acquire: Any = self.acquire  # ``@dual``: a coroutine when asked for
+        await acquire(asynchronous=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        release: Any = self.release
+        await release(asynchronous=True)
 
     def __reduce__(self) -> Any:
         return (type(self), (self.names,))

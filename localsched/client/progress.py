@@ -13,6 +13,7 @@ from typing import Any
 
 from localsched.client.future import futures_of
 from localsched.diagnostics.progressbar import ProgressBar, in_notebook
+from localsched.units import parse_timedelta
 
 __all__ = ["progress"]
 
@@ -46,7 +47,8 @@ def progress(
         Only ``"prefix"`` (as dask's default) is supported.
     **kwargs
         ``interval`` (seconds between refreshes), ``console`` (a rich Console),
-        ``line_interval`` (seconds between plain lines in a log).
+        ``line_interval`` (seconds between plain lines in a log); dask's
+        ``loop`` is accepted and not needed.
 
     Returns
     -------
@@ -58,13 +60,14 @@ def progress(
     >>> progress(futures)  # doctest: +SKIP
     [########################################] | 100% Completed | 1.2s
     """
+    kwargs.pop("loop", None)  # dask's event loop argument: the bar has a thread
     if group_by != "prefix":
         raise NotImplementedError("progress groups tasks by key prefix only")
     bar = ProgressBar(
         _collect_futures(futures),
         multi=multi,
         complete=complete,
-        interval=kwargs.pop("interval", 0.1),
+        interval=parse_timedelta(kwargs.pop("interval", 0.1)),
         console=kwargs.pop("console", None),
         line_interval=kwargs.pop("line_interval", 2.0),
     )

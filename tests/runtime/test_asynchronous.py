@@ -17,6 +17,7 @@ from localsched import (
     Event,
     LocalCluster,
     Lock,
+    MultiLock,
     Queue,
     Semaphore,
     Variable,
@@ -319,8 +320,15 @@ async def test_publish_and_get_dataset_are_awaitable(cluster):
         await client.publish_dataset(data=future)
         assert await client.list_datasets() == ["data"]
         assert await (await client.get_dataset("data")) == 2
+        assert [name async for name in client.datasets] == ["data"]
+        assert await (await client.datasets["data"]) == 2
         await client.unpublish_dataset("data")
         assert await client.list_datasets() == []
+
+
+def test_async_for_over_a_sync_clients_datasets_raises_dasks_type_error(cluster):
+    with Client(cluster) as client, pytest.raises(TypeError, match="synchronous"):
+        client.datasets.__aiter__()
 
 
 # -- coordination primitives ---------------------------------------------------------
@@ -343,6 +351,17 @@ async def test_lock_and_semaphore_are_awaitable(cluster):
         assert await semaphore.get_value() == 2
         await semaphore.release()
         await semaphore.release()
+
+
+async def test_multilock_is_awaitable(cluster):
+    async with Client(cluster, asynchronous=True):
+        both = MultiLock(["ml-a", "ml-b"])
+        assert await both.acquire()
+        assert not await MultiLock(["ml-b"]).acquire(timeout=0.05)
+        await both.release()
+        async with MultiLock(["ml-a", "ml-b"]) as again:
+            assert again.locked()
+        assert await MultiLock(["ml-b"]).acquire(blocking=False)
 
 
 async def test_a_cancelled_lock_wait_is_withdrawn(cluster):
