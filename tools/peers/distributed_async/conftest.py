@@ -8,6 +8,8 @@ for localsched's, so these tests drive localsched's asynchronous surface.
 
 Each collected test gets a category (recorded by peers_record.py):
   own-async        builds its own LocalCluster/Client with asynchronous=True: RUN
+  dask-objects     the same, but asserting on dask's in-process Worker/Nanny/
+                   Scheduler objects (dask_objects.txt): RUN, reported apart
   n/a-gen-cluster  @gen_cluster: needs dask's in-process Scheduler/Worker objects
   n/a-dask-server  constructs dask's Scheduler/Worker/Nanny/SpecCluster/... itself,
                    or takes their fixtures (s, a, b, c, client...)
@@ -50,9 +52,11 @@ def cleanup():
     yield
 
 
-def _not_applicable() -> dict[str, str]:
+@functools.lru_cache(maxsize=None)
+def _listed(name: str) -> dict[str, str]:
+    """``{module::test[param]: reason}`` of a list file of this folder."""
     out = {}
-    with open(os.path.join(HERE, "not_applicable.txt")) as f:
+    with open(os.path.join(HERE, name)) as f:
         for line in f:
             line = line.split("#", 1)[0].strip()
             if line:
@@ -110,7 +114,7 @@ def category(item) -> tuple[str, str]:
     if not (info["asynchronous"] and info["calls"] & OWN):
         return "n/a-not-async", "builds no asynchronous cluster or client"
     key = f"{module}::{item.originalname}"
-    na = _not_applicable()
+    na = _listed("not_applicable.txt")
     if key in na:
         return "n/a-network", na[key]
     servers = info["calls"] & DASK_SERVERS
@@ -119,6 +123,10 @@ def category(item) -> tuple[str, str]:
     fixtures = info["args"] & DASK_FIXTURES
     if fixtures:
         return "n/a-dask-server", f"takes dask's fixture {sorted(fixtures)[0]!r}"
+    objects = _listed("dask_objects.txt")
+    for name in (key, f"{module}::{item.name}"):
+        if name in objects:
+            return "dask-objects", objects[name]
     return "own-async", ""
 
 

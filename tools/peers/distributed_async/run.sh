@@ -2,7 +2,8 @@
 # dask.distributed's own ASYNCHRONOUS tests on localsched: the tests that build
 # their own LocalCluster(asynchronous=True) / Client(asynchronous=True).
 # Usage: tools/peers/distributed_async/run.sh [extra pytest args, e.g. -k async_with]
-# Last line: "N/M passed" over category own-async (conftest.py). See README.md.
+# Last line: "N/M passed" over category own-async (conftest.py); dask-objects is
+# reported on the lines before. See README.md.
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
@@ -41,7 +42,7 @@ for f in $FILES; do
   printf '\n\nimport _peers_shim\n_peers_shim.patch_module(globals())\n' >> "$dst"
 done
 cp "$HERE"/conftest.py "$HERE"/_peers_shim.py "$HERE"/sitecustomize.py "$HERE"/pytest.ini \
-   "$HERE"/not_applicable.txt "$HERE"/peers_record.py "$WORK/"
+   "$HERE"/not_applicable.txt "$HERE"/dask_objects.txt "$HERE"/peers_record.py "$WORK/"
 # localsched from this checkout first (the venv's editable install may point elsewhere).
 export PYTHONPATH="$WORK:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 JSON=$RESULTS/distributed_async.json
@@ -64,5 +65,9 @@ if [ "${PEERS_RERUN:-1}" = 1 ]; then
     done <<< "$ids"
   fi
 fi
+echo "--- dask-objects (own asynchronous cluster, asserting on dask's Worker/Nanny/Scheduler objects)"
+"$PY" "$HERE/summarize.py" "$JSON" --scope dask-objects | tail -n 1
+echo "--- own-async + dask-objects (every test building its own asynchronous cluster or client)"
+"$PY" "$HERE/summarize.py" "$JSON" --scope own-async,dask-objects | tail -n 1
 echo "--- in scope: own-async (tests building their own asynchronous LocalCluster/Client)"
 "$PY" "$HERE/summarize.py" "$JSON" --scope own-async --failures
