@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from localsched.aio import await_cell
-from localsched.client.asynchronous import ask, twin
+from localsched.client.asynchronous import ask, in_thread, twin
 from localsched.client.control import (
     _keys_of,
     _run_results,
@@ -41,6 +41,7 @@ from localsched.client.coordination import (
 from localsched.client.datasets import published
 from localsched.client.future import Future
 from localsched.client.multilock import MultiLock
+from localsched.errors import ClosedClientError
 from localsched.transport import requests as rq
 from localsched.transport.requests import Coordinate, Operation, WaitFor
 from localsched.units import parse_timedelta
@@ -157,6 +158,25 @@ async def restart(
         await _pause(0.01)
 
 
+@twin("ControlMixin.retire_workers")
+async def retire_workers(client: Any, *args: Any, **kwargs: Any) -> Any:
+    # It waits for the workers' tasks to end (no event says when): a thread
+    # of its own for this rare call, so the loop keeps running meanwhile.
+    method: Any = client.retire_workers
+    return await in_thread(
+        lambda: method(*args, asynchronous=False, **kwargs), "retire"
+    )
+
+
+@twin("ClusterToolsMixin.restart_workers")
+async def restart_workers(client: Any, *args: Any, **kwargs: Any) -> Any:
+    # It waits for new worker processes: as ``retire_workers``.
+    method: Any = client.restart_workers
+    return await in_thread(
+        lambda: method(*args, asynchronous=False, **kwargs), "restart"
+    )
+
+
 @twin("ControlMixin.set_metadata")
 async def set_metadata(client: Any, key: Any, value: Any) -> None:
     keys = tuple(key) if isinstance(key, list | tuple) else (key,)
@@ -242,6 +262,8 @@ async def wait_until(
         except asyncio.CancelledError:
             _withdraw(client, wait_id, cell, give_back)
             raise
+        if client.status != "running":  # closed: nothing answers it now
+            raise ClosedClientError(f"Client {client.id} is {client.status}")
         if not await call(client, "wait_cancel", wait_id):
             return await await_cell(cell)  # answered before the cancel landed
         if deadline is not None and time.monotonic() >= deadline:

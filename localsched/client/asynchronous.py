@@ -31,7 +31,7 @@ from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from localsched.aio import await_cell, await_states, waker_for
-from localsched.client.dual import TWINS
+from localsched.client.dual import TWINS, with_loop
 from localsched.client.future import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -39,7 +39,6 @@ from localsched.client.future import (
     DoneAndNotDoneFutures,
     Future,
     FutureCancelledError,
-    _futures_to_wait_on,
     _to_raise,
     as_completed,
     claim_adopted,
@@ -192,17 +191,18 @@ async def open_cluster(**kwargs: Any) -> LocalCluster:
     """
     from localsched.deploy.local import LocalCluster
 
-    return await in_thread(lambda: LocalCluster(**kwargs), "start")
+    return await in_thread(lambda: LocalCluster(**kwargs), "cluster-start")
 
 
 async def close_cluster(cluster: LocalCluster) -> None:
     """Close a cluster started by :func:`open_cluster` without blocking the loop."""
-    await in_thread(cluster.close, "close")
+    await in_thread(cluster.close, "cluster-close")
 
 
 async def in_thread(function: Callable[[], T], what: str) -> T:
     """``function()`` run in a new thread, awaited: for the rare long blocking
-    step (a cluster's start or close), never for a request or a result."""
+    step (a cluster's start or close, retiring or restarting workers), never
+    for a request or a result."""
     cell: CellFuture[T] = CellFuture()
 
     def run() -> None:
@@ -211,7 +211,7 @@ async def in_thread(function: Callable[[], T], what: str) -> T:
         except BaseException as error:
             cell.set_exception(error)
 
-    thread = threading.Thread(target=run, name=f"localsched-cluster-{what}")
+    thread = threading.Thread(target=run, name=f"localsched-{what}")
     thread.start()
     try:
         return await await_cell(cell)
@@ -257,8 +257,16 @@ class AsyncMixin:
         ``close``), as dask's synchronous client always runs one.
         """
         if self._aio is None:
-            self._aio = start_loop_thread()
+            self._bind(start_loop_thread())
+        assert self._aio is not None
         return self._aio.shown
+
+    def _bind(self, binding: LoopBinding | None) -> None:
+        """Belong to ``binding``'s loop: the ``@dual`` methods decide per call
+        from now on (the client becomes an instance of ``with_loop(Client)``)."""
+        if binding is not None:
+            self._aio = binding
+            self.__class__ = with_loop(type(self))
 
     @property
     def asynchronous(self) -> bool:
@@ -446,23 +454,19 @@ def _fails(state: FutureState) -> bool:
     return state.status in ("error", "cancelled")
 
 
-def wants_await(fs: Any) -> list[Any] | None:
-    """The futures of ``wait(fs)`` if it is called in an asynchronous
-    client's loop (dask: the default client's ``sync``), else None."""
+def wants_await(client: Any) -> bool:
+    """Whether ``wait`` is called in an asynchronous client's event loop: the
+    client of its futures, else (dask's choice) the default client."""
     from localsched.client.dual import is_async_call
 
-    futures = _futures_to_wait_on(fs)
-    clients = {id(c): c for f in futures if (c := getattr(f, "client", None))}
-    if not clients:
+    if client is None:
         from localsched.client.client import default_client
 
         try:
-            clients = {0: default_client()}
+            client = default_client()
         except ValueError:
-            return None
-    if any(is_async_call(client, None) for client in clients.values()):
-        return futures
-    return None
+            return False
+    return is_async_call(client, None)
 
 
 # -- as_completed -------------------------------------------------------------------

@@ -38,7 +38,7 @@ from localsched.client.dask_collections import (
 )
 from localsched.client.datasets import DatasetsMixin
 from localsched.client.display import DisplayMixin
-from localsched.client.dual import dual
+from localsched.client.dual import dual, twin_call
 from localsched.client.future import (
     Future,
     FutureState,
@@ -166,7 +166,8 @@ class Client(
         **kwargs: Any,
     ) -> None:
         #: The event loop this client belongs to (None: synchronous, no loop).
-        self._aio = bind_loop(asynchronous, loop)
+        self._aio = None
+        self._bind(bind_loop(asynchronous, loop))
         self._started: Any = None
         self._owns_cluster = address is None and link is None
         #: key -> state of this client's futures (resolved by the scheduler).
@@ -700,6 +701,8 @@ class Client(
             ``"raise"`` re-raises the first task error; ``"skip"`` leaves erred
             futures out of the result.
         """
+        if asynchronous:  # a client without a loop, asked for an awaitable
+            return twin_call("Client.gather", Client.gather, self, futures, errors)
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         found: dict[Key, Future] = {}
@@ -744,6 +747,8 @@ class Client(
         there, so ``broadcast`` needs no copies. (From inside a task values
         travel inline over the worker's pipe: scatter small ones there.)
         """
+        if asynchronous:  # a client without a loop, asked for an awaitable
+            return twin_call("Client.scatter", Client.scatter, self, data, workers)
         futures, request, rebuild = self._scatter_request(
             data, workers, broadcast, hash
         )
@@ -789,6 +794,8 @@ class Client(
         replacement worker starts. Without ``force``, a running task is released
         (its future cancelled) but runs to its end on the worker, as in dask.
         """
+        if asynchronous:  # a client without a loop, asked for an awaitable
+            return twin_call("Client.cancel", Client.cancel, self, futures, force)
         self._cancel_now(futures, force=force)
 
     def _cancel_now(self, futures: Any, force: bool = False, **kwargs: Any) -> None:
@@ -817,6 +824,8 @@ class Client(
     @dual
     def retry(self, futures: Any, asynchronous: bool | None = None) -> None:
         """Run erred futures again (and the erred tasks they depend on)."""
+        if asynchronous:  # a client without a loop, asked for an awaitable
+            return twin_call("Client.retry", Client.retry, self, futures)
         self._link.request(self._post_retry(futures)).result()
 
     def _post_retry(self, futures: Any) -> rq.Request:

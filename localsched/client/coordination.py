@@ -23,6 +23,7 @@ from typing import Any
 
 from localsched.client.dual import dual_of_client
 from localsched.client.future import Future
+from localsched.errors import ClosedClientError
 from localsched.transport import pickling
 from localsched.transport.requests import Coordinate, Operation, WaitFor
 from localsched.units import parse_timedelta
@@ -69,6 +70,8 @@ def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) ->
             return cell.result(chunk)
         except TimeoutError:
             pass
+        if client.status != "running":  # closed: nothing answers it now
+            raise ClosedClientError(f"Client {client.id} is {client.status}")
         if not call(client, "wait_cancel", wait_id):
             return cell.result()  # answered before the cancel landed
         if deadline is not None and time.monotonic() >= deadline:

@@ -8,7 +8,9 @@ qualified name in :mod:`localsched.client.asynchronous` (imported with the
 first asynchronous call). A method without a twin runs inline in a coroutine:
 only methods that the scheduler thread answers at once are left so.
 
-A synchronous client without an event loop pays one attribute test per call.
+A synchronous client without an event loop pays nothing: ``@dual`` only
+marks a ``Client`` method, and a client that gets an event loop becomes an
+instance of a subclass whose methods decide per call (``with_loop``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-__all__ = ["TWINS", "dual", "dual_of_client", "is_async_call"]
+__all__ = ["TWINS", "dual", "dual_of_client", "is_async_call", "with_loop"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,12 +82,36 @@ def _dual(method: F, client_of: Callable[[Any], Any]) -> F:
 
 
 def dual(method: F) -> F:
-    """A ``Client`` method that is a coroutine in its event loop (see above)."""
-    return _dual(method, _self)
+    """Mark a ``Client`` method as ``@dual`` (see above). The method itself is
+    left as it is: a client with an event loop becomes an instance of
+    :func:`with_loop`'s subclass, whose methods decide, so a synchronous
+    client pays nothing."""
+    method.__dual__ = True  # type: ignore[attr-defined]
+    return method
+
+
+_with_loop: dict[type, type] = {}
+
+
+def with_loop(cls: type) -> type:
+    """``cls`` with its ``@dual`` methods deciding per call (same name, so
+    ``repr`` and dask's checks of the type name see ``Client``)."""
+    subclass = _with_loop.get(cls)
+    if subclass is None:
+        methods = {
+            name: _dual(function, _self)
+            for name in dir(cls)
+            if getattr(function := getattr(cls, name), "__dual__", False)
+        }
+        methods["__module__"] = cls.__module__
+        methods["__qualname__"] = cls.__qualname__
+        methods["__doc__"] = cls.__doc__
+        subclass = _with_loop[cls] = type(cls.__name__, (cls,), methods)
+    return subclass
 
 
 def dual_of_client(method: F) -> F:
-    """``@dual`` for methods of objects with a ``client`` (futures, locks...)."""
+    """``@dual`` for methods of objects with a ``client`` (locks, queues...)."""
     return _dual(method, _client_attribute)
 
 

@@ -22,7 +22,7 @@ from numbers import Number
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 # Re-exported: the cells are the client's API too (``localsched.client.future``).
-from localsched.client.dual import dual_of_client, twin_call
+from localsched.client.dual import is_async_call, twin_call
 from localsched.future_state import FutureCancelledError as FutureCancelledError
 from localsched.future_state import FutureState as FutureState
 from localsched.future_state import RemoteTraceback as RemoteTraceback
@@ -88,7 +88,6 @@ class Future:
                 f"Future {self.key!r} did not finish within {timeout} seconds"
             )
 
-    @dual_of_client
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the result and return it; re-raise the task's exception.
 
@@ -101,6 +100,8 @@ class Future:
         FutureCancelledError
             The future was cancelled.
         """
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.result", Future._result_now, self, timeout)
         return self._result_now(timeout)
 
     def __await__(self) -> Any:
@@ -117,26 +118,27 @@ class Future:
             raise _to_raise(state.exception)
         raise FutureCancelledError(self.key, state.reason)
 
-    @dual_of_client
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception the task raised, or None.
 
         None too for a cancelled future, as in dask (only ``result()`` raises
         ``CancelledError`` there).
         """
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.exception", Future.exception, self, timeout)
         self._wait(timeout)
         if self._state.status != "error":
             return None
         return self._state.exception
 
-    @dual_of_client
     def traceback(self, timeout: float | None = None) -> Any:
         """The traceback of the task's exception (its remote text as a cause)."""
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.traceback", Future.traceback, self, timeout)
         self._wait(timeout)
         exception = self._state.exception if self.status == "error" else None
         return None if exception is None else exception.__traceback__
 
-    @dual_of_client
     def cancel(
         self, reason: str | None = None, msg: str | None = None, **kwargs: Any
     ) -> None:
@@ -144,11 +146,16 @@ class Future:
 
         ``kwargs`` go to ``Client.cancel`` (``force=True`` stops it even if it runs).
         """
+        if is_async_call(self.client, kwargs.pop("asynchronous", None)):
+            return twin_call(
+                "Future.cancel", Future.cancel, self, reason, msg, **kwargs
+            )
         self.client._cancel_now([self], reason=reason, msg=msg, **kwargs)
 
-    @dual_of_client
     def retry(self) -> None:
         """Run the task again if it erred."""
+        if self.client._aio is not None and is_async_call(self.client, None):
+            return twin_call("Future.retry", Future.retry, self)
         self.client._link.request(self.client._post_retry([self])).result()
 
     def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
@@ -310,12 +317,13 @@ def wait(
     timeout = seconds
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"Unknown return_when {return_when!r}")
-    from localsched.client.asynchronous import wants_await
-
-    futures = wants_await(fs)  # in an asynchronous client's event loop
-    if futures is not None:
-        return twin_call("wait", wait, futures, timeout, return_when)
     futures = _futures_to_wait_on(fs)
+    client = getattr(futures[0], "client", None) if futures else None
+    if client is None or client._aio is not None:  # maybe in its event loop
+        from localsched.client.asynchronous import wants_await
+
+        if wants_await(client):
+            return twin_call("wait", wait, futures, timeout, return_when)
     claim_adopted(futures)
     deadline = None if timeout is None else time.monotonic() + timeout
     ready = threading.Event()

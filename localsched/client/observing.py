@@ -44,6 +44,13 @@ __all__ = ["DEFAULT_EVENT_HANDLERS", "ObservingMixin"]
 
 logger = logging.getLogger("localsched.client")
 
+
+def _log_failure(topic: str, done: Any) -> None:
+    error = None if done.cancelled() else done.exception()
+    if error is not None:
+        logger.error("The handler of topic %r failed", topic, exc_info=error)
+
+
 #: Prefix of the topics ``forward_logging`` uses (dask's constant).
 TOPIC_PREFIX_FORWARDED_LOG_RECORD = "forwarded-log-record"
 
@@ -263,6 +270,13 @@ class ObservingMixin:
             async def finish() -> Any:
                 return await result
 
+            binding = getattr(self, "_aio", None)
+            if binding is not None and binding.loop.is_running():
+                # As dask: a coroutine handler runs in the client's event loop
+                # (not waited for here: the loop may be closing the client).
+                done = asyncio.run_coroutine_threadsafe(finish(), binding.loop)
+                done.add_done_callback(lambda d: _log_failure(topic, d))
+                return
             asyncio.run(finish())
 
     def _stop_events(self) -> None:

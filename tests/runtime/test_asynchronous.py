@@ -27,6 +27,7 @@ from localsched import (
 )
 from localsched.aio import await_cell, waker_for
 from localsched.client.future import FutureCancelledError
+from localsched.errors import ClosedClientError
 from tests.runtime.helpers import DEADLINE
 
 pytestmark = pytest.mark.anyio
@@ -314,6 +315,15 @@ async def test_run_scheduler_info_and_control_are_awaitable(cluster):
         assert await client.get_versions()  # a method without a twin: inline
 
 
+async def test_retire_workers_is_awaitable_and_leaves_the_loop_running():
+    async with Client(asynchronous=True, n_workers=2, threads_per_worker=1) as client:
+        [first, _] = sorted((await client.scheduler_info())["workers"])
+        retiring = asyncio.ensure_future(client.retire_workers([first]))
+        assert await client.submit(inc, 1) == 2  # the loop runs meanwhile
+        assert first in await retiring
+        assert first not in await client.nthreads()
+
+
 async def test_publish_and_get_dataset_are_awaitable(cluster):
     async with Client(cluster, asynchronous=True) as client:
         future = client.submit(inc, 1)
@@ -329,6 +339,21 @@ async def test_publish_and_get_dataset_are_awaitable(cluster):
 def test_async_for_over_a_sync_clients_datasets_raises_dasks_type_error(cluster):
     with Client(cluster) as client, pytest.raises(TypeError, match="synchronous"):
         client.datasets.__aiter__()
+
+
+async def test_a_coroutine_topic_handler_runs_in_the_clients_loop(cluster):
+    async with Client(cluster, asynchronous=True) as client:
+        loop = asyncio.get_running_loop()
+        received = loop.create_future()
+
+        async def handler(event: tuple[float, Any]) -> None:
+            assert asyncio.get_running_loop() is loop
+            if not received.done():
+                received.set_result(event[1])
+
+        client.subscribe_topic("async-topic", handler)
+        await client.log_event("async-topic", {"x": 1})
+        assert await asyncio.wait_for(received, DEADLINE) == {"x": 1}
 
 
 # -- coordination primitives ---------------------------------------------------------
@@ -377,6 +402,19 @@ async def test_a_cancelled_lock_wait_is_withdrawn(cluster):
         # The cancelled waiter got no lease, or gave it back.
         assert await holder.acquire(timeout=DEADLINE)
         await holder.release()
+
+
+async def test_closing_the_client_ends_waits_on_primitives(cluster):
+    with Client(cluster, set_as_default=False) as other:
+        assert Lock("closing-lock", client=other).acquire()
+        client = await Client(cluster, asynchronous=True, set_as_default=False)
+        lock = asyncio.ensure_future(Lock("closing-lock", client=client).acquire())
+        get = asyncio.ensure_future(Queue("closing-queue", client=client).get())
+        await asyncio.wait([lock, get], timeout=0.05)
+        await client.close()
+        for waiting in (lock, get):
+            with pytest.raises(ClosedClientError):
+                await asyncio.wait_for(waiting, DEADLINE)
 
 
 async def test_queue_event_and_variable_are_awaitable(cluster):
