@@ -34,7 +34,7 @@ from localsched.deploy.asynchronous import (
 from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
-from localsched.deploy.processes import start_janitor, start_worker
+from localsched.deploy.processes import ThreadProcess, start_janitor, start_worker
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -449,7 +449,7 @@ class LocalCluster(DaskClusterSurface):
                     # worker leaves, maybe while a task thread still runs.
                     executing_page=worker_page,
                 )
-                process = _ThreadProcess(worker, child_conn, name=name)
+                process = ThreadProcess(worker, child_conn, name=name)
                 process.start()
         except BaseException:
             page.close()
@@ -852,52 +852,6 @@ class LocalCluster(DaskClusterSurface):
         return reprs.cluster_rich(
             reprs.cluster_snapshot(self), f"{type(self).__name__} {self.name}"
         )
-
-
-class _ThreadProcess:
-    """A worker run in a thread of this process (``processes=False``)."""
-
-    def __init__(self, worker: Any, conn: Connection, name: str) -> None:
-        self._worker = worker
-        self._conn = conn
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._done = threading.Event()
-        self._r, self._w = os.pipe()
-        self.pid = os.getpid()
-        self.exitcode: int | None = None
-
-    def _serve(self) -> None:
-        try:
-            self._worker.serve()
-            self.exitcode = 0
-        except BaseException:
-            self.exitcode = 1
-        finally:
-            with contextlib.suppress(OSError):
-                self._conn.close()
-            os.write(self._w, b"x")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def sentinel(self) -> int:
-        return self._r
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            for fd in (self._r, self._w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._r = self._w = -1
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.close()
 
 
 def _refuse(exc: BaseException) -> None:
