@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 import weakref
 from collections import defaultdict, deque
@@ -118,16 +119,24 @@ class Adaptive:
     def __init__(
         self,
         cluster: LocalCluster,
-        interval: str | float | timedelta = "1s",
-        minimum: int = 0,
+        interval: str | float | timedelta | None = None,
+        minimum: int | None = None,
         maximum: int | float | None = None,
-        wait_count: int = 3,
-        target_duration: str | float | timedelta = "5s",
+        wait_count: int | None = None,
+        target_duration: str | float | timedelta | None = None,
         worker_key: Callable[[WorkerState], Hashable] | None = None,
         **kwargs: Any,
     ) -> None:
+        interval = _configured("interval", interval, "1s")
+        minimum = int(_configured("minimum", minimum, 0))
+        wait_count = int(_configured("wait-count", wait_count, 3))
+        target_duration = _configured("target-duration", target_duration, "5s")
         if maximum is None:
-            maximum = cluster.default_maximum_workers()
+            maximum = _configured("maximum", None, math.inf)
+            if math.isinf(maximum):
+                # dask's default is no bound; here, the machine's cores (and
+                # never fewer than the minimum asked for).
+                maximum = max(cluster.default_maximum_workers(), minimum)
         if not isinstance(maximum, int) and not math.isinf(maximum):
             raise ValueError(f"maximum must be int or inf; got {maximum}")
         if minimum < 0 or minimum > maximum:
@@ -374,3 +383,16 @@ class Adaptive:
             # At interpreter shutdown the runtime may be gone already.
             with contextlib.suppress(Exception):
                 self.stop(reason="adaptive-deleted")
+
+
+def _configured(name: str, given: Any, default: Any) -> Any:
+    """``given``, else dask's ``distributed.adaptive.<name>`` config when the
+    program imported dask, else dask's default."""
+    if given is not None:
+        return given
+    config = sys.modules.get("dask.config")
+    if config is not None:
+        value = config.get(f"distributed.adaptive.{name}", None)
+        if value is not None:
+            return value
+    return default

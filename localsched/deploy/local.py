@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -20,13 +21,20 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from localsched.deploy.asynchronous import (
+    Awaitable,
+    close_soon,
+    wait_for_workers_async,
+)
+from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
-from localsched.deploy.processes import start_janitor, start_worker
+from localsched.deploy.processes import ThreadProcess, start_janitor, start_worker
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -38,7 +46,7 @@ from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
-from localsched.units import parse_timedelta
+from localsched.units import format_bytes, parse_timedelta
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
@@ -84,7 +92,7 @@ def _close_open_clusters() -> None:
     """
     for cluster in list(_open_clusters):
         with contextlib.suppress(Exception):
-            cluster.close(timeout=5.0)
+            cluster._close(timeout=5.0)
 
 
 #: Extra queued tasks per thread for tasks shorter than a round trip (the core's
@@ -167,7 +175,7 @@ def _check_not_in_child() -> None:
         )
 
 
-class LocalCluster:
+class LocalCluster(DaskClusterSurface):
     """A scheduler and worker processes on this machine (``distributed.LocalCluster``).
 
     Parameters
@@ -199,6 +207,11 @@ class LocalCluster:
         nothing listens unless asked). A host left out means 127.0.0.1; the
         link, with its access token, is ``dashboard_link`` (docs/dashboard.md).
         Needs bokeh (``pip install 'localsched[dashboard]'``).
+    asynchronous
+        As dask: nothing starts until ``await cluster`` (or ``async with``),
+        which starts it without blocking the event loop; ``close``, ``scale``
+        and ``wait_for_workers`` called from the loop return awaitables
+        (``localsched.deploy.asynchronous``).
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
@@ -228,11 +241,19 @@ class LocalCluster:
         worker_saturation: float | str | None = None,
         name: str | None = None,
         dashboard_address: str | int | None = None,
+        asynchronous: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
-        # Before anything starts, as dask's Worker rejects a typo (n_worker=2).
-        check_keywords("LocalCluster", set(kwargs) - _KEYWORDS_TAKEN_BELOW)
+        # Before anything starts, as dask's Worker rejects a typo (n_worker=2);
+        # an asynchronous cluster raises it when awaited, as dask's does.
+        refusal: TypeError | None = None
+        try:
+            check_keywords("LocalCluster", set(kwargs) - _KEYWORDS_TAKEN_BELOW)
+        except TypeError as exc:
+            if not asynchronous:
+                raise
+            refusal = exc
         options = scheduler_options(
             allowed_failures=allowed_failures, worker_saturation=worker_saturation
         )
@@ -274,8 +295,6 @@ class LocalCluster:
         self._dashboard: DashboardServer | None = None
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
-        sweep_stale_segments()
-        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
             validate=validate,
             **options,
@@ -287,33 +306,65 @@ class LocalCluster:
             # Unique in the process, so ``Client(cluster.scheduler_address)``
             # finds this cluster (the first keeps ``local://<pid>``).
             self.scheduler.address = f"local://{os.getpid()}-{number}"
+        self._asynchronous = asynchronous
+        start = functools.partial(
+            self._start,
+            n_workers,
+            plugins,
+            (preload, preload_argv),
+            dashboard_address,
+            kwargs,
+        )
+        if asynchronous:
+            # ``await cluster`` (or ``async with``) starts it off the event
+            # loop (deploy/asynchronous.py), as dask's asynchronous clusters
+            # start when awaited.
+            self.status = "created"
+            self._pending_start: Callable[[], None] | None = (
+                start if refusal is None else functools.partial(_refuse, refusal)
+            )
+            return
+        self._pending_start = None
+        start()
+
+    def _start(
+        self,
+        n_workers: int,
+        plugins: list[Any],
+        preloads: tuple[Any, Any],
+        dashboard_address: str | int | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Start the scheduler thread and the workers; wait for them to join."""
+        sweep_stale_segments()
+        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
-        self._janitor = _start_janitor(self.store) if processes else None
+        self._janitor = _start_janitor(self.store) if self.processes else None
         self.scheduler.started = time.time()
         self.runtime.start()
         try:
             self._preloads = self.runtime.call(
                 lambda: start_scheduler(
-                    self.scheduler, self.runtime, plugins, preload, preload_argv
+                    self.scheduler, self.runtime, plugins, *preloads
                 )
             ).result()
         except BaseException:
-            self.close()
+            self._close()
             raise
         self.status = "running"
         _open_clusters.add(self)
         try:
             self._start_workers(n_workers)
-            self.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+            self._wait_for_workers(n_workers, timeout=START_TIMEOUT)
             if dashboard_address is not None and dashboard_address is not False:
                 from localsched.diagnostics.web_dashboard import DashboardServer
 
                 self._dashboard = DashboardServer(self, dashboard_address)
         except BaseException:
-            self.close()
+            self._close()
             raise
         logger.info("%s started with %d workers", self.name, n_workers)
 
@@ -344,9 +395,10 @@ class LocalCluster:
     # -- workers ------------------------------------------------------------------
 
     @property
-    def workers(self) -> dict[Any, str]:
-        """Worker name -> address of the workers the scheduler knows."""
-        return {ws.name: address for address, ws in self.scheduler.workers.items()}
+    def workers(self) -> WorkersView:
+        """Worker name -> address of the workers the scheduler knows (a live
+        mapping, empty once the cluster closed, as dask's)."""
+        return WorkersView(self)
 
     def _start_workers(self, n: int) -> None:
         # On the scheduler thread: Linux's PR_SET_PDEATHSIG fires when the thread
@@ -397,7 +449,7 @@ class LocalCluster:
                     # worker leaves, maybe while a task thread still runs.
                     executing_page=worker_page,
                 )
-                process = _ThreadProcess(worker, child_conn, name=name)
+                process = ThreadProcess(worker, child_conn, name=name)
                 process.start()
         except BaseException:
             page.close()
@@ -442,13 +494,27 @@ class LocalCluster:
         self.runtime.workers[replacement.address] = replacement
         self.runtime.post()  # from a timer: wake the loop to watch its pipes
 
-    def scale(self, n: int) -> None:
+    def scale(
+        self, n: int = 0, memory: str | int | None = None, cores: int | None = None
+    ) -> Any:
         """Grow or shrink to ``n`` workers (shrinking retires workers gracefully).
 
-        Stops adaptive scaling, if it runs (``adapt()`` starts it again).
+        ``memory=``/``cores=``: at least enough workers for that much memory or
+        that many threads, as dask's. Stops adaptive scaling, if it runs
+        (``adapt()`` starts it again). On an asynchronous cluster called from
+        its event loop, returns an awaitable at once, as dask does; ``await
+        cluster`` then waits for the workers.
         """
+        n = self._n_from_resources(n, memory, cores)
         self._stop_adaptive("scale")
-        self.runtime.call(lambda: self._scale_now(n)).result(timeout=START_TIMEOUT)
+        # Now, not on the scheduler thread's next turn: an asynchronous
+        # caller's ``worker_spec`` counts the workers asked for at once.
+        self._target = n
+        done = self.runtime.call(lambda: self._scale_now(n))
+        if self.asynchronous:
+            return Awaitable(done)
+        done.result(timeout=START_TIMEOUT)
+        return None
 
     def _scale_now(self, n: int) -> None:
         # Scheduler thread: atomic with respect to adaptive decisions.
@@ -532,11 +598,11 @@ class LocalCluster:
         self,
         Adaptive: type[Adaptive] | None = None,
         *,
-        minimum: int = 0,
+        minimum: int | None = None,
         maximum: int | float | None = None,
-        interval: str | float | timedelta = "1s",
-        wait_count: int = 3,
-        target_duration: str | float | timedelta = "5s",
+        interval: str | float | timedelta | None = None,
+        wait_count: int | None = None,
+        target_duration: str | float | timedelta | None = None,
         **kwargs: Any,
     ) -> Adaptive:
         """Start and retire workers as the load changes; returns the ``Adaptive``.
@@ -557,7 +623,12 @@ class LocalCluster:
         target_duration
             Time the current work should take; shorter scales up more.
         **kwargs
-            ``worker_key=`` and ``Scheduler.workers_to_close`` arguments.
+            ``minimum_cores``/``maximum_cores``/``minimum_memory``/
+            ``maximum_memory`` (bounds as dask computes them from the workers'
+            threads and memory limit), ``worker_key=`` and
+            ``Scheduler.workers_to_close`` arguments. Values left out come from
+            dask's ``distributed.adaptive.*`` config, else dask's defaults
+            (``localsched.deploy.adaptive.Adaptive``).
 
         Examples
         --------
@@ -570,14 +641,13 @@ class LocalCluster:
             raise RuntimeError(f"Cannot adapt a cluster that is {self.status}")
         self._stop_adaptive("adapt() called again")
         adaptive_class = Adaptive or DefaultAdaptive
+        bounds = self._adapt_bounds({"minimum": minimum, "maximum": maximum, **kwargs})
         self._adaptive = adaptive_class(
             self,
             interval=interval,
-            minimum=minimum,
-            maximum=maximum,
             wait_count=wait_count,
             target_duration=target_duration,
-            **kwargs,
+            **bounds,
         )
         return self._adaptive
 
@@ -597,10 +667,19 @@ class LocalCluster:
 
     def wait_for_workers(
         self, n_workers: int, timeout: str | float | None = None
-    ) -> None:
-        """Block until at least ``n_workers`` workers are running (``timeout``:
-        seconds or a duration string, as dask's)."""
-        timeout = parse_timedelta(timeout)
+    ) -> Any:
+        """Block until at least ``n_workers`` workers are running.
+
+        On an asynchronous cluster called from its event loop, returns an
+        awaitable instead (``await cluster.wait_for_workers(2)``).
+        """
+        timeout = parse_timedelta(timeout)  # seconds or a duration string
+        if self.asynchronous:
+            return wait_for_workers_async(self, n_workers, timeout)
+        self._wait_for_workers(n_workers, timeout)
+        return None
+
+    def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(self.scheduler.workers) < n_workers:
             self._restarts.check()  # workers that cannot start: say why, now
@@ -615,13 +694,28 @@ class LocalCluster:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def close(self, timeout: str | float = 10.0) -> None:
+    def close(self, timeout: str | float = 10.0) -> Any:
         """Stop workers, the scheduler thread and free all shared memory; idempotent.
 
         Unless every worker is gone and the store removed its segments (a clean
-        close), the janitor is told to sweep instead of goodbye.
+        close), the janitor is told to sweep instead of goodbye. On an
+        asynchronous cluster called from its event loop, the close starts in a
+        thread of its own and an awaitable is returned (``await
+        cluster.close()``): the loop goes on meanwhile.
         """
+        timeout = parse_timedelta(timeout)  # seconds or a duration string
+        if self.asynchronous:
+            return Awaitable(close_soon(self, timeout))
+        self._close(timeout)
+        return None
+
+    def _close(self, timeout: float = 10.0) -> None:
         if self.status in ("closing", "closed"):
+            return
+        if self.status == "created" or "runtime" not in vars(self):
+            # Asynchronous, never awaited (or refused when awaited): nothing runs.
+            self._pending_start = None
+            self.status = "closed"
             return
         self.status = "closing"
         timeout = parse_timedelta(timeout)
@@ -718,15 +812,19 @@ class LocalCluster:
         return handles
 
     def __enter__(self) -> LocalCluster:
+        if self.asynchronous:
+            raise TypeError(
+                "Used 'with' with asynchronous class; please use 'async with'"
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             if self.status == "running":
-                self.close(timeout=2.0)
+                self._close(timeout=2.0)
 
     def __repr__(self) -> str:
         workers = self.scheduler.workers
@@ -737,8 +835,12 @@ class LocalCluster:
             adapting = f", adaptive={adaptive.minimum}..{adaptive.maximum}"
         link = self.dashboard_link
         dashboard = "" if link is None else f", dashboard={link}"
+        # As dask's: the address, then the memory when the workers have a limit.
+        memory = sum(ws.memory_limit or 0 for ws in workers.values())
+        limit = f", memory={format_bytes(memory)}" if memory else ""
         return (
-            f"LocalCluster({self.name!r}, workers={len(workers)}, threads={threads}, "
+            f"LocalCluster({self.name!r}, {self.scheduler_address!r}, "
+            f"workers={len(workers)}, threads={threads}{limit}, "
             f"status={self.status}{adapting}{dashboard})"
         )
 
@@ -757,50 +859,8 @@ class LocalCluster:
         )
 
 
-class _ThreadProcess:
-    """A worker run in a thread of this process (``processes=False``)."""
-
-    def __init__(self, worker: Any, conn: Connection, name: str) -> None:
-        self._worker = worker
-        self._conn = conn
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._done = threading.Event()
-        self._r, self._w = os.pipe()
-        self.pid = os.getpid()
-        self.exitcode: int | None = None
-
-    def _serve(self) -> None:
-        try:
-            self._worker.serve()
-            self.exitcode = 0
-        except BaseException:
-            self.exitcode = 1
-        finally:
-            with contextlib.suppress(OSError):
-                self._conn.close()
-            os.write(self._w, b"x")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def sentinel(self) -> int:
-        return self._r
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            for fd in (self._r, self._w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._r = self._w = -1
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def kill(self) -> None:
-        with contextlib.suppress(OSError):
-            self._conn.close()
+def _refuse(exc: BaseException) -> None:
+    raise exc
 
 
 def _shutdown_message() -> Any:

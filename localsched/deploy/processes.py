@@ -1,4 +1,5 @@
-"""Starting the cluster's child processes: workers and the shared-memory janitor.
+"""Starting the cluster's child processes: workers and the shared-memory janitor
+(and ``ThreadProcess``, the same interface for a worker run in a thread).
 
 Children are fresh interpreters started with ``subprocess`` (``python -m ...``),
 not ``multiprocessing`` processes: ``multiprocessing``'s spawn and forkserver
@@ -25,9 +26,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from localsched.transport.executing import ExecutingPage
@@ -135,6 +137,7 @@ def start_worker(
         "store": store,
         "authkey": authkey,
         "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "dask_config": _dask_config(),
     }
     ours.send_bytes(json.dumps(setup).encode())
     return process, ours
@@ -155,3 +158,63 @@ def start_janitor(directory: str) -> tuple[ChildProcess, Connection]:
         reader.close()
     writer.send_bytes(directory.encode())
     return process, writer
+
+
+def _dask_config() -> str | None:
+    """This process's dask config, serialized as dask's Nanny hands it to its
+    workers (``dask.config.set`` before the cluster starts reaches the tasks);
+    None if the program never imported dask (nothing to inherit)."""
+    config = sys.modules.get("dask.config")
+    if config is None:
+        return None
+    try:
+        serialized: str = config.serialize(config.global_config)
+    except (TypeError, ValueError):  # a value JSON cannot carry: as dask, skip
+        return None
+    return serialized
+
+
+class ThreadProcess:
+    """A worker run in a thread of this process (``processes=False``)."""
+
+    def __init__(self, worker: Any, conn: Connection, name: str) -> None:
+        self._worker = worker
+        self._conn = conn
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._done = threading.Event()
+        self._r, self._w = os.pipe()
+        self.pid = os.getpid()
+        self.exitcode: int | None = None
+
+    def _serve(self) -> None:
+        try:
+            self._worker.serve()
+            self.exitcode = 0
+        except BaseException:
+            self.exitcode = 1
+        finally:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            os.write(self._w, b"x")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def sentinel(self) -> int:
+        return self._r
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            for fd in (self._r, self._w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._r = self._w = -1
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self._conn.close()

@@ -32,6 +32,7 @@ import html
 import json
 import logging
 import mimetypes
+import os
 import secrets
 import socket
 import sys
@@ -45,6 +46,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from localsched.diagnostics.live_data import LiveData
 from localsched.diagnostics.live_figures import FIGURES, table_figure
+
+#: dask's default ``distributed.dashboard.link``.
+_DEFAULT_LINK = "{scheme}://{host}:{port}/status"
 
 logger = logging.getLogger("localsched.diagnostics.web_dashboard")
 
@@ -165,7 +169,13 @@ class DashboardServer:
 
     @property
     def link(self) -> str:
-        """The page to open: ``http://127.0.0.1:<port>/status?token=…``."""
+        """The page to open: ``http://127.0.0.1:<port>/status?token=…``.
+
+        dask's ``distributed.dashboard.link`` template, when the program
+        imported dask and set one (e.g. behind a JupyterHub proxy), shapes it:
+        ``{scheme}``, ``{host}``, ``{port}`` and environment variables, as
+        dask formats it; the token is appended as a query parameter.
+        """
         host = self.host
         if host in ("0.0.0.0", ""):
             host = "127.0.0.1"
@@ -173,7 +183,13 @@ class DashboardServer:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/status?token={self.token}"
+        template = _DEFAULT_LINK
+        config = sys.modules.get("dask.config")
+        if config is not None:
+            template = config.get("distributed.dashboard.link", _DEFAULT_LINK)
+        fields = {**os.environ, "scheme": "http", "host": host, "port": self.port}
+        link = str(template).format(**fields)
+        return f"{link}{'&' if '?' in link else '?'}token={self.token}"
 
     def close(self) -> None:
         """Stop serving, join the request threads and free the port."""

@@ -870,9 +870,15 @@ class PeriodicCallback:
         self.callback = callback
         self.name = name or getattr(callback, "__name__", "periodic")
         self.next_due = float("inf")
+        self.stopped = False
+
+    def is_running(self) -> bool:
+        """True until :meth:`stop` (as tornado's ``PeriodicCallback``)."""
+        return not self.stopped
 
     def stop(self) -> None:
         """Stop calling back (thread-safe; idempotent)."""
+        self.stopped = True
 
         def unregister() -> None:
             with contextlib.suppress(ValueError):

@@ -30,6 +30,7 @@ from localsched.scheduler.tasks import (
     Transition,
     WorkerState,
 )
+from localsched.status import StatusStr
 
 Key = Hashable
 _T = TypeVar("_T")
@@ -118,7 +119,7 @@ class Scheduler:
         #: History of computations, oldest first (dask's deque of
         #: ``Computation``; ``scheduler/computations.py``).
         self.computations = Computations(maxlen=computations_max_history)
-        self.status = "init"
+        self.status = StatusStr("init")
         for plugin in plugins:
             self.add_plugin(plugin)
 
@@ -191,6 +192,11 @@ class Scheduler:
     @property
     def allowed_failures(self) -> int:
         return self.state.allowed_failures
+
+    @allowed_failures.setter
+    def allowed_failures(self, value: int) -> None:
+        # dask's is a plain attribute that tests and tools set.
+        self.state.allowed_failures = int(value)
 
     @property
     def validate(self) -> bool:
@@ -302,18 +308,18 @@ class Scheduler:
         """Mark the scheduler running and run the plugins' ``start`` hooks."""
         if self.status == "running":
             return
-        self.status = "running"
+        self.status = StatusStr("running")
         self._plugins.call("start", self)
 
     def close(self) -> None:
         """Run ``before_close`` then ``close`` hooks; idempotent."""
         if self.status in ("closing", "closed"):
             return
-        self.status = "closing"
+        self.status = StatusStr("closing")
         self._plugins.call("before_close")
         self._plugins.call("close")
         self._plugins.close()
-        self.status = "closed"
+        self.status = StatusStr("closed")
 
     def log_event(self, topic: str | Collection[str], msg: Any) -> None:
         """Log an event under a topic, or each of a list of topics.

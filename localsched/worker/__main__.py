@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 from multiprocessing.connection import Connection
 
@@ -36,6 +37,12 @@ def main(argv: list[str]) -> None:
     # in a task's arguments authenticate with it.
     multiprocessing.current_process().authkey = bytes.fromhex(setup["authkey"])
     extend_path(setup.get("sys_path", ()))
+    if setup.get("dask_config"):
+        # dask reads it when a task first imports dask.config, as in the
+        # worker processes dask's Nanny starts: the parent's config, inherited.
+        os.environ["DASK_INTERNAL_INHERIT_CONFIG"] = setup["dask_config"]
+        if "dask.config" in sys.modules:  # read before this message came
+            sys.modules["dask.config"].refresh()
     writer = BlobWriter(*store) if store else None
     resources = None
     page = None
