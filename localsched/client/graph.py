@@ -9,7 +9,6 @@ that the worker substitutes with the dependencies' values.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 import weakref
 from collections.abc import Callable, Hashable, Iterable
@@ -18,6 +17,7 @@ from numbers import Number
 from typing import Any
 
 from localsched.transport import pickling
+from localsched.transport.hashing import content_hasher
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
 from localsched.transport.shm import BlobRef
 
@@ -159,7 +159,7 @@ def hash_args(
 
     Arrays are hashed through their out-of-band buffers, without a copy.
     """
-    hasher = hashlib.blake2b(function_token.encode(), digest_size=16)
+    hasher = content_hasher(function_token.encode())
     buffers: list[Any] = []
     header = pickling.dumps((args, kwargs), protocol=5, buffer_callback=buffers.append)
     hasher.update(header)
@@ -230,5 +230,7 @@ def prepare_scatter(
 def payload_token(payload: bytes | BlobRef, value: Any) -> str:
     """Deterministic token of a scattered value (its serialized bytes)."""
     if isinstance(payload, bytes):
-        return hashlib.blake2b(payload, digest_size=16).hexdigest()
+        hasher = content_hasher()
+        hasher.update(payload)
+        return hasher.hexdigest()
     return hash_args("scatter", (value,), {})

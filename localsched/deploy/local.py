@@ -38,6 +38,7 @@ from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
+from localsched.transport.shm_pool import POOL_IDLE_SECONDS
 
 if TYPE_CHECKING:
     from localsched.deploy.adaptive import Adaptive
@@ -274,7 +275,10 @@ class LocalCluster:
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
         sweep_stale_segments()
-        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
+        self.store = BlobStore(
+            spill_directory=kwargs.pop("local_directory", None),
+            idle_seconds=POOL_IDLE_SECONDS,
+        )
         self.scheduler = Scheduler(
             validate=validate,
             **options,
