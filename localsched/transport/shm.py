@@ -346,7 +346,7 @@ class BlobStore(_BlobSink):
     idle_seconds : float
         If positive, a background thread keeps the free pool (see
         :mod:`~localsched.transport.shm_pool`): it pre-allocates as many
-        segments of a size as values of that size (1 MiB or more) were written
+        segments of a size as values of that size (8 MiB or more) were written
         in the last ``idle_seconds``, and unlinks free segments unused for that
         long. Default 0: off (the pool then only has its cap; a
         :class:`~localsched.LocalCluster` uses ``POOL_IDLE_SECONDS``).
@@ -627,7 +627,6 @@ class BlobStore(_BlobSink):
             self._live[ref.segment] = (ref.blob_id, segment)
             if self._is_pooled_kind(segment):
                 self._live_memory_bytes += segment.allocated
-                self._note_use(segment.capacity)
                 return
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
