@@ -679,7 +679,8 @@ class BlobStore(_BlobSink):
         Parameters
         ----------
         nbytes : int
-            Free bytes wanted in the size class of ``segment_size``.
+            Free bytes wanted in the size class of ``segment_size``, in
+            segments no reader maps now.
         segment_size : int, optional
             Size of the values expected; default ``nbytes`` (one segment).
 
@@ -692,10 +693,9 @@ class BlobStore(_BlobSink):
         created = 0
         while True:
             with self._lock:
-                bucket = self._free.get(capacity, {})
                 if (
                     self._closed
-                    or sum(s.allocated for s in bucket.values()) >= nbytes
+                    or self._reusable_bytes(capacity) >= nbytes
                     or self._free_bytes + capacity > self.max_free_bytes
                 ):
                     return created
@@ -803,6 +803,20 @@ class BlobStore(_BlobSink):
         if self._keeper is None:
             self._keeper = PoolKeeper(self, self.idle_seconds)
         self._keeper.note(capacity)
+
+    def _reusable_bytes(self, capacity: int) -> int:
+        """Free bytes of a size class that no reader maps now (a reader keeps a
+        value's segment from reuse while its task's worker holds the value)."""
+        total = 0
+        for segment in self._free.get(capacity, {}).values():
+            try:
+                fd = _lock_exclusive(segment.path)
+            except OSError:
+                continue  # gone: _take_free drops it
+            if fd is not None:
+                os.close(fd)
+                total += segment.allocated
+        return total
 
     def _add_free(self, segment: _Segment) -> None:
         segment.freed_at = time.monotonic()

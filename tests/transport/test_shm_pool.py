@@ -145,3 +145,39 @@ def test_content_hasher_is_xxh3_when_installed_and_blake2b_otherwise(monkeypatch
     fallback.update(data)
     expected = hashlib.blake2b(b"seed" + data, digest_size=16).hexdigest()
     assert fallback.hexdigest() == expected
+
+
+def test_a_large_scatter_is_hashed_while_written_to_the_same_key(monkeypatch):
+    from localsched.client import graph
+
+    big = np.arange(graph.HASH_AHEAD_FROM // 8, dtype=np.float64)
+    expected = f"ndarray-{graph.hash_args('scatter', (big,), {})}"
+    hashed_in: list[str] = []
+
+    def recording_hash_args(*args: object) -> str:
+        hashed_in.append(threading.current_thread().name)
+        return original(*args)
+
+    original = graph.hash_args
+    monkeypatch.setattr(graph, "hash_args", recording_hash_args)
+    with BlobStore() as store:
+
+        def scatter(value: object) -> tuple[str, object]:
+            prepared, _ = graph.prepare_scatter(value, store.serialize, True)
+            return prepared[0]
+
+        key, ref = scatter(big)
+        # Hashed once, in its thread, to the key the caller's thread would give.
+        assert hashed_in == ["localsched-scatter-hash"]
+        assert key == expected
+        again, other = scatter(big.copy())
+        assert again == key
+        changed = big.copy()
+        changed[-1] = -1
+        different, third = scatter(changed)
+        assert different != key
+        # Below the size: hashed after the write, in the caller's thread.
+        _, small = scatter(big[:100_000])
+        assert hashed_in[-1] == threading.current_thread().name
+        for payload in (ref, other, third, small):
+            store.release(payload)
