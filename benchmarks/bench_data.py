@@ -19,6 +19,11 @@ Run::
     python benchmarks/bench_data.py                    # every installed system
     python benchmarks/bench_data.py --repeat 7 --mb 200
     python benchmarks/bench_data.py --system localsched --json   # one system
+    python benchmarks/bench_data.py --before /tmp/old   # adds localsched from there
+    python benchmarks/bench_data.py --systems localsched,ray
+
+``--before DIR`` runs localsched a second time with ``PYTHONPATH=DIR`` (a checkout
+of an earlier commit), in the same run: before/after figures under one load.
 """
 
 from __future__ import annotations
@@ -206,20 +211,28 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--before", help="directory of an earlier localsched")
     args = parser.parse_args()
     if args.system:
         results = run(args.system, args.mb, args.repeat)
         print(json.dumps(results) if args.json else results)
         return
     table: dict[str, dict[str, float]] = {}
-    for name in SYSTEMS:
+    runs = [(name, name, None) for name in args.systems.split(",")]
+    if args.before:
+        runs.insert(1, ("before", "localsched", args.before))
+    for label, name, path in runs:
         if not installed(name):
             print(f"{name} is not installed: left out")
             continue
         command = [sys.executable, __file__, "--system", name, "--json"]
         command += ["--mb", str(args.mb), "--repeat", str(args.repeat)]
-        out = subprocess.run(command, capture_output=True, text=True, check=True)
-        table[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        env = dict(os.environ, PYTHONPATH=path) if path else None
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, env=env
+        )
+        table[label] = json.loads(out.stdout.strip().splitlines()[-1])
     systems = list(table)
     print(f"medians of {args.repeat}; ratios: that system's time / localsched's")
     print(f"{'workload':<36}" + "".join(f"{s:>12}" for s in systems))

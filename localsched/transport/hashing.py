@@ -11,6 +11,8 @@ interpreter environment, so equal values get equal keys everywhere.
 from __future__ import annotations
 
 import hashlib
+import importlib
+from types import ModuleType
 from typing import Protocol
 
 __all__ = ["ALGORITHM", "Hasher", "content_hasher"]
@@ -24,10 +26,15 @@ class Hasher(Protocol):
     def hexdigest(self) -> str: ...
 
 
-try:
-    import xxhash
-except ImportError:
-    xxhash = None
+def _find_xxhash() -> ModuleType | None:
+    try:
+        return importlib.import_module("xxhash")
+    except ImportError:
+        return None
+
+
+#: The xxhash module, None without it (a test sets None to check the fallback).
+xxhash = _find_xxhash()
 
 #: The hash :func:`content_hasher` uses in this process.
 ALGORITHM = "blake2b-128" if xxhash is None else "xxh3-128"
