@@ -428,7 +428,9 @@ class BlobStore(_BlobSink):
         # Where segments of this store can be: reclaim scans them, adopt checks.
         self._directories = {self.directory, self.fallback_directory}
         self.idle_seconds = idle_seconds
-        self._keeper: PoolKeeper | None = None  # started by the first large write
+        self._keeper: PoolKeeper | None = None
+        if idle_seconds > 0:
+            self._keeper = PoolKeeper(self, idle_seconds)
 
     @property
     def free_bytes(self) -> int:
@@ -798,11 +800,8 @@ class BlobStore(_BlobSink):
         return None
 
     def _note_use(self, capacity: int) -> None:
-        if capacity < WARM_FROM or self.idle_seconds <= 0:
-            return
-        if self._keeper is None:
-            self._keeper = PoolKeeper(self, self.idle_seconds)
-        self._keeper.note(capacity)
+        if capacity >= WARM_FROM and self._keeper is not None:
+            self._keeper.note(capacity)
 
     def _reusable_bytes(self, capacity: int) -> int:
         """Free bytes of a size class that no reader maps now (a reader keeps a

@@ -15,9 +15,8 @@ kept it there). A :class:`PoolKeeper` thread does both halves:
 - **trimming when idle**: a free segment nobody took for ``idle_seconds`` is
   unlinked, so a quiet cluster returns its pool to the operating system.
 
-The thread starts with the first large write and holds only a weak reference to
-the store: a store that is garbage stops it, and :meth:`BlobStore.close` stops and
-joins it.
+The thread starts with the store and holds only a weak reference to it: a store
+that is garbage stops it, and :meth:`BlobStore.close` stops and joins it.
 """
 
 from __future__ import annotations

@@ -86,12 +86,21 @@ def test_trim_idle_unlinks_only_what_was_freed_before_the_time():
 def test_close_stops_the_keeper_and_leaves_no_segment():
     before = len(_keeper_threads())
     store = BlobStore(idle_seconds=30)
+    assert len(_keeper_threads()) == before + 1  # it starts with the store
     store.put(np.ones(BIG, np.uint8))
     assert poll(lambda: store.free_bytes > 0, DEADLINE)  # the keeper ran
-    assert len(_keeper_threads()) == before + 1
     store.close()
     assert len(_keeper_threads()) == before
     assert not os.path.lexists(store.directory)
+
+
+def test_a_store_without_idle_seconds_has_no_keeper():
+    before = len(_keeper_threads())
+    with BlobStore() as store:
+        ref = store.put(np.ones(BIG, np.uint8))
+        store.release(ref)
+        assert len(_keeper_threads()) == before
+        assert store.free_bytes == ref.nbytes  # the released value; none warmed
 
 
 def test_a_store_that_is_garbage_stops_its_keeper():
