@@ -629,6 +629,8 @@ class BlobStore(_BlobSink):
             self._live[ref.segment] = (ref.blob_id, segment)
             if self._is_pooled_kind(segment):
                 self._live_memory_bytes += segment.allocated
+                if self._keeper is not None and segment.allocated >= WARM_FROM:
+                    self._keeper.busy()
                 return
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)

@@ -190,3 +190,21 @@ def test_a_large_scatter_is_hashed_while_written_to_the_same_key(monkeypatch):
         assert hashed_in[-1] == threading.current_thread().name
         for payload in (ref, other, third, small):
             store.release(payload)
+
+
+def test_warming_waits_until_large_writes_stop(monkeypatch):
+    from localsched.transport import shm_pool
+
+    monkeypatch.setattr(shm_pool, "QUIET_SECONDS", 2.0)
+    with BlobStore(idle_seconds=30) as store:
+        store.put(np.ones(BIG, np.uint8))
+        keeper = store._keeper
+        assert keeper is not None
+        pause = threading.Event()
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:  # a worker's large results keep coming
+            keeper.busy()
+            assert store.free_bytes == 0
+            pause.wait(0.05)
+        # Quiet now: the segment is warmed then.
+        assert poll(lambda: store.free_bytes == 2 * WARM_FROM, DEADLINE)
