@@ -9,6 +9,10 @@ Prints GB/s (1e9 bytes per second), best and median of the repeats:
 - the same array handed to a child process (spawn) through a multiprocessing Pipe
   versus as a BlobRef over that Pipe, end to end: the child has the array and has
   touched every page before it acknowledges;
+- where a scatter and a reader spend (``--profile``): hashing the value for its
+  key (BLAKE2b, XXH3-128), writing into fresh, ``fallocate``-d and reused
+  pages, with one thread and two, and reading every page of a load as it is
+  (lazy faults), after ``MADV_POPULATE_READ``, and with ``MAP_POPULATE``;
 - spilling: moving the value from /dev/shm to a disk file (``BlobStore.spill``:
   copy in the kernel, then swap the segment for a link), and load plus touch of
   the spilled value (page cache, warm: it was just written).
@@ -150,13 +154,78 @@ def bench_to_child(array: np.ndarray, repeat: int) -> None:
         process.join(30)
 
 
+def bench_profile(array: np.ndarray, repeat: int) -> None:
+    """The measurements behind the data plane's design (docs/benchmarks.md)."""
+    import hashlib
+    import mmap
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from localsched.transport import hashing
+
+    nbytes = array.nbytes
+    blake = timed(lambda: hashlib.blake2b(array, digest_size=16).digest(), repeat)
+    print(f"hash, BLAKE2b-128       {rate(nbytes, blake)}")
+    if hashing.xxhash is not None:
+        xxh = timed(lambda: hashing.xxhash.xxh3_128(array).digest(), repeat)
+        print(f"hash, XXH3-128          {rate(nbytes, xxh)}")
+    pool = ThreadPoolExecutor(2)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
+        path = os.path.join(directory, "segment")
+
+        def write(threads: int, prepare: str) -> float:
+            if prepare != "reused" and os.path.exists(path):
+                os.unlink(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            if prepare == "fallocated":
+                os.posix_fallocate(fd, 0, nbytes)
+            view, step = memoryview(array).cast("B"), -(-nbytes // threads)
+
+            def part(i: int) -> None:
+                done, end = i * step, min(nbytes, (i + 1) * step)
+                while done < end:
+                    done += os.pwrite(fd, view[done:end], done)
+
+            start = time.perf_counter()
+            list(pool.map(part, range(threads)))
+            elapsed = time.perf_counter() - start
+            os.close(fd)
+            return elapsed
+
+        for prepare in ("fresh", "fallocated", "reused"):
+            for threads in (1, 2):
+                seconds = [write(threads, prepare) for _ in range(repeat)]
+                print(f"pwrite {prepare:<10} x{threads}  {rate(nbytes, seconds)}")
+
+        def read(advice: str) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            flags = mmap.MAP_PRIVATE
+            if advice == "MAP_POPULATE":
+                flags |= mmap.MAP_POPULATE
+            prot = mmap.PROT_READ | mmap.PROT_WRITE  # as load(): private, writable
+            mapping = mmap.mmap(fd, nbytes, flags=flags, prot=prot)
+            os.close(fd)
+            if advice == "MADV_POPULATE_READ":
+                mapping.madvise(getattr(mmap, "MADV_POPULATE_READ", 22))
+            touch(np.frombuffer(mapping, np.uint8))
+            mapping.close()
+
+        for advice in ("lazy faults", "MADV_POPULATE_READ", "MAP_POPULATE"):
+            seconds = timed(lambda: read(advice), repeat)  # noqa: B023 - called now
+            print(f"read pages, {advice:<18} {rate(nbytes, seconds)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="only the profile")
     args = parser.parse_args()
     array = np.random.default_rng(0).integers(0, 255, args.mb * 1_000_000, np.uint8)
     print(f"{args.mb} MB uint8 array, {args.repeat} repeats")
+    if args.profile:
+        bench_profile(array, args.repeat)
+        return
     bench_in_process(array, args.repeat)
     bench_spill(array, args.repeat)
     bench_to_child(array, args.repeat)

@@ -70,6 +70,7 @@ from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
 from localsched.transport import inproc
 from localsched.transport import requests as rq
+from localsched.transport.hashing import content_hasher
 from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
 from localsched.transport.shm import BlobRef
@@ -417,9 +418,7 @@ class Client(
         elif isinstance(spec.args, BlobRef):
             token = hash_args(spec.function_token, args, kwargs)
         else:
-            import hashlib
-
-            hasher = hashlib.blake2b(spec.function_token.encode(), digest_size=16)
+            hasher = content_hasher(spec.function_token.encode())
             hasher.update(spec.args)
             token = hasher.hexdigest()
         return f"{funcname(func)}-{token}"

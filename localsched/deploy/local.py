@@ -46,6 +46,7 @@ from localsched.runtime.supervision import RestartPolicy, StderrRelay
 from localsched.scheduler.scheduler import Scheduler
 from localsched.transport.executing import ExecutingPage
 from localsched.transport.shm import BlobStore, sweep_stale_segments
+from localsched.transport.shm_pool import POOL_IDLE_SECONDS
 from localsched.units import format_bytes, parse_timedelta
 
 if TYPE_CHECKING:
@@ -337,7 +338,10 @@ class LocalCluster(DaskClusterSurface):
     ) -> None:
         """Start the scheduler thread and the workers; wait for them to join."""
         sweep_stale_segments()
-        self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
+        self.store = BlobStore(
+            spill_directory=kwargs.pop("local_directory", None),
+            idle_seconds=POOL_IDLE_SECONDS,
+        )
         self.runtime = SchedulerRuntime(
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )

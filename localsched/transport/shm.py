@@ -52,15 +52,24 @@ import mmap
 import os
 import pickle
 import secrets
-import struct
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 
 from localsched.transport import pickling
+from localsched.transport.blob_format import (
+    _HEADER_OFFSET,
+    _MAGIC,
+    _STAMP,
+    _layout,
+    _pickle,
+    _size_class,
+    _write_blob,
+)
 from localsched.transport.finalizers import Finalizer
 from localsched.transport.segment_files import (
+    _COPIED,
     FALLBACK_LINK,
     NAME_PREFIX,
     SHM_DIR,
@@ -71,11 +80,11 @@ from localsched.transport.segment_files import (
     _create_file,
     _free_space,
     _lock_exclusive,
-    _pwrite_all,
     _scan,
     _unlink_quietly,
     _warn_fallback,
     attach_directory,
+    bytes_copied,
     claim_directory,
     make_private_directory,
     point_link,
@@ -83,6 +92,7 @@ from localsched.transport.segment_files import (
     remove_cluster_directory,
     sweep_stale_segments,
 )
+from localsched.transport.shm_pool import WARM_FROM, PoolKeeper
 from localsched.transport.spill import copy_segment, is_memory_backed, link_to_copy
 
 __all__ = [
@@ -94,6 +104,7 @@ __all__ = [
     "SegmentLease",
     "SharedMemoryWarning",
     "StaleBlobError",
+    "bytes_copied",
     "dumps_inline",
     "load",
     "sweep_stale_segments",
@@ -102,10 +113,6 @@ __all__ = [
 #: Values whose pickle plus buffers take fewer bytes travel inline in messages.
 INLINE_THRESHOLD = 64 * 1024
 
-_ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
-_HEADER_OFFSET = 64
-_STAMP = struct.Struct("<8sQ")
-_MAGIC = b"LSBLOB01"
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
 #: Leased segments a writer remembers having written (see BlobWriter.discard);
 #: a dropped value is one of the last few written, far fewer than this.
@@ -144,6 +151,7 @@ class _Segment:
     capacity: int  #: power-of-two size class; any value of this class fits
     allocated: int  #: file size: the memory it holds, whether live or free
     spill_path: str = ""  #: its copy on disk once spilled (``path`` is a link)
+    freed_at: float = 0.0  #: monotonic time it joined the free list
 
 
 def dumps_inline(obj: object) -> bytes:
@@ -189,6 +197,7 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
             more := os.pread(fd, offset + length - len(head), len(head))
         ):
             head += more  # only for pickle streams above 2 GiB
+        _COPIED.add(len(head))
         if len(head) < offset + length or _STAMP.unpack_from(head) != (
             _MAGIC,
             payload.blob_id,
@@ -252,7 +261,7 @@ class _BlobSink(abc.ABC):
         for attempt in range(3):
             path, fd = self._open_target(nbytes, attempt)
             try:
-                ref = _write_blob(fd, path, header, buffers, spans, nbytes)
+                blob_id = _write_blob(fd, header, buffers, spans)
                 size = os.fstat(fd).st_size
             except BaseException as exc:
                 self._on_failed(path, nbytes)
@@ -264,6 +273,13 @@ class _BlobSink(abc.ABC):
                 continue
             finally:
                 os.close(fd)  # also drops the exclusive lock of a reused segment
+            ref = BlobRef(
+                segment=path,
+                blob_id=blob_id,
+                header=(_HEADER_OFFSET, len(header)),
+                buffers=spans,
+                nbytes=nbytes,
+            )
             return self._on_written(ref, size)
         raise AssertionError("unreachable")
 
@@ -327,6 +343,13 @@ class BlobStore(_BlobSink):
     spill_directory : str, optional
         Where :meth:`spill` makes its private directory of spilled segments
         (default: the temporary directory).
+    idle_seconds : float
+        If positive, a background thread keeps the free pool (see
+        :mod:`~localsched.transport.shm_pool`): it pre-allocates as many
+        segments of a size as values of that size (8 MiB or more) were written
+        in the last ``idle_seconds``, and unlinks free segments unused for that
+        long. Default 0: off (the pool then only has its cap; a
+        :class:`~localsched.LocalCluster` uses ``POOL_IDLE_SECONDS``).
 
     Attributes
     ----------
@@ -354,6 +377,7 @@ class BlobStore(_BlobSink):
         max_free_bytes: int | None = None,
         min_shm_bytes: int = 128 << 20,
         spill_directory: str | None = None,
+        idle_seconds: float = 0.0,
     ) -> None:
         token = secrets.token_hex(4) if token is None else token
         if not token.isalnum():
@@ -403,6 +427,10 @@ class BlobStore(_BlobSink):
         self.spilled_total_bytes = 0
         # Where segments of this store can be: reclaim scans them, adopt checks.
         self._directories = {self.directory, self.fallback_directory}
+        self.idle_seconds = idle_seconds
+        self._keeper: PoolKeeper | None = None
+        if idle_seconds > 0:
+            self._keeper = PoolKeeper(self, idle_seconds)
 
     @property
     def free_bytes(self) -> int:
@@ -429,6 +457,19 @@ class BlobStore(_BlobSink):
     def spill_directory(self) -> str:
         """Directory of spilled segments ("" until the first spill)."""
         return self._spill_directory
+
+    def trim_idle(self, before: float) -> int:
+        """Unlink free segments that joined the free list before monotonic time
+        ``before`` and were not taken since; return how many."""
+        with self._lock:
+            victims = []
+            for segment in list(self._free_lru.values()):  # oldest first
+                if segment.freed_at >= before:
+                    break
+                self._remove_free(segment)
+                victims.append(segment.path)
+        _unlink_quietly(victims)
+        return len(victims)
 
     def touch(self, ref: BlobRef) -> None:
         """Mark a value as just used: it is spilled after those used before it."""
@@ -588,6 +629,8 @@ class BlobStore(_BlobSink):
             self._live[ref.segment] = (ref.blob_id, segment)
             if self._is_pooled_kind(segment):
                 self._live_memory_bytes += segment.allocated
+                if self._keeper is not None and segment.allocated >= WARM_FROM:
+                    self._keeper.busy()
                 return
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
@@ -640,7 +683,8 @@ class BlobStore(_BlobSink):
         Parameters
         ----------
         nbytes : int
-            Free bytes wanted in the size class of ``segment_size``.
+            Free bytes wanted in the size class of ``segment_size``, in
+            segments no reader maps now.
         segment_size : int, optional
             Size of the values expected; default ``nbytes`` (one segment).
 
@@ -653,10 +697,9 @@ class BlobStore(_BlobSink):
         created = 0
         while True:
             with self._lock:
-                bucket = self._free.get(capacity, {})
                 if (
                     self._closed
-                    or sum(s.allocated for s in bucket.values()) >= nbytes
+                    or self._reusable_bytes(capacity) >= nbytes
                     or self._free_bytes + capacity > self.max_free_bytes
                 ):
                     return created
@@ -687,6 +730,10 @@ class BlobStore(_BlobSink):
         """
         with self._lock:
             self._closed = True
+            keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.stop()  # before the files go: it may be making one
+        with self._lock:
             for table in (self._live, self._leased, self._free, self._free_lru):
                 table.clear()
             self._free_bytes = self._leased_bytes = self._live_memory_bytes = 0
@@ -731,6 +778,7 @@ class BlobStore(_BlobSink):
             self._live[ref.segment] = (ref.blob_id, segment)
             if self._is_pooled_kind(segment):
                 self._live_memory_bytes += size
+                self._note_use(segment.capacity)
         return ref
 
     def _fallback(self) -> str:
@@ -753,7 +801,26 @@ class BlobStore(_BlobSink):
                 return segment, fd
         return None
 
+    def _note_use(self, capacity: int) -> None:
+        if capacity >= WARM_FROM and self._keeper is not None:
+            self._keeper.note(capacity)
+
+    def _reusable_bytes(self, capacity: int) -> int:
+        """Free bytes of a size class that no reader maps now (a reader keeps a
+        value's segment from reuse while its task's worker holds the value)."""
+        total = 0
+        for segment in self._free.get(capacity, {}).values():
+            try:
+                fd = _lock_exclusive(segment.path)
+            except OSError:
+                continue  # gone: _take_free drops it
+            if fd is not None:
+                os.close(fd)
+                total += segment.allocated
+        return total
+
     def _add_free(self, segment: _Segment) -> None:
+        segment.freed_at = time.monotonic()
         self._free.setdefault(segment.capacity, {})[segment.path] = segment
         self._free_lru[segment.path] = segment
         self._free_bytes += segment.allocated
@@ -890,57 +957,6 @@ class BlobWriter(_BlobSink):
                     return lease.segment, fd
         owner = os.getpid() if self.owner is None else self.owner
         return self._fresh(f"{self.prefix}{owner}.{next(self._seq)}", attempt)
-
-
-def _pickle(obj: object) -> tuple[bytes, list[memoryview]]:
-    buffers: list[memoryview] = []
-
-    def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        buffers.append(buffer.raw())
-        return False  # false means out-of-band: pickle must not copy it
-
-    header = pickling.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
-    return header, buffers
-
-
-def _layout(
-    header_len: int, buffers: list[memoryview]
-) -> tuple[tuple[tuple[int, int], ...], int]:
-    end = _HEADER_OFFSET + header_len
-    spans = []
-    for buffer in buffers:
-        # No padding before an empty buffer: the value must end on a written byte,
-        # or a reader's mmap of nbytes would reach past the end of the file.
-        start = -(-end // _ALIGN) * _ALIGN if buffer.nbytes else end
-        spans.append((start, buffer.nbytes))
-        end = start + buffer.nbytes
-    return tuple(spans), end
-
-
-def _size_class(nbytes: int) -> int:
-    return max(mmap.PAGESIZE, 1 << (nbytes - 1).bit_length())
-
-
-def _write_blob(
-    fd: int,
-    path: str,
-    header: bytes,
-    buffers: list[memoryview],
-    spans: tuple[tuple[int, int], ...],
-    nbytes: int,
-) -> BlobRef:
-    blob_id = secrets.randbits(64)
-    _pwrite_all(fd, _STAMP.pack(_MAGIC, blob_id), 0)
-    _pwrite_all(fd, header, _HEADER_OFFSET)
-    for (offset, _), buffer in zip(spans, buffers, strict=True):
-        _pwrite_all(fd, buffer, offset)
-    return BlobRef(
-        segment=path,
-        blob_id=blob_id,
-        header=(_HEADER_OFFSET, len(header)),
-        buffers=spans,
-        nbytes=nbytes,
-    )
 
 
 def _remove_directory(directory: str, owner_pid: int) -> None:

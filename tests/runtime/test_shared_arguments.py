@@ -107,3 +107,31 @@ def test_arguments_never_posted_are_freed_by_the_client():
         assert again[0].result(timeout=DEADLINE) == MiB
         assert _live_bytes(cluster) == with_argument
         assert client.submit(identity, 1).result(timeout=DEADLINE) == 1
+
+
+def _nbytes(array: object) -> int:
+    return int(array.nbytes)  # type: ignore[attr-defined]
+
+
+def test_a_hand_off_copies_the_value_once_and_the_consumer_copies_no_data():
+    np = pytest.importorskip("numpy")
+    from localsched.transport.shm import bytes_copied
+
+    nbytes = 8 * MiB
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        producer, consumer = list(cluster.scheduler.workers)
+        before = client.run(bytes_copied)
+        here = bytes_copied()
+        produced = client.submit(np.ones, nbytes // 8, workers=[producer])
+        consumed = client.submit(_nbytes, produced, workers=[consumer])
+        assert consumed.result(timeout=DEADLINE) == nbytes
+        after = client.run(bytes_copied)
+        # The producer wrote the array once (plus its stamp and pickle stream)...
+        assert nbytes <= after[producer] - before[producer] < nbytes + 4096
+        # ...the consumer mapped it, reading only the pickle stream...
+        assert after[consumer] - before[consumer] < 4096
+        # ...and the client's process (the scheduler's too) copied nothing.
+        assert bytes_copied() == here
