@@ -92,7 +92,8 @@ def test_progress_outside_a_terminal_redraws_dasks_bar_after_carriage_returns(
     out = console.file.getvalue()
     # dask's TextProgressBar bytes: every draw starts with \r, no line breaks
     # until the end, then the final bar is kept and the line ended.
-    assert out.startswith("\r[") and out.endswith("\r\n")
+    assert out.startswith("\r[")
+    assert out.endswith("\r\n")
     assert out.count("\n") == 1
     segments = out.split("\r")
     assert segments[1].startswith(f"[{' ' * 40}] | 0% Completed | "), segments

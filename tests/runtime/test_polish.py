@@ -67,7 +67,8 @@ def test_progress_lines_outside_a_terminal_never_wrap(client):
     out = console.file.getvalue()
     # Written as dask writes it, not through rich: the console's width never
     # breaks the bar, only the final newline ends it.
-    assert out.count("\n") == 1 and out.endswith("\r\n")
+    assert out.count("\n") == 1
+    assert out.endswith("\r\n")
     draws = out.split("\r")[1:-1]
     assert len(draws) >= 2
     assert all(d.startswith("[") and len(d) > 40 for d in draws), draws
