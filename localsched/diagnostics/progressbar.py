@@ -4,8 +4,8 @@ One implementation draws everywhere with rich: a live table in a terminal
 (``rich.live.Live``), HTML exported by rich in Jupyter (published with a display
 id and updated in place, so no ipywidgets extension is needed). When the output
 is not a terminal (a pipe, a CI log, pytest's ``capsys``) it writes dask's
-``TextProgressBar`` instead: the text bar redrawn after ``\r``, e.g.
-``\r[########################################] | 100% Completed |  1.2s``.
+``TextProgressBar`` instead: the text bar redrawn after ``\\r``, e.g.
+``\\r[########################################] | 100% Completed |  1.2s``.
 Every mode ends with that line.
 Counts come from a ``ProgressTracker`` plugin registered for the bar's life.
 """
