@@ -30,8 +30,9 @@ def progress(
 
     In a notebook the bar shows at once and updates in place while the cell
     returns (non-blocking); in a script it blocks until every task finished.
-    It draws live in a terminal, prints a plain line every few seconds when the
-    output is not a terminal, and ends with dask's text bar line.
+    It draws live in a terminal; when the output is not a terminal (a pipe, a
+    log, pytest's ``capsys``) it writes dask's text bar to standard output,
+    redrawn after ``\\r``, and ends with the final bar and a newline.
 
     Parameters
     ----------
@@ -46,9 +47,10 @@ def progress(
     group_by
         Only ``"prefix"`` (as dask's default) is supported.
     **kwargs
-        ``interval`` (seconds between refreshes), ``console`` (a rich Console),
-        ``line_interval`` (seconds between plain lines in a log); dask's
-        ``loop`` is accepted and not needed.
+        ``interval`` (seconds between refreshes, or a duration string such as
+        ``"20ms"``), ``console`` (a rich Console; its file receives the text
+        bar), ``line_interval`` (seconds between redraws of an unchanged text
+        bar); dask's ``loop`` is accepted and not needed.
 
     Returns
     -------
@@ -58,7 +60,7 @@ def progress(
     --------
     >>> futures = client.map(slowinc, range(100))  # doctest: +SKIP
     >>> progress(futures)  # doctest: +SKIP
-    [########################################] | 100% Completed | 1.2s
+    [########################################] | 100% Completed |  1.2s
     """
     kwargs.pop("loop", None)  # dask's event loop argument: the bar has a thread
     if group_by != "prefix":

@@ -2,10 +2,11 @@
 
 One implementation draws everywhere with rich: a live table in a terminal
 (``rich.live.Live``), HTML exported by rich in Jupyter (published with a display
-id and updated in place, so no ipywidgets extension is needed), and plain
-periodic lines when the output is not a terminal (CI logs). Every mode ends
-with dask's text bar line, e.g.
-``[########################################] | 100% Completed | 1.2s``.
+id and updated in place, so no ipywidgets extension is needed). When the output
+is not a terminal (a pipe, a CI log, pytest's ``capsys``) it writes dask's
+``TextProgressBar`` instead: the text bar redrawn after ``\\r``, e.g.
+``\\r[########################################] | 100% Completed |  1.2s``.
+Every mode ends with that line.
 Counts come from a ``ProgressTracker`` plugin registered for the bar's life.
 """
 
@@ -31,22 +32,26 @@ TEXT_WIDTH = 40
 
 
 def format_time(seconds: float) -> str:
-    """``1.2s``, ``2min 3s``, ``1hr 4min``: dask's text bar durations."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}min {secs}s"
+    """`` 1.2s``, ``16min 40.4s``, ``27hr 46min 40.4s``: dask's ``format_time``."""
+    minutes, secs = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}hr {minutes}min"
+    if hours:
+        return f"{hours:2.0f}hr {minutes:2.0f}min {secs:4.1f}s"
+    if minutes:
+        return f"{minutes:2.0f}min {secs:4.1f}s"
+    return f"{secs:4.1f}s"
 
 
 def text_line(snapshot: ProgressSnapshot, width: int = TEXT_WIDTH) -> str:
-    """dask's text bar: ``[####      ] | 40% Completed | 1.2s`` (+ errors)."""
+    """dask's text bar: ``[####      ] | 10% Completed |  1.2s`` (+ errors).
+
+    Rounded down as dask's ``TextProgressBar``: it reads 100% only when every
+    task finished.
+    """
     fraction = snapshot.fraction
-    filled = round(width * fraction)
+    filled = int(width * fraction)
     line = (
-        f"[{'#' * filled}{' ' * (width - filled)}] | {fraction:4.0%} Completed | "
+        f"[{'#' * filled:<{width}}] | {int(100 * fraction)}% Completed | "
         f"{format_time(snapshot.elapsed)}"
     )
     if snapshot.erred:
@@ -159,7 +164,8 @@ class ProgressBar:
     console
         The rich ``Console`` to draw on (default: standard output).
     line_interval
-        Seconds between plain lines when the output is not a terminal.
+        When the output is not a terminal: seconds between redraws of a bar
+        whose counts did not change (a change redraws at the next interval).
     """
 
     def __init__(
@@ -242,7 +248,7 @@ class ProgressBar:
             if console.is_terminal:
                 self._run_live(console)
             else:
-                self._run_lines(console)
+                self._run_text(console)
         finally:
             self.stop()
 
@@ -260,43 +266,32 @@ class ProgressBar:
         view = self.view()
         console.print(view)
 
-    def _run_lines(self, console: Any) -> None:
-        """Plain lines, one every ``line_interval`` seconds: a CI log stays
-        readable (no carriage returns, no escape codes)."""
-        every = self.line_interval
-        next_line = time.monotonic() + every
-        while not self._wait_step(min(self.interval, every)):
-            if time.monotonic() >= next_line:
-                next_line = time.monotonic() + every
-                # soft_wrap: one line per report, however narrow the console
-                # (rich assumes 80 columns when it is not a terminal).
-                console.print(
-                    self._plain_progress(),
-                    highlight=False,
-                    markup=False,
-                    soft_wrap=True,
-                )
+    def _run_text(self, console: Any) -> None:
+        """dask's ``TextProgressBar``: the text bar redrawn after ``\\r``.
+
+        Output that is not a terminal gets the bytes dask writes there, so a
+        script's captured output (and dask's own tests of it) read the same.
+        Unlike dask, an unchanged bar is redrawn only every ``line_interval``
+        seconds (a long run's log stays small), and the final bar is kept and
+        ended with ``\\r\\n`` where dask erases it: the last ``\\r``-separated
+        segment before the newline is the final state, as dask's tests read it.
+        """
+        stream = console.file  # sys.stdout as it is now (pytest's capsys swaps it)
+        drawn: tuple[float, int] | None = None
+        drawn_at = 0.0
+        while not self._wait_step(self.interval):
+            snapshot = self.snapshot()
+            shown = (snapshot.fraction, snapshot.erred)  # all but the time
+            now = time.monotonic()
+            if shown != drawn or now - drawn_at >= self.line_interval:
+                drawn, drawn_at = shown, now
+                _write(stream, "\r" + text_line(snapshot))
         snapshot = self.snapshot()
-        console.print(
-            text_line(snapshot), highlight=False, markup=False, soft_wrap=True
-        )
+        final = "\r" + text_line(snapshot) + "\r\n"
         if snapshot.first_error is not None:
             key, error = snapshot.first_error
-            console.print(
-                f"first error: {key!r}: {error}",
-                style="red",
-                highlight=False,
-                markup=False,
-                soft_wrap=True,
-            )
-
-    def _plain_progress(self) -> str:
-        snapshot = self.snapshot()
-        counts = ", ".join(
-            f"{p.name} {p.finished}/{p.total}"
-            for p in sorted(snapshot.prefixes, key=lambda p: p.name)
-        )
-        return f"{text_line(snapshot)} | {counts}"
+            final += f"first error: {key!r}: {error}\n"
+        _write(stream, final)
 
     # -- non-blocking: Jupyter ---------------------------------------------------------
 
@@ -346,6 +341,14 @@ class ProgressBar:
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return self.tracker.finished.wait(timeout)
+
+
+def _write(stream: Any, text: str) -> None:
+    # As dask's bar: a closed stream (the interpreter shutting down, a closed
+    # pipe) loses the drawing rather than failing the computation it watches.
+    with contextlib.suppress(ValueError):
+        stream.write(text)
+        stream.flush()
 
 
 #: Notebook bars still drawing from their threads.

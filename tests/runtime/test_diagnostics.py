@@ -21,7 +21,8 @@ from tests.runtime.helpers import DEADLINE, block, poll
 
 pytestmark = pytest.mark.timeout(60)
 
-FINAL_LINE = re.compile(r"\[#{40}\] \| 100% Completed \| \d+\.\ds")
+# dask's final bar; its time is dask's format_time ("{:4.1f}s", padded).
+FINAL_LINE = re.compile(r"\[#{40}\] \| 100% Completed \| +\d+\.\ds")
 
 
 def inc(x: int) -> int:
@@ -68,7 +69,9 @@ def test_progress_in_a_log_ends_with_dasks_line_and_counts_dependencies(client):
     assert progress_plugins(client) == []  # registered only while the bar runs
 
 
-def test_progress_prints_plain_lines_while_tasks_run(client, tmp_path):
+def test_progress_outside_a_terminal_redraws_dasks_bar_after_carriage_returns(
+    client, tmp_path
+):
     release = tmp_path / "release"
     futures = client.map(block, [str(release)] * 2, pure=False)
     console = plain_console()
@@ -79,15 +82,23 @@ def test_progress_prints_plain_lines_while_tasks_run(client, tmp_path):
     )
     runner.start()
     try:
-        assert poll(lambda: "block 0/2" in console.file.getvalue())
+        # Unchanged counts are redrawn every line_interval (the time moves on).
+        assert poll(lambda: console.file.getvalue().count("\r[") >= 3)
         assert progress_plugins(client)  # the tracker counts while the bar runs
     finally:
         release.touch()
         runner.join(DEADLINE)
     assert not runner.is_alive()
-    lines = console.file.getvalue().splitlines()
-    assert "|   0% Completed |" in lines[0]
-    assert FINAL_LINE.match(lines[-1]), lines
+    out = console.file.getvalue()
+    # dask's TextProgressBar bytes: every draw starts with \r, no line breaks
+    # until the end, then the final bar is kept and the line ended.
+    assert out.startswith("\r[")
+    assert out.endswith("\r\n")
+    assert out.count("\n") == 1
+    segments = out.split("\r")
+    assert segments[1].startswith(f"[{' ' * 40}] | 0% Completed | "), segments
+    assert FINAL_LINE.fullmatch(segments[-2]), segments
+    assert segments[-1] == "\n"
 
 
 def test_progress_in_a_terminal_draws_a_bar_per_prefix_with_rate(client):
