@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
+from localsched.deploy.warming import WarmImports, WarmOption
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -198,6 +199,14 @@ class LocalCluster:
         nothing listens unless asked). A host left out means 127.0.0.1; the
         link, with its access token, is ``dashboard_link`` (docs/dashboard.md).
         Needs bokeh (``pip install 'localsched[dashboard]'``).
+    warm_imports
+        Modules each worker process imports in the background once it is
+        ready, so the first task using them does not wait: ``"auto"`` (the
+        default, from dask's config ``localsched.worker.warm-imports``): the
+        heavy data modules this process has imported (numpy, pandas, pyarrow,
+        dask.dataframe, ...; ``localsched.deploy.warming.WARM_CANDIDATES``);
+        a list of module names (may include ``"auto"``); False: none. An
+        import that fails is logged by the worker and skipped.
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
@@ -227,6 +236,7 @@ class LocalCluster:
         worker_saturation: float | str | None = None,
         name: str | None = None,
         dashboard_address: str | int | None = None,
+        warm_imports: WarmOption = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
@@ -262,6 +272,8 @@ class LocalCluster:
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.resources = dict(resources or {})
+        #: What new worker processes import once ready (deploy/warming.py).
+        self.warm_imports = WarmImports(warm_imports)
         self.memory_limit = parse_memory_limit(memory_limit, threads_per_worker, cores)
         number = next(_cluster_ids)
         self.name = name or f"LocalCluster-{os.getpid()}-{number}"
@@ -379,6 +391,7 @@ class LocalCluster:
                     name,
                     self.resources,
                     executing_page=page,
+                    warm_imports=self.warm_imports.modules(),
                 )
             else:
                 from localsched.worker.main import Worker

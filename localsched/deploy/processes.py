@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
@@ -97,6 +97,7 @@ def start_worker(
     name: str,
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
+    warm_imports: Sequence[str] = (),
 ) -> tuple[ChildProcess, Connection]:
     """Start a worker process; return it and the scheduler's end of its pipe.
 
@@ -104,7 +105,8 @@ def start_worker(
     pipe's first message: a command line is visible to every user, with this
     process's ``multiprocessing`` authkey, as multiprocessing's children
     inherit it), records its
-    executing tasks in ``executing_page`` if given; its stderr is captured
+    executing tasks in ``executing_page`` if given and imports ``warm_imports``
+    in the background once ready; its stderr is captured
     (``ChildProcess.stderr``).
     """
     ours, theirs = multiprocessing.Pipe(duplex=True)
@@ -135,6 +137,7 @@ def start_worker(
         "store": store,
         "authkey": authkey,
         "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "warm_imports": list(warm_imports),
     }
     ours.send_bytes(json.dumps(setup).encode())
     return process, ours

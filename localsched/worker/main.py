@@ -94,9 +94,10 @@ from localsched.worker.execute import (
 )
 from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
+from localsched.worker.warming import start_warm_imports
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable, Mapping
+    from collections.abc import Hashable, Iterable, Mapping, Sequence
     from multiprocessing.connection import Connection
 
     from localsched.transport.executing import ExecutingPage
@@ -124,6 +125,7 @@ def run_worker(
     writer: BlobWriter | None = None,
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
+    warm: Sequence[str] = (),
 ) -> None:
     """Entry point of a worker process (a ``multiprocessing`` ``Process`` target).
 
@@ -142,6 +144,9 @@ def run_worker(
     executing_page : ExecutingPage, optional
         Shared with the scheduler: the run_id of every task executing here,
         which the scheduler reads if this process dies.
+    warm : sequence of str, optional
+        Modules to import in the background once the worker said hello
+        (``localsched.worker.warming``).
 
     Notes
     -----
@@ -159,6 +164,7 @@ def run_worker(
     try:
         worker = Worker(conn, nthreads, writer, resources, executing_page)
         worker.owns_process = True
+        worker.warm_imports = list(warm)
         # The worker's own records, for Client.get_worker_logs (dask keeps
         # "distributed.worker" at INFO likewise). INFO never reaches stderr:
         # logging's last-resort handler prints WARNING and above only.
@@ -294,6 +300,9 @@ class Worker:
         #: The last log records of this process (``Client.get_worker_logs``);
         #: ``run_worker`` attaches it to the ``localsched`` logger.
         self.log_ring = LogRing()
+        #: Modules imported in the background after the hello (warming.py);
+        #: only a worker that is its own process has any.
+        self.warm_imports: list[str] = []
         #: Samples the task threads (``Client.profile``); started by the
         #: first task, so an idle worker runs no sampling thread.
         self.profiler: Profiler | None = None
@@ -328,6 +337,8 @@ class Worker:
         for thread in threads:
             thread.daemon = True
             thread.start()
+        # After the hello and the task threads: start-up never waits for it.
+        start_warm_imports(self.warm_imports)
         try:
             return self._control_loop()
         finally:
