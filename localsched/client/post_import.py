@@ -76,7 +76,7 @@ class _Loader(importlib.abc.Loader):
 
     def create_module(self, spec: Any) -> ModuleType | None:
         create = getattr(self._loader, "create_module", None)
-        return None if create is None else create(spec)  # type: ignore[no-any-return]
+        return None if create is None else create(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
