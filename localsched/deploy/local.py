@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import start_janitor, start_worker
+from localsched.deploy.template import Template, resolve_start_method
 from localsched.deploy.warming import WarmImports, WarmOption
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
@@ -207,6 +208,12 @@ class LocalCluster:
         dask.dataframe, ...; ``localsched.deploy.warming.WARM_CANDIDATES``);
         a list of module names (may include ``"auto"``); False: none. An
         import that fails is logged by the worker and skipped.
+    worker_start_method
+        ``"template"`` (the default where supported, from dask's config
+        ``localsched.worker.start-method``): worker processes are forked from
+        a pre-imported template process the cluster starts
+        (``localsched.deploy.template``), in milliseconds; ``"spawn"``: each
+        worker is a fresh interpreter.
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
@@ -237,6 +244,7 @@ class LocalCluster:
         name: str | None = None,
         dashboard_address: str | int | None = None,
         warm_imports: WarmOption = None,
+        worker_start_method: str | None = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
@@ -283,6 +291,9 @@ class LocalCluster:
         self._adaptive: Adaptive | None = None
         self._target = n_workers
         self._dashboard: DashboardServer | None = None
+        #: The process workers are forked from (None: they are spawned).
+        self._template: Template | None = None
+        self._janitor: tuple[Any, Connection] | None = None
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
         sweep_stale_segments()
@@ -302,9 +313,14 @@ class LocalCluster:
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
-        self._janitor = _start_janitor(self.store) if processes else None
         self.scheduler.started = time.time()
         self.runtime.start()
+        if processes and resolve_start_method(worker_start_method) == "template":
+            # From the scheduler thread, as workers (see _start_workers).
+            self._template = self.runtime.call(_start_template).result()
+        self._janitor = (
+            start_janitor(self.store.directory, self._template) if processes else None
+        )
         try:
             self._preloads = self.runtime.call(
                 lambda: start_scheduler(
@@ -392,6 +408,7 @@ class LocalCluster:
                     self.resources,
                     executing_page=page,
                     warm_imports=self.warm_imports.modules(),
+                    template=self._template,
                 )
             else:
                 from localsched.worker.main import Worker
@@ -633,6 +650,8 @@ class LocalCluster:
             return
         self.status = "closing"
         started = time.monotonic()
+        if self._template is not None:
+            self._template.is_closing = True
         is_clean = False
         try:
             self._stop_live_views()
@@ -676,6 +695,9 @@ class LocalCluster:
         finally:
             if self._janitor is not None:
                 _stop_janitor(*self._janitor, is_clean=is_clean)
+            # Last: it reports the exit codes of what it forked.
+            if self._template is not None:
+                self._template.close()
         self.status = "closed"
         logger.info(
             "%s closed in %.0f ms", self.name, 1000 * (time.monotonic() - started)
@@ -864,8 +886,12 @@ def _pause_briefly() -> None:
 # -- janitor -------------------------------------------------------------------------
 
 
-def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
-    return start_janitor(store.directory)
+def _start_template() -> Template | None:
+    try:
+        return Template()
+    except Exception:
+        logger.exception("Could not start the worker template: spawning workers")
+        return None
 
 
 def _stop_janitor(process: Any, conn: Connection, is_clean: bool) -> None:

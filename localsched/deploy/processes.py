@@ -27,9 +27,10 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from localsched.deploy.template import ForkedProcess, Template
     from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
 
@@ -98,7 +99,8 @@ def start_worker(
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
     warm_imports: Sequence[str] = (),
-) -> tuple[ChildProcess, Connection]:
+    template: Template | None = None,
+) -> tuple[ChildProcess | ForkedProcess, Connection]:
     """Start a worker process; return it and the scheduler's end of its pipe.
 
     The worker writes results with ``writer``'s store directories (sent as the
@@ -107,21 +109,31 @@ def start_worker(
     inherit it), records its
     executing tasks in ``executing_page`` if given and imports ``warm_imports``
     in the background once ready; its stderr is captured
-    (``ChildProcess.stderr``).
+    (``ChildProcess.stderr``). It is forked from ``template`` if given and
+    working (``template.py``), else started as a fresh interpreter.
     """
     ours, theirs = multiprocessing.Pipe(duplex=True)
+    process: ChildProcess | ForkedProcess | None = None
     try:
         fd = theirs.fileno()
-        args = ["-m", "localsched.worker", str(fd), str(nthreads)]
-        pass_fds = [fd]
+        options: list[Any] = []
         if resources:
-            args.append(f"--resources={json.dumps(dict(resources))}")
-        if executing_page is not None:
-            args.append(f"--executing-fd={executing_page.fileno()}")
-            pass_fds.append(executing_page.fileno())
-        process = ChildProcess(
-            args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
-        )
+            options.append(f"--resources={json.dumps(dict(resources))}")
+        if template is not None:
+            fds = [fd]
+            if executing_page is not None:
+                fds.append(executing_page.fileno())
+                options.append({"fd": 2, "prefix": "--executing-fd="})
+            process = _fork(template, [{"fd": 1}, str(nthreads), *options], fds, name)
+        if process is None:
+            pass_fds = [fd]
+            if executing_page is not None:
+                options.append(f"--executing-fd={executing_page.fileno()}")
+                pass_fds.append(executing_page.fileno())
+            args = ["-m", "localsched.worker", str(fd), str(nthreads), *options]
+            process = ChildProcess(
+                args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
+            )
     finally:
         theirs.close()
     store = None
@@ -143,18 +155,77 @@ def start_worker(
     return process, ours
 
 
-def start_janitor(directory: str) -> tuple[ChildProcess, Connection]:
+def start_janitor(
+    directory: str, template: Template | None = None
+) -> tuple[ChildProcess | ForkedProcess, Connection]:
     """Start the janitor for the store's ``directory`` (sent through the pipe,
-    not the command line); return it and the write end that keeps it waiting."""
+    not the command line); return it and the write end that keeps it waiting.
+    Forked from ``template`` if given and working (it writes to our stderr)."""
     reader, writer = multiprocessing.Pipe(duplex=False)
+    process: ChildProcess | ForkedProcess | None = None
     try:
         fd = reader.fileno()
-        process = ChildProcess(
-            ["-m", "localsched.transport.janitor", str(fd)],
-            pass_fds=(fd,),
-            name="localsched-janitor",
-        )
+        if template is not None:
+            process = _fork_janitor(template, fd)
+        if process is None:
+            process = ChildProcess(
+                ["-m", "localsched.transport.janitor", str(fd)],
+                pass_fds=(fd,),
+                name="localsched-janitor",
+            )
     finally:
         reader.close()
     writer.send_bytes(directory.encode())
     return process, writer
+
+
+def _fork_janitor(template: Template, fd: int) -> ForkedProcess | None:
+    """The janitor forked from ``template``, writing to our stderr (or nowhere
+    if this process has none)."""
+    try:
+        stderr = os.dup(2)
+    except OSError:
+        stderr = os.open(os.devnull, os.O_WRONLY)
+    try:
+        return _fork_from(
+            template,
+            "localsched.transport.janitor",
+            [{"fd": 1}],
+            [stderr, fd],
+            "localsched-janitor",
+        )
+    finally:
+        os.close(stderr)
+
+
+def _fork(
+    template: Template, argv: list[Any], fds: list[int], name: str
+) -> ForkedProcess | None:
+    """A worker forked from ``template``, its stderr a pipe we read; None if
+    the template cannot (the caller spawns instead)."""
+    read_end, write_end = os.pipe()
+    try:
+        process = _fork_from(
+            template, "localsched.worker", argv, [write_end, *fds], name
+        )
+    finally:
+        os.close(write_end)
+    if process is None:
+        os.close(read_end)
+        return None
+    os.set_blocking(read_end, False)
+    process.stderr = open(read_end, "rb", buffering=0)  # noqa: SIM115 (kept)
+    return process
+
+
+def _fork_from(
+    template: Template, module: str, argv: list[Any], fds: list[int], name: str
+) -> ForkedProcess | None:
+    from localsched.deploy.template import TemplateError
+
+    if template.is_broken:
+        return None
+    try:
+        return template.fork(module, argv, fds, name)
+    except TemplateError:
+        return None
