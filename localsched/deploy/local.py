@@ -296,6 +296,9 @@ class LocalCluster:
         self._janitor: tuple[Any, Connection] | None = None
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
+        if processes and resolve_start_method(worker_start_method) == "template":
+            # First: it boots while the rest is built.
+            self._template = _start_template()
         sweep_stale_segments()
         self.store = BlobStore(spill_directory=kwargs.pop("local_directory", None))
         self.scheduler = Scheduler(
@@ -315,9 +318,6 @@ class LocalCluster:
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
         self.scheduler.started = time.time()
         self.runtime.start()
-        if processes and resolve_start_method(worker_start_method) == "template":
-            # From the scheduler thread, as workers (see _start_workers).
-            self._template = self.runtime.call(_start_template).result()
         self._janitor = (
             start_janitor(self.store.directory, self._template) if processes else None
         )

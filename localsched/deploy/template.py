@@ -1,7 +1,8 @@
 """The cluster's template process: workers forked from a pre-imported process.
 
 A ``LocalCluster`` starts one template (``python -m localsched.worker.template``,
-see there for the protocol) from its scheduler thread as it starts, and asks
+see there for the protocol and its lifetime) first thing, so that it boots
+while the cluster builds its scheduler and store, and asks
 it for every worker process (the first ones, replacements, ``scale`` and
 ``adapt``) and for the janitor. A fork of the template is ready in a few
 milliseconds where a fresh interpreter takes 0.1-0.2 s of CPU, so on a busy
@@ -92,7 +93,7 @@ class Template:
         try:
             fd = theirs.fileno()
             self.process = ChildProcess(
-                ["-m", "localsched.worker.template", str(fd)],
+                ["-m", "localsched.worker.template", str(fd), str(os.getpid())],
                 pass_fds=(fd,),
                 name="localsched-template",
             )
@@ -131,7 +132,8 @@ class Template:
         if self.is_broken:
             raise TemplateError("the template process is gone")
         ident = next(self._ids)
-        message = json.dumps({"id": ident, "module": module, "argv": argv}).encode()
+        request = {"id": ident, "module": module, "argv": argv, "name": name}
+        message = json.dumps(request).encode()
         deadline = time.monotonic() + FORK_TIMEOUT
         with self._lock:
             try:

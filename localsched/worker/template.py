@@ -24,10 +24,13 @@ process that is not its child. The pidfd opened before the reply (the child
 cannot be reaped before the template's loop runs again) lets the cluster
 watch and signal the child without pid-reuse races.
 
-Lifetime: the template exits at its socket's EOF (the cluster closed or died)
-and asks Linux to SIGKILL it when its parent thread dies (``PR_SET_PDEATHSIG``,
-as workers do); workers it forked ask the same of it, so they die with it. A
-janitor it forked does not: it must outlive the cluster.
+Lifetime: the template exits at its socket's EOF (the cluster closed) or
+when the user's process ends (a pidfd of it: a socket inherited by a fork of
+the user's process must not keep it alive). Not ``PR_SET_PDEATHSIG``: that
+fires when the *thread* that started the template ends, and the template must
+outlive the scheduler thread, to reap the janitor it forked. Workers it forked
+ask Linux to SIGKILL them when the template dies, so they die with it; a
+janitor does not: it must outlive the cluster.
 """
 
 from __future__ import annotations
@@ -47,12 +50,11 @@ MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
 
 
-def main(fd: int) -> None:
-    """Serve fork requests on socket ``fd`` until its EOF, then exit."""
-    from localsched.worker.main import _die_with_parent
-
-    _die_with_parent()
+def main(fd: int, parent: int) -> None:
+    """Serve fork requests on socket ``fd`` until its EOF or the death of
+    process ``parent`` (the user's), then exit."""
     sock = socket.socket(fileno=fd)
+    parent_fd = _watch(parent)
     # What a child runs, imported once here (the point of the template).
     from localsched.transport import janitor
     from localsched.worker import __main__ as worker
@@ -67,9 +69,11 @@ def main(fd: int) -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    own_fds = (sock.fileno(), wake_r, wake_w)
+    own_fds = (sock.fileno(), wake_r, wake_w, parent_fd)
     while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        readable, _, _ = select.select([sock.fileno(), wake_r, parent_fd], [], [])
+        if parent_fd in readable:
+            break  # the user's process died (its socket may live on in a fork)
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
@@ -85,6 +89,14 @@ def main(fd: int) -> None:
                 break  # the cluster closed or died
             _fork(sock, json.loads(data), fds, own_fds, entries)
     os._exit(0)
+
+
+def _watch(parent: int) -> int:
+    """A pidfd of the user's process, readable once that process ended."""
+    fd = os.pidfd_open(parent)
+    if os.getppid() != parent:  # it died before we opened it: end now
+        os._exit(0)
+    return fd
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
@@ -128,7 +140,7 @@ def _fork(
         _send(sock, {"id": ident, "error": f"{type(exc).__name__}: {exc}"}, [])
         return
     if pid == 0:
-        _run_child(entry, [request["module"], *argv], fds, own)
+        _run_child(entry, [request["module"], *argv], fds, own, request.get("name"))
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -143,6 +155,7 @@ def _run_child(
     argv: list[str],
     fds: list[int],
     own: tuple[int, ...],
+    name: str | None = None,
 ) -> None:
     """In the forked child: run ``python -m module argv`` (``entry`` is its
     ``main``, ``argv[0]`` the module); never return."""
@@ -153,6 +166,8 @@ def _run_child(
         for fd in own:
             os.close(fd)
         os.setsid()  # its own session, as a spawned worker: no terminal Ctrl-C
+        if name:
+            _set_name(name)
         os.dup2(fds[0], 2)  # the cluster reads it (runtime/supervision.py)
         os.close(fds[0])
         sys.argv = argv
@@ -171,5 +186,18 @@ def _run_child(
         os._exit(code)
 
 
+def _set_name(name: str) -> None:
+    """Name the process in ``ps -o comm``/``top`` (its command line stays the
+    template's): Linux keeps 15 bytes."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+_PR_SET_NAME = 15  # from <linux/prctl.h>
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))
