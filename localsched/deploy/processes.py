@@ -121,10 +121,11 @@ def start_worker(
             options.append(f"--resources={json.dumps(dict(resources))}")
         if template is not None:
             fds = [fd]
+            forked: list[Any] = [{"fd": 1}, str(nthreads), *options]
             if executing_page is not None:
                 fds.append(executing_page.fileno())
-                options.append({"fd": 2, "prefix": "--executing-fd="})
-            process = _fork(template, [{"fd": 1}, str(nthreads), *options], fds, name)
+                forked.append({"fd": 2, "prefix": "--executing-fd="})
+            process = _fork(template, forked, fds, name)
         if process is None:
             pass_fds = [fd]
             if executing_page is not None:
