@@ -21,25 +21,25 @@ from localsched.deploy.template import (
 from tests.runtime.helpers import DEADLINE, poll
 
 
-def _parents(cluster: LocalCluster) -> set[int]:
-    return {
-        psutil.Process(handle.process.pid).ppid()
-        for handle in cluster.runtime.workers.values()
-    }
+def _parents(client: Client) -> set[int]:
+    """The parent pids of the client's workers, as they report them."""
+    return set(client.run(os.getppid).values())
 
 
 def test_workers_and_scale_up_are_forked_from_the_template():
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
         template = cluster._template
         assert template is not None
-        assert _parents(cluster) == {template.pid}
+        assert _parents(client) == {template.pid}
         janitor = psutil.Process(cluster._janitor[0].pid)
         assert janitor.ppid() == template.pid
         cluster.scale(3)
-        with Client(cluster) as client:
-            client.wait_for_workers(3, timeout=DEADLINE)
-            assert client.submit(sum, [1, 2]).result(DEADLINE) == 3
-        assert _parents(cluster) == {template.pid}
+        client.wait_for_workers(3, timeout=DEADLINE)
+        assert client.submit(sum, [1, 2]).result(DEADLINE) == 3
+        assert _parents(client) == {template.pid}
         process = psutil.Process(template.pid)
     # Closed and reaped once close returns (the leak check covers the rest).
     assert not template.process.is_alive()
@@ -47,39 +47,42 @@ def test_workers_and_scale_up_are_forked_from_the_template():
 
 
 def test_spawn_starts_no_template():
-    with LocalCluster(
+    with Client(
         n_workers=1, threads_per_worker=1, worker_start_method="spawn"
-    ) as cluster:
-        assert cluster._template is None
-        assert _parents(cluster) == {os.getpid()}
+    ) as client:
+        assert client.cluster._template is None
+        assert _parents(client) == {os.getpid()}
 
 
 def test_template_death_kills_its_workers_and_they_are_replaced_by_spawning(
     caplog,
 ):
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
-        Client(cluster) as client,
-    ):
+    with Client(n_workers=2, threads_per_worker=1) as client:
+        cluster = client.cluster
         template = cluster._template
         assert template is not None
-        forked = [
-            psutil.Process(h.process.pid) for h in cluster.runtime.workers.values()
-        ]
+        pids = client.run(os.getpid)
+        forked = [psutil.Process(pid) for pid in pids.values()]
         os.kill(template.pid, signal.SIGKILL)
         # Its workers die with it (PR_SET_PDEATHSIG), the cluster replaces them.
-        assert poll(
-            lambda: not any(p.is_running() and p.status() != "zombie" for p in forked)
-        )
-        assert poll(
-            lambda: (
-                _parents(cluster) == {os.getpid()}
-                and len(cluster.scheduler.workers) == 2
-            )
-        )
+        assert poll(lambda: not _alive(forked))
+        workers = cluster.scheduler.workers
+        assert poll(lambda: len(workers) == 2 and set(workers).isdisjoint(pids))
+        assert _parents(client) == {os.getpid()}
         assert client.submit(sum, [1, 2]).result(DEADLINE) == 3
         assert template.is_broken
     assert any("template process" in r.getMessage() for r in caplog.records)
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            continue
+    return alive
 
 
 def test_template_reports_exit_codes_and_refuses_other_modules():
