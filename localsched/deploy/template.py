@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -159,7 +160,7 @@ class Template:
         ``_lock``); False once it is gone."""
         if self.is_broken:
             return False
-        readable, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        readable = _is_readable(self._sock.fileno(), timeout)
         while readable:
             try:
                 data, fds, _flags, _address = socket.recv_fds(self._sock, 1 << 16, 1)
@@ -174,7 +175,7 @@ class Template:
             for fd in fds:
                 os.set_inheritable(fd, False)
             self._on_message(json.loads(data), fds)
-            readable, _, _ = select.select([self._sock], [], [], 0)
+            readable = _is_readable(self._sock.fileno(), 0.0)
         return True
 
     def _on_message(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -238,12 +239,9 @@ class ForkedProcess:
         """A file descriptor readable once the process exited."""
         return self._pidfd
 
-    def _has_ended(self, timeout: float = 0.0) -> bool:
+    def _has_ended(self, timeout: float | None = 0.0) -> bool:
         pidfd = self._pidfd
-        if pidfd is None:
-            return True
-        readable, _, _ = select.select([pidfd], [], [], max(0.0, timeout))
-        return bool(readable)
+        return pidfd is None or _is_readable(pidfd, timeout)
 
     @property
     def exitcode(self) -> int | None:
@@ -258,7 +256,7 @@ class ForkedProcess:
         return self.exitcode is None
 
     def join(self, timeout: float | None = None) -> None:
-        if self._has_ended(1e9 if timeout is None else timeout):
+        if self._has_ended(timeout):
             self.exitcode  # noqa: B018  (the exit code, while it can be had)
             pidfd, self._pidfd = self._pidfd, None
             if pidfd is not None:
@@ -276,3 +274,13 @@ class ForkedProcess:
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
+
+
+def _is_readable(fd: int, timeout: float | None) -> bool:
+    """Whether ``fd`` is readable (or hung up) within ``timeout`` seconds (None:
+    no limit). ``poll``, not ``select``: the user's process may hold more than
+    ``FD_SETSIZE`` (1024) descriptors."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    wait = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return bool(poller.poll(wait))
