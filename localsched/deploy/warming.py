@@ -25,20 +25,21 @@ __all__ = ["CONFIG_KEY", "WARM_CANDIDATES", "WarmImports"]
 CONFIG_KEY = "localsched.worker.warm-imports"
 
 #: Heavy modules a worker imports ahead when the user's process has them:
-#: the data stack a first dask-collection compute deserializes. In this order,
-#: so that each one's dependencies come first. Others can be named explicitly.
+#: the data stack a first dask-collection compute deserializes. In this order:
+#: the most used first, each one's dependencies before it. Others can be named
+#: explicitly.
 WARM_CANDIDATES = (
     "numpy",
-    "scipy",
-    "pandas",
-    "pyarrow",
-    "polars",
-    "xarray",
-    "sklearn",
     "dask",
     "dask.array",
-    "dask.bag",
+    "pandas",
+    "pyarrow",
     "dask.dataframe",
+    "dask.bag",
+    "scipy",
+    "xarray",
+    "polars",
+    "sklearn",
 )
 
 WarmOption = bool | str | Iterable[str] | None

@@ -338,7 +338,7 @@ class Worker:
             thread.daemon = True
             thread.start()
         # After the hello and the task threads: start-up never waits for it.
-        start_warm_imports(self.warm_imports)
+        start_warm_imports(self.warm_imports, self._is_busy)
         try:
             return self._control_loop()
         finally:
@@ -349,6 +349,10 @@ class Worker:
             self.actors.close()
             self.plugins.close()
             self._outbox.close(None)
+
+    def _is_busy(self) -> bool:
+        """Tasks queued or running (an unlocked look: warm-up only)."""
+        return bool(self._executing or self._queued)
 
     def _heartbeat_loop(self) -> None:
         """While tasks run, tell the scheduler how long they have been running;

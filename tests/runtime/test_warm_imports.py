@@ -99,3 +99,19 @@ def test_warm_imports_default_comes_from_dask_config():
 def test_warm_imports_rejects_what_is_not_a_module_name():
     with pytest.raises(TypeError, match="module names"):
         WarmImports([3])  # type: ignore[list-item]
+
+
+def test_warm_imports_wait_while_the_worker_is_busy(tmp_path, monkeypatch):
+    (tmp_path / "localsched_warm_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "localsched_warm_probe", raising=False)
+    seen: list[bool] = []
+
+    def is_busy() -> bool:
+        # Busy for the first three looks: nothing may be imported meanwhile.
+        seen.append("localsched_warm_probe" in sys.modules)
+        return len(seen) <= 3
+
+    assert warm_imports(["localsched_warm_probe"], is_busy) == []
+    assert seen == [False, False, False, False]
+    assert sys.modules["localsched_warm_probe"].VALUE == 1
