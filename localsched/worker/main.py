@@ -94,7 +94,7 @@ from localsched.worker.execute import (
 )
 from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
-from localsched.worker.warming import start_warm_imports
+from localsched.worker.warming import WarmUp
 
 if TYPE_CHECKING:
     from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -303,6 +303,7 @@ class Worker:
         #: Modules imported in the background after the hello (warming.py);
         #: only a worker that is its own process has any.
         self.warm_imports: list[str] = []
+        self._warm_up: WarmUp | None = None
         #: Samples the task threads (``Client.profile``); started by the
         #: first task, so an idle worker runs no sampling thread.
         self.profiler: Profiler | None = None
@@ -338,7 +339,8 @@ class Worker:
             thread.daemon = True
             thread.start()
         # After the hello and the task threads: start-up never waits for it.
-        start_warm_imports(self.warm_imports, self._is_busy)
+        self._warm_up = WarmUp(self.warm_imports, self._is_busy)
+        self._warm_up.start()
         try:
             return self._control_loop()
         finally:
@@ -646,6 +648,9 @@ class Worker:
         return heapq.heappop(ready)[2] if ready else None
 
     def _execute(self, message: RunTask) -> TaskDone | TaskFailed:
+        warm_up = self._warm_up
+        if warm_up is not None and not warm_up.is_done:
+            warm_up.wait()  # registered as executing: no other import starts
         plugins = self.plugins if self.plugins.active else None
         if plugins is not None:
             plugins.started(message.key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import types
 
 import pytest
@@ -115,3 +116,31 @@ def test_warm_imports_wait_while_the_worker_is_busy(tmp_path, monkeypatch):
     assert warm_imports(["localsched_warm_probe"], is_busy) == []
     assert seen == [False, False, False, False]
     assert sys.modules["localsched_warm_probe"].VALUE == 1
+
+
+def test_a_task_waits_for_the_warm_import_in_progress():
+    """Importing one package from two threads at once can fail (CPython's
+    import deadlock detection): a task waits for the running warm import."""
+    from localsched.worker.warming import WarmUp
+
+    warm = WarmUp(["json"])
+    with warm.lock:  # as during a warm import
+        waiter = threading.Thread(target=warm.wait)
+        waiter.start()
+        waiter.join(0.05)
+        assert waiter.is_alive()  # blocked while the import runs
+    waiter.join(helpers.DEADLINE)
+    assert not waiter.is_alive()
+    assert warm.run() == []
+    assert warm.is_done
+
+
+def test_numpy_imported_by_tasks_and_warm_up_at_once():
+    """The end-to-end case that failed with a deadlock error: the client has
+    numpy, so workers warm it, while the first tasks unpickle numpy arrays."""
+    np = pytest.importorskip("numpy")
+    with Client(n_workers=2, threads_per_worker=2, warm_imports=["numpy"]) as client:
+        futures = client.map(np.add, [np.arange(3)] * 8, range(8))
+        assert [int(f.result(helpers.DEADLINE)[0]) for f in futures] == list(range(8))
+        logs = client.get_worker_logs()
+        assert not [t for r in logs.values() for lv, t in r if "Warm import" in t]
