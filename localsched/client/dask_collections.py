@@ -2,7 +2,7 @@
 
 ``get``, ``compute``, ``persist``, ``as_current`` and ``get_executor``, with
 ``distributed.Client``'s signatures. dask is imported only when one of them is
-called (or a client becomes current while dask is installed).
+called (or a client becomes current after the program imported dask).
 
 While a client is current, dask's ``scheduler`` setting holds
 :data:`DASK_SCHEDULER`, a client-like object whose ``get`` is the bound ``get``
@@ -31,6 +31,7 @@ from localsched.client.dask_graphs import (
     pack_results,
 )
 from localsched.client.dual import is_async_call
+from localsched.client.post_import import when_imported
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
@@ -125,16 +126,31 @@ def _future_token(future: Any) -> tuple[str, Any]:
 
 
 def use_localsched_for_dask() -> bool:
-    """Point dask's scheduler at the current client; False without dask."""
-    global _config_users, _config_restore
+    """Point dask's scheduler at the current client; False without dask.
+
+    If dask is installed but not imported yet, this does not import it (about
+    0.2 s of a client's start-up): the setting is made when the program first
+    imports dask (``post_import.when_imported``), before that import returns.
+    """
+    global _config_users
     if not _dask_installed():
         return False
+    with _config_lock:
+        _config_users += 1
+        is_first = _config_users == 1
+    if is_first:
+        when_imported("dask", _on_dask_imported)
+    return True
+
+
+def _on_dask_imported(_module: Any) -> None:
+    """Make the setting if a client still wants it and it is not made yet."""
+    global _config_restore
     import dask.config
 
     register_future_token()
     with _config_lock:
-        _config_users += 1
-        if _config_users == 1:
+        if _config_users > 0 and _config_restore is None:
             settings: dict[str, Any] = {
                 key: value
                 for key, value in LOCAL_METHODS.items()
@@ -142,7 +158,6 @@ def use_localsched_for_dask() -> bool:
             }
             settings["scheduler"] = DASK_SCHEDULER
             _config_restore = dask.config.set(settings)
-    return True
 
 
 def stop_using_localsched_for_dask() -> None:

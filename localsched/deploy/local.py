@@ -35,6 +35,8 @@ from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
 from localsched.deploy.processes import ThreadProcess, start_janitor, start_worker
+from localsched.deploy.template import Template, resolve_start_method
+from localsched.deploy.warming import WarmImports, WarmOption
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -213,6 +215,20 @@ class LocalCluster(DaskClusterSurface):
         which starts it without blocking the event loop; ``close``, ``scale``
         and ``wait_for_workers`` called from the loop return awaitables
         (``localsched.deploy.asynchronous``).
+    warm_imports
+        Modules each worker process imports in the background once it is
+        ready, so the first task using them does not wait: ``"auto"`` (the
+        default, from dask's config ``localsched.worker.warm-imports``): the
+        heavy data modules this process has imported (numpy, pandas, pyarrow,
+        dask.dataframe, ...; ``localsched.deploy.warming.WARM_CANDIDATES``);
+        a list of module names (may include ``"auto"``); False: none. An
+        import that fails is logged by the worker and skipped.
+    worker_start_method
+        ``"template"`` (the default where supported, from dask's config
+        ``localsched.worker.start-method``): worker processes are forked from
+        a pre-imported template process the cluster starts
+        (``localsched.deploy.template``), in milliseconds; ``"spawn"``: each
+        worker is a fresh interpreter.
     **kwargs
         dask's worker options ``memory_target_fraction`` (and ``_spill_``,
         ``_pause_``, ``_terminate_``), ``local_directory``, ``plugins``,
@@ -243,6 +259,8 @@ class LocalCluster(DaskClusterSurface):
         name: str | None = None,
         dashboard_address: str | int | None = None,
         asynchronous: bool = False,
+        warm_imports: WarmOption = None,
+        worker_start_method: str | None = None,
         **kwargs: Any,
     ) -> None:
         _check_not_in_child()
@@ -285,6 +303,8 @@ class LocalCluster(DaskClusterSurface):
         self.threads_per_worker = threads_per_worker
         self.processes = processes
         self.resources = dict(resources or {})
+        #: What new worker processes import once ready (deploy/warming.py).
+        self.warm_imports = WarmImports(warm_imports)
         self.memory_limit = parse_memory_limit(memory_limit, threads_per_worker, cores)
         number = next(_cluster_ids)
         self.name = name or f"LocalCluster-{os.getpid()}-{number}"
@@ -294,8 +314,15 @@ class LocalCluster(DaskClusterSurface):
         self._adaptive: Adaptive | None = None
         self._target = n_workers
         self._dashboard: DashboardServer | None = None
+        #: The process workers are forked from (None: they are spawned).
+        self._template: Template | None = None
+        self._janitor: tuple[Any, Connection] | None = None
         #: Live views drawing from threads (notebook panels): stopped at close.
         self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: Resolved now: a bad method raises before anything starts.
+        self._start_method = (
+            resolve_start_method(worker_start_method) if processes else "thread"
+        )
         self.scheduler = Scheduler(
             validate=validate,
             **options,
@@ -337,6 +364,9 @@ class LocalCluster(DaskClusterSurface):
         kwargs: dict[str, Any],
     ) -> None:
         """Start the scheduler thread and the workers; wait for them to join."""
+        if self._start_method == "template":
+            # First: it boots while the rest is built.
+            self._template = _start_template()
         sweep_stale_segments()
         self.store = BlobStore(
             spill_directory=kwargs.pop("local_directory", None),
@@ -346,9 +376,13 @@ class LocalCluster(DaskClusterSurface):
             self.scheduler, self.store, on_worker_exit=self._on_worker_exit
         )
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
-        self._janitor = _start_janitor(self.store) if self.processes else None
         self.scheduler.started = time.time()
         self.runtime.start()
+        self._janitor = (
+            start_janitor(self.store.directory, self._template)
+            if self.processes
+            else None
+        )
         try:
             self._preloads = self.runtime.call(
                 lambda: start_scheduler(
@@ -436,6 +470,8 @@ class LocalCluster(DaskClusterSurface):
                     name,
                     self.resources,
                     executing_page=page,
+                    warm_imports=self.warm_imports.modules(),
+                    template=self._template,
                 )
             else:
                 from localsched.worker.main import Worker
@@ -717,13 +753,18 @@ class LocalCluster(DaskClusterSurface):
         if self.status in ("closing", "closed"):
             return
         if self.status == "created" or "runtime" not in vars(self):
-            # Asynchronous, never awaited (or refused when awaited): nothing runs.
+            # Asynchronous, never awaited (or refused when awaited): nothing runs
+            # but, if the start failed early, the template.
             self._pending_start = None
+            if self._template is not None:
+                self._template.close()
             self.status = "closed"
             return
         self.status = "closing"
         timeout = parse_timedelta(timeout)
         started = time.monotonic()
+        if self._template is not None:
+            self._template.is_closing = True
         is_clean = False
         try:
             self._stop_live_views()
@@ -767,6 +808,9 @@ class LocalCluster(DaskClusterSurface):
         finally:
             if self._janitor is not None:
                 _stop_janitor(*self._janitor, is_clean=is_clean)
+            # Last: it reports the exit codes of what it forked.
+            if self._template is not None:
+                self._template.close()
         self.status = "closed"
         logger.info(
             "%s closed in %.0f ms", self.name, 1000 * (time.monotonic() - started)
@@ -921,8 +965,12 @@ def _pause_briefly() -> None:
 # -- janitor -------------------------------------------------------------------------
 
 
-def _start_janitor(store: BlobStore) -> tuple[Any, Connection]:
-    return start_janitor(store.directory)
+def _start_template() -> Template | None:
+    try:
+        return Template()
+    except Exception:
+        logger.exception("Could not start the worker template: spawning workers")
+        return None
 
 
 def _stop_janitor(process: Any, conn: Connection, is_clean: bool) -> None:

@@ -27,11 +27,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from localsched.deploy.template import ForkedProcess, Template
     from localsched.transport.executing import ExecutingPage
     from localsched.transport.shm import BlobWriter
 
@@ -99,29 +100,43 @@ def start_worker(
     name: str,
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
-) -> tuple[ChildProcess, Connection]:
+    warm_imports: Sequence[str] = (),
+    template: Template | None = None,
+) -> tuple[ChildProcess | ForkedProcess, Connection]:
     """Start a worker process; return it and the scheduler's end of its pipe.
 
     The worker writes results with ``writer``'s store directories (sent as the
     pipe's first message: a command line is visible to every user, with this
     process's ``multiprocessing`` authkey, as multiprocessing's children
     inherit it), records its
-    executing tasks in ``executing_page`` if given; its stderr is captured
-    (``ChildProcess.stderr``).
+    executing tasks in ``executing_page`` if given and imports ``warm_imports``
+    in the background once ready; its stderr is captured
+    (``ChildProcess.stderr``). It is forked from ``template`` if given and
+    working (``template.py``), else started as a fresh interpreter.
     """
     ours, theirs = multiprocessing.Pipe(duplex=True)
+    process: ChildProcess | ForkedProcess | None = None
     try:
         fd = theirs.fileno()
-        args = ["-m", "localsched.worker", str(fd), str(nthreads)]
-        pass_fds = [fd]
+        options: list[Any] = []
         if resources:
-            args.append(f"--resources={json.dumps(dict(resources))}")
-        if executing_page is not None:
-            args.append(f"--executing-fd={executing_page.fileno()}")
-            pass_fds.append(executing_page.fileno())
-        process = ChildProcess(
-            args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
-        )
+            options.append(f"--resources={json.dumps(dict(resources))}")
+        if template is not None:
+            fds = [fd]
+            forked: list[Any] = [{"fd": 1}, str(nthreads), *options]
+            if executing_page is not None:
+                fds.append(executing_page.fileno())
+                forked.append({"fd": 2, "prefix": "--executing-fd="})
+            process = _fork(template, forked, fds, name)
+        if process is None:
+            pass_fds = [fd]
+            if executing_page is not None:
+                options.append(f"--executing-fd={executing_page.fileno()}")
+                pass_fds.append(executing_page.fileno())
+            args = ["-m", "localsched.worker", str(fd), str(nthreads), *options]
+            process = ChildProcess(
+                args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
+            )
     finally:
         theirs.close()
     store = None
@@ -138,22 +153,30 @@ def start_worker(
         "authkey": authkey,
         "sys_path": [p for p in sys.path if isinstance(p, str)],
         "dask_config": _dask_config(),
+        "warm_imports": list(warm_imports),
     }
     ours.send_bytes(json.dumps(setup).encode())
     return process, ours
 
 
-def start_janitor(directory: str) -> tuple[ChildProcess, Connection]:
+def start_janitor(
+    directory: str, template: Template | None = None
+) -> tuple[ChildProcess | ForkedProcess, Connection]:
     """Start the janitor for the store's ``directory`` (sent through the pipe,
-    not the command line); return it and the write end that keeps it waiting."""
+    not the command line); return it and the write end that keeps it waiting.
+    Forked from ``template`` if given and working (it writes to our stderr)."""
     reader, writer = multiprocessing.Pipe(duplex=False)
+    process: ChildProcess | ForkedProcess | None = None
     try:
         fd = reader.fileno()
-        process = ChildProcess(
-            ["-m", "localsched.transport.janitor", str(fd)],
-            pass_fds=(fd,),
-            name="localsched-janitor",
-        )
+        if template is not None:
+            process = _fork_janitor(template, fd)
+        if process is None:
+            process = ChildProcess(
+                ["-m", "localsched.transport.janitor", str(fd)],
+                pass_fds=(fd,),
+                name="localsched-janitor",
+            )
     finally:
         reader.close()
     writer.send_bytes(directory.encode())
@@ -218,3 +241,55 @@ class ThreadProcess:
     def kill(self) -> None:
         with contextlib.suppress(OSError):
             self._conn.close()
+
+
+def _fork_janitor(template: Template, fd: int) -> ForkedProcess | None:
+    """The janitor forked from ``template``, writing to our stderr (or nowhere
+    if this process has none)."""
+    try:
+        stderr = os.dup(2)
+    except OSError:
+        stderr = os.open(os.devnull, os.O_WRONLY)
+    try:
+        return _fork_from(
+            template,
+            "localsched.transport.janitor",
+            [{"fd": 1}],
+            [stderr, fd],
+            "localsched-janitor",
+        )
+    finally:
+        os.close(stderr)
+
+
+def _fork(
+    template: Template, argv: list[Any], fds: list[int], name: str
+) -> ForkedProcess | None:
+    """A worker forked from ``template``, its stderr a pipe we read; None if
+    the template cannot (the caller spawns instead)."""
+    read_end, write_end = os.pipe()
+    try:
+        process = _fork_from(
+            template, "localsched.worker", argv, [write_end, *fds], name
+        )
+    finally:
+        os.close(write_end)
+    if process is None:
+        os.close(read_end)
+        return None
+    os.set_blocking(read_end, False)
+    process.stderr = open(read_end, "rb", buffering=0)  # noqa: SIM115 (kept)
+    return process
+
+
+def _fork_from(
+    template: Template, module: str, argv: list[Any], fds: list[int], name: str
+) -> ForkedProcess | None:
+    from localsched.deploy.template import TemplateError
+
+    if template.is_broken:
+        return None
+    try:
+        return template.fork(module, argv, fds, name)
+    except TemplateError:
+        return None

@@ -99,10 +99,15 @@ def _remove_all(directories: list[str]) -> list[str]:
     return removed
 
 
+def main(argv: list[str]) -> None:
+    """``python -m localsched.transport.janitor FD``: the pipe's read end."""
+    # The directory comes through the pipe, not the command line: a command
+    # line is visible to every user (``ps``).
+    connection = Connection(int(argv[0]), writable=False)
+    run(connection, connection.recv_bytes().decode())
+
+
 if __name__ == "__main__":
     import sys
 
-    # The directory comes through the pipe, not the command line: a command
-    # line is visible to every user (``ps``).
-    connection = Connection(int(sys.argv[1]), writable=False)
-    run(connection, connection.recv_bytes().decode())
+    main(sys.argv[1:])

@@ -8,7 +8,8 @@ object as the third argument is accepted as ``--resources``.
 Started by ``LocalCluster`` with the worker's end of a socket pair as file
 descriptor ``FD``, whose first message says where to write results (the
 store's prefix and private directories, or null) and the parent's
-``multiprocessing`` authkey, as JSON: a command line is
+``multiprocessing`` authkey and the modules to import once ready
+(``warm_imports``), as JSON: a command line is
 visible to every user of the machine, so it names no path. A fresh interpreter
 that imports only the worker's modules: the user's ``__main__`` is never
 re-imported, so a script without an ``if __name__ == "__main__":`` guard
@@ -53,7 +54,8 @@ def main(argv: list[str]) -> None:
             resources = json.loads(option.split("=", 1)[1])
         else:
             resources = json.loads(option)
-    run_worker(conn, int(nthreads), writer, resources, page)
+    warm = setup.get("warm_imports", ())
+    run_worker(conn, int(nthreads), writer, resources, page, warm)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,10 @@ from localsched.worker.execute import (
 from localsched.worker.plugins import WorkerPlugins
 from localsched.worker.run import call_function
 from localsched.worker.shared_inputs import SharedInputs, reads_inputs_only
+from localsched.worker.warming import WarmUp
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable, Mapping
+    from collections.abc import Hashable, Iterable, Mapping, Sequence
     from multiprocessing.connection import Connection
 
     from localsched.transport.executing import ExecutingPage
@@ -125,6 +126,7 @@ def run_worker(
     writer: BlobWriter | None = None,
     resources: Mapping[str, float] | None = None,
     executing_page: ExecutingPage | None = None,
+    warm: Sequence[str] = (),
 ) -> None:
     """Entry point of a worker process (a ``multiprocessing`` ``Process`` target).
 
@@ -143,6 +145,9 @@ def run_worker(
     executing_page : ExecutingPage, optional
         Shared with the scheduler: the run_id of every task executing here,
         which the scheduler reads if this process dies.
+    warm : sequence of str, optional
+        Modules to import in the background once the worker said hello
+        (``localsched.worker.warming``).
 
     Notes
     -----
@@ -160,6 +165,7 @@ def run_worker(
     try:
         worker = Worker(conn, nthreads, writer, resources, executing_page)
         worker.owns_process = True
+        worker.warm_imports = list(warm)
         # The worker's own records, for Client.get_worker_logs (dask keeps
         # "distributed.worker" at INFO likewise). INFO never reaches stderr:
         # logging's last-resort handler prints WARNING and above only.
@@ -298,6 +304,10 @@ class Worker:
         #: The last log records of this process (``Client.get_worker_logs``);
         #: ``run_worker`` attaches it to the ``localsched`` logger.
         self.log_ring = LogRing()
+        #: Modules imported in the background after the hello (warming.py);
+        #: only a worker that is its own process has any.
+        self.warm_imports: list[str] = []
+        self._warm_up: WarmUp | None = None
         #: Samples the task threads (``Client.profile``); started by the
         #: first task, so an idle worker runs no sampling thread.
         self.profiler: Profiler | None = None
@@ -332,6 +342,9 @@ class Worker:
         for thread in threads:
             thread.daemon = True
             thread.start()
+        # After the hello and the task threads: start-up never waits for it.
+        self._warm_up = WarmUp(self.warm_imports, self._is_busy)
+        self._warm_up.start()
         try:
             return self._control_loop()
         finally:
@@ -342,6 +355,10 @@ class Worker:
             self.actors.close()
             self.plugins.close()
             self._outbox.close(None)
+
+    def _is_busy(self) -> bool:
+        """Tasks queued or running (an unlocked look: warm-up only)."""
+        return bool(self._executing or self._queued)
 
     def _heartbeat_loop(self) -> None:
         """While tasks run, tell the scheduler how long they have been running;
@@ -638,6 +655,9 @@ class Worker:
         return heapq.heappop(ready)[2] if ready else None
 
     def _execute(self, message: RunTask) -> TaskDone | TaskFailed:
+        warm_up = self._warm_up
+        if warm_up is not None and not warm_up.is_done:
+            warm_up.wait()  # registered as executing: no other import starts
         plugins = self.plugins if self.plugins.active else None
         if plugins is not None:
             plugins.started(message.key)

@@ -52,3 +52,42 @@ def test_client_as_the_scheduler_argument():
         future = client.submit(add, 1, 2)
         dsk = {"f": future, "y": (add, future, 10), "z": (add, "f", "y")}
         assert client.get(dsk, ["y", "z"]) == [13, 16]
+
+
+_DASK_IMPORTED_LATER = """
+import sys
+from localsched import Client
+
+if __name__ == "__main__":
+    with Client(n_workers=1, threads_per_worker=1) as client:
+        # Starting a client does not import dask (0.2 s of start-up)...
+        assert "dask" not in sys.modules, "Client() imported dask"
+        import dask
+        import dask.base
+
+        # ...and importing it afterwards makes collections run here at once.
+        assert dask.base.get_scheduler() == client.get
+        before = len(client.scheduler.transition_log)
+        assert dask.delayed(sum)([1, 2, 3]).compute() == 6
+        assert len(client.scheduler.transition_log) > before
+    assert dask.config.get("scheduler", None) is None
+    print("ok")
+"""
+
+
+def test_client_before_dask_is_imported_drives_dask_once_imported(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.runtime.helpers import DEADLINE
+
+    script = tmp_path / "late_dask.py"
+    script.write_text(_DASK_IMPORTED_LATER)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

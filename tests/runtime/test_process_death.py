@@ -48,7 +48,16 @@ USER_SCRIPT = textwrap.dedent(
         while not os.path.exists(started_path):
             threading.Event().wait(0.01)
         with open(info_path + ".tmp", "w") as f:
-            json.dump({"pids": pids, "prefix": client.cluster.store.prefix}, f)
+            cluster = client.cluster
+            json.dump(
+                {
+                    "pids": pids,
+                    "prefix": cluster.store.prefix,
+                    "janitor": cluster._janitor[0].pid,
+                    "template": cluster._template.pid,
+                },
+                f,
+            )
         os.replace(info_path + ".tmp", info_path)
         threading.Event().wait()
     """
@@ -117,6 +126,8 @@ def test_sigkill_of_the_user_process_leaves_no_worker_and_no_segment(tmp_path):
         workers = [psutil.Process(p) for p in details["pids"]]
         assert len(workers) == 2
         assert {w.pid for w in workers} <= {d.pid for d in descendants}
+        # Forked from the template, which must die with the user process too.
+        assert {w.ppid() for w in workers} == {details["template"]}
 
         os.kill(user.pid, signal.SIGKILL)
         assert user.wait(timeout=DEADLINE) == -signal.SIGKILL
@@ -226,7 +237,7 @@ def test_startup_sweep_removes_segments_of_a_cluster_whose_janitor_died_too(
     user, details, descendants = _run_user_script(tmp_path)
     try:
         prefix = details["prefix"]
-        janitors = [p for p in descendants if "janitor" in " ".join(p.cmdline())]
+        janitors = [p for p in descendants if p.pid == details["janitor"]]
         assert len(janitors) == 1
         janitors[0].kill()
         # Dead (a zombie: its parent does not reap it) before its parent dies.

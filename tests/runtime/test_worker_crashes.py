@@ -176,31 +176,39 @@ SITECUSTOMIZE = textwrap.dedent(
     """
     import os, sys
 
-    if "localsched.worker" in sys.orig_argv:
+    kind = [a for a in sys.orig_argv if a.startswith("localsched.worker")]
+    if kind:  # the worker, or the template that forks workers
         with open({log!r}, "a") as f:
-            f.write("attempt\\n")
+            f.write(kind[0] + "\\n")
         print("cannot start: the environment is broken", file=sys.stderr, flush=True)
         os._exit(3)
     """
 )
 
 
+@pytest.mark.parametrize("method", ["template", "spawn"])
 def test_a_worker_that_cannot_start_fails_the_cluster_with_its_stderr(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, method
 ):
+    """Under "template", the template cannot start either: workers are
+    spawned instead, and fail as they would have."""
     log = tmp_path / "attempts"
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE.format(log=str(log)))
     path = os.pathsep.join(p for p in (str(tmp_path), *sys.path) if p)
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setattr(RestartPolicy, "base_delay", 0.01)
     with pytest.raises(RuntimeError) as info:
-        LocalCluster(n_workers=1, threads_per_worker=1)
+        LocalCluster(n_workers=1, threads_per_worker=1, worker_start_method=method)
     text = str(info.value)
     assert text.startswith("5 worker processes in a row died while starting")
     assert "died while starting" in text
     assert "exited with status 3" in text
     assert "cannot start: the environment is broken" in text
-    assert len(lines(log)) == RestartPolicy.max_start_failures  # then it gave up
+    attempts = lines(log)
+    # Then it gave up.
+    assert attempts.count("localsched.worker") == RestartPolicy.max_start_failures
+    templates = attempts.count("localsched.worker.template")
+    assert templates == (1 if method == "template" else 0)
 
 
 class _FakeProcess:

@@ -1,0 +1,106 @@
+"""Warm imports: a worker imports heavy modules in the background once ready.
+
+A fresh worker imports only its own modules (fast start-up); the first task
+that needs numpy, pandas or dask.dataframe would then pay for importing them,
+which made the first dask-collection compute slower than dask's (whose workers
+deserialize the same modules on their first task too, but started earlier).
+The cluster names the modules to import (``LocalCluster(warm_imports=...)``,
+by default the heavy ones the user's process has imported); the worker
+imports them on a daemon thread *after* its ``Hello``, so start-up never waits,
+and only while it has no task to run: warming never slows a task down.
+
+A task that starts while a module is being imported waits for that import
+(imports of one package from two threads can deadlock), then runs; no
+other warm import starts while tasks are queued or running. An import that
+fails is logged (``Client.get_worker_logs``, and on stderr) and skipped; the
+worker goes on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("localsched.worker.warming")
+
+__all__ = ["WarmUp", "warm_imports"]
+
+
+#: Seconds between two looks at a busy worker before the next warm import.
+IDLE_POLL = 0.02
+
+
+class WarmUp:
+    """Imports modules on a background thread, never at the same time as a task.
+
+    Two threads importing the same package at once can fail: CPython's import
+    locks raise ``_DeadlockError`` on packages whose modules import each other
+    (seen with numpy: the task then got "cannot load module more than once").
+    So each warm import runs under :attr:`lock`, and only while ``is_busy()`` is
+    false (no task queued or running); a task calls :meth:`wait` after it was
+    registered as executing and before it unpickles anything: it waits for the
+    one import in progress, and no other starts while it runs.
+    """
+
+    def __init__(
+        self, names: Sequence[str], is_busy: Callable[[], bool] | None = None
+    ) -> None:
+        self.names = list(names)
+        self._is_busy = is_busy
+        self.lock = threading.Lock()
+        #: Set once every module was tried: :meth:`wait` costs nothing then.
+        self.is_done = not self.names
+        #: The modules whose import failed.
+        self.failed: list[str] = []
+
+    def run(self) -> list[str]:
+        """Import each module in order; return those that failed.
+
+        Failures (any exception, ``SystemExit`` included: a module may exit at
+        import) are logged with their traceback and do not stop the others.
+        """
+        pause = threading.Event()
+        is_busy = self._is_busy
+        for name in self.names:
+            while True:
+                with self.lock:
+                    if is_busy is None or not is_busy():
+                        self._import(name)
+                        break
+                pause.wait(IDLE_POLL)
+        self.is_done = True
+        return self.failed
+
+    def _import(self, name: str) -> None:
+        try:
+            importlib.import_module(name)
+        except (Exception, SystemExit):
+            logger.warning("Warm import of %r failed; skipped", name, exc_info=True)
+            self.failed.append(name)
+
+    def wait(self) -> None:
+        """Wait for the warm import in progress, if any (a task, before it
+        loads its function and arguments)."""
+        if not self.is_done:
+            with self.lock:
+                pass
+
+    def start(self) -> threading.Thread | None:
+        """Run on a daemon thread (None if there is nothing to import)."""
+        if self.is_done:
+            return None
+        thread = threading.Thread(
+            target=self.run, name="localsched-warm-imports", daemon=True
+        )
+        thread.start()
+        return thread
+
+
+def warm_imports(
+    names: Sequence[str], is_busy: Callable[[], bool] | None = None
+) -> list[str]:
+    """Import ``names`` now, in this thread (see :class:`WarmUp`); return
+    those that failed."""
+    return WarmUp(names, is_busy).run()
