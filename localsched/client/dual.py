@@ -76,7 +76,17 @@ def _dual(method: F, client_of: Callable[[Any], Any]) -> F:
             flag = binding is not None and binding.in_loop() and not _inline.get()
         if flag:
             return twin_call(name, method, self, *args, **kwargs)
-        return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException as error:
+            # Out of the caller's traceback (dask's short tracebacks): a bare
+            # raise adds no entry for this frame.
+            traceback = error.__traceback__
+            if traceback is not None and traceback.tb_frame.f_code is code:
+                error.__traceback__ = traceback.tb_next
+            raise
+
+    code = call.__code__
 
     return call  # type: ignore[return-value]
 

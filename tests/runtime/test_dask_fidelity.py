@@ -116,6 +116,25 @@ def test_task_errors_raise_with_short_tracebacks(client, method):
     assert frames[1:] == [method, "div"]
 
 
+@pytest.mark.parametrize("method", ["result", "gather"])
+def test_a_client_given_a_loop_raises_with_short_tracebacks(client, method):
+    # A client bound to an event loop answers per call (blocking here, out of
+    # the loop): the method that decides leaves no frame in the traceback.
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        with Client(client.cluster, loop=loop) as bound:
+            future = bound.submit(div, 1, 0)
+            with pytest.raises(ZeroDivisionError) as info:
+                future.result() if method == "result" else bound.gather(future)
+    finally:
+        loop.close()
+    tb = info.value.__traceback__
+    frames = [f.f_code.co_name for f, _ in traceback.walk_tb(tb)]
+    assert frames[1:] == [method, "div"]
+
+
 def test_worker_client_connects_within_its_timeout(client):
     future = client.submit(connect_within_no_time, pure=False)
     with pytest.raises(OSError, match="Timed out trying to connect"):
