@@ -41,6 +41,7 @@ from localsched.client.display import DisplayMixin
 from localsched.client.future import (
     Future,
     FutureState,
+    counted_futures,
     futures_of,
     loading_client,
     wait,
@@ -51,10 +52,11 @@ from localsched.client.graph import (
     IN_PROCESS_TOKEN,
     CannotSerialize,
     FunctionCache,
+    PlainCalls,
     TaskSpec,
+    call_key,
     funcname,
     gathered,
-    hash_args,
     prepare_scatter,
     replace_futures,
     worker_restrictions,
@@ -67,9 +69,7 @@ from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
 from localsched.transport import inproc
 from localsched.transport import requests as rq
-from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
-from localsched.transport.shm import BlobRef
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
@@ -277,6 +277,20 @@ class Client(
                 state.set_error(link.stopped_error(), "")
         return state
 
+    def _futures_for(self, keys: list[Key]) -> list[Future]:
+        """``[Future(key, self) for key in keys]``, counted in one go (``map``).
+
+        The states are made outside the lock, as ``_state_for`` does: a
+        garbage collection set off by an allocation could release a future,
+        whose ``_dec_ref`` takes the lock.
+        """
+        states = [self._state_for(key) for key in keys]
+        refcount = self._refcount
+        with self._lock:  # no tracked allocation here: ints and dict slots
+            for key in keys:
+                refcount[key] = refcount.get(key, 0) + 1
+        return counted_futures(self, keys, states)
+
     def _inc_ref(self, key: Key) -> None:
         with self._lock:
             self._refcount[key] = self._refcount.get(key, 0) + 1
@@ -387,32 +401,6 @@ class Client(
         spec = TaskSpec(token, function_bytes, payload, tuple(found), actor)
         return spec, (args, kwargs)
 
-    def _key_for(
-        self,
-        func: Callable[..., Any],
-        spec: TaskSpec,
-        pure: bool,
-        args: Any,
-        kwargs: Any,
-    ) -> str:
-        if not pure:
-            return f"{funcname(func)}-{uuid.uuid4().hex}"
-        if isinstance(spec.args, LocalRef):
-            try:
-                function_token = self._functions.get(func)[0]
-                token = hash_args(function_token, args, kwargs)
-            except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
-                token = uuid.uuid4().hex
-        elif isinstance(spec.args, BlobRef):
-            token = hash_args(spec.function_token, args, kwargs)
-        else:
-            import hashlib
-
-            hasher = hashlib.blake2b(spec.function_token.encode(), digest_size=16)
-            hasher.update(spec.args)
-            token = hasher.hexdigest()
-        return f"{funcname(func)}-{token}"
-
     def _check_running(self) -> None:
         """Raise ``ClosedClientError`` if futures made now could never resolve."""
         if self.status != "running":
@@ -513,7 +501,7 @@ class Client(
         # frees them here.
         try:
             if key is None:
-                key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
+                key = call_key(self._functions, func, spec, pure, ref_args, ref_kwargs)
             else:
                 validate_key(key)
             with self._lock:
@@ -585,19 +573,28 @@ class Client(
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         spec: TaskSpec | None = None
+        plain = None
+        if not self._link.in_process:
+            plain = PlainCalls.of(self._functions, func, kwargs, actor)
         # As in submit: arguments in shared memory are freed here unless posted.
         try:
             for i, call_args in enumerate(calls):
-                spec, (ref_args, ref_kwargs) = self._spec(
-                    func, call_args, kwargs, actor
-                )
+                made = plain and plain.spec(call_args, pure, keyed=keys is None)
+                if made:
+                    spec, k = made
+                else:
+                    spec, (ref_args, ref_kwargs) = self._spec(
+                        func, call_args, kwargs, actor
+                    )
+                    if keys is None:
+                        k = call_key(
+                            self._functions, func, spec, pure, ref_args, ref_kwargs
+                        )
                 if keys is not None:
                     k = keys[i]
                     validate_key(k)
-                else:
-                    k = self._key_for(func, spec, pure, ref_args, ref_kwargs)
-                    if prefix is not None:
-                        k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
+                elif prefix is not None:
+                    k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
                 if k in tasks:
                     self._link.release(spec.args)
                 else:
@@ -629,7 +626,7 @@ class Client(
         for k, unposted in tasks.items():
             if k not in new:
                 self._link.release(unposted.args)
-        futures = [Future(k, self) for k in out_keys]
+        futures = self._futures_for(out_keys)
         if event is not None:
             self._link.post(event)
         return futures

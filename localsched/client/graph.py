@@ -10,6 +10,7 @@ that the worker substitutes with the dependencies' values.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import uuid
 import weakref
 from collections.abc import Callable, Hashable, Iterable
@@ -18,6 +19,7 @@ from numbers import Number
 from typing import Any
 
 from localsched.transport import pickling
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
 from localsched.transport.shm import BlobRef
 
@@ -81,6 +83,85 @@ class FunctionCache:
             self._by_id.pop(ident, None)
 
         return callback
+
+
+#: Argument types of ``map``'s fast path: they never hold a future, and the C
+#: pickler writes them before it consults any hook, so ``pickle.dumps`` gives
+#: the very bytes cloudpickle would (and keys equal ``submit``'s).
+PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+
+#: Largest fast-path payload: far below every link's inline threshold, so the
+#: general path would have kept it inline too.
+PLAIN_LIMIT = 1024
+
+
+class PlainCalls:
+    """Specs and keys of one function's calls on plain arguments (``map``).
+
+    The function is pickled and its name found once for the whole map; each
+    call then costs one C pickle of its arguments and, for a pure key, one
+    copy of a hash already fed the function's token. :meth:`spec` returns
+    None for a call outside the fast path (a future, another type, a large
+    value), which then takes the general path.
+    """
+
+    __slots__ = ("_hasher", "actor", "function", "kwargs", "name", "token")
+
+    def __init__(
+        self,
+        function_token: str,
+        function: bytes,
+        name: str,
+        kwargs: dict[str, Any],
+        actor: bool,
+    ) -> None:
+        self.token = function_token
+        self.function = function
+        self.name = name
+        self.kwargs = kwargs
+        self.actor = actor
+        # As ``call_key``: blake2b over the token, then the arguments.
+        self._hasher = hashlib.blake2b(function_token.encode(), digest_size=16)
+
+    @classmethod
+    def of(
+        cls,
+        functions: FunctionCache,
+        function: Callable[..., Any],
+        kwargs: dict[str, Any],
+        actor: bool,
+    ) -> PlainCalls | None:
+        """The fast path for ``map(function, ..., **kwargs)``; None where it
+        cannot apply (other keyword arguments, or a function that does not
+        pickle: the general path raises then)."""
+        if not all(type(value) in PLAIN_TYPES for value in kwargs.values()):
+            return None
+        try:
+            token, data = functions.get(function)
+        except Exception:
+            return None
+        return cls(token, data, funcname(function), kwargs, actor)
+
+    def spec(
+        self, args: tuple[Any, ...], pure: bool, keyed: bool = True
+    ) -> tuple[TaskSpec, str | None] | None:
+        """The spec of ``function(*args, **kwargs)`` and its key (None if not
+        ``keyed``); None if the call is not plain."""
+        plain = PLAIN_TYPES
+        for arg in args:
+            if type(arg) not in plain:
+                return None
+        payload = pickle.dumps((args, self.kwargs), protocol=5)
+        if len(payload) > PLAIN_LIMIT:
+            return None
+        spec = TaskSpec(self.token, self.function, payload, (), self.actor)
+        if not keyed:
+            return spec, None
+        if pure:
+            hasher = self._hasher.copy()
+            hasher.update(payload)
+            return spec, f"{self.name}-{hasher.hexdigest()}"
+        return spec, f"{self.name}-{uuid.uuid4().hex}"
 
 
 def _deref(ref: Any) -> Any:
@@ -166,6 +247,34 @@ def hash_args(
     for buffer in buffers:
         hasher.update(buffer.raw())
     return hasher.hexdigest()
+
+
+def call_key(
+    functions: FunctionCache,
+    function: Callable[..., Any],
+    spec: TaskSpec,
+    pure: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """The key of a ``submit``/``map`` call, dask's ``<funcname>-<token>``: a
+    digest of the function's token and the pickled arguments if ``pure``,
+    else random (so is the key of arguments that do not pickle)."""
+    if not pure:
+        return f"{funcname(function)}-{uuid.uuid4().hex}"
+    if isinstance(spec.args, LocalRef):
+        try:
+            function_token = functions.get(function)[0]
+            token = hash_args(function_token, args, kwargs)
+        except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
+            token = uuid.uuid4().hex
+    elif isinstance(spec.args, BlobRef):
+        token = hash_args(spec.function_token, args, kwargs)
+    else:
+        hasher = hashlib.blake2b(spec.function_token.encode(), digest_size=16)
+        hasher.update(spec.args)
+        token = hasher.hexdigest()
+    return f"{funcname(function)}-{token}"
 
 
 def worker_restrictions(
