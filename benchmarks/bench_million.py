@@ -3,7 +3,8 @@
 One fresh process per size, ``LocalCluster(n_workers=2, threads_per_worker=1)``.
 For each size it prints:
 
-- submit: seconds until ``client.map`` returns (the caller is blocked);
+- submit: seconds until ``client.map`` returns (the caller is blocked), and
+  the CPU seconds of the calling thread meanwhile (steadier under load);
 - finish: seconds from the call until every future is done (``wait``);
 - kept: the client process's RSS after the futures are released and the
   scheduler has forgotten every task, minus its RSS before the map, per task
@@ -46,35 +47,40 @@ def _rss() -> int:
 def run_once(n: int, profile: bool = False) -> dict[str, float]:
     from localsched import Client, LocalCluster, wait
 
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
-        with Client(cluster) as client:
-            # Warm up: the function cache, the workers' imports, the allocator.
-            wait(client.map(noop, range(1_000)))
-            _until_forgotten(cluster)
-            gc.collect()
-            baseline = _rss()
-            profiler = cProfile.Profile() if profile else None
-            start = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            futures = client.map(noop, range(n))
-            if profiler is not None:
-                profiler.disable()
-            submitted = time.perf_counter() - start
-            peak = _rss()
-            wait(futures)
-            finished = time.perf_counter() - start
-            peak = max(peak, _rss())
-            del futures
-            _until_forgotten(cluster)
-            gc.collect()
-            kept = _rss() - baseline
-            if profiler is not None:
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        # Warm up: the function cache, the workers' imports, the allocator.
+        wait(client.map(noop, range(1_000)))
+        _until_forgotten(cluster)
+        gc.collect()
+        baseline = _rss()
+        profiler = cProfile.Profile() if profile else None
+        start = time.perf_counter()
+        cpu_start = time.thread_time()
+        if profiler is not None:
+            profiler.enable()
+        futures = client.map(noop, range(n))
+        if profiler is not None:
+            profiler.disable()
+        submit_cpu = time.thread_time() - cpu_start
+        submitted = time.perf_counter() - start
+        peak = _rss()
+        wait(futures)
+        finished = time.perf_counter() - start
+        peak = max(peak, _rss())
+        del futures
+        _until_forgotten(cluster)
+        gc.collect()
+        kept = _rss() - baseline
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     return {
         "tasks": n,
         "submit (s)": submitted,
+        "submit CPU (s)": submit_cpu,
         "finish (s)": finished,
         "kept (bytes/task)": kept / n,
         "peak (bytes/task)": (peak - baseline) / n,
@@ -118,6 +124,7 @@ def main() -> None:
         row = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
         print(
             f"map of {n:>9,}: submit {row['submit (s)']:6.2f} s"
+            f" (CPU {row['submit CPU (s)']:5.2f})"
             f"  finish {row['finish (s)']:6.2f} s"
             f"  kept {row['kept (bytes/task)']:6.0f} B/task"
             f"  peak {row['peak (bytes/task)']:6.0f} B/task"

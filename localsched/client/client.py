@@ -284,7 +284,17 @@ class Client(
         garbage collection set off by an allocation could release a future,
         whose ``_dec_ref`` takes the lock.
         """
-        states = [self._state_for(key) for key in keys]
+        known, states, made = self._states, [], []
+        for key in keys:
+            state = known.get(key)
+            if state is None:
+                state = known[key] = FutureState(key)
+                made.append(state)
+            states.append(state)
+        link = self._link
+        if made and not link.is_running:  # as in _state_for
+            for state in made:
+                state.set_error(link.stopped_error(), "")
         refcount = self._refcount
         with self._lock:  # no tracked allocation here: ints and dict slots
             for key in keys:
@@ -577,6 +587,7 @@ class Client(
         if not self._link.in_process:
             plain = PlainCalls.of(self._functions, func, kwargs, actor)
         # As in submit: arguments in shared memory are freed here unless posted.
+        k: Key  # from the fast path, call_key or keys; None only with keys
         try:
             for i, call_args in enumerate(calls):
                 made = plain and plain.spec(call_args, pure, keyed=keys is None)
@@ -594,7 +605,7 @@ class Client(
                     k = keys[i]
                     validate_key(k)
                 elif prefix is not None:
-                    k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
+                    k = f"{prefix}-{str(k).rsplit('-', 1)[-1]}"
                 if k in tasks:
                     self._link.release(spec.args)
                 else:
@@ -604,12 +615,13 @@ class Client(
                 out_keys.append(k)
             with self._lock:
                 # Keys this client already holds futures for are running already.
-                new = {k: s for k, s in tasks.items() if k not in self._refcount}
+                held = tasks.keys() & self._refcount.keys()
+            new = {k: s for k, s in tasks.items() if k not in held} if held else tasks
             event = None
             if new:
                 event = self._graph_event(
                     new,
-                    {k: dependencies[k] for k in new},
+                    {k: dependencies[k] for k in new} if held else dependencies,
                     list(new),
                     workers=workers,
                     resources=resources,
