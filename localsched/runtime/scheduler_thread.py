@@ -94,6 +94,7 @@ from localsched.transport.protocol import (
     WorkerInfo,
     decode_batch,
     encode_batch,
+    merge_forgets,
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
@@ -774,6 +775,8 @@ class SchedulerRuntime:
         for handle in self.workers.values():
             if handle.outbox:
                 batch, handle.outbox = handle.outbox, []
+                if len(batch) > 1:
+                    batch = merge_forgets(batch)
                 # A len() compare per worker and turn: sys.path grew (or
                 # changed length) since this worker last heard it.
                 if len(sys.path) != handle.path_len:
