@@ -269,7 +269,9 @@ class Client(
         states = self._states
         state = states.get(key)
         if state is None:
-            state = states[key] = FutureState(key)
+            made = FutureState(key)  # not under the lock: see _futures_for
+            with self._lock:  # against _dec_ref clearing an empty table
+                state = states.setdefault(key, made)
             link = self._link
             if not link.is_running:
                 # The loop is gone and failed the states it saw (it stops
@@ -278,27 +280,23 @@ class Client(
         return state
 
     def _futures_for(self, keys: list[Key]) -> list[Future]:
-        """``[Future(key, self) for key in keys]``, counted in one go (``map``).
-
-        The states are made outside the lock, as ``_state_for`` does: a
-        garbage collection set off by an allocation could release a future,
-        whose ``_dec_ref`` takes the lock.
-        """
-        known, states, made = self._states, [], []
-        for key in keys:
-            state = known.get(key)
-            if state is None:
-                state = known[key] = FutureState(key)
-                made.append(state)
-            states.append(state)
+        """``[Future(key, self) for key in keys]`` counted in one go (``map``);
+        no allocation under the lock: a collection could run ``_dec_ref``."""
+        known, refcount = self._states, self._refcount
+        fresh = {key: FutureState(key) for key in keys if key not in known}
+        made: list[FutureState] = []
+        with self._lock:  # appends, ints and dict slots: no tracked allocation
+            for key, state in fresh.items():
+                if known.setdefault(key, state) is state:
+                    made.append(state)
+            for key in keys:
+                refcount[key] = refcount.get(key, 0) + 1
         link = self._link
         if made and not link.is_running:  # as in _state_for
             for state in made:
                 state.set_error(link.stopped_error(), "")
-        refcount = self._refcount
-        with self._lock:  # no tracked allocation here: ints and dict slots
-            for key in keys:
-                refcount[key] = refcount.get(key, 0) + 1
+        # A key released meanwhile by another future of it gets a new state.
+        states = [known.get(key) or self._state_for(key) for key in keys]
         return counted_futures(self, keys, states)
 
     def _inc_ref(self, key: Key) -> None:
@@ -346,6 +344,10 @@ class Client(
                 return
             self._refcount.pop(key, None)
             self._states.pop(key, None)
+            if not self._refcount:  # a dict keeps its largest table until cleared
+                self._refcount.clear()
+                if not self._states:
+                    self._states.clear()
             if key in self._adopted:
                 self._adopted.discard(key)
                 return  # never asked for: nothing to release
