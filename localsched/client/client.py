@@ -55,11 +55,12 @@ from localsched.client.graph import (
     PlainCalls,
     TaskSpec,
     call_key,
+    collector_paused,
     funcname,
     gathered,
+    graph_event,
     prepare_scatter,
     replace_futures,
-    worker_restrictions,
 )
 from localsched.client.handover import refuse_asynchronous
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
@@ -520,7 +521,9 @@ class Client(
                 already = key in self._refcount
             event = None
             if not already:
-                event = self._graph_event(
+                event = graph_event(
+                    self._link,
+                    self.id,
                     {key: spec},
                     {key: spec.dependencies},
                     [key],
@@ -585,97 +588,72 @@ class Client(
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         spec: TaskSpec | None = None
-        plain = None
-        if not self._link.in_process:
-            plain = PlainCalls.of(self._functions, func, kwargs, actor)
+        plain = (
+            None
+            if self._link.in_process
+            else PlainCalls.of(self._functions, func, kwargs, actor)
+        )
         # As in submit: arguments in shared memory are freed here unless posted.
         k: Key  # from the fast path, call_key or keys; None only with keys
-        try:
-            for i, call_args in enumerate(calls):
-                made = plain and plain.spec(call_args, pure, keyed=keys is None)
-                if made:
-                    spec, k = made
-                else:
-                    spec, (ref_args, ref_kwargs) = self._spec(
-                        func, call_args, kwargs, actor
-                    )
-                    if keys is None:
-                        k = call_key(
-                            self._functions, func, spec, pure, ref_args, ref_kwargs
+        with collector_paused(len(calls)):
+            try:
+                for i, call_args in enumerate(calls):
+                    made = plain and plain.spec(call_args, pure, keyed=keys is None)
+                    if made:
+                        spec, k = made
+                    else:
+                        spec, (ref_args, ref_kwargs) = self._spec(
+                            func, call_args, kwargs, actor
                         )
-                if keys is not None:
-                    k = keys[i]
-                    validate_key(k)
-                elif prefix is not None:
-                    k = f"{prefix}-{str(k).rsplit('-', 1)[-1]}"
-                if k in tasks:
-                    self._link.release(spec.args)
-                else:
-                    tasks[k] = spec
-                    dependencies[k] = spec.dependencies
-                spec = None
-                out_keys.append(k)
-            with self._lock:
-                # Keys this client already holds futures for are running already.
-                held = tasks.keys() & self._refcount.keys()
-            new = {k: s for k, s in tasks.items() if k not in held} if held else tasks
-            event = None
-            if new:
-                event = self._graph_event(
-                    new,
-                    {k: dependencies[k] for k in new} if held else dependencies,
-                    list(new),
-                    workers=workers,
-                    resources=resources,
-                    retries=retries,
-                    priority=priority,
-                    allow_other_workers=allow_other_workers,
-                    fifo_timeout=fifo_timeout,
-                    actors=tuple(new) if actor else (),
+                        if keys is None:
+                            k = call_key(
+                                self._functions, func, spec, pure, ref_args, ref_kwargs
+                            )
+                    if keys is not None:
+                        k = keys[i]
+                        validate_key(k)
+                    elif prefix is not None:
+                        k = f"{prefix}-{str(k).rsplit('-', 1)[-1]}"
+                    if k in tasks:
+                        self._link.release(spec.args)
+                    else:
+                        tasks[k] = spec
+                        dependencies[k] = spec.dependencies
+                    spec = None
+                    out_keys.append(k)
+                with self._lock:
+                    # Keys this client already holds futures for are running already.
+                    held = tasks.keys() & self._refcount.keys()
+                new = (
+                    {k: s for k, s in tasks.items() if k not in held} if held else tasks
                 )
-        except BaseException:
-            for unposted in [*tasks.values(), *([spec] if spec else [])]:
-                self._link.release(unposted.args)
-            raise
-        for k, unposted in tasks.items():
-            if k not in new:
-                self._link.release(unposted.args)
-        futures = self._futures_for(out_keys)
+                event = None
+                if new:
+                    event = graph_event(
+                        self._link,
+                        self.id,
+                        new,
+                        {k: dependencies[k] for k in new} if held else dependencies,
+                        list(new),
+                        workers=workers,
+                        resources=resources,
+                        retries=retries,
+                        priority=priority,
+                        allow_other_workers=allow_other_workers,
+                        fifo_timeout=fifo_timeout,
+                        actors=tuple(new) if actor else (),
+                    )
+            except BaseException:
+                for unposted in [*tasks.values(), *([spec] if spec else [])]:
+                    self._link.release(unposted.args)
+                raise
+            for k, unposted in tasks.items():
+                if k not in new:
+                    self._link.release(unposted.args)
+            futures = self._futures_for(out_keys)
         if event is not None:
             self._link.post(event)
         return futures
-
-    def _graph_event(
-        self,
-        tasks: dict[Key, TaskSpec],
-        dependencies: dict[Key, tuple[Key, ...]],
-        keys: list[Key],
-        *,
-        workers: str | Iterable[str] | None,
-        resources: Mapping[str, float] | None,
-        retries: int | None,
-        priority: int,
-        allow_other_workers: bool,
-        fifo_timeout: str | float,
-        actors: tuple[Key, ...] = (),
-    ) -> ev.UpdateGraph:
-        restrictions = worker_restrictions(tasks, workers)
-        return ev.UpdateGraph(
-            stimulus_id=self._link.stimulus_id("update-graph"),
-            client=self.id,
-            tasks=tasks,
-            dependencies=dependencies,
-            keys=keys,
-            user_priority=priority,
-            fifo_timeout=parse_timedelta(fifo_timeout),
-            restrictions=restrictions,
-            loose_restrictions=list(tasks) if allow_other_workers else (),
-            resources={key: dict(resources) for key in tasks} if resources else None,
-            retries=retries,
-            time=time.time(),
-            submitting_task=self._link.current_task(),
-            actors=actors,
-        )
 
     # -- results ---------------------------------------------------------------------
 

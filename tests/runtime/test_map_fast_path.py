@@ -11,7 +11,13 @@ import threading
 import numpy as np
 import pytest
 
-from localsched.client.graph import PLAIN_LIMIT, FunctionCache, PlainCalls
+from localsched.client.graph import (
+    PAUSE_GC_FROM,
+    PLAIN_LIMIT,
+    FunctionCache,
+    PlainCalls,
+    collector_paused,
+)
 from localsched.transport import pickling
 from tests.runtime.helpers import DEADLINE, poll
 
@@ -130,3 +136,27 @@ def test_map_on_a_key_already_held_reuses_it(client):
     assert again[0]._state is held._state
     assert client.gather(again) == [(11, 1), (12, 1)]
     assert held.result(timeout=DEADLINE) == (11, 1)
+
+
+def test_a_large_map_pauses_the_collector_and_always_restores_it(client):
+    seen: list[bool] = []
+    with collector_paused(PAUSE_GC_FROM):
+        seen.append(gc.isenabled())
+    assert seen == [False]
+    assert gc.isenabled()
+    futures = client.map(scaled, range(PAUSE_GC_FROM))
+    assert gc.isenabled()
+    assert len({f.key for f in futures}) == PAUSE_GC_FROM
+    client.cancel(futures)  # 10k tasks on a validating core: not worth waiting
+    del futures
+    calls = [*range(PAUSE_GC_FROM), threading.Lock()]
+    with pytest.raises(TypeError, match="Could not serialize"):
+        client.map(scaled, calls)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused(PAUSE_GC_FROM):
+            pass
+        assert not gc.isenabled()  # it was off: left off
+    finally:
+        gc.enable()
