@@ -16,6 +16,12 @@ and the best run (by whole-run CPU) is kept.
     python benchmarks/bench_core.py            # 10k and 100k tasks
     python benchmarks/bench_core.py --full     # also 1M (flatness check)
     python benchmarks/bench_core.py --profile  # cProfile of the 100k map
+    python benchmarks/bench_core.py --scaling  # 8, 64, 256 workers x 1..32 threads
+
+``--scaling`` runs both workloads at ``--size`` tasks (100k by default) for every
+pair of ``--workers`` and ``--threads``, and prints the CPU per task in the core
+and the scheduler's capacity (tasks per second of one core). A step that walks
+every worker per task would make the cost grow with the workers.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from localsched.scheduler.state import SchedulerState
 N_WORKERS = 2
 THREADS = 1
 BATCH = 1000
+#: (workers, threads per worker) of the next ``_Core``s; ``--scaling`` sets it.
+_shape = [N_WORKERS, THREADS]
 
 
 class _Core:
@@ -79,11 +87,12 @@ def _run(state: _Core, commands: list[object], release: list[object]) -> int:
 
 
 def _new_state() -> SchedulerState:
+    workers, threads = _shape
     state = SchedulerState(validate=False)
     state.handle(
         *(
-            ev.WorkerAdded(stimulus_id="add", address=f"w{i}", nthreads=THREADS)
-            for i in range(N_WORKERS)
+            ev.WorkerAdded(stimulus_id="add", address=f"w{i}", nthreads=threads)
+            for i in range(workers)
         )
     )
     return state
@@ -161,6 +170,27 @@ def _report(name: str, func: Callable[[int], Timing], n: int, repeat: int) -> No
     )
 
 
+def scaling(workers: list[int], threads: list[int], size: int, repeat: int) -> None:
+    """CPU per task in the core against the number of simulated workers."""
+    print(f"scheduler core, {size:,} tasks, CPU in core per task (best of {repeat})")
+    print(f"{'workers x threads':<18} {'map us':>7} {'tasks/s':>8} {'tree us':>8}")
+    for n_workers in workers:
+        for n_threads in threads:
+            _shape[:] = [n_workers, n_threads]
+            row = []
+            for func, n in (
+                (bench_independent, size),
+                (bench_map_reduce, size * 7 // 8),
+            ):
+                func(min(n, 2000))  # warm up
+                _, core, _, ntasks = min(func(n) for _ in range(repeat))
+                row.append(core / ntasks)
+            print(
+                f"{n_workers:>7} x {n_threads:<8} {row[0] * 1e6:7.1f}"
+                f" {1 / row[0]:8,.0f} {row[1] * 1e6:8.1f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also run 1M tasks")
@@ -168,7 +198,14 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per size; the best is kept"
     )
+    parser.add_argument("--scaling", action="store_true", help="cost per worker count")
+    parser.add_argument("--workers", type=int, nargs="+", default=[8, 64, 256])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--size", type=int, default=100_000, help="tasks (--scaling)")
     args = parser.parse_args()
+    if args.scaling:
+        scaling(args.workers, args.threads, args.size, args.repeat)
+        return
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()

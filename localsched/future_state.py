@@ -45,12 +45,26 @@ class RemoteTraceback(Exception):
         return self.text
 
 
+#: Guards the lazily made parts of every ``FutureState`` (its event and its
+#: waiter list) against the scheduler thread resolving it meanwhile. One lock
+#: for all states: a state is touched by at most a waiter and the resolver, for
+#: a few instructions, and a lock per state would cost 1 KB per future (a
+#: ``threading.Event`` is a lock, a condition and a deque).
+_LAZY = threading.Lock()
+
+
 class FutureState:
-    """The status of one key as this client knows it (set by the scheduler thread)."""
+    """The status of one key as this client knows it (set by the scheduler thread).
+
+    A million of these can be alive (``client.map``), so a state holds plain
+    values only: the ``threading.Event`` to block on and the list of waiters
+    are made when someone first waits or adds a callback.
+    """
 
     __slots__ = (
+        "_done",
+        "_event",
         "_waiters",
-        "event",
         "exception",
         "key",
         "reason",
@@ -72,33 +86,55 @@ class FutureState:
         #: client (``client/result_types.py``); stale when ``type`` changes.
         self.type_object: tuple[str, object] | None = None
         self.reason: str | None = None
-        #: Set iff the status is final (finished, error, cancelled).
-        self.event = threading.Event()
-        self._waiters: list[Callable[[FutureState], None]] = []
+        #: True iff the status is final (finished, error, cancelled).
+        self._done = False
+        #: Made by the first ``event`` read; set iff ``_done``.
+        self._event: threading.Event | None = None
+        #: Callbacks for when the state is final; None while there are none.
+        self._waiters: list[Callable[[FutureState], None]] | None = None
+
+    @property
+    def event(self) -> threading.Event:
+        """Set iff the status is final: block on it with ``event.wait()``."""
+        event = self._event
+        if event is None:
+            with _LAZY:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+                    if self._done:
+                        event.set()
+        return event
 
     def done(self) -> bool:
-        return self.event.is_set()
+        return self._done
 
     def add_waiter(self, callback: Callable[[FutureState], None]) -> None:
         """Call ``callback(self)`` once the state is final (now if it is)."""
-        if self.event.is_set():
-            callback(self)
-            return
-        self._waiters.append(callback)
-        if self.event.is_set() and callback in self._waiters:
-            # Resolved while we appended: make sure it runs exactly once.
-            self._waiters.remove(callback)
-            callback(self)
+        with _LAZY:
+            if not self._done:
+                if self._waiters is None:
+                    self._waiters = [callback]
+                else:
+                    self._waiters.append(callback)
+                return
+        callback(self)  # outside the lock: it may wait on other states
 
     def remove_waiter(self, callback: Callable[[FutureState], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(callback)
+        with _LAZY:
+            if self._waiters:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(callback)
 
     def _resolve(self, status: str) -> None:
         self.status = status
-        self.event.set()
-        waiters, self._waiters = self._waiters, []
-        for callback in waiters:
+        with _LAZY:
+            self._done = True
+            event = self._event
+            waiters, self._waiters = self._waiters, None
+        if event is not None:
+            event.set()
+        for callback in waiters or ():
             callback(self)
 
     def finish(self, type_name: str | None) -> None:
@@ -116,7 +152,10 @@ class FutureState:
 
     def reset(self, status: str = "pending") -> None:
         """Lost data or a retry: the key will be computed again."""
-        self.event.clear()
+        with _LAZY:
+            self._done = False
+            if self._event is not None:
+                self._event.clear()
         self.status = status
         self.exception = None
         self.traceback_text = ""

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import sys
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from localsched.client.actor import Actor
 from localsched.client.asynchronous import AsyncMixin, bind_loop, start_client
 from localsched.client.cluster_tools import ClusterToolsMixin
-from localsched.client.computation_code import computation_code
 from localsched.client.control import ControlMixin
 from localsched.client.dask_collections import (
     CollectionsMixin,
@@ -44,6 +42,7 @@ from localsched.client.dual import dual, twin_call
 from localsched.client.future import (
     Future,
     FutureState,
+    counted_futures,
     futures_of,
     loading_client,
     wait,
@@ -54,13 +53,15 @@ from localsched.client.graph import (
     IN_PROCESS_TOKEN,
     CannotSerialize,
     FunctionCache,
+    PlainCalls,
     TaskSpec,
+    call_key,
+    collector_paused,
     funcname,
     gathered,
-    hash_args,
+    graph_event,
     prepare_scatter,
     replace_futures,
-    worker_restrictions,
 )
 from localsched.client.observing import DEFAULT_EVENT_HANDLERS, ObservingMixin
 from localsched.client.plugins import PluginsMixin
@@ -70,10 +71,7 @@ from localsched.scheduler import events as ev
 from localsched.scheduler.events import validate_key
 from localsched.transport import inproc
 from localsched.transport import requests as rq
-from localsched.transport.hashing import content_hasher
-from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import TaskRef
-from localsched.transport.shm import BlobRef
 from localsched.units import parse_timedelta
 
 if TYPE_CHECKING:
@@ -281,13 +279,35 @@ class Client(
         states = self._states
         state = states.get(key)
         if state is None:
-            state = states[key] = FutureState(key)
+            made = FutureState(key)  # not under the lock: see _futures_for
+            with self._lock:  # against _dec_ref clearing an empty table
+                state = states.setdefault(key, made)
             link = self._link
             if not link.is_running:
                 # The loop is gone and failed the states it saw (it stops
                 # before it fails them): nobody else will resolve this one.
                 state.set_error(link.stopped_error(), "")
         return state
+
+    def _futures_for(self, keys: list[Key]) -> list[Future]:
+        """``[Future(key, self) for key in keys]`` counted in one go (``map``);
+        no allocation under the lock: a collection could run ``_dec_ref``."""
+        known, refcount = self._states, self._refcount
+        fresh = {key: FutureState(key) for key in keys if key not in known}
+        made: list[FutureState] = []
+        with self._lock:  # appends, ints and dict slots: no tracked allocation
+            for key, state in fresh.items():
+                if known.setdefault(key, state) is state:
+                    made.append(state)
+            for key in keys:
+                refcount[key] = refcount.get(key, 0) + 1
+        link = self._link
+        if made and not link.is_running:  # as in _state_for
+            for state in made:
+                state.set_error(link.stopped_error(), "")
+        # A key released meanwhile by another future of it gets a new state.
+        states = [known.get(key) or self._state_for(key) for key in keys]
+        return counted_futures(self, keys, states)
 
     def _inc_ref(self, key: Key) -> None:
         with self._lock:
@@ -334,6 +354,10 @@ class Client(
                 return
             self._refcount.pop(key, None)
             self._states.pop(key, None)
+            if not self._refcount:  # a dict keeps its largest table until cleared
+                self._refcount.clear()
+                if not self._states:
+                    self._states.clear()
             if key in self._adopted:
                 self._adopted.discard(key)
                 return  # never asked for: nothing to release
@@ -398,30 +422,6 @@ class Client(
             ) from exc
         spec = TaskSpec(token, function_bytes, payload, tuple(found), actor)
         return spec, (args, kwargs)
-
-    def _key_for(
-        self,
-        func: Callable[..., Any],
-        spec: TaskSpec,
-        pure: bool,
-        args: Any,
-        kwargs: Any,
-    ) -> str:
-        if not pure:
-            return f"{funcname(func)}-{uuid.uuid4().hex}"
-        if isinstance(spec.args, LocalRef):
-            try:
-                function_token = self._functions.get(func)[0]
-                token = hash_args(function_token, args, kwargs)
-            except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
-                token = uuid.uuid4().hex
-        elif isinstance(spec.args, BlobRef):
-            token = hash_args(spec.function_token, args, kwargs)
-        else:
-            hasher = content_hasher(spec.function_token.encode())
-            hasher.update(spec.args)
-            token = hasher.hexdigest()
-        return f"{funcname(func)}-{token}"
 
     def _check_running(self) -> None:
         """Raise ``ClosedClientError`` if futures made now could never resolve."""
@@ -523,14 +523,16 @@ class Client(
         # frees them here.
         try:
             if key is None:
-                key = self._key_for(func, spec, pure, ref_args, ref_kwargs)
+                key = call_key(self._functions, func, spec, pure, ref_args, ref_kwargs)
             else:
                 validate_key(key)
             with self._lock:
                 already = key in self._refcount
             event = None
             if not already:
-                event = self._graph_event(
+                event = graph_event(
+                    self._link,
+                    self.id,
                     {key: spec},
                     {key: spec.dependencies},
                     [key],
@@ -595,87 +597,72 @@ class Client(
         dependencies: dict[Key, tuple[Key, ...]] = {}
         out_keys: list[Key] = []
         spec: TaskSpec | None = None
+        plain = (
+            None
+            if self._link.in_process
+            else PlainCalls.of(self._functions, func, kwargs, actor)
+        )
         # As in submit: arguments in shared memory are freed here unless posted.
-        try:
-            for i, call_args in enumerate(calls):
-                spec, (ref_args, ref_kwargs) = self._spec(
-                    func, call_args, kwargs, actor
+        k: Key  # from the fast path, call_key or keys; None only with keys
+        with collector_paused(len(calls)):
+            try:
+                for i, call_args in enumerate(calls):
+                    made = plain and plain.spec(call_args, pure, keyed=keys is None)
+                    if made:
+                        spec, k = made
+                    else:
+                        spec, (ref_args, ref_kwargs) = self._spec(
+                            func, call_args, kwargs, actor
+                        )
+                        if keys is None:
+                            k = call_key(
+                                self._functions, func, spec, pure, ref_args, ref_kwargs
+                            )
+                    if keys is not None:
+                        k = keys[i]
+                        validate_key(k)
+                    elif prefix is not None:
+                        k = f"{prefix}-{str(k).rsplit('-', 1)[-1]}"
+                    if k in tasks:
+                        self._link.release(spec.args)
+                    else:
+                        tasks[k] = spec
+                        dependencies[k] = spec.dependencies
+                    spec = None
+                    out_keys.append(k)
+                with self._lock:
+                    # Keys this client already holds futures for are running already.
+                    held = tasks.keys() & self._refcount.keys()
+                new = (
+                    {k: s for k, s in tasks.items() if k not in held} if held else tasks
                 )
-                if keys is not None:
-                    k = keys[i]
-                    validate_key(k)
-                else:
-                    k = self._key_for(func, spec, pure, ref_args, ref_kwargs)
-                    if prefix is not None:
-                        k = f"{prefix}-{k.rsplit('-', 1)[-1]}"
-                if k in tasks:
-                    self._link.release(spec.args)
-                else:
-                    tasks[k] = spec
-                    dependencies[k] = spec.dependencies
-                spec = None
-                out_keys.append(k)
-            with self._lock:
-                # Keys this client already holds futures for are running already.
-                new = {k: s for k, s in tasks.items() if k not in self._refcount}
-            event = None
-            if new:
-                event = self._graph_event(
-                    new,
-                    {k: dependencies[k] for k in new},
-                    list(new),
-                    workers=workers,
-                    resources=resources,
-                    retries=retries,
-                    priority=priority,
-                    allow_other_workers=allow_other_workers,
-                    fifo_timeout=fifo_timeout,
-                    actors=tuple(new) if actor else (),
-                )
-        except BaseException:
-            for unposted in [*tasks.values(), *([spec] if spec else [])]:
-                self._link.release(unposted.args)
-            raise
-        for k, unposted in tasks.items():
-            if k not in new:
-                self._link.release(unposted.args)
-        futures = [Future(k, self) for k in out_keys]
+                event = None
+                if new:
+                    event = graph_event(
+                        self._link,
+                        self.id,
+                        new,
+                        {k: dependencies[k] for k in new} if held else dependencies,
+                        list(new),
+                        workers=workers,
+                        resources=resources,
+                        retries=retries,
+                        priority=priority,
+                        allow_other_workers=allow_other_workers,
+                        fifo_timeout=fifo_timeout,
+                        actors=tuple(new) if actor else (),
+                    )
+            except BaseException:
+                for unposted in [*tasks.values(), *([spec] if spec else [])]:
+                    self._link.release(unposted.args)
+                raise
+            for k, unposted in tasks.items():
+                if k not in new:
+                    self._link.release(unposted.args)
+            futures = self._futures_for(out_keys)
         if event is not None:
             self._link.post(event)
         return futures
-
-    def _graph_event(
-        self,
-        tasks: dict[Key, TaskSpec],
-        dependencies: dict[Key, tuple[Key, ...]],
-        keys: list[Key],
-        *,
-        workers: str | Iterable[str] | None,
-        resources: Mapping[str, float] | None,
-        retries: int | None,
-        priority: int,
-        allow_other_workers: bool,
-        fifo_timeout: str | float,
-        actors: tuple[Key, ...] = (),
-    ) -> ev.UpdateGraph:
-        restrictions = worker_restrictions(tasks, workers)
-        return ev.UpdateGraph(
-            stimulus_id=self._link.stimulus_id("update-graph"),
-            client=self.id,
-            tasks=tasks,
-            dependencies=dependencies,
-            keys=keys,
-            user_priority=priority,
-            fifo_timeout=parse_timedelta(fifo_timeout),
-            restrictions=restrictions,
-            loose_restrictions=list(tasks) if allow_other_workers else (),
-            resources={key: dict(resources) for key in tasks} if resources else None,
-            retries=retries,
-            time=time.time(),
-            submitting_task=self._link.current_task(),
-            actors=actors,
-            code=computation_code(),
-        )
 
     # -- results ---------------------------------------------------------------------
 

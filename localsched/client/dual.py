@@ -86,7 +86,7 @@ def _dual(method: F, client_of: Callable[[Any], Any]) -> F:
                 error.__traceback__ = traceback.tb_next
             raise
 
-    code = call.__code__
+    code = call.__code__  # type: ignore[attr-defined]  # (wraps hides it)
 
     return call  # type: ignore[return-value]
 

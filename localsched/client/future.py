@@ -237,6 +237,28 @@ class Future:
         return isinstance(other, Future) and other.key == self.key
 
 
+def counted_futures(
+    client: Client, keys: list[Key], states: list[FutureState]
+) -> list[Future]:
+    """Futures of ``keys`` whose references ``client`` counted already.
+
+    ``Future.__init__`` without its per-future lock and lookups, for
+    ``Client.map``; it sets the same attributes.
+    """
+    generation = getattr(client, "generation", 0)
+    new = Future.__new__
+    futures = []
+    for key, state in zip(keys, states, strict=True):
+        future = new(Future)
+        future.key = key
+        future.client = client
+        future._state = state
+        future._released = False
+        future._generation = generation
+        futures.append(future)
+    return futures
+
+
 #: The client unpickling results in this context (``Client._load_result``):
 #: futures inside them belong to it.
 loading_client: contextvars.ContextVar[Client | None] = contextvars.ContextVar(

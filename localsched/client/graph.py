@@ -10,19 +10,26 @@ that the worker substitutes with the dependencies' values.
 from __future__ import annotations
 
 import contextlib
+import gc
+import pickle
 import threading
+import time
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from numbers import Number
 from typing import Any, NamedTuple
 
+from localsched.client.computation_code import computation_code
+from localsched.scheduler import events as ev
 from localsched.transport import pickling
 from localsched.transport.hashing import content_hasher
+from localsched.transport.inproc import LocalRef
 from localsched.transport.protocol import Payload, TaskRef, dumps_function
 from localsched.transport.shm import BlobRef
 from localsched.transport.sizeof import sizeof
+from localsched.units import parse_timedelta
 
 Key = Hashable
 
@@ -84,6 +91,108 @@ class FunctionCache:
             self._by_id.pop(ident, None)
 
         return callback
+
+
+#: Argument types of ``map``'s fast path: they never hold a future, and the C
+#: pickler writes them before it consults any hook, so ``pickle.dumps`` gives
+#: the very bytes cloudpickle would (and keys equal ``submit``'s).
+PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+
+#: Largest fast-path payload: far below every link's inline threshold, so the
+#: general path would have kept it inline too.
+PLAIN_LIMIT = 1024
+
+
+class PlainCalls:
+    """Specs and keys of one function's calls on plain arguments (``map``).
+
+    The function is pickled and its name found once for the whole map; each
+    call then costs one C pickle of its arguments and, for a pure key, one
+    copy of a hash already fed the function's token. :meth:`spec` returns
+    None for a call outside the fast path (a future, another type, a large
+    value), which then takes the general path.
+    """
+
+    __slots__ = ("_hasher", "actor", "function", "kwargs", "name", "token")
+
+    def __init__(
+        self,
+        function_token: str,
+        function: bytes,
+        name: str,
+        kwargs: dict[str, Any],
+        actor: bool,
+    ) -> None:
+        self.token = function_token
+        self.function = function
+        self.name = name
+        self.kwargs = kwargs
+        self.actor = actor
+        # As ``call_key``: the content hash over the token, then the arguments.
+        self._hasher = content_hasher(function_token.encode())
+
+    @classmethod
+    def of(
+        cls,
+        functions: FunctionCache,
+        function: Callable[..., Any],
+        kwargs: dict[str, Any],
+        actor: bool,
+    ) -> PlainCalls | None:
+        """The fast path for ``map(function, ..., **kwargs)``; None where it
+        cannot apply (other keyword arguments, or a function that does not
+        pickle: the general path raises then)."""
+        if not all(type(value) in PLAIN_TYPES for value in kwargs.values()):
+            return None
+        try:
+            token, data = functions.get(function)
+        except Exception:
+            return None
+        return cls(token, data, funcname(function), kwargs, actor)
+
+    def spec(
+        self, args: tuple[Any, ...], pure: bool, keyed: bool = True
+    ) -> tuple[TaskSpec, str | None] | None:
+        """The spec of ``function(*args, **kwargs)`` and its key (None if not
+        ``keyed``); None if the call is not plain."""
+        plain = PLAIN_TYPES
+        for arg in args:
+            if type(arg) not in plain:
+                return None
+        payload = pickle.dumps((args, self.kwargs), protocol=5)
+        if len(payload) > PLAIN_LIMIT:
+            return None
+        spec = TaskSpec(self.token, self.function, payload, (), self.actor)
+        if not keyed:
+            return spec, None
+        if pure:
+            hasher = self._hasher.copy()
+            hasher.update(payload)
+            return spec, f"{self.name}-{hasher.hexdigest()}"
+        return spec, f"{self.name}-{uuid.uuid4().hex}"
+
+
+#: Calls from which ``map`` pauses the cyclic garbage collector.
+PAUSE_GC_FROM = 10_000
+
+
+@contextlib.contextmanager
+def collector_paused(n_calls: int) -> Iterator[None]:
+    """Pause the cyclic GC while a large ``map`` builds its tasks and futures.
+
+    They are several tracked objects per call and none of them is garbage,
+    yet each generation's threshold sets off a collection that walks them
+    all again: a third of the CPU of a 300k map. Nothing here makes cycles;
+    the collector resumes (if it was on) however the block ends.
+    """
+    if n_calls < PAUSE_GC_FROM or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _deref(ref: Any) -> Any:
@@ -169,6 +278,70 @@ def hash_args(
     for buffer in buffers:
         hasher.update(buffer.raw())
     return hasher.hexdigest()
+
+
+def call_key(
+    functions: FunctionCache,
+    function: Callable[..., Any],
+    spec: TaskSpec,
+    pure: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> str:
+    """The key of a ``submit``/``map`` call, dask's ``<funcname>-<token>``: a
+    digest of the function's token and the pickled arguments if ``pure``,
+    else random (so is the key of arguments that do not pickle)."""
+    if not pure:
+        return f"{funcname(function)}-{uuid.uuid4().hex}"
+    if isinstance(spec.args, LocalRef):
+        try:
+            function_token = functions.get(function)[0]
+            token = hash_args(function_token, args, kwargs)
+        except Exception:  # cannot be pickled: a fresh key, as dask's tokenize
+            token = uuid.uuid4().hex
+    elif isinstance(spec.args, BlobRef):
+        token = hash_args(spec.function_token, args, kwargs)
+    else:
+        hasher = content_hasher(spec.function_token.encode())
+        hasher.update(spec.args)
+        token = hasher.hexdigest()
+    return f"{funcname(function)}-{token}"
+
+
+def graph_event(
+    link: Any,
+    client_id: str,
+    tasks: dict[Key, TaskSpec],
+    dependencies: dict[Key, tuple[Key, ...]],
+    keys: list[Key],
+    *,
+    workers: str | Iterable[str] | None,
+    resources: Mapping[str, float] | None,
+    retries: int | None,
+    priority: int,
+    allow_other_workers: bool,
+    fifo_timeout: str | float,
+    actors: tuple[Key, ...] = (),
+) -> ev.UpdateGraph:
+    """The ``UpdateGraph`` event of a ``submit`` or ``map`` with its options,
+    posted on ``link`` (a ``SchedulerLink``) by client ``client_id``."""
+    return ev.UpdateGraph(
+        stimulus_id=link.stimulus_id("update-graph"),
+        client=client_id,
+        tasks=tasks,
+        dependencies=dependencies,
+        keys=keys,
+        user_priority=priority,
+        fifo_timeout=parse_timedelta(fifo_timeout),
+        restrictions=worker_restrictions(tasks, workers),
+        loose_restrictions=list(tasks) if allow_other_workers else (),
+        resources={key: dict(resources) for key in tasks} if resources else None,
+        retries=retries,
+        time=time.time(),
+        submitting_task=link.current_task(),
+        actors=actors,
+        code=computation_code(),
+    )
 
 
 def worker_restrictions(

@@ -50,6 +50,7 @@ import cloudpickle
 from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future_state import FutureState, RemoteTraceback
 from localsched.runtime.actor_calls import actor_calls_of
+from localsched.runtime.allocator import AllocatorTrim
 from localsched.runtime.event_log import EventLog
 from localsched.runtime.handles import (
     ClientHandle,
@@ -94,6 +95,7 @@ from localsched.transport.protocol import (
     WorkerInfo,
     decode_batch,
     encode_batch,
+    merge_forgets,
 )
 from localsched.transport.shm import BlobRef, load
 from localsched.transport.wakeup import Wakeup
@@ -162,6 +164,8 @@ class SchedulerRuntime:
         #: (key, spec) of tasks whose arguments live in shared memory: noted
         #: once the core has handled their graph, swept on ticks.
         self._arg_blobs: list[tuple[Key, Any]] = []
+        #: Frees memory after a large release (the process's, not the tasks').
+        self.allocator = AllocatorTrim()
         #: ``Client.run`` calls waiting for replies, by id.
         #: ``Client.run`` calls waiting for their workers' answers.
         self.runs = Runs(self.workers)
@@ -413,6 +417,9 @@ class SchedulerRuntime:
         if now >= self._next_tick:
             self._next_tick = now + TICK_INTERVAL
             self._sweep_arg_blobs()
+            self.allocator.after_tick(
+                len(self.scheduler.state.tasks), (self.data, self._producers)
+            )
             events.append(
                 ev.Tick(stimulus_id=self.stimulus_id("tick"), time=time.time())
             )
@@ -774,6 +781,8 @@ class SchedulerRuntime:
         for handle in self.workers.values():
             if handle.outbox:
                 batch, handle.outbox = handle.outbox, []
+                if len(batch) > 1:
+                    batch = merge_forgets(batch)
                 # A len() compare per worker and turn: sys.path grew (or
                 # changed length) since this worker last heard it.
                 if len(sys.path) != handle.path_len:

@@ -188,10 +188,14 @@ class HeapSet:
 
     def _rebuild(self) -> None:
         tasks = self._tasks
-        owners = self._owners
-        for counter, ts in list(owners.items()):
-            if tasks.get(ts.key) is not ts:
-                del owners[counter]
+        # New dicts, not deletions: a dict keeps its largest table until it
+        # is rebuilt, and a queue of a million tasks has 40 MB ones.
+        owners = self._owners = {
+            counter: ts
+            for counter, ts in self._owners.items()
+            if tasks.get(ts.key) is ts
+        }
+        self._tasks = dict(tasks)
         self._heap = [entry for entry in self._heap if entry[1] in owners]
         heapq.heapify(self._heap)
         self._run = deque(entry for entry in self._run if entry[1] in owners)

@@ -25,6 +25,8 @@ class Hasher(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Hasher: ...
+
 
 def _find_xxhash() -> ModuleType | None:
     try:

@@ -484,6 +484,29 @@ _MESSAGE_TYPES: tuple[type[Message], ...] = (
 _FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _MESSAGE_TYPES}
 
 
+def merge_forgets(batch: list[Message]) -> list[Message]:
+    """``batch`` with each run of consecutive ``ForgetKeys`` as one message.
+
+    The core frees keys one command at a time; a worker then reads, and the
+    scheduler thread pickles, one message per turn instead of one per task.
+    Only consecutive ones merge: a key forgotten and then run again in one
+    turn must still reach the worker in that order.
+    """
+    out: list[Message] = []
+    run: list[Key] = []
+    for message in batch:
+        if type(message) is ForgetKeys:
+            run.extend(message.keys)
+            continue
+        if run:
+            out.append(ForgetKeys(keys=tuple(run)))
+            run = []
+        out.append(message)
+    if run:
+        out.append(ForgetKeys(keys=tuple(run)))
+    return out
+
+
 def _install_pickling(cls: type[Message]) -> None:
     # dataclass's own __getstate__/__setstate__ for frozen slots classes call
     # fields() on every message; precomputed names make a round trip 40% cheaper

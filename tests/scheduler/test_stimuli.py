@@ -1319,3 +1319,27 @@ def test_retiring_worker_whose_task_was_released_retires_by_the_next_tick(state)
 
     assert CloseWorker.match(worker="w1", reason="retired") in cmds
     assert "w1" not in state.workers
+
+
+def test_tick_after_everything_is_released_gives_the_tables_back(state):
+    # An emptied dict keeps its largest table until cleared: after a big map the
+    # core would otherwise hold tens of MB with nothing in them.
+    import sys
+
+    add_worker(state, "w1", nthreads=1)
+    keys = [f"x-{i}" for i in range(100)]
+    submit(state, keys)
+    for key in keys:
+        if state.tasks[key].state == "processing":
+            finish(state, key)
+    release(state, keys)
+    assert not state.tasks
+    grown = sys.getsizeof(state.tasks)
+    assert grown > sys.getsizeof({})
+    assert tick(state, 10.0) == []
+    assert sys.getsizeof(state.tasks) == sys.getsizeof({})
+    cs = state.clients["c"]
+    assert sys.getsizeof(cs.wants_what) == sys.getsizeof(set())
+    # Still a working core afterwards.
+    submit(state, ["y"])
+    assert state.tasks["y"].state == "processing"

@@ -26,6 +26,7 @@ from localsched.transport.protocol import (
     decode_batch,
     dumps_function,
     encode_batch,
+    merge_forgets,
 )
 from localsched.transport.shm import BlobRef, SegmentLease
 
@@ -215,3 +216,26 @@ def _is_message_class(obj: object) -> bool:
 def _short_unicode(text: str) -> bytes:
     encoded = text.encode()
     return pickle.SHORT_BINUNICODE + bytes([len(encoded)]) + encoded
+
+
+def test_consecutive_forget_keys_merge_in_order():
+    run = RunTask(
+        key="b",
+        run_id=1,
+        function_token="t",
+        function=None,
+        args=b"",
+        dependencies={},
+        priority=(0,),
+        resource_restrictions=None,
+        actor=False,
+    )
+    batch = [ForgetKeys(keys=("a",)), ForgetKeys(keys=("b", "c")), run]
+    batch += [ForgetKeys(keys=("b",)), ForgetKeys(keys=("d",))]
+    merged = merge_forgets(batch)
+    assert merged == [
+        ForgetKeys(keys=("a", "b", "c")),
+        run,
+        ForgetKeys(keys=("b", "d")),
+    ]
+    assert decode_batch(encode_batch(merged)) == merged
