@@ -22,6 +22,7 @@ State lives on the scheduler thread. Methods a user calls from another thread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -93,8 +94,8 @@ class Adaptive:
     minimum
         Never fewer workers than this.
     maximum
-        Never more workers than this; None: as many as the machine has cores
-        (for workers of ``threads_per_worker`` threads).
+        Never more workers than this; None: dask's
+        ``distributed.adaptive.maximum`` (no bound by default, as dask).
     wait_count
         Consecutive times a worker must be suggested for closing before it is
         retired.
@@ -113,7 +114,9 @@ class Adaptive:
     close_counts : dict
         Worker name -> consecutive times it was suggested for closing.
     state : str
-        ``"running"`` while adapting, ``"stopped"`` after :meth:`stop`.
+        ``"starting"`` until picked up (the caller's event loop, or the first
+        tick), ``"running"`` while adapting, ``"stopped"`` after :meth:`stop`,
+        ``"inactive"`` without a timer (``interval=0``).
     """
 
     def __init__(
@@ -131,12 +134,12 @@ class Adaptive:
         minimum = int(_configured("minimum", minimum, 0))
         wait_count = int(_configured("wait-count", wait_count, 3))
         target_duration = _configured("target-duration", target_duration, "5s")
-        if maximum is None:
-            maximum = _configured("maximum", None, math.inf)
-            if math.isinf(maximum):
-                # dask's default is no bound; here, the machine's cores (and
-                # never fewer than the minimum asked for).
-                maximum = max(cluster.default_maximum_workers(), minimum)
+        # dask's default: no bound. The target is already bounded by the work
+        # (dask's rule: never more workers than ready tasks, each worker given
+        # ``target_duration`` of work), and sleeping or I/O-bound tasks do gain
+        # from more workers than cores; for CPU-bound work pass
+        # ``maximum=cluster.default_maximum_workers()`` (docs/adaptive.md).
+        maximum = _configured("maximum", maximum, math.inf)
         if not isinstance(maximum, int) and not math.isinf(maximum):
             raise ValueError(f"maximum must be int or inf; got {maximum}")
         if minimum < 0 or minimum > maximum:
@@ -168,10 +171,18 @@ class Adaptive:
                 if adaptive is not None:
                     adaptive._tick()
 
-            self.state = "running"
+            # As dask: "starting" until the caller's event loop (the one an
+            # asynchronous cluster runs in) or the timer's first tick picks it
+            # up; "running" at once for a caller without a running loop.
+            self.state = "starting"
             self.periodic_callback = cluster.runtime.add_periodic(
                 self.interval, adapt_tick, name="adaptive"
             )
+            loop = _running_loop()
+            if loop is None:
+                self.state = "running"
+            else:
+                loop.call_soon(self._started)
             logger.info(
                 "Adaptive scaling started: minimum=%s maximum=%s", minimum, maximum
             )
@@ -306,7 +317,12 @@ class Adaptive:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def _started(self) -> None:
+        if self.state == "starting":
+            self.state = "running"
+
     def _tick(self) -> None:
+        self._started()
         if self.state != "running":
             return
         if self.cluster.status != "running":
@@ -379,10 +395,17 @@ class Adaptive:
         )
 
     def __del__(self) -> None:
-        if getattr(self, "state", "inactive") == "running":
+        if getattr(self, "state", "inactive") in ("starting", "running"):
             # At interpreter shutdown the runtime may be gone already.
             with contextlib.suppress(Exception):
                 self.stop(reason="adaptive-deleted")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _configured(name: str, given: Any, default: Any) -> Any:
