@@ -27,6 +27,7 @@ import contextlib
 import logging
 import math
 import sys
+import threading
 import time
 import weakref
 from collections import defaultdict, deque
@@ -163,6 +164,9 @@ class Adaptive:
         self._adapting = False
         self.periodic_callback: PeriodicCallback | None = None
         self.state: AdaptiveStateName
+        #: ``_started`` (event loop or scheduler thread) and ``stop`` (any
+        #: thread) check and change ``state`` under it: a stop is never undone.
+        self._state_lock = threading.Lock()
         if self.interval > 0:
             self_ref = weakref.ref(self)
 
@@ -318,8 +322,9 @@ class Adaptive:
     # -- lifecycle -------------------------------------------------------------------
 
     def _started(self) -> None:
-        if self.state == "starting":
-            self.state = "running"
+        with self._state_lock:
+            if self.state == "starting":
+                self.state = "running"
 
     def _tick(self) -> None:
         self._started()
@@ -344,9 +349,10 @@ class Adaptive:
 
     def stop(self, reason: str = "unknown") -> None:
         """Stop adapting (idempotent); the workers stay as they are."""
-        if self.state in ("inactive", "stopped"):
-            return
-        self.state = "stopped"
+        with self._state_lock:
+            if self.state in ("inactive", "stopped"):
+                return
+            self.state = "stopped"
         if self.periodic_callback is not None:
             self.periodic_callback.stop()
             self.periodic_callback = None
