@@ -215,7 +215,9 @@ class Client(
                     f"got {type(address)}"
                 )
             if cluster.status in ("closing", "closed"):
-                raise RuntimeError(  # dask's type and words
+                # dask's words; a RuntimeError as dask's, and ClosedClientError
+                # as every call that needs the closed cluster.
+                raise ClosedClientError(
                     "Trying to connect to an already closed or closing "
                     f"Cluster {cluster!r}."
                 )

@@ -20,6 +20,7 @@ import pytest
 
 from localsched import Client, LocalCluster
 from localsched.aio import fulfil, new_cell
+from localsched.errors import ClosedClientError
 from tests.runtime.helpers import DEADLINE
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +133,7 @@ async def test_client_on_a_closed_cluster_raises_dasks_runtime_error() -> None:
             assert await client.submit(operator.add, 1, 2) == 3
     with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
         Client(cluster, asynchronous=True)
-    with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
+    with pytest.raises(ClosedClientError, match="already closed or closing Cluster"):
         Client(cluster)
 
 
