@@ -21,15 +21,17 @@ deployment's asynchronous start awaits its cells with :func:`await_cell`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future as CellFuture
+from concurrent.futures import InvalidStateError
 from typing import Any, TypeVar
 
 from localsched.future_state import FutureState
 
-__all__ = ["Waker", "await_cell", "await_states", "waker_for"]
+__all__ = ["Waker", "await_cell", "await_states", "fulfil", "new_cell", "waker_for"]
 
 T = TypeVar("T")
 
@@ -87,6 +89,37 @@ def waker_for(loop: asyncio.AbstractEventLoop | None = None) -> Waker:
             if waker is None:
                 waker = _wakers[loop] = Waker(loop)
     return waker
+
+
+def new_cell() -> CellFuture[Any]:
+    """A ``concurrent.futures.Future`` that nobody can cancel.
+
+    It is "running" from birth, so ``cancel()`` returns False: a caller that
+    gives up (``asyncio.wrap_future`` cancels its source when the awaiting
+    coroutine is cancelled) leaves it alone, and the thread that answers it
+    (the scheduler thread) never meets a cancelled cell.
+    """
+    cell: CellFuture[Any] = CellFuture()
+    cell.set_running_or_notify_cancel()
+    return cell
+
+
+def fulfil(cell: CellFuture[Any], function: Callable[[], Any]) -> None:
+    """Set ``cell`` to the outcome of ``function()``, never raising.
+
+    A cell already done (cancelled by its caller before it was marked running,
+    or answered elsewhere) keeps what it has: setting it would raise
+    ``InvalidStateError`` on the answering thread, and the scheduler thread
+    must not die of a caller that stopped waiting.
+    """
+    try:
+        value = function()
+    except BaseException as exc:  # handed to whoever waits on the cell
+        with contextlib.suppress(InvalidStateError):
+            cell.set_exception(exc)
+    else:
+        with contextlib.suppress(InvalidStateError):
+            cell.set_result(value)
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

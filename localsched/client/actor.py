@@ -32,6 +32,7 @@ from collections.abc import Generator, Hashable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from localsched.aio import await_cell
 from localsched.client.future import Future, FutureState, _to_raise
 from localsched.transport import pickling
 from localsched.transport.requests import ActorCall
@@ -310,12 +311,12 @@ class ActorFuture(BaseActorFuture[T]):
         return self._result_async().__await__()
 
     async def _result_async(self) -> T:
-        import asyncio  # only for callers with an event loop
-
         if not self._state.done():
             # The cell's first callback (``_answered``) has run once this wakes.
+            # ``await_cell``, not ``asyncio.wrap_future``: a cancelled awaiter
+            # must leave the cell (the scheduler thread's to answer) alone.
             with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._cell)
+                await await_cell(self._cell)
         return self.result()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
 __all__ = ["ClientLoop", "LoopBinding", "close_cluster", "open_cluster"]
 
 T = TypeVar("T")
+
+#: dask's ``distributed.client`` messages, on localsched's logger.
+logger = logging.getLogger("localsched.client")
 
 
 def twin(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -236,6 +240,20 @@ async def start_client(
     except BaseException:
         await close_cluster(cluster)
         raise
+    return client
+
+
+async def attach_when_started(
+    client: Client, cluster: LocalCluster, timeout: str | float | None
+) -> Client:
+    """The rest of ``Client(cluster, asynchronous=True)`` on a cluster not yet
+    started (``LocalCluster(asynchronous=True)`` never awaited): await it, as
+    dask's client does, then connect."""
+    from localsched.client.local_link import LocalLink
+
+    await cluster
+    if client.status == "newly-created":  # else closed while the cluster started
+        client._attach(LocalLink(cluster), timeout)
     return client
 
 
@@ -606,6 +624,7 @@ async def client_shutdown(client: Client) -> None:
         shutdown: Any = client.shutdown
         shutdown(asynchronous=False)  # raises its error
     assert cluster is not None
+    logger.info("Shutting down scheduler from Client")
     await client_close(client)
     await close_cluster(cluster)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import threading
 import uuid
@@ -25,7 +26,12 @@ from numbers import Number
 from typing import TYPE_CHECKING, Any
 
 from localsched.client.actor import Actor
-from localsched.client.asynchronous import AsyncMixin, bind_loop, start_client
+from localsched.client.asynchronous import (
+    AsyncMixin,
+    attach_when_started,
+    bind_loop,
+    start_client,
+)
 from localsched.client.cluster_tools import ClusterToolsMixin
 from localsched.client.control import ControlMixin
 from localsched.client.dask_collections import (
@@ -79,6 +85,9 @@ if TYPE_CHECKING:
     from localsched.deploy.local import LocalCluster
 
 Key = Hashable
+
+#: dask's ``distributed.client`` messages, on localsched's logger.
+logger = logging.getLogger("localsched.client")
 
 #: dask's ``Client.submit`` default: calls within 100 ms share a FIFO generation.
 FIFO_TIMEOUT = 0.1
@@ -204,6 +213,19 @@ class Client(
                     "Scheduler address must be a string or a Cluster instance, "
                     f"got {type(address)}"
                 )
+            if cluster.status in ("closing", "closed"):
+                # dask's words; a RuntimeError as dask's, and ClosedClientError
+                # as every call that needs the closed cluster.
+                raise ClosedClientError(
+                    "Trying to connect to an already closed or closing "
+                    f"Cluster {cluster!r}."
+                )
+            if asynchronous and cluster.status in ("created", "starting"):
+                # As dask's: ``await client`` starts the cluster first.
+                self._started = asyncio.ensure_future(
+                    attach_when_started(self, cluster, timeout)
+                )
+                return
             link = LocalLink(cluster)
         self._attach(link, timeout)
 
@@ -861,6 +883,7 @@ class Client(
                 "A task cannot shut its cluster down: the cluster belongs to the "
                 "process that started it"
             )
+        logger.info("Shutting down scheduler from Client")
         self._close_now()
         self.cluster.close()
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any, Protocol
 
+from localsched.aio import new_cell
 from localsched.transport.requests import Request
 
 if TYPE_CHECKING:
@@ -148,7 +149,7 @@ class SchedulerLink(Protocol):
 def settled(cell: CellFuture[Any]) -> CellFuture[Any]:
     """A cell with ``cell``'s answer, where an answer that is itself a cell
     (the handler answers later: a wait, a run on workers) is followed."""
-    out: CellFuture[Any] = CellFuture()
+    out: CellFuture[Any] = new_cell()
 
     def copy(source: CellFuture[Any]) -> None:
         error = source.exception()

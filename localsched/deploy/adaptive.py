@@ -22,10 +22,12 @@ State lives on the scheduler thread. Methods a user calls from another thread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
 import sys
+import threading
 import time
 import weakref
 from collections import defaultdict, deque
@@ -93,8 +95,8 @@ class Adaptive:
     minimum
         Never fewer workers than this.
     maximum
-        Never more workers than this; None: as many as the machine has cores
-        (for workers of ``threads_per_worker`` threads).
+        Never more workers than this; None: dask's
+        ``distributed.adaptive.maximum`` (no bound by default, as dask).
     wait_count
         Consecutive times a worker must be suggested for closing before it is
         retired.
@@ -113,7 +115,9 @@ class Adaptive:
     close_counts : dict
         Worker name -> consecutive times it was suggested for closing.
     state : str
-        ``"running"`` while adapting, ``"stopped"`` after :meth:`stop`.
+        ``"starting"`` until picked up (the caller's event loop, or the first
+        tick), ``"running"`` while adapting, ``"stopped"`` after :meth:`stop`,
+        ``"inactive"`` without a timer (``interval=0``).
     """
 
     def __init__(
@@ -131,12 +135,12 @@ class Adaptive:
         minimum = int(_configured("minimum", minimum, 0))
         wait_count = int(_configured("wait-count", wait_count, 3))
         target_duration = _configured("target-duration", target_duration, "5s")
-        if maximum is None:
-            maximum = _configured("maximum", None, math.inf)
-            if math.isinf(maximum):
-                # dask's default is no bound; here, the machine's cores (and
-                # never fewer than the minimum asked for).
-                maximum = max(cluster.default_maximum_workers(), minimum)
+        # dask's default: no bound. The target is already bounded by the work
+        # (dask's rule: never more workers than ready tasks, each worker given
+        # ``target_duration`` of work), and sleeping or I/O-bound tasks do gain
+        # from more workers than cores; for CPU-bound work pass
+        # ``maximum=cluster.default_maximum_workers()`` (docs/adaptive.md).
+        maximum = _configured("maximum", maximum, math.inf)
         if not isinstance(maximum, int) and not math.isinf(maximum):
             raise ValueError(f"maximum must be int or inf; got {maximum}")
         if minimum < 0 or minimum > maximum:
@@ -160,6 +164,9 @@ class Adaptive:
         self._adapting = False
         self.periodic_callback: PeriodicCallback | None = None
         self.state: AdaptiveStateName
+        #: ``_started`` (event loop or scheduler thread) and ``stop`` (any
+        #: thread) check and change ``state`` under it: a stop is never undone.
+        self._state_lock = threading.Lock()
         if self.interval > 0:
             self_ref = weakref.ref(self)
 
@@ -168,10 +175,18 @@ class Adaptive:
                 if adaptive is not None:
                     adaptive._tick()
 
-            self.state = "running"
+            # As dask: "starting" until the caller's event loop (the one an
+            # asynchronous cluster runs in) or the timer's first tick picks it
+            # up; "running" at once for a caller without a running loop.
+            self.state = "starting"
             self.periodic_callback = cluster.runtime.add_periodic(
                 self.interval, adapt_tick, name="adaptive"
             )
+            loop = _running_loop()
+            if loop is None:
+                self.state = "running"
+            else:
+                loop.call_soon(self._started)
             logger.info(
                 "Adaptive scaling started: minimum=%s maximum=%s", minimum, maximum
             )
@@ -306,7 +321,13 @@ class Adaptive:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def _started(self) -> None:
+        with self._state_lock:
+            if self.state == "starting":
+                self.state = "running"
+
     def _tick(self) -> None:
+        self._started()
         if self.state != "running":
             return
         if self.cluster.status != "running":
@@ -328,9 +349,10 @@ class Adaptive:
 
     def stop(self, reason: str = "unknown") -> None:
         """Stop adapting (idempotent); the workers stay as they are."""
-        if self.state in ("inactive", "stopped"):
-            return
-        self.state = "stopped"
+        with self._state_lock:
+            if self.state in ("inactive", "stopped"):
+                return
+            self.state = "stopped"
         if self.periodic_callback is not None:
             self.periodic_callback.stop()
             self.periodic_callback = None
@@ -379,10 +401,17 @@ class Adaptive:
         )
 
     def __del__(self) -> None:
-        if getattr(self, "state", "inactive") == "running":
+        if getattr(self, "state", "inactive") in ("starting", "running"):
             # At interpreter shutdown the runtime may be gone already.
             with contextlib.suppress(Exception):
                 self.stop(reason="adaptive-deleted")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _configured(name: str, given: Any, default: Any) -> Any:

@@ -6,9 +6,9 @@ awaitables when called from the event loop. Here the cluster is the same
 scheduler thread and worker processes as a synchronous one; what blocks (forking
 the janitor, waiting for the workers to say hello, joining them at close) runs
 in a short-lived thread of its own, and the coroutine awaits its
-``concurrent.futures.Future`` (``await_future``: woken by
-``call_soon_threadsafe``): the caller's event loop goes on meanwhile, and no
-event loop of ours runs anywhere.
+``concurrent.futures.Future`` (:func:`localsched.aio.await_cell`: woken by
+``call_soon_threadsafe``, and never cancelling it): the caller's event loop
+goes on meanwhile, and no event loop of ours runs anywhere.
 
 A cluster is asynchronous only for calls made while an event loop runs in the
 calling thread, as dask's ``SyncMethodMixin.asynchronous``: the exit handler
@@ -24,13 +24,14 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from localsched.aio import await_cell
+
 if TYPE_CHECKING:
     from localsched.deploy.local import LocalCluster
 
 __all__ = [
     "AsyncClusterMixin",
     "Awaitable",
-    "await_future",
     "close_off_loop",
     "close_soon",
     "run_off_loop",
@@ -73,38 +74,9 @@ def _in_thread(function: Callable[[], T], name: str) -> concurrent.futures.Futur
     return future
 
 
-async def await_future(future: concurrent.futures.Future[T]) -> T:
-    """Await a ``concurrent.futures.Future`` without ever cancelling it.
-
-    ``asyncio.wrap_future`` cancels its source when the awaiting coroutine is
-    cancelled; a scheduler-thread call's future (``SchedulerRuntime.call``)
-    must not be: setting the result of a cancelled one raises on that thread.
-    The result reaches the loop through ``call_soon_threadsafe``.
-    """
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[T] = loop.create_future()
-
-    def settle(_: object) -> None:
-        if waiter.done():  # the awaiting coroutine was cancelled
-            return
-        exc = future.exception()
-        if exc is not None:
-            waiter.set_exception(exc)
-        else:
-            waiter.set_result(future.result())
-
-    def on_done(_: object) -> None:
-        # RuntimeError: the loop closed meanwhile, nobody awaits.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, None)
-
-    future.add_done_callback(on_done)
-    return await waiter
-
-
 async def run_off_loop(function: Callable[[], T], name: str) -> T:
     """Await ``function()`` run in its own thread, off the caller's event loop."""
-    return await await_future(_in_thread(function, name))
+    return await await_cell(_in_thread(function, name))
 
 
 class Awaitable(Generic[T]):
@@ -116,7 +88,7 @@ class Awaitable(Generic[T]):
         self._future = future
 
     def __await__(self) -> Generator[Any, None, T]:
-        return await_future(self._future).__await__()
+        return await_cell(self._future).__await__()
 
 
 def close_soon(
@@ -147,7 +119,7 @@ def close_soon(
 
 async def close_off_loop(cluster: LocalCluster, timeout: float) -> None:
     """``await cluster.close()``: :func:`close_soon`, awaited."""
-    await await_future(close_soon(cluster, timeout))
+    await await_cell(close_soon(cluster, timeout))
 
 
 async def wait_for_workers_async(
@@ -171,7 +143,7 @@ async def wait_for_workers_async(
 
 async def _worker_count(cluster: LocalCluster) -> int:
     scheduler = cluster.scheduler
-    return await await_future(cluster.runtime.call(lambda: len(scheduler.workers)))
+    return await await_cell(cluster.runtime.call(lambda: len(scheduler.workers)))
 
 
 async def _reach_target(cluster: LocalCluster, timeout: float) -> None:
@@ -220,7 +192,7 @@ class AsyncClusterMixin:
             cluster.status = "starting"
             self._start_future = _in_thread(start, f"{cluster.name}-start")
         if self._start_future is not None:
-            await await_future(self._start_future)
+            await await_cell(self._start_future)
         if cluster.status == "running":
             await _reach_target(cluster, START_TIMEOUT)
         return cluster

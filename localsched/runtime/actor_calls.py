@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING
 
+from localsched.aio import new_cell
 from localsched.scheduler.transitions import ACTOR_LOST as LOST
 from localsched.transport.protocol import CallActor
 
@@ -63,7 +64,7 @@ class ActorCalls:
         if handle is None:
             raise RuntimeError(f"{LOST}: {address} left")
         call_id = next(self._ids)
-        cell: CellFuture[tuple[bool, bytes]] = CellFuture()
+        cell: CellFuture[tuple[bool, bytes]] = new_cell()
         self._pending[call_id] = (cell, address)
         handle.outbox.append(CallActor(id=call_id, key=key, name=name, args=args))
         return cell

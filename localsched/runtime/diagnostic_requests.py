@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
+from localsched.aio import new_cell
 from localsched.runtime.handles import ClientHandle
 from localsched.transport import requests as rq
 from localsched.worker.diagnostics import merge
@@ -67,7 +68,7 @@ def _answers(
 ) -> CellFuture[Any]:
     """A cell with ``shape(address -> answer)`` of the workers that answered
     (one that failed or left is left out, as dask leaves out exceptions)."""
-    out: CellFuture[Any] = CellFuture()
+    out: CellFuture[Any] = new_cell()
 
     def done(source: CellFuture[dict[str, tuple[bool, Any, str]]]) -> None:
         error = source.exception()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from concurrent.futures import Future as CellFuture
 from typing import Any
 
+from localsched.aio import new_cell
 from localsched.plugins import SchedulerPlugin, WorkerPlugin, registration_name
 from localsched.transport import pickling
 from localsched.transport.protocol import AddPlugin
@@ -56,7 +57,7 @@ class WorkerPluginKeeper(SchedulerPlugin):
         from localsched.runtime.run_requests import PendingRun
 
         runtime = self.runtime
-        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
+        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = new_cell()
         ready = [h for h in runtime.workers.values() if h.is_ready]
         if not ready:
             cell.set_result({})

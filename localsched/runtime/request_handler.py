@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from localsched.aio import new_cell
 from localsched.runtime import cluster_requests, recording, restarting
 from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.coordination_state import DEFERRED, coordination_of
@@ -502,7 +503,7 @@ def _coordinate(
 
 
 def _wait_for(runtime: SchedulerRuntime, asker: ClientHandle, r: rq.WaitFor) -> Any:
-    cell: CellFuture[Any] = CellFuture()
+    cell: CellFuture[Any] = new_cell()
     result = coordination_of(runtime).wait(
         asker.id,
         r.wait_id,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
+from localsched.aio import new_cell
 from localsched.transport.protocol import Inspect, Message, RunFunction
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class Runs:
     ) -> CellFuture[dict[str, tuple[bool, Any, str]]]:
         """Send each ready worker of ``addresses`` its message of a new run;
         the cell resolves once each answered or left ({} if none is ready)."""
-        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = CellFuture()
+        cell: CellFuture[dict[str, tuple[bool, Any, str]]] = new_cell()
         handles = [self.workers.get(a) for a in addresses]
         ready = [h for h in handles if h is not None and h.is_ready]
         if not ready:

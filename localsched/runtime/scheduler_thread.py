@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from localsched.aio import fulfil, new_cell
 from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future_state import FutureState, RemoteTraceback
 from localsched.runtime.actor_calls import actor_calls_of
@@ -253,12 +254,9 @@ class SchedulerRuntime:
 
     def call(self, function: Callable[[], Any]) -> CellFuture[Any]:
         """Run ``function()`` on the scheduler thread; its result in a future."""
-        cell: CellFuture[Any] = CellFuture()
+        cell = new_cell()  # a caller that stops waiting cannot cancel it
         if self._thread is not None and threading.current_thread() is self._thread:
-            try:
-                cell.set_result(function())
-            except BaseException as exc:
-                cell.set_exception(exc)
+            fulfil(cell, function)
             return cell
         self._inbox.append((function, cell))
         self._wakeup.set()
@@ -476,10 +474,7 @@ class SchedulerRuntime:
                     # Calls see the state after the events posted before them.
                     self._handle(events)
                     events.clear()
-                try:
-                    cell.set_result(function())
-                except BaseException as exc:
-                    cell.set_exception(exc)
+                fulfil(cell, function)
             else:
                 events.append(item)
 

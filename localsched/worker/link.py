@@ -121,6 +121,10 @@ class PipeLink:
 
     def request(self, request: Request) -> CellFuture[Any]:
         cell: CellFuture[Any] = CellFuture()
+        # Running from birth (as ``localsched.aio.new_cell``, not imported in
+        # workers): a task's coroutine that stops awaiting it (wrap_future)
+        # cannot cancel it, so the reply never meets a cancelled cell.
+        cell.set_running_or_notify_cancel()
         request_id = next(self._ids)
         with self._lock:
             if self._closed_reason is not None:

@@ -9,6 +9,7 @@ test. Each bounds its waits with ``anyio.fail_after(DEADLINE)``.
 from __future__ import annotations
 
 import asyncio
+import math
 import operator
 
 import anyio
@@ -164,6 +165,9 @@ async def test_adapt_on_an_asynchronous_cluster() -> None:
             n_workers=1, threads_per_worker=1, asynchronous=True
         ) as cluster:
             adaptive = cluster.adapt(minimum=1, maximum=2, interval="50ms")
+            # As dask's: "starting" until the event loop picks it up.
+            assert adaptive.state == "starting"
+            await asyncio.sleep(0)
             assert adaptive.state == "running"
             cluster.scale(1)  # stops adapting, as dask's scale does
             await cluster
@@ -186,3 +190,24 @@ async def test_asynchronous_client_on_an_asynchronous_cluster() -> None:
             futures = client.map(operator.neg, range(10))
             assert await client.gather(futures) == [-i for i in range(10)]
     assert cluster.status == "closed"
+
+
+@pytest.mark.anyio
+async def test_adaptive_stops_when_the_cluster_stops_running() -> None:
+    with anyio.fail_after(DEADLINE):
+        async with LocalCluster(n_workers=0, asynchronous=True) as cluster:
+            adaptive = cluster.adapt(minimum=0, maximum=1, interval="20ms")
+            assert adaptive.maximum == 1
+            unbounded = cluster.adapt(interval="20ms")
+            assert adaptive.state == "stopped"
+            assert unbounded.maximum == math.inf  # dask's default: no bound
+            while unbounded.state != "running":
+                await asyncio.sleep(0.01)
+            try:
+                cluster.status = "closing"
+                while unbounded.state == "running":
+                    await asyncio.sleep(0.01)
+                assert unbounded.state == "stopped"
+                assert unbounded.periodic_callback is None
+            finally:
+                cluster.status = "running"  # for the close
