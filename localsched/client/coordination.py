@@ -18,8 +18,8 @@ import pickle
 import time
 import uuid
 from collections import deque
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Callable, Hashable
+from typing import Any, Self
 
 from localsched.client.dual import dual_of_client
 from localsched.client.future import Future
@@ -248,7 +248,25 @@ class Event(_Primitive):
 # -- Semaphore and Lock ---------------------------------------------------------------
 
 
-class Semaphore(_Primitive):
+class HeldInWith:
+    """``with`` (after ``__enter__``) and ``async with`` for a primitive whose
+    ``acquire``/``release`` are ``@dual`` (a coroutine when asked for)."""
+
+    acquire: Callable[..., Any]
+    release: Callable[..., Any]
+
+    def __exit__(self, *exc: object) -> None:
+        self.release(asynchronous=False)
+
+    async def __aenter__(self) -> Self:
+        await self.acquire(asynchronous=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release(asynchronous=True)
+
+
+class Semaphore(HeldInWith, _Primitive):
     """A distributed semaphore: at most ``max_leases`` holders at a time.
 
     Leases held by a client, or by the tasks of a worker, that goes away are
@@ -337,19 +355,6 @@ class Semaphore(_Primitive):
     def __enter__(self) -> Semaphore:
         self._acquire(None)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        release: Any = self.release
-        release(asynchronous=False)
-
-    async def __aenter__(self) -> Semaphore:
-        acquire: Any = self.acquire  # ``@dual``: a coroutine when asked for
-        await acquire(asynchronous=True)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        release: Any = self.release
-        await release(asynchronous=True)
 
     def __getstate__(self) -> Any:
         return (self.name, self.max_leases)

@@ -14,14 +14,20 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from localsched.client.coordination import _Primitive, call, lock_timeout, wait_until
+from localsched.client.coordination import (
+    HeldInWith,
+    _Primitive,
+    call,
+    lock_timeout,
+    wait_until,
+)
 from localsched.client.dual import dual_of_client
 from localsched.units import parse_timedelta
 
 __all__ = ["MultiLock"]
 
 
-class MultiLock(_Primitive):
+class MultiLock(HeldInWith, _Primitive):
     """Distributed centralized lock on several names at once.
 
     Parameters
@@ -100,19 +106,6 @@ class MultiLock(_Primitive):
     def __enter__(self) -> MultiLock:
         self._acquire(None, None)
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        release: Any = self.release
-        release(asynchronous=False)
-
-    async def __aenter__(self) -> MultiLock:
-        acquire: Any = self.acquire  # ``@dual``: a coroutine when asked for
-        await acquire(asynchronous=True)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        release: Any = self.release
-        await release(asynchronous=True)
 
     def __reduce__(self) -> Any:
         return (type(self), (self.names,))
