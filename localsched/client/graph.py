@@ -439,7 +439,10 @@ class _HashAhead:
         self._value = value
         self._result: list[str] = []
         self._thread: threading.Thread | None = None
-        nbytes = getattr(value, "nbytes", 0)
+        try:
+            nbytes = getattr(value, "nbytes", 0)
+        except Exception:  # a property that refuses (a dask DataFrame's)
+            nbytes = 0
         if isinstance(nbytes, int) and nbytes >= HASH_AHEAD_FROM:
             self._thread = threading.Thread(
                 target=self._hash, name="localsched-scatter-hash", daemon=True

@@ -1,8 +1,10 @@
 """The cluster's template process: workers forked from a pre-imported process.
 
-A ``LocalCluster`` starts one template (``python -m localsched.worker.template``,
-see there for the protocol and its lifetime) first thing, so that it boots
-while the cluster builds its scheduler and store, and asks
+A ``LocalCluster`` starts one template (``python -m localsched.worker
+--template``, started as a worker is, so what keys on a worker's command line
+at start-up sees it; the code, its protocol and its lifetime are in
+``localsched.worker.template``) first thing, so that it boots while the
+cluster builds its scheduler and store, and asks
 it for every worker process (the first ones, replacements, ``scale`` and
 ``adapt``) and for the janitor. A fork of the template is ready in a few
 milliseconds where a fresh interpreter takes 0.1-0.2 s of CPU, so on a busy
@@ -94,7 +96,7 @@ class Template:
         try:
             fd = theirs.fileno()
             self.process = ChildProcess(
-                ["-m", "localsched.worker.template", str(fd), str(os.getpid())],
+                ["-m", "localsched.worker", "--template", str(fd), str(os.getpid())],
                 pass_fds=(fd,),
                 name="localsched-template",
             )

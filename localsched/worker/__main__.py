@@ -1,5 +1,8 @@
 """``python -m localsched.worker FD NTHREADS [OPTIONS]``: a worker.
 
+(``python -m localsched.worker --template FD PARENT`` is the template process
+that forks workers: ``localsched.worker.template``.)
+
 Options: ``--resources=JSON`` (the abstract resources the worker offers) and
 ``--executing-fd=N`` (the page shared with the scheduler that records the
 tasks executing here; see ``localsched.transport.executing``). A bare JSON
@@ -30,6 +33,14 @@ from localsched.worker.main import extend_path, run_worker
 
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["--template"]:
+        # The template that forks workers is a worker interpreter in waiting,
+        # started the same way, so what keys on ``-m localsched.worker`` at
+        # start-up (a ``sitecustomize``, process listings) sees its workers.
+        from localsched.worker.template import main as serve_as_template
+
+        serve_as_template(int(argv[1]), int(argv[2]))
+        return
     fd, nthreads, *options = argv
     conn = Connection(int(fd))
     setup = json.loads(conn.recv_bytes())

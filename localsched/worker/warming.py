@@ -7,7 +7,9 @@ deserialize the same modules on their first task too, but started earlier).
 The cluster names the modules to import (``LocalCluster(warm_imports=...)``,
 by default the heavy ones the user's process has imported); the worker
 imports them on a daemon thread *after* its ``Hello``, so start-up never waits,
-and only while it has no task to run: warming never slows a task down.
+and only once it has had no task to run for :data:`QUIET` seconds: a program
+that submits work right after starting its cluster (the common case) finds
+its workers free, not busy importing pandas.
 
 A task that starts while a module is being imported waits for that import
 (imports of one package from two threads can deadlock), then runs; no
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 logger = logging.getLogger("localsched.worker.warming")
@@ -30,6 +33,9 @@ __all__ = ["WarmUp", "warm_imports"]
 
 #: Seconds between two looks at a busy worker before the next warm import.
 IDLE_POLL = 0.02
+#: Seconds without a task (since the warm-up began, or since the worker was
+#: last busy) before a warm import starts: work sent at once never waits.
+QUIET = 0.3
 
 
 class WarmUp:
@@ -45,10 +51,16 @@ class WarmUp:
     """
 
     def __init__(
-        self, names: Sequence[str], is_busy: Callable[[], bool] | None = None
+        self,
+        names: Sequence[str],
+        is_busy: Callable[[], bool] | None = None,
+        quiet: float = QUIET,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.names = list(names)
         self._is_busy = is_busy
+        self.quiet = quiet
+        self._clock = clock
         self.lock = threading.Lock()
         #: Set once every module was tried: :meth:`wait` costs nothing then.
         self.is_done = not self.names
@@ -63,10 +75,15 @@ class WarmUp:
         """
         pause = threading.Event()
         is_busy = self._is_busy
+        clock = self._clock
+        quiet_since = clock()
         for name in self.names:
             while True:
                 with self.lock:
-                    if is_busy is None or not is_busy():
+                    now = clock()
+                    if is_busy is not None and is_busy():
+                        quiet_since = now
+                    elif now - quiet_since >= self.quiet:
                         self._import(name)
                         break
                 pause.wait(IDLE_POLL)
@@ -99,8 +116,11 @@ class WarmUp:
 
 
 def warm_imports(
-    names: Sequence[str], is_busy: Callable[[], bool] | None = None
+    names: Sequence[str],
+    is_busy: Callable[[], bool] | None = None,
+    quiet: float = QUIET,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Import ``names`` now, in this thread (see :class:`WarmUp`); return
     those that failed."""
-    return WarmUp(names, is_busy).run()
+    return WarmUp(names, is_busy, quiet, clock).run()

@@ -202,3 +202,18 @@ def test_the_repr_shows_the_clusters_total_memory_limit(render):
         text = render(client)
         assert "6.00 GiB" in text
         assert "threads=3" in text or "Total threads" in text
+
+
+class _RefusesNbytes:
+    """As a dask DataFrame: ``nbytes`` is a property that raises."""
+
+    value = 7
+
+    @property
+    def nbytes(self) -> int:
+        raise NotImplementedError("nbytes is not implemented on this")
+
+
+def test_scatter_of_a_value_whose_nbytes_raises(client):
+    [future] = client.scatter([_RefusesNbytes()])
+    assert future.result().value == 7

@@ -113,9 +113,30 @@ def test_warm_imports_wait_while_the_worker_is_busy(tmp_path, monkeypatch):
         seen.append("localsched_warm_probe" in sys.modules)
         return len(seen) <= 3
 
-    assert warm_imports(["localsched_warm_probe"], is_busy) == []
+    assert warm_imports(["localsched_warm_probe"], is_busy, quiet=0.0) == []
     assert seen == [False, False, False, False]
     assert sys.modules["localsched_warm_probe"].VALUE == 1
+
+
+def test_warm_imports_start_only_after_a_quiet_spell(monkeypatch):
+    """Work sent right after start-up finds the worker free: no import starts
+    until it has been without a task for ``quiet`` seconds (of its clock)."""
+    from localsched.worker.warming import WarmUp
+
+    now = [0.0]
+    imported_at: list[float] = []
+
+    def is_busy() -> bool:
+        now[0] += 0.1  # each look takes 0.1 s of the clock
+        return now[0] <= 0.45  # busy at the looks made up to 0.4
+
+    warm = WarmUp(["json"], is_busy, quiet=0.3, clock=lambda: now[0])
+    monkeypatch.setattr(warm, "_import", lambda name: imported_at.append(now[0]))
+    assert warm.run() == []
+    # Once, and not before 0.3 s after the last busy look (made at 0.3).
+    assert len(imported_at) == 1
+    assert imported_at[0] >= 0.3 + 0.3 + 0.1 - 1e-9
+    assert warm.is_done
 
 
 def test_a_task_waits_for_the_warm_import_in_progress():

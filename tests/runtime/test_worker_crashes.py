@@ -178,6 +178,8 @@ SITECUSTOMIZE = textwrap.dedent(
 
     kind = [a for a in sys.orig_argv if a.startswith("localsched.worker")]
     if kind:  # the worker, or the template that forks workers
+        if "--template" in sys.orig_argv:
+            kind = ["template"]
         with open({log!r}, "a") as f:
             f.write(kind[0] + "\\n")
         print("cannot start: the environment is broken", file=sys.stderr, flush=True)
@@ -207,7 +209,7 @@ def test_a_worker_that_cannot_start_fails_the_cluster_with_its_stderr(
     attempts = lines(log)
     # Then it gave up.
     assert attempts.count("localsched.worker") == RestartPolicy.max_start_failures
-    templates = attempts.count("localsched.worker.template")
+    templates = attempts.count("template")
     assert templates == (1 if method == "template" else 0)
 
 
