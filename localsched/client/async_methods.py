@@ -26,12 +26,12 @@ from localsched.client.control import (
 )
 from localsched.client.coordination import (
     _NOT_YET,
-    _WAIT_CHUNK,
     Event,
     Lock,
     Queue,
     Semaphore,
     Variable,
+    Waiting,
     _batch_count,
     dumps,
     load_many,
@@ -41,9 +41,8 @@ from localsched.client.coordination import (
 from localsched.client.datasets import published
 from localsched.client.future import Future
 from localsched.client.multilock import MultiLock
-from localsched.errors import ClosedClientError
 from localsched.transport import requests as rq
-from localsched.transport.requests import Coordinate, Operation, WaitFor
+from localsched.transport.requests import Coordinate, Operation
 from localsched.units import parse_timedelta
 
 __all__: list[str] = []
@@ -245,28 +244,21 @@ async def wait_until(
     """``coordination.wait_until``, awaited. If the awaiting coroutine is
     cancelled, the wait is withdrawn; ``give_back(answer)`` undoes an answer
     the scheduler gave before the withdrawal landed (a lease granted)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    wait_id = uuid.uuid4().hex
-    link = client._link
-    request = WaitFor(wait_id=wait_id, operation=Operation(method), args=args)
+    waiting = Waiting(client, method, args, timeout)
     while True:
-        chunk = _WAIT_CHUNK
-        if deadline is not None:
-            chunk = min(chunk, max(0.0, deadline - time.monotonic()))
-        cell = link.request(request)
+        cell = client._link.request(waiting.request)
         try:
-            async with asyncio.timeout(chunk):
+            async with asyncio.timeout(waiting.next_chunk()):
                 return await await_cell(cell)
         except TimeoutError:
             pass
         except asyncio.CancelledError:
-            _withdraw(client, wait_id, cell, give_back)
+            _withdraw(client, waiting.wait_id, cell, give_back)
             raise
-        if client.status != "running":  # closed: nothing answers it now
-            raise ClosedClientError(f"Client {client.id} is {client.status}")
-        if not await call(client, "wait_cancel", wait_id):
+        waiting.check_client()
+        if not await call(client, "wait_cancel", waiting.wait_id):
             return await await_cell(cell)  # answered before the cancel landed
-        if deadline is not None and time.monotonic() >= deadline:
+        if waiting.is_over():
             return _NOT_YET
 
 

@@ -50,6 +50,36 @@ def call(client: Any, operation: str, *args: Any) -> Any:
 _WAIT_CHUNK = 1.0
 
 
+class Waiting:
+    """One wait registered on the scheduler thread, re-registered every
+    :data:`_WAIT_CHUNK` seconds until its deadline (blocking or awaited)."""
+
+    def __init__(
+        self, client: Any, method: str, args: tuple[Any, ...], timeout: Any
+    ) -> None:
+        self.client = client
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.wait_id = uuid.uuid4().hex
+        self.request = WaitFor(
+            wait_id=self.wait_id, operation=Operation(method), args=args
+        )
+
+    def next_chunk(self) -> float:
+        """Seconds to wait for the next answer."""
+        if self.deadline is None:
+            return _WAIT_CHUNK
+        return min(_WAIT_CHUNK, max(0.0, self.deadline - time.monotonic()))
+
+    def check_client(self) -> None:
+        """Raise if the client closed: nothing answers its waits now."""
+        client = self.client
+        if client.status != "running":
+            raise ClosedClientError(f"Client {client.id} is {client.status}")
+
+    def is_over(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
 def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) -> Any:
     """The truthy answer of ``method(*args)`` on the scheduler thread, once it
     gives one; ``_NOT_YET`` if ``timeout`` seconds passed first.
@@ -57,24 +87,17 @@ def wait_until(client: Any, method: str, args: tuple[Any, ...], timeout: Any) ->
     The scheduler answers a registered waiter when its condition holds; this
     thread waits for that answer (never the scheduler thread).
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    wait_id = uuid.uuid4().hex
-    link = client._link
-    request = WaitFor(wait_id=wait_id, operation=Operation(method), args=args)
+    waiting = Waiting(client, method, args, timeout)
     while True:
-        chunk = _WAIT_CHUNK
-        if deadline is not None:
-            chunk = min(chunk, max(0.0, deadline - time.monotonic()))
-        cell = link.request(request)
+        cell = client._link.request(waiting.request)
         try:
-            return cell.result(chunk)
+            return cell.result(waiting.next_chunk())
         except TimeoutError:
             pass
-        if client.status != "running":  # closed: nothing answers it now
-            raise ClosedClientError(f"Client {client.id} is {client.status}")
-        if not call(client, "wait_cancel", wait_id):
+        waiting.check_client()
+        if not call(client, "wait_cancel", waiting.wait_id):
             return cell.result()  # answered before the cancel landed
-        if deadline is not None and time.monotonic() >= deadline:
+        if waiting.is_over():
             return _NOT_YET
 
 
