@@ -7,6 +7,7 @@ Tasks block on files the test creates; nothing here sleeps for a fixed time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -55,6 +56,33 @@ def poll(predicate: Callable[[], object], timeout: float = DEADLINE) -> bool:
         if time.monotonic() > deadline:
             return bool(predicate())
         pause.wait(0.02)
+
+
+async def poll_async(
+    predicate: Callable[[], object], timeout: float = DEADLINE
+) -> bool:
+    """:func:`poll` in an event loop: the loop runs between looks (a timer
+    wakes this coroutine, so callbacks and other tasks go on meanwhile)."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return bool(predicate())
+        pause = loop.create_future()
+        loop.call_later(0.01, pause.set_result, None)
+        await pause
+
+
+async def after_pending_callbacks(rounds: int = 1) -> None:
+    """Resume once the callbacks already scheduled on this loop have run (and,
+    for each further round, those they scheduled): FIFO order, no timing."""
+    loop = asyncio.get_running_loop()
+    for _ in range(rounds):
+        done = loop.create_future()
+        loop.call_soon(done.set_result, None)
+        await done
 
 
 def wait_for_file(path: str | os.PathLike[str], timeout: float = DEADLINE) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from localsched import Client, LocalCluster
 from localsched.deploy.asynchronous import run_off_loop
-from tests.runtime.helpers import DEADLINE
+from tests.runtime.helpers import DEADLINE, poll_async
 
 
 @pytest.fixture
@@ -34,18 +34,20 @@ async def test_async_with_starts_off_the_event_loop() -> None:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, asynchronous=True)
     assert cluster.status == "created"  # nothing runs until awaited
     ticks_while_starting = 0
+    loop = asyncio.get_running_loop()
+    timer: list[asyncio.TimerHandle] = []
 
-    async def tick() -> None:
+    def tick() -> None:
+        # A timer every millisecond: it fires only while the loop runs.
         nonlocal ticks_while_starting
-        while True:
-            if cluster.status == "starting":
-                ticks_while_starting += 1
-            await asyncio.sleep(0.001)
+        if cluster.status == "starting":
+            ticks_while_starting += 1
+        timer[:] = [loop.call_later(0.001, tick)]
 
     with anyio.fail_after(DEADLINE):
-        ticker = asyncio.create_task(tick())
+        tick()
         async with cluster as entered:
-            ticker.cancel()
+            timer[0].cancel()
             assert entered is cluster
             assert n_workers(cluster) == 2
     # The loop kept running while the workers started (in a thread of their own).
@@ -77,8 +79,7 @@ async def test_close_not_awaited_closes_all_the_same() -> None:
     with anyio.fail_after(DEADLINE):
         cluster = await LocalCluster(n_workers=1, asynchronous=True)
         cluster.close()
-        while cluster.status != "closed":
-            await asyncio.sleep(0.01)
+        assert await poll_async(lambda: cluster.status == "closed")
         await cluster.close()  # idempotent, and awaitable again
 
 
@@ -167,8 +168,7 @@ async def test_adapt_on_an_asynchronous_cluster() -> None:
             adaptive = cluster.adapt(minimum=1, maximum=2, interval="50ms")
             # As dask's: "starting" until the event loop picks it up.
             assert adaptive.state == "starting"
-            await asyncio.sleep(0)
-            assert adaptive.state == "running"
+            assert await poll_async(lambda: adaptive.state == "running")
             cluster.scale(1)  # stops adapting, as dask's scale does
             await cluster
             assert adaptive.state != "running"
@@ -201,12 +201,10 @@ async def test_adaptive_stops_when_the_cluster_stops_running() -> None:
             unbounded = cluster.adapt(interval="20ms")
             assert adaptive.state == "stopped"
             assert unbounded.maximum == math.inf  # dask's default: no bound
-            while unbounded.state != "running":
-                await asyncio.sleep(0.01)
+            assert await poll_async(lambda: unbounded.state == "running")
             try:
                 cluster.status = "closing"
-                while unbounded.state == "running":
-                    await asyncio.sleep(0.01)
+                assert await poll_async(lambda: unbounded.state != "running")
                 assert unbounded.state == "stopped"
                 assert unbounded.periodic_callback is None
             finally:

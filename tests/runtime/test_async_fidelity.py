@@ -21,7 +21,7 @@ import pytest
 from localsched import Client, LocalCluster
 from localsched.aio import fulfil, new_cell
 from localsched.errors import ClosedClientError
-from tests.runtime.helpers import DEADLINE
+from tests.runtime.helpers import DEADLINE, after_pending_callbacks
 
 pytestmark = pytest.mark.anyio
 
@@ -78,12 +78,14 @@ async def test_a_cancelled_wrap_future_awaiter_leaves_the_scheduler_running() ->
             # while its awaiter is cancelled.
             held = cluster.runtime.call(lambda: gate.wait(DEADLINE))
             queued = cluster.runtime.call(lambda: 42)
-            awaiter = asyncio.ensure_future(asyncio.wrap_future(queued))
-            await asyncio.sleep(0)
+            awaiter = asyncio.wrap_future(queued)
+            propagated = asyncio.Event()
+            # Runs after wrap_future's own callback, which cancels the source.
+            awaiter.add_done_callback(lambda _: propagated.set())
             awaiter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await awaiter
-            await _next_turns()  # wrap_future cancels its source in a callback
+            await propagated.wait()
             # wrap_future tried to cancel its source; the cell refused.
             assert not queued.cancelled()
             gate.set()
@@ -103,12 +105,13 @@ async def test_a_cancelled_actor_awaiter_leaves_the_call_and_the_cluster() -> No
         ):
             waiter = await client.submit(Waiter, actor=True)
             call = waiter.wait()
-            awaiting = asyncio.ensure_future(_await(call))
-            await asyncio.sleep(0)
+            started = asyncio.Event()
+            awaiting = asyncio.ensure_future(_await(call, started))
+            await started.wait()  # and it went on to await the call
             awaiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await awaiting
-            await _next_turns()
+            await after_pending_callbacks(rounds=3)  # what the cancel scheduled
             assert not call._cell.cancelled()
             await waiter.set()
             # The call answered on the scheduler thread after its awaiter left.
@@ -117,13 +120,8 @@ async def test_a_cancelled_actor_awaiter_leaves_the_call_and_the_cluster() -> No
             assert await client.submit(operator.add, 1, 2) == 3
 
 
-async def _next_turns() -> None:
-    """Let the callbacks scheduled by a cancellation run (a few loop turns)."""
-    for _ in range(3):
-        await asyncio.sleep(0)
-
-
-async def _await(awaitable: object) -> object:
+async def _await(awaitable: object, started: asyncio.Event) -> object:
+    started.set()  # this task runs on to the await before the setter resumes
     return await awaitable  # type: ignore[misc]
 
 
