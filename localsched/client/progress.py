@@ -8,7 +8,7 @@ that only needs the futures.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from localsched.client.future import futures_of
@@ -23,7 +23,7 @@ def progress(
     notebook: bool | None = None,
     multi: bool = True,
     complete: bool = True,
-    group_by: str = "prefix",
+    group_by: str | Callable[[Any], Any] = "prefix",
     **kwargs: Any,
 ) -> ProgressBar | None:
     """Track the progress of futures (``distributed.progress``).
@@ -45,7 +45,10 @@ def progress(
     complete
         Count tasks that finished before the call (True) or only those left.
     group_by
-        Only ``"prefix"`` (as dask's default) is supported.
+        One bar per task prefix (``"prefix"``, dask's default), or per value
+        of a function of the key (a callable, as dask's). ``"spans"`` groups
+        by dask's spans: localsched keeps none, so every task is in dask's
+        ``"default"`` span, one bar.
     **kwargs
         ``interval`` (seconds between refreshes, or a duration string such as
         ``"20ms"``), ``console`` (a rich Console; its file receives the text
@@ -63,8 +66,14 @@ def progress(
     [########################################] | 100% Completed |  1.2s
     """
     kwargs.pop("loop", None)  # dask's event loop argument: the bar has a thread
-    if group_by != "prefix":
-        raise NotImplementedError("progress groups tasks by key prefix only")
+    if group_by == "spans":
+        group_of: Callable[[Any], Any] | None = _default_span
+    elif group_by == "prefix":
+        group_of = None
+    elif callable(group_by):
+        group_of = group_by
+    else:
+        raise ValueError("`group_by` should be 'spans', 'prefix', or a Callable")
     bar = ProgressBar(
         _collect_futures(futures),
         multi=multi,
@@ -72,6 +81,7 @@ def progress(
         interval=parse_timedelta(kwargs.pop("interval", 0.1)),
         console=kwargs.pop("console", None),
         line_interval=kwargs.pop("line_interval", 2.0),
+        group_of=group_of,
     )
     if kwargs:
         bar.stop()
@@ -85,6 +95,11 @@ def progress(
         return bar
     bar.run()
     return None
+
+
+def _default_span(key: Any) -> str:
+    """dask's span of a task outside every ``span()`` block: all of them here."""
+    return "default"
 
 
 def _collect_futures(objects: Iterable[Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,12 +86,21 @@ class ProgressTracker(SchedulerPlugin):
     complete
         Count tasks already in memory when tracking starts (as dask's
         ``complete=True``); else only what is left to do.
+    group_of
+        The group (bar) of a key; None: its task prefix (dask's
+        ``group_by="prefix"``).
     """
 
-    def __init__(self, keys: Iterable[Key], complete: bool = True) -> None:
+    def __init__(
+        self,
+        keys: Iterable[Key],
+        complete: bool = True,
+        group_of: Callable[[Key], Any] | None = None,
+    ) -> None:
         self.name = f"progress-{id(self):x}"
         self._keys = list(keys)
         self._complete = complete
+        self._group_of = group_of
         self._lock = threading.Lock()
         # prefix name -> [total, done, erred, cancelled]
         self._counts: dict[str, list[int]] = {}
@@ -124,8 +133,9 @@ class ProgressTracker(SchedulerPlugin):
         needed = _reachable(roots, stop=("memory", "erred"))
         counted = _reachable(roots, stop=("erred",)) if self._complete else needed
         with self._lock:
+            group_of = self._group_of
             for ts in counted.values():
-                name = ts.prefix.name
+                name = ts.prefix.name if group_of is None else str(group_of(ts.key))
                 counts = self._counts.setdefault(name, [0, 0, 0, 0])
                 counts[0] += 1
                 self._prefix_of[ts.key] = name

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from localsched.diagnostics.progress_tracker import (
@@ -177,6 +178,7 @@ class ProgressBar:
         interval: float = 0.1,
         console: Any = None,
         line_interval: float = 2.0,
+        group_of: Callable[[Any], Any] | None = None,
     ) -> None:
         self.multi = multi
         self.interval = interval
@@ -185,7 +187,9 @@ class ProgressBar:
         clients = {id(f.client): f.client for f in futures}
         if len(clients) > 1:
             raise ValueError("progress follows futures of one client at a time")
-        self.tracker = ProgressTracker([f.key for f in futures], complete=complete)
+        self.tracker = ProgressTracker(
+            [f.key for f in futures], complete=complete, group_of=group_of
+        )
         self._futures = futures
         self._client = next(iter(clients.values()), None)
         if self._client is not None:

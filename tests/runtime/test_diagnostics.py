@@ -125,6 +125,34 @@ def test_progress_shows_errors_in_red(client):
     assert re.search(r"\x1b\[[0-9;]*31m[^\x1b]*1 erred", styled), styled
 
 
+def _parity(key: str) -> str:
+    return "even" if int(key.rsplit("-", 1)[1]) % 2 == 0 else "odd"
+
+
+def test_progress_groups_by_dasks_group_by(client, monkeypatch):
+    made: list[ProgressBar] = []
+
+    class Recorded(ProgressBar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr("localsched.client.progress.ProgressBar", Recorded)
+    futures = [client.submit(inc, i, key=f"inc-{i}") for i in range(6)]
+    progress(futures, group_by=_parity, console=plain_console(), notebook=False)
+    assert {p.name: p.done for p in made[-1].snapshot().prefixes} == {
+        "even": 3,
+        "odd": 3,
+    }
+    # No task is in a span of its own here: all are in dask's "default" span.
+    progress(futures, group_by="spans", console=plain_console(), notebook=False)
+    assert {p.name: p.total for p in made[-1].snapshot().prefixes} == {"default": 6}
+    progress(futures, console=plain_console(), notebook=False)
+    assert {p.name for p in made[-1].snapshot().prefixes} == {"inc"}
+    with pytest.raises(ValueError, match="should be 'spans', 'prefix', or a Callable"):
+        progress(futures, group_by="size", notebook=False)
+
+
 def test_progress_multi_false_and_complete_false(client):
     first = client.submit(inc, 1)
     done = client.submit(operator.neg, first)
