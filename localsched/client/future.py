@@ -374,33 +374,15 @@ def wait(
         if wants_await(client):
             return twin_call("wait", wait, futures, timeout, return_when)
     claim_adopted(futures)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    ready = threading.Event()
-    lock = threading.Lock()
-    remaining = {id(f._state) for f in futures}
-    states = {id(f._state): f._state for f in futures}
 
-    def on_done(state: FutureState) -> None:
-        with lock:
-            remaining.discard(id(state))
-            if (
-                not remaining
-                or return_when == FIRST_COMPLETED
-                or (return_when == FIRST_EXCEPTION and state.status == "error")
-            ):
-                ready.set()
+    def stops_early(state: FutureState) -> bool:
+        return return_when == FIRST_COMPLETED or (
+            return_when == FIRST_EXCEPTION and state.status == "error"
+        )
 
-    for state in states.values():
-        state.add_waiter(on_done)
-    if not states:
-        ready.set()
-    try:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not ready.wait(left):
-            raise TimeoutError(f"{len(remaining)} futures not done after {timeout} s")
-    finally:
-        for state in states.values():
-            state.remove_waiter(on_done)
+    is_ready, left = _block_until_done(futures, stops_early, timeout)
+    if not is_ready:
+        raise TimeoutError(f"{left} futures not done after {timeout} s")
     done = {f for f in futures if f.done()}
     return DoneAndNotDoneFutures(done, {f for f in futures if not f.done()})
 
@@ -667,6 +649,19 @@ def fire_and_forget(obj: Any) -> None:
 
 def wait_until_failure(futures: list[Future]) -> None:
     """Wait until every future is done or one of them erred or was cancelled."""
+    _block_until_done(
+        futures, lambda state: state.status in ("error", "cancelled"), None
+    )
+
+
+def _block_until_done(
+    futures: list[Future],
+    stops_early: Callable[[FutureState], bool],
+    timeout: float | None,
+) -> tuple[bool, int]:
+    """Block until every future is done, or one that finishes makes
+    ``stops_early`` true, or ``timeout`` passes; (whether it ended before the
+    timeout, how many futures were not done then)."""
     states = {id(f._state): f._state for f in futures}
     remaining = set(states)
     lock = threading.Lock()
@@ -675,7 +670,7 @@ def wait_until_failure(futures: list[Future]) -> None:
     def on_done(state: FutureState) -> None:
         with lock:
             remaining.discard(id(state))
-            if not remaining or state.status in ("error", "cancelled"):
+            if not remaining or stops_early(state):
                 ready.set()
 
     for state in states.values():
@@ -683,7 +678,7 @@ def wait_until_failure(futures: list[Future]) -> None:
     if not states:
         ready.set()
     try:
-        ready.wait()
+        return ready.wait(timeout), len(remaining)
     finally:
         for state in states.values():
             state.remove_waiter(on_done)
