@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Hashable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -258,8 +260,13 @@ def _overrides(plugin: object, hook: str) -> bool:
     method = getattr(type(plugin), hook, None)
     if method is None:
         return callable(getattr(plugin, hook, None))
-    base = getattr(SchedulerPlugin, hook, None)
-    return method is not base
+    if method is getattr(SchedulerPlugin, hook, None):
+        return False
+    # A subclass of distributed's own SchedulerPlugin (its Progress, say) that
+    # keeps that base's no-op hook does not implement it either.
+    dask_plugins = sys.modules.get("distributed.diagnostics.plugin")
+    dask_base = getattr(dask_plugins, "SchedulerPlugin", None)
+    return method is not getattr(dask_base, hook, None)
 
 
 class PluginRegistry:
@@ -374,9 +381,17 @@ class PluginRegistry:
             self._await(plugin, hook, result)
 
     def _await(self, plugin: Any, hook: str, awaitable: Awaitable[Any]) -> None:
-        if self._loop is None or self._loop.is_closed():
-            import asyncio  # only plugins with async hooks pay for it
+        import asyncio  # only plugins with async hooks pay for it
 
+        running = asyncio._get_running_loop()
+        if running is not None:
+            # Called from a coroutine turning on this thread (a feed's setup, a
+            # coroutine given to run_on_scheduler): the hook runs on that loop,
+            # as dask's run on the scheduler's, after the caller's step.
+            task = running.create_task(_as_coroutine(awaitable))
+            task.add_done_callback(partial(_log_failure, plugin, hook))
+            return
+        if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         try:
             self._loop.run_until_complete(_as_coroutine(awaitable))
@@ -391,3 +406,13 @@ class PluginRegistry:
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
+
+
+def _log_failure(plugin: Any, hook: str, task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "Plugin %s failed in %s",
+            plugin_name(plugin),
+            hook,
+            exc_info=task.exception(),
+        )

@@ -115,6 +115,21 @@ class ClusterToolsMixin:
     """Debugging and maintenance methods of ``Client``."""
 
     _link: Any
+    #: dask's serialization families for comms; a ``local://`` comm moves
+    #: objects within this process, so none are chosen (dask's default).
+    _serializers: list[str] | None = None
+    _deserializers: list[str] | None = None
+
+    @property
+    def connection_args(self) -> dict[str, Any]:
+        """What dask's ``distributed.core.connect`` takes to reach this client's
+        scheduler (dask's values with no ``Security``).
+
+        distributed's own tools that open a comm to ``scheduler.address``
+        (``TextProgressBar``) reach a cluster of this process through the
+        ``local`` comm backend (``localsched.integrations.dask_comm``).
+        """
+        return {"ssl_context": None, "require_encryption": False, "extra_conn_args": {}}
 
     def _ask(self, request: rq.Request, timeout: float | None = None) -> Any:
         return self._link.request(request).result(timeout)
