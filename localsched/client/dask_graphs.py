@@ -37,7 +37,11 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from localsched.client.computation_code import computation_code
-from localsched.client.dask_shuffle import inline_splits, reads_inputs_only
+from localsched.client.dask_shuffle import (
+    inline_splits,
+    pack_shuffle_groups,
+    reads_inputs_only,
+)
 from localsched.transport.protocol import TaskRef
 from localsched.worker.shared_inputs import READS_INPUTS_ONLY
 
@@ -226,7 +230,8 @@ def submit_graph(
     nodes = convert_legacy_graph(raw, all_keys=set(raw) | set(existing))
     if cull:
         nodes = _cull(nodes, wanted)
-    nodes = inline_splits(nodes, set(wanted))  # dask's task shuffle: see there
+    # dask's task shuffle: see localsched/client/dask_shuffle.py
+    nodes = inline_splits(pack_shuffle_groups(nodes, set(wanted)), set(wanted))
     if existing:
         # dask.order needs every dependency in the graph; these are computed.
         order_input = {**{k: DataNode(k, None) for k in existing}, **nodes}

@@ -35,7 +35,12 @@ import operator
 from collections.abc import Hashable
 from typing import Any
 
-__all__ = ["inline_splits", "is_selection", "reads_inputs_only"]
+__all__ = [
+    "inline_splits",
+    "is_selection",
+    "pack_shuffle_groups",
+    "reads_inputs_only",
+]
 
 Key = Hashable
 
@@ -141,4 +146,46 @@ def inline_splits(nodes: dict[Any, Any], wanted: set[Key]) -> dict[Any, Any]:
                 args.append(arg)
         listed = Task(None, pieces.func, *args, **pieces.kwargs)
         out[key] = Task(key, node.func, listed, *node.args[1:], **node.kwargs)
+    return out
+
+
+def pack_shuffle_groups(nodes: dict[Any, Any], wanted: set[Key]) -> dict[Any, Any]:
+    """``nodes`` with each task shuffle ``group`` node computing
+    :class:`~localsched.client.shuffle_pieces.ShufflePieces` (one sorted frame
+    and offsets) instead of dask's dict of pieces.
+
+    Only groups that every reader selects from (``getitem`` with a constant:
+    dask's ``split`` nodes) and that the caller does not want are changed:
+    ``pieces[i]`` equals the dict's ``[i]``, so every other value stays dask's.
+    With no ``group`` function where dask kept it, nothing changes.
+    """
+    from dask._task_spec import Task
+
+    from localsched.client.shuffle_pieces import group_function, shuffle_group_pieces
+
+    original = group_function()
+    if original is None:
+        return nodes
+    groups = {
+        key
+        for key, node in nodes.items()
+        if type(node) is Task and node.func is original and key not in wanted
+    }
+    if not groups:
+        return nodes
+    for node in nodes.values():
+        if groups.isdisjoint(node.dependencies):
+            continue
+        selects = (
+            is_selection(node)
+            and len(node.args) == 2
+            and _is_reference(node.args[0])
+            and not _is_reference(node.args[1])
+        )
+        if not selects:
+            groups -= node.dependencies  # read otherwise: keep dask's dict
+    out = dict(nodes)
+    for key in groups:
+        node = nodes[key]
+        out[key] = Task(key, shuffle_group_pieces, *node.args, **node.kwargs)
     return out
