@@ -38,9 +38,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from localsched.client.computation_code import computation_code
 from localsched.client.dask_shuffle import (
+    fuse_shuffle_chains,
     inline_splits,
     pack_shuffle_groups,
     reads_inputs_only,
+    skip_aliases,
 )
 from localsched.transport.protocol import TaskRef
 from localsched.worker.shared_inputs import READS_INPUTS_ONLY
@@ -230,14 +232,18 @@ def submit_graph(
     nodes = convert_legacy_graph(raw, all_keys=set(raw) | set(existing))
     if cull:
         nodes = _cull(nodes, wanted)
-    # dask's task shuffle: see localsched/client/dask_shuffle.py
-    nodes = inline_splits(pack_shuffle_groups(nodes, set(wanted)), set(wanted))
     if existing:
         # dask.order needs every dependency in the graph; these are computed.
         order_input = {**{k: DataNode(k, None) for k in existing}, **nodes}
         order = dask.order.order(order_input)
     else:
         order = dask.order.order(nodes) if nodes else {}
+    # Ordered first: each task keeps dask's priority for its key. Then dask's
+    # task shuffle over shared memory: see localsched/client/dask_shuffle.py.
+    annotated = {key for values in annotations_by_type.values() for key in values}
+    keep = set(wanted) | annotated
+    nodes = pack_shuffle_groups(skip_aliases(nodes, existing, keep), keep)
+    nodes = fuse_shuffle_chains(inline_splits(nodes, keep), keep)
     for key in wanted:
         if key not in nodes and key not in existing:
             raise KeyError(f"Key {key!r} is not in the graph")

@@ -22,10 +22,11 @@ This module runs on workers: it imports pandas and dask when a task calls it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["ShufflePieces", "group_function", "shuffle_group_pieces"]
+__all__ = ["ShufflePieces", "group_function", "select_piece", "shuffle_group_pieces"]
 
 
 class ShufflePieces(Mapping[int, Any]):
@@ -73,6 +74,16 @@ class ShufflePieces(Mapping[int, Any]):
 
     def __repr__(self) -> str:
         return f"<ShufflePieces: {len(self)} pieces of {len(self.frame)} rows>"
+
+
+def select_piece(pieces: Mapping[int, Any], i: int) -> Any:
+    """``pieces[i]`` (dask's ``split``), as a new object: the worker may hand one
+    ``pieces`` to many tasks (``localsched.worker.shared_inputs``), and what a
+    task does to its piece must not reach the others. A ``ShufflePieces``
+    slice is new (pandas copies it on write); a piece of dask's own dict
+    (frames that are not pandas) is copied shallowly."""
+    piece = pieces[i]
+    return piece if type(pieces) is ShufflePieces else copy.copy(piece)
 
 
 def group_function() -> Callable[..., Any] | None:
