@@ -243,8 +243,12 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
     apart, each step pickles its whole partition into shared memory for the
     next one to map and unpickle; fused, only the chain's result is stored.
     Each step becomes a nested task of the next one
-    (``GraphNode.substitute``), so the chain's value is the same. Keys in
-    ``keep`` (wanted or annotated) are never fused away.
+    (``GraphNode.substitute``), so the chain's value is the same.
+
+    A task that reads several shuffle outputs (``merge``'s two sides), each
+    read by it alone, computes them too: they are made from pieces of the
+    groups, which the worker shares, so no output partition is stored before
+    the join. Keys in ``keep`` (wanted or annotated) are never fused away.
     """
     from dask._task_spec import Task
 
@@ -267,6 +271,8 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
             previous[key] = dep
     followed = set(previous.values())
     out = dict(nodes)
+    #: Shuffle outputs: the (fused) tasks that end with or after a ``_concat``.
+    outputs = {k for k, node in nodes.items() if is_task(k) and _is_concat(node.func)}
     for last in previous:
         if last in followed:
             continue  # not the end of its chain
@@ -283,7 +289,22 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
             fused = nodes[key].substitute({fused.key: fused})
         for key in chain[:-1]:
             out.pop(key, None)
+            outputs.discard(key)
         out[last] = fused
+        if any(_is_concat(nodes[k].func) for k in chain):
+            outputs.add(last)
+    for key, node in list(out.items()):
+        if type(node) is not Task or node.block_fusion or len(node.dependencies) < 2:
+            continue
+        inputs = {
+            dep: out[dep]
+            for dep in node.dependencies
+            if dep in outputs and dep not in keep and readers.get(dep) == [key]
+        }
+        if inputs:
+            out[key] = node.substitute(inputs)
+            for dep in inputs:
+                del out[dep]
     return out
 
 
