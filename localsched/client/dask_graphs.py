@@ -242,7 +242,8 @@ def submit_graph(
     # task shuffle over shared memory: see localsched/client/dask_shuffle.py.
     annotated = {key for values in annotations_by_type.values() for key in values}
     keep = set(wanted) | annotated
-    nodes = pack_shuffle_groups(skip_aliases(nodes, existing, keep), keep)
+    # A packed group keeps its key (and annotations): only wanted ones stay dask's.
+    nodes = pack_shuffle_groups(skip_aliases(nodes, existing, keep), set(wanted))
     nodes = fuse_shuffle_chains(inline_splits(nodes, keep), keep)
     for key in wanted:
         if key not in nodes and key not in existing:

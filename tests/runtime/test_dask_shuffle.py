@@ -79,6 +79,7 @@ def operations(a: Any, b: Any) -> dict[str, Any]:
         "groupby_apply": a.groupby("g").apply(demean, meta=meta),
         "sort_values": a.sort_values(["k", "x"]),
         "drop_duplicates": a[["k", "g"]].drop_duplicates(split_out=4),
+        "some_partitions": a.shuffle("k").partitions[1:],  # filtered groups
     }
 
 
@@ -104,7 +105,7 @@ def graph_outputs(nodes: dict[Any, Any]) -> set[Any]:
 
 def rewrite(nodes: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
     """The client's rewrite of a graph (``dask_graphs.submit_graph``)."""
-    nodes = pack_shuffle_groups(skip_aliases(nodes, (), keep), keep)
+    nodes = pack_shuffle_groups(skip_aliases(nodes, (), keep), keep)  # as wanted
     return fuse_shuffle_chains(inline_splits(nodes, keep), keep)
 
 
