@@ -132,6 +132,10 @@ def _selects_pieces_only(node: Any) -> bool:
 
     if _is_reference(node):
         return False
+    if isinstance(node, list | tuple | set | frozenset):
+        return all(map(_selects_pieces_only, node))
+    if isinstance(node, dict):
+        return all(map(_selects_pieces_only, node.values()))
     if not isinstance(node, GraphNode):
         return True  # a constant
     if type(node) is not Task:

@@ -331,6 +331,9 @@ def test_only_tasks_reading_inputs_through_select_piece_share_them():
     assert not reads_inputs_only(Task("a", len, nested))
     by_key = Task(None, select_piece, TaskRef("g"), TaskRef("i"))
     assert not reads_inputs_only(Task("a", len, by_key))
+    # A reference in a plain container (dask wraps them, but not always).
+    assert not reads_inputs_only(Task("a", len, piece, ([TaskRef("h")],)))
+    assert not reads_inputs_only(Task("a", len, piece, {"x": TaskRef("h")}))
 
 
 def test_aliases_of_computed_keys_read_their_target():
