@@ -271,7 +271,8 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
         if not is_task(key) or len(node.dependencies) != 1:
             continue
         (dep,) = node.dependencies
-        if is_task(dep) and dep not in keep and len(readers.get(dep, ())) == 1:
+        single = len(readers.get(dep, ())) == 1 and _count_references(node, dep) == 1
+        if is_task(dep) and dep not in keep and single:
             previous[key] = dep
     followed = set(previous.values())
     out = dict(nodes)
@@ -297,19 +298,89 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
         out[last] = fused
         if any(_is_concat(nodes[k].func) for k in chain):
             outputs.add(last)
+    _fuse_into_groups(out, keep, original)
     for key, node in list(out.items()):
         if type(node) is not Task or node.block_fusion or len(node.dependencies) < 2:
             continue
         inputs = {
             dep: out[dep]
             for dep in node.dependencies
-            if dep in outputs and dep not in keep and readers.get(dep) == [key]
+            if dep in outputs
+            and dep not in keep
+            and readers.get(dep) == [key]
+            and _count_references(node, dep) == 1
         }
         if inputs:
             out[key] = node.substitute(inputs)
             for dep in inputs:
                 del out[dep]
     return out
+
+
+def _fuse_into_groups(out: dict[Any, Any], keep: set[Key], groups: Any) -> None:
+    """Compute in each (fused) ``group`` task of input partition ``i`` the
+    tasks of keys ``(name, i)`` that only it reads, directly or through them.
+
+    The steps before a group are not always a chain: ``set_index`` reads the
+    partition twice (its column for ``set_partitions_pre``, and the partition
+    to assign the result to), a diamond that linear fusion leaves as three
+    tasks storing their results. Only keys of the group's own partition are
+    taken, so a reduction feeding the shuffle keeps its parallel tasks.
+    """
+    from dask._task_spec import Task
+
+    readers: dict[Key, set[Key]] = {}
+    for key, node in out.items():
+        for dep in node.dependencies:
+            readers.setdefault(dep, set()).add(key)
+    for key in list(out):
+        node = out.get(key)  # None: fused into an earlier group
+        if type(node) is not Task or node.func not in groups:
+            continue
+        if type(key) is not tuple or len(key) != 2:
+            continue
+        pending = set(node.dependencies)
+        while pending:
+            dep = pending.pop()
+            inner = out.get(dep)
+            if (
+                type(inner) is not Task
+                or inner.block_fusion
+                or dep in keep
+                or type(dep) is not tuple
+                or len(dep) != 2
+                or dep[1] != key[1]
+                or readers.get(dep) != {key}
+                or _count_references(out[key], dep) != 1
+            ):
+                continue
+            out[key] = out[key].substitute({dep: inner})
+            del out[dep]
+            for source in inner.dependencies:
+                readers[source].discard(dep)
+                readers[source].add(key)
+                pending.add(source)
+
+
+def _count_references(node: Any, key: Key) -> int:
+    """How many times ``node`` (nested tasks and containers included) refers
+    to ``key``. A nested task is computed wherever it appears, so a step is
+    only put in place of a reference that occurs once: it must run once."""
+    from dask._task_spec import Alias, GraphNode, Task, TaskRef
+
+    if type(node) is TaskRef:
+        return int(node.key == key)
+    if type(node) is Alias:
+        return int(node.target == key)
+    if isinstance(node, list | tuple | set | frozenset):
+        return sum(_count_references(item, key) for item in node)
+    if isinstance(node, dict):
+        return sum(_count_references(item, key) for item in node.values())
+    if isinstance(node, Task):
+        return _count_references((*node.args, *node.kwargs.values()), key)
+    if isinstance(node, GraphNode):
+        return int(key in node.dependencies)
+    return 0
 
 
 def _group_functions() -> tuple[Any, ...]:

@@ -321,6 +321,32 @@ def test_kept_keys_are_never_fused_away():
     assert_same_values(nodes, rewritten)
 
 
+def test_a_step_read_twice_by_its_reader_is_not_fused_and_runs_once():
+    calls = []
+
+    def counted(frame: Any) -> Any:
+        calls.append(1)
+        return frame
+
+    nodes = task_shuffle_graph(4)
+    outputs = graph_outputs(nodes)
+    group = next(k for k in nodes if str(k[0]).startswith("group-"))
+    source = nodes[group].args[0].key
+    # The partition's step, read twice by the group's input: (x + x) / 2 == x.
+    step = ("counted-step", group[1])
+    twice = Task(
+        source,
+        operator.truediv,
+        Task(None, operator.add, TaskRef(step), TaskRef(step)),
+        2,
+    )
+    nodes = {**nodes, step: Task(step, counted, nodes[source]), source: twice}
+    rewritten = rewrite(nodes, outputs)
+    assert step in rewritten
+    dask.get(rewritten, sorted(outputs, key=str))
+    assert len(calls) == 1
+
+
 def test_only_tasks_reading_inputs_through_select_piece_share_them():
     piece = Task(None, select_piece, TaskRef("g"), 0)
     assert reads_inputs_only(Task("a", len, piece))
