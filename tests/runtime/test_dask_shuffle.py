@@ -297,6 +297,21 @@ def test_a_shuffle_runs_as_two_layers_whose_readers_share_their_inputs():
     assert all(rewritten[k].dependencies == set(groups) for k in readers)
 
 
+def test_set_index_computes_a_partition_s_divisions_inside_its_group():
+    # set_index reads the partition twice (its column for set_partitions_pre,
+    # and the partition to assign that to): those steps run in the group.
+    with dask.config.set(scheduler="sync"):
+        nodes = task_shuffle_graph(6, "set_index")
+    rewritten = rewrite(nodes, graph_outputs(nodes))
+    tasks = {k: n for k, n in rewritten.items() if type(n) is Task}
+    groups = [k for k, n in tasks.items() if n.func is shuffle_group_pieces]
+    assert len(groups) == 6
+    for key in groups:
+        assert all(type(rewritten[d]) is DataNode for d in rewritten[key].dependencies)
+    assert len(rewritten) == 6 * 3  # the input, its group, its output
+    assert_same_values(nodes, rewritten)
+
+
 def test_a_merge_reads_both_sides_pieces_in_one_task():
     nodes = task_shuffle_graph(6, "merge")
     outputs = graph_outputs(nodes)
