@@ -21,9 +21,11 @@ key gets equal to dask's:
    strided slices), and its splits select with ``select_piece``.
 2. :func:`inline_splits`: a split that only one concat reads runs inside it
    (``n²`` fewer tasks, and no piece is ever pickled).
-3. :func:`fuse_shuffle_chains`: the blockwise steps before a ``group`` and
-   after a ``concat`` run in the same task as it, so only the chain's result
-   is stored::
+3. :func:`fuse_shuffle_chains`: the blockwise steps before a ``group`` (a
+   chain, or the partition's steps only it reads, as ``set_index``'s) and
+   after a ``concat`` (and a merge of two shuffled sides) run in the same task
+   as it, each as a nested task where its reader referred to it once, so only
+   the task's result is stored::
 
     input j ─▶ [assign, index, group j] ─▶ [concat i of every pieces[i], drop column]
 
