@@ -88,12 +88,17 @@ def select_piece(pieces: Mapping[int, Any], i: int) -> Any:
 
 def group_function() -> Callable[..., Any] | None:
     """dask's ``group`` function of the task shuffle (the one
-    :func:`shuffle_group_pieces` replaces), or None if dask moved it."""
+    :func:`shuffle_group_pieces` replaces), or None if dask moved it or pandas
+    lost the sort both use: then the client leaves dask's groups alone."""
     import sys
 
     module = sys.modules.get("dask.dataframe.dask_expr._shuffle")
     simple = getattr(module, "SimpleShuffle", None)
     function = getattr(simple, "_shuffle_group", None)
+    # The sort dask's pandas backend uses too (a private name of pandas').
+    algos = getattr(getattr(sys.modules.get("pandas"), "_libs", None), "algos", None)
+    if not hasattr(algos, "groupsort_indexer"):
+        return None
     return function if callable(function) else None
 
 

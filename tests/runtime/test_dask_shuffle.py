@@ -483,3 +483,19 @@ def test_shuffles_of_persisted_collections_equal_dask_s(client, name):
     a, b = client.persist([a, b])
     got = operations(a, b)[name].compute()
     pd.testing.assert_frame_equal(canonical(got), canonical(expected))
+
+
+def test_without_dask_s_group_function_the_shuffle_is_dask_s_and_still_right(
+    client, monkeypatch
+):
+    # What happens if dask moves the function: nothing packed, same results.
+    import localsched.client.dask_shuffle as dask_shuffle
+
+    monkeypatch.setattr(dask_shuffle, "group_function", lambda: None)
+    nodes = task_shuffle_graph(6)
+    assert pack_shuffle_groups(nodes, set()) is nodes
+    _, _, a, b = frames(20_000, 8)
+    with dask.config.set(scheduler="sync"):
+        expected = operations(a, b)["merge"].compute()
+    got = operations(a, b)["merge"].compute()
+    pd.testing.assert_frame_equal(canonical(got), canonical(expected))
