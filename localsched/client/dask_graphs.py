@@ -480,7 +480,8 @@ class _SpecBuilder:
         elif buffers:
             payload = pickle.dumps(call, 5)  # small: buffers in band
         token, function = self._token, self._function
-        if reads_inputs_only(node):
+        # A future inside the node is an input too, read by whatever uses it.
+        if reads_inputs_only(node) and dependencies == node.dependencies:
             token, function = self._selection
         spec = self._spec_type(token, function, payload, tuple(dependencies))
         return spec

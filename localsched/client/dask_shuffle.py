@@ -251,10 +251,11 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
     Each step becomes a nested task of the next one
     (``GraphNode.substitute``), so the chain's value is the same.
 
-    A task that reads several shuffle outputs (``merge``'s two sides), each
-    read by it alone, computes them too: they are made from pieces of the
-    groups, which the worker shares, so no output partition is stored before
-    the join. Keys in ``keep`` (wanted or annotated) are never fused away.
+    A task of partition ``i`` that reads several shuffle outputs of partition
+    ``i`` (``merge``'s two sides), each read by it alone, computes them too:
+    they are made from pieces of the groups, which the worker shares, so no
+    output partition is stored before the join. Keys in ``keep`` (wanted or
+    annotated) are never fused away.
     """
     from dask._task_spec import Task
 
@@ -308,6 +309,7 @@ def fuse_shuffle_chains(nodes: dict[Any, Any], keep: set[Key]) -> dict[Any, Any]
             dep: out[dep]
             for dep in node.dependencies
             if dep in outputs
+            and _same_partition(dep, key)
             and dep not in keep
             and readers.get(dep) == [key]
             and _count_references(node, dep) == 1
@@ -349,9 +351,7 @@ def _fuse_into_groups(out: dict[Any, Any], keep: set[Key], groups: Any) -> None:
                 type(inner) is not Task
                 or inner.block_fusion
                 or dep in keep
-                or type(dep) is not tuple
-                or len(dep) != 2
-                or dep[1] != key[1]
+                or not _same_partition(dep, key)
                 or readers.get(dep) != {key}
                 or _count_references(out[key], dep) != 1
             ):
@@ -362,6 +362,18 @@ def _fuse_into_groups(out: dict[Any, Any], keep: set[Key], groups: Any) -> None:
                 readers[source].discard(dep)
                 readers[source].add(key)
                 pending.add(source)
+
+
+def _same_partition(key: Key, other: Key) -> bool:
+    """Whether two keys are ``(name, i)`` of the same partition ``i``: a task
+    only computes inputs of its own partition (a final concat of every
+    partition, as ``compute`` adds, must not run the whole layer)."""
+    return (
+        type(key) is tuple
+        and type(other) is tuple
+        and len(key) == len(other) == 2
+        and key[1] == other[1]
+    )
 
 
 def _count_references(node: Any, key: Key) -> int:

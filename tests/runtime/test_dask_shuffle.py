@@ -499,3 +499,16 @@ def test_without_dask_s_group_function_the_shuffle_is_dask_s_and_still_right(
         expected = operations(a, b)["merge"].compute()
     got = operations(a, b)["merge"].compute()
     pd.testing.assert_frame_equal(canonical(got), canonical(expected))
+
+
+def _count_calls(frame: Any, calls: list[int]) -> Any:
+    calls.append(1)  # changes its input: each task must get its own copy
+    return frame.assign(calls=len(calls))
+
+
+def test_a_future_read_after_a_shuffle_is_each_task_s_own_copy(client):
+    _, _, a, _ = frames(4_000, 4)
+    (calls,) = client.scatter([[0] * 20_000])  # large: in shared memory
+    meta = {**a.dtypes.to_dict(), "calls": "i8"}
+    got = a.shuffle("k").map_partitions(_count_calls, calls, meta=meta).compute()
+    assert set(got["calls"]) == {20_001}
