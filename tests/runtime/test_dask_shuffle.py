@@ -325,6 +325,21 @@ def test_a_merge_reads_both_sides_pieces_in_one_task():
     assert_same_values(nodes, rewritten)
 
 
+def test_compute_s_final_concat_leaves_the_outputs_parallel():
+    from dask._expr import FinalizeCompute
+    from dask.base import collections_to_expr
+
+    _, _, a, _ = frames(400, 6)
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        expr = FinalizeCompute(collections_to_expr([a.shuffle("k")])).optimize()
+        nodes = convert_legacy_graph(dict(expr.__dask_graph__()))
+    rewritten = rewrite(nodes, graph_outputs(nodes))
+    (final,) = graph_outputs(nodes)
+    readers = [k for k, n in rewritten.items() if k != final and reads_inputs_only(n)]
+    assert len(readers) >= 5  # at most the final task's own partition inlined
+    assert_same_values(nodes, rewritten)
+
+
 def test_kept_keys_are_never_fused_away():
     nodes = task_shuffle_graph(6)
     outputs = graph_outputs(nodes)
