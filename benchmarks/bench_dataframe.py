@@ -16,10 +16,16 @@ default shuffle for it:
 
 Printed: seconds per workload and system, distributed / localsched (above 1:
 localsched is faster), and the 1-minute load average before and after.
+``--before DIR`` adds a ``before`` column: localsched from another checkout
+(``git worktree add DIR <commit>``), run from ``DIR`` so that its workers import
+it. ``--rounds N`` runs every system ``N`` times, interleaved, and keeps each
+one's best: on a loaded machine, one round is a lottery.
 
     python benchmarks/bench_dataframe.py               # all systems
     python benchmarks/bench_dataframe.py --rows 200000 # smaller
     python benchmarks/bench_dataframe.py --system localsched --json
+    python benchmarks/bench_dataframe.py --systems localsched,distributed \
+        --before /tmp/before --rounds 3
 """
 
 from __future__ import annotations
@@ -141,6 +147,8 @@ def main() -> None:
     parser.add_argument("--system", choices=SYSTEMS)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--before", help="a checkout of localsched to compare")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     if args.system:
         results = run(args.system, args.rows, args.repeat)
@@ -149,26 +157,57 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     table: dict[str, dict[str, float]] = {}
     methods: dict[str, str] = {}
-    for system in args.systems.split(","):
-        command = [sys.executable, __file__, "--system", system, "--json"]
-        command += ["--rows", str(args.rows), "--repeat", str(args.repeat)]
-        out = subprocess.run(command, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            print(f"{system}: failed\n{out.stderr[-2000:]}")
-            continue
-        figures = json.loads(out.stdout.strip().splitlines()[-1])
-        table[system], methods[system] = figures["seconds"], figures["method"]
+    systems = args.systems.split(",")
+    if args.before:
+        systems.insert(0, "before")
+    for _ in range(args.rounds):
+        for system in systems:
+            figures = _run_system(system, args)
+            if figures is None:
+                continue
+            best = table.setdefault(system, {})
+            for name, seconds in figures["seconds"].items():
+                best[name] = min(best.get(name, seconds), seconds)
+            methods[system] = figures["method"]
     load_after = os.getloadavg()[0]
     systems = list(table)
-    print(f"{args.rows:,} rows; load average {load_before:.2f} -> {load_after:.2f}")
+    print(
+        f"{args.rows:,} rows, best of {args.repeat} x {args.rounds} round(s);"
+        f" load average {load_before:.2f} -> {load_after:.2f}"
+    )
     print("shuffle: " + ", ".join(f"{s} {m!r}" for s, m in methods.items()))
-    print(f"{'workload':<16}" + "".join(f"{s:>17}" for s in systems) + "    ratio")
+    before = table.get("before")
+    header = "".join(f"{s:>17}" for s in systems) + "    ratio"
+    print(f"{'workload':<16}{header}" + ("  before/now" if before else ""))
     ours = table.get("localsched", {})
     theirs = table.get("distributed", {})
     for name in workloads(None, None):
         row = "".join(f"{table[s].get(name, float('nan')):16.3f}s" for s in systems)
         ratio = theirs.get(name, 0.0) / ours[name] if name in ours else 0.0
-        print(f"{name:<16}{row} {ratio:7.2f}")
+        gain = f" {before[name] / ours[name]:11.2f}" if before and name in ours else ""
+        print(f"{name:<16}{row} {ratio:7.2f}{gain}")
+
+
+def _run_system(system: str, args: Any) -> dict[str, Any] | None:
+    """One system in a fresh process: its figures, or None if it failed."""
+    command = [sys.executable, os.path.abspath(__file__), "--json"]
+    command += ["--rows", str(args.rows), "--repeat", str(args.repeat)]
+    env, cwd = None, None
+    if system == "before":
+        # Workers are started with ``-m``: the working directory comes first.
+        cwd = os.path.abspath(args.before)
+        env = {**os.environ, "PYTHONPATH": cwd}
+        command += ["--system", "localsched"]
+    else:
+        command += ["--system", system]
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=cwd, env=env
+    )
+    if out.returncode != 0:
+        print(f"{system}: failed\n{out.stderr[-2000:]}")
+        return None
+    figures: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
 
 
 if __name__ == "__main__":

@@ -92,8 +92,9 @@ DASK_SCHEDULER = _CurrentClient()
 #: ``distributed`` imported, dask finds the localsched client through
 #: ``distributed.default_client()`` (``client/defaults.py``) and would choose its
 #: "p2p" methods, which need distributed's shuffle extension on the workers.
-#: The task shuffle's pieces move through shared memory instead, and each
-#: worker unpickles a split partition once (``localsched.worker.shared_inputs``).
+#: The task shuffle's pieces move through shared memory instead: one sorted
+#: frame per input partition, unpickled once per worker, and the steps around
+#: the shuffle fused into its two task layers (``client/dask_shuffle.py``).
 LOCAL_METHODS = {"dataframe.shuffle.method": "tasks", "array.rechunk.method": "tasks"}
 
 _config_lock = threading.Lock()

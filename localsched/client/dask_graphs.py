@@ -37,7 +37,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from localsched.client.computation_code import computation_code
-from localsched.client.dask_shuffle import inline_splits, reads_inputs_only
+from localsched.client.dask_shuffle import (
+    fuse_shuffle_chains,
+    inline_splits,
+    pack_shuffle_groups,
+    reads_inputs_only,
+    skip_aliases,
+)
 from localsched.transport.protocol import TaskRef
 from localsched.worker.shared_inputs import READS_INPUTS_ONLY
 
@@ -226,13 +232,19 @@ def submit_graph(
     nodes = convert_legacy_graph(raw, all_keys=set(raw) | set(existing))
     if cull:
         nodes = _cull(nodes, wanted)
-    nodes = inline_splits(nodes, set(wanted))  # dask's task shuffle: see there
     if existing:
         # dask.order needs every dependency in the graph; these are computed.
         order_input = {**{k: DataNode(k, None) for k in existing}, **nodes}
         order = dask.order.order(order_input)
     else:
         order = dask.order.order(nodes) if nodes else {}
+    # Ordered first: each task keeps dask's priority for its key. Then dask's
+    # task shuffle over shared memory: see localsched/client/dask_shuffle.py.
+    annotated = {key for values in annotations_by_type.values() for key in values}
+    keep = set(wanted) | annotated
+    # A packed group keeps its key (and annotations): only wanted ones stay dask's.
+    nodes = pack_shuffle_groups(skip_aliases(nodes, existing, keep), set(wanted))
+    nodes = fuse_shuffle_chains(inline_splits(nodes, keep), keep)
     for key in wanted:
         if key not in nodes and key not in existing:
             raise KeyError(f"Key {key!r} is not in the graph")
@@ -468,7 +480,8 @@ class _SpecBuilder:
         elif buffers:
             payload = pickle.dumps(call, 5)  # small: buffers in band
         token, function = self._token, self._function
-        if reads_inputs_only(node):
+        # A future inside the node is an input too, read by whatever uses it.
+        if reads_inputs_only(node) and dependencies == node.dependencies:
             token, function = self._selection
         spec = self._spec_type(token, function, payload, tuple(dependencies))
         return spec

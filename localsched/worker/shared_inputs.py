@@ -7,7 +7,9 @@ partition into a dict of ``n`` pieces, and ``n`` ``getitem`` tasks each select
 one piece, so every dict is unpickled ``n`` times (``n`` x ``n`` DataFrame
 rebuilds, about 0.3-0.8 ms each with pandas 3). A function marked with
 :data:`READS_INPUTS_ONLY` promises to return a value without changing its
-inputs (the client marks dask's ``getitem`` nodes); its dependencies are loaded
+inputs (the client marks dask's ``getitem`` nodes, concats of them, and tasks
+that read every input through ``select_piece``, which hands out new objects:
+``localsched.client.dask_shuffle.reads_inputs_only``); its dependencies are loaded
 through this worker's :class:`SharedInputs`, which keeps the last values it
 loaded, keyed by the blob that holds them, so each dict is unpickled once per
 worker. What such a task returns is pickled into a blob of its own, as always,
