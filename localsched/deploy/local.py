@@ -46,7 +46,7 @@ from localsched.deploy.template import (
     start_template,
     take_template_ahead,
 )
-from localsched.deploy.warming import WarmImports, WarmOption
+from localsched.deploy.warming import TEMPLATE_QUIET, WarmImports, WarmOption
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -482,6 +482,10 @@ class LocalCluster(DaskClusterSurface):
         page, worker_page = (
             (ExecutingPage(), None) if self.processes else ExecutingPage.in_process()
         )
+        if self._template is not None:
+            # For the forks after this one (the modules this process has now).
+            modules = self.warm_imports.template_modules()
+            self._template.warm(modules, TEMPLATE_QUIET)
         try:
             if self.processes:
                 process, conn = start_worker(

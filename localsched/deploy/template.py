@@ -234,6 +234,19 @@ class Template:
         pid, pidfd = reply
         return ForkedProcess(self, pid, pidfd, name)
 
+    def warm(self, names: list[str], quiet: float) -> None:
+        """Have the template import ``names`` once no request came for
+        ``quiet`` seconds, so that later forks inherit them (warm imports:
+        ``localsched.worker.template.TemplateWarmUp``). No answer."""
+        if self.is_broken or not names:
+            return
+        message = json.dumps({"warm": names, "quiet": quiet}).encode()
+        with self._lock:
+            try:
+                self._sock.send(message)
+            except OSError as exc:
+                self._break(f"cannot reach it: {exc}")
+
     def _receive(self, timeout: float) -> bool:
         """Read the template's messages for up to ``timeout`` seconds (under
         ``_lock``); False once it is gone."""

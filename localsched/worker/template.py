@@ -37,13 +37,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+from localsched.worker.warming import import_logged
+
+logger = logging.getLogger("localsched.worker.template")
 
 #: Largest request (a worker's argv: resources as JSON) and fds per request.
 MAX_MESSAGE = 1 << 16
@@ -74,8 +81,14 @@ def main(fd: int, parent: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     own_fds = (sock.fileno(), wake_r, wake_w, parent_fd)
+    warming = TemplateWarmUp()
     while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r, parent_fd], [], [])
+        readable, _, _ = select.select(
+            [sock.fileno(), wake_r, parent_fd], [], [], warming.timeout()
+        )
+        if not readable:
+            warming.step()  # idle long enough: one warm import
+            continue
         if parent_fd in readable:
             break  # the user's process died (its socket may live on in a fork)
         if wake_r in readable:
@@ -91,8 +104,72 @@ def main(fd: int, parent: int) -> None:
                 data, fds = b"", []
             if not data:
                 break  # the cluster closed or died
-            _fork(sock, json.loads(data), fds, own_fds, entries)
+            request = json.loads(data)
+            warming.last_request = time.monotonic()
+            if "warm" in request:
+                warming.add(request["warm"], request["quiet"])
+            elif warming.thread_starter is not None:
+                refusal = (
+                    f"the warm import of {warming.thread_starter!r} started a thread"
+                )
+                _refuse(sock, request["id"], fds, refusal)
+            else:
+                _fork(sock, request, fds, own_fds, entries)
     os._exit(0)
+
+
+class TemplateWarmUp:
+    """Warm imports in the template: the modules its forks then inherit.
+
+    The cluster names them (``{"warm": [...], "quiet": s}``); the template
+    imports one per turn of its loop once no request came for ``quiet``
+    seconds, so a fork never waits for more than one import, and never at the
+    same time (it has one thread). A failed import is logged (on the user's
+    stderr: the template's) and skipped. A module that starts a thread at
+    import would make later forks unsafe: the template then refuses to fork
+    and workers spawn.
+    """
+
+    def __init__(self) -> None:
+        #: Modules still to import, in order.
+        self.pending: list[str] = []
+        self._asked: set[str] = set()
+        self.quiet = 1.0
+        self.last_request = time.monotonic()
+        #: The module whose import started a thread (None: forks are safe).
+        self.thread_starter: str | None = None
+
+    def add(self, names: list[str], quiet: float) -> None:
+        for name in names:
+            if name not in self._asked:
+                self._asked.add(name)
+                self.pending.append(name)
+        self.quiet = quiet
+
+    def timeout(self) -> float | None:
+        """Seconds until the next import is due (None: nothing to import)."""
+        if not self.pending or self.thread_starter is not None:
+            return None
+        return max(0.0, self.last_request + self.quiet - time.monotonic())
+
+    def step(self) -> None:
+        if self.timeout() != 0.0:
+            return
+        name = self.pending.pop(0)
+        import_logged(name)
+        if threading.active_count() > 1:
+            self.thread_starter = name
+            logger.warning(
+                "Warm import of %r started a thread in the worker template: it "
+                "forks no more (new workers start as fresh interpreters)",
+                name,
+            )
+
+
+def _refuse(sock: socket.socket, ident: int, fds: list[int], reason: str) -> None:
+    for fd in fds:
+        os.close(fd)
+    _send(sock, {"id": ident, "error": reason}, [])
 
 
 def _watch(parent: int) -> int:
@@ -139,9 +216,7 @@ def _fork(
         ]
         pid = os.fork()
     except Exception as exc:
-        for fd in fds:
-            os.close(fd)
-        _send(sock, {"id": ident, "error": f"{type(exc).__name__}: {exc}"}, [])
+        _refuse(sock, ident, fds, f"{type(exc).__name__}: {exc}")
         return
     if pid == 0:
         _run_child(entry, [request["module"], *argv], fds, own, request.get("name"))

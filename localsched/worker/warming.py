@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 logger = logging.getLogger("localsched.worker.warming")
 
-__all__ = ["WarmUp", "warm_imports"]
+__all__ = ["WarmUp", "import_logged", "warm_imports"]
 
 
 #: Seconds between two looks at a busy worker before the next warm import.
@@ -91,10 +91,7 @@ class WarmUp:
         return self.failed
 
     def _import(self, name: str) -> None:
-        try:
-            importlib.import_module(name)
-        except (Exception, SystemExit):
-            logger.warning("Warm import of %r failed; skipped", name, exc_info=True)
+        if not import_logged(name):
             self.failed.append(name)
 
     def wait(self) -> None:
@@ -113,6 +110,18 @@ class WarmUp:
         )
         thread.start()
         return thread
+
+
+def import_logged(name: str) -> bool:
+    """Import module ``name``; False (logged, with the traceback) if that
+    failed. Any exception, ``SystemExit`` included: a module may exit at
+    import."""
+    try:
+        importlib.import_module(name)
+    except (Exception, SystemExit):
+        logger.warning("Warm import of %r failed; skipped", name, exc_info=True)
+        return False
+    return True
 
 
 def warm_imports(
