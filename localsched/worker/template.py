@@ -37,20 +37,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import select
 import signal
 import socket
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from localsched.worker.warming import import_logged
-
-logger = logging.getLogger("localsched.worker.template")
+from localsched.worker.warming import TemplateWarmUp
 
 #: Largest request (a worker's argv: resources as JSON) and fds per request.
 MAX_MESSAGE = 1 << 16
@@ -87,14 +82,14 @@ def main(fd: int, parent: int) -> None:
             [sock.fileno(), wake_r, parent_fd], [], [], warming.timeout()
         )
         if not readable:
-            warming.step()  # idle long enough: one warm import
+            warming.step()  # maybe one warm import, if all is quiet
             continue
         if parent_fd in readable:
             break  # the user's process died (its socket may live on in a fork)
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
-        _reap(sock)
+        warming.children.difference_update(_reap(sock))
         if sock.fileno() in readable:
             try:
                 data, fds, _flags, _address = socket.recv_fds(
@@ -105,7 +100,7 @@ def main(fd: int, parent: int) -> None:
             if not data:
                 break  # the cluster closed or died
             request = json.loads(data)
-            warming.last_request = time.monotonic()
+            warming.on_request()
             if "warm" in request:
                 warming.add(request["warm"], request["quiet"])
             elif warming.thread_starter is not None:
@@ -114,56 +109,10 @@ def main(fd: int, parent: int) -> None:
                 )
                 _refuse(sock, request["id"], fds, refusal)
             else:
-                _fork(sock, request, fds, own_fds, entries)
+                pid = _fork(sock, request, fds, own_fds, entries)
+                if pid is not None:
+                    warming.children.add(pid)
     os._exit(0)
-
-
-class TemplateWarmUp:
-    """Warm imports in the template: the modules its forks then inherit.
-
-    The cluster names them (``{"warm": [...], "quiet": s}``); the template
-    imports one per turn of its loop once no request came for ``quiet``
-    seconds, so a fork never waits for more than one import, and never at the
-    same time (it has one thread). A failed import is logged (on the user's
-    stderr: the template's) and skipped. A module that starts a thread at
-    import would make later forks unsafe: the template then refuses to fork
-    and workers spawn.
-    """
-
-    def __init__(self) -> None:
-        #: Modules still to import, in order.
-        self.pending: list[str] = []
-        self._asked: set[str] = set()
-        self.quiet = 1.0
-        self.last_request = time.monotonic()
-        #: The module whose import started a thread (None: forks are safe).
-        self.thread_starter: str | None = None
-
-    def add(self, names: list[str], quiet: float) -> None:
-        for name in names:
-            if name not in self._asked:
-                self._asked.add(name)
-                self.pending.append(name)
-        self.quiet = quiet
-
-    def timeout(self) -> float | None:
-        """Seconds until the next import is due (None: nothing to import)."""
-        if not self.pending or self.thread_starter is not None:
-            return None
-        return max(0.0, self.last_request + self.quiet - time.monotonic())
-
-    def step(self) -> None:
-        if self.timeout() != 0.0:
-            return
-        name = self.pending.pop(0)
-        import_logged(name)
-        if threading.active_count() > 1:
-            self.thread_starter = name
-            logger.warning(
-                "Warm import of %r started a thread in the worker template: it "
-                "forks no more (new workers start as fresh interpreters)",
-                name,
-            )
 
 
 def _refuse(sock: socket.socket, ident: int, fds: list[int], reason: str) -> None:
@@ -185,14 +134,17 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
         socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket) -> list[int]:
+    """Reap the children that ended, report their exit codes; their pids."""
+    reaped = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return reaped
         if pid == 0:
-            return
+            return reaped
+        reaped.append(pid)
         _send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)}, [])
 
 
@@ -202,7 +154,8 @@ def _fork(
     fds: list[int],
     own: tuple[int, ...],
     entries: dict[str, Callable[[list[str]], None]],
-) -> None:
+) -> int | None:
+    """Fork the child ``request`` asks for; its pid (None: refused)."""
     ident = request["id"]
     try:
         entry = entries.get(request["module"])
@@ -217,7 +170,7 @@ def _fork(
         pid = os.fork()
     except Exception as exc:
         _refuse(sock, ident, fds, f"{type(exc).__name__}: {exc}")
-        return
+        return None
     if pid == 0:
         _run_child(entry, [request["module"], *argv], fds, own, request.get("name"))
     for fd in fds:
@@ -227,6 +180,7 @@ def _fork(
         _send(sock, {"id": ident, "pid": pid}, [pidfd])
     finally:
         os.close(pidfd)
+    return pid
 
 
 def _run_child(

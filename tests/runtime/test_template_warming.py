@@ -5,6 +5,7 @@ starts a thread stops the template forking (workers then spawn)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from localsched.deploy import local as local_module
 from localsched.deploy import warming as deploy_warming
 from localsched.deploy.template import ForkedProcess, Template, TemplateError
 from localsched.deploy.warming import TEMPLATE_CONFIG_KEY, WarmImports
+from localsched.worker.warming import TemplateWarmUp, children_cpu_ticks
 from tests.runtime.helpers import DEADLINE, poll
 
 #: A stdlib module with its own shared library (``_decimal``), which no
@@ -163,3 +165,47 @@ def test_template_modules_are_the_fork_safe_warm_modules_unless_turned_off():
     dask = pytest.importorskip("dask")
     with dask.config.set({TEMPLATE_CONFIG_KEY: False}):
         assert warm.template_modules() == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_template_warm_up_waits_for_quiet_children_and_imports_one_per_step(
+    caplog,
+):
+    clock = _Clock()
+    cpu = {"ticks": 0}
+    warm = TemplateWarmUp(clock=clock, cpu_of=lambda pids: cpu["ticks"])
+    assert warm.timeout() is None  # nothing to import: no wake-up
+    warm.add(["localsched_no_such_module", "colorsys", "colorsys"], quiet=1.0)
+    warm.children.add(12345)
+    assert warm.pending == ["localsched_no_such_module", "colorsys"]
+    assert warm.step() is None  # not quiet for 1 s yet
+    clock.now += 0.6
+    cpu["ticks"] = 5  # a child worked meanwhile: quiet from now on
+    assert warm.step() is None
+    clock.now += 0.6
+    assert warm.step() is None  # 0.6 s of quiet
+    clock.now += 0.3
+    warm.on_request()  # a fork request: quiet again from now on
+    clock.now += 0.9
+    assert warm.step() is None
+    clock.now += 0.2
+    with caplog.at_level(logging.WARNING, logger="localsched.worker.warming"):
+        assert warm.step() == "localsched_no_such_module"  # failed: logged
+    assert "Warm import of 'localsched_no_such_module' failed" in caplog.text
+    assert warm.timeout() == 0.0  # the next one at once, if still quiet
+    assert warm.step() == "colorsys"
+    assert warm.timeout() is None
+    assert warm.thread_starter is None
+
+
+def test_children_cpu_ticks_counts_live_processes_only():
+    assert children_cpu_ticks([os.getpid()]) >= 0
+    # A pid that is not running counts 0 (a child that ended).
+    assert children_cpu_ticks([2**22 + 1]) == 0
