@@ -136,7 +136,7 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
 
 def _reap(sock: socket.socket) -> list[int]:
     """Reap the children that ended, report their exit codes; their pids."""
-    reaped = []
+    reaped: list[int] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
