@@ -7,7 +7,9 @@ forks a child that runs ``python -m localsched.worker`` (or the janitor) with
 everything already imported, in a few milliseconds. It is the cluster's own
 fork server: the user's process is never forked (its threads and locks are
 not inherited), and the template itself never starts a thread, so a fork
-from it copies no lock held by another thread.
+from it copies no lock held by another thread (it refuses to fork once a warm
+import started one). Once idle it imports the cluster's warm modules (numpy,
+pandas, ...), one between two requests, and its later forks inherit them.
 
 Protocol on ``FD`` (a ``SOCK_SEQPACKET`` socket: one message per datagram,
 JSON, file descriptors passed with ``SCM_RIGHTS``)::
@@ -17,6 +19,8 @@ JSON, file descriptors passed with ``SCM_RIGHTS``)::
                           p followed by the number of the i-th fd)
     template -> cluster   {"id": n, "pid": p} + [pidfd]  (or {"id": n, "error": s})
                           {"exited": p, "code": c}  (Popen's returncode)
+    cluster -> template   {"warm": [module, ...], "quiet": s}  (no answer: warm
+                          imports once idle, ``worker.warming.TemplateWarmUp``)
 
 The first fd of a request becomes the child's stderr. The template reaps its
 children (SIGCHLD) and reports each exit code: the cluster cannot wait for a
