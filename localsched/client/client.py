@@ -202,12 +202,17 @@ class Client(
             self._started = asyncio.ensure_future(start_client(self, kwargs, timeout))
             return
         if link is None:
-            from localsched.client.local_link import LocalLink
-            from localsched.deploy.local import LocalCluster, cluster_at
+            from localsched.deploy.template import template_ahead
 
-            if isinstance(address, str):
-                address = cluster_at(address)
-            cluster = LocalCluster(**kwargs) if address is None else address
+            # The new cluster's template process boots while this process
+            # imports the cluster's modules (deploy/template.py).
+            with template_ahead(kwargs if address is None else None):
+                from localsched.client.local_link import LocalLink
+                from localsched.deploy.local import LocalCluster, cluster_at
+
+                if isinstance(address, str):
+                    address = cluster_at(address)
+                cluster = LocalCluster(**kwargs) if address is None else address
             if not isinstance(cluster, LocalCluster):
                 raise TypeError(
                     "Scheduler address must be a string or a Cluster instance, "

@@ -34,9 +34,19 @@ from localsched.deploy.asynchronous import (
 from localsched.deploy.cluster_api import DaskClusterSurface, WorkersView
 from localsched.deploy.options import check_keywords, scheduler_options
 from localsched.deploy.preloading import start_scheduler, teardown_preloads
-from localsched.deploy.processes import ThreadProcess, start_janitor, start_worker
-from localsched.deploy.template import Template, resolve_start_method
-from localsched.deploy.warming import WarmImports, WarmOption
+from localsched.deploy.processes import (
+    ThreadProcess,
+    start_janitor,
+    start_worker,
+    stop_janitor,
+)
+from localsched.deploy.template import (
+    Template,
+    resolve_start_method,
+    start_template,
+    take_template_ahead,
+)
+from localsched.deploy.warming import TEMPLATE_QUIET, WarmImports, WarmOption
 from localsched.future_state import FutureState
 from localsched.runtime.memory import (
     MemoryMonitor,
@@ -273,67 +283,78 @@ class LocalCluster(DaskClusterSurface):
             if not asynchronous:
                 raise
             refusal = exc
-        options = scheduler_options(
-            allowed_failures=allowed_failures, worker_saturation=worker_saturation
-        )
-        if dashboard_address is not None and dashboard_address is not False:
-            from localsched.diagnostics.web_dashboard import require_bokeh
-
-            require_bokeh()  # before starting anything
-        # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
-        # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
-        scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
-        plugins = [
-            *(kwargs.pop("plugins", None) or ()),
-            *(scheduler_kwargs.get("plugins") or ()),
-        ]
-        preload = kwargs.pop("preload", None) or scheduler_kwargs.get("preload")
-        preload_argv = kwargs.pop("preload_argv", None) or scheduler_kwargs.get(
-            "preload_argv", ()
-        )
-        self._preloads: list[Any] = []
-        cores = available_cores()
-        if n_workers is None and threads_per_worker is None:
-            n_workers, threads_per_worker = nprocesses_nthreads(cores)
-        elif n_workers is None:
-            assert threads_per_worker is not None
-            n_workers = max(1, cores // threads_per_worker)
-        elif threads_per_worker is None:
-            threads_per_worker = max(1, cores // max(n_workers, 1))
-        self.threads_per_worker = threads_per_worker
-        self.processes = processes
-        self.resources = dict(resources or {})
-        #: What new worker processes import once ready (deploy/warming.py).
-        self.warm_imports = WarmImports(warm_imports)
-        self.memory_limit = parse_memory_limit(memory_limit, threads_per_worker, cores)
-        number = next(_cluster_ids)
-        self.name = name or f"LocalCluster-{os.getpid()}-{number}"
-        self.status = "starting"
-        self._worker_ids = itertools.count()
-        self._restarts = RestartPolicy()
-        self._adaptive: Adaptive | None = None
-        self._target = n_workers
-        self._dashboard: DashboardServer | None = None
-        #: The process workers are forked from (None: they are spawned).
-        self._template: Template | None = None
-        self._janitor: tuple[Any, Connection] | None = None
-        #: Live views drawing from threads (notebook panels): stopped at close.
-        self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
         #: Resolved now: a bad method raises before anything starts.
         self._start_method = (
             resolve_start_method(worker_start_method) if processes else "thread"
         )
-        self.scheduler = Scheduler(
-            validate=validate,
-            **options,
-            fast_task_slots=FAST_TASK_SLOTS,
-            steal_latency=STEAL_LATENCY,
-        )
-        self.scheduler.cluster_ref = weakref.ref(self)
-        if number:
-            # Unique in the process, so ``Client(cluster.scheduler_address)``
-            # finds this cluster (the first keeps ``local://<pid>``).
-            self.scheduler.address = f"local://{os.getpid()}-{number}"
+        #: The process workers are forked from (None: they are spawned).
+        self._template: Template | None = None
+        if self._start_method == "template" and not asynchronous:
+            # First thing: its boot, the longest step of the start, overlaps
+            # the rest of the construction (``Client()`` started it earlier).
+            self._template = take_template_ahead() or start_template()
+        try:
+            options = scheduler_options(
+                allowed_failures=allowed_failures, worker_saturation=worker_saturation
+            )
+            if dashboard_address is not None and dashboard_address is not False:
+                from localsched.diagnostics.web_dashboard import require_bokeh
+
+                require_bokeh()  # before starting anything
+            # Scheduler plugins and preloads: LocalCluster(plugins=, preload=) or
+            # dask's scheduler_kwargs={"plugins": ..., "preload": ...}.
+            scheduler_kwargs = dict(kwargs.pop("scheduler_kwargs", None) or {})
+            plugins = [
+                *(kwargs.pop("plugins", None) or ()),
+                *(scheduler_kwargs.get("plugins") or ()),
+            ]
+            preload = kwargs.pop("preload", None) or scheduler_kwargs.get("preload")
+            preload_argv = kwargs.pop("preload_argv", None) or scheduler_kwargs.get(
+                "preload_argv", ()
+            )
+            self._preloads: list[Any] = []
+            cores = available_cores()
+            if n_workers is None and threads_per_worker is None:
+                n_workers, threads_per_worker = nprocesses_nthreads(cores)
+            elif n_workers is None:
+                assert threads_per_worker is not None
+                n_workers = max(1, cores // threads_per_worker)
+            elif threads_per_worker is None:
+                threads_per_worker = max(1, cores // max(n_workers, 1))
+            self.threads_per_worker = threads_per_worker
+            self.processes = processes
+            self.resources = dict(resources or {})
+            #: What new worker processes import once ready (deploy/warming.py).
+            self.warm_imports = WarmImports(warm_imports)
+            self.memory_limit = parse_memory_limit(
+                memory_limit, threads_per_worker, cores
+            )
+            number = next(_cluster_ids)
+            self.name = name or f"LocalCluster-{os.getpid()}-{number}"
+            self.status = "starting"
+            self._worker_ids = itertools.count()
+            self._restarts = RestartPolicy()
+            self._adaptive: Adaptive | None = None
+            self._target = n_workers
+            self._dashboard: DashboardServer | None = None
+            self._janitor: tuple[Any, Connection] | None = None
+            #: Live views drawing from threads (notebook panels): stopped at close.
+            self.live_views: weakref.WeakSet[Any] = weakref.WeakSet()
+            self.scheduler = Scheduler(
+                validate=validate,
+                **options,
+                fast_task_slots=FAST_TASK_SLOTS,
+                steal_latency=STEAL_LATENCY,
+            )
+            self.scheduler.cluster_ref = weakref.ref(self)
+            if number:
+                # Unique in the process, so ``Client(cluster.scheduler_address)``
+                # finds this cluster (the first keeps ``local://<pid>``).
+                self.scheduler.address = f"local://{os.getpid()}-{number}"
+        except BaseException:
+            if self._template is not None:
+                self._template.close()
+            raise
         self._asynchronous = asynchronous
         start = functools.partial(
             self._start,
@@ -364,9 +385,9 @@ class LocalCluster(DaskClusterSurface):
         kwargs: dict[str, Any],
     ) -> None:
         """Start the scheduler thread and the workers; wait for them to join."""
-        if self._start_method == "template":
-            # First: it boots while the rest is built.
-            self._template = _start_template()
+        if self._start_method == "template" and self._template is None:
+            # Asynchronous: started now, when awaited.
+            self._template = start_template()
         sweep_stale_segments()
         self.store = BlobStore(
             spill_directory=kwargs.pop("local_directory", None),
@@ -378,11 +399,6 @@ class LocalCluster(DaskClusterSurface):
         self.memory = _start_memory_monitor(self.runtime, self.memory_limit, kwargs)
         self.scheduler.started = time.time()
         self.runtime.start()
-        self._janitor = (
-            start_janitor(self.store.directory, self._template)
-            if self.processes
-            else None
-        )
         try:
             self._preloads = self.runtime.call(
                 lambda: start_scheduler(
@@ -396,6 +412,10 @@ class LocalCluster(DaskClusterSurface):
         _open_clusters.add(self)
         try:
             self._start_workers(n_workers)
+            # After the workers (their forks come first), before any task: no
+            # segment exists before the constructor returns.
+            if self.processes:
+                self._janitor = start_janitor(self.store.directory, self._template)
             self._wait_for_workers(n_workers, timeout=START_TIMEOUT)
             if dashboard_address is not None and dashboard_address is not False:
                 from localsched.diagnostics.web_dashboard import DashboardServer
@@ -462,6 +482,10 @@ class LocalCluster(DaskClusterSurface):
         page, worker_page = (
             (ExecutingPage(), None) if self.processes else ExecutingPage.in_process()
         )
+        if self._template is not None:
+            # For the forks after this one (the modules this process has now).
+            modules = self.warm_imports.template_modules()
+            self._template.warm(modules, TEMPLATE_QUIET)
         try:
             if self.processes:
                 process, conn = start_worker(
@@ -721,6 +745,7 @@ class LocalCluster(DaskClusterSurface):
 
     def _wait_for_workers(self, n_workers: int, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
         while len(self.scheduler.workers) < n_workers:
             self._restarts.check()  # workers that cannot start: say why, now
             if deadline is not None and time.monotonic() > deadline:
@@ -730,7 +755,10 @@ class LocalCluster(DaskClusterSurface):
                 )
             self.runtime.call(lambda: None).result(timeout=1.0)
             if len(self.scheduler.workers) < n_workers:
-                _pause_briefly()
+                # Short at first: workers forked from the template say hello
+                # within milliseconds.
+                threading.Event().wait(pause)
+                pause = min(2 * pause, 0.005)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -807,7 +835,7 @@ class LocalCluster(DaskClusterSurface):
             is_clean = are_workers_gone and not failed
         finally:
             if self._janitor is not None:
-                _stop_janitor(*self._janitor, is_clean=is_clean)
+                stop_janitor(*self._janitor, is_clean=is_clean)
             # Last: it reports the exit codes of what it forked.
             if self._template is not None:
                 self._template.close()
@@ -956,33 +984,3 @@ def _start_memory_monitor(
     monitor = MemoryMonitor(runtime, thresholds)
     monitor.start()
     return monitor
-
-
-def _pause_briefly() -> None:
-    threading.Event().wait(0.005)
-
-
-# -- janitor -------------------------------------------------------------------------
-
-
-def _start_template() -> Template | None:
-    try:
-        return Template()
-    except Exception:
-        logger.exception("Could not start the worker template: spawning workers")
-        return None
-
-
-def _stop_janitor(process: Any, conn: Connection, is_clean: bool) -> None:
-    """After a clean close say ``bye`` (the store removed every segment); else
-    only close the pipe: at its EOF the janitor sweeps, and again for a moment
-    after (``transport/janitor.py``), as if this process had died."""
-    if is_clean:
-        with contextlib.suppress(OSError):
-            conn.send_bytes(b"bye")
-    with contextlib.suppress(OSError):
-        conn.close()
-    process.join(5.0)
-    if process.is_alive():
-        process.kill()
-        process.join(1.0)

@@ -114,9 +114,27 @@ def start_worker(
     (``ChildProcess.stderr``). It is forked from ``template`` if given and
     working (``template.py``), else started as a fresh interpreter.
     """
+    store = None
+    if writer is not None:
+        store = [writer.prefix, writer.directory, writer.fallback_directory]
+    # The parent's multiprocessing authkey too, as multiprocessing gives its
+    # children: a Manager's proxies passed to a task connect back with it.
+    authkey = bytes(multiprocessing.current_process().authkey).hex()
+    # This process's sys.path too (dask passes the client's): a module
+    # directory added at run time is importable from the start.
+    setup = {
+        "store": store,
+        "authkey": authkey,
+        "sys_path": [p for p in sys.path if isinstance(p, str)],
+        "dask_config": _dask_config(),
+        "warm_imports": list(warm_imports),
+    }
     ours, theirs = multiprocessing.Pipe(duplex=True)
     process: ChildProcess | ForkedProcess | None = None
     try:
+        # Sent before the process starts (far below a socket's buffer: never
+        # blocks), so that the new worker finds it at once.
+        ours.send_bytes(json.dumps(setup).encode())
         fd = theirs.fileno()
         options: list[Any] = []
         if resources:
@@ -137,25 +155,11 @@ def start_worker(
             process = ChildProcess(
                 args, pass_fds=tuple(pass_fds), name=name, capture_stderr=True
             )
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
-    store = None
-    if writer is not None:
-        store = [writer.prefix, writer.directory, writer.fallback_directory]
-    # The parent's multiprocessing authkey too, as multiprocessing gives its
-    # children: a Manager's proxies passed to a task connect back with it.
-    authkey = bytes(multiprocessing.current_process().authkey).hex()
-    # Far below a socket's buffer: never blocks, even before the child reads.
-    # This process's sys.path too (dask passes the client's): a module
-    # directory added at run time is importable from the start.
-    setup = {
-        "store": store,
-        "authkey": authkey,
-        "sys_path": [p for p in sys.path if isinstance(p, str)],
-        "dask_config": _dask_config(),
-        "warm_imports": list(warm_imports),
-    }
-    ours.send_bytes(json.dumps(setup).encode())
     return process, ours
 
 
@@ -168,6 +172,7 @@ def start_janitor(
     reader, writer = multiprocessing.Pipe(duplex=False)
     process: ChildProcess | ForkedProcess | None = None
     try:
+        writer.send_bytes(directory.encode())  # waiting for it when it starts
         fd = reader.fileno()
         if template is not None:
             process = _fork_janitor(template, fd)
@@ -177,10 +182,27 @@ def start_janitor(
                 pass_fds=(fd,),
                 name="localsched-janitor",
             )
+    except BaseException:
+        writer.close()
+        raise
     finally:
         reader.close()
-    writer.send_bytes(directory.encode())
     return process, writer
+
+
+def stop_janitor(process: Any, conn: Connection, is_clean: bool) -> None:
+    """After a clean close say ``bye`` (the store removed every segment); else
+    only close the pipe: at its EOF the janitor sweeps, and again for a moment
+    after (``transport/janitor.py``), as if this process had died."""
+    if is_clean:
+        with contextlib.suppress(OSError):
+            conn.send_bytes(b"bye")
+    with contextlib.suppress(OSError):
+        conn.close()
+    process.join(5.0)
+    if process.is_alive():
+        process.kill()
+        process.join(1.0)
 
 
 def _dask_config() -> str | None:

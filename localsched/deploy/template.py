@@ -17,6 +17,13 @@ fresh interpreters (``processes.ChildProcess``) instead: the template only
 ever saves time. ``LocalCluster(worker_start_method="spawn")`` (or dask's
 config ``localsched.worker.start-method``) never uses it.
 
+The template's boot (an interpreter and the worker's modules, about 0.1 s)
+is the longest step of a cluster's start, so it starts as early as possible:
+``Client()`` starts it before it even imports the cluster's modules
+(:func:`template_ahead`; the imports and the cluster's construction then
+overlap the boot on another core), and ``LocalCluster()`` first thing in its
+constructor.
+
 A forked process is not this process's child: :class:`ForkedProcess` gets its
 exit code from the template's reports and watches it through a pidfd the
 template passed, so it has ``ChildProcess``'s interface.
@@ -25,6 +32,7 @@ template passed, so it has ``ChildProcess``'s interface.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
@@ -36,13 +44,22 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from localsched.deploy.processes import ChildProcess
 
 logger = logging.getLogger("localsched.deploy.template")
 
-__all__ = ["CONFIG_KEY", "ForkedProcess", "Template", "resolve_start_method"]
+__all__ = [
+    "CONFIG_KEY",
+    "ForkedProcess",
+    "Template",
+    "resolve_start_method",
+    "start_template",
+    "take_template_ahead",
+    "template_ahead",
+]
 
 #: dask config key read when ``worker_start_method`` is not given.
 CONFIG_KEY = "localsched.worker.start-method"
@@ -78,6 +95,66 @@ def resolve_start_method(method: str | None) -> str:
     if method == "template" and not is_supported():
         return "spawn"
     return method
+
+
+def start_template() -> Template | None:
+    """A new template, or None (logged) if it cannot start: workers spawn."""
+    try:
+        return Template()
+    except Exception:
+        logger.exception("Could not start the worker template: spawning workers")
+        return None
+
+
+#: The template :func:`template_ahead` started for the cluster being built in
+#: this context (None once a cluster took it).
+_ahead: contextvars.ContextVar[Template | None] = contextvars.ContextVar(
+    "localsched_template_ahead", default=None
+)
+
+
+@contextlib.contextmanager
+def template_ahead(options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Start a template now for the ``LocalCluster(**options)`` built in this
+    block (which takes it: :func:`take_template_ahead`), so that its boot
+    overlaps what comes before: ``Client()`` imports the cluster's modules in
+    the block. A template no cluster took is closed at the block's end.
+
+    Nothing starts for None (no cluster is built) nor for options that need
+    no template (``processes=False``, ``asynchronous=True``,
+    ``worker_start_method="spawn"``) or that the cluster will refuse (a bad
+    start method: the cluster raises).
+    """
+    template = None
+    if (
+        options is not None
+        and options.get("processes", True)
+        and not options.get("asynchronous")
+        and _resolves_to_template(options.get("worker_start_method"))
+    ):
+        template = start_template()
+    token = _ahead.set(template)
+    try:
+        yield
+    finally:
+        if _ahead.get() is not None and template is not None:
+            template.close()  # no cluster took it
+        _ahead.reset(token)
+
+
+def _resolves_to_template(method: Any) -> bool:
+    try:
+        return resolve_start_method(method) == "template"
+    except (TypeError, ValueError):  # the cluster raises it
+        return False
+
+
+def take_template_ahead() -> Template | None:
+    """The template :func:`template_ahead` started for this cluster, if any
+    (once: the next cluster built in the block starts its own)."""
+    template = _ahead.get()
+    _ahead.set(None)
+    return template
 
 
 class TemplateError(RuntimeError):
@@ -156,6 +233,19 @@ class Template:
             raise TemplateError(reply)
         pid, pidfd = reply
         return ForkedProcess(self, pid, pidfd, name)
+
+    def warm(self, names: list[str], quiet: float) -> None:
+        """Have the template import ``names`` once no request came for
+        ``quiet`` seconds, so that later forks inherit them (warm imports:
+        ``localsched.worker.template.TemplateWarmUp``). No answer."""
+        if self.is_broken or not names:
+            return
+        message = json.dumps({"warm": names, "quiet": quiet}).encode()
+        with self._lock:
+            try:
+                self._sock.send(message)
+            except OSError as exc:
+                self._break(f"cannot reach it: {exc}")
 
     def _receive(self, timeout: float) -> bool:
         """Read the template's messages for up to ``timeout`` seconds (under

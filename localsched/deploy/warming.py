@@ -12,6 +12,14 @@ dask fills it from ``DASK_LOCALSCHED__WORKER__WARM_IMPORTS`` too), else
 - False, None-valued config or an empty list: nothing.
 
 The worker side is ``localsched.worker.warming``.
+
+The cluster's template process (``deploy/template.py``) imports them too, the
+ones of :data:`FORK_SAFE`, once it had no fork to make for
+:data:`TEMPLATE_QUIET` seconds: workers forked after that (``scale``,
+``adapt``, replacements) start with them imported and share their pages with
+the template. The first workers are forked before (start-up never waits for
+a warm import), and import them themselves. dask's config key
+``localsched.worker.warm-template`` (default True) turns that off.
 """
 
 from __future__ import annotations
@@ -19,7 +27,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-__all__ = ["CONFIG_KEY", "WARM_CANDIDATES", "WarmImports"]
+__all__ = [
+    "CONFIG_KEY",
+    "FORK_SAFE",
+    "TEMPLATE_CONFIG_KEY",
+    "TEMPLATE_QUIET",
+    "WARM_CANDIDATES",
+    "WarmImports",
+]
 
 #: dask config key read when ``warm_imports`` is not given.
 CONFIG_KEY = "localsched.worker.warm-imports"
@@ -41,6 +56,22 @@ WARM_CANDIDATES = (
     "polars",
     "sklearn",
 )
+
+#: Modules whose import leaves a process safe to fork (no Python thread
+#: started, native thread pools that handle ``fork``, as multiprocessing's
+#: fork start method relies on): the template imports only these. Not polars
+#: (documented as deadlocking in a forked child) nor scikit-learn (OpenMP).
+FORK_SAFE = frozenset(
+    {"numpy", "dask", "dask.array", "pandas", "pyarrow", "dask.dataframe", "dask.bag"}
+    | {"scipy", "xarray"}
+)
+
+#: dask config key: whether the template imports warm modules too.
+TEMPLATE_CONFIG_KEY = "localsched.worker.warm-template"
+
+#: Seconds the template waits without a fork request before a warm import: it
+#: does not compete with the first workers' start and their first tasks.
+TEMPLATE_QUIET = 1.0
 
 WarmOption = bool | str | Iterable[str] | None
 
@@ -81,6 +112,14 @@ class WarmImports:
             else:
                 chosen.append(name)
         return list(dict.fromkeys(chosen))
+
+    def template_modules(self) -> list[str]:
+        """The modules for the template to import now (:data:`FORK_SAFE`
+        ones; none if dask's config turned it off)."""
+        config = sys.modules.get("dask.config")
+        if config is not None and not config.get(TEMPLATE_CONFIG_KEY, True):
+            return []
+        return [name for name in self.modules() if name in FORK_SAFE]
 
     def __repr__(self) -> str:
         return f"WarmImports({self.names!r})"

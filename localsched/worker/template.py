@@ -7,7 +7,9 @@ forks a child that runs ``python -m localsched.worker`` (or the janitor) with
 everything already imported, in a few milliseconds. It is the cluster's own
 fork server: the user's process is never forked (its threads and locks are
 not inherited), and the template itself never starts a thread, so a fork
-from it copies no lock held by another thread.
+from it copies no lock held by another thread (it refuses to fork once a warm
+import started one). Once idle it imports the cluster's warm modules (numpy,
+pandas, ...), one between two requests, and its later forks inherit them.
 
 Protocol on ``FD`` (a ``SOCK_SEQPACKET`` socket: one message per datagram,
 JSON, file descriptors passed with ``SCM_RIGHTS``)::
@@ -17,6 +19,8 @@ JSON, file descriptors passed with ``SCM_RIGHTS``)::
                           p followed by the number of the i-th fd)
     template -> cluster   {"id": n, "pid": p} + [pidfd]  (or {"id": n, "error": s})
                           {"exited": p, "code": c}  (Popen's returncode)
+    cluster -> template   {"warm": [module, ...], "quiet": s}  (no answer: warm
+                          imports once idle, ``worker.warming.TemplateWarmUp``)
 
 The first fd of a request becomes the child's stderr. The template reaps its
 children (SIGCHLD) and reports each exit code: the cluster cannot wait for a
@@ -45,6 +49,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from localsched.worker.warming import TemplateWarmUp
+
 #: Largest request (a worker's argv: resources as JSON) and fds per request.
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
@@ -55,7 +61,11 @@ def main(fd: int, parent: int) -> None:
     process ``parent`` (the user's), then exit."""
     sock = socket.socket(fileno=fd)
     parent_fd = _watch(parent)
-    # What a child runs, imported once here (the point of the template).
+    # What a child runs, imported once here (the point of the template), and
+    # ctypes, which every child needs before it says hello (its name here,
+    # PR_SET_PDEATHSIG in worker.main): 3-5 ms once, not in each child.
+    import ctypes  # noqa: F401
+
     from localsched.transport import janitor
     from localsched.worker import __main__ as worker
 
@@ -70,14 +80,20 @@ def main(fd: int, parent: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     own_fds = (sock.fileno(), wake_r, wake_w, parent_fd)
+    warming = TemplateWarmUp()
     while True:
-        readable, _, _ = select.select([sock.fileno(), wake_r, parent_fd], [], [])
+        readable, _, _ = select.select(
+            [sock.fileno(), wake_r, parent_fd], [], [], warming.timeout()
+        )
+        if not readable:
+            warming.step()  # maybe one warm import, if all is quiet
+            continue
         if parent_fd in readable:
             break  # the user's process died (its socket may live on in a fork)
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
-        _reap(sock)
+        warming.children.difference_update(_reap(sock))
         if sock.fileno() in readable:
             try:
                 data, fds, _flags, _address = socket.recv_fds(
@@ -87,8 +103,26 @@ def main(fd: int, parent: int) -> None:
                 data, fds = b"", []
             if not data:
                 break  # the cluster closed or died
-            _fork(sock, json.loads(data), fds, own_fds, entries)
+            request = json.loads(data)
+            warming.on_request()
+            if "warm" in request:
+                warming.add(request["warm"], request["quiet"])
+            elif warming.thread_starter is not None:
+                refusal = (
+                    f"the warm import of {warming.thread_starter!r} started a thread"
+                )
+                _refuse(sock, request["id"], fds, refusal)
+            else:
+                pid = _fork(sock, request, fds, own_fds, entries)
+                if pid is not None:
+                    warming.children.add(pid)
     os._exit(0)
+
+
+def _refuse(sock: socket.socket, ident: int, fds: list[int], reason: str) -> None:
+    for fd in fds:
+        os.close(fd)
+    _send(sock, {"id": ident, "error": reason}, [])
 
 
 def _watch(parent: int) -> int:
@@ -104,14 +138,17 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
         socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(sock: socket.socket) -> list[int]:
+    """Reap the children that ended, report their exit codes; their pids."""
+    reaped: list[int] = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return reaped
         if pid == 0:
-            return
+            return reaped
+        reaped.append(pid)
         _send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)}, [])
 
 
@@ -121,7 +158,8 @@ def _fork(
     fds: list[int],
     own: tuple[int, ...],
     entries: dict[str, Callable[[list[str]], None]],
-) -> None:
+) -> int | None:
+    """Fork the child ``request`` asks for; its pid (None: refused)."""
     ident = request["id"]
     try:
         entry = entries.get(request["module"])
@@ -135,10 +173,8 @@ def _fork(
         ]
         pid = os.fork()
     except Exception as exc:
-        for fd in fds:
-            os.close(fd)
-        _send(sock, {"id": ident, "error": f"{type(exc).__name__}: {exc}"}, [])
-        return
+        _refuse(sock, ident, fds, f"{type(exc).__name__}: {exc}")
+        return None
     if pid == 0:
         _run_child(entry, [request["module"], *argv], fds, own, request.get("name"))
     for fd in fds:
@@ -148,6 +184,7 @@ def _fork(
         _send(sock, {"id": ident, "pid": pid}, [pidfd])
     finally:
         os.close(pidfd)
+    return pid
 
 
 def _run_child(
@@ -189,7 +226,7 @@ def _run_child(
 def _set_name(name: str) -> None:
     """Name the process in ``ps -o comm``/``top`` (its command line stays the
     template's): Linux keeps 15 bytes."""
-    import ctypes
+    import ctypes  # imported by main already
 
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)

@@ -24,11 +24,17 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 logger = logging.getLogger("localsched.worker.warming")
 
-__all__ = ["WarmUp", "warm_imports"]
+__all__ = [
+    "TemplateWarmUp",
+    "WarmUp",
+    "children_cpu_ticks",
+    "import_logged",
+    "warm_imports",
+]
 
 
 #: Seconds between two looks at a busy worker before the next warm import.
@@ -91,10 +97,7 @@ class WarmUp:
         return self.failed
 
     def _import(self, name: str) -> None:
-        try:
-            importlib.import_module(name)
-        except (Exception, SystemExit):
-            logger.warning("Warm import of %r failed; skipped", name, exc_info=True)
+        if not import_logged(name):
             self.failed.append(name)
 
     def wait(self) -> None:
@@ -115,6 +118,18 @@ class WarmUp:
         return thread
 
 
+def import_logged(name: str) -> bool:
+    """Import module ``name``; False (logged, with the traceback) if that
+    failed. Any exception, ``SystemExit`` included: a module may exit at
+    import."""
+    try:
+        importlib.import_module(name)
+    except (Exception, SystemExit):
+        logger.warning("Warm import of %r failed; skipped", name, exc_info=True)
+        return False
+    return True
+
+
 def warm_imports(
     names: Sequence[str],
     is_busy: Callable[[], bool] | None = None,
@@ -124,3 +139,95 @@ def warm_imports(
     """Import ``names`` now, in this thread (see :class:`WarmUp`); return
     those that failed."""
     return WarmUp(names, is_busy, quiet, clock).run()
+
+
+#: Seconds between two looks at the template's children's CPU time.
+CHILDREN_POLL = 0.25
+
+
+class TemplateWarmUp:
+    """Warm imports in the worker template: the modules its later forks inherit.
+
+    The cluster names them (``{"warm": [...], "quiet": s}`` on the template's
+    socket). The template imports one per turn of its loop (it has one thread:
+    a fork waits for at most that one import), and only once all was quiet for
+    ``quiet`` seconds: no request came and the processes it forked used no CPU
+    (read from ``/proc``), so it does not compete with the first workers'
+    start, their own warm imports or their tasks. A failed import is logged
+    (on the template's stderr: the user's) and skipped. A module that started
+    a thread at import would make later forks unsafe: the template then
+    refuses to fork (:attr:`thread_starter`; workers then spawn).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_of: Callable[[Iterable[int]], int] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._cpu_of = cpu_of or children_cpu_ticks
+        #: Modules still to import, in order.
+        self.pending: list[str] = []
+        self._asked: set[str] = set()
+        self.quiet = 1.0
+        self.quiet_since = clock()
+        #: Pids of the running processes forked by the template.
+        self.children: set[int] = set()
+        self._ticks: int | None = None
+        #: The module whose import started a thread (None: forks are safe).
+        self.thread_starter: str | None = None
+
+    def add(self, names: Iterable[str], quiet: float) -> None:
+        for name in names:
+            if name not in self._asked:
+                self._asked.add(name)
+                self.pending.append(name)
+        self.quiet = quiet
+
+    def on_request(self) -> None:
+        self.quiet_since = self._clock()
+
+    def timeout(self) -> float | None:
+        """Seconds until the next look (None: nothing left to import)."""
+        if not self.pending or self.thread_starter is not None:
+            return None
+        remaining = self.quiet_since + self.quiet - self._clock()
+        return max(0.0, min(CHILDREN_POLL, remaining))
+
+    def step(self) -> str | None:
+        """Import the next module if all was quiet long enough; its name."""
+        if self.timeout() is None:
+            return None
+        now = self._clock()
+        ticks = self._cpu_of(self.children)
+        if ticks != self._ticks:  # the children were busy since the last look
+            self._ticks = ticks
+            self.quiet_since = now
+        if now - self.quiet_since < self.quiet:
+            return None
+        name = self.pending.pop(0)
+        import_logged(name)
+        if threading.active_count() > 1:
+            self.thread_starter = name
+            logger.warning(
+                "Warm import of %r started a thread in the worker template: it "
+                "forks no more (new workers start as fresh interpreters)",
+                name,
+            )
+        return name
+
+
+def children_cpu_ticks(pids: Iterable[int]) -> int:
+    """User and system CPU time of processes ``pids``, in clock ticks (those
+    that ended count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                # After the command's closing parenthesis: state is field 3,
+                # utime and stime fields 14 and 15 (proc(5)).
+                fields = stat.read().rpartition(b")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total

@@ -12,6 +12,8 @@ import psutil
 import pytest
 
 from localsched import Client, LocalCluster
+from localsched.deploy import local as local_module
+from localsched.deploy import template as template_module
 from localsched.deploy.template import (
     CONFIG_KEY,
     Template,
@@ -132,3 +134,91 @@ def test_template_is_quiet_about_its_end_when_the_cluster_closes(caplog):
     ):
         assert cluster._template is not None
     assert not caplog.records
+
+
+def _record_template_starts(monkeypatch) -> list[Template | None]:
+    """Every template started from now on, by ``Client()`` or a cluster."""
+    started: list[Template | None] = []
+    real = template_module.start_template
+
+    def start() -> Template | None:
+        started.append(real())
+        return started[-1]
+
+    monkeypatch.setattr(template_module, "start_template", start)
+    monkeypatch.setattr(local_module, "start_template", start)
+    return started
+
+
+def test_client_starts_the_template_ahead_and_its_cluster_takes_it(monkeypatch):
+    started = _record_template_starts(monkeypatch)
+    taken: list[Template | None] = []
+    real_take = template_module.take_template_ahead
+
+    def take() -> Template | None:
+        taken.append(real_take())
+        return taken[-1]
+
+    monkeypatch.setattr(local_module, "take_template_ahead", take)
+    with Client(n_workers=1, threads_per_worker=1) as client:
+        template = client.cluster._template
+        assert template is not None
+        # One template, started before the cluster existed, which took it.
+        assert started == [template]
+        assert taken == [template]
+        assert _parents(client) == {template.pid}
+        assert client.submit(sum, [1, 2]).result(DEADLINE) == 3
+    assert not template.process.is_alive()
+
+
+def test_client_starts_no_template_ahead_where_the_cluster_needs_none(
+    monkeypatch,
+):
+    started = _record_template_starts(monkeypatch)
+    with Client(n_workers=1, threads_per_worker=1, processes=False):
+        pass
+    with Client(n_workers=1, threads_per_worker=1, worker_start_method="spawn"):
+        pass
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster:
+        template = cluster._template
+        # Attaching to a cluster starts nothing either.
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result(DEADLINE) == 3
+    assert started == [template]
+    with pytest.raises(ValueError, match="worker_start_method"):
+        Client(n_workers=1, worker_start_method="fork")
+    assert started == [template]
+
+
+def test_a_template_started_ahead_for_a_refused_cluster_is_closed(monkeypatch):
+    started = _record_template_starts(monkeypatch)
+    with pytest.raises(TypeError, match="n_worker"):
+        Client(n_worker=1)  # the typo is refused after the template started
+    assert len(started) == 1
+    assert started[0] is not None
+    assert not started[0].process.is_alive()  # closed and reaped
+
+
+def test_a_cluster_refused_after_its_template_started_closes_it(monkeypatch):
+    started = _record_template_starts(monkeypatch)
+    with pytest.raises(ValueError, match="lots"):
+        LocalCluster(n_workers=1, memory_limit="lots")
+    assert len(started) == 1
+    assert started[0] is not None
+    assert not started[0].process.is_alive()
+
+
+def test_template_ahead_is_taken_once(monkeypatch):
+    started = _record_template_starts(monkeypatch)
+    with template_module.template_ahead({}):
+        first = template_module.take_template_ahead()
+        # A second cluster built in the block starts its own.
+        assert template_module.take_template_ahead() is None
+    assert started == [first]
+    assert first is not None
+    assert first.process.is_alive()  # taken: the block leaves it alone
+    first.close()
+    assert not first.process.is_alive()
+    with template_module.template_ahead(None):
+        assert template_module.take_template_ahead() is None
+    assert started == [first]
