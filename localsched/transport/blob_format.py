@@ -14,6 +14,7 @@ import struct
 
 from localsched.transport import pickling
 from localsched.transport.segment_files import _pwrite_all
+from localsched.transport.segment_maps import copy_into
 
 _ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
 _HEADER_OFFSET = 64
@@ -55,11 +56,19 @@ def _write_blob(
     header: bytes,
     buffers: list[memoryview],
     spans: tuple[tuple[int, int], ...],
+    mapping: mmap.mmap | None = None,
 ) -> int:
-    """Write a stamp, the pickle stream and the buffers; return the stamp's id."""
+    """Write a stamp, the pickle stream and the buffers; return the stamp's id.
+
+    The buffers are copied through ``mapping`` if given (a populated shared
+    mapping of ``fd``'s file, see :mod:`.segment_maps`), else with ``pwrite``.
+    """
     blob_id = secrets.randbits(64)
     _pwrite_all(fd, _STAMP.pack(_MAGIC, blob_id), 0)
     _pwrite_all(fd, header, _HEADER_OFFSET)
     for (offset, _), buffer in zip(spans, buffers, strict=True):
-        _pwrite_all(fd, buffer, offset)
+        if mapping is None:
+            _pwrite_all(fd, buffer, offset)
+        else:
+            copy_into(mapping, offset, buffer)
     return blob_id

@@ -1,0 +1,370 @@
+"""Writable mappings of reused segments, kept populated, and the copy into them.
+
+Writing a large value into a segment whose pages are already allocated still
+costs a kernel entry per 4 KiB page with ``pwrite`` (the page-cache lookup of
+each page), about twice a plain ``memcpy`` on this machine (200 MB: 33-36 ms
+against 18-21 ms, measured in docs/benchmarks.md), and a ``memcpy`` into a
+mapping whose page tables are not filled yet is slower still (114-174 ms: a
+fault per page). Mapping costs too: populating the page tables of 256 MiB takes
+30-45 ms and unmapping them 12-21 ms. So a mapping pays only if it is made off
+the writer's path and kept for the next write into the same segment, which is
+how segments are reused: a store's free segment is taken by its next put of
+that size, and a freed result's segment is leased back to the worker that
+wrote it (see ``SchedulerRuntime._lease_back``).
+
+:class:`SegmentMaps` holds such mappings for one process, by path:
+
+- :meth:`SegmentMaps.map` (off the write path: a background thread) allocates
+  the file's pages (``posix_fallocate``: a write through the mapping can then
+  never meet a hole, which would raise ``SIGBUS`` on a full /dev/shm) and maps
+  them shared with ``MAP_POPULATE``;
+- :meth:`SegmentMaps.acquire` hands one to a writer, only for the very file the
+  writer holds locked (same inode) and only if the value fits; the writer then
+  :func:`copy_into` it and calls :meth:`SegmentMaps.release`;
+- :meth:`SegmentMaps.drop` unmaps, at once or, if a writer is copying into it,
+  when the writer releases it; the owner drops a mapping before it unlinks the
+  file, and a process that does not own the file calls :meth:`SegmentMaps.prune`
+  (a mapping of an unlinked file would keep its memory from the system).
+
+The mappings are ``MAP_SHARED`` views of files the process may write only while
+it holds the exclusive ``flock`` (see :mod:`localsched.transport.shm`); a
+mapping never gives anyone else a way into the file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from localsched.transport.segment_files import _COPIED
+
+__all__ = [
+    "PARALLEL_COPY_FROM",
+    "PRUNE_SECONDS",
+    "BackgroundMapper",
+    "SegmentMaps",
+    "copy_into",
+    "copy_threads",
+]
+
+#: Buffers at least this large are copied by several threads (see copy_into).
+PARALLEL_COPY_FROM = 32 << 20
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def copy_threads() -> int:
+    """Threads a large copy uses: one per CPU this process may run on, at most 4
+    (a copy is bound by memory bandwidth beyond that)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+def _address(buffer: memoryview) -> tuple[int, object] | None:
+    """The address of a writable contiguous buffer and the object keeping it
+    exported; None for a read-only one (ctypes cannot point into it)."""
+    if buffer.readonly:
+        return None
+    holder = (ctypes.c_char * buffer.nbytes).from_buffer(buffer)
+    return ctypes.addressof(holder), holder
+
+
+def copy_into(
+    destination: mmap.mmap,
+    offset: int,
+    buffer: memoryview,
+    threads: int | None = None,
+) -> None:
+    """Copy ``buffer`` into ``destination[offset:]``, with several threads if large.
+
+    ``ctypes.memmove`` releases the GIL, so the pieces of a buffer of
+    :data:`PARALLEL_COPY_FROM` bytes or more are copied at the same time by
+    ``threads`` threads (default :func:`copy_threads`), and the caller's other
+    threads (a scatter's hash) run meanwhile. A read-only source is copied by
+    the caller's thread, holding the GIL.
+
+    Parameters
+    ----------
+    destination : mmap.mmap
+        A writable mapping at least ``offset + buffer.nbytes`` long.
+    offset : int
+        Where the copy starts in ``destination``.
+    buffer : memoryview
+        A C-contiguous buffer (a pickle buffer's ``raw()``).
+    threads : int, optional
+        Threads for a large copy; 1 copies in the caller's thread.
+    """
+    view = memoryview(buffer).cast("B")
+    nbytes = view.nbytes
+    if offset < 0 or offset + nbytes > len(destination):
+        raise ValueError(f"{nbytes} bytes at {offset} overflow the mapping")
+    _COPIED.add(nbytes)
+    if nbytes == 0:
+        return
+    source = _address(view)
+    if source is None:
+        destination[offset : offset + nbytes] = view
+        return
+    target = _address(memoryview(destination))
+    if target is None:  # a read-only mapping: nothing to write through
+        raise ValueError("the destination mapping is read-only")
+    try:
+        _copy(target[0] + offset, source[0], nbytes, threads)
+    finally:
+        del source, target  # the exports end: the owner may close the mapping
+
+
+def _copy(dst: int, src: int, nbytes: int, threads: int | None) -> None:
+    count = threads if threads is not None else copy_threads()
+    if nbytes < PARALLEL_COPY_FROM or count <= 1:
+        ctypes.memmove(dst, src, nbytes)
+        return
+    # Pieces on page boundaries, so that no two threads write one page.
+    piece = -(-nbytes // count)
+    piece = -(-piece // mmap.PAGESIZE) * mmap.PAGESIZE
+    helpers = [
+        threading.Thread(
+            target=ctypes.memmove,
+            args=(dst + at, src + at, min(piece, nbytes - at)),
+            name="localsched-copy",
+            daemon=True,
+        )
+        for at in range(piece, nbytes, piece)
+    ]
+    for helper in helpers:
+        helper.start()
+    try:
+        ctypes.memmove(dst, src, min(piece, nbytes))
+    finally:
+        for helper in helpers:
+            helper.join()
+
+
+@dataclass(eq=False)
+class _Map:
+    mapping: mmap.mmap
+    inode: tuple[int, int]  #: (st_dev, st_ino) of the file mapped
+    users: int = 0  #: writers copying into it now
+    dropped: bool = False  #: close when the last user releases it
+
+
+class SegmentMaps:
+    """Populated shared mappings of segment files this process writes into.
+
+    Thread-safe. Parameters of the methods are segment paths; see the module
+    docstring for who calls what.
+
+    Parameters
+    ----------
+    max_maps : int
+        Mappings kept at most; mapping one more drops the least recently used.
+    """
+
+    def __init__(self, max_maps: int = 16) -> None:
+        self.max_maps = max_maps
+        self._lock = threading.Lock()
+        self._maps: dict[str, _Map] = {}  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._maps
+
+    def map(self, path: str, length: int) -> bool:
+        """Allocate the first ``length`` bytes of ``path`` and map them populated.
+
+        Keeps an existing mapping of the same file if it is long enough. Costs
+        milliseconds (a page-table entry per page): call it off the write path.
+
+        Returns
+        -------
+        bool
+            Whether ``path`` is mapped now; False if the file is gone, is not
+            a regular file (a spilled segment's link), or cannot be allocated
+            (a full /dev/shm: the writer then uses ``pwrite``).
+        """
+        if length <= 0:
+            return False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            inode = (st.st_dev, st.st_ino)
+            with self._lock:
+                known = self._maps.get(path)
+                if (
+                    known is not None
+                    and known.inode == inode
+                    and len(known.mapping) >= length
+                ):
+                    return True
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            # Allocating what is allocated already only looks the pages up;
+            # a hole left would make a write through the mapping SIGBUS when
+            # /dev/shm is full, instead of failing here with ENOSPC.
+            os.posix_fallocate(fd, 0, length)
+            mapping = mmap.mmap(
+                fd,
+                length,
+                flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            )
+        except (OSError, ValueError):
+            return False
+        finally:
+            os.close(fd)
+        victims = []
+        with self._lock:
+            old = self._maps.pop(path, None)
+            if old is not None:
+                victims.append(old)
+            self._maps[path] = _Map(mapping, inode)
+            while len(self._maps) > self.max_maps:
+                victims.append(self._maps.pop(next(iter(self._maps))))
+        for victim in victims:
+            self._close(victim)
+        return True
+
+    def acquire(self, path: str, fd: int, nbytes: int) -> _Map | None:
+        """The mapping of ``path`` if it maps the file open as ``fd`` (locked
+        exclusively by the caller) and holds ``nbytes``; release it after use."""
+        st = os.fstat(fd)
+        with self._lock:
+            found = self._maps.get(path)
+            if (
+                found is None
+                or found.inode != (st.st_dev, st.st_ino)
+                or len(found.mapping) < nbytes
+            ):
+                return None
+            found.users += 1
+            del self._maps[path]  # most recently used last
+            self._maps[path] = found
+            return found
+
+    def release(self, found: _Map) -> None:
+        """A writer is done copying into ``found``."""
+        with self._lock:
+            found.users -= 1
+            close = found.dropped and not found.users
+        if close:
+            self._close(found)
+
+    def drop(self, paths: list[str] | tuple[str, ...]) -> None:
+        """Unmap these paths (once no writer copies into them)."""
+        victims = []
+        with self._lock:
+            for path in paths:
+                found = self._maps.pop(path, None)
+                if found is not None:
+                    found.dropped = True
+                    if not found.users:
+                        victims.append(found)
+        for victim in victims:
+            self._close(victim)
+
+    def prune(self) -> int:
+        """Unmap what no longer maps the file at its path (unlinked, spilled,
+        replaced); return how many."""
+        with self._lock:
+            known = [(path, found.inode) for path, found in self._maps.items()]
+        gone = []
+        for path, inode in known:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                gone.append(path)
+                continue
+            if (st.st_dev, st.st_ino) != inode:
+                gone.append(path)
+        self.drop(gone)
+        return len(gone)
+
+    def clear(self) -> None:
+        """Unmap everything (once no writer copies into it)."""
+        with self._lock:
+            paths = list(self._maps)
+        self.drop(paths)
+
+    @staticmethod
+    def _close(found: _Map) -> None:
+        found.mapping.close()
+
+
+#: How often a :class:`BackgroundMapper` checks that what it maps still exists.
+PRUNE_SECONDS = 1.0
+
+
+class BackgroundMapper:
+    """Maps segments a writer was given (leases) in a thread, and prunes.
+
+    A worker does not own the segments it is leased: the store may unlink one
+    after the worker wrote it (trimming an idle pool, spilling), and the
+    worker's mapping would then keep its memory. So while it maps anything,
+    the thread checks every :data:`PRUNE_SECONDS` and unmaps what was unlinked
+    (:meth:`SegmentMaps.prune`); it exits once nothing is mapped or asked for,
+    and :meth:`request` starts it again.
+
+    Parameters
+    ----------
+    maps : SegmentMaps
+        Where the mappings go.
+    """
+
+    def __init__(self, maps: SegmentMaps) -> None:
+        self.maps = maps
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def request(self, path: str) -> None:
+        """Map ``path`` (its whole file) soon, in the thread."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._queue.append(path)
+            self._wake.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="localsched-segment-maps", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, wait for it, and unmap everything."""
+        with self._lock:
+            self._stopped = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self.maps.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue and not self._stopped:
+                    self._wake.wait(PRUNE_SECONDS)
+                queue, self._queue = self._queue, []
+                if self._stopped or (not queue and not len(self.maps)):
+                    self._thread = None  # request() starts another
+                    return
+            for path in queue:
+                try:
+                    length = os.stat(path, follow_symlinks=False).st_size
+                except OSError:
+                    continue  # gone already: the writer will not get it
+                self.maps.map(path, length)
+            self.maps.prune()
