@@ -624,6 +624,9 @@ class SchedulerRuntime:
                 return
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
+            # A producer of values this size likely makes more: refill its
+            # leases from the free pool (written pages, not fresh ones).
+            self._lease_back(handle.address, payload.nbytes)
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         is_actor = False
