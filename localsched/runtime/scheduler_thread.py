@@ -625,8 +625,8 @@ class SchedulerRuntime:
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
             # A producer of values this size likely makes more: refill its
-            # leases from the free pool (written pages, not fresh ones).
-            self._lease_back(handle.address, payload.nbytes)
+            # leases with the pages it wrote before and are free now.
+            self._lease_back(handle.address, payload.nbytes, own=True)
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         is_actor = False
@@ -821,17 +821,19 @@ class SchedulerRuntime:
                 self._free_payload(spec.args)
         self._arg_blobs = kept
 
-    def _lease_back(self, address: str, nbytes: int) -> None:
+    def _lease_back(self, address: str, nbytes: int, own: bool = False) -> None:
         """Give a freed segment of this size to the worker that filled it.
 
         A worker that produced one large result likely produces more of the same
         size, and writing into reused pages is several times faster than into
-        fresh ones (the kernel must zero and map those).
+        fresh ones (the kernel must zero and map those). ``own``: only a
+        segment this worker filled (a refill must not take the pages the
+        store's own puts reuse).
         """
         handle = self.workers.get(address)
         if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
             return
-        lease = self.store.lease(nbytes, handle.holder)
+        lease = self.store.lease(nbytes, handle.holder, own=own)
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))

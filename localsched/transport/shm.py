@@ -126,6 +126,7 @@ class _Segment:
     allocated: int  #: file size: the memory it holds, whether live or free
     spill_path: str = ""  #: its copy on disk once spilled (``path`` is a link)
     freed_at: float = 0.0  #: monotonic time it joined the free list
+    writer: str = ""  #: the writer (holder) that filled it last; "": the store
 
 
 def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
@@ -496,8 +497,12 @@ class BlobStore(_BlobSink):
                 segment = leased[1]
                 self._leased_bytes -= segment.allocated
                 segment.allocated = max(segment.allocated, ref.nbytes)
+                segment.writer = str(leased[0])
             elif self._is_ours(ref.segment):
                 segment = _Segment(ref.segment, _size_class(ref.nbytes), ref.nbytes)
+                # A writer's own file: <prefix><holder>.<n>
+                name = os.path.basename(ref.segment)[len(self.prefix) :]
+                segment.writer = name.split(".", 1)[0] if "." in name else ""
             else:
                 raise ValueError(f"not a segment of this store: {ref.segment}")
             self._live[ref.segment] = (ref.blob_id, segment)
@@ -509,14 +514,22 @@ class BlobStore(_BlobSink):
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
 
-    def lease(self, nbytes: int, holder: int | str) -> SegmentLease | None:
+    def lease(
+        self, nbytes: int, holder: int | str, *, own: bool = False
+    ) -> SegmentLease | None:
         """Hand a free segment for an ``nbytes`` value to the writer ``holder``
         (its owner: its process's pid unless the writer was given one).
+
+        With ``own``, only a segment that writer filled last: refilling a
+        producer's leases must not take the segments the store's own puts
+        (a ``scatter``) reuse, nor another worker's.
 
         Returns None when no free segment of that size class is reusable now.
         """
         with self._lock:
-            found = None if self._closed else self._take_free(_size_class(nbytes))
+            writer = str(holder) if own else None
+            capacity = _size_class(nbytes)
+            found = None if self._closed else self._take_free(capacity, writer)
             if found is None:
                 return None
             segment, fd = found
@@ -689,9 +702,16 @@ class BlobStore(_BlobSink):
         _warn_fallback(f"{self.directory} is full", directory)
         return directory
 
-    def _take_free(self, capacity: int) -> tuple[_Segment, int] | None:
+    def _take_free(
+        self, capacity: int, writer: str | None = None
+    ) -> tuple[_Segment, int] | None:
+        """A free segment of the class, locked; if ``writer`` is not None, only
+        one that writer filled last."""
         bucket = self._free.get(capacity, {})
-        newest = itertools.islice(reversed(bucket.values()), _REUSE_ATTEMPTS)
+        candidates = reversed(bucket.values())
+        if writer is not None:
+            candidates = (s for s in candidates if s.writer == writer)
+        newest = itertools.islice(candidates, _REUSE_ATTEMPTS)
         for segment in list(newest):
             try:
                 fd = _lock_exclusive(segment.path)

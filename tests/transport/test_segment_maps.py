@@ -261,3 +261,28 @@ def test_the_keeper_maps_a_large_segment_as_it_is_freed():
         store.release(small)
         store.map_free()
         assert small.segment not in store.maps  # below WARM_FROM: pwrite is fine
+
+
+def test_an_own_lease_is_only_a_segment_that_writer_filled_last():
+    with BlobStore() as store:
+        scattered = store.put(bytearray(100_000))  # the store's own put
+        writer = store.writer(owner="w1")
+        other = store.writer(owner="w2")
+        mine, theirs = writer.write(bytearray(100_000)), other.write(b"x" * 100_000)
+        for ref in (mine, theirs):
+            store.adopt(ref)
+        for ref in (scattered, mine, theirs):
+            store.release(ref)
+        lease = store.lease(100_000, "w1", own=True)
+        assert lease is not None
+        assert lease.segment == mine.segment
+        assert store.lease(100_000, "w1", own=True) is None  # the rest are not its
+        writer.grant(lease)
+        again = writer.write(bytearray(100_000))
+        assert again.segment == mine.segment
+        store.adopt(again)
+        store.release(again)
+        # Filled through a lease, it is still the writer's own.
+        assert store.lease(100_000, "w1", own=True).segment == mine.segment
+        # Without own, any free segment of the size class.
+        assert store.lease(100_000, "w3") is not None
