@@ -618,15 +618,16 @@ class SchedulerRuntime:
         key = message.key
         if isinstance(payload, BlobRef):
             try:
-                self.store.adopt(payload)
+                used_lease = self.store.adopt(payload)
             except Exception as exc:  # the store refused it: fail this task only
                 events.append(_result_not_adopted(handle, message, exc, self))
                 return
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
-            # A producer of values this size likely makes more: refill its
-            # leases with the pages it wrote before and are free now.
-            self._lease_back(handle.address, payload.nbytes, own=True)
+            if used_lease:
+                # It did: a producer of values this size likely makes more, so
+                # replace the lease with pages it wrote before, free now.
+                self._lease_back(handle.address, payload.nbytes, own=True)
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         is_actor = False

@@ -479,8 +479,14 @@ class BlobStore(_BlobSink):
                         self._keeper.freed()
         self._unlink(victims)
 
-    def adopt(self, ref: BlobRef) -> None:
+    def adopt(self, ref: BlobRef) -> bool:
         """Take ownership of a value a :class:`BlobWriter` wrote in another process.
+
+        Returns
+        -------
+        bool
+            Whether the value was written into a segment the store had leased
+            (the writer used up one of its leases).
 
         Raises
         ------
@@ -510,9 +516,10 @@ class BlobStore(_BlobSink):
                 self._live_memory_bytes += segment.allocated
                 if self._keeper is not None and segment.allocated >= WARM_FROM:
                     self._keeper.busy()
-                return
+                return leased is not None
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
+        return False
 
     def lease(
         self, nbytes: int, holder: int | str, *, own: bool = False

@@ -270,7 +270,7 @@ def test_an_own_lease_is_only_a_segment_that_writer_filled_last():
         other = store.writer(owner="w2")
         mine, theirs = writer.write(bytearray(100_000)), other.write(b"x" * 100_000)
         for ref in (mine, theirs):
-            store.adopt(ref)
+            assert store.adopt(ref) is False  # fresh files: no lease used
         for ref in (scattered, mine, theirs):
             store.release(ref)
         lease = store.lease(100_000, "w1", own=True)
@@ -280,7 +280,7 @@ def test_an_own_lease_is_only_a_segment_that_writer_filled_last():
         writer.grant(lease)
         again = writer.write(bytearray(100_000))
         assert again.segment == mine.segment
-        store.adopt(again)
+        assert store.adopt(again) is True  # written into its lease
         store.release(again)
         # Filled through a lease, it is still the writer's own.
         assert store.lease(100_000, "w1", own=True).segment == mine.segment
