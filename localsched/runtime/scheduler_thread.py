@@ -627,7 +627,7 @@ class SchedulerRuntime:
             if used_lease:
                 # It did: a producer of values this size likely makes more, so
                 # replace the lease with pages it wrote before, free now.
-                self._lease_back(handle.address, payload.nbytes, own=True)
+                self._lease_back(handle.address, payload.nbytes)
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         is_actor = False
@@ -822,19 +822,20 @@ class SchedulerRuntime:
                 self._free_payload(spec.args)
         self._arg_blobs = kept
 
-    def _lease_back(self, address: str, nbytes: int, own: bool = False) -> None:
+    def _lease_back(self, address: str, nbytes: int) -> None:
         """Give a freed segment of this size to the worker that filled it.
 
         A worker that produced one large result likely produces more of the same
         size, and writing into reused pages is several times faster than into
-        fresh ones (the kernel must zero and map those). ``own``: only a
-        segment this worker filled (a refill must not take the pages the
-        store's own puts reuse).
+        fresh ones (the kernel must zero and map those). Only a segment this
+        worker filled: the one just freed may still be mapped by its reader,
+        and the next free one may be the segment the store's next ``scatter``
+        reuses (taking it made that scatter write fresh pages).
         """
         handle = self.workers.get(address)
         if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
             return
-        lease = self.store.lease(nbytes, handle.holder, own=own)
+        lease = self.store.lease(nbytes, handle.holder, own=True)
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))

@@ -100,3 +100,30 @@ def test_a_value_written_through_a_mapped_lease_is_exact_and_survives_a_crash():
         assert np.array_equal(second.result(DEADLINE), pattern(7, BIG))
     # The store's mappings (its free pool's) went with it.
     assert not {path for path in _mapped_files() if path.startswith(directory)}
+
+
+def test_a_scattered_values_segment_stays_for_the_next_scatter():
+    with Client(n_workers=1, threads_per_worker=1) as client:
+        store, runtime = client.cluster.store, client.cluster.runtime
+
+        def ref_of(key: object) -> object:
+            return runtime.call(lambda: runtime.data[key]).result(DEADLINE)
+
+        first = client.scatter(pattern(1, BIG), hash=False)
+        # A task reads it while the worker produces a value of the same size.
+        made = client.submit(pattern, 2, BIG, pure=False)
+        read = client.submit(array_digest, first, pure=False)
+        assert read.result(DEADLINE) == array_digest(pattern(1, BIG))
+        held = made.result(DEADLINE)  # mapped here: its segment is locked
+        scattered, produced = ref_of(first.key), ref_of(made.key)
+        del first, read
+        assert poll(lambda: scattered.segment in store._free_lru)
+        del made  # its segment cannot go back to the worker: we map it
+        assert poll(lambda: produced.segment in store._free_lru)
+        # The worker is not given the scattered value's segment instead.
+        assert scattered.segment not in store._leased
+        del held
+        second = client.scatter(pattern(3, BIG), hash=False)
+        reused = {scattered.segment, produced.segment}
+        assert ref_of(second.key).segment in reused  # not fresh pages
+        assert np.array_equal(second.result(DEADLINE), pattern(3, BIG))
