@@ -13,7 +13,7 @@ import secrets
 import struct
 
 from localsched.transport import pickling
-from localsched.transport.segment_files import _pwrite_all
+from localsched.transport.segment_files import _Hasher, _pwrite_all
 from localsched.transport.segment_maps import copy_into
 
 _ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
@@ -57,18 +57,20 @@ def _write_blob(
     buffers: list[memoryview],
     spans: tuple[tuple[int, int], ...],
     mapping: mmap.mmap | None = None,
+    hasher: _Hasher | None = None,
 ) -> int:
     """Write a stamp, the pickle stream and the buffers; return the stamp's id.
 
     The buffers are copied through ``mapping`` if given (a populated shared
-    mapping of ``fd``'s file, see :mod:`.segment_maps`), else with ``pwrite``.
+    mapping of ``fd``'s file, see :mod:`.segment_maps`), else with ``pwrite``,
+    and fed to ``hasher`` (if given) as they are copied.
     """
     blob_id = secrets.randbits(64)
     _pwrite_all(fd, _STAMP.pack(_MAGIC, blob_id), 0)
     _pwrite_all(fd, header, _HEADER_OFFSET)
     for (offset, _), buffer in zip(spans, buffers, strict=True):
         if mapping is None:
-            _pwrite_all(fd, buffer, offset)
+            _pwrite_all(fd, buffer, offset, hasher)
         else:
-            copy_into(mapping, offset, buffer)
+            copy_into(mapping, offset, buffer, hasher=hasher)
     return blob_id

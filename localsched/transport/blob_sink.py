@@ -21,6 +21,7 @@ from localsched.transport.blob_format import (
     _pickle,
     _write_blob,
 )
+from localsched.transport.hashing import Hasher
 from localsched.transport.segment_files import (
     _check_fits_in_memory,
     _create_file,
@@ -98,7 +99,38 @@ class _BlobSink(abc.ABC):
         # again in-band is cheap at this size and keeps inline payloads plain.
         return header if not buffers else dumps_inline(obj)
 
+    def write_hashed(self, obj: object, hasher: Hasher) -> tuple[BlobRef, str]:
+        """Write ``obj`` to shared memory, hashing its buffers as they are copied.
+
+        Each piece is hashed right after its copy, from the cache: the key of a
+        large scattered value costs no second pass over memory (a hash in a
+        thread running beside the copy read the value from memory again).
+
+        Parameters
+        ----------
+        obj : object
+            The value.
+        hasher : Hasher
+            Fed ``obj``'s pickle stream, then (a copy of it, once per write
+            attempt) each out-of-band buffer, in order.
+
+        Returns
+        -------
+        tuple of BlobRef and str
+            The ref, and the hex digest of ``hasher`` fed the buffers.
+        """
+        header, buffers = _pickle(obj)
+        hasher.update(header)  # the dtype and shape tell equal bytes apart
+        ref, fed = self._write(header, buffers, hasher)
+        assert fed is not None
+        return ref, fed.hexdigest()
+
     def _write_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
+        return self._write(header, buffers, None)[0]
+
+    def _write(
+        self, header: bytes, buffers: list[memoryview], hasher: Hasher | None
+    ) -> tuple[BlobRef, Hasher | None]:
         spans, nbytes = _layout(len(header), buffers)
         if nbytes >= _CHECK_MEMORY_FROM and self._is_memory_backed():
             _check_fits_in_memory(nbytes)
@@ -108,9 +140,10 @@ class _BlobSink(abc.ABC):
             path, fd = self._open_target(nbytes, attempt)
             # A reused segment may be mapped, populated: a copy, not a pwrite.
             found = self.maps.acquire(path, fd, nbytes) if attempt == 0 else None
+            fed = None if hasher is None else hasher.copy()  # a retry starts over
             try:
                 mapping = None if found is None else found.mapping
-                blob_id = _write_blob(fd, header, buffers, spans, mapping)
+                blob_id = _write_blob(fd, header, buffers, spans, mapping, fed)
                 size = os.fstat(fd).st_size
             except BaseException as exc:
                 self._on_failed(path, nbytes)
@@ -131,7 +164,7 @@ class _BlobSink(abc.ABC):
                 buffers=spans,
                 nbytes=nbytes,
             )
-            return self._on_written(ref, size)
+            return self._on_written(ref, size), fed
         raise AssertionError("unreachable")
 
     def _fresh(self, name: str, attempt: int) -> tuple[str, int]:

@@ -40,7 +40,7 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from localsched.transport.segment_files import _COPIED
+from localsched.transport.segment_files import _COPIED, HASH_CHUNK, _Hasher
 
 __all__ = [
     "PARALLEL_COPY_FROM",
@@ -80,6 +80,7 @@ def copy_into(
     offset: int,
     buffer: memoryview,
     threads: int | None = None,
+    hasher: _Hasher | None = None,
 ) -> None:
     """Copy ``buffer`` into ``destination[offset:]``, with several threads if large.
 
@@ -99,6 +100,9 @@ def copy_into(
         A C-contiguous buffer (a pickle buffer's ``raw()``).
     threads : int, optional
         Threads for a large copy; 1 copies in the caller's thread.
+    hasher : optional
+        Fed the bytes as they are copied, in pieces of ``HASH_CHUNK``, each
+        hashed from the cache right after its copy (then one thread copies).
     """
     view = memoryview(buffer).cast("B")
     nbytes = view.nbytes
@@ -108,16 +112,38 @@ def copy_into(
     if nbytes == 0:
         return
     source = _address(view)
-    if source is None:
+    if source is None and hasher is None:
         destination[offset : offset + nbytes] = view
         return
     target = _address(memoryview(destination))
     if target is None:  # a read-only mapping: nothing to write through
         raise ValueError("the destination mapping is read-only")
     try:
-        _copy(target[0] + offset, source[0], nbytes, threads)
+        if hasher is not None:
+            _copy_hashing(destination, target[0], offset, view, source, hasher)
+        else:
+            assert source is not None
+            _copy(target[0] + offset, source[0], nbytes, threads)
     finally:
         del source, target  # the exports end: the owner may close the mapping
+
+
+def _copy_hashing(
+    destination: mmap.mmap,
+    base: int,
+    offset: int,
+    view: memoryview,
+    source: tuple[int, object] | None,
+    hasher: _Hasher,
+) -> None:
+    for start in range(0, view.nbytes, HASH_CHUNK):
+        piece = view[start : start + HASH_CHUNK]
+        at = offset + start
+        if source is None:  # read-only: a copy holding the GIL
+            destination[at : at + piece.nbytes] = piece
+        else:
+            ctypes.memmove(base + at, source[0] + start, piece.nbytes)
+        hasher.update(piece)
 
 
 def _copy(dst: int, src: int, nbytes: int, threads: int | None) -> None:

@@ -286,3 +286,25 @@ def test_an_own_lease_is_only_a_segment_that_writer_filled_last():
         assert store.lease(100_000, "w1", own=True).segment == mine.segment
         # Without own, any free segment of the size class.
         assert store.lease(100_000, "w3") is not None
+
+
+def test_a_copy_that_hashes_feeds_every_byte_in_order():
+    from localsched.transport.hashing import content_hasher
+    from localsched.transport.segment_files import HASH_CHUNK, _pwrite_all
+
+    nbytes = 3 * HASH_CHUNK + 123
+    source = np.random.default_rng(0).integers(0, 255, nbytes, np.uint8)
+    expected = content_hasher(b"seed")
+    expected.update(source.tobytes())
+    for read_only in (False, True):
+        value = memoryview(source.tobytes() if read_only else source)
+        destination = mmap.mmap(-1, nbytes + 64)
+        hasher = content_hasher(b"seed")
+        copy_into(destination, 64, value, hasher=hasher)
+        assert hasher.hexdigest() == expected.hexdigest()
+        assert destination[64:] == source.tobytes()
+        destination.close()
+    with open(os.devnull, "wb") as sink:
+        hasher = content_hasher(b"seed")
+        _pwrite_all(sink.fileno(), memoryview(source), 0, hasher)
+    assert hasher.hexdigest() == expected.hexdigest()
