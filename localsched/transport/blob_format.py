@@ -14,7 +14,7 @@ import struct
 
 from localsched.transport import pickling
 from localsched.transport.segment_files import _Hasher, _pwrite_all
-from localsched.transport.segment_maps import copy_into
+from localsched.transport.segment_maps import _Map, copy_into
 
 _ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
 _HEADER_OFFSET = 64
@@ -56,7 +56,7 @@ def _write_blob(
     header: bytes,
     buffers: list[memoryview],
     spans: tuple[tuple[int, int], ...],
-    mapping: mmap.mmap | None = None,
+    mapping: _Map | None = None,
     hasher: _Hasher | None = None,
 ) -> int:
     """Write a stamp, the pickle stream and the buffers; return the stamp's id.
@@ -72,5 +72,5 @@ def _write_blob(
         if mapping is None:
             _pwrite_all(fd, buffer, offset, hasher)
         else:
-            copy_into(mapping, offset, buffer, hasher=hasher)
+            copy_into(mapping.address, mapping.length, offset, buffer, hasher=hasher)
     return blob_id

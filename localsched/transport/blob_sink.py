@@ -142,8 +142,7 @@ class _BlobSink(abc.ABC):
             found = self.maps.acquire(path, fd, nbytes) if attempt == 0 else None
             fed = None if hasher is None else hasher.copy()  # a retry starts over
             try:
-                mapping = None if found is None else found.mapping
-                blob_id = _write_blob(fd, header, buffers, spans, mapping, fed)
+                blob_id = _write_blob(fd, header, buffers, spans, found, fed)
                 size = os.fstat(fd).st_size
             except BaseException as exc:
                 self._on_failed(path, nbytes)

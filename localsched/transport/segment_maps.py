@@ -26,6 +26,12 @@ wrote it (see ``SchedulerRuntime._lease_back``).
   file, and a process that does not own the file calls :meth:`SegmentMaps.prune`
   (a mapping of an unlinked file would keep its memory from the system).
 
+Mapping and unmapping go through libc with ``ctypes``, which releases the GIL
+for the call: CPython's ``mmap`` module holds it while the kernel fills or
+clears the page tables (measured: the other threads of the process stalled
+80-130 ms per 256 MiB), which would stall a worker's task thread, or the
+scheduler thread next to a store, for as long.
+
 The mappings are ``MAP_SHARED`` views of files the process may write only while
 it holds the exclusive ``flock`` (see :mod:`localsched.transport.shm`); a
 mapping never gives anyone else a way into the file.
@@ -34,6 +40,7 @@ mapping never gives anyone else a way into the file.
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 import stat
@@ -51,9 +58,57 @@ __all__ = [
     "copy_threads",
 ]
 
+logger = logging.getLogger(__name__)
+
 #: Buffers at least this large are copied by several threads (see copy_into).
 PARALLEL_COPY_FROM = 32 << 20
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mmap_call, munmap_call = libc.mmap, libc.munmap
+    except (OSError, AttributeError):
+        return None
+    mmap_call.restype = ctypes.c_void_p
+    mmap_call.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    munmap_call.restype = ctypes.c_int
+    munmap_call.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
+
+#: libc, for mmap and munmap without the GIL; None where it cannot be loaded
+#: (then nothing is mapped, and every write uses ``pwrite``).
+_LIBC = _libc()
+
+
+def _map_shared(fd: int, length: int) -> int:
+    """Map ``length`` bytes of ``fd`` shared, writable, populated; the address."""
+    if _LIBC is None:
+        raise OSError("libc is not available")
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    address = _LIBC.mmap(None, length, prot, mmap.MAP_SHARED | _MAP_POPULATE, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return int(address)
+
+
+def _unmap(address: int, length: int) -> None:
+    # Never raises: it runs where a release or an unlink must go on (munmap
+    # fails only for an address that is not a mapping, a bug).
+    if _LIBC is not None and _LIBC.munmap(address, length) != 0:
+        error = ctypes.get_errno()
+        logger.error("munmap(%#x, %d) failed: %s", address, length, os.strerror(error))
 
 
 def copy_threads() -> int:
@@ -76,26 +131,27 @@ def _address(buffer: memoryview) -> tuple[int, object] | None:
 
 
 def copy_into(
-    destination: mmap.mmap,
+    address: int,
+    length: int,
     offset: int,
     buffer: memoryview,
     threads: int | None = None,
     hasher: _Hasher | None = None,
 ) -> None:
-    """Copy ``buffer`` into ``destination[offset:]``, with several threads if large.
+    """Copy ``buffer`` to ``length`` writable bytes at ``address``, at ``offset``.
 
     ``ctypes.memmove`` releases the GIL, so the pieces of a buffer of
     :data:`PARALLEL_COPY_FROM` bytes or more are copied at the same time by
-    ``threads`` threads (default :func:`copy_threads`), and the caller's other
-    threads (a scatter's hash) run meanwhile. A read-only source is copied by
-    the caller's thread, holding the GIL.
+    ``threads`` threads (default :func:`copy_threads`). A read-only source is
+    copied by the caller's thread, holding the GIL.
 
     Parameters
     ----------
-    destination : mmap.mmap
-        A writable mapping at least ``offset + buffer.nbytes`` long.
+    address, length : int
+        Where the destination memory starts (a :class:`SegmentMaps` mapping),
+        and its size.
     offset : int
-        Where the copy starts in ``destination``.
+        Where the copy starts in the destination.
     buffer : memoryview
         A C-contiguous buffer (a pickle buffer's ``raw()``).
     threads : int, optional
@@ -106,43 +162,40 @@ def copy_into(
     """
     view = memoryview(buffer).cast("B")
     nbytes = view.nbytes
-    if offset < 0 or offset + nbytes > len(destination):
+    if offset < 0 or offset + nbytes > length:
         raise ValueError(f"{nbytes} bytes at {offset} overflow the mapping")
     _COPIED.add(nbytes)
     if nbytes == 0:
         return
     source = _address(view)
-    if source is None and hasher is None:
-        destination[offset : offset + nbytes] = view
-        return
-    target = _address(memoryview(destination))
-    if target is None:  # a read-only mapping: nothing to write through
-        raise ValueError("the destination mapping is read-only")
     try:
         if hasher is not None:
-            _copy_hashing(destination, target[0], offset, view, source, hasher)
+            _copy_hashing(address + offset, view, source, hasher)
+        elif source is None:
+            _window(address + offset, nbytes)[:] = view
         else:
-            assert source is not None
-            _copy(target[0] + offset, source[0], nbytes, threads)
+            _copy(address + offset, source[0], nbytes, threads)
     finally:
-        del source, target  # the exports end: the owner may close the mapping
+        del source  # the export ends: the caller may let go of the buffer
+
+
+def _window(address: int, nbytes: int) -> memoryview:
+    """A writable view of raw memory (for a source ctypes cannot point into)."""
+    return memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B")
 
 
 def _copy_hashing(
-    destination: mmap.mmap,
-    base: int,
-    offset: int,
+    destination: int,
     view: memoryview,
     source: tuple[int, object] | None,
     hasher: _Hasher,
 ) -> None:
     for start in range(0, view.nbytes, HASH_CHUNK):
         piece = view[start : start + HASH_CHUNK]
-        at = offset + start
         if source is None:  # read-only: a copy holding the GIL
-            destination[at : at + piece.nbytes] = piece
+            _window(destination + start, piece.nbytes)[:] = piece
         else:
-            ctypes.memmove(base + at, source[0] + start, piece.nbytes)
+            ctypes.memmove(destination + start, source[0] + start, piece.nbytes)
         hasher.update(piece)
 
 
@@ -174,8 +227,10 @@ def _copy(dst: int, src: int, nbytes: int, threads: int | None) -> None:
 
 @dataclass(eq=False)
 class _Map:
-    mapping: mmap.mmap
+    address: int  #: where the mapping starts
+    length: int  #: its size in bytes
     inode: tuple[int, int]  #: (st_dev, st_ino) of the file mapped
+    closed: bool = False  #: unmapped
     users: int = 0  #: writers copying into it now
     dropped: bool = False  #: close when the last user releases it
 
@@ -230,7 +285,7 @@ class SegmentMaps:
                 if (
                     known is not None
                     and known.inode == inode
-                    and len(known.mapping) >= length
+                    and known.length >= length
                 ):
                     return True
             if not stat.S_ISREG(st.st_mode):
@@ -239,12 +294,7 @@ class SegmentMaps:
             # a hole left would make a write through the mapping SIGBUS when
             # /dev/shm is full, instead of failing here with ENOSPC.
             os.posix_fallocate(fd, 0, length)
-            mapping = mmap.mmap(
-                fd,
-                length,
-                flags=mmap.MAP_SHARED | _MAP_POPULATE,
-                prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            )
+            address = _map_shared(fd, length)
         except (OSError, ValueError):
             return False
         finally:
@@ -254,7 +304,7 @@ class SegmentMaps:
             old = self._maps.pop(path, None)
             if old is not None:
                 victims.append(old)
-            self._maps[path] = _Map(mapping, inode)
+            self._maps[path] = _Map(address, length, inode)
             while len(self._maps) > self.max_maps:
                 victims.append(self._maps.pop(next(iter(self._maps))))
         for victim in victims:
@@ -270,7 +320,7 @@ class SegmentMaps:
             if (
                 found is None
                 or found.inode != (st.st_dev, st.st_ino)
-                or len(found.mapping) < nbytes
+                or found.length < nbytes
             ):
                 return None
             found.users += 1
@@ -324,7 +374,8 @@ class SegmentMaps:
 
     @staticmethod
     def _close(found: _Map) -> None:
-        found.mapping.close()
+        found.closed = True
+        _unmap(found.address, found.length)
 
 
 #: How often a :class:`BackgroundMapper` checks that what it maps still exists.

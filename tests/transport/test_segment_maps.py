@@ -7,6 +7,7 @@ never outlives its file (that would keep the file's memory from the system).
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import threading
@@ -41,6 +42,10 @@ def _mapped_under(directory: str) -> set[str]:
     return {p for p in _mapped_paths() if p.startswith(directory)}
 
 
+def _at(buffer: ctypes.Array[ctypes.c_char]) -> int:
+    return ctypes.addressof(buffer)
+
+
 def _file(tmp_path, nbytes: int) -> str:
     path = str(tmp_path / "segment")
     with open(path, "wb") as f:
@@ -56,32 +61,30 @@ def test_a_large_copy_by_several_threads_equals_the_source(threads):
     # Not a multiple of a page nor of the thread count: uneven last piece.
     nbytes = PARALLEL_COPY_FROM + 3 * mmap.PAGESIZE + 17
     source = np.random.default_rng(threads).integers(0, 255, nbytes, np.uint8)
-    destination = mmap.mmap(-1, nbytes + 4096)
+    destination = ctypes.create_string_buffer(nbytes + 4096)
     before = bytes_copied()
-    copy_into(destination, 64, memoryview(source), threads=threads)
+    copy_into(_at(destination), len(destination), 64, memoryview(source), threads)
     assert bytes_copied() - before == nbytes
     copied = np.frombuffer(destination, np.uint8, nbytes, 64)
     assert np.array_equal(copied, source)
-    assert destination[:64] == bytes(64)  # nothing before the offset
-    del copied
-    destination.close()  # the copy's exports ended
+    assert destination.raw[:64] == bytes(64)  # nothing before the offset
+    assert not any(destination.raw[64 + nbytes :])  # nor after
 
 
 def test_a_small_and_a_read_only_source_are_copied_too():
-    destination = mmap.mmap(-1, 1 << 16)
-    copy_into(destination, 10, memoryview(b"abc"))  # read-only: a plain copy
-    copy_into(destination, 100, memoryview(bytearray(b"xyz")))
-    copy_into(destination, 200, memoryview(b""))
-    assert destination[10:13] == b"abc"
-    assert destination[100:103] == b"xyz"
-    destination.close()
+    destination = ctypes.create_string_buffer(1 << 16)
+    address, length = _at(destination), len(destination)
+    copy_into(address, length, 10, memoryview(b"abc"))  # read-only: a plain copy
+    copy_into(address, length, 100, memoryview(bytearray(b"xyz")))
+    copy_into(address, length, 200, memoryview(b""))
+    assert destination.raw[10:13] == b"abc"
+    assert destination.raw[100:103] == b"xyz"
 
 
 def test_a_copy_that_would_overflow_the_mapping_is_refused():
-    destination = mmap.mmap(-1, mmap.PAGESIZE)
+    destination = ctypes.create_string_buffer(mmap.PAGESIZE)
     with pytest.raises(ValueError, match="overflow"):
-        copy_into(destination, 1, memoryview(bytearray(mmap.PAGESIZE)))
-    destination.close()
+        copy_into(_at(destination), mmap.PAGESIZE, 1, memoryview(bytes(4096)))
 
 
 def test_copy_threads_is_between_one_and_four():
@@ -102,7 +105,7 @@ def test_a_mapping_is_handed_out_only_for_the_same_file_and_a_value_that_fits(
     try:
         found = maps.acquire(path, fd, 1 << 20)
         assert found is not None
-        found.mapping[:5] = b"hello"
+        copy_into(found.address, found.length, 0, memoryview(b"hello"))
         maps.release(found)
         assert maps.acquire(path, fd, (1 << 20) + 1) is None  # too large
     finally:
@@ -145,9 +148,10 @@ def test_a_mapping_dropped_while_a_writer_copies_closes_when_it_is_done(tmp_path
     assert found is not None
     maps.drop([path])
     assert path not in maps
-    found.mapping[:3] = b"abc"  # still mapped: the writer finishes
+    assert not found.closed
+    copy_into(found.address, found.length, 0, memoryview(b"abc"))  # still mapped
     maps.release(found)
-    assert found.mapping.closed
+    assert found.closed
     assert not _mapped_under(str(tmp_path))
 
 
@@ -298,12 +302,11 @@ def test_a_copy_that_hashes_feeds_every_byte_in_order():
     expected.update(source.tobytes())
     for read_only in (False, True):
         value = memoryview(source.tobytes() if read_only else source)
-        destination = mmap.mmap(-1, nbytes + 64)
+        destination = ctypes.create_string_buffer(nbytes + 64)
         hasher = content_hasher(b"seed")
-        copy_into(destination, 64, value, hasher=hasher)
+        copy_into(_at(destination), len(destination), 64, value, hasher=hasher)
         assert hasher.hexdigest() == expected.hexdigest()
-        assert destination[64:] == source.tobytes()
-        destination.close()
+        assert destination.raw[64:] == source.tobytes()
     with open(os.devnull, "wb") as sink:
         hasher = content_hasher(b"seed")
         _pwrite_all(sink.fileno(), memoryview(source), 0, hasher)
