@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 PARALLEL_COPY_FROM = 32 << 20
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MADV_DONTFORK = getattr(mmap, "MADV_DONTFORK", 10)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -83,6 +84,8 @@ def _libc() -> ctypes.CDLL | None:
     ]
     munmap_call.restype = ctypes.c_int
     munmap_call.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.restype = ctypes.c_int
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc
 
 
@@ -100,6 +103,9 @@ def _map_shared(fd: int, length: int) -> int:
     if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
+    # A child forked later (user code's fork) must not inherit it: it would
+    # keep the segment's memory after the owner unlinks it.
+    _LIBC.madvise(address, length, _MADV_DONTFORK)
     return int(address)
 
 

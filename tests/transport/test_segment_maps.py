@@ -311,3 +311,24 @@ def test_a_copy_that_hashes_feeds_every_byte_in_order():
         hasher = content_hasher(b"seed")
         _pwrite_all(sink.fileno(), memoryview(source), 0, hasher)
     assert hasher.hexdigest() == expected.hexdigest()
+
+
+def test_a_forked_child_does_not_inherit_a_mapping(tmp_path):
+    path = _file(tmp_path, 1 << 20)
+    maps = SegmentMaps()
+    assert maps.map(path, 1 << 20)
+    assert path in _mapped_paths()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write, b"1" if path in _mapped_paths() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"0"
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+        maps.clear()
