@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import pickle
-import threading
 import time
 import uuid
 import weakref
@@ -396,15 +395,19 @@ def prepare_scatter(
     prepared: list[tuple[Key, Any]] = []
     types: dict[Key, type] = {}
     nbytes: dict[Key, int] = {}
+    # The store's serialize (a LocalLink's) can hash a value as it writes it;
+    # a task's link ships values inline.
+    write_hashed = getattr(getattr(serialize, "__self__", None), "write_hashed", None)
     for key, value in items:
-        ahead = _HashAhead(value) if key is None and hash else None
-        payload = serialize(value)
-        if key is None:
-            if ahead is not None:
-                token = ahead.token(payload)
-            else:
-                token = uuid.uuid4().hex
+        if key is None and hash and write_hashed is not None and _is_large(value):
+            # Hashed as it is copied: one pass over the value, not two.
+            payload, token = write_hashed(value, content_hasher(b"scatter"))
             key = f"{type(value).__name__}-{token}"
+        else:
+            payload = serialize(value)
+            if key is None:
+                token = payload_token(payload, value) if hash else uuid.uuid4().hex
+                key = f"{type(value).__name__}-{token}"
         validate_key(key)
         prepared.append((key, payload))
         types[key] = type(value)
@@ -423,44 +426,17 @@ def prepare_scatter(
     return ScatterPlan(prepared, types, nbytes, rebuild)
 
 
-#: Values at least this large are hashed in a thread while they are written.
-HASH_AHEAD_FROM = 8 << 20
+#: Values at least this large are hashed as they are written (see
+#: ``_BlobSink.write_hashed``).
+HASH_AS_WRITTEN_FROM = 8 << 20
 
 
-class _HashAhead:
-    """The scatter token of a large array, hashed while it is written.
-
-    Both release the GIL (xxhash and ``pwrite``), so the two passes over the
-    data overlap (a 200 MB array: about 40 ms saved of 200, measured under
-    load); smaller values, or those without ``nbytes``, are hashed after.
-    """
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-        self._result: list[str] = []
-        self._thread: threading.Thread | None = None
-        try:
-            nbytes = getattr(value, "nbytes", 0)
-        except Exception:  # a property that refuses (a dask DataFrame's)
-            nbytes = 0
-        if isinstance(nbytes, int) and nbytes >= HASH_AHEAD_FROM:
-            self._thread = threading.Thread(
-                target=self._hash, name="localsched-scatter-hash", daemon=True
-            )
-            self._thread.start()
-
-    def _hash(self) -> None:
-        # On an error token() hashes again in the caller's thread, and raises there.
-        with contextlib.suppress(Exception):
-            self._result.append(hash_args("scatter", (self._value,), {}))
-
-    def token(self, payload: bytes | BlobRef) -> str:
-        """The value's :func:`payload_token` (the same as without the thread)."""
-        if self._thread is not None:
-            self._thread.join()
-            if self._result and isinstance(payload, BlobRef):
-                return self._result[0]
-        return payload_token(payload, self._value)
+def _is_large(value: Any) -> bool:
+    try:
+        nbytes = getattr(value, "nbytes", 0)
+    except Exception:  # a property that refuses (a dask DataFrame's)
+        return False
+    return isinstance(nbytes, int) and nbytes >= HASH_AS_WRITTEN_FROM
 
 
 def payload_token(payload: bytes | BlobRef, value: Any) -> str:

@@ -618,12 +618,16 @@ class SchedulerRuntime:
         key = message.key
         if isinstance(payload, BlobRef):
             try:
-                self.store.adopt(payload)
+                used_lease = self.store.adopt(payload)
             except Exception as exc:  # the store refused it: fail this task only
                 events.append(_result_not_adopted(handle, message, exc, self))
                 return
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
+            if used_lease:
+                # It did: a producer of values this size likely makes more, so
+                # replace the lease with pages it wrote before, free now.
+                self._lease_back(handle.address, payload.nbytes)
         ts = self.scheduler.state.tasks.get(key)
         ws = None if ts is None else ts.processing_on
         is_actor = False
@@ -823,12 +827,15 @@ class SchedulerRuntime:
 
         A worker that produced one large result likely produces more of the same
         size, and writing into reused pages is several times faster than into
-        fresh ones (the kernel must zero and map those).
+        fresh ones (the kernel must zero and map those). Only a segment this
+        worker filled: the one just freed may still be mapped by its reader,
+        and the next free one may be the segment the store's next ``scatter``
+        reuses (taking it made that scatter write fresh pages).
         """
         handle = self.workers.get(address)
         if handle is None or handle.leases >= MAX_LEASES_PER_WORKER:
             return
-        lease = self.store.lease(nbytes, handle.holder)
+        lease = self.store.lease(nbytes, handle.holder, own=True)
         if lease is not None:
             handle.leases += 1
             handle.outbox.append(GrantSegments(leases=(lease,)))

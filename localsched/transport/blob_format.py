@@ -13,7 +13,8 @@ import secrets
 import struct
 
 from localsched.transport import pickling
-from localsched.transport.segment_files import _pwrite_all
+from localsched.transport.segment_files import _Hasher, _pwrite_all
+from localsched.transport.segment_maps import _Map, copy_into
 
 _ALIGN = 64  # buffers start on a cache line, which satisfies any numpy dtype
 _HEADER_OFFSET = 64
@@ -55,11 +56,21 @@ def _write_blob(
     header: bytes,
     buffers: list[memoryview],
     spans: tuple[tuple[int, int], ...],
+    mapping: _Map | None = None,
+    hasher: _Hasher | None = None,
 ) -> int:
-    """Write a stamp, the pickle stream and the buffers; return the stamp's id."""
+    """Write a stamp, the pickle stream and the buffers; return the stamp's id.
+
+    The buffers are copied through ``mapping`` if given (a populated shared
+    mapping of ``fd``'s file, see :mod:`.segment_maps`), else with ``pwrite``,
+    and fed to ``hasher`` (if given) as they are copied.
+    """
     blob_id = secrets.randbits(64)
     _pwrite_all(fd, _STAMP.pack(_MAGIC, blob_id), 0)
     _pwrite_all(fd, header, _HEADER_OFFSET)
     for (offset, _), buffer in zip(spans, buffers, strict=True):
-        _pwrite_all(fd, buffer, offset)
+        if mapping is None:
+            _pwrite_all(fd, buffer, offset, hasher)
+        else:
+            copy_into(mapping.address, mapping.length, offset, buffer, hasher=hasher)
     return blob_id

@@ -30,7 +30,7 @@ import stat
 import tempfile
 import threading
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from localsched.units import format_bytes
 
@@ -301,12 +301,30 @@ def bytes_copied() -> int:
     return _COPIED.total
 
 
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
+#: Piece a copy that also hashes moves at a time: small enough to be hashed
+#: from the cache right after it was copied (one pass over memory, not two).
+HASH_CHUNK = 1 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+
+def _pwrite_all(
+    fd: int, data: bytes | memoryview, offset: int, hasher: _Hasher | None = None
+) -> None:
+    """Write all of ``data`` at ``offset``; feed it to ``hasher`` as it goes."""
+    view = memoryview(data).cast("B") if hasher is not None else memoryview(data)
     _COPIED.add(view.nbytes)
+    step = _MAX_IO if hasher is None else HASH_CHUNK
     done = 0
     while done < view.nbytes:
-        done += os.pwrite(fd, view[done : done + _MAX_IO], offset + done)
+        end = min(view.nbytes, done + step)
+        while done < end:
+            written = os.pwrite(fd, view[done:end], offset + done)
+            if hasher is not None:
+                hasher.update(view[done : done + written])
+            done += written
 
 
 def _create_file(path: str) -> int:

@@ -35,16 +35,18 @@ segment to a disk file and swaps the segment for a symbolic link to it (see
 :mod:`localsched.transport.spill`): refs keep their path, and readers, even those
 holding a ref sent before the spill, follow the link to an identical copy.
 
-Writes use ``pwrite`` rather than a shared mapping: the kernel does not zero
-fresh pages it fills completely, the GIL is released during the copy, and a full
-/dev/shm fails with ``ENOSPC`` instead of killing us with ``SIGBUS``.
+Writes into fresh segments use ``pwrite`` rather than a shared mapping: the
+kernel does not zero fresh pages it fills completely, the GIL is released during
+the copy, and a full /dev/shm fails with ``ENOSPC`` instead of killing us with
+``SIGBUS``. A reused segment of 8 MiB or more is written through a shared
+mapping kept from earlier, its pages allocated and its page tables filled
+(:mod:`~localsched.transport.segment_maps`): half the time of a ``pwrite``.
 ``multiprocessing.shared_memory`` is avoided because on 3.11 the resource tracker
 warns about and unlinks segments whose owner changed (gh-82300).
 """
 
 from __future__ import annotations
 
-import abc
 import errno
 import fcntl
 import itertools
@@ -57,16 +59,20 @@ import threading
 import time
 from dataclasses import dataclass
 
-from localsched.transport import pickling
 from localsched.transport.blob_format import (
-    _HEADER_OFFSET,
     _MAGIC,
     _STAMP,
-    _layout,
     _pickle,
     _size_class,
-    _write_blob,
 )
+from localsched.transport.blob_sink import (
+    INLINE_THRESHOLD,
+    BlobRef,
+    SegmentLease,
+    _BlobSink,
+    dumps_inline,
+)
+from localsched.transport.blob_writer import BlobWriter
 from localsched.transport.finalizers import Finalizer
 from localsched.transport.segment_files import (
     _COPIED,
@@ -75,7 +81,6 @@ from localsched.transport.segment_files import (
     SHM_DIR,
     SPILL_LINK,
     SharedMemoryWarning,
-    _check_fits_in_memory,
     _choose_parent,
     _create_file,
     _free_space,
@@ -85,13 +90,13 @@ from localsched.transport.segment_files import (
     _warn_fallback,
     attach_directory,
     bytes_copied,
-    claim_directory,
     make_private_directory,
     point_link,
     private_directory_name,
     remove_cluster_directory,
     sweep_stale_segments,
 )
+from localsched.transport.segment_maps import SegmentMaps
 from localsched.transport.shm_pool import WARM_FROM, PoolKeeper
 from localsched.transport.spill import copy_segment, is_memory_backed, link_to_copy
 
@@ -110,39 +115,11 @@ __all__ = [
     "sweep_stale_segments",
 ]
 
-#: Values whose pickle plus buffers take fewer bytes travel inline in messages.
-INLINE_THRESHOLD = 64 * 1024
-
 _REUSE_ATTEMPTS = 4  # free segments tried per put before creating a fresh one
-#: Leased segments a writer remembers having written (see BlobWriter.discard);
-#: a dropped value is one of the last few written, far fewer than this.
-_WRITTEN_LEASES_KEPT = 1024
-#: Values at least this large are checked against the memory available before
-#: they are written (reading /proc/meminfo costs about 20 us).
-_CHECK_MEMORY_FROM = 8 << 20
 
 
 class StaleBlobError(LookupError):
     """The segment a :class:`BlobRef` points to was released or reused."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BlobRef:
-    """Where one serialized value lives; small enough for any message."""
-
-    segment: str  #: absolute path of the segment file
-    blob_id: int  #: random stamp, also written at the start of the segment
-    header: tuple[int, int]  #: (offset, length) of the pickle stream
-    buffers: tuple[tuple[int, int], ...]  #: (offset, length) of each buffer
-    nbytes: int  #: bytes the value uses, from offset 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SegmentLease:
-    """A free segment the store hands to one writer (see :meth:`BlobStore.lease`)."""
-
-    segment: str  #: absolute path of the segment file
-    capacity: int  #: size class; the writer uses it for values of this class only
 
 
 @dataclass(slots=True, eq=False)
@@ -152,11 +129,7 @@ class _Segment:
     allocated: int  #: file size: the memory it holds, whether live or free
     spill_path: str = ""  #: its copy on disk once spilled (``path`` is a link)
     freed_at: float = 0.0  #: monotonic time it joined the free list
-
-
-def dumps_inline(obj: object) -> bytes:
-    """Pickle ``obj`` in-band (cloudpickle, protocol 5); :func:`load` reads it."""
-    return pickling.dumps(obj, protocol=5)
+    writer: str = ""  #: the writer (holder) that filled it last; "": the store
 
 
 def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
@@ -219,105 +192,6 @@ def load(payload: BlobRef | bytes | bytearray | memoryview) -> object:
         os.close(fd)
     view = memoryview(mapping)
     return pickle.loads(stream, buffers=[view[o : o + n] for o, n in payload.buffers])
-
-
-class _BlobSink(abc.ABC):
-    """Write path shared by the store and the writer: pick a file, write, retry."""
-
-    directory: str
-    fallback_directory: str
-    _memory_backed: bool | None = None
-
-    def serialize(
-        self, obj: object, threshold: int = INLINE_THRESHOLD
-    ) -> bytes | BlobRef:
-        """Pickle ``obj`` inline if it is small, else write it to shared memory.
-
-        Parameters
-        ----------
-        obj : object
-            Any value cloudpickle can serialize.
-        threshold : int
-            Values with fewer bytes (pickle plus buffers) are returned inline.
-
-        Returns
-        -------
-        bytes or BlobRef
-            Either way, :func:`load` reads it back.
-        """
-        header, buffers = _pickle(obj)
-        if len(header) + sum(b.nbytes for b in buffers) >= threshold:
-            return self._write_pickled(header, buffers)
-        # Without buffers the stream is already a whole pickle; with them, pickling
-        # again in-band is cheap at this size and keeps inline payloads plain.
-        return header if not buffers else dumps_inline(obj)
-
-    def _write_pickled(self, header: bytes, buffers: list[memoryview]) -> BlobRef:
-        spans, nbytes = _layout(len(header), buffers)
-        if nbytes >= _CHECK_MEMORY_FROM and self._is_memory_backed():
-            _check_fits_in_memory(nbytes)
-        # Attempt 0 may reuse a segment; after ENOSPC, 1 is fresh once the store
-        # gave back its free pool, and 2 goes to the disk fallback directory.
-        for attempt in range(3):
-            path, fd = self._open_target(nbytes, attempt)
-            try:
-                blob_id = _write_blob(fd, header, buffers, spans)
-                size = os.fstat(fd).st_size
-            except BaseException as exc:
-                self._on_failed(path, nbytes)
-                if not isinstance(exc, OSError) or exc.errno != errno.ENOSPC:
-                    raise
-                if attempt == 2:
-                    raise
-                self._on_full()
-                continue
-            finally:
-                os.close(fd)  # also drops the exclusive lock of a reused segment
-            ref = BlobRef(
-                segment=path,
-                blob_id=blob_id,
-                header=(_HEADER_OFFSET, len(header)),
-                buffers=spans,
-                nbytes=nbytes,
-            )
-            return self._on_written(ref, size)
-        raise AssertionError("unreachable")
-
-    def _fresh(self, name: str, attempt: int) -> tuple[str, int]:
-        directory = self.directory if attempt < 2 else self._fallback()
-        path = os.path.join(directory, name)
-        try:
-            return path, _create_file(path)
-        except FileExistsError:
-            # Only ours can be there (a private directory): a file an earlier
-            # process of the same pid left. Another name keeps the same prefix.
-            path = f"{path}.{secrets.token_hex(4)}"
-            return path, _create_file(path)
-
-    def _fallback(self) -> str:
-        # Only the store warns (also for a worker's fallback, seen on adopt):
-        # one warning for the cluster, not one per worker process.
-        return claim_directory(self.fallback_directory)
-
-    def _on_failed(self, path: str, nbytes: int) -> None:
-        """Writing a value into ``path`` failed: drop the file."""
-        _unlink_quietly([path])
-
-    def _is_memory_backed(self) -> bool:
-        backed = self._memory_backed
-        if backed is None:
-            backed = self._memory_backed = is_memory_backed(self.directory)
-        return backed
-
-    @abc.abstractmethod
-    def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
-        """A file for an ``nbytes`` blob, opened and locked: ``(path, fd)``."""
-
-    def _on_full(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """/dev/shm is full: the store gives back its free pool (writers can't)."""
-
-    def _on_written(self, ref: BlobRef, size: int) -> BlobRef:
-        return ref
 
 
 class BlobStore(_BlobSink):
@@ -410,6 +284,7 @@ class BlobStore(_BlobSink):
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._closed = False
+        self.maps = SegmentMaps()
         # path -> (blob_id, segment), least recently used first (see touch).
         self._live: dict[str, tuple[int, _Segment]] = {}
         #: path -> (holder, segment)
@@ -468,7 +343,7 @@ class BlobStore(_BlobSink):
                     break
                 self._remove_free(segment)
                 victims.append(segment.path)
-        _unlink_quietly(victims)
+        self._unlink(victims)
         return len(victims)
 
     def touch(self, ref: BlobRef) -> None:
@@ -511,7 +386,7 @@ class BlobStore(_BlobSink):
             if self._closed or not self._memory_backed or nbytes <= 0:
                 return 0
             pooled = self._free_bytes
-            _unlink_quietly(self._trim(max(0, pooled - nbytes)))
+            self._unlink(self._trim(max(0, pooled - nbytes)))
             freed = pooled - self._free_bytes
             if freed < nbytes and not self._spill_directory:
                 self._spill_directory = attach_directory(
@@ -544,6 +419,7 @@ class BlobStore(_BlobSink):
                     _unlink_quietly([copy])  # released, maybe reused, meanwhile
                     continue
                 link_to_copy(path, copy)
+                self.maps.drop([path])  # the tmpfs file is gone: its memory too
                 segment.spill_path = copy
                 self._live_memory_bytes -= segment.allocated
                 self.spilled_bytes += segment.allocated
@@ -602,10 +478,18 @@ class BlobStore(_BlobSink):
                 else:
                     self._add_free(segment)
                     victims = self._trim(self.max_free_bytes)
-        _unlink_quietly(victims)
+                    if self._keeper is not None and segment.allocated >= WARM_FROM:
+                        self._keeper.freed()
+        self._unlink(victims)
 
-    def adopt(self, ref: BlobRef) -> None:
+    def adopt(self, ref: BlobRef) -> bool:
         """Take ownership of a value a :class:`BlobWriter` wrote in another process.
+
+        Returns
+        -------
+        bool
+            Whether the value was written into a segment the store had leased
+            (the writer used up one of its leases).
 
         Raises
         ------
@@ -622,8 +506,12 @@ class BlobStore(_BlobSink):
                 segment = leased[1]
                 self._leased_bytes -= segment.allocated
                 segment.allocated = max(segment.allocated, ref.nbytes)
+                segment.writer = str(leased[0])
             elif self._is_ours(ref.segment):
                 segment = _Segment(ref.segment, _size_class(ref.nbytes), ref.nbytes)
+                # A writer's own file: <prefix><holder>.<n>
+                name = os.path.basename(ref.segment)[len(self.prefix) :]
+                segment.writer = name.split(".", 1)[0] if "." in name else ""
             else:
                 raise ValueError(f"not a segment of this store: {ref.segment}")
             self._live[ref.segment] = (ref.blob_id, segment)
@@ -631,18 +519,27 @@ class BlobStore(_BlobSink):
                 self._live_memory_bytes += segment.allocated
                 if self._keeper is not None and segment.allocated >= WARM_FROM:
                     self._keeper.busy()
-                return
+                return leased is not None
         # A worker found the directory full and wrote to the disk fallback.
         _warn_fallback(f"{self.directory} is full", self.fallback_directory)
+        return False
 
-    def lease(self, nbytes: int, holder: int | str) -> SegmentLease | None:
+    def lease(
+        self, nbytes: int, holder: int | str, *, own: bool = False
+    ) -> SegmentLease | None:
         """Hand a free segment for an ``nbytes`` value to the writer ``holder``
         (its owner: its process's pid unless the writer was given one).
+
+        With ``own``, only a segment that writer filled last: refilling a
+        producer's leases must not take the segments the store's own puts
+        (a ``scatter``) reuse, nor another worker's.
 
         Returns None when no free segment of that size class is reusable now.
         """
         with self._lock:
-            found = None if self._closed else self._take_free(_size_class(nbytes))
+            writer = str(holder) if own else None
+            capacity = _size_class(nbytes)
+            found = None if self._closed else self._take_free(capacity, writer)
             if found is None:
                 return None
             segment, fd = found
@@ -673,7 +570,7 @@ class BlobStore(_BlobSink):
         for directory in self._directories:
             entries = _scan(directory, f"{self.prefix}{holder}.")
             victims += [e.path for e in entries if e.name not in live]
-        _unlink_quietly(victims)
+        self._unlink(victims)
 
     def prewarm(self, nbytes: int, segment_size: int | None = None) -> int:
         """Fill the free list with pre-allocated segments, so puts skip page faults.
@@ -711,16 +608,44 @@ class BlobStore(_BlobSink):
                 finally:
                     os.close(fd)
             except OSError as exc:
-                _unlink_quietly([path])
+                self._unlink([path])
                 if exc.errno == errno.ENOSPC:
                     return created
                 raise
+            self.maps.map(path, capacity)  # and its page tables
             with self._lock:
                 if self._closed:
-                    _unlink_quietly([path])
+                    self._unlink([path])
                     return created
                 self._add_free(_Segment(path, capacity, capacity))
             created += 1
+
+    def map_free(self, min_bytes: int = WARM_FROM) -> int:
+        """Map the free segments of at least ``min_bytes`` not mapped yet, so
+        that the puts that reuse them copy into populated pages
+        (:mod:`~localsched.transport.segment_maps`); return how many.
+
+        Thread-safe; costs milliseconds per segment (run it in the background).
+        """
+        with self._lock:
+            todo = [
+                (segment.path, segment.allocated)
+                for segment in self._free_lru.values()
+                if segment.allocated >= min_bytes and segment.path not in self.maps
+            ]
+        mapped = 0
+        for path, length in todo:
+            if self._closed or not self.maps.map(path, length):
+                continue
+            with self._lock:
+                # Unlinked meanwhile (trimmed, released beyond the cap): that
+                # drop came before this mapping, so drop it here.
+                gone = path not in self._free_lru and path not in self._live
+            if gone:
+                self.maps.drop([path])
+            else:
+                mapped += 1
+        return mapped
 
     def close(self) -> None:
         """Remove the store's directories and every segment, adopted or not.
@@ -733,6 +658,7 @@ class BlobStore(_BlobSink):
             keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.stop()  # before the files go: it may be making one
+        self.maps.clear()  # a put copying now unmaps when it is done
         with self._lock:
             for table in (self._live, self._leased, self._free, self._free_lru):
                 table.clear()
@@ -767,12 +693,12 @@ class BlobStore(_BlobSink):
     def _on_full(self) -> None:
         with self._lock:  # memory the pool holds is the first to give back
             victims = self._trim(0)
-        _unlink_quietly(victims)
+        self._unlink(victims)
 
     def _on_written(self, ref: BlobRef, size: int) -> BlobRef:
         with self._lock:
             if self._closed:
-                _unlink_quietly([ref.segment])
+                self._unlink([ref.segment])
                 raise RuntimeError("BlobStore is closed")
             segment = _Segment(ref.segment, _size_class(ref.nbytes), size)
             self._live[ref.segment] = (ref.blob_id, segment)
@@ -786,15 +712,22 @@ class BlobStore(_BlobSink):
         _warn_fallback(f"{self.directory} is full", directory)
         return directory
 
-    def _take_free(self, capacity: int) -> tuple[_Segment, int] | None:
+    def _take_free(
+        self, capacity: int, writer: str | None = None
+    ) -> tuple[_Segment, int] | None:
+        """A free segment of the class, locked; if ``writer`` is not None, only
+        one that writer filled last."""
         bucket = self._free.get(capacity, {})
-        newest = itertools.islice(reversed(bucket.values()), _REUSE_ATTEMPTS)
+        candidates = reversed(bucket.values())
+        if writer is not None:
+            candidates = (s for s in candidates if s.writer == writer)
+        newest = itertools.islice(candidates, _REUSE_ATTEMPTS)
         for segment in list(newest):
             try:
                 fd = _lock_exclusive(segment.path)
             except OSError:  # gone, or unusable: never pooled again
                 self._remove_free(segment)
-                _unlink_quietly([segment.path])
+                self._unlink([segment.path])
                 continue
             if fd is not None:  # None: a reader still maps it; it stays for later
                 self._remove_free(segment)
@@ -850,113 +783,6 @@ class BlobStore(_BlobSink):
     def _is_ours(self, path: str) -> bool:
         directory, name = os.path.split(path)
         return name.startswith(self.prefix) and directory in self._directories
-
-
-class BlobWriter(_BlobSink):
-    """Writes values into shared memory in a worker process, for the store to adopt.
-
-    Picklable (leases stay behind): send ``store.writer()`` to a worker as it
-    starts. A value goes into a granted lease of its size class if one is free
-    (reused pages are faster), else into a fresh segment named
-    ``<store prefix><owner>.<n>``, the owner being the writing process's pid
-    unless one is given (workers that are threads of one process each need
-    their own: their names must not collide, nor one's reclaim take another's).
-    The worker owns it until the store adopts the ref (also a ref from
-    :meth:`serialize`); :meth:`BlobStore.reclaim` or
-    :meth:`BlobStore.close` unlink it if that never happens.
-
-    Parameters
-    ----------
-    prefix : str
-        :attr:`BlobStore.prefix` of the store.
-    directory : str
-        :attr:`BlobStore.directory` of the store.
-    fallback_directory : str, optional
-        :attr:`BlobStore.fallback_directory` of the store; default
-        ``directory`` (a full directory then fails the write with ``ENOSPC``).
-    owner : str, optional
-        Names its segments; default the pid of the process that writes.
-    """
-
-    def __init__(
-        self,
-        prefix: str,
-        directory: str,
-        fallback_directory: str | None = None,
-        owner: str | None = None,
-    ) -> None:
-        self.prefix = prefix
-        self.owner = owner
-        self.directory = directory
-        self.fallback_directory = fallback_directory or directory
-        self._lock = threading.Lock()
-        self._seq = itertools.count()
-        self._leases: dict[int, list[SegmentLease]] = {}
-        # Leased segments written lately, newest last: a value dropped before
-        # the store adopted it goes back to the leases, not to unlink().
-        self._written_leases: dict[str, SegmentLease] = {}
-
-    def __reduce__(
-        self,
-    ) -> tuple[type[BlobWriter], tuple[str, str, str, str | None]]:
-        return (
-            BlobWriter,
-            (self.prefix, self.directory, self.fallback_directory, self.owner),
-        )
-
-    def grant(self, lease: SegmentLease) -> None:
-        """Accept a segment from :meth:`BlobStore.lease` for a later :meth:`write`."""
-        with self._lock:
-            self._leases.setdefault(lease.capacity, []).append(lease)
-
-    def write(self, obj: object) -> BlobRef:
-        """Serialize ``obj`` into shared memory; the store must :meth:`adopt` the ref.
-
-        Returns
-        -------
-        BlobRef
-            Send it to the store's process for :meth:`BlobStore.adopt`.
-        """
-        return self._write_pickled(*_pickle(obj))
-
-    def discard(self, ref: BlobRef) -> None:
-        """Drop a value the store will never adopt (its task was forgotten).
-
-        A segment the store leased stays leased: it goes back to the leases for
-        the next value of its size, so the store's count of leased segments
-        stays true (unlinking it would leave the store counting a file that no
-        longer exists). A segment this writer made is unlinked. Call it for a
-        ref of this writer only.
-        """
-        self._on_failed(ref.segment, ref.nbytes)
-
-    def _on_failed(self, path: str, nbytes: int) -> None:
-        with self._lock:
-            lease = self._written_leases.pop(path, None)
-        if lease is None:
-            _unlink_quietly([path])  # made here: nobody else counts it
-        else:
-            self.grant(lease)  # still leased: the store counts it as such
-
-    def _open_target(self, nbytes: int, attempt: int) -> tuple[str, int]:
-        with self._lock:
-            leases = self._leases.get(_size_class(nbytes), []) if attempt == 0 else []
-            for lease in list(leases):
-                try:
-                    fd = _lock_exclusive(lease.segment)
-                except OSError:
-                    leases.remove(lease)  # the store closed or reclaimed it
-                    continue
-                if fd is not None:  # None: a stale reader holds it; keep for later
-                    leases.remove(lease)
-                    written = self._written_leases
-                    written.pop(lease.segment, None)
-                    written[lease.segment] = lease
-                    if len(written) > _WRITTEN_LEASES_KEPT:  # adopted long ago
-                        del written[next(iter(written))]
-                    return lease.segment, fd
-        owner = os.getpid() if self.owner is None else self.owner
-        return self._fresh(f"{self.prefix}{owner}.{next(self._seq)}", attempt)
 
 
 def _remove_directory(directory: str, owner_pid: int) -> None:

@@ -6,6 +6,7 @@ The keeper warms segments by recent use and unlinks idle ones
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import os
@@ -156,39 +157,61 @@ def test_content_hasher_is_xxh3_when_installed_and_blake2b_otherwise(monkeypatch
     assert fallback.hexdigest() == expected
 
 
-def test_a_large_scatter_is_hashed_while_written_to_the_same_key(monkeypatch):
+def test_a_large_scatter_is_hashed_as_it_is_written(monkeypatch):
     from localsched.client import graph
+    from localsched.transport import blob_sink
 
-    big = np.arange(graph.HASH_AHEAD_FROM // 8, dtype=np.float64)
-    expected = f"ndarray-{graph.hash_args('scatter', (big,), {})}"
-    hashed_in: list[str] = []
+    big = np.arange(graph.HASH_AS_WRITTEN_FROM // 8, dtype=np.float64)
+    hashed_after: list[object] = []
+    original = graph.hash_args
 
     def recording_hash_args(*args: object) -> str:
-        hashed_in.append(threading.current_thread().name)
+        hashed_after.append(args)
         return original(*args)
 
-    original = graph.hash_args
     monkeypatch.setattr(graph, "hash_args", recording_hash_args)
     with BlobStore() as store:
 
         def scatter(value: object) -> tuple[str, object]:
-            return graph.prepare_scatter(value, store.serialize, True).pairs[0]
+            key, ref = graph.prepare_scatter(value, store.serialize, True).pairs[0]
+            assert np.array_equal(load(ref), value)  # written whole
+            store.release(ref)
+            return key, ref
 
-        key, ref = scatter(big)
-        # Hashed once, in its thread, to the key the caller's thread would give.
-        assert hashed_in == ["localsched-scatter-hash"]
-        assert key == expected
-        again, other = scatter(big.copy())
+        key, _ = scatter(big)
+        assert not hashed_after  # no second pass: hashed while copied
+        # Same data, same key: written with pwrite, then through the pooled
+        # segment's mapping.
+        assert scatter(big.copy())[0] == key
+        assert store.map_free() >= 1
+        again, reused = scatter(big.copy())
         assert again == key
+        assert reused.segment in store.maps
         changed = big.copy()
         changed[-1] = -1
-        different, third = scatter(changed)
-        assert different != key
-        # Below the size: hashed after the write, in the caller's thread.
-        _, small = scatter(big[:100_000])
-        assert hashed_in[-1] == threading.current_thread().name
-        for payload in (ref, other, third, small):
-            store.release(payload)
+        assert scatter(changed)[0] != key
+        # The same bytes as another dtype or shape are another value.
+        assert scatter(big.view(np.int64))[0] != key
+        assert scatter(big.reshape(2, -1))[0] != key
+        # Below the size: hashed after the write.
+        small_key, _ = scatter(big[:100_000])
+        assert len(hashed_after) == 1
+        assert small_key == f"ndarray-{original('scatter', (big[:100_000],), {})}"
+
+        # A write retried after ENOSPC hashes from the start again.
+        real_write, calls = blob_sink._write_blob, []
+
+        def full_once(fd, header, buffers, spans, mapping=None, hasher=None):
+            calls.append(1)
+            if len(calls) == 1:
+                if hasher is not None:
+                    hasher.update(b"half a value")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, header, buffers, spans, mapping, hasher)
+
+        monkeypatch.setattr(blob_sink, "_write_blob", full_once)
+        assert scatter(big.copy())[0] == key
+        assert len(calls) == 2
 
 
 def test_warming_waits_until_large_writes_stop(monkeypatch):
