@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from localsched.scheduler.clients import client_releases_keys, key_erred
 from localsched.scheduler.commands import (
-    ComputeTask,
     FreeData,
     FreeKeys,
-    KeyCancelled,
-    KeyInMemory,
     KeyLost,
     KeyRetried,
+    compute_task,
+    free_keys,
+    key_cancelled,
+    key_in_memory,
 )
 from localsched.scheduler.placement import (
     add_replica,
@@ -199,18 +200,16 @@ def add_to_processing(
     if state.stealing.enabled:
         add_candidate(state, ts, ws)
     state._commands.append(
-        ComputeTask(
-            stimulus_id=stimulus_id,
-            worker=ws.address,
-            key=ts.key,
-            run_spec=ts.run_spec,
-            priority=ts.priority,
-            dependencies=(
-                tuple([dts.key for dts in dependencies]) if dependencies else ()
-            ),
-            resource_restrictions=resource_restrictions,
-            annotations=ts.annotations,
-            run_id=run_id,
+        compute_task(
+            stimulus_id,
+            ws.address,
+            ts.key,
+            ts.run_spec,
+            ts.priority,
+            tuple([dts.key for dts in dependencies]) if dependencies else (),
+            resource_restrictions,
+            ts.annotations,
+            run_id,
         )
     )
     return {}
@@ -398,14 +397,7 @@ def _add_to_memory(
     else:
         commands = state._commands
         for cs in who_wants:
-            commands.append(
-                KeyInMemory(
-                    stimulus_id=stimulus_id,
-                    client=cs.client_key,
-                    key=ts.key,
-                    type=typename,
-                )
-            )
+            commands.append(key_in_memory(stimulus_id, cs.client_key, ts.key, typename))
     faf = state.clients.get("fire-and-forget")
     if faf is not None and faf.wants_what and ts in faf.wants_what:
         client_releases_keys(state, (ts.key,), faf, recs)
@@ -619,9 +611,7 @@ def _transition_processing_released(
 ) -> Recs:
     ws = exit_processing_common(state, ts)
     if ws is not None:
-        state._commands.append(
-            FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,))
-        )
+        state._commands.append(free_keys(stimulus_id, ws.address, (ts.key,)))
     recs: Recs = {}
     _propagate_released(state, ts, recs)
     return recs
@@ -655,9 +645,7 @@ def _transition_memory_released(
         commands = state._commands
         nbytes = ts.get_nbytes()
         for ws in who_has:
-            commands.append(
-                FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(key,))
-            )
+            commands.append(free_keys(stimulus_id, ws.address, (key,)))
             # remove_all_replicas, inlined
             del ws.has_what[ts]
             ws.nbytes -= nbytes
@@ -747,9 +735,7 @@ def _propagate_forgotten(
         nbytes = ts.get_nbytes()
         for ws in who_has:
             if ws.status != "closed":
-                state._commands.append(
-                    FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,))
-                )
+                state._commands.append(free_keys(stimulus_id, ws.address, (ts.key,)))
             # remove_all_replicas, inlined (this runs once per task)
             del ws.has_what[ts]
             ws.nbytes -= nbytes
@@ -765,12 +751,7 @@ def _remove_key(state: SchedulerState, ts: TaskState, stimulus_id: str) -> None:
     for cs in ts.who_wants:
         cs.wants_what.discard(ts)
         state._commands.append(
-            KeyCancelled(
-                stimulus_id=stimulus_id,
-                client=cs.client_key,
-                key=ts.key,
-                reason="forgotten",
-            )
+            key_cancelled(stimulus_id, cs.client_key, ts.key, "forgotten")
         )
     ts.who_wants = EMPTY_SET
     # Nothing holds its ``alone`` any more: break the reference cycle, so
