@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from localsched.errors import InvalidTransition
+from localsched.scheduler.placement import decide_worker_rootish_queuing_enabled
 from localsched.scheduler.tasks import (
     EMPTY_SET,
     Key,
@@ -36,9 +37,11 @@ from localsched.scheduler.tasks import (
     recommended_keys,
 )
 from localsched.scheduler.transitions import (
+    TRANSITIONS_FROM,
     TRANSITIONS_TABLE,
     Recs,
     TransitionFunc,
+    add_to_processing,
 )
 
 if TYPE_CHECKING:
@@ -165,7 +168,7 @@ def run_transitions(
     # Copy: the caller's dict is not ours to empty.
     recommendations = dict(recommendations)
     tasks = state.tasks
-    table = TRANSITIONS_TABLE
+    table = TRANSITIONS_FROM
     log = state.transition_log
     # Transition functions run no plugin code: without a hook now, none
     # appears during this loop (a hook may add one: then check each time).
@@ -182,7 +185,7 @@ def run_transitions(
             start = ts.state
             if start == finish:
                 break
-            func = table.get((start, finish))
+            func = table[start].get(finish)
             if func is None or observed:
                 new = transition(state, key, finish, stimulus_id)
                 observed = (
@@ -243,7 +246,19 @@ def queue_slots_maybe_opened(state: SchedulerState, stimulus_id: str) -> None:
     if slots == 1:
         # The common case: one task finished, one slot opened. What
         # ``run_transitions`` would do with this one recommendation.
-        recs = transition(state, state.queued.peek().key, "processing", stimulus_id)
+        if state.transition_hook is not None or state.transition_counter_max:
+            recs = transition(state, state.queued.peek().key, "processing", stimulus_id)
+        else:
+            # queued->processing through ``transition``'s fast path, inlined:
+            # a worker has a free slot (``idle_task_count`` is not empty), so
+            # the placement cannot fail, and the top task leaves the queue at
+            # once (``pop``: no tombstone left for the next peek to skip).
+            ws = decide_worker_rootish_queuing_enabled(state)
+            assert ws is not None
+            ts = state.queued.pop()
+            state.transition_counter += 1
+            recs = add_to_processing(state, ts, ws, stimulus_id)
+            record_transition(state, ts, "queued", recs, stimulus_id)
         if recs:
             run_transitions(state, recs, stimulus_id)
         return

@@ -42,6 +42,7 @@ from localsched.scheduler.placement import (
 )
 from localsched.scheduler.stealing import add_candidate
 from localsched.scheduler.tasks import (
+    ALL_TASK_STATES,
     EMPTY_SET,
     Key,
     TaskState,
@@ -791,3 +792,12 @@ TRANSITIONS_TABLE: dict[tuple[str, str], TransitionFunc] = {
     ("memory", "released"): _transition_memory_released,
     ("released", "erred"): _transition_released_erred,
 }
+
+#: The same edges by start state, then finish state, for the engine's loop:
+#: two lookups of interned strings cost less than building and hashing a
+#: ``(start, finish)`` tuple per transition. Every state has an entry.
+TRANSITIONS_FROM: dict[str, dict[str, TransitionFunc]] = {
+    name: {} for name in ALL_TASK_STATES
+}
+for (_start, _finish), _func in TRANSITIONS_TABLE.items():
+    TRANSITIONS_FROM[_start][_finish] = _func
