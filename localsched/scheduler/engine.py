@@ -90,12 +90,19 @@ def record_transition(
         states = ts.group.states
         states[start] -= 1
         states[actual] += 1
-    # TransitionLog.record, inlined (one flat tuple of atoms).
-    state.transition_log.append(
-        (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
-        if recs
-        else (ts.key, start, actual, stimulus_id, state.now)
-    )
+    # TransitionLog.record, inlined (one flat tuple of atoms, built directly
+    # for no or one follow-up, as in ``run_transitions``).
+    if not recs:
+        state.transition_log.append((ts.key, start, actual, stimulus_id, state.now))
+    elif len(recs) == 1:
+        ((next_key, next_finish),) = recs.items()
+        state.transition_log.append(
+            (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
+        )
+    else:
+        state.transition_log.append(
+            (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
+        )
     if actual == "forgotten":
         forget_group_member(state, ts)
 
@@ -191,32 +198,45 @@ def run_transitions(
                 observed = (
                     state.transition_hook is not None or state.transition_counter_max
                 )
-            else:
-                # ``transition``'s fast path and ``record_transition``, inlined:
-                # a call per transition is a measurable part of the engine's
-                # cost. Keep the three in step.
-                state.transition_counter += 1
-                new = func(state, ts, stimulus_id)
-                actual = ts.state
-                if actual != start:
-                    states = ts.group.states
-                    states[start] -= 1
-                    states[actual] += 1
-                log.append(
-                    (key, start, actual, stimulus_id, state.now, *new, *new.values())
-                    if new
-                    else (key, start, actual, stimulus_id, state.now)
-                )
+                if not new:
+                    break
+                if len(new) == 1:
+                    ((key, finish),) = new.items()
+                    if key not in recommendations:
+                        continue
+                recommendations.update(new)
+                break
+            # ``transition``'s fast path and ``record_transition``, inlined: a
+            # call per transition is a measurable part of the engine's cost.
+            # Keep the three in step.
+            state.transition_counter += 1
+            new = func(state, ts, stimulus_id)
+            actual = ts.state
+            if actual != start:
+                states = ts.group.states
+                states[start] -= 1
+                states[actual] += 1
                 if actual == "forgotten":
                     group = ts.group
                     if group.states["forgotten"] == group.n_tasks:
                         forget_group_member(state, ts)
+            # The log entry is a flat tuple (``TransitionLog``), built directly
+            # for no or one follow-up (the usual cases): star-unpacking goes
+            # through a list.
             if not new:
+                log.append((key, start, actual, stimulus_id, state.now))
                 break
             if len(new) == 1:
+                done = key
                 ((key, finish),) = new.items()
+                log.append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
+                recommendations[key] = finish
+                break
+            log.append(
+                (key, start, actual, stimulus_id, state.now, *new, *new.values())
+            )
             recommendations.update(new)
             break
 

@@ -104,7 +104,7 @@ def is_rootish(state: SchedulerState, ts: TaskState) -> bool:
     if ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions:
         return False
     tg = ts.group
-    if len(tg) <= 2 * state.total_nthreads:
+    if tg.n_tasks <= 2 * state.total_nthreads:  # len(tg), without its call
         return False
     deps = tg.dependencies
     if len(deps) >= state.rootish_taskgroup:
