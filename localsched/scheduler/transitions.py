@@ -11,6 +11,7 @@ Semantics follow dask.distributed's scheduler (see ``shared/scheduler-notes.md``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from math import isinf as _isinf
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,6 @@ from localsched.scheduler.placement import (
     get_comm_cost,
     get_prefix_duration,
     is_rootish,
-    queuing_enabled,
     realign_unknown,
     set_nbytes,
     update_extra_slots,
@@ -68,6 +68,11 @@ def _transition_released_waiting(
 ) -> Recs:
     if ts.has_lost_dependencies:
         return {ts.key: "forgotten"}
+    if not ts.dependencies and not ts.dependents and not ts.waiting_on:
+        # A lone task (a map's): nothing to wait on, no one waiting.
+        ts.state = "waiting"
+        ts.waiters = EMPTY_SET
+        return {ts.key: "processing"}
     recs: Recs = {}
     for dts in ts.dependencies:
         if dts.exception_blame is not None:
@@ -109,7 +114,7 @@ def _transition_waiting_processing(
     state: SchedulerState, ts: TaskState, stimulus_id: str
 ) -> Recs:
     if is_rootish(state, ts):
-        if queuing_enabled(state):
+        if not _isinf(state.worker_saturation):  # queuing_enabled, inlined
             ws = decide_worker_rootish_queuing_enabled(state)
             if ws is None:
                 return {ts.key: "queued"}
@@ -262,8 +267,20 @@ def exit_processing_common(state: SchedulerState, ts: TaskState) -> WorkerState 
         if unknown is not None:
             unknown.discard(ts)
     stealing = state.stealing
-    if stealing.enabled and (stealing.stealable or stealing.in_flight):
-        stealing.discard(ts, ws)
+    if stealing.enabled:
+        # WorkStealing.discard, inlined (this runs once per task): one hash
+        # of the task per structure, and none for an empty one.
+        stealable = stealing.stealable
+        if stealable:
+            per_worker = stealable.get(ws)
+            if per_worker is not None:
+                per_worker.pop(ts, None)
+                if not per_worker:
+                    del stealable[ws]
+        if stealing.in_flight:
+            request = stealing.in_flight.pop(ts, None)
+            if request is not None:
+                stealing.undo_in_flight(ts, request[0], request[1])
     if ws.status == "closed":
         return None
     check_idle_saturated(state, ws)
@@ -362,7 +379,7 @@ def _add_to_memory(
         # the set it stands for (tasks.py, ``with_link``).
         ts.who_has = ws.alone  # type: ignore[assignment]
         ws.has_what[ts] = None
-        ws.nbytes += ts.get_nbytes()
+        ws.nbytes += nbytes if nbytes >= 0 else ts.get_nbytes()
     else:
         if nbytes >= 0:
             set_nbytes(state, ts, nbytes)
