@@ -273,11 +273,11 @@ def queue_slots_maybe_opened(state: SchedulerState, stimulus_id: str) -> None:
             # a worker has a free slot (``idle_task_count`` is not empty), so
             # the placement cannot fail, and the top task leaves the queue at
             # once (``pop``: no tombstone left for the next peek to skip).
-            ws = decide_worker_rootish_queuing_enabled(state)
-            assert ws is not None
+            target = decide_worker_rootish_queuing_enabled(state)
+            assert target is not None
             ts = state.queued.pop()
             state.transition_counter += 1
-            recs = add_to_processing(state, ts, ws, stimulus_id)
+            recs = add_to_processing(state, ts, target, stimulus_id)
             record_transition(state, ts, "queued", recs, stimulus_id)
         if recs:
             run_transitions(state, recs, stimulus_id)

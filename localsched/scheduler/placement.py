@@ -10,6 +10,8 @@ estimates that change are re-aligned lazily (see ``realign_occupancy``).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import sys
 from collections.abc import Iterable
@@ -158,23 +160,71 @@ def update_extra_slots(state: SchedulerState, prefix: TaskPrefix) -> None:
             check_idle_saturated(state, ws)
 
 
+#: Pools of idle workers up to this size are scanned; larger ones are kept
+#: in a heap (``state.idle_heap``). A scan of a few workers costs less than
+#: keeping a heap up to date twice per task; past a few dozen, the scan's
+#: O(workers) per task placed is what grows (``bench_core.py --scaling``).
+IDLE_HEAP_FROM = 16
+
+#: Numbers the heap's entries: a worker can have several with one load (it
+#: is re-classified without a change), and workers do not compare.
+_pushes = itertools.count()
+
+
 def decide_worker_rootish_queuing_enabled(
     state: SchedulerState,
 ) -> WorkerState | None:
-    """The least busy worker with a free slot, or None to stay queued."""
+    """The least busy worker with a free slot, or None to stay queued.
+
+    The fewest processing tasks per thread; ties go to the lowest address
+    (dask takes the first in its set's order, which its string hashes make
+    arbitrary; a fixed order gives the same choice whichever way it is found).
+    """
     pool = state.idle_task_count
     if not pool:
         return None
-    # The fewest processing tasks per thread; ties to the first in iteration
-    # order, as min() gives (a loop: no Python key call per worker).
+    if len(pool) > IDLE_HEAP_FROM:
+        return _least_busy_from_heap(state, pool)
+    state.idle_heap = None  # small again: scanning is cheaper
+    # A loop, not min(): no Python key call per worker.
     best = None
     best_load = math.inf
     for ws in pool:
         load = len(ws.processing) / ws.nthreads
-        if load < best_load:
+        if load < best_load or (
+            load == best_load
+            and best is not None  # always true here; for the type checker
+            and ws.address < best.address
+        ):
             best = ws
             best_load = load
     return best
+
+
+def _least_busy_from_heap(state: SchedulerState, pool: set[WorkerState]) -> WorkerState:
+    """``decide_worker_rootish_queuing_enabled``'s choice in O(log workers).
+
+    The heap holds ``(load, address, push number, worker)`` entries, pushed by
+    ``check_idle_saturated`` each time a worker is left with a free slot
+    while the heap is kept. An entry is current while its worker is in the
+    pool at that load; stale ones are dropped when they reach the top. Every
+    change of a worker's load or slots goes through ``check_idle_saturated``,
+    so each worker of the pool has a current entry, and the top current
+    entry is the scan's answer. Rebuilt from the pool when first needed and
+    when stale entries outnumber the pool.
+    """
+    heap = state.idle_heap
+    if heap is None or len(heap) > 4 * len(pool) + 64:
+        heap = state.idle_heap = [
+            (len(ws.processing) / ws.nthreads, ws.address, next(_pushes), ws)
+            for ws in pool
+        ]
+        heapq.heapify(heap)
+    while True:
+        load, _, _, ws = heap[0]
+        if ws in pool and len(ws.processing) / ws.nthreads == load:
+            return ws
+        heapq.heappop(heap)
 
 
 def decide_worker_rootish_queuing_disabled(
@@ -341,6 +391,8 @@ def check_idle_saturated(
     saturation = state.worker_saturation
     if _isinf(saturation):
         state.idle_task_count.add(ws)
+        if state.idle_heap is not None:
+            _push_idle(state, ws, p / nthreads)
         return
     base = _ceil(saturation * nthreads)
     if base < 1:
@@ -348,8 +400,24 @@ def check_idle_saturated(
     running_tasks = p - len(ws.long_running) if ws.long_running else p
     if base + state.extra_slots_per_thread * nthreads > running_tasks:
         state.idle_task_count.add(ws)
+        if state.idle_heap is not None:
+            _push_idle(state, ws, p / nthreads)
     else:
         state.idle_task_count.discard(ws)
+
+
+def _push_idle(state: SchedulerState, ws: WorkerState, load: float) -> None:
+    """``ws`` has a free slot at ``load``: its current entry in the heap.
+
+    Drops the heap instead when stale entries pile up (no placement has
+    popped them for a while); the next large pool rebuilds it.
+    """
+    heap = state.idle_heap
+    assert heap is not None
+    if len(heap) > 4 * len(state.idle_task_count) + 64:
+        state.idle_heap = None
+    else:
+        heapq.heappush(heap, (load, ws.address, next(_pushes), ws))
 
 
 # -- replicas -----------------------------------------------------------------
