@@ -69,10 +69,14 @@ def get_comm_cost(state: SchedulerState, ts: TaskState, ws: WorkerState) -> floa
     shared = 0
     for dts in ts.dependencies:
         if dts not in has_what:
+            # get_nbytes(), inlined (this runs per dependency and candidate).
+            nbytes = dts.nbytes
+            if nbytes < 0:
+                nbytes = 1024
             if dts.shared:
-                shared += dts.get_nbytes()
+                shared += nbytes
             else:
-                transfer += dts.get_nbytes()
+                transfer += nbytes
     return transfer / state.bandwidth + shared / state.shm_bandwidth
 
 

@@ -401,7 +401,11 @@ def _add_to_memory(
     for dts in ts.dependencies:
         waiters = dts.waiters
         if waiters:
-            waiters = dts.waiters = without_link(waiters, ts)
+            # without_link, inlined (per dependency of every result).
+            if type(waiters) is set:
+                waiters.discard(ts)
+            elif ts in waiters:
+                waiters = dts.waiters = EMPTY_SET
         if not waiters and not dts.who_wants:
             recs[dts.key] = "released"
     ts.state = "memory"
