@@ -87,7 +87,10 @@ def deps_nbytes(state: SchedulerState, ts: TaskState) -> int:
 def worker_objective(
     state: SchedulerState, ts: TaskState, ws: WorkerState
 ) -> tuple[float, int]:
-    """Estimated start time of ``ts`` on ``ws``; ties go to fewer stored bytes."""
+    """Estimated start time of ``ts`` on ``ws``; ties go to fewer stored bytes.
+
+    ``decide_worker`` computes the same in its loop: keep the two in step.
+    """
     stack_time = ws.occupancy / ws.nthreads
     start_time = stack_time + get_comm_cost(state, ts, ws)
     return (start_time, ws.nbytes)
@@ -118,7 +121,11 @@ def is_rootish(state: SchedulerState, ts: TaskState) -> bool:
     if not deps:
         # The usual root: no generator to sum over nothing.
         return state.rootish_taskgroup_dependencies > 0
-    return sum(len(dg) for dg in deps) < state.rootish_taskgroup_dependencies
+    # sum(len(dg) for dg in deps), without a generator and a call per group.
+    total = 0
+    for dg in deps:
+        total += dg.n_tasks
+    return total < state.rootish_taskgroup_dependencies
 
 
 def task_slots_available(state: SchedulerState, ws: WorkerState) -> int:
@@ -352,11 +359,20 @@ def decide_worker(
         return None
     if len(candidates) == 1:
         return next(iter(candidates))
-
-    def objective(ws: WorkerState) -> tuple[float, int]:
-        return worker_objective(state, ts, ws)
-
-    return min(candidates, key=objective)
+    # min(candidates, key=worker_objective), as a loop: no closure and no
+    # Python key call per candidate. A strict ``<`` keeps min()'s choice
+    # among equals (the first in iteration order).
+    best = None
+    best_objective = (math.inf, 0)
+    for ws in candidates:
+        objective = (
+            ws.occupancy / ws.nthreads + get_comm_cost(state, ts, ws),
+            ws.nbytes,
+        )
+        if best is None or objective < best_objective:
+            best = ws
+            best_objective = objective
+    return best
 
 
 # -- idle / saturated -------------------------------------------------------
