@@ -167,8 +167,15 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
                         "the graph nor known to the scheduler"
                     )
                 validate_key(dep)
+                grandchildren = deps.get(dep)
+                if not grandchildren:
+                    # A leaf: done at once, in the order its pop would give,
+                    # without a stack entry and an iterator (most tasks).
+                    color[dep] = 2
+                    order.append(dep)
+                    continue
                 color[dep] = 1
-                stack.append((dep, iter(deps.get(dep, ()))))
+                stack.append((dep, iter(grandchildren)))
                 advanced = True
                 break
             if not advanced:
