@@ -17,6 +17,7 @@ and the best run (by whole-run CPU) is kept.
     python benchmarks/bench_core.py --full     # also 1M (flatness check)
     python benchmarks/bench_core.py --profile  # cProfile of the 100k map
     python benchmarks/bench_core.py --scaling  # 8, 64, 256 workers x 1..32 threads
+    python benchmarks/bench_core.py --phases   # CPU in core by event type
 
 ``--scaling`` runs both workloads at ``--size`` tasks (100k by default) for every
 pair of ``--workers`` and ``--threads``, and prints the CPU per task in the core
@@ -41,19 +42,30 @@ THREADS = 1
 BATCH = 1000
 #: (workers, threads per worker) of the next ``_Core``s; ``--scaling`` sets it.
 _shape = [N_WORKERS, THREADS]
+#: The ``_Core`` of the latest run (``--phases`` reads its split).
+_last: list[_Core] = []
 
 
 class _Core:
-    """The state under test; counts the CPU time spent inside ``handle``."""
+    """The state under test; counts the CPU time spent inside ``handle``.
+
+    ``phases`` splits it by the type of the first event handled (submission,
+    results, release).
+    """
 
     def __init__(self) -> None:
         self.state = _new_state()
         self.cpu = 0.0
+        self.phases: dict[str, float] = {}
+        _last[:] = [self]
 
     def handle(self, *events: ev.StateEvent) -> list[object]:
         start = time.process_time()
         commands = self.state.handle(*events)
-        self.cpu += time.process_time() - start
+        spent = time.process_time() - start
+        self.cpu += spent
+        phase = type(events[0]).__name__
+        self.phases[phase] = self.phases.get(phase, 0.0) + spent
         return commands  # type: ignore[return-value]
 
 
@@ -161,13 +173,26 @@ def bench_map_reduce(n_leaves: int, fan_in: int = 8) -> Timing:
     return elapsed, state.cpu, wall, len(tasks)
 
 
-def _report(name: str, func: Callable[[int], Timing], n: int, repeat: int) -> None:
+def _report(
+    name: str, func: Callable[[int], Timing], n: int, repeat: int, phases: bool
+) -> None:
     func(min(n, 2000))  # warm up
-    cpu, core, wall, ntasks = min(func(n) for _ in range(repeat))
+    # The tuple is built left to right: the run first, then its core's split.
+    runs = [(func(n), _last[0].phases) for _ in range(repeat)]
+    (cpu, core, wall, ntasks), split = min(runs, key=lambda run: run[0])
     print(
         f"{name:<22} {ntasks:>9,} tasks  CPU {cpu / ntasks * 1e6:5.1f} us/task"
         f"  (in core {core / ntasks * 1e6:5.1f}, wall {wall / ntasks * 1e6:5.1f})"
     )
+    if phases:
+        # By the first event of each ``handle`` call: the submission
+        # (UpdateGraph), the results (TaskFinished) and the release.
+        print(
+            " " * 24
+            + ", ".join(
+                f"{phase} {spent / ntasks * 1e6:.1f}" for phase, spent in split.items()
+            )
+        )
 
 
 def scaling(workers: list[int], threads: list[int], size: int, repeat: int) -> None:
@@ -202,6 +227,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--size", type=int, default=100_000, help="tasks (--scaling)")
+    parser.add_argument(
+        "--phases", action="store_true", help="split the core's CPU by event type"
+    )
     args = parser.parse_args()
     if args.scaling:
         scaling(args.workers, args.threads, args.size, args.repeat)
@@ -216,9 +244,15 @@ def main() -> None:
     sizes = [10_000, 100_000] + ([1_000_000] if args.full else [])
     print(f"scheduler core, {N_WORKERS} simulated workers x {THREADS} thread(s)")
     for n in sizes:
-        _report("independent (map)", bench_independent, n, args.repeat)
+        _report("independent (map)", bench_independent, n, args.repeat, args.phases)
     for n in sizes:
-        _report("map + tree reduction", bench_map_reduce, int(n * 7 / 8), args.repeat)
+        _report(
+            "map + tree reduction",
+            bench_map_reduce,
+            int(n * 7 / 8),
+            args.repeat,
+            args.phases,
+        )
 
 
 if __name__ == "__main__":

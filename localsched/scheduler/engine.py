@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from localsched.errors import InvalidTransition
+from localsched.scheduler.placement import decide_worker_rootish_queuing_enabled
 from localsched.scheduler.tasks import (
     EMPTY_SET,
     Key,
@@ -36,9 +37,11 @@ from localsched.scheduler.tasks import (
     recommended_keys,
 )
 from localsched.scheduler.transitions import (
+    TRANSITIONS_FROM,
     TRANSITIONS_TABLE,
     Recs,
     TransitionFunc,
+    add_to_processing,
 )
 
 if TYPE_CHECKING:
@@ -87,12 +90,19 @@ def record_transition(
         states = ts.group.states
         states[start] -= 1
         states[actual] += 1
-    # TransitionLog.record, inlined (one flat tuple of atoms).
-    state.transition_log.append(
-        (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
-        if recs
-        else (ts.key, start, actual, stimulus_id, state.now)
-    )
+    # TransitionLog.record, inlined (one flat tuple of atoms, built directly
+    # for no or one follow-up, as in ``run_transitions``).
+    if not recs:
+        state.transition_log.append((ts.key, start, actual, stimulus_id, state.now))
+    elif len(recs) == 1:
+        ((next_key, next_finish),) = recs.items()
+        state.transition_log.append(
+            (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
+        )
+    else:
+        state.transition_log.append(
+            (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
+        )
     if actual == "forgotten":
         forget_group_member(state, ts)
 
@@ -165,7 +175,7 @@ def run_transitions(
     # Copy: the caller's dict is not ours to empty.
     recommendations = dict(recommendations)
     tasks = state.tasks
-    table = TRANSITIONS_TABLE
+    table = TRANSITIONS_FROM
     log = state.transition_log
     # Transition functions run no plugin code: without a hook now, none
     # appears during this loop (a hook may add one: then check each time).
@@ -182,38 +192,51 @@ def run_transitions(
             start = ts.state
             if start == finish:
                 break
-            func = table.get((start, finish))
+            func = table[start].get(finish)
             if func is None or observed:
                 new = transition(state, key, finish, stimulus_id)
                 observed = (
                     state.transition_hook is not None or state.transition_counter_max
                 )
-            else:
-                # ``transition``'s fast path and ``record_transition``, inlined:
-                # a call per transition is a measurable part of the engine's
-                # cost. Keep the three in step.
-                state.transition_counter += 1
-                new = func(state, ts, stimulus_id)
-                actual = ts.state
-                if actual != start:
-                    states = ts.group.states
-                    states[start] -= 1
-                    states[actual] += 1
-                log.append(
-                    (key, start, actual, stimulus_id, state.now, *new, *new.values())
-                    if new
-                    else (key, start, actual, stimulus_id, state.now)
-                )
+                if not new:
+                    break
+                if len(new) == 1:
+                    ((key, finish),) = new.items()
+                    if key not in recommendations:
+                        continue
+                recommendations.update(new)
+                break
+            # ``transition``'s fast path and ``record_transition``, inlined: a
+            # call per transition is a measurable part of the engine's cost.
+            # Keep the three in step.
+            state.transition_counter += 1
+            new = func(state, ts, stimulus_id)
+            actual = ts.state
+            if actual != start:
+                states = ts.group.states
+                states[start] -= 1
+                states[actual] += 1
                 if actual == "forgotten":
                     group = ts.group
                     if group.states["forgotten"] == group.n_tasks:
                         forget_group_member(state, ts)
+            # The log entry is a flat tuple (``TransitionLog``), built directly
+            # for no or one follow-up (the usual cases): star-unpacking goes
+            # through a list.
             if not new:
+                log.append((key, start, actual, stimulus_id, state.now))
                 break
             if len(new) == 1:
+                done = key
                 ((key, finish),) = new.items()
+                log.append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
+                recommendations[key] = finish
+                break
+            log.append(
+                (key, start, actual, stimulus_id, state.now, *new, *new.values())
+            )
             recommendations.update(new)
             break
 
@@ -243,7 +266,19 @@ def queue_slots_maybe_opened(state: SchedulerState, stimulus_id: str) -> None:
     if slots == 1:
         # The common case: one task finished, one slot opened. What
         # ``run_transitions`` would do with this one recommendation.
-        recs = transition(state, state.queued.peek().key, "processing", stimulus_id)
+        if state.transition_hook is not None or state.transition_counter_max:
+            recs = transition(state, state.queued.peek().key, "processing", stimulus_id)
+        else:
+            # queued->processing through ``transition``'s fast path, inlined:
+            # a worker has a free slot (``idle_task_count`` is not empty), so
+            # the placement cannot fail, and the top task leaves the queue at
+            # once (``pop``: no tombstone left for the next peek to skip).
+            target = decide_worker_rootish_queuing_enabled(state)
+            assert target is not None
+            ts = state.queued.pop()
+            state.transition_counter += 1
+            recs = add_to_processing(state, ts, target, stimulus_id)
+            record_transition(state, ts, "queued", recs, stimulus_id)
         if recs:
             run_transitions(state, recs, stimulus_id)
         return

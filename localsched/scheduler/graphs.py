@@ -20,7 +20,7 @@ from localsched.scheduler.clients import ensure_client, report_on_key
 from localsched.scheduler.commands import GraphRejected, KeyCancelled
 from localsched.scheduler.engine import new_task, notify, run_transitions
 from localsched.scheduler.events import validate_key
-from localsched.scheduler.tasks import Key, TaskState, link_client, with_link
+from localsched.scheduler.tasks import Key, TaskState, with_link
 
 if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
@@ -77,10 +77,15 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
         ts = state.tasks.get(key)
         if ts is not None:
             ts.actor = True
+    wants_what = cs.wants_what
     for key in event.keys:
         ts = state.tasks[key]
-        if ts not in cs.wants_what:
-            link_client(cs, ts)
+        # link_client, with one hash of the task (a Python-level call), not
+        # two (``in`` then ``add``): the set grows iff the task is new to it.
+        n = len(wants_what)
+        wants_what.add(ts)
+        if len(wants_what) != n:
+            ts.who_wants = with_link(ts.who_wants, cs)
     if state.hooks is not None:
         # Built only when someone listens: it costs a set per new task.
         notify(
@@ -162,8 +167,15 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
                         "the graph nor known to the scheduler"
                     )
                 validate_key(dep)
+                grandchildren = deps.get(dep)
+                if not grandchildren:
+                    # A leaf: done at once, in the order its pop would give,
+                    # without a stack entry and an iterator (most tasks).
+                    color[dep] = 2
+                    order.append(dep)
+                    continue
                 color[dep] = 1
-                stack.append((dep, iter(deps.get(dep, ()))))
+                stack.append((dep, iter(grandchildren)))
                 advanced = True
                 break
             if not advanced:

@@ -130,11 +130,24 @@ class HeapSet:
         return ts
 
     def pop(self) -> TaskState:
-        if self._live_top() is None:
-            raise KeyError("pop from empty set")
-        ts = self._pop_top()
-        del self._tasks[ts.key]
-        return ts
+        # _live_top then _pop_top, in one pass: this runs once per task
+        # handed out, and each entry is looked up once, not twice.
+        tasks = self._tasks
+        owners = self._owners
+        run = self._run
+        heap = self._heap
+        while True:
+            if run and not (heap and heap[0] < run[0]):
+                entry = run.popleft()
+            elif heap:
+                entry = heapq.heappop(heap)
+            else:
+                raise KeyError("pop from empty set")
+            ts = owners.pop(entry[1])
+            key = ts.key
+            if tasks.get(key) is ts:
+                del tasks[key]
+                return ts
 
     def peekn(self, n: int) -> list[TaskState]:
         """The ``n`` highest-priority tasks, best first, without removing them.

@@ -10,6 +10,8 @@ estimates that change are re-aligned lazily (see ``realign_occupancy``).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import sys
 from collections.abc import Iterable
@@ -67,10 +69,14 @@ def get_comm_cost(state: SchedulerState, ts: TaskState, ws: WorkerState) -> floa
     shared = 0
     for dts in ts.dependencies:
         if dts not in has_what:
+            # get_nbytes(), inlined (this runs per dependency and candidate).
+            nbytes = dts.nbytes
+            if nbytes < 0:
+                nbytes = 1024
             if dts.shared:
-                shared += dts.get_nbytes()
+                shared += nbytes
             else:
-                transfer += dts.get_nbytes()
+                transfer += nbytes
     return transfer / state.bandwidth + shared / state.shm_bandwidth
 
 
@@ -81,7 +87,10 @@ def deps_nbytes(state: SchedulerState, ts: TaskState) -> int:
 def worker_objective(
     state: SchedulerState, ts: TaskState, ws: WorkerState
 ) -> tuple[float, int]:
-    """Estimated start time of ``ts`` on ``ws``; ties go to fewer stored bytes."""
+    """Estimated start time of ``ts`` on ``ws``; ties go to fewer stored bytes.
+
+    ``decide_worker`` computes the same in its loop: keep the two in step.
+    """
     stack_time = ws.occupancy / ws.nthreads
     start_time = stack_time + get_comm_cost(state, ts, ws)
     return (start_time, ws.nbytes)
@@ -104,7 +113,7 @@ def is_rootish(state: SchedulerState, ts: TaskState) -> bool:
     if ts.resource_restrictions or ts.worker_restrictions or ts.host_restrictions:
         return False
     tg = ts.group
-    if len(tg) <= 2 * state.total_nthreads:
+    if tg.n_tasks <= 2 * state.total_nthreads:  # len(tg), without its call
         return False
     deps = tg.dependencies
     if len(deps) >= state.rootish_taskgroup:
@@ -112,7 +121,11 @@ def is_rootish(state: SchedulerState, ts: TaskState) -> bool:
     if not deps:
         # The usual root: no generator to sum over nothing.
         return state.rootish_taskgroup_dependencies > 0
-    return sum(len(dg) for dg in deps) < state.rootish_taskgroup_dependencies
+    # sum(len(dg) for dg in deps), without a generator and a call per group.
+    total = 0
+    for dg in deps:
+        total += dg.n_tasks
+    return total < state.rootish_taskgroup_dependencies
 
 
 def task_slots_available(state: SchedulerState, ws: WorkerState) -> int:
@@ -158,23 +171,71 @@ def update_extra_slots(state: SchedulerState, prefix: TaskPrefix) -> None:
             check_idle_saturated(state, ws)
 
 
+#: Pools of idle workers up to this size are scanned; larger ones are kept
+#: in a heap (``state.idle_heap``). A scan of a few workers costs less than
+#: keeping a heap up to date twice per task; past a few dozen, the scan's
+#: O(workers) per task placed is what grows (``bench_core.py --scaling``).
+IDLE_HEAP_FROM = 16
+
+#: Numbers the heap's entries: a worker can have several with one load (it
+#: is re-classified without a change), and workers do not compare.
+_pushes = itertools.count()
+
+
 def decide_worker_rootish_queuing_enabled(
     state: SchedulerState,
 ) -> WorkerState | None:
-    """The least busy worker with a free slot, or None to stay queued."""
+    """The least busy worker with a free slot, or None to stay queued.
+
+    The fewest processing tasks per thread; ties go to the lowest address
+    (dask takes the first in its set's order, which its string hashes make
+    arbitrary; a fixed order gives the same choice whichever way it is found).
+    """
     pool = state.idle_task_count
     if not pool:
         return None
-    # The fewest processing tasks per thread; ties to the first in iteration
-    # order, as min() gives (a loop: no Python key call per worker).
+    if len(pool) > IDLE_HEAP_FROM:
+        return _least_busy_from_heap(state, pool)
+    state.idle_heap = None  # small again: scanning is cheaper
+    # A loop, not min(): no Python key call per worker.
     best = None
     best_load = math.inf
     for ws in pool:
         load = len(ws.processing) / ws.nthreads
-        if load < best_load:
+        if load < best_load or (
+            load == best_load
+            and best is not None  # always true here; for the type checker
+            and ws.address < best.address
+        ):
             best = ws
             best_load = load
     return best
+
+
+def _least_busy_from_heap(state: SchedulerState, pool: set[WorkerState]) -> WorkerState:
+    """``decide_worker_rootish_queuing_enabled``'s choice in O(log workers).
+
+    The heap holds ``(load, address, push number, worker)`` entries, pushed by
+    ``check_idle_saturated`` each time a worker is left with a free slot
+    while the heap is kept. An entry is current while its worker is in the
+    pool at that load; stale ones are dropped when they reach the top. Every
+    change of a worker's load or slots goes through ``check_idle_saturated``,
+    so each worker of the pool has a current entry, and the top current
+    entry is the scan's answer. Rebuilt from the pool when first needed and
+    when stale entries outnumber the pool.
+    """
+    heap = state.idle_heap
+    if heap is None or len(heap) > 4 * len(pool) + 64:
+        heap = state.idle_heap = [
+            (len(ws.processing) / ws.nthreads, ws.address, next(_pushes), ws)
+            for ws in pool
+        ]
+        heapq.heapify(heap)
+    while True:
+        load, _, _, ws = heap[0]
+        if ws in pool and len(ws.processing) / ws.nthreads == load:
+            return ws
+        heapq.heappop(heap)
 
 
 def decide_worker_rootish_queuing_disabled(
@@ -298,11 +359,20 @@ def decide_worker(
         return None
     if len(candidates) == 1:
         return next(iter(candidates))
-
-    def objective(ws: WorkerState) -> tuple[float, int]:
-        return worker_objective(state, ts, ws)
-
-    return min(candidates, key=objective)
+    # min(candidates, key=worker_objective), as a loop: no closure and no
+    # Python key call per candidate. A strict ``<`` keeps min()'s choice
+    # among equals (the first in iteration order).
+    best = None
+    best_objective = (math.inf, 0)
+    for ws in candidates:
+        objective = (
+            ws.occupancy / ws.nthreads + get_comm_cost(state, ts, ws),
+            ws.nbytes,
+        )
+        if best is None or objective < best_objective:
+            best = ws
+            best_objective = objective
+    return best
 
 
 # -- idle / saturated -------------------------------------------------------
@@ -341,6 +411,8 @@ def check_idle_saturated(
     saturation = state.worker_saturation
     if _isinf(saturation):
         state.idle_task_count.add(ws)
+        if state.idle_heap is not None:
+            _push_idle(state, ws, p / nthreads)
         return
     base = _ceil(saturation * nthreads)
     if base < 1:
@@ -348,8 +420,24 @@ def check_idle_saturated(
     running_tasks = p - len(ws.long_running) if ws.long_running else p
     if base + state.extra_slots_per_thread * nthreads > running_tasks:
         state.idle_task_count.add(ws)
+        if state.idle_heap is not None:
+            _push_idle(state, ws, p / nthreads)
     else:
         state.idle_task_count.discard(ws)
+
+
+def _push_idle(state: SchedulerState, ws: WorkerState, load: float) -> None:
+    """``ws`` has a free slot at ``load``: its current entry in the heap.
+
+    Drops the heap instead when stale entries pile up (no placement has
+    popped them for a while); the next large pool rebuilds it.
+    """
+    heap = state.idle_heap
+    assert heap is not None
+    if len(heap) > 4 * len(state.idle_task_count) + 64:
+        state.idle_heap = None
+    else:
+        heapq.heappush(heap, (load, ws.address, next(_pushes), ws))
 
 
 # -- replicas -----------------------------------------------------------------

@@ -130,6 +130,7 @@ class SchedulerState:
         "hooks",
         "host_info",
         "idle",
+        "idle_heap",
         "idle_task_count",
         "n_tasks",
         "no_workers_timeout",
@@ -191,6 +192,10 @@ class SchedulerState:
         self.idle: dict[str, WorkerState] = {}
         #: Running workers with at least one free root-ish task slot.
         self.idle_task_count: set[WorkerState] = set()
+        #: While ``idle_task_count`` is large: a heap of ``(processing tasks per
+        #: thread, address, push number, worker)`` with a current entry for each of its
+        #: workers and stale ones dropped lazily (``placement``); else None.
+        self.idle_heap: list[tuple[float, str, int, WorkerState]] | None = None
         #: Workers with more expected work than their share.
         self.saturated: set[WorkerState] = set()
         #: Exactly the tasks in state queued, by priority.

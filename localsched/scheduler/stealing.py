@@ -147,7 +147,8 @@ def steal_time_ratio(state: SchedulerState, ts: TaskState) -> int | None:
     transfer = state.stealing.latency
     for dts in ts.dependencies:
         bandwidth = state.shm_bandwidth if dts.shared else state.bandwidth
-        transfer += dts.get_nbytes() / bandwidth
+        nbytes = dts.nbytes  # get_nbytes(), inlined (per dependency)
+        transfer += (nbytes if nbytes >= 0 else 1024) / bandwidth
     ratio = transfer / compute
     level = max(1, round(math.log2(ratio) + 6)) if ratio > 0 else 1
     if level >= len(COST_MULTIPLIERS):

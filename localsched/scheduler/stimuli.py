@@ -128,8 +128,11 @@ def on_task_finished(state: SchedulerState, event: ev.TaskFinished) -> None:
     ts = state.tasks.get(event.key)
     ws = state.workers.get(event.worker)
     stimulus_id = event.stimulus_id
-    if event.startstops:
-        state.now = max(state.now, event.startstops[-1][2])
+    startstops = event.startstops
+    if startstops:
+        stop = startstops[-1][2]
+        if stop > state.now:  # max(), without the builtin's call
+            state.now = stop
     stale = ts is not None and 0 <= event.run_id != ts.run_id
     if (
         ts is not None
@@ -148,7 +151,7 @@ def on_task_finished(state: SchedulerState, event: ev.TaskFinished) -> None:
                 ws,
                 event.nbytes,
                 event.type,
-                event.startstops,
+                startstops,
                 event.shared,
                 stimulus_id,
             )

@@ -55,6 +55,8 @@ def key_group_name(key: Key) -> str:
     >>> key_group_name("inc-0f3c2b7a")
     'inc'
     """
+    if type(key) is str and not key.startswith(("(", "<")):
+        return key_split(key)  # the usual key, without isinstance calls
     if isinstance(key, tuple):
         return str(key[0]) if key else ""
     if isinstance(key, bytes):

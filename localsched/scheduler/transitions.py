@@ -11,18 +11,20 @@ Semantics follow dask.distributed's scheduler (see ``shared/scheduler-notes.md``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from math import isinf as _isinf
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from localsched.scheduler.clients import client_releases_keys, key_erred
 from localsched.scheduler.commands import (
-    ComputeTask,
     FreeData,
     FreeKeys,
-    KeyCancelled,
-    KeyInMemory,
     KeyLost,
     KeyRetried,
+    compute_task,
+    free_keys,
+    key_cancelled,
+    key_in_memory,
 )
 from localsched.scheduler.placement import (
     add_replica,
@@ -34,13 +36,13 @@ from localsched.scheduler.placement import (
     get_comm_cost,
     get_prefix_duration,
     is_rootish,
-    queuing_enabled,
     realign_unknown,
     set_nbytes,
     update_extra_slots,
 )
 from localsched.scheduler.stealing import add_candidate
 from localsched.scheduler.tasks import (
+    ALL_TASK_STATES,
     EMPTY_SET,
     Key,
     TaskState,
@@ -66,6 +68,11 @@ def _transition_released_waiting(
 ) -> Recs:
     if ts.has_lost_dependencies:
         return {ts.key: "forgotten"}
+    if not ts.dependencies and not ts.dependents and not ts.waiting_on:
+        # A lone task (a map's): nothing to wait on, no one waiting.
+        ts.state = "waiting"
+        ts.waiters = EMPTY_SET
+        return {ts.key: "processing"}
     recs: Recs = {}
     for dts in ts.dependencies:
         if dts.exception_blame is not None:
@@ -107,7 +114,7 @@ def _transition_waiting_processing(
     state: SchedulerState, ts: TaskState, stimulus_id: str
 ) -> Recs:
     if is_rootish(state, ts):
-        if queuing_enabled(state):
+        if not _isinf(state.worker_saturation):  # queuing_enabled, inlined
             ws = decide_worker_rootish_queuing_enabled(state)
             if ws is None:
                 return {ts.key: "queued"}
@@ -199,18 +206,16 @@ def add_to_processing(
     if state.stealing.enabled:
         add_candidate(state, ts, ws)
     state._commands.append(
-        ComputeTask(
-            stimulus_id=stimulus_id,
-            worker=ws.address,
-            key=ts.key,
-            run_spec=ts.run_spec,
-            priority=ts.priority,
-            dependencies=(
-                tuple([dts.key for dts in dependencies]) if dependencies else ()
-            ),
-            resource_restrictions=resource_restrictions,
-            annotations=ts.annotations,
-            run_id=run_id,
+        compute_task(
+            stimulus_id,
+            ws.address,
+            ts.key,
+            ts.run_spec,
+            ts.priority,
+            tuple([dts.key for dts in dependencies]) if dependencies else (),
+            resource_restrictions,
+            ts.annotations,
+            run_id,
         )
     )
     return {}
@@ -262,8 +267,20 @@ def exit_processing_common(state: SchedulerState, ts: TaskState) -> WorkerState 
         if unknown is not None:
             unknown.discard(ts)
     stealing = state.stealing
-    if stealing.enabled and (stealing.stealable or stealing.in_flight):
-        stealing.discard(ts, ws)
+    if stealing.enabled:
+        # WorkStealing.discard, inlined (this runs once per task): one hash
+        # of the task per structure, and none for an empty one.
+        stealable = stealing.stealable
+        if stealable:
+            per_worker = stealable.get(ws)
+            if per_worker is not None:
+                per_worker.pop(ts, None)
+                if not per_worker:
+                    del stealable[ws]
+        if stealing.in_flight:
+            request = stealing.in_flight.pop(ts, None)
+            if request is not None:
+                stealing.undo_in_flight(ts, request[0], request[1])
     if ws.status == "closed":
         return None
     check_idle_saturated(state, ws)
@@ -362,7 +379,7 @@ def _add_to_memory(
         # the set it stands for (tasks.py, ``with_link``).
         ts.who_has = ws.alone  # type: ignore[assignment]
         ws.has_what[ts] = None
-        ws.nbytes += ts.get_nbytes()
+        ws.nbytes += nbytes if nbytes >= 0 else ts.get_nbytes()
     else:
         if nbytes >= 0:
             set_nbytes(state, ts, nbytes)
@@ -384,7 +401,11 @@ def _add_to_memory(
     for dts in ts.dependencies:
         waiters = dts.waiters
         if waiters:
-            waiters = dts.waiters = without_link(waiters, ts)
+            # without_link, inlined (per dependency of every result).
+            if type(waiters) is set:
+                waiters.discard(ts)
+            elif ts in waiters:
+                waiters = dts.waiters = EMPTY_SET
         if not waiters and not dts.who_wants:
             recs[dts.key] = "released"
     ts.state = "memory"
@@ -398,14 +419,7 @@ def _add_to_memory(
     else:
         commands = state._commands
         for cs in who_wants:
-            commands.append(
-                KeyInMemory(
-                    stimulus_id=stimulus_id,
-                    client=cs.client_key,
-                    key=ts.key,
-                    type=typename,
-                )
-            )
+            commands.append(key_in_memory(stimulus_id, cs.client_key, ts.key, typename))
     faf = state.clients.get("fire-and-forget")
     if faf is not None and faf.wants_what and ts in faf.wants_what:
         client_releases_keys(state, (ts.key,), faf, recs)
@@ -619,9 +633,7 @@ def _transition_processing_released(
 ) -> Recs:
     ws = exit_processing_common(state, ts)
     if ws is not None:
-        state._commands.append(
-            FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,))
-        )
+        state._commands.append(free_keys(stimulus_id, ws.address, (ts.key,)))
     recs: Recs = {}
     _propagate_released(state, ts, recs)
     return recs
@@ -655,9 +667,7 @@ def _transition_memory_released(
         commands = state._commands
         nbytes = ts.get_nbytes()
         for ws in who_has:
-            commands.append(
-                FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(key,))
-            )
+            commands.append(free_keys(stimulus_id, ws.address, (key,)))
             # remove_all_replicas, inlined
             del ws.has_what[ts]
             ws.nbytes -= nbytes
@@ -747,9 +757,7 @@ def _propagate_forgotten(
         nbytes = ts.get_nbytes()
         for ws in who_has:
             if ws.status != "closed":
-                state._commands.append(
-                    FreeKeys(stimulus_id=stimulus_id, worker=ws.address, keys=(ts.key,))
-                )
+                state._commands.append(free_keys(stimulus_id, ws.address, (ts.key,)))
             # remove_all_replicas, inlined (this runs once per task)
             del ws.has_what[ts]
             ws.nbytes -= nbytes
@@ -765,12 +773,7 @@ def _remove_key(state: SchedulerState, ts: TaskState, stimulus_id: str) -> None:
     for cs in ts.who_wants:
         cs.wants_what.discard(ts)
         state._commands.append(
-            KeyCancelled(
-                stimulus_id=stimulus_id,
-                client=cs.client_key,
-                key=ts.key,
-                reason="forgotten",
-            )
+            key_cancelled(stimulus_id, cs.client_key, ts.key, "forgotten")
         )
     ts.who_wants = EMPTY_SET
     # Nothing holds its ``alone`` any more: break the reference cycle, so
@@ -810,3 +813,12 @@ TRANSITIONS_TABLE: dict[tuple[str, str], TransitionFunc] = {
     ("memory", "released"): _transition_memory_released,
     ("released", "erred"): _transition_released_erred,
 }
+
+#: The same edges by start state, then finish state, for the engine's loop:
+#: two lookups of interned strings cost less than building and hashing a
+#: ``(start, finish)`` tuple per transition. Every state has an entry.
+TRANSITIONS_FROM: dict[str, dict[str, TransitionFunc]] = {
+    name: {} for name in ALL_TASK_STATES
+}
+for (_start, _finish), _func in TRANSITIONS_TABLE.items():
+    TRANSITIONS_FROM[_start][_finish] = _func

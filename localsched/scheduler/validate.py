@@ -210,6 +210,15 @@ def validate_state(state: SchedulerState) -> None:
         check(state.workers.get(ws.address) is ws, None, "stale running worker")
     for ws in state.idle_task_count:
         check(state.workers.get(ws.address) is ws, None, "stale idle_task_count")
+    if state.idle_heap is not None:
+        # Each worker with a free slot has an entry at its current load.
+        current = {
+            id(ws)
+            for load, _, _, ws in state.idle_heap
+            if len(ws.processing) / ws.nthreads == load
+        }
+        for ws in state.idle_task_count:
+            check(id(ws) in current, None, f"{ws.address}: no current idle_heap entry")
     check(
         _close(total_occupancy, state.total_occupancy),
         None,
