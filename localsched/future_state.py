@@ -138,8 +138,18 @@ class FutureState:
             callback(self)
 
     def finish(self, type_name: str | None) -> None:
+        # _resolve("finished") written out: this runs once per finished task.
         self.type = type_name
-        self._resolve("finished")
+        self.status = "finished"
+        with _LAZY:
+            self._done = True
+            event = self._event
+            waiters, self._waiters = self._waiters, None
+        if event is not None:
+            event.set()
+        if waiters is not None:
+            for callback in waiters:
+                callback(self)
 
     def set_error(self, exception: BaseException, traceback_text: str) -> None:
         self.exception = exception
