@@ -224,9 +224,9 @@ def _serialize(
     if kind in _SCALARS or (kind in _TEXTS and len(value) < threshold):  # type: ignore[arg-type]
         # Builtins: never by reference to __main__ nor registered by value,
         # and without buffers to keep out of band (a no-op map's results).
-        data = pickle.dumps(value, protocol=5)
-        if len(data) < threshold or writer is None:
-            return data
+        inline = pickle.dumps(value, protocol=5)
+        if len(inline) < threshold or writer is None:
+            return inline
     buffers: list[pickle.PickleBuffer] = []
     try:
         header = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
