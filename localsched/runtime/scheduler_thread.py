@@ -50,6 +50,7 @@ from localsched.errors import ClosedClientError, SchedulerStoppedError
 from localsched.future_state import FutureState
 from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.allocator import AllocatorTrim
+from localsched.runtime.collector import paused_for_graphs
 from localsched.runtime.event_log import EventLog
 from localsched.runtime.handles import (
     ClientHandle,
@@ -455,10 +456,14 @@ class SchedulerRuntime:
         self._polled = set(self.workers)
 
     def _handle(self, events: list[ev.StateEvent]) -> None:
-        commands = self.scheduler.handle(*events) if events else []
-        for event in events:
-            if type(event) is ev.UpdateGraph:
-                self._track_arg_blobs(event)
+        graphs = [event for event in events if type(event) is ev.UpdateGraph]
+        if graphs:
+            with paused_for_graphs(graphs):
+                commands = self.scheduler.handle(*events)
+            for graph in graphs:
+                self._track_arg_blobs(graph)
+        else:
+            commands = self.scheduler.handle(*events) if events else []
         outbox = self.scheduler.take_outbox()
         if outbox:
             commands.extend(outbox)
