@@ -9,7 +9,10 @@ For each size it prints:
 - kept: the client process's RSS after the futures are released and the
   scheduler has forgotten every task, minus its RSS before the map, per task
   (psutil; the baseline is taken after a warm-up map of 1,000 tasks);
-- peak: the largest RSS growth per task seen while the tasks ran.
+- peak: the largest RSS growth per task seen while the tasks ran;
+- CPU per task from the call until every future is done: the scheduler
+  thread's (``pthread_getcpuclockid``) and the worker processes' together
+  (psutil), steadier than wall times on a shared machine.
 
 The load average is printed beside the figures: the machine is shared, so
 compare runs from one period only.
@@ -56,6 +59,9 @@ def run_once(n: int, profile: bool = False) -> dict[str, float]:
         _until_forgotten(cluster)
         gc.collect()
         baseline = _rss()
+        scheduler_clock = _thread_clock("localsched-scheduler")
+        scheduler_cpu = time.clock_gettime(scheduler_clock)
+        workers_cpu = _children_cpu()
         profiler = cProfile.Profile() if profile else None
         start = time.perf_counter()
         cpu_start = time.thread_time()
@@ -69,6 +75,8 @@ def run_once(n: int, profile: bool = False) -> dict[str, float]:
         peak = _rss()
         wait(futures)
         finished = time.perf_counter() - start
+        scheduler_cpu = time.clock_gettime(scheduler_clock) - scheduler_cpu
+        workers_cpu = _children_cpu() - workers_cpu
         peak = max(peak, _rss())
         del futures
         _until_forgotten(cluster)
@@ -84,7 +92,33 @@ def run_once(n: int, profile: bool = False) -> dict[str, float]:
         "finish (s)": finished,
         "kept (bytes/task)": kept / n,
         "peak (bytes/task)": (peak - baseline) / n,
+        "scheduler thread CPU (us/task)": scheduler_cpu / n * 1e6,
+        "workers CPU (us/task)": workers_cpu / n * 1e6,
     }
+
+
+def _thread_clock(name: str) -> int:
+    """The CPU-time clock of this process's thread called ``name``."""
+    import threading
+
+    for thread in threading.enumerate():
+        if thread.name == name and thread.ident is not None:
+            return time.pthread_getcpuclockid(thread.ident)
+    raise LookupError(f"no thread {name!r}")
+
+
+def _children_cpu() -> float:
+    """User and system CPU seconds of this process's live child processes."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _until_forgotten(cluster: Any, timeout: float = 120.0) -> None:
@@ -128,6 +162,9 @@ def main() -> None:
             f"  finish {row['finish (s)']:6.2f} s"
             f"  kept {row['kept (bytes/task)']:6.0f} B/task"
             f"  peak {row['peak (bytes/task)']:6.0f} B/task"
+            f"  CPU/task: scheduler thread"
+            f" {row['scheduler thread CPU (us/task)']:5.1f} us,"
+            f" workers {row['workers CPU (us/task)']:5.1f} us"
             f"  (load {row['load']:.1f}, median of {len(runs)})"
         )
 

@@ -90,8 +90,12 @@ class FutureState:
         self._done = False
         #: Made by the first ``event`` read; set iff ``_done``.
         self._event: threading.Event | None = None
-        #: Callbacks for when the state is final; None while there are none.
-        self._waiters: list[Callable[[FutureState], None]] | None = None
+        #: Callbacks for when the state is final: None while there are none,
+        #: the callback itself while there is one (``wait`` on a million
+        #: futures then makes no list per future), else a list of them.
+        self._waiters: (
+            Callable[[FutureState], None] | list[Callable[[FutureState], None]] | None
+        ) = None
 
     @property
     def event(self) -> threading.Event:
@@ -113,18 +117,24 @@ class FutureState:
         """Call ``callback(self)`` once the state is final (now if it is)."""
         with _LAZY:
             if not self._done:
-                if self._waiters is None:
-                    self._waiters = [callback]
+                waiters = self._waiters
+                if waiters is None:
+                    self._waiters = callback
+                elif type(waiters) is list:
+                    waiters.append(callback)
                 else:
-                    self._waiters.append(callback)
+                    self._waiters = [waiters, callback]  # type: ignore[list-item]
                 return
         callback(self)  # outside the lock: it may wait on other states
 
     def remove_waiter(self, callback: Callable[[FutureState], None]) -> None:
         with _LAZY:
-            if self._waiters:
+            waiters = self._waiters
+            if type(waiters) is list:
                 with contextlib.suppress(ValueError):
-                    self._waiters.remove(callback)
+                    waiters.remove(callback)
+            elif waiters is not None and waiters == callback:
+                self._waiters = None
 
     def _resolve(self, status: str) -> None:
         self.status = status
@@ -134,12 +144,21 @@ class FutureState:
             waiters, self._waiters = self._waiters, None
         if event is not None:
             event.set()
-        for callback in waiters or ():
-            callback(self)
+        if waiters is not None:
+            _call_waiters(self, waiters)
 
     def finish(self, type_name: str | None) -> None:
+        # _resolve("finished") written out: this runs once per finished task.
         self.type = type_name
-        self._resolve("finished")
+        self.status = "finished"
+        with _LAZY:
+            self._done = True
+            event = self._event
+            waiters, self._waiters = self._waiters, None
+        if event is not None:
+            event.set()
+        if waiters is not None:
+            _call_waiters(self, waiters)
 
     def set_error(self, exception: BaseException, traceback_text: str) -> None:
         self.exception = exception
@@ -159,3 +178,15 @@ class FutureState:
         self.status = status
         self.exception = None
         self.traceback_text = ""
+
+
+def _call_waiters(
+    state: FutureState,
+    waiters: Callable[[FutureState], None] | list[Callable[[FutureState], None]],
+) -> None:
+    """Call back the waiters taken from a state just resolved."""
+    if type(waiters) is list:
+        for callback in waiters:
+            callback(state)
+    else:
+        waiters(state)  # type: ignore[operator]

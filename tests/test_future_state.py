@@ -44,6 +44,22 @@ def test_waiters_run_once_whenever_they_are_added():
     assert calls == ["before", "after"]
 
 
+def test_a_lone_waiter_is_kept_without_a_list():
+    # wait() on a million futures adds one waiter to each: no list per state.
+    state = FutureState("k")
+    calls: list[FutureState] = []
+    state.add_waiter(calls.append)
+    assert not isinstance(state._waiters, list)
+    state.remove_waiter(lambda s: None)  # not the waiter: it stays
+    state.remove_waiter(calls.append)
+    state.finish("int")
+    assert calls == []
+    other = FutureState("j")
+    other.add_waiter(calls.append)
+    other.finish("int")
+    assert calls == [other]
+
+
 def test_reset_clears_the_event_and_done():
     state = FutureState("k")
     event = state.event

@@ -380,11 +380,16 @@ def wait(
             return_when == FIRST_EXCEPTION and state.status == "error"
         )
 
-    is_ready, left = _block_until_done(futures, stops_early, timeout)
+    is_ready, left = _block_until_done(
+        futures, None if return_when == ALL_COMPLETED else stops_early, timeout
+    )
     if not is_ready:
         raise TimeoutError(f"{left} futures not done after {timeout} s")
-    done = {f for f in futures if f.done()}
-    return DoneAndNotDoneFutures(done, {f for f in futures if not f.done()})
+    done: set[Future] = set()
+    not_done: set[Future] = set()
+    for future in futures:  # one pass: a million futures are a second each
+        (done if future.done() else not_done).add(future)
+    return DoneAndNotDoneFutures(done, not_done)
 
 
 class as_completed:
@@ -656,21 +661,25 @@ def wait_until_failure(futures: list[Future]) -> None:
 
 def _block_until_done(
     futures: list[Future],
-    stops_early: Callable[[FutureState], bool],
+    stops_early: Callable[[FutureState], bool] | None,
     timeout: float | None,
 ) -> tuple[bool, int]:
     """Block until every future is done, or one that finishes makes
-    ``stops_early`` true, or ``timeout`` passes; (whether it ended before the
-    timeout, how many futures were not done then)."""
+    ``stops_early`` true (None: never), or ``timeout`` passes; (whether it
+    ended before the timeout, how many futures were not done then)."""
     states = {id(f._state): f._state for f in futures}
-    remaining = set(states)
     lock = threading.Lock()
     ready = threading.Event()
+    # A count, not a set of the states left: each state calls back exactly
+    # once (add_waiter if done, else its resolution), and this runs on the
+    # scheduler thread once per finished task.
+    remaining = len(states)
 
     def on_done(state: FutureState) -> None:
+        nonlocal remaining
         with lock:
-            remaining.discard(id(state))
-            if not remaining or stops_early(state):
+            remaining -= 1
+            if not remaining or (stops_early is not None and stops_early(state)):
                 ready.set()
 
     for state in states.values():
@@ -678,7 +687,7 @@ def _block_until_done(
     if not states:
         ready.set()
     try:
-        return ready.wait(timeout), len(remaining)
+        return ready.wait(timeout), remaining
     finally:
         for state in states.values():
             state.remove_waiter(on_done)

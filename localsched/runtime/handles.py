@@ -36,6 +36,7 @@ class WorkerHandle:
         "executing_page",
         "exit_cause",
         "exit_reason",
+        "has_forgets",
         "is_ready",
         "leases",
         "memory_limit",
@@ -68,6 +69,8 @@ class WorkerHandle:
         self.writer_owner: str | None = None
         #: Messages to send at the end of this loop turn.
         self.outbox: list[Message] = []
+        #: The outbox holds a ``ForgetKeys`` (merged before the send).
+        self.has_forgets = False
         #: ``len(sys.path)`` when it was last sent ``ExtendPath`` (-1: never).
         self.path_len = -1
         #: Function tokens this worker already has.

@@ -45,13 +45,12 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future as CellFuture
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from localsched.aio import fulfil, new_cell
 from localsched.errors import ClosedClientError, SchedulerStoppedError
-from localsched.future_state import FutureState, RemoteTraceback
+from localsched.future_state import FutureState
 from localsched.runtime.actor_calls import actor_calls_of
 from localsched.runtime.allocator import AllocatorTrim
+from localsched.runtime.collector import paused_for_graphs
 from localsched.runtime.event_log import EventLog
 from localsched.runtime.handles import (
     ClientHandle,
@@ -67,11 +66,11 @@ from localsched.runtime.supervision import (
     read_oom_kills,
     worker_exited,
 )
+from localsched.runtime.task_outcomes import exception_of, result_not_adopted
 from localsched.scheduler import commands as cmd
 from localsched.scheduler import events as ev
 from localsched.transport import inproc
 from localsched.transport.inproc import LocalRef
-from localsched.transport.pickling import loads_traceback
 from localsched.transport.protocol import (
     ActorAnswer,
     ExtendPath,
@@ -91,6 +90,7 @@ from localsched.transport.protocol import (
     Shutdown,
     StealAnswer,
     StealQuery,
+    Stored,
     TaskDone,
     TaskFailed,
     WorkerInfo,
@@ -160,6 +160,8 @@ class SchedulerRuntime:
         #: fd -> (worker, which of its fds: _PIPE, _SENTINEL or _STDERR).
         self._fds: dict[int, tuple[WorkerHandle, int]] = {}
         self._polled: set[str] = set()
+        #: Readiness checks of the workers' pipes (``_pipe_readable``).
+        self._pipe_checks: dict[WorkerHandle, Callable[[], bool]] = {}
         self._stimulus_ids = itertools.count()
         self.tasks_finished = 0
         #: (key, spec) of tasks whose arguments live in shared memory: noted
@@ -437,6 +439,7 @@ class SchedulerRuntime:
                 with contextlib.suppress(KeyError, ValueError):
                     self._poller.unregister(fd)
                 del self._fds[fd]
+                self._pipe_checks.pop(handle, None)
         for handle in self.workers.values():
             conn_fd = handle.conn.fileno()
             if conn_fd not in self._fds:
@@ -453,10 +456,14 @@ class SchedulerRuntime:
         self._polled = set(self.workers)
 
     def _handle(self, events: list[ev.StateEvent]) -> None:
-        commands = self.scheduler.handle(*events) if events else []
-        for event in events:
-            if type(event) is ev.UpdateGraph:
-                self._track_arg_blobs(event)
+        graphs = [event for event in events if type(event) is ev.UpdateGraph]
+        if graphs:
+            with paused_for_graphs(graphs):
+                commands = self.scheduler.handle(*events)
+            for graph in graphs:
+                self._track_arg_blobs(graph)
+        else:
+            commands = self.scheduler.handle(*events) if events else []
         outbox = self.scheduler.take_outbox()
         if outbox:
             commands.extend(outbox)
@@ -483,16 +490,41 @@ class SchedulerRuntime:
     def _drain_worker(self, handle: WorkerHandle, events: list[ev.StateEvent]) -> bool:
         """Handle every message waiting on the worker's pipe; True at EOF."""
         conn = handle.conn
+        on_task_done = self._on_task_done
         try:
-            while conn.poll():
+            readable = self._pipe_readable(handle)
+            while readable():
                 data = conn.recv_bytes()
                 for message in decode_batch(data):
-                    self._on_message(handle, message, events)
+                    if type(message) is TaskDone:  # most of them: no table lookup
+                        on_task_done(handle, message, events)
+                    else:
+                        self._on_message(handle, message, events)
         except (EOFError, OSError):
             return True
         except ProtocolError:
             logger.exception("Worker %s sent an undecodable batch", handle.address)
         return False
+
+    def _pipe_readable(self, handle: WorkerHandle) -> Callable[[], bool]:
+        """Whether the worker's pipe has a batch (or its EOF) to read now.
+
+        ``Connection.poll`` builds and fills a selector per call (12 us here,
+        twice per worker and turn); this keeps one ``poll`` object per pipe.
+        """
+        check = self._pipe_checks.get(handle)
+        if check is None:
+            conn = handle.conn
+            if conn.closed:
+                return conn.poll  # raises OSError: the caller's EOF
+            poller = select.poll()
+            poller.register(conn.fileno(), select.POLLIN)
+
+            def check() -> bool:
+                return bool(poller.poll(0))
+
+            self._pipe_checks[handle] = check
+        return check
 
     def _on_message(
         self, handle: WorkerHandle, message: Message, events: list[ev.StateEvent]
@@ -620,7 +652,11 @@ class SchedulerRuntime:
             try:
                 used_lease = self.store.adopt(payload)
             except Exception as exc:  # the store refused it: fail this task only
-                events.append(_result_not_adopted(handle, message, exc, self))
+                events.append(
+                    result_not_adopted(
+                        handle.address, message, exc, self.stimulus_id("task-erred")
+                    )
+                )
                 return
             if handle.leases:
                 handle.leases -= 1  # it may have used one: room for the next
@@ -654,7 +690,8 @@ class SchedulerRuntime:
             self.recorder.task_done(handle.address, message)
         events.append(
             ev.TaskFinished(
-                stimulus_id=self.stimulus_id("task-finished"),
+                # self.stimulus_id("task-finished"), without the call.
+                stimulus_id=f"task-finished-{next(self._stimulus_ids)}",
                 key=key,
                 worker=handle.address,
                 run_id=message.run_id,
@@ -668,10 +705,27 @@ class SchedulerRuntime:
     # -- commands -> IO ----------------------------------------------------------------
 
     def _execute(self, commands: list[cmd.Command]) -> None:
-        # One table lookup per command, as the core's _DISPATCH for events.
+        # One table lookup per command, as the core's _DISPATCH for events;
+        # the two commands of every task skip it, and a finished key's state
+        # is resolved here, without a call per command (a map of a million
+        # tasks sends a million of each).
         handlers = _COMMAND_HANDLERS
+        clients = self.clients
+        compute = self._compute
+        command: Any  # the type tests below stand for isinstance
         for command in commands:
-            handler = handlers.get(type(command))
+            kind = type(command)
+            if kind is cmd.KeyInMemory:
+                client = clients.get(command.client)
+                if client is not None:
+                    state = client.states.get(command.key)
+                    if state is not None:
+                        state.finish(command.type)
+                continue
+            if kind is cmd.ComputeTask:
+                compute(command)
+                continue
+            handler = handlers.get(kind)
             if handler is None:
                 raise AssertionError(f"Unknown command {command!r}")
             handler(self, command)
@@ -693,11 +747,12 @@ class SchedulerRuntime:
         handle = self.workers.get(command.worker)
         if handle is not None:
             handle.outbox.append(ForgetKeys(keys=command.keys))
+            handle.has_forgets = True
 
     def _on_key_erred(self, command: cmd.KeyErred) -> None:
         state = self._client_state(command)
         if state is not None:
-            state.set_error(*_exception_of(command))
+            state.set_error(*exception_of(command))
 
     def _on_key_cancelled(self, command: cmd.KeyCancelled) -> None:
         state = self._client_state(command)
@@ -757,11 +812,13 @@ class SchedulerRuntime:
         if token not in handle.sent_functions:
             handle.sent_functions.add(token)
             function = spec.function
-        data = self.data
-        dependencies = {k: data[k] for k in command.dependencies}
-        for payload in dependencies.values():
-            if type(payload) is BlobRef:
-                self.store.touch(payload)  # about to be read: spill it last
+        dependencies: dict[Key, Stored] = {}
+        if command.dependencies:  # a map's tasks have none: no loop to set up
+            data = self.data
+            for dependency in command.dependencies:
+                payload = dependencies[dependency] = data[dependency]
+                if type(payload) is BlobRef:
+                    self.store.touch(payload)  # about to be read: spill it last
         handle.outbox.append(
             RunTask(
                 key=command.key,
@@ -780,8 +837,10 @@ class SchedulerRuntime:
         for handle in self.workers.values():
             if handle.outbox:
                 batch, handle.outbox = handle.outbox, []
-                if len(batch) > 1:
-                    batch = merge_forgets(batch)
+                if handle.has_forgets:
+                    handle.has_forgets = False
+                    if len(batch) > 1:
+                        batch = merge_forgets(batch)
                 # A len() compare per worker and turn: sys.path grew (or
                 # changed length) since this worker last heard it.
                 if len(sys.path) != handle.path_len:
@@ -897,54 +956,6 @@ class PeriodicCallback:
 
         if self.runtime.is_running:
             self.runtime.call(unregister)
-
-
-def _result_not_adopted(
-    handle: WorkerHandle, message: TaskDone, exc: Exception, runtime: SchedulerRuntime
-) -> ev.TaskErred:
-    """The task's result cannot be held by the store (say, a segment outside its
-    directories): the task errs with that reason, and the scheduler goes on."""
-    logger.warning("Result of %r not kept: %s", message.key, exc)
-    error = RuntimeError(
-        f"The result of task {message.key!r} could not be kept by the"
-        f" scheduler's shared-memory store: {exc}"
-    )
-    error.__cause__ = exc
-    return ev.TaskErred(
-        stimulus_id=runtime.stimulus_id("task-erred"),
-        key=message.key,
-        worker=handle.address,
-        run_id=message.run_id,
-        exception=error,
-        exception_text=repr(error),
-        startstops=(("compute", message.start, message.stop),),
-    )
-
-
-def _exception_of(command: cmd.KeyErred) -> tuple[BaseException, str]:
-    """The task's exception, of its original type, with the remote traceback."""
-    raw = command.exception
-    text = command.traceback_text or ""
-    if isinstance(raw, BaseException):
-        exception = raw
-    elif isinstance(raw, bytes | bytearray):
-        try:
-            exception = cloudpickle.loads(raw)
-        except Exception as exc:
-            exception = RuntimeError(
-                f"The task raised {command.exception_text}, which could not be "
-                f"unpickled in the client: {exc!r}"
-            )
-    else:
-        exception = RuntimeError(command.exception_text or "the task failed")
-    if isinstance(command.traceback, bytes):
-        with contextlib.suppress(Exception):
-            remote = loads_traceback(command.traceback)
-            if remote is not None:
-                exception = exception.with_traceback(remote)
-    if text and exception.__cause__ is None:
-        exception.__cause__ = RemoteTraceback(text)
-    return exception, text
 
 
 #: What the runtime does with each message of a worker (see ``_on_message``).

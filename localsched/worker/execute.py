@@ -220,6 +220,13 @@ def _serialize(
     # what pickle refuses or would pickle by a reference the client cannot
     # resolve (__main__, modules registered by value), as in distributed's
     # protocol.pickle.dumps.
+    kind = type(value)
+    if kind in _SCALARS or (kind in _TEXTS and len(value) < threshold):  # type: ignore[arg-type]
+        # Builtins: never by reference to __main__ nor registered by value,
+        # and without buffers to keep out of band (a no-op map's results).
+        inline = pickle.dumps(value, protocol=5)
+        if len(inline) < threshold or writer is None:
+            return inline
     buffers: list[pickle.PickleBuffer] = []
     try:
         header = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
@@ -230,14 +237,20 @@ def _serialize(
             data: bytes = pickling.dumps(value, protocol=5)
             return data
         return writer.serialize(value, threshold)
-    if len(header) + sum(b.raw().nbytes for b in buffers) < threshold or (
-        writer is None
-    ):
+    size = len(header)
+    if buffers:  # out-of-band buffers: arrays, pickle-5 aware objects
+        size += sum(b.raw().nbytes for b in buffers)
+    if size < threshold or writer is None:
         # The callback kept buffers out of band; inline values carry them in band.
         return pickle.dumps(value, protocol=5) if buffers else header
     # Pickles again, with cloudpickle: cheap for arrays (the buffers are not
     # copied twice), and a large result costs far more to move than to pickle.
     return writer.serialize(value, threshold)
+
+
+#: Result types :func:`_serialize` pickles with no further checks.
+_SCALARS = frozenset({int, float, bool, complex, type(None)})
+_TEXTS = frozenset({str, bytes})
 
 
 def _is_pickled_by_value(value: object) -> bool:
@@ -286,9 +299,10 @@ def load_inputs(
     """
     stored = cast("bytes | BlobRef", message.args)  # not a LocalRef: see run_task
     args, kwargs = cast("tuple[tuple[Any, ...], dict[str, Any]]", load(stored))
-    values = {
-        key: load_dependency(payload) for key, payload in message.dependencies.items()
-    }
+    values: dict[Hashable, object] = {}
+    if message.dependencies:  # a map's tasks have none: no loop to set up
+        for key, payload in message.dependencies.items():
+            values[key] = load_dependency(payload)
     return tuple(args), dict(kwargs), values
 
 

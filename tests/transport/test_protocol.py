@@ -190,10 +190,30 @@ def test_hello_carries_the_protocol_version() -> None:
     assert Hello(pid=1, nthreads=2).version == PROTOCOL_VERSION
 
 
-def test_messages_are_frozen() -> None:
+def test_messages_are_slotted_records() -> None:
+    # Not frozen (construction per task would cost three times as much), but
+    # no attribute beyond the fields can be set.
     message = Goodbye(reason="done")
     with pytest.raises(AttributeError):
-        message.reason = "changed"  # type: ignore[misc]
+        message.extra = "x"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "state", [("k", 1), ("k", 1, b"", 0, "int", 0.0, 0.0, 0, 0.0, 9)]
+)
+def test_a_message_state_of_the_wrong_length_raises_protocol_error(
+    state, monkeypatch
+) -> None:
+    # decode_batch checks one field per message: that is sound only because a
+    # state sets every field or none.
+    done = TaskDone(
+        key="k", run_id=1, payload=b"", nbytes=0, type="int", start=0.0, stop=0.0
+    )
+    monkeypatch.setattr(TaskDone, "__getstate__", lambda self: state)
+    data = pickle.dumps([done], protocol=5)
+    monkeypatch.undo()
+    with pytest.raises(ProtocolError, match="undecodable batch"):
+        decode_batch(data)
 
 
 def test_every_message_class_is_decodable() -> None:
