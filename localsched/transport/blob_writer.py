@@ -68,7 +68,7 @@ class BlobWriter(_BlobSink):
         # Leases are mapped in a thread as they arrive; a mapping stays for the
         # next lease of the same segment (the store leases a freed result's
         # segment back to its writer) until the store unlinks the file.
-        self.maps = SegmentMaps(max_maps=_WRITER_MAPS)
+        self.maps = SegmentMaps(max_maps=_WRITER_MAPS, populate=False)
         self._mapper = BackgroundMapper(self.maps)
 
     def __reduce__(

@@ -17,7 +17,10 @@ wrote it (see ``SchedulerRuntime._lease_back``).
 - :meth:`SegmentMaps.map` (off the write path: a background thread) allocates
   the file's pages (``posix_fallocate``: a write through the mapping can then
   never meet a hole, which would raise ``SIGBUS`` on a full /dev/shm) and maps
-  them shared with ``MAP_POPULATE``;
+  them shared; the store's process fills the page tables at once
+  (``MADV_POPULATE_WRITE``), a worker leaves that to its first write into the
+  lease (filling them in a worker's thread slowed the task running beside it:
+  the first 200 MB result after a lease took 0.1-0.2 s instead of 0.04);
 - :meth:`SegmentMaps.acquire` hands one to a writer, only for the very file the
   writer holds locked (same inode) and only if the value fits; the writer then
   :func:`copy_into` it and calls :meth:`SegmentMaps.release`;
@@ -62,9 +65,9 @@ logger = logging.getLogger(__name__)
 
 #: Buffers at least this large are copied by several threads (see copy_into).
 PARALLEL_COPY_FROM = 32 << 20
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MADV_DONTFORK = getattr(mmap, "MADV_DONTFORK", 10)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; not in the mmap module
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -94,18 +97,26 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def _map_shared(fd: int, length: int) -> int:
+def _map_shared(fd: int, length: int, populate: bool = True) -> int:
     """Map ``length`` bytes of ``fd`` shared, writable, populated; the address."""
     if _LIBC is None:
         raise OSError("libc is not available")
     prot = mmap.PROT_READ | mmap.PROT_WRITE
-    address = _LIBC.mmap(None, length, prot, mmap.MAP_SHARED | _MAP_POPULATE, fd, 0)
+    # Mapped unpopulated first: the madvise below takes the process's memory
+    # map lock for writing, and behind it every page fault of the process's
+    # other threads waits; issued while a populate still ran (MAP_POPULATE),
+    # it stalled a worker's task for about a second.
+    address = _LIBC.mmap(None, length, prot, mmap.MAP_SHARED, fd, 0)
     if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
     # A child forked later (user code's fork) must not inherit it: it would
     # keep the segment's memory after the owner unlinks it.
     _LIBC.madvise(address, length, _MADV_DONTFORK)
+    # Page tables filled under the lock taken for reading (page faults go on);
+    # kernels before 5.14 refuse it, and the writer then faults pages in.
+    if populate:
+        _LIBC.madvise(address, length, _MADV_POPULATE_WRITE)
     return int(address)
 
 
@@ -251,10 +262,13 @@ class SegmentMaps:
     ----------
     max_maps : int
         Mappings kept at most; mapping one more drops the least recently used.
+    populate : bool
+        Fill a new mapping's page tables at once (else the first write does).
     """
 
-    def __init__(self, max_maps: int = 16) -> None:
+    def __init__(self, max_maps: int = 16, populate: bool = True) -> None:
         self.max_maps = max_maps
+        self.populate = populate
         self._lock = threading.Lock()
         self._maps: dict[str, _Map] = {}  # least recently used first
 
@@ -300,7 +314,7 @@ class SegmentMaps:
             # a hole left would make a write through the mapping SIGBUS when
             # /dev/shm is full, instead of failing here with ENOSPC.
             os.posix_fallocate(fd, 0, length)
-            address = _map_shared(fd, length)
+            address = _map_shared(fd, length, self.populate)
         except (OSError, ValueError):
             return False
         finally:
