@@ -6,9 +6,10 @@ For each size it prints:
 - submit: seconds until ``client.map`` returns (the caller is blocked), and
   the CPU seconds of the calling thread meanwhile (steadier under load);
 - finish: seconds from the call until every future is done (``wait``);
-- kept: the client process's RSS after the futures are released and the
-  scheduler has forgotten every task, minus its RSS before the map, per task
-  (psutil; the baseline is taken after a warm-up map of 1,000 tasks);
+- kept: the client process's RSS after the futures are released, the
+  scheduler has forgotten every task and its thread has given freed memory
+  back (its allocator trim), minus its RSS before the map, per task (psutil;
+  the baseline is taken after a warm-up map of 1,000 tasks);
 - peak: the largest RSS growth per task seen while the tasks ran;
 - CPU per task from the call until every future is done: the scheduler
   thread's (``pthread_getcpuclockid``) and the worker processes' together
@@ -78,8 +79,12 @@ def run_once(n: int, profile: bool = False) -> dict[str, float]:
         scheduler_cpu = time.clock_gettime(scheduler_clock) - scheduler_cpu
         workers_cpu = _children_cpu() - workers_cpu
         peak = max(peak, _rss())
+        trims = cluster.runtime.allocator.trims
         del futures
         _until_forgotten(cluster)
+        # The scheduler thread gives freed memory back on its next tick after
+        # the release (runtime/allocator.py); read the RSS once it has.
+        _until_trimmed(cluster, trims)
         gc.collect()
         kept = _rss() - baseline
     if profiler is not None:
@@ -127,6 +132,15 @@ def _until_forgotten(cluster: Any, timeout: float = 120.0) -> None:
     while cluster.scheduler.tasks:
         if time.monotonic() > deadline:
             raise TimeoutError("the scheduler still holds tasks")
+        time.sleep(0.05)
+
+
+def _until_trimmed(cluster: Any, trims: int, timeout: float = 10.0) -> None:
+    """Wait until the scheduler thread trimmed the allocator after ``trims``."""
+    deadline = time.monotonic() + timeout
+    while cluster.runtime.allocator.trims <= trims:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scheduler thread did not trim its allocator")
         time.sleep(0.05)
 
 
