@@ -69,7 +69,13 @@ class _System:
         if name == "localsched":
             from localsched import Client, LocalCluster, wait
 
-            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1)
+            # No background imports: a worker idle 0.3 s starts importing the
+            # heavy modules this process has, and a task arriving meanwhile
+            # waits for that import (up to ~1 s): a start-up cost, measured by
+            # bench_startup.py, which landed on the first timed hand-off here.
+            self.cluster = LocalCluster(
+                n_workers=2, threads_per_worker=1, warm_imports=False
+            )
             self.client = Client(self.cluster)
             self.workers = list(self.cluster.scheduler.workers)
             self.wait_for = wait
