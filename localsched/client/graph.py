@@ -9,18 +9,18 @@ that the worker substitutes with the dependencies' values.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import pickle
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from numbers import Number
 from typing import Any, NamedTuple
 
 from localsched.client.computation_code import computation_code
+from localsched.gc_pause import collector_paused_if
 from localsched.scheduler import events as ev
 from localsched.transport import pickling
 from localsched.transport.hashing import content_hasher
@@ -175,8 +175,7 @@ class PlainCalls:
 PAUSE_GC_FROM = 10_000
 
 
-@contextlib.contextmanager
-def collector_paused(n_calls: int) -> Iterator[None]:
+def collector_paused(n_calls: int) -> AbstractContextManager[None]:
     """Pause the cyclic GC while a large ``map`` builds its tasks and futures.
 
     They are several tracked objects per call and none of them is garbage,
@@ -184,14 +183,7 @@ def collector_paused(n_calls: int) -> Iterator[None]:
     all again: a third of the CPU of a 300k map. Nothing here makes cycles;
     the collector resumes (if it was on) however the block ends.
     """
-    if n_calls < PAUSE_GC_FROM or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return collector_paused_if(n_calls >= PAUSE_GC_FROM)
 
 
 def _deref(ref: Any) -> Any:

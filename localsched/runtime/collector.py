@@ -10,10 +10,10 @@ collector likewise while it builds such a map (``client.graph.collector_paused``
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
+from localsched.gc_pause import collector_paused_if
 from localsched.scheduler import events as ev
 
 __all__ = ["PAUSE_FROM", "paused_for_graphs"]
@@ -23,19 +23,11 @@ __all__ = ["PAUSE_FROM", "paused_for_graphs"]
 PAUSE_FROM = 50_000
 
 
-@contextlib.contextmanager
-def paused_for_graphs(graphs: Sequence[ev.UpdateGraph]) -> Iterator[None]:
+def paused_for_graphs(graphs: Sequence[ev.UpdateGraph]) -> AbstractContextManager[None]:
     """Pause the collector while the block runs if ``graphs`` hold at least
     :data:`PAUSE_FROM` tasks; it resumes (if it was on) however the block ends.
 
     Nothing the core does while taking in a graph makes reference cycles; a
     client thread that makes some meanwhile has them collected after.
     """
-    if sum(len(graph.tasks) for graph in graphs) < PAUSE_FROM or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return collector_paused_if(sum(len(graph.tasks) for graph in graphs) >= PAUSE_FROM)
