@@ -148,17 +148,8 @@ class FutureState:
             _call_waiters(self, waiters)
 
     def finish(self, type_name: str | None) -> None:
-        # _resolve("finished") written out: this runs once per finished task.
         self.type = type_name
-        self.status = "finished"
-        with _LAZY:
-            self._done = True
-            event = self._event
-            waiters, self._waiters = self._waiters, None
-        if event is not None:
-            event.set()
-        if waiters is not None:
-            _call_waiters(self, waiters)
+        self._resolve("finished")
 
     def set_error(self, exception: BaseException, traceback_text: str) -> None:
         self.exception = exception
