@@ -22,7 +22,13 @@ from distributed.diagnostics.progressbar import TextProgressBar
 from distributed.protocol.pickle import dumps
 
 from localsched import Client
-from tests.runtime.helpers import DEADLINE, block, poll, wait_for_file
+from tests.runtime.helpers import (
+    DEADLINE,
+    after_pending_callbacks,
+    block,
+    poll,
+    wait_for_file,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,14 +98,26 @@ def test_dasks_text_progress_bar_reports_an_error(comm_client: Client) -> None:
 def test_a_feed_waits_for_keys_without_holding_the_scheduler(
     comm_client: Client, tmp_path: Any
 ) -> None:
-    """dask's ``Progress.setup`` sleeps until its keys exist: the scheduler
-    keeps serving meanwhile (the task submitted after the feed started runs)."""
+    """dask's ``Progress.setup`` awaits until its keys exist: the scheduler
+    keeps serving meanwhile (the task submitted after the feed started runs).
+    Here the setup awaits a future a plugin's ``update_graph`` resolves."""
     release = tmp_path / "release"
     started = tmp_path / "started"
 
+    class Arrival:
+        def __init__(self, arrived: asyncio.Future[None]) -> None:
+            self.arrived = arrived
+
+        def update_graph(self, scheduler: Any, **kwargs: Any) -> None:
+            if "late" in scheduler.tasks and not self.arrived.done():
+                self.arrived.set_result(None)
+
     async def setup(scheduler: Any) -> str:
-        while "late" not in scheduler.tasks:
-            await asyncio.sleep(0.01)
+        arrived = asyncio.get_running_loop().create_future()
+        scheduler.add_plugin(Arrival(arrived), name="arrival")
+        if "late" not in scheduler.tasks:
+            await arrived
+        scheduler.remove_plugin(name="arrival")
         return "late"
 
     def function(scheduler: Any, key: str) -> str:
@@ -192,7 +210,9 @@ def test_dask_scheduler_plugin_hooks_it_keeps_are_not_called(
     async def add_both(dask_scheduler: Any) -> None:
         dask_scheduler.add_plugin(Kept())
         dask_scheduler.add_plugin(Started())
-        await asyncio.sleep(0)
+        # The hook's task was scheduled on this loop: let it run before
+        # asyncio.run ends (which would cancel it).
+        await after_pending_callbacks()
 
     comm_client.run_on_scheduler(add_both)
     assert poll(lambda: comm_client.get_events("plugin-started"))
