@@ -132,7 +132,9 @@ def _run_task_code() -> CodeType:
 
 def _user_frames(frame: FrameType, depth: int = MAX_DEPTH) -> list[FrameType]:
     """The frames from the task's function down to ``frame``, outermost first;
-    the whole stack if the thread is not inside ``run_task``."""
+    none while the thread is not inside ``run_task`` yet (it is loading the
+    task's function and arguments: dask loads them before a thread runs the
+    task, so its stacks and profiles never show that either)."""
     stop = _run_task_code()
     frames: list[FrameType] = []
     current: FrameType | None = frame
@@ -141,7 +143,7 @@ def _user_frames(frame: FrameType, depth: int = MAX_DEPTH) -> list[FrameType]:
             return frames[::-1][-depth:]
         frames.append(current)
         current = current.f_back
-    return frames[::-1][-depth:]
+    return []
 
 
 def _repr_frame(frame: FrameType) -> str:
@@ -166,11 +168,12 @@ def call_stacks(
     (key -> thread ident), restricted to ``keys`` if given."""
     frames = sys._current_frames()
     wanted = threads if keys is None else {k: threads[k] for k in keys if k in threads}
-    return {
+    stacks = {
         key: call_stack(frames[ident])
         for key, ident in wanted.items()
         if ident in frames
     }
+    return {key: stack for key, stack in stacks.items() if stack}
 
 
 # -- the statistical profiler ---------------------------------------------------------
@@ -192,9 +195,13 @@ def _identifier(code: CodeType) -> str:
 
 def process(frame: FrameType, state: dict[str, Any]) -> None:
     """Count one sample of the stack ending in ``frame`` into ``state`` (each
-    frame from the task's function down gains one count)."""
+    frame from the task's function down gains one count); nothing while the
+    task's function is still being loaded."""
+    user_frames = _user_frames(frame)
+    if not user_frames:
+        return
     state["count"] += 1
-    for f in _user_frames(frame):
+    for f in user_frames:
         code = f.f_code
         ident = _identifier(code)
         children = state["children"]

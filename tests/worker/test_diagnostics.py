@@ -102,6 +102,26 @@ def test_the_profiler_counts_samples_per_key_prefix():
     assert profiler.get_profile()["count"] == 3
 
 
+def test_a_task_still_being_loaded_has_no_stack_and_no_samples():
+    """Its thread is not inside ``run_task`` yet (unpickling the function may
+    import modules): dask loads a task before a thread runs it, so neither its
+    call stacks nor its profiles show that phase."""
+    started, release = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_blocked_task, args=(started, release))
+    thread.start()
+    threads = {("inc-1", 0): thread.ident}
+    profiler = Profiler(lambda: threads, lambda key: key[0].split("-")[0])
+    try:
+        assert started.wait(DEADLINE)
+        stacks = call_stacks({"k": thread.ident})
+        profiler.sample()
+    finally:
+        release.set()
+        thread.join(DEADLINE)
+    assert stacks == {}
+    assert profiler.get_profile(key="inc")["count"] == 0
+
+
 def test_merge_adds_the_counts_of_equal_frames():
     a = {
         **create(),
