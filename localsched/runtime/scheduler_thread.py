@@ -690,8 +690,7 @@ class SchedulerRuntime:
             self.recorder.task_done(handle.address, message)
         events.append(
             ev.TaskFinished(
-                # self.stimulus_id("task-finished"), without the call.
-                stimulus_id=f"task-finished-{next(self._stimulus_ids)}",
+                stimulus_id=self.stimulus_id("task-finished"),
                 key=key,
                 worker=handle.address,
                 run_id=message.run_id,
@@ -706,21 +705,16 @@ class SchedulerRuntime:
 
     def _execute(self, commands: list[cmd.Command]) -> None:
         # One table lookup per command, as the core's _DISPATCH for events;
-        # the two commands of every task skip it, and a finished key's state
-        # is resolved here, without a call per command (a map of a million
-        # tasks sends a million of each).
+        # the two commands of every task skip it (a map of a million tasks
+        # sends a million of each).
         handlers = _COMMAND_HANDLERS
-        clients = self.clients
+        in_memory = self._on_key_in_memory
         compute = self._compute
         command: Any  # the type tests below stand for isinstance
         for command in commands:
             kind = type(command)
             if kind is cmd.KeyInMemory:
-                client = clients.get(command.client)
-                if client is not None:
-                    state = client.states.get(command.key)
-                    if state is not None:
-                        state.finish(command.type)
+                in_memory(command)
                 continue
             if kind is cmd.ComputeTask:
                 compute(command)
