@@ -13,8 +13,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 DEADLINE = 20.0  # seconds; bounds every wait in these tests
 
@@ -83,6 +84,19 @@ async def after_pending_callbacks(rounds: int = 1) -> None:
         done = loop.create_future()
         loop.call_soon(done.set_result, None)
         await done
+
+
+@contextlib.asynccontextmanager
+async def one_worker_cluster() -> AsyncIterator[tuple[Any, Any]]:
+    """``async with``: a one-worker, one-thread asynchronous ``LocalCluster``
+    and an asynchronous ``Client`` on it, both closed at the end."""
+    from localsched import Client, LocalCluster
+
+    async with (
+        LocalCluster(n_workers=1, threads_per_worker=1, asynchronous=True) as cluster,
+        Client(cluster, asynchronous=True) as client,
+    ):
+        yield cluster, client
 
 
 def wait_for_file(path: str | os.PathLike[str], timeout: float = DEADLINE) -> None:

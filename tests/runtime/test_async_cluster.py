@@ -17,7 +17,7 @@ import pytest
 
 from localsched import Client, LocalCluster
 from localsched.deploy.asynchronous import run_off_loop
-from tests.runtime.helpers import DEADLINE, poll_async
+from tests.runtime.helpers import DEADLINE, one_worker_cluster, poll_async
 
 
 @pytest.fixture
@@ -178,12 +178,7 @@ async def test_adapt_on_an_asynchronous_cluster() -> None:
 @pytest.mark.anyio
 async def test_asynchronous_client_on_an_asynchronous_cluster() -> None:
     with anyio.fail_after(DEADLINE):
-        async with (
-            LocalCluster(
-                n_workers=1, threads_per_worker=1, asynchronous=True
-            ) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
+        async with one_worker_cluster() as (cluster, client):
             assert await client.submit(operator.add, 1, 2) == 3
             await cluster.scale(2)
             await cluster

@@ -21,7 +21,7 @@ import pytest
 from localsched import Client, LocalCluster
 from localsched.aio import fulfil, new_cell
 from localsched.errors import ClosedClientError
-from tests.runtime.helpers import DEADLINE, after_pending_callbacks
+from tests.runtime.helpers import DEADLINE, after_pending_callbacks, one_worker_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -67,12 +67,7 @@ def test_a_cell_cannot_be_cancelled_and_fulfil_never_raises() -> None:
 
 async def test_a_cancelled_wrap_future_awaiter_leaves_the_scheduler_running() -> None:
     with anyio.fail_after(DEADLINE):
-        async with (
-            LocalCluster(
-                n_workers=1, threads_per_worker=1, asynchronous=True
-            ) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
+        async with one_worker_cluster() as (cluster, client):
             gate = threading.Event()
             # The scheduler thread is held, so the next call stays queued
             # while its awaiter is cancelled.
@@ -97,12 +92,7 @@ async def test_a_cancelled_wrap_future_awaiter_leaves_the_scheduler_running() ->
 
 async def test_a_cancelled_actor_awaiter_leaves_the_call_and_the_cluster() -> None:
     with anyio.fail_after(DEADLINE):
-        async with (
-            LocalCluster(
-                n_workers=1, threads_per_worker=1, asynchronous=True
-            ) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
+        async with one_worker_cluster() as (cluster, client):
             waiter = await client.submit(Waiter, actor=True)
             call = waiter.wait()
             started = asyncio.Event()
@@ -130,12 +120,7 @@ async def _await(awaitable: object, started: asyncio.Event) -> object:
 
 async def test_client_on_a_closed_cluster_raises_dasks_runtime_error() -> None:
     with anyio.fail_after(DEADLINE):
-        async with (
-            LocalCluster(
-                n_workers=1, threads_per_worker=1, asynchronous=True
-            ) as cluster,
-            Client(cluster, asynchronous=True) as client,
-        ):
+        async with one_worker_cluster() as (cluster, client):
             assert await client.submit(operator.add, 1, 2) == 3
     with pytest.raises(RuntimeError, match="already closed or closing Cluster"):
         Client(cluster, asynchronous=True)
