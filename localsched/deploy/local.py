@@ -297,7 +297,9 @@ class LocalCluster(DaskClusterSurface):
         if self._start_method == "template" and not asynchronous:
             # First thing: its boot, the longest step of the start, overlaps
             # the rest of the construction (``Client()`` started it earlier).
-            self._template = take_template_ahead() or start_template()
+            self._template = take_template_ahead() or start_template(
+                {"memory_limit": memory_limit}
+            )
         try:
             options = scheduler_options(
                 allowed_failures=allowed_failures, worker_saturation=worker_saturation
@@ -392,7 +394,7 @@ class LocalCluster(DaskClusterSurface):
         """Start the scheduler thread and the workers; wait for them to join."""
         if self._start_method == "template" and self._template is None:
             # Asynchronous: started now, when awaited.
-            self._template = start_template()
+            self._template = start_template({"memory_limit": self.memory_limit})
         sweep_stale_segments()
         self.store = BlobStore(
             spill_directory=kwargs.pop("local_directory", None),

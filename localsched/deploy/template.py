@@ -1,6 +1,7 @@
 """The cluster's template process: workers forked from a pre-imported process.
 
-A ``LocalCluster`` starts one template (``python -m localsched.worker
+A ``LocalCluster`` starts one template (a fork of the user's process where
+that is safe, ``deploy/user_fork.py``, else ``python -m localsched.worker
 --template``, started as a worker is, so what keys on a worker's command line
 at start-up sees it; the code, its protocol and its lifetime are in
 ``localsched.worker.template``) first thing, so that it boots while the
@@ -47,6 +48,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
+from localsched.deploy import user_fork
 from localsched.deploy.processes import ChildProcess
 
 logger = logging.getLogger("localsched.deploy.template")
@@ -97,10 +99,18 @@ def resolve_start_method(method: str | None) -> str:
     return method
 
 
-def start_template() -> Template | None:
-    """A new template, or None (logged) if it cannot start: workers spawn."""
+def start_template(options: Mapping[str, Any] | None = None) -> Template | None:
+    """A new template, or None (logged) if it cannot start: workers spawn.
+
+    A fork of this process when that is safe (``deploy/user_fork.py``: its
+    workers start with the user's modules imported), else a fresh interpreter.
+    ``options`` are the cluster's keywords, if known.
+    """
+    reason = user_fork.refusal(options)
+    if reason is not None:
+        logger.debug("The worker template is a fresh interpreter: %s", reason)
     try:
-        return Template()
+        return Template(fork_user=reason is None)
     except Exception:
         logger.exception("Could not start the worker template: spawning workers")
         return None
@@ -132,7 +142,7 @@ def template_ahead(options: Mapping[str, Any] | None) -> Iterator[None]:
         and not options.get("asynchronous")
         and _resolves_to_template(options.get("worker_start_method"))
     ):
-        template = start_template()
+        template = start_template(options)
     token = _ahead.set(template)
     try:
         yield
@@ -168,15 +178,27 @@ class Template:
     closing thread joins them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fork_user: bool = False) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             fd = theirs.fileno()
-            self.process = ChildProcess(
-                ["-m", "localsched.worker", "--template", str(fd), str(os.getpid())],
-                pass_fds=(fd,),
-                name="localsched-template",
-            )
+            self.process: ChildProcess | user_fork.UserForkProcess
+            if fork_user:
+                self.process = user_fork.fork_template(theirs)
+            else:
+                self.process = ChildProcess(
+                    [
+                        "-m",
+                        "localsched.worker",
+                        "--template",
+                        str(fd),
+                        str(os.getpid()),
+                    ],
+                    pass_fds=(fd,),
+                    name="localsched-template",
+                )
+            #: Whether it is a fork of this process (it has our modules).
+            self.is_user_fork = fork_user
         except BaseException:
             ours.close()
             raise

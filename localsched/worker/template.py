@@ -5,11 +5,13 @@ worker's imports (0.1-0.2 s of CPU each, more on a loaded machine). The
 template pays that once: it imports the worker's modules and then, on request,
 forks a child that runs ``python -m localsched.worker`` (or the janitor) with
 everything already imported, in a few milliseconds. It is the cluster's own
-fork server: the user's process is never forked (its threads and locks are
-not inherited), and the template itself never starts a thread, so a fork
-from it copies no lock held by another thread (it refuses to fork once a warm
-import started one). Once idle it imports the cluster's warm modules (numpy,
-pandas, ...), one between two requests, and its later forks inherit them.
+fork server: a fresh interpreter, or a fork of the user's process made where
+that is safe (``localsched.deploy.user_fork``: one Python thread, fork-safe
+extension modules only; it then has the user's modules too), and it never
+starts a thread, so a fork from it copies no lock held by another thread (it
+refuses to fork once a warm import started one). Once idle it imports the
+cluster's warm modules (numpy, pandas, ...), one between two requests, and its
+later forks inherit them.
 
 Protocol on ``FD`` (a ``SOCK_SEQPACKET`` socket: one message per datagram,
 JSON, file descriptors passed with ``SCM_RIGHTS``)::
@@ -203,6 +205,7 @@ def _run_child(
         for fd in own:
             os.close(fd)
         os.setsid()  # its own session, as a spawned worker: no terminal Ctrl-C
+        _reseed_numpy()
         if name:
             _set_name(name)
         os.dup2(fds[0], 2)  # the cluster reads it (runtime/supervision.py)
@@ -221,6 +224,16 @@ def _run_child(
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def _reseed_numpy() -> None:
+    """A fork inherits numpy's global random state (``random`` reseeds itself
+    at fork): without this every worker would draw the same numbers, where
+    dask's, fresh interpreters, each draw their own."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        with contextlib.suppress(Exception):
+            numpy_random.seed()
 
 
 def _set_name(name: str) -> None:

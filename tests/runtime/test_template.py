@@ -7,6 +7,8 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Mapping
+from typing import Any
 
 import psutil
 import pytest
@@ -141,8 +143,8 @@ def _record_template_starts(monkeypatch) -> list[Template | None]:
     started: list[Template | None] = []
     real = template_module.start_template
 
-    def start() -> Template | None:
-        started.append(real())
+    def start(options: Mapping[str, Any] | None = None) -> Template | None:
+        started.append(real(options))
         return started[-1]
 
     monkeypatch.setattr(template_module, "start_template", start)
