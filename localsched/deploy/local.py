@@ -298,7 +298,7 @@ class LocalCluster(DaskClusterSurface):
             # First thing: its boot, the longest step of the start, overlaps
             # the rest of the construction (``Client()`` started it earlier).
             self._template = take_template_ahead() or start_template(
-                {"memory_limit": memory_limit}
+                {"memory_limit": memory_limit, "warm_imports": warm_imports}
             )
         try:
             options = scheduler_options(
@@ -394,7 +394,12 @@ class LocalCluster(DaskClusterSurface):
         """Start the scheduler thread and the workers; wait for them to join."""
         if self._start_method == "template" and self._template is None:
             # Asynchronous: started now, when awaited.
-            self._template = start_template({"memory_limit": self.memory_limit})
+            self._template = start_template(
+                {
+                    "memory_limit": self.memory_limit,
+                    "warm_imports": self.warm_imports.names,
+                }
+            )
         sweep_stale_segments()
         self.store = BlobStore(
             spill_directory=kwargs.pop("local_directory", None),

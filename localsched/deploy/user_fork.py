@@ -129,6 +129,12 @@ def refusal(options: Mapping[str, Any] | None = None) -> str | None:
     """
     if not _config_allows():
         return f"dask's config {CONFIG_KEY!r} is False"
+    from localsched.deploy.warming import WarmImports
+
+    with contextlib.suppress(TypeError):  # a bad option: the cluster raises it
+        option = None if options is None else options.get("warm_imports")
+        if not WarmImports(option).names:  # given, else dask's config
+            return "warm_imports is off: workers start lean"
     if threading.active_count() != 1:
         return f"{threading.active_count()} Python threads run"
     foreign = foreign_extensions()
@@ -286,8 +292,11 @@ def _become_template(fd: int, parent: int) -> None:
     _shed_descriptors(keep=(1, 2, fd))
     _reset_interpreter()
     gc.freeze()  # inherited objects: never scanned, never copied by a collection
-    from localsched.worker.template import main
+    from localsched.worker.template import main, set_process_name
 
+    # Its command line stays the user's program's: ``ps -o comm`` and ``top``
+    # show this name (and each worker's own).
+    set_process_name("localsched-tmpl")
     main(fd, parent)
 
 
@@ -337,6 +346,17 @@ def _reset_interpreter() -> None:
     for log_handler in list(root.handlers):
         root.removeHandler(log_handler)
     root.setLevel(logging.WARNING)
+    logging.disable(logging.NOTSET)
+    # The package's own loggers as first made: a ``dictConfig`` of the user's
+    # (``disable_existing_loggers``) or a level set in a test must not silence
+    # the workers' warnings (``Client.get_worker_logs``).
+    for name, log in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("localsched") and isinstance(log, logging.Logger):
+            log.disabled = False
+            log.setLevel(logging.NOTSET)
+            log.propagate = True
+            for log_handler in list(log.handlers):
+                log.removeHandler(log_handler)
     tracker = sys.modules.get("multiprocessing.resource_tracker")
     if tracker is not None:  # the user's tracker pipe is /dev/null now
         with contextlib.suppress(Exception):

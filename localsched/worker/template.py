@@ -207,7 +207,7 @@ def _run_child(
         os.setsid()  # its own session, as a spawned worker: no terminal Ctrl-C
         _reseed_numpy()
         if name:
-            _set_name(name)
+            set_process_name(name)
         os.dup2(fds[0], 2)  # the cluster reads it (runtime/supervision.py)
         os.close(fds[0])
         sys.argv = argv
@@ -236,7 +236,7 @@ def _reseed_numpy() -> None:
             numpy_random.seed()
 
 
-def _set_name(name: str) -> None:
+def set_process_name(name: str) -> None:
     """Name the process in ``ps -o comm``/``top`` (its command line stays the
     template's): Linux keeps 15 bytes."""
     import ctypes  # imported by main already

@@ -76,8 +76,9 @@ def localsched_modules_after_get_client() -> tuple[list[str], list[str]]:
 
 def test_a_task_that_calls_get_client_loads_neither_the_runtime_nor_the_core():
     # A cluster of its own: a fresh worker process, nothing loaded by others
-    # (two threads: one runs the subtasks while the task waits for them).
-    with Client(n_workers=1, threads_per_worker=2) as client:
+    # (two threads: one runs the subtasks while the task waits for them),
+    # lean: not forked from this process, which has them all loaded.
+    with Client(n_workers=1, threads_per_worker=2, warm_imports=False) as client:
         future = client.submit(localsched_modules_after_get_client, pure=False)
         before, after = future.result(timeout=30)
     assert "localsched.client.client" not in before  # the task's client was made here

@@ -64,7 +64,9 @@ def test_another_user_cannot_squat_segment_names_even_knowing_them():
 
 def test_command_lines_name_no_path_of_the_cluster():
     """``ps`` shows every user the command lines of our workers and janitor."""
-    with Client(n_workers=1, threads_per_worker=1) as client:
+    # Lean workers: a template forked from this process would show its
+    # command line, not ``-m localsched.worker`` (deploy/user_fork.py).
+    with Client(n_workers=1, threads_per_worker=1, warm_imports=False) as client:
         cluster = client.cluster
         store = cluster.store
         secrets_ = {

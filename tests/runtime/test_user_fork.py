@@ -66,6 +66,14 @@ def test_a_large_heap_or_a_small_explicit_memory_limit_refuses_the_fork(
     assert user_fork.memory_refusal() is not None
 
 
+def test_warm_imports_off_refuses_the_fork():
+    # Workers then start lean, as asked; a list of modules keeps the fork.
+    assert "warm_imports" in (user_fork.refusal({"warm_imports": False}) or "")
+    assert "warm_imports" in (user_fork.refusal({"warm_imports": []}) or "")
+    reason = user_fork.refusal({"warm_imports": ["json"]})
+    assert "warm_imports" not in (reason or "")
+
+
 def test_dask_config_turns_the_fork_off():
     dask = pytest.importorskip("dask")
     with dask.config.set({user_fork.CONFIG_KEY: False}):
@@ -166,11 +174,19 @@ def test_the_fork_keeps_nothing_of_the_users_program_a_fresh_one_lacks(tmp_path)
                 "root_handlers": len(logging.getLogger().handlers),
                 "stdin": sys.stdin.read(),
                 "trace": sys.gettrace() is None,
+                "warnings_logged": (
+                    not logging.getLogger("localsched.worker.warming").disabled
+                    and logging.getLogger("localsched.worker.warming")
+                    .isEnabledFor(logging.WARNING)
+                ),
             }
 
         if __name__ == "__main__":
             log_file = os.path.join(os.getcwd(), "user.log")
             logging.basicConfig(filename=log_file)
+            # As a dictConfig with disable_existing_loggers would leave them.
+            logging.getLogger("localsched").setLevel(logging.CRITICAL)
+            logging.getLogger("localsched.worker.warming").disabled = True
             warnings.simplefilter("error")
             signal.signal(signal.SIGTERM, lambda *args: None)
             atexit.register(
@@ -179,15 +195,17 @@ def test_the_fork_keeps_nothing_of_the_users_program_a_fresh_one_lacks(tmp_path)
             read_end, write_end = os.pipe()
             with localsched.Client(n_workers=1, threads_per_worker=1) as client:
                 fork = client.cluster._template.is_user_fork
+                name = psutil.Process(client.cluster._template.pid).name()
                 # No process of the cluster holds the pipe's write end: once
                 # we close ours, its reader sees the end.
                 os.close(write_end)
                 eof = os.read(read_end, 1) == b""
                 view = list(client.run(worker_view).values())[0]
-            print(json.dumps({"fork": fork, "eof": eof, "view": view}))
+            print(json.dumps({"fork": fork, "eof": eof, "view": view, "name": name}))
         """,
     )
     assert out["fork"] is True
+    assert out["name"] == "localsched-tmpl"
     assert out["eof"] is True
     assert out["view"] == {
         "sigterm": True,
@@ -195,6 +213,7 @@ def test_the_fork_keeps_nothing_of_the_users_program_a_fresh_one_lacks(tmp_path)
         "root_handlers": 0,
         "stdin": "",
         "trace": True,
+        "warnings_logged": True,
     }
     # The user's atexit handler ran once, in the user's process.
     assert (tmp_path / "atexit.txt").read_text().split() != []

@@ -200,7 +200,14 @@ def test_a_worker_that_cannot_start_fails_the_cluster_with_its_stderr(
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setattr(RestartPolicy, "base_delay", 0.01)
     with pytest.raises(RuntimeError) as info:
-        LocalCluster(n_workers=1, threads_per_worker=1, worker_start_method=method)
+        # warm_imports=False: a template that is a fork of this process would
+        # not run the sitecustomize (deploy/user_fork.py).
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            worker_start_method=method,
+            warm_imports=False,
+        )
     text = str(info.value)
     assert text.startswith("5 worker processes in a row died while starting")
     assert "died while starting" in text
