@@ -265,6 +265,12 @@ class UserForkProcess:
 def fork_template(theirs: socket.socket) -> UserForkProcess:
     """Fork this process into a template serving on socket ``theirs``."""
     parent = os.getpid()
+    # What the user printed and Python still buffers would be written again
+    # by every process that flushes its copy (multiprocessing flushes too).
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
     with warnings.catch_warnings():
         # Python 3.12+ warns about native threads (OpenBLAS's pool, ...):
         # refusal() admitted only the libraries that handle fork.

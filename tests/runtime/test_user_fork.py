@@ -245,3 +245,34 @@ def test_forked_workers_draw_their_own_numpy_random_numbers(tmp_path):
     assert out["fork"] is True
     assert len(set(out["drawn"])) == 2
     assert out["mine"] not in out["drawn"]
+
+
+def test_output_the_user_printed_before_the_fork_is_written_once(tmp_path):
+    (tmp_path / "marker_module.py").write_text("")
+    script = tmp_path / "printer.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import localsched
+            if __name__ == "__main__":
+                # Block-buffered (a pipe): still in the buffer at the fork.
+                print("printed before the cluster")
+                with localsched.Client(n_workers=2, threads_per_worker=1) as client:
+                    fork = client.cluster._template.is_user_fork
+                    assert client.submit(sum, [1, 2]).result() == 3
+                    client.restart()  # workers leave, and flush what they hold
+                print("fork" if fork else "fresh")
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    env.pop("PYTHONUNBUFFERED", None)  # buffered, as stdout into a pipe is
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["printed before the cluster", "fork"]
