@@ -342,7 +342,9 @@ def _reset_interpreter() -> None:
     sys.excepthook = sys.__excepthook__
     sys.unraisablehook = sys.__unraisablehook__
     threading.excepthook = threading.__excepthook__
-    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__
+    # Standard input anew on /dev/null: the user's object may hold read-ahead.
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     warnings.resetwarnings()
     for action, category, module in reversed(_DEFAULT_WARNING_FILTERS):
         warnings.filterwarnings(action, category=category, module=module)
