@@ -16,7 +16,8 @@ Figures (seconds):
 - ``scale-up 2 -> 4``: ``cluster.scale(4)`` until 4 workers are running;
 - ``first dataframe compute``: the first ``groupby().sum().compute()`` of a
   dask dataframe on a client made after ``import dask.dataframe`` (workers
-  import pandas/dask for it), and ``first array compute`` likewise;
+  import pandas/dask for it, unless their template is a fork of this process:
+  ``deploy/user_fork.py``), and ``first array compute`` likewise;
 - ``data imports, worker added later``: after that compute and 3 s idle,
   ``scale(3)``; the new worker's import of pandas, dask.dataframe and
   dask.array (``client.run``).
