@@ -101,7 +101,6 @@ FORK_SAFE_EXTENSIONS = frozenset(
         "lz4",
         "zstandard",
         "charset_normalizer",
-        "mypy_extensions",
     }
 )
 
