@@ -23,7 +23,9 @@ process is forked only if (:func:`refusal`):
   torch, grpc, ...) refuses it;
 - its own anonymous memory is at most :data:`MAX_HEAP` (and a quarter of an
   explicit ``memory_limit``): the template and its workers share those pages
-  and a worker counts them as its own memory (``runtime/memory.py``);
+  and a worker counts them as its own memory (``runtime/memory.py``), and a
+  page the user's process writes afterwards is copied for it (the template
+  keeps the old one): the fork costs at most that much memory more;
 - dask's config key ``localsched.worker.fork-user-process`` is not False.
 
 Otherwise the template is a fresh interpreter, as before: only time differs.
