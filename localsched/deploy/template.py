@@ -107,10 +107,14 @@ def start_template(options: Mapping[str, Any] | None = None) -> Template | None:
     ``options`` are the cluster's keywords, if known.
     """
     reason = user_fork.refusal(options)
-    if reason is not None:
-        logger.debug("The worker template is a fresh interpreter: %s", reason)
+    if reason is None:
+        try:
+            return Template(fork_user=True)
+        except Exception as exc:  # ENOMEM, EAGAIN: a fresh one may still start
+            reason = f"the fork failed: {exc}"
+    logger.debug("The worker template is a fresh interpreter: %s", reason)
     try:
-        return Template(fork_user=reason is None)
+        return Template()
     except Exception:
         logger.exception("Could not start the worker template: spawning workers")
         return None

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from localsched.deploy import user_fork
+from localsched.deploy.template import start_template
 from tests.runtime.helpers import DEADLINE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +79,22 @@ def test_dask_config_turns_the_fork_off():
     dask = pytest.importorskip("dask")
     with dask.config.set({user_fork.CONFIG_KEY: False}):
         assert "config" in (user_fork.refusal() or "")
+
+
+def test_a_failed_fork_starts_a_fresh_template(monkeypatch):
+    def fail(theirs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(user_fork, "refusal", lambda options=None: None)
+    monkeypatch.setattr(user_fork, "fork_template", fail)
+    template = start_template()
+    assert template is not None
+    try:
+        assert template.is_user_fork is False
+        assert template.process.is_alive()
+    finally:
+        template.close()
+    assert not template.process.is_alive()
 
 
 def _run(tmp_path: Path, body: str) -> dict:
