@@ -30,10 +30,12 @@ from localsched.scheduler.tasks import (
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
-    as_transition,
     key_group_name,
     key_split,
+)
+from localsched.scheduler.transition_log import (
+    Transition,
+    as_transition,
     recommended_keys,
 )
 from localsched.scheduler.transitions import (

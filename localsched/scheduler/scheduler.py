@@ -27,9 +27,9 @@ from localsched.scheduler.tasks import (
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
     WorkerState,
 )
+from localsched.scheduler.transition_log import Transition
 from localsched.status import StatusStr
 
 Key = Hashable

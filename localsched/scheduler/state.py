@@ -55,10 +55,9 @@ from localsched.scheduler.tasks import (
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
-    TransitionLog,
     WorkerState,
 )
+from localsched.scheduler.transition_log import Transition, TransitionLog
 
 #: Known fast prefixes (dask's ``scheduler.default-task-durations``), in seconds.
 DEFAULT_TASK_DURATIONS: dict[str, float] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from math import isinf as _isinf
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localsched.scheduler.clients import client_releases_keys, key_erred
 from localsched.scheduler.commands import (
@@ -81,11 +81,12 @@ def _transition_released_waiting(
             return {ts.key: "erred"}
     ts.state = "waiting"
     waiting_on = ts.waiting_on
-    if not waiting_on and ts.dependencies:
-        waiting_on = ts.waiting_on = set()  # may be the shared EMPTY_SET
+    if ts.dependencies and type(waiting_on) is not set:
+        # The shared EMPTY_SET (a non-empty waiting_on is always a real set).
+        waiting_on = ts.waiting_on = set()
     for dts in ts.dependencies:
         if not dts.who_has and not (dts.state == "memory" and dts.shared):
-            waiting_on.add(dts)
+            cast("set[TaskState]", waiting_on).add(dts)  # a real set: above
         if dts.state == "released":
             recs[dts.key] = "waiting"
         else:
@@ -375,9 +376,9 @@ def _add_to_memory(
             ts.group.nbytes_total += diff
             ts.prefix.nbytes_total += diff
             ts.nbytes = nbytes
-        # A one-member link set is that member's ``alone`` frozenset, typed as
-        # the set it stands for (tasks.py, ``with_link``).
-        ts.who_has = ws.alone  # type: ignore[assignment]
+        # A one-member link set is that member's ``alone`` frozenset (tasks.py,
+        # ``with_link``).
+        ts.who_has = ws.alone
         ws.has_what[ts] = None
         ws.nbytes += nbytes if nbytes >= 0 else ts.get_nbytes()
     else:
@@ -395,6 +396,8 @@ def _add_to_memory(
         for dts in ordered:
             waiting_on = dts.waiting_on
             if waiting_on and ts in waiting_on:
+                # Non-empty: a real set (tasks.TaskState.waiting_on).
+                waiting_on = cast("set[TaskState]", waiting_on)
                 waiting_on.discard(ts)
                 if not waiting_on:
                     recs[dts.key] = "processing"
@@ -697,9 +700,10 @@ def _transition_memory_released(
         if dts.state in ("no-worker", "processing", "queued"):
             recs[dts.key] = "waiting"
         elif dts.state == "waiting":
-            if not dts.waiting_on:
-                dts.waiting_on = set()  # may be the shared EMPTY_SET
-            dts.waiting_on.add(ts)
+            waiting_on = dts.waiting_on
+            if type(waiting_on) is not set:  # the shared EMPTY_SET
+                waiting_on = dts.waiting_on = set()
+            waiting_on.add(ts)
     return recs
 
 
@@ -739,7 +743,8 @@ def _propagate_forgotten(
         dts.has_lost_dependencies = True
         dts.dependencies = without_link(dts.dependencies, ts)
         if dts.waiting_on:
-            dts.waiting_on.discard(ts)
+            # Non-empty: a real set (tasks.TaskState.waiting_on).
+            cast("set[TaskState]", dts.waiting_on).discard(ts)
         if dts.state not in ("memory", "erred"):
             recs[dts.key] = "forgotten"
     ts.dependents = EMPTY_SET
