@@ -27,6 +27,7 @@ from localsched.scheduler.placement import decide_worker_rootish_queuing_enabled
 from localsched.scheduler.tasks import (
     EMPTY_SET,
     Key,
+    LinkSet,
     TaskGroup,
     TaskPrefix,
     TaskState,
@@ -121,8 +122,8 @@ def _transition_observed(
     """``transition`` with a plugin hook or through released (slow path)."""
     key = ts.key
     hook = state.transition_hook
-    dependents: set[TaskState] = EMPTY_SET
-    dependencies: set[TaskState] = EMPTY_SET
+    dependents: LinkSet[TaskState] = EMPTY_SET
+    dependencies: LinkSet[TaskState] = EMPTY_SET
     if hook is not None and (func is None or finish == "forgotten"):
         # Plugins may read a forgotten task's links, as in dask.
         dependents = set(ts.dependents)

@@ -232,7 +232,7 @@ LinkSet = AbstractSet
 #: per task with 100k tasks alive. Immutable, so sharing it is safe: code that
 #: adds to a link set replaces an empty one by a new ``set``, and code that
 #: discards or clears does it only on a non-empty one. Readers need not care.
-EMPTY_SET: Any = frozenset()
+EMPTY_SET: frozenset[Any] = frozenset()
 
 #: The annotations of a task submitted without any (read-only, shared).
 NO_ANNOTATIONS: Mapping[str, Any] = MappingProxyType({})

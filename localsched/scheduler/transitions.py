@@ -45,6 +45,7 @@ from localsched.scheduler.tasks import (
     ALL_TASK_STATES,
     EMPTY_SET,
     Key,
+    LinkSet,
     TaskState,
     WorkerState,
     with_link,
@@ -92,16 +93,17 @@ def _transition_released_waiting(
         else:
             dts.waiters = with_link(dts.waiters, ts)
     # A loop, not a comprehension: most tasks have zero or one dependent.
-    waiters = EMPTY_SET
+    waiters: LinkSet[TaskState] = EMPTY_SET
     for dts in ts.dependents:
         if dts.state == "waiting":
             if waiters:
                 waiters = with_link(waiters, dts)
             else:
                 # with_link(EMPTY_SET, dts), inlined: the usual single waiter.
-                waiters = dts.alone
-                if waiters is None:
-                    waiters = dts.alone = frozenset((dts,))
+                alone = dts.alone
+                if alone is None:
+                    alone = dts.alone = frozenset((dts,))
+                waiters = alone
     ts.waiters = waiters
     if not waiting_on:
         recs[ts.key] = "processing"
