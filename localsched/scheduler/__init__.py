@@ -24,3 +24,11 @@ here. The runtime (``localsched.runtime.scheduler_thread``) owns a
 ``SchedulerState``, feeds it the events it observes and performs the commands
 it gets back.
 """
+
+from pathlib import Path as _Path
+
+from localsched.scheduler import _loader
+
+#: Whether this process imports the compiled (mypyc) core or the pure Python
+#: one, and why (``_loader``; ``LOCALSCHED_PURE_PYTHON=1`` forces pure).
+COMPILED, COMPILED_REASON = _loader.select(__name__, _Path(__file__).parent)

@@ -1,0 +1,124 @@
+"""Build: the scheduler core compiled with mypyc when it can be, else pure Python.
+
+The metadata is in ``pyproject.toml``; this file only adds the compiled core
+(docs/architecture.md, "How the core is built"). The modules in ``COMPILED``
+are compiled together with mypyc into one shared library
+(``localsched/scheduler/_core__mypyc``) and one small extension per module,
+next to their sources. A stamp, ``localsched/scheduler/_compiled.json``, records
+the hash of every source compiled; at import, ``localsched.scheduler._loader``
+uses the compiled modules only if every one of them is present and its source
+unchanged, and the pure modules otherwise.
+
+Compiling is optional: with ``LOCALSCHED_PURE_PYTHON=1`` nothing is compiled,
+and if mypyc or the C compiler fails the build goes on without the extensions
+(pure Python, with a message in pip's verbose log).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+PACKAGE = "localsched.scheduler"
+SOURCE_DIR = Path("localsched", "scheduler")
+#: The compiled modules of the core. Left out: ``commands`` and ``events``
+#: (mypyc 2.4 cannot build keyword-only slotted dataclasses), ``transition_log``
+#: and ``computations`` (deque subclasses, which a native class cannot be), the
+#: ``scheduler`` facade (read by plugins and subclassed the Python way) and the
+#: package's ``__init__`` and ``_loader`` (they choose between the two builds).
+COMPILED = (
+    "clients",
+    "engine",
+    "graphs",
+    "heapset",
+    "placement",
+    "policies",
+    "state",
+    "stealing",
+    "stimuli",
+    "tasks",
+    "transitions",
+    "validate",
+)
+#: The shared library's module name (mypyc's ``group_name`` + ``__mypyc``).
+GROUP = f"{PACKAGE}._core"
+STAMP = "_compiled.json"  # as _loader.STAMP
+
+
+def _say(message: str) -> None:
+    print(f"localsched setup: {message}", file=sys.stderr)
+
+
+def _load_loader() -> Any:
+    """``localsched.scheduler._loader`` (stdlib only), without the package."""
+    spec = importlib.util.spec_from_file_location("_loader", SOURCE_DIR / "_loader.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildCoreExt(build_ext):
+    """``build_ext`` that stamps a complete build and drops a partial one."""
+
+    def run(self) -> None:
+        super().run()
+        names = [ext.name for ext in self.extensions]
+        if not names:
+            return
+        build_dir = Path(self.build_lib, *PACKAGE.split("."))
+        places = [(Path(self.build_lib), build_dir)]
+        if self.inplace or getattr(self, "editable_mode", False):
+            places.append((Path("."), SOURCE_DIR))
+        for root, package_dir in places:
+            outputs = [root / self.get_ext_filename(name) for name in names]
+            stamp = package_dir / STAMP
+            if all(path.exists() for path in outputs):
+                stamp.write_text(_stamp(outputs))
+                continue
+            # An optional extension failed: no half-compiled core.
+            _say("the compiled core did not build; installing it as pure Python")
+            for path in [*outputs, stamp]:
+                path.unlink(missing_ok=True)
+
+
+def _stamp(outputs: list[Path]) -> str:
+    record: dict[str, Any] = {
+        "extensions": sorted(path.name for path in outputs),
+        # Every source of the package, compiled or not: the compiled modules
+        # were built against all of them (``_loader.check``).
+        "sources": _load_loader().source_hashes(SOURCE_DIR),
+    }
+    return json.dumps(record, indent=1, sort_keys=True) + "\n"
+
+
+def _extensions() -> list[Any]:
+    if os.environ.get("LOCALSCHED_PURE_PYTHON", "") not in ("", "0"):
+        _say("LOCALSCHED_PURE_PYTHON is set: the core stays pure Python")
+        return []
+    try:
+        from mypyc.build import mypycify
+
+        extensions = mypycify(
+            [str(SOURCE_DIR / f"{name}.py") for name in COMPILED],
+            opt_level="3",
+            group_name=GROUP,
+        )
+    except (Exception, SystemExit) as error:  # mypy reports errors by exiting
+        _say(f"mypyc failed ({error!r}); the core stays pure Python")
+        return []
+    for extension in extensions:
+        # A missing or failing C compiler leaves the pure core (see BuildCoreExt).
+        extension.optional = True
+    return list(extensions)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCoreExt})
