@@ -34,6 +34,7 @@ SOURCE_DIR = Path("localsched", "scheduler")
 #: ``scheduler`` facade (read by plugins and subclassed the Python way) and the
 #: package's ``__init__`` and ``_loader`` (they choose between the two builds).
 COMPILED = (
+    "builders",
     "clients",
     "engine",
     "graphs",

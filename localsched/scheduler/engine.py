@@ -94,16 +94,18 @@ def record_transition(
         states[start] -= 1
         states[actual] += 1
     # TransitionLog.record, inlined (one flat tuple of atoms, built directly
-    # for no or one follow-up, as in ``run_transitions``).
+    # for no or one follow-up, as in ``run_transitions``). The log is a Python
+    # deque subclass: one method lookup, not one per call from compiled code.
+    log_append = state.transition_log.append
     if not recs:
-        state.transition_log.append((ts.key, start, actual, stimulus_id, state.now))
+        log_append((ts.key, start, actual, stimulus_id, state.now))
     elif len(recs) == 1:
         ((next_key, next_finish),) = recs.items()
-        state.transition_log.append(
+        log_append(
             (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
         )
     else:
-        state.transition_log.append(
+        log_append(
             (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
         )
     if actual == "forgotten":
@@ -179,7 +181,8 @@ def run_transitions(
     recommendations = dict(recommendations)
     tasks = state.tasks
     table = TRANSITIONS_FROM
-    log = state.transition_log
+    # Bound once: the log is a Python deque subclass (see record_transition).
+    log_append = state.transition_log.append
     # Transition functions run no plugin code: without a hook now, none
     # appears during this loop (a hook may add one: then check each time).
     observed = state.transition_hook is not None or state.transition_counter_max
@@ -227,17 +230,17 @@ def run_transitions(
             # for no or one follow-up (the usual cases): star-unpacking goes
             # through a list.
             if not new:
-                log.append((key, start, actual, stimulus_id, state.now))
+                log_append((key, start, actual, stimulus_id, state.now))
                 break
             if len(new) == 1:
                 done = key
                 ((key, finish),) = new.items()
-                log.append((done, start, actual, stimulus_id, state.now, key, finish))
+                log_append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
                 recommendations[key] = finish
                 break
-            log.append(
+            log_append(
                 (key, start, actual, stimulus_id, state.now, *new, *new.values())
             )
             recommendations.update(new)

@@ -15,17 +15,14 @@ from math import isinf as _isinf
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, cast
 
-from localsched.scheduler.clients import client_releases_keys, key_erred
-from localsched.scheduler.commands import (
-    FreeData,
-    FreeKeys,
-    KeyLost,
-    KeyRetried,
+from localsched.scheduler.builders import (
     compute_task,
     free_keys,
     key_cancelled,
     key_in_memory,
 )
+from localsched.scheduler.clients import client_releases_keys, key_erred
+from localsched.scheduler.commands import FreeData, FreeKeys, KeyLost, KeyRetried
 from localsched.scheduler.placement import (
     add_replica,
     check_idle_saturated,
