@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PACKAGE = "localsched.scheduler"
@@ -68,27 +68,46 @@ def _load_loader() -> Any:
 
 
 class BuildCoreExt(build_ext):
-    """``build_ext`` that stamps a complete build and drops a partial one."""
+    """``build_ext`` that runs mypyc, stamps a complete build, drops a partial one.
+
+    mypyc runs when the command is set up rather than when ``setup.py`` is
+    loaded: pip loads it three times (requirements, metadata, build) and mypyc's
+    analysis takes half a minute each time.
+    """
+
+    def finalize_options(self) -> None:
+        # Before setuptools prepares each extension (only a build gets here).
+        self._failed = False
+        if self.distribution.ext_modules == [PLACEHOLDER]:
+            self.distribution.ext_modules = _mypyc_extensions()
+            self._failed = not self.distribution.ext_modules
+        super().finalize_options()
 
     def run(self) -> None:
         super().run()
-        names = [ext.name for ext in self.extensions]
-        if not names:
-            return
-        build_dir = Path(self.build_lib, *PACKAGE.split("."))
-        places = [(Path(self.build_lib), build_dir)]
+        names = [*(f"{PACKAGE}.{name}" for name in COMPILED), f"{GROUP}__mypyc"]
+        places = [(Path(self.build_lib), Path(self.build_lib, *PACKAGE.split(".")))]
         if self.inplace or getattr(self, "editable_mode", False):
             places.append((Path("."), SOURCE_DIR))
+        if self._failed:
+            _say("the compiled core did not build; installing it as pure Python")
         for root, package_dir in places:
             outputs = [root / self.get_ext_filename(name) for name in names]
             stamp = package_dir / STAMP
-            if all(path.exists() for path in outputs):
+            if self._failed:
+                # No half-compiled core, nor an older build left in place.
+                for path in [*outputs, stamp]:
+                    path.unlink(missing_ok=True)
+            else:
                 stamp.write_text(_stamp(outputs))
-                continue
-            # An optional extension failed: no half-compiled core.
-            _say("the compiled core did not build; installing it as pure Python")
-            for path in [*outputs, stamp]:
-                path.unlink(missing_ok=True)
+
+    def build_extension(self, ext: Any) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception:
+            # The extensions are optional: build_ext warns and goes on.
+            self._failed = True
+            raise
 
 
 def _stamp(outputs: list[Path]) -> str:
@@ -101,10 +120,7 @@ def _stamp(outputs: list[Path]) -> str:
     return json.dumps(record, indent=1, sort_keys=True) + "\n"
 
 
-def _extensions() -> list[Any]:
-    if os.environ.get("LOCALSCHED_PURE_PYTHON", "") not in ("", "0"):
-        _say("LOCALSCHED_PURE_PYTHON is set: the core stays pure Python")
-        return []
+def _mypyc_extensions() -> list[Any]:
     try:
         from mypyc.build import mypycify
 
@@ -122,4 +138,16 @@ def _extensions() -> list[Any]:
     return list(extensions)
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildCoreExt})
+#: Stands for the compiled core until ``BuildCoreExt`` runs mypyc (it makes the
+#: wheel platform-specific, as the compiled one is).
+PLACEHOLDER = Extension(f"{GROUP}__mypyc", sources=[], optional=True)
+
+
+def _ext_modules() -> list[Extension]:
+    if os.environ.get("LOCALSCHED_PURE_PYTHON", "") not in ("", "0"):
+        _say("LOCALSCHED_PURE_PYTHON is set: the core stays pure Python")
+        return []
+    return [PLACEHOLDER]
+
+
+setup(ext_modules=_ext_modules(), cmdclass={"build_ext": BuildCoreExt})

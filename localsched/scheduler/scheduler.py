@@ -360,7 +360,7 @@ class Scheduler:
         keys: Collection[Key],
         dependencies: Mapping[Key, Collection[Key]] | None = None,
         *,
-        restrictions: Mapping[Key, Collection[str]] | None = None,
+        restrictions: Mapping[Key, Collection[Hashable]] | None = None,
         priority: Mapping[Key, int] | None = None,
         loose_restrictions: Collection[Key] = (),
         resources: Mapping[Key, Mapping[str, float]] | None = None,

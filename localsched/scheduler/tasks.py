@@ -377,8 +377,9 @@ class TaskState:
         self.suspicious = 0
         #: Retries left after a failure.
         self.retries = 0
-        #: Worker addresses the task may run on; None means any.
-        self.worker_restrictions: set[str] | None = None
+        #: Worker addresses or names (any hashable, as dask's: ``0`` is a
+        #: name) the task may run on; None means any.
+        self.worker_restrictions: set[Hashable] | None = None
         #: Host names the task may run on; None means any.
         self.host_restrictions: set[str] | None = None
         #: Resource name -> amount needed; None means none.
