@@ -682,7 +682,7 @@ class Scheduler:
             attribute=attribute,
         )
 
-    def workers_list(self, workers: Iterable[str] | None) -> list[str]:
+    def workers_list(self, workers: Iterable[Hashable] | None) -> list[str]:
         """Addresses of the workers named by address, name or host."""
         return self.state.workers_list(workers)
 
