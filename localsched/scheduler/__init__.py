@@ -23,6 +23,10 @@ Pure state in, commands out: no threads, pipes, pickling, clocks or global confi
 here. The runtime (``localsched.runtime.scheduler_thread``) owns a
 ``SchedulerState``, feeds it the events it observes and performs the commands
 it gets back.
+
+Installed, most of these modules are compiled with mypyc (``setup.py``); the
+same sources run as pure Python when no compiled build is there, when it is
+older than the sources, or with ``LOCALSCHED_PURE_PYTHON=1`` (``_loader``).
 """
 
 from pathlib import Path as _Path
