@@ -80,7 +80,9 @@ class BuildCoreExt(build_ext):
         if self.distribution.ext_modules == [PLACEHOLDER]:
             self.distribution.ext_modules = _mypyc_extensions()
             self._failed = not self.distribution.ext_modules
-            # Set the new extensions up as setuptools set the placeholder up.
+            # Set the new extensions up as setuptools set the placeholder up
+            # (the one option finalize_options cannot take twice reset first).
+            self.swig_opts = None
             super().finalize_options()
         super().run()
         names = [*(f"{PACKAGE}.{name}" for name in COMPILED), f"{GROUP}__mypyc"]
