@@ -5,9 +5,9 @@ The metadata is in ``pyproject.toml``; this file only adds the compiled core
 are compiled together with mypyc into one shared library
 (``localsched/scheduler/_core__mypyc``) and one small extension per module,
 next to their sources. A stamp, ``localsched/scheduler/_compiled.json``, records
-the hash of every source compiled; at import, ``localsched.scheduler._loader``
-uses the compiled modules only if every one of them is present and its source
-unchanged, and the pure modules otherwise.
+the extensions built and the hash of every source of the package; at import,
+``localsched.scheduler._loader`` uses the compiled modules only if every one of
+them is present and no source changed, and the pure modules otherwise.
 
 Compiling is optional: with ``LOCALSCHED_PURE_PYTHON=1`` nothing is compiled,
 and if mypyc or the C compiler fails the build goes on without the extensions
@@ -31,8 +31,9 @@ SOURCE_DIR = Path("localsched", "scheduler")
 #: The compiled modules of the core. Left out: ``commands`` and ``events``
 #: (mypyc 2.4 cannot build keyword-only slotted dataclasses), ``transition_log``
 #: and ``computations`` (deque subclasses, which a native class cannot be), the
-#: ``scheduler`` facade (read by plugins and subclassed the Python way) and the
-#: package's ``__init__`` and ``_loader`` (they choose between the two builds).
+#: ``scheduler`` facade (off the per-task path; mypyc 2.4 also fails on its
+#: keyword-only signatures) and the package's ``__init__`` and ``_loader`` (they
+#: choose between the two builds).
 COMPILED = (
     "builders",
     "clients",
