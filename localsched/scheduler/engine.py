@@ -100,7 +100,9 @@ def record_transition(
     if not recs:
         log_append((ts.key, start, actual, stimulus_id, state.now))
     elif len(recs) == 1:
-        ((next_key, next_finish),) = recs.items()
+        # The one item, read after the loop (see run_transitions).
+        for next_key, next_finish in recs.items():  # noqa: B007
+            pass
         log_append(
             (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
         )
@@ -207,7 +209,9 @@ def run_transitions(
                 if not new:
                     break
                 if len(new) == 1:
-                    ((key, finish),) = new.items()
+                    # The one item, read after the loop (see below).
+                    for key, finish in new.items():  # noqa: B007
+                        pass
                     if key not in recommendations:
                         continue
                 recommendations.update(new)
@@ -234,7 +238,11 @@ def run_transitions(
                 break
             if len(new) == 1:
                 done = key
-                ((key, finish),) = new.items()
+                # The one item. A loop, not ``((key, finish),) = new.items()``:
+                # compiled, a loop walks the dict in place, while unpacking
+                # builds an items view and an iterator per transition.
+                for key, finish in new.items():  # noqa: B007 (read after it)
+                    pass
                 log_append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
