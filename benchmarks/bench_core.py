@@ -33,6 +33,7 @@ import pstats
 import time
 from collections.abc import Callable
 
+from localsched import scheduler
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import ComputeTask
 from localsched.scheduler.state import SchedulerState
@@ -96,6 +97,12 @@ def _run(state: _Core, commands: list[object], release: list[object]) -> int:
         pending.extend(c for c in out if type(c) is ComputeTask)
     state.handle(*release)
     return finished
+
+
+def _build() -> str:
+    """Which core runs: compiled (mypyc) or pure Python, and why."""
+    build = "compiled" if scheduler.COMPILED else "pure"
+    return f"{build}: {scheduler.COMPILED_REASON}"
 
 
 def _new_state() -> SchedulerState:
@@ -197,7 +204,10 @@ def _report(
 
 def scaling(workers: list[int], threads: list[int], size: int, repeat: int) -> None:
     """CPU per task in the core against the number of simulated workers."""
-    print(f"scheduler core, {size:,} tasks, CPU in core per task (best of {repeat})")
+    print(
+        f"scheduler core ({_build()}), {size:,} tasks, CPU in core per task"
+        f" (best of {repeat})"
+    )
     print(f"{'workers x threads':<18} {'map us':>7} {'tasks/s':>8} {'tree us':>8}")
     for n_workers in workers:
         for n_threads in threads:
@@ -242,7 +252,10 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
     sizes = [10_000, 100_000] + ([1_000_000] if args.full else [])
-    print(f"scheduler core, {N_WORKERS} simulated workers x {THREADS} thread(s)")
+    print(
+        f"scheduler core ({_build()}), {N_WORKERS} simulated workers"
+        f" x {THREADS} thread(s)"
+    )
     for n in sizes:
         _report("independent (map)", bench_independent, n, args.repeat, args.phases)
     for n in sizes:

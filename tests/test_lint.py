@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TREES = ["localsched", "tests", "benchmarks", "examples"]
+TREES = ["localsched", "tests", "benchmarks", "examples", "setup.py"]
 
 
 @pytest.mark.timeout(120)

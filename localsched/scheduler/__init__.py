@@ -23,4 +23,16 @@ Pure state in, commands out: no threads, pipes, pickling, clocks or global confi
 here. The runtime (``localsched.runtime.scheduler_thread``) owns a
 ``SchedulerState``, feeds it the events it observes and performs the commands
 it gets back.
+
+Installed, most of these modules are compiled with mypyc (``setup.py``); the
+same sources run as pure Python when no compiled build is there, when it is
+older than the sources, or with ``LOCALSCHED_PURE_PYTHON=1`` (``_loader``).
 """
+
+from pathlib import Path as _Path
+
+from localsched.scheduler import _loader
+
+#: Whether this process imports the compiled (mypyc) core or the pure Python
+#: one, and why (``_loader``; ``LOCALSCHED_PURE_PYTHON=1`` forces pure).
+COMPILED, COMPILED_REASON = _loader.select(__name__, _Path(__file__).parent)

@@ -27,13 +27,16 @@ from localsched.scheduler.placement import decide_worker_rootish_queuing_enabled
 from localsched.scheduler.tasks import (
     EMPTY_SET,
     Key,
+    LinkSet,
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
-    as_transition,
     key_group_name,
     key_split,
+)
+from localsched.scheduler.transition_log import (
+    Transition,
+    as_transition,
     recommended_keys,
 )
 from localsched.scheduler.transitions import (
@@ -91,16 +94,20 @@ def record_transition(
         states[start] -= 1
         states[actual] += 1
     # TransitionLog.record, inlined (one flat tuple of atoms, built directly
-    # for no or one follow-up, as in ``run_transitions``).
+    # for no or one follow-up, as in ``run_transitions``). The log is a Python
+    # deque subclass: one method lookup, not one per call from compiled code.
+    log_append = state.transition_log.append
     if not recs:
-        state.transition_log.append((ts.key, start, actual, stimulus_id, state.now))
+        log_append((ts.key, start, actual, stimulus_id, state.now))
     elif len(recs) == 1:
-        ((next_key, next_finish),) = recs.items()
-        state.transition_log.append(
+        # The one item, read after the loop (see run_transitions).
+        for next_key, next_finish in recs.items():  # noqa: B007
+            pass
+        log_append(
             (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
         )
     else:
-        state.transition_log.append(
+        log_append(
             (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
         )
     if actual == "forgotten":
@@ -119,8 +126,8 @@ def _transition_observed(
     """``transition`` with a plugin hook or through released (slow path)."""
     key = ts.key
     hook = state.transition_hook
-    dependents: set[TaskState] = EMPTY_SET
-    dependencies: set[TaskState] = EMPTY_SET
+    dependents: LinkSet[TaskState] = EMPTY_SET
+    dependencies: LinkSet[TaskState] = EMPTY_SET
     if hook is not None and (func is None or finish == "forgotten"):
         # Plugins may read a forgotten task's links, as in dask.
         dependents = set(ts.dependents)
@@ -176,7 +183,8 @@ def run_transitions(
     recommendations = dict(recommendations)
     tasks = state.tasks
     table = TRANSITIONS_FROM
-    log = state.transition_log
+    # Bound once: the log is a Python deque subclass (see record_transition).
+    log_append = state.transition_log.append
     # Transition functions run no plugin code: without a hook now, none
     # appears during this loop (a hook may add one: then check each time).
     observed = state.transition_hook is not None or state.transition_counter_max
@@ -201,7 +209,9 @@ def run_transitions(
                 if not new:
                     break
                 if len(new) == 1:
-                    ((key, finish),) = new.items()
+                    # The one item, read after the loop (see below).
+                    for key, finish in new.items():  # noqa: B007
+                        pass
                     if key not in recommendations:
                         continue
                 recommendations.update(new)
@@ -224,17 +234,21 @@ def run_transitions(
             # for no or one follow-up (the usual cases): star-unpacking goes
             # through a list.
             if not new:
-                log.append((key, start, actual, stimulus_id, state.now))
+                log_append((key, start, actual, stimulus_id, state.now))
                 break
             if len(new) == 1:
                 done = key
-                ((key, finish),) = new.items()
-                log.append((done, start, actual, stimulus_id, state.now, key, finish))
+                # The one item. A loop, not ``((key, finish),) = new.items()``:
+                # compiled, a loop walks the dict in place, while unpacking
+                # builds an items view and an iterator per transition.
+                for key, finish in new.items():  # noqa: B007 (read after it)
+                    pass
+                log_append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
                 recommendations[key] = finish
                 break
-            log.append(
+            log_append(
                 (key, start, actual, stimulus_id, state.now, *new, *new.values())
             )
             recommendations.update(new)

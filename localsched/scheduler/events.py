@@ -75,7 +75,7 @@ class UpdateGraph(StateEvent):
     #: generation (coarse FIFO between calls).
     fifo_timeout: float = 0.0
     #: key -> worker addresses or names the task may run on.
-    restrictions: Mapping[Key, Collection[str]] | None = None
+    restrictions: Mapping[Key, Collection[Hashable]] | None = None
     #: Keys whose restrictions are only preferences.
     loose_restrictions: Collection[Key] = ()
     #: key -> {resource: amount}.

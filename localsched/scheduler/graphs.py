@@ -223,8 +223,8 @@ def _wire_new_tasks(
                     if alone is None:
                         alone = ts.alone = frozenset((ts,))
                     # A one-member link set is that member's ``alone``
-                    # frozenset, typed as the set it stands for (``with_link``).
-                    dts.dependents = alone  # type: ignore[assignment]
+                    # frozenset (``with_link``).
+                    dts.dependents = alone
                 dts_group = dts.group
                 if dts_group is not group:
                     group.dependencies.add(dts_group)
@@ -264,8 +264,9 @@ def _set_priorities(
     if parent is not None:
         # Subtasks of a running task go ahead of that task's siblings. dask
         # takes priority[0] (-user_priority), which puts them ahead of every
-        # generation; kept for compatibility.
-        generation: float = parent.priority[0] - 0.01
+        # generation; kept for compatibility. A float there, an int otherwise
+        # (dask's priorities print as it does).
+        generation: int | float = parent.priority[0] - 0.01
     elif event.submitting_task is not None:
         generation = state.generation  # the parent is gone: no new generation
     elif state._last_generation_time + event.fifo_timeout < event.time:

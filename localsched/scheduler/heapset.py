@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import deque
 from collections.abc import Hashable, Iterator
 
@@ -43,7 +42,9 @@ class HeapSet:
         self._owners: dict[int, TaskState] = {}
         self._heap: list[_Entry] = []
         self._run: deque[_Entry] = deque()
-        self._counter = itertools.count()
+        #: The next entry's insertion counter (an int, not ``itertools.count``:
+        #: compiled, ``next()`` is a call through the builtins module).
+        self._counter = 0
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -64,7 +65,8 @@ class HeapSet:
         if tasks.get(key) is ts:
             return
         tasks[key] = ts
-        counter = next(self._counter)
+        counter = self._counter
+        self._counter = counter + 1
         self._owners[counter] = ts
         entry = (ts.priority, counter)
         run = self._run

@@ -277,7 +277,9 @@ def valid_workers(state: SchedulerState, ts: TaskState) -> set[WorkerState] | No
     if ts.worker_restrictions:
         result = set()
         for name in ts.worker_restrictions:
-            ws = state.workers.get(name) or state._workers_by_name.get(name)
+            ws = (
+                state.workers.get(name) if isinstance(name, str) else None
+            ) or state._workers_by_name.get(name)
             if ws is not None:
                 result.add(ws)
     if ts.host_restrictions:

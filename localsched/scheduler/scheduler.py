@@ -27,9 +27,9 @@ from localsched.scheduler.tasks import (
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
     WorkerState,
 )
+from localsched.scheduler.transition_log import Transition
 from localsched.status import StatusStr
 
 Key = Hashable
@@ -360,7 +360,7 @@ class Scheduler:
         keys: Collection[Key],
         dependencies: Mapping[Key, Collection[Key]] | None = None,
         *,
-        restrictions: Mapping[Key, Collection[str]] | None = None,
+        restrictions: Mapping[Key, Collection[Hashable]] | None = None,
         priority: Mapping[Key, int] | None = None,
         loose_restrictions: Collection[Key] = (),
         resources: Mapping[Key, Mapping[str, float]] | None = None,
@@ -682,7 +682,7 @@ class Scheduler:
             attribute=attribute,
         )
 
-    def workers_list(self, workers: Iterable[str] | None) -> list[str]:
+    def workers_list(self, workers: Iterable[Hashable] | None) -> list[str]:
         """Addresses of the workers named by address, name or host."""
         return self.state.workers_list(workers)
 

@@ -55,10 +55,9 @@ from localsched.scheduler.tasks import (
     TaskGroup,
     TaskPrefix,
     TaskState,
-    Transition,
-    TransitionLog,
     WorkerState,
 )
+from localsched.scheduler.transition_log import Transition, TransitionLog
 
 #: Known fast prefixes (dask's ``scheduler.default-task-durations``), in seconds.
 DEFAULT_TASK_DURATIONS: dict[str, float] = {
@@ -333,13 +332,14 @@ class SchedulerState:
             for name, tp in self.task_prefixes.items()
         }
 
-    def workers_list(self, workers: Iterable[str] | None) -> list[str]:
-        """Addresses of the workers matching addresses, names or hosts."""
+    def workers_list(self, workers: Iterable[Hashable] | None) -> list[str]:
+        """Addresses of the workers matching addresses, names (any hashable, as
+        dask's) or hosts."""
         if workers is None:
             return list(self.workers)
         out: list[str] = []
         for w in workers:
-            if w in self.workers:
+            if isinstance(w, str) and w in self.workers:
                 out.append(w)
             elif w in self._workers_by_name:
                 out.append(self._workers_by_name[w].address)

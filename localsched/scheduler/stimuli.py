@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localsched.errors import KilledWorker, NoValidWorkerError
 from localsched.scheduler import events as ev
@@ -110,7 +110,8 @@ def on_update_data(state: SchedulerState, event: ev.UpdateData) -> None:
             add_replica(state, ts, ws)
         for waiter in list(ts.waiters):
             if ts in waiter.waiting_on:
-                waiter.waiting_on.discard(ts)
+                # Non-empty: a real set (tasks.TaskState.waiting_on).
+                cast("set[TaskState]", waiter.waiting_on).discard(ts)
                 if not waiter.waiting_on:
                     recs[waiter.key] = "processing"
         state._commands.append(

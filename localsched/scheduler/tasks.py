@@ -13,8 +13,8 @@ on memory addresses: the same events always give the same commands.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Mapping
+from collections.abc import Set as AbstractSet
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -219,6 +219,11 @@ class TaskGroup:
         return f"<TaskGroup {self.name}: {_counts(self.states)}>"
 
 
+#: A link set (``TaskState.dependencies`` ...): a ``set``, or a shared
+#: ``frozenset`` (``EMPTY_SET`` below, or a record's ``alone``), so readers get
+#: the read-only interface and writers go through ``with_link``/``without_link``.
+LinkSet = AbstractSet
+
 #: The value of a task's link sets (``dependencies``, ``dependents``,
 #: ``waiting_on``, ``waiters``, ``who_has``, ``who_wants``) while they are empty
 #: (see also ``with_link``).
@@ -227,7 +232,7 @@ class TaskGroup:
 #: per task with 100k tasks alive. Immutable, so sharing it is safe: code that
 #: adds to a link set replaces an empty one by a new ``set``, and code that
 #: discards or clears does it only on a non-empty one. Readers need not care.
-EMPTY_SET: Any = frozenset()
+EMPTY_SET: frozenset[Any] = frozenset()
 
 #: The annotations of a task submitted without any (read-only, shared).
 NO_ANNOTATIONS: Mapping[str, Any] = MappingProxyType({})
@@ -338,20 +343,20 @@ class TaskState:
         #: before (and again once forgotten).
         self.alone: frozenset[TaskState] | None = None
         #: Tasks this task needs; symmetric with ``dependents``.
-        self.dependencies: set[TaskState] = EMPTY_SET
+        self.dependencies: LinkSet[TaskState] = EMPTY_SET
         #: Tasks that need this one; symmetric with ``dependencies``.
-        self.dependents: set[TaskState] = EMPTY_SET
+        self.dependents: LinkSet[TaskState] = EMPTY_SET
         #: While waiting: the dependencies not yet in memory. Empty otherwise.
-        self.waiting_on: set[TaskState] = EMPTY_SET
+        self.waiting_on: LinkSet[TaskState] = EMPTY_SET
         #: Dependents that are waiting, queued, no-worker or processing and still
         #: need this task's data.
-        self.waiters: set[TaskState] = EMPTY_SET
+        self.waiters: LinkSet[TaskState] = EMPTY_SET
         #: Workers holding the result; non-empty only in memory.
-        self.who_has: set[WorkerState] = EMPTY_SET
+        self.who_has: LinkSet[WorkerState] = EMPTY_SET
         #: The worker running the task; set iff state is processing.
         self.processing_on: WorkerState | None = None
         #: Clients that hold a future to this key.
-        self.who_wants: set[ClientState] = EMPTY_SET
+        self.who_wants: LinkSet[ClientState] = EMPTY_SET
         #: Size of the result in bytes; -1 until known.
         self.nbytes = -1
         #: Type name of the result; None until known.
@@ -372,8 +377,9 @@ class TaskState:
         self.suspicious = 0
         #: Retries left after a failure.
         self.retries = 0
-        #: Worker addresses the task may run on; None means any.
-        self.worker_restrictions: set[str] | None = None
+        #: Worker addresses or names (any hashable, as dask's: ``0`` is a
+        #: name) the task may run on; None means any.
+        self.worker_restrictions: set[Hashable] | None = None
         #: Host names the task may run on; None means any.
         self.host_restrictions: set[str] | None = None
         #: Resource name -> amount needed; None means none.
@@ -562,108 +568,3 @@ class ClientState:
 
 def _counts(states: dict[str, int]) -> str:
     return ", ".join(f"{name}: {n}" for name, n in states.items() if n)
-
-
-class Transition(tuple[Any, ...]):
-    """One entry of the transition log (dask's ``Transition`` namedtuple)."""
-
-    __slots__ = ()
-
-    def __new__(
-        cls,
-        key: Key,
-        start: str,
-        finish: str,
-        recommendations: Mapping[Key, str],
-        stimulus_id: str,
-        time: float,
-    ) -> Transition:
-        return tuple.__new__(
-            cls, (key, start, finish, recommendations, stimulus_id, time)
-        )
-
-    key = property(lambda self: self[0])
-    start = property(lambda self: self[1])
-    finish = property(lambda self: self[2])
-    recommendations = property(lambda self: self[3])
-    stimulus_id = property(lambda self: self[4])
-    time = property(lambda self: self[5])
-
-
-#: A log entry as stored: ``(key, start, finish, stimulus_id, time, *rec_keys,
-#: *rec_states)``, one flat tuple (see ``TransitionLog``).
-LogEntry = tuple[Any, ...]
-
-
-# ``Any``: entries are stored as flat ``LogEntry`` tuples and read back as
-# ``Transition`` records, two types for one item.
-class TransitionLog(deque[Any]):
-    """The bounded transition log; reads hand out ``Transition`` records.
-
-    Entries are stored as flat tuples of atoms: ``(key, start, finish,
-    stimulus_id, time)`` followed by the recommended keys, then their states.
-    The garbage collector stops tracking a tuple of atoms at its first
-    collection, while a tuple holding a dict (or a nested tuple not yet
-    untracked) stays tracked, and 100,000 log entries walked on every full
-    collection were a large part of the core's cost per task. Only the engine
-    appends (``record``, or ``append`` with an entry already in that form).
-    Iterating and indexing rebuild each entry as a ``Transition``, with a dict
-    of recommendations, as dask's log holds.
-    """
-
-    __slots__ = ()
-
-    def record(
-        self,
-        key: Key,
-        start: str,
-        finish: str,
-        recommendations: Mapping[Key, str],
-        stimulus_id: str,
-        time: float,
-    ) -> None:
-        """Append one transition (the engine's hot path inlines this)."""
-        self.append(
-            (
-                key,
-                start,
-                finish,
-                stimulus_id,
-                time,
-                *recommendations,
-                *recommendations.values(),
-            )
-        )
-
-    def entries(self) -> Iterator[LogEntry]:
-        """The stored entries, oldest first, without building records."""
-        return deque.__iter__(self)
-
-    def __iter__(self) -> Iterator[Transition]:
-        for entry in deque.__iter__(self):
-            yield as_transition(entry)
-
-    def __reversed__(self) -> Iterator[Transition]:
-        for entry in deque.__reversed__(self):
-            yield as_transition(entry)
-
-    # Integer indexing only (dask's log is read that way); deque's slice-free
-    # signature also takes SupportsIndex, which mypy wants kept.
-    def __getitem__(self, index: int) -> Transition:  # type: ignore[override]
-        return as_transition(deque.__getitem__(self, index))
-
-    def __repr__(self) -> str:
-        return f"TransitionLog({list(self)!r}, maxlen={self.maxlen})"
-
-
-def recommended_keys(entry: LogEntry) -> tuple[Key, ...]:
-    """The keys a stored log entry recommended."""
-    return entry[5 : 5 + (len(entry) - 5) // 2]
-
-
-def as_transition(entry: LogEntry) -> Transition:
-    """A stored log entry as a ``Transition`` record."""
-    key, start, finish, stimulus_id, time = entry[:5]
-    n = (len(entry) - 5) // 2
-    recommendations = dict(zip(entry[5 : 5 + n], entry[5 + n :], strict=True))
-    return Transition(key, start, finish, recommendations, stimulus_id, time)

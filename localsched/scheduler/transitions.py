@@ -13,19 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from math import isinf as _isinf
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from localsched.scheduler.clients import client_releases_keys, key_erred
-from localsched.scheduler.commands import (
-    FreeData,
-    FreeKeys,
-    KeyLost,
-    KeyRetried,
+from localsched.scheduler.builders import (
     compute_task,
     free_keys,
     key_cancelled,
     key_in_memory,
 )
+from localsched.scheduler.clients import client_releases_keys, key_erred
+from localsched.scheduler.commands import FreeData, FreeKeys, KeyLost, KeyRetried
 from localsched.scheduler.placement import (
     add_replica,
     check_idle_saturated,
@@ -45,6 +42,7 @@ from localsched.scheduler.tasks import (
     ALL_TASK_STATES,
     EMPTY_SET,
     Key,
+    LinkSet,
     TaskState,
     WorkerState,
     with_link,
@@ -81,26 +79,28 @@ def _transition_released_waiting(
             return {ts.key: "erred"}
     ts.state = "waiting"
     waiting_on = ts.waiting_on
-    if not waiting_on and ts.dependencies:
-        waiting_on = ts.waiting_on = set()  # may be the shared EMPTY_SET
+    if ts.dependencies and type(waiting_on) is not set:
+        # The shared EMPTY_SET (a non-empty waiting_on is always a real set).
+        waiting_on = ts.waiting_on = set()
     for dts in ts.dependencies:
         if not dts.who_has and not (dts.state == "memory" and dts.shared):
-            waiting_on.add(dts)
+            cast("set[TaskState]", waiting_on).add(dts)  # a real set: above
         if dts.state == "released":
             recs[dts.key] = "waiting"
         else:
             dts.waiters = with_link(dts.waiters, ts)
     # A loop, not a comprehension: most tasks have zero or one dependent.
-    waiters = EMPTY_SET
+    waiters: LinkSet[TaskState] = EMPTY_SET
     for dts in ts.dependents:
         if dts.state == "waiting":
             if waiters:
                 waiters = with_link(waiters, dts)
             else:
                 # with_link(EMPTY_SET, dts), inlined: the usual single waiter.
-                waiters = dts.alone
-                if waiters is None:
-                    waiters = dts.alone = frozenset((dts,))
+                alone = dts.alone
+                if alone is None:
+                    alone = dts.alone = frozenset((dts,))
+                waiters = alone
     ts.waiters = waiters
     if not waiting_on:
         recs[ts.key] = "processing"
@@ -375,9 +375,9 @@ def _add_to_memory(
             ts.group.nbytes_total += diff
             ts.prefix.nbytes_total += diff
             ts.nbytes = nbytes
-        # A one-member link set is that member's ``alone`` frozenset, typed as
-        # the set it stands for (tasks.py, ``with_link``).
-        ts.who_has = ws.alone  # type: ignore[assignment]
+        # A one-member link set is that member's ``alone`` frozenset (tasks.py,
+        # ``with_link``).
+        ts.who_has = ws.alone
         ws.has_what[ts] = None
         ws.nbytes += nbytes if nbytes >= 0 else ts.get_nbytes()
     else:
@@ -395,6 +395,8 @@ def _add_to_memory(
         for dts in ordered:
             waiting_on = dts.waiting_on
             if waiting_on and ts in waiting_on:
+                # Non-empty: a real set (tasks.TaskState.waiting_on).
+                waiting_on = cast("set[TaskState]", waiting_on)
                 waiting_on.discard(ts)
                 if not waiting_on:
                     recs[dts.key] = "processing"
@@ -697,9 +699,10 @@ def _transition_memory_released(
         if dts.state in ("no-worker", "processing", "queued"):
             recs[dts.key] = "waiting"
         elif dts.state == "waiting":
-            if not dts.waiting_on:
-                dts.waiting_on = set()  # may be the shared EMPTY_SET
-            dts.waiting_on.add(ts)
+            waiting_on = dts.waiting_on
+            if type(waiting_on) is not set:  # the shared EMPTY_SET
+                waiting_on = dts.waiting_on = set()
+            waiting_on.add(ts)
     return recs
 
 
@@ -739,7 +742,8 @@ def _propagate_forgotten(
         dts.has_lost_dependencies = True
         dts.dependencies = without_link(dts.dependencies, ts)
         if dts.waiting_on:
-            dts.waiting_on.discard(ts)
+            # Non-empty: a real set (tasks.TaskState.waiting_on).
+            cast("set[TaskState]", dts.waiting_on).discard(ts)
         if dts.state not in ("memory", "erred"):
             recs[dts.key] = "forgotten"
     ts.dependents = EMPTY_SET

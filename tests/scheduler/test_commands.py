@@ -8,16 +8,32 @@ from typing import Any
 
 import pytest
 
+from localsched.scheduler import builders as b
 from localsched.scheduler import commands as c
+
+
+def _distinct(field: dataclasses.Field[Any], i: int) -> Any:
+    """A value for ``field`` told apart by ``i``, of the field's type (the
+    twins are compiled with the core, which checks their arguments' types)."""
+    hint = str(field.type)
+    if hint == "int":
+        return 1000 + i
+    if hint.startswith("tuple[float"):
+        return (float(i),)
+    if hint.startswith("tuple"):
+        return (f"value-{i}",)
+    if hint.startswith(("dict", "Mapping")):
+        return {f"value-{i}": float(i)}
+    return f"value-{i}"
 
 
 @pytest.mark.parametrize(
     ("twin", "cls"),
     [
-        (c.compute_task, c.ComputeTask),
-        (c.free_keys, c.FreeKeys),
-        (c.key_in_memory, c.KeyInMemory),
-        (c.key_cancelled, c.KeyCancelled),
+        (b.compute_task, c.ComputeTask),
+        (b.free_keys, c.FreeKeys),
+        (b.key_in_memory, c.KeyInMemory),
+        (b.key_cancelled, c.KeyCancelled),
     ],
 )
 def test_positional_twin_sets_every_field(
@@ -26,7 +42,7 @@ def test_positional_twin_sets_every_field(
     names = [f.name for f in dataclasses.fields(cls)]
     # Distinct values, one per field, in the dataclass's order: a field left
     # out, swapped or added to the class without its twin fails here.
-    values: list[Any] = [f"value-{i}" for i in range(len(names))]
+    values = [_distinct(f, i) for i, f in enumerate(dataclasses.fields(cls))]
     built = twin(*values)
     assert type(built) is cls
     assert built == cls(**dict(zip(names, values, strict=True)))
