@@ -4,7 +4,9 @@ Measures the whole lifecycle of every task in the pure core (submit -> waiting -
 processing/queued -> memory -> released -> forgotten), with no processes, pipes
 or pickling. Workers are simulated: every ComputeTask command is answered with a
 TaskFinished event, in batches as the runtime would drain its pipes. The
-garbage collector is on.
+garbage collector is on, and paused while the core takes in a graph of 50,000
+tasks or more, as the scheduler thread pauses it (``runtime/collector.py``);
+``--collector on`` never pauses it.
 
 The figure to quote is CPU time (``time.process_time``): the machine is shared,
 and wall-clock time also counts other processes' turns. Two CPU figures are
@@ -32,8 +34,10 @@ import cProfile
 import pstats
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from localsched import scheduler
+from localsched.runtime.collector import PAUSE_FROM, paused_for_graphs
 from localsched.scheduler import events as ev
 from localsched.scheduler.commands import ComputeTask
 from localsched.scheduler.state import SchedulerState
@@ -43,6 +47,10 @@ THREADS = 1
 BATCH = 1000
 #: (workers, threads per worker) of the next ``_Core``s; ``--scaling`` sets it.
 _shape = [N_WORKERS, THREADS]
+#: "runtime": the collector paused while the core takes in graphs of 50,000
+#: tasks or more, as the scheduler thread does (``runtime/collector.py``);
+#: "on": never paused (``--collector on``).
+_collector = ["runtime"]
 #: The ``_Core`` of the latest run (``--phases`` reads its split).
 _last: list[_Core] = []
 
@@ -61,8 +69,13 @@ class _Core:
         _last[:] = [self]
 
     def handle(self, *events: ev.StateEvent) -> list[object]:
+        graphs = [e for e in events if type(e) is ev.UpdateGraph]
+        pause = (
+            paused_for_graphs(graphs) if _collector[0] == "runtime" else nullcontext()
+        )
         start = time.process_time()
-        commands = self.state.handle(*events)
+        with pause:
+            commands = self.state.handle(*events)
         spent = time.process_time() - start
         self.cpu += spent
         phase = type(events[0]).__name__
@@ -240,7 +253,15 @@ def main() -> None:
     parser.add_argument(
         "--phases", action="store_true", help="split the core's CPU by event type"
     )
+    parser.add_argument(
+        "--collector",
+        choices=["runtime", "on"],
+        default="runtime",
+        help="pause the cyclic GC for big graphs as the scheduler thread does"
+        " (runtime, the default) or never (on)",
+    )
     args = parser.parse_args()
+    _collector[0] = args.collector
     if args.scaling:
         scaling(args.workers, args.threads, args.size, args.repeat)
         return
@@ -254,7 +275,12 @@ def main() -> None:
     sizes = [10_000, 100_000] + ([1_000_000] if args.full else [])
     print(
         f"scheduler core ({_build()}), {N_WORKERS} simulated workers"
-        f" x {THREADS} thread(s)"
+        f" x {THREADS} thread(s); collector: "
+        + (
+            f"paused for graphs of {PAUSE_FROM:,}+ tasks, as the scheduler thread"
+            if _collector[0] == "runtime"
+            else "always on"
+        )
     )
     for n in sizes:
         _report("independent (map)", bench_independent, n, args.repeat, args.phases)
