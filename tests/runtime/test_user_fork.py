@@ -99,9 +99,18 @@ def test_a_failed_fork_starts_a_fresh_template(monkeypatch):
 
 def _run(tmp_path: Path, body: str) -> dict:
     """Run ``body`` as a script in a fresh interpreter; the JSON it prints."""
+    stdout = _run_script(tmp_path, textwrap.dedent(PROLOGUE) + textwrap.dedent(body))
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _run_script(tmp_path: Path, source: str, buffered: bool = False) -> str:
+    """Run ``source`` in a fresh interpreter in ``tmp_path``; its stdout.
+    ``buffered``: without ``PYTHONUNBUFFERED``, as stdout into a pipe is."""
     script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(PROLOGUE) + textwrap.dedent(body))
+    script.write_text(source)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
+    if buffered:
+        env.pop("PYTHONUNBUFFERED", None)
     done = subprocess.run(
         [sys.executable, str(script)],
         capture_output=True,
@@ -111,7 +120,7 @@ def _run(tmp_path: Path, body: str) -> dict:
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done.stdout
 
 
 PROLOGUE = """
@@ -265,31 +274,18 @@ def test_forked_workers_draw_their_own_numpy_random_numbers(tmp_path):
 
 
 def test_output_the_user_printed_before_the_fork_is_written_once(tmp_path):
-    (tmp_path / "marker_module.py").write_text("")
-    script = tmp_path / "printer.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import localsched
-            if __name__ == "__main__":
-                # Block-buffered (a pipe): still in the buffer at the fork.
-                print("printed before the cluster")
-                with localsched.Client(n_workers=2, threads_per_worker=1) as client:
-                    fork = client.cluster._template.is_user_fork
-                    assert client.submit(sum, [1, 2]).result() == 3
-                    client.restart()  # workers leave, and flush what they hold
-                print("fork" if fork else "fresh")
-            """
-        )
+    source = textwrap.dedent(
+        """
+        import localsched
+        if __name__ == "__main__":
+            # Block-buffered (a pipe): still in the buffer at the fork.
+            print("printed before the cluster")
+            with localsched.Client(n_workers=2, threads_per_worker=1) as client:
+                fork = client.cluster._template.is_user_fork
+                assert client.submit(sum, [1, 2]).result() == 3
+                client.restart()  # workers leave, and flush what they hold
+            print("fork" if fork else "fresh")
+        """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path)]))
-    env.pop("PYTHONUNBUFFERED", None)  # buffered, as stdout into a pipe is
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["printed before the cluster", "fork"]
+    stdout = _run_script(tmp_path, source, buffered=True)
+    assert stdout.splitlines() == ["printed before the cluster", "fork"]
