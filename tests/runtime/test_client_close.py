@@ -8,6 +8,7 @@ finishes (dask cannot stop it either; ``cancel(force=True)`` can).
 from __future__ import annotations
 
 import operator
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,11 @@ def test_closing_a_client_drops_its_queued_and_unstarted_tasks(tmp_path):
             assert poll(lambda: len(lines(count)) >= 1)
             closing.close()
             assert all(f.status == "cancelled" for f in futures)
+            # A round trip to the worker after the cancellations went out on
+            # its pipe: it has dropped its queue before the first task ends
+            # (else, on a loaded machine, its thread could take the next one).
+            with Client(cluster, set_as_default=False) as probe:
+                assert len(probe.run(os.getpid)) == 1
         finally:
             Path(release).touch()
         with Client(cluster, set_as_default=False) as other:
