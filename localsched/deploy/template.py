@@ -32,6 +32,7 @@ template passed, so it has ``ChildProcess``'s interface.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
 import itertools
@@ -57,6 +58,7 @@ __all__ = [
     "CONFIG_KEY",
     "ForkedProcess",
     "Template",
+    "UserForkProcess",
     "resolve_start_method",
     "start_template",
     "take_template_ahead",
@@ -186,9 +188,9 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             fd = theirs.fileno()
-            self.process: ChildProcess | user_fork.UserForkProcess
+            self.process: ChildProcess | UserForkProcess
             if fork_user:
-                self.process = user_fork.fork_template(theirs)
+                self.process = UserForkProcess(user_fork.fork_template(theirs))
             else:
                 self.process = ChildProcess(
                     [
@@ -340,13 +342,13 @@ class Template:
             self.process.join(1.0)
 
 
-class ForkedProcess:
-    """A process the template forked, with ``ChildProcess``'s interface."""
+class _PidfdProcess(abc.ABC):
+    """A process watched and signalled through a pidfd, with ``ChildProcess``'s
+    interface; subclasses say where its exit code comes from."""
 
-    def __init__(self, template: Template, pid: int, pidfd: int, name: str) -> None:
+    def __init__(self, pid: int, pidfd: int, name: str) -> None:
         self.name = name
         self.pid = pid
-        self._template = template
         self._pidfd: int | None = pidfd
         self._exitcode: int | None = None
         #: Our end of the child's stderr pipe (non-blocking), or None.
@@ -364,11 +366,12 @@ class ForkedProcess:
     @property
     def exitcode(self) -> int | None:
         if self._exitcode is None and self._has_ended():
-            code = self._template.exit_code(self.pid, EXIT_REPORT_TIMEOUT)
-            # No report: the template died first, and its death killed its
-            # workers (PR_SET_PDEATHSIG).
-            self._exitcode = -signal.SIGKILL if code is None else code
+            self._exitcode = self._ended_code()
         return self._exitcode
+
+    @abc.abstractmethod
+    def _ended_code(self) -> int | None:
+        """The exit code of the process, which ended (None: not known yet)."""
 
     def is_alive(self) -> bool:
         return self.exitcode is None
@@ -392,6 +395,35 @@ class ForkedProcess:
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
+
+
+class ForkedProcess(_PidfdProcess):
+    """A process the template forked: its exit code is the template's report."""
+
+    def __init__(self, template: Template, pid: int, pidfd: int, name: str) -> None:
+        super().__init__(pid, pidfd, name)
+        self._template = template
+
+    def _ended_code(self) -> int:
+        code = self._template.exit_code(self.pid, EXIT_REPORT_TIMEOUT)
+        # No report: the template died first, and its death killed its
+        # workers (PR_SET_PDEATHSIG).
+        return -signal.SIGKILL if code is None else code
+
+
+class UserForkProcess(_PidfdProcess):
+    """A template forked from this process (``deploy/user_fork.py``): our
+    child, so we reap it."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid, os.pidfd_open(pid), "localsched-template")
+
+    def _ended_code(self) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else's waitpid(-1)
+            return -signal.SIGKILL
+        return os.waitstatus_to_exitcode(status) if pid else None
 
 
 def _is_readable(fd: int, timeout: float | None) -> bool:

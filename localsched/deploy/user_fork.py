@@ -49,9 +49,7 @@ import contextlib
 import gc
 import importlib.machinery
 import logging
-import math
 import os
-import select
 import signal
 import socket
 import sys
@@ -67,7 +65,6 @@ __all__ = [
     "CONFIG_KEY",
     "FORK_SAFE_EXTENSIONS",
     "MAX_HEAP",
-    "UserForkProcess",
     "fork_template",
     "memory_refusal",
     "refusal",
@@ -210,61 +207,9 @@ def _explicit_memory_limit(options: Mapping[str, Any] | None) -> int | None:
     return limit if limit > 0 else None
 
 
-class UserForkProcess:
-    """The forked template, with ``ChildProcess``'s interface (it is our child:
-    we reap it)."""
-
-    def __init__(self, pid: int) -> None:
-        self.name = "localsched-template"
-        self.pid = pid
-        self._pidfd: int | None = os.pidfd_open(pid)
-        self._exitcode: int | None = None
-        self.stderr = None
-
-    @property
-    def sentinel(self) -> int | None:
-        return self._pidfd
-
-    @property
-    def exitcode(self) -> int | None:
-        if self._exitcode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else's waitpid(-1)
-                self._exitcode = -signal.SIGKILL
-            else:
-                if pid:
-                    self._exitcode = os.waitstatus_to_exitcode(status)
-        return self._exitcode
-
-    def is_alive(self) -> bool:
-        return self.exitcode is None
-
-    def join(self, timeout: float | None = None) -> None:
-        pidfd = self._pidfd
-        if pidfd is not None:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1e3)))
-        if self.exitcode is not None and pidfd is not None:
-            self._pidfd = None
-            with contextlib.suppress(OSError):
-                os.close(pidfd)
-
-    def _signal(self, signum: int) -> None:
-        if self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self._pidfd, signum)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-
-def fork_template(theirs: socket.socket) -> UserForkProcess:
-    """Fork this process into a template serving on socket ``theirs``."""
+def fork_template(theirs: socket.socket) -> int:
+    """Fork this process into a template serving on socket ``theirs``; the
+    child's pid (``template.UserForkProcess`` watches it)."""
     parent = os.getpid()
     # What the user printed and Python still buffers would be written again
     # by every process that flushes its copy (multiprocessing flushes too).
@@ -289,7 +234,7 @@ def fork_template(theirs: socket.socket) -> UserForkProcess:
                 traceback.print_exc()
         finally:
             os._exit(code)
-    return UserForkProcess(pid)
+    return pid
 
 
 def _become_template(fd: int, parent: int) -> None:
