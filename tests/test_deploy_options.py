@@ -30,6 +30,7 @@ def test_config_is_read_when_no_value_is_given():
             "distributed.scheduler.worker-saturation": "inf",
             "distributed.scheduler.work-stealing": False,
             "distributed.diagnostics.computations.max-history": 7,
+            "distributed.admin.low-level-log-length": 12,
         }
     ):
         options = scheduler_options()
@@ -38,7 +39,25 @@ def test_config_is_read_when_no_value_is_given():
         "worker_saturation": math.inf,
         "work_stealing": False,
         "computations_max_history": 7,
+        "transition_log_length": 12,
     }
+
+
+def test_the_transition_log_keeps_dasks_low_level_log_length():
+    # dask's Scheduler keeps the last ``low-level-log-length`` transitions.
+    with dask.config.set({"distributed.admin.low-level-log-length": 5}):
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, validate=True)
+    with cluster, Client(cluster) as client:
+        first = client.submit(sum, [1, 2], key="a")
+        assert first.result() == 3
+        second = client.submit(sum, [3, 4], key="b")
+        assert second.result() == 7
+        log = cluster.scheduler.transition_log
+        assert log.maxlen == 5
+        # a's three transitions and b's three: the oldest one was dropped.
+        assert [entry.key for entry in log] == ["a", "a", "b", "b", "b"]
+    # distributed.yaml's default (dask's config has it once distributed loads).
+    assert scheduler_options()["transition_log_length"] == 1000
 
 
 def test_a_given_value_wins_over_config():
@@ -52,3 +71,8 @@ def test_bad_values_are_refused():
         scheduler_options(allowed_failures=-1)
     with pytest.raises(ValueError, match="worker_saturation"):
         scheduler_options(worker_saturation=0)
+    with (
+        dask.config.set({"distributed.admin.low-level-log-length": -1}),
+        pytest.raises(ValueError, match="low-level-log-length"),
+    ):
+        scheduler_options()

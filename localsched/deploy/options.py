@@ -8,7 +8,8 @@ dask accepts (most of them mean nothing on one machine and are ignored).
 
 dask's config (``distributed.scheduler.allowed-failures``,
 ``worker-saturation``, ``work-stealing``,
-``distributed.diagnostics.computations.max-history``) is read once, here, when
+``distributed.diagnostics.computations.max-history``,
+``distributed.admin.low-level-log-length``) is read once, here, when
 a cluster is built, and only if the program imported dask already: the
 scheduler core never reads global config, it gets the values as arguments.
 """
@@ -50,12 +51,14 @@ _CONFIG_KEYS = {
     "worker_saturation": "distributed.scheduler.worker-saturation",
     "work_stealing": "distributed.scheduler.work-stealing",
     "computations_max_history": "distributed.diagnostics.computations.max-history",
+    "transition_log_length": "distributed.admin.low-level-log-length",
 }
 _DEFAULTS: dict[str, Any] = {
     "allowed_failures": 3,
     "worker_saturation": 1.1,
     "work_stealing": True,
     "computations_max_history": 100,
+    "transition_log_length": 1000,
 }
 
 
@@ -101,4 +104,7 @@ def scheduler_options(**given: Any) -> dict[str, Any]:
         raise ValueError("worker_saturation must be a positive number (or inf)")
     options["work_stealing"] = bool(options["work_stealing"])
     options["computations_max_history"] = int(options["computations_max_history"])
+    options["transition_log_length"] = int(options["transition_log_length"])
+    if options["transition_log_length"] < 0:
+        raise ValueError("distributed.admin.low-level-log-length must be 0 or more")
     return options
