@@ -61,16 +61,65 @@ def test_a_task_added_again_keeps_its_first_place_among_equal_priorities():
 
 def test_tombstones_are_rebuilt_away_and_entries_hold_no_task():
     heap = HeapSet()
-    tasks = [task(i, (0, 0, i)) for i in range(1000)]
+    # In priority order (the run), then lower priorities (the heap).
+    tasks = [task(i, (0, 1, i)) for i in range(1000)]
+    earlier = [task(-i, (0, 0, -i)) for i in range(1, 501)]
+    for ts in tasks + earlier:
+        heap.add(ts)
+    assert heap._heap
+    assert len(heap._run) - heap._head == 1000
+    for ts in tasks[:990] + earlier[:495]:
+        heap.discard(ts)
+    assert heap._entries() <= 2 * len(heap) + 64
+    members = earlier[495:][::-1] + tasks[990:]
+    assert heap.sorted() == members
+    assert [heap.pop() for _ in range(len(heap))] == members
+    # Heap entries are atoms: the collector need not walk them. It untracks a
+    # tuple once its items are untracked, so an entry visited before its
+    # priority tuple in one collection is untracked by the next.
+    for ts in earlier[:100]:
+        heap.add(ts)
+    gc.collect()
+    gc.collect()
+    assert heap._heap
+    assert not any(gc.is_tracked(entry) for entry in heap._heap)
+
+
+def test_the_run_is_compacted_and_keeps_no_task_it_handed_out():
+    heap = HeapSet()
+    tasks = [task(i, (0, 0, i)) for i in range(5000)]
     for ts in tasks:
         heap.add(ts)
-    for ts in tasks[:990]:
+    popped = [heap.pop() for _ in range(3000)]
+    assert popped == tasks[:3000]
+    assert len(heap._run) < 5000  # compacted
+    assert not any(ts in heap._run for ts in popped)
+    heap.add(task("late", (0, 0, 10_000)))
+    heap.add(task("early", (0, 0, -1)))
+    assert heap.peekn(3) == [heap.peek(), tasks[3000], tasks[3001]]
+    assert heap.peek().key == "early"
+    assert [ts.key for ts in heap.peekn(2)] == ["early", 3000]
+    rest = [heap.pop().key for _ in range(len(heap))]
+    assert rest == ["early", *range(3000, 5000), "late"]
+    assert heap._run == []
+    assert heap._head == 0
+
+
+def test_peekn_gives_the_live_tasks_of_both_parts_in_order_and_keeps_them():
+    rng = random.Random(1)
+    heap = HeapSet()
+    tasks = [task(i, (0, 0, rng.randrange(50))) for i in range(300)]
+    for ts in tasks:
+        heap.add(ts)
+    for ts in rng.sample(tasks, 100):
         heap.discard(ts)
-    assert len(heap._run) + len(heap._heap) <= 2 * len(heap) + 64
-    assert heap.sorted() == tasks[990:]
-    # Entries are atoms: the collector need not walk them. It untracks a tuple
-    # once its items are untracked, so an entry visited before its priority
-    # tuple in one collection is untracked by the next.
-    gc.collect()
-    gc.collect()
-    assert not any(gc.is_tracked(entry) for entry in heap._run)
+    heap.add(tasks[0])  # maybe a revived entry, maybe a new one
+    members = sorted(heap, key=lambda ts: ts.priority)
+    for n in (2, 7, 50, 400):
+        assert [ts.priority for ts in heap.peekn(n)] == [
+            ts.priority for ts in members[:n]
+        ]
+    assert len(heap) == len(members)
+    assert [ts.priority for ts in (heap.pop() for _ in members)] == [
+        ts.priority for ts in members
+    ]
