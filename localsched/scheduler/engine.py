@@ -10,7 +10,7 @@ group whose last task was forgotten, ``story`` and the plugin notifications that
 are not transitions.
 
 Everything is a plain function over ``SchedulerState``; the engine's fast path is
-written out three times (``transition``, ``run_transitions`` and the
+written out three times (``transition``, ``_run_chain`` and the
 ``TaskFinished`` handler in ``stimuli.py``) because a call per transition is a
 measurable part of the cost per task. Keep the copies in step.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from localsched.errors import InvalidTransition
@@ -181,78 +181,150 @@ def run_transitions(
     """Run recommendations to a fixed point (LIFO, as dask's ``popitem``)."""
     # Copy: the caller's dict is not ours to empty.
     recommendations = dict(recommendations)
-    tasks = state.tasks
-    table = TRANSITIONS_FROM
     # Bound once: the log is a Python deque subclass (see record_transition).
     log_append = state.transition_log.append
+    # Boxed once: the handlers set the time, transitions only read it.
+    now: object = state.now
     # Transition functions run no plugin code: without a hook now, none
     # appears during this loop (a hook may add one: then check each time).
-    observed = state.transition_hook is not None or state.transition_counter_max
+    observed = bool(state.transition_hook is not None or state.transition_counter_max)
     while recommendations:
         key, finish = recommendations.popitem()
-        # Chained: a transition's single follow-up for a key not already
-        # recommended runs next without a trip through the dict, exactly as
-        # update() then popitem() would order it.
-        while True:
-            ts = tasks.get(key)
-            if ts is None:
-                break
-            start = ts.state
-            if start == finish:
-                break
-            func = table[start].get(finish)
-            if func is None or observed:
-                new = transition(state, key, finish, stimulus_id)
-                observed = (
-                    state.transition_hook is not None or state.transition_counter_max
-                )
-                if not new:
-                    break
-                if len(new) == 1:
-                    # The one item, read after the loop (see below).
-                    for key, finish in new.items():  # noqa: B007
-                        pass
-                    if key not in recommendations:
-                        continue
-                recommendations.update(new)
-                break
-            # ``transition``'s fast path and ``record_transition``, inlined: a
-            # call per transition is a measurable part of the engine's cost.
-            # Keep the three in step.
-            state.transition_counter += 1
-            new = func(state, ts, stimulus_id)
-            actual = ts.state
-            if actual != start:
-                states = ts.group.states
-                states[start] -= 1
-                states[actual] += 1
-                if actual == "forgotten":
-                    group = ts.group
-                    if group.states["forgotten"] == group.n_tasks:
-                        forget_group_member(state, ts)
-            # The log entry is a flat tuple (``TransitionLog``), built directly
-            # for no or one follow-up (the usual cases): star-unpacking goes
-            # through a list.
+        observed = _run_chain(
+            state, key, finish, recommendations, stimulus_id, observed, log_append, now
+        )
+
+
+def submit_lone_tasks(
+    state: SchedulerState, new: list[TaskState], stimulus_id: str
+) -> None:
+    """Send new tasks without dependencies or dependents to ``waiting`` and on.
+
+    ``new`` is in reverse run order (the last runs first): exactly what
+    ``run_transitions`` does with ``{ts.key: "waiting" for ts in new}``, without
+    building, copying and popping that dict (a map's submission). Each task
+    takes ``released -> waiting`` as ``_transition_released_waiting``'s lone
+    branch does, then its follow-up chain as ``run_transitions`` would run it.
+    """
+    if state.transition_hook is not None or state.transition_counter_max:
+        # Plugins see each transition through the general path.
+        run_transitions(state, {ts.key: "waiting" for ts in new}, stimulus_id)
+        return
+    recommendations: Recs = {}
+    log_append = state.transition_log.append
+    now: object = state.now
+    observed = False
+    for ts in reversed(new):
+        key = ts.key
+        # released -> waiting, lone: nothing to wait on, no one waiting.
+        state.transition_counter += 1
+        ts.state = "waiting"
+        ts.waiters = EMPTY_SET
+        states = ts.group.states
+        states["released"] -= 1
+        states["waiting"] += 1
+        log_append((key, "released", "waiting", stimulus_id, now, key, "processing"))
+        observed = _run_chain(
+            state,
+            key,
+            "processing",
+            recommendations,
+            stimulus_id,
+            observed,
+            log_append,
+            now,
+        )
+        while recommendations:
+            other, finish = recommendations.popitem()
+            observed = _run_chain(
+                state,
+                other,
+                finish,
+                recommendations,
+                stimulus_id,
+                observed,
+                log_append,
+                now,
+            )
+
+
+def _run_chain(
+    state: SchedulerState,
+    key: Key,
+    finish: str,
+    recommendations: Recs,
+    stimulus_id: str,
+    observed: bool,
+    log_append: Callable[[tuple[Any, ...]], None],
+    now: object,
+) -> bool:
+    """Move ``key`` to ``finish`` and follow its chain of single follow-ups.
+
+    A transition's single follow-up for a key not already recommended runs next
+    without a trip through the dict, exactly as ``update()`` then ``popitem()``
+    would order it; other follow-ups go into ``recommendations``. Returns
+    whether a transition hook or counter limit is now set (``observed``).
+    """
+    tasks = state.tasks
+    table = TRANSITIONS_FROM
+    while True:
+        ts = tasks.get(key)
+        if ts is None:
+            return observed
+        start = ts.state
+        if start == finish:
+            return observed
+        func = table[start].get(finish)
+        if func is None or observed:
+            new = transition(state, key, finish, stimulus_id)
+            observed = bool(
+                state.transition_hook is not None or state.transition_counter_max
+            )
             if not new:
-                log_append((key, start, actual, stimulus_id, state.now))
-                break
+                return observed
             if len(new) == 1:
-                done = key
-                # The one item. A loop, not ``((key, finish),) = new.items()``:
-                # compiled, a loop walks the dict in place, while unpacking
-                # builds an items view and an iterator per transition.
-                for key, finish in new.items():  # noqa: B007 (read after it)
+                # The one item, read after the loop (see below).
+                for key, finish in new.items():  # noqa: B007
                     pass
-                log_append((done, start, actual, stimulus_id, state.now, key, finish))
                 if key not in recommendations:
                     continue
-                recommendations[key] = finish
-                break
-            log_append(
-                (key, start, actual, stimulus_id, state.now, *new, *new.values())
-            )
             recommendations.update(new)
-            break
+            return observed
+        # ``transition``'s fast path and ``record_transition``, inlined: a
+        # call per transition is a measurable part of the engine's cost.
+        # Keep the three in step.
+        state.transition_counter += 1
+        new = func(state, ts, stimulus_id)
+        actual = ts.state
+        if actual != start:
+            states = ts.group.states
+            states[start] -= 1
+            states[actual] += 1
+            if actual == "forgotten":
+                group = ts.group
+                if group.states["forgotten"] == group.n_tasks:
+                    forget_group_member(state, ts)
+        # The log entry is a flat tuple (``TransitionLog``), built directly
+        # for no or one follow-up (the usual cases): star-unpacking goes
+        # through a list.
+        if not new:
+            log_append((key, start, actual, stimulus_id, now))
+            return observed
+        if len(new) == 1:
+            done = key
+            # The one item. A loop, not ``((key, finish),) = new.items()``:
+            # compiled, a loop walks the dict in place, while unpacking
+            # builds an items view and an iterator per transition.
+            for key, finish in new.items():  # noqa: B007 (read after it)
+                pass
+            log_append((done, start, actual, stimulus_id, now, key, finish))
+            if key not in recommendations:
+                continue
+            recommendations[key] = finish
+            return observed
+        log_append((key, start, actual, stimulus_id, now, *new, *new.values()))
+        recommendations.update(new)
+        return observed
 
 
 def queue_slots_maybe_opened(state: SchedulerState, stimulus_id: str) -> None:

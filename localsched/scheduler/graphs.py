@@ -18,7 +18,12 @@ from localsched.errors import GraphError
 from localsched.scheduler import events as ev
 from localsched.scheduler.clients import ensure_client, report_on_key
 from localsched.scheduler.commands import GraphRejected, KeyCancelled
-from localsched.scheduler.engine import new_task, notify, run_transitions
+from localsched.scheduler.engine import (
+    new_task,
+    notify,
+    run_transitions,
+    submit_lone_tasks,
+)
 from localsched.scheduler.events import validate_key
 from localsched.scheduler.tasks import Key, TaskState, with_link
 
@@ -34,8 +39,10 @@ class LostDependencyError(GraphError):
 
 def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
     state.now = max(state.now, event.time)
+    # A graph without an edge (a map): every new task is lone.
+    edges = any(event.dependencies.values())
     try:
-        needed = _check_graph(state, event)
+        needed = _check_graph(state, event, edges)
     except LostDependencyError:
         # As dask's ``update_graph``: a computation on data that is gone is
         # cancelled ("lost dependencies"), not an error. The whole graph is
@@ -71,15 +78,16 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
             ts = new_task(state, key, tasks[key])
             new.append(ts)
         touched.append(ts)
-    _wire_new_tasks(state, new, event)
+    _wire_new_tasks(state, new, event, edges)
     _set_priorities(state, new, event)
     for key in event.actors:
         ts = state.tasks.get(key)
         if ts is not None:
             ts.actor = True
     wants_what = cs.wants_what
-    for key in event.keys:
-        ts = state.tasks[key]
+    # Without edges the wanted tasks are exactly ``touched`` (``_check_graph``).
+    wanted = touched if not edges else [state.tasks[key] for key in event.keys]
+    for ts in wanted:
         # link_client, with one hash of the task (a Python-level call), not
         # two (``in`` then ``add``): the set grows iff the task is new to it.
         n = len(wants_what)
@@ -99,9 +107,16 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
             dependencies={ts.key: {dts.key for dts in ts.dependencies} for ts in new},
             stimulus_id=event.stimulus_id,
         )
-    recs: Recs = {}
     if len(touched) > 1:
         touched.sort(key=_priority, reverse=True)
+    if not edges and len(new) == len(touched):
+        # A map of new tasks: none is in memory or erred yet, none waits on
+        # another. Lone tasks without a run_spec stay released, as below.
+        submit_lone_tasks(
+            state, [ts for ts in touched if ts.run_spec is not None], event.stimulus_id
+        )
+        return
+    recs: Recs = {}
     for ts in touched:
         if ts.state == "released" and ts.run_spec is not None:
             recs[ts.key] = "waiting"
@@ -112,11 +127,14 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
     run_transitions(state, recs, event.stimulus_id)
 
 
-def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
+def _check_graph(
+    state: SchedulerState, event: ev.UpdateGraph, edges: bool
+) -> list[Key]:
     """Keys of the graph needed by the wanted keys; raise if the graph is bad.
 
     Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
-    any state changes, so a rejected graph leaves no trace.
+    any state changes, so a rejected graph leaves no trace. ``edges``: whether
+    any task of the graph has dependencies.
     """
     tasks = event.tasks
     deps = event.dependencies
@@ -127,6 +145,10 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
             raise LostDependencyError(
                 f"Wanted key {key!r} is neither in the graph nor known"
             )
+    if not edges:
+        # Every wanted key is a leaf: the walk below would give them in
+        # order, once each, without a mark per key.
+        return list(dict.fromkeys(event.keys))
     order: list[Key] = []
     # 0: unseen, 1: on the DFS stack, 2: done. Only new keys are walked:
     # known tasks keep their dependencies, so a cycle needs a new task.
@@ -186,7 +208,7 @@ def _check_graph(state: SchedulerState, event: ev.UpdateGraph) -> list[Key]:
 
 
 def _wire_new_tasks(
-    state: SchedulerState, new: list[TaskState], event: ev.UpdateGraph
+    state: SchedulerState, new: list[TaskState], event: ev.UpdateGraph, edges: bool
 ) -> None:
     deps = event.dependencies
     restrictions = event.restrictions or {}
@@ -200,7 +222,7 @@ def _wire_new_tasks(
     plain = not (restrictions or resources or annotations) and retries is None
     for ts in new:
         key = ts.key
-        dep_keys = deps.get(key, ()) if deps else ()
+        dep_keys = deps.get(key, ()) if edges else ()
         if dep_keys:
             group = ts.group
             many = len(dep_keys) > 1
