@@ -947,3 +947,48 @@ def test_hooks_are_notified_of_workers_clients_and_graphs(state, hooks):
     assert update["client"] == "c1"
     assert update["keys"] == {"a"}
     assert update["tasks"] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {
+            "user_priority": {"inc-3": 5},
+            "priority": {f"inc-{i}": 20 - i for i in range(20)},
+        },
+        {"retries": 1, "restrictions": {"inc-1": ["w2"]}},
+    ],
+    ids=["plain", "priorities", "options"],
+)
+def test_a_maps_fast_submission_equals_the_general_path(options):
+    # Without a hook, a graph without edges skips run_transitions' dict
+    # (engine.submit_lone_tasks); a hook forces the general path.
+    def run(observed: bool) -> tuple[list[object], list[object], int]:
+        state = SchedulerState(validate=True, transition_log_length=1000)
+        if observed:
+            state.transition_hook = lambda *args: None
+        add_worker(state, "w1", stimulus_id="add-1")
+        add_worker(state, "w2", nthreads=2, stimulus_id="add-2")
+        submit(state, ["old"], stimulus_id="first")
+        commands = submit(
+            state,
+            [f"inc-{i}" for i in range(20)],
+            stimulus_id="map",
+            time=5.0,
+            **options,
+        )
+        # Known tasks among the keys: the general path.
+        commands += submit(state, ["inc-0", "inc-21"], stimulus_id="again", time=5.0)
+        return list(state.transition_log.entries()), commands, len(state.queued)
+
+    log, commands, queued = run(observed=False)
+    assert (log, commands, queued) == run(observed=True)
+    first_moves = {entry[0]: entry[1:3] for entry in reversed(log)}
+    assert all(
+        first_moves[f"inc-{i}"] == ("released", "waiting") for i in (*range(20), 21)
+    )
+    # Root-ish tasks fill the three threads' slots; the others are queued.
+    computed = sum(type(c) is ComputeTask for c in commands)
+    assert 3 <= computed < 21
+    assert queued == 21 - computed
