@@ -140,7 +140,8 @@ def _check_graph(
     deps = event.dependencies
     known = state.tasks
     for key in event.keys:
-        validate_key(key)
+        if type(key) is not str:  # a str is a valid key: no call for it
+            validate_key(key)
         if key not in tasks and key not in known:
             raise LostDependencyError(
                 f"Wanted key {key!r} is neither in the graph nor known"
@@ -188,7 +189,8 @@ def _check_graph(
                         f"Task {key!r} depends on {dep!r}, which is neither in "
                         "the graph nor known to the scheduler"
                     )
-                validate_key(dep)
+                if type(dep) is not str:
+                    validate_key(dep)
                 grandchildren = deps.get(dep)
                 if not grandchildren:
                     # A leaf: done at once, in the order its pop would give,

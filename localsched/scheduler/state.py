@@ -312,7 +312,8 @@ class SchedulerState:
 
     def transitions(self, recommendations: dict[Key, str], stimulus_id: str) -> None:
         """Process recommendations until none are left."""
-        engine.run_transitions(self, recommendations, stimulus_id)
+        # A copy: the engine empties the dict it is given.
+        engine.run_transitions(self, dict(recommendations), stimulus_id)
 
     def new_task(self, key: Key, spec: object) -> TaskState:
         """Create a task in ``released`` and count it in its group and prefix."""
