@@ -393,7 +393,9 @@ def new_task(state: SchedulerState, key: Key, spec: object) -> TaskState:
         tp.groups[tg] = None
         if state.created_groups is not None:
             state.created_groups.append(tg)
-    ts = TaskState(key, spec, tg)
+    serial = state._next_task_serial
+    state._next_task_serial = serial + 1
+    ts = TaskState(key, spec, tg, serial)
     tg.n_tasks += 1
     tg.states["released"] += 1
     state.tasks[key] = ts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 
 from localsched.scheduler.tasks import TaskState
 
@@ -34,7 +34,7 @@ class HeapSet:
     heap holds atoms, ``(priority, counter)``, and ``_owners`` maps a heap
     entry's counter to its task.
 
-    An entry is live while its task is a member (``_tasks``, by key): a
+    An entry is live while its task is a member (``_tasks``): a
     discarded task's entries stay behind as tombstones, skipped lazily, and
     come back to life if the task is added again, exactly as a heap of
     ``(priority, counter, task)`` entries would behave. Both parts are rebuilt
@@ -52,8 +52,9 @@ class HeapSet:
     )
 
     def __init__(self) -> None:
-        #: key -> member task (members are live tasks: one per key).
-        self._tasks: dict[Hashable, TaskState] = {}
+        #: The members, in the order they were added (a task hashes by its
+        #: serial number: one slot after the other, not at random places).
+        self._tasks: dict[TaskState, None] = {}
         #: The run's tasks, in entry order from ``_head`` on (None: popped).
         self._run: list[TaskState | None] = []
         #: The insertion counter of each run entry, parallel to ``_run``.
@@ -74,22 +75,20 @@ class HeapSet:
         return bool(self._tasks)
 
     def __contains__(self, ts: object) -> bool:
-        key = getattr(ts, "key", _NO_KEY)
-        return key is not _NO_KEY and self._tasks.get(key) is ts
+        return isinstance(ts, TaskState) and ts in self._tasks
 
     def __iter__(self) -> Iterator[TaskState]:
-        return iter(self._tasks.values())
+        return iter(self._tasks)
 
     def _entries(self) -> int:
         """How many entries, live or not, the two parts hold."""
         return len(self._run) - self._head + len(self._heap)
 
     def add(self, ts: TaskState) -> None:
-        key = ts.key
         tasks = self._tasks
-        if tasks.get(key) is ts:
+        if ts in tasks:
             return
-        tasks[key] = ts
+        tasks[ts] = None
         counter = self._counter
         self._counter = counter + 1
         run = self._run
@@ -113,10 +112,9 @@ class HeapSet:
         self._run_counters.append(counter)
 
     def discard(self, ts: TaskState) -> None:
-        key = ts.key
         tasks = self._tasks
-        if tasks.get(key) is ts:
-            del tasks[key]
+        if ts in tasks:
+            del tasks[ts]
             if self._entries() > 2 * len(tasks) + 64:
                 self._rebuild()
 
@@ -174,7 +172,7 @@ class HeapSet:
         tasks = self._tasks
         while True:
             ts = self._top()
-            if ts is None or tasks.get(ts.key) is ts:
+            if ts is None or ts in tasks:
                 return ts
             self._take_top()
 
@@ -190,9 +188,8 @@ class HeapSet:
             ts = self._take_top()
             if ts is None:
                 raise KeyError("pop from empty set")
-            key = ts.key
-            if tasks.get(key) is ts:
-                del tasks[key]
+            if ts in tasks:
+                del tasks[ts]
                 return ts
 
     def peekn(self, n: int) -> list[TaskState]:
@@ -224,11 +221,11 @@ class HeapSet:
                 ts = run[index]
                 assert ts is not None
                 index += 1
-                live = tasks.get(ts.key) is ts
+                live = ts in tasks
             elif heap:
                 entry = heapq.heappop(heap)
                 ts = owners[entry[1]]
-                live = tasks.get(ts.key) is ts
+                live = ts in tasks
                 if live and id(ts) not in seen:
                     from_heap.append(entry)
                 else:
@@ -243,7 +240,7 @@ class HeapSet:
         return result
 
     def sorted(self) -> list[TaskState]:
-        return sorted(self._tasks.values(), key=lambda ts: ts.priority)
+        return sorted(self._tasks, key=lambda ts: ts.priority)
 
     def clear(self) -> None:
         self._tasks.clear()
@@ -259,9 +256,7 @@ class HeapSet:
         # is rebuilt, and a queue of a million tasks has 40 MB ones.
         self._tasks = dict(tasks)
         owners = self._owners = {
-            counter: ts
-            for counter, ts in self._owners.items()
-            if tasks.get(ts.key) is ts
+            counter: ts for counter, ts in self._owners.items() if ts in tasks
         }
         self._heap = [entry for entry in self._heap if entry[1] in owners]
         heapq.heapify(self._heap)
@@ -269,12 +264,9 @@ class HeapSet:
         counters: list[int] = []
         for index in range(self._head, len(self._run)):
             ts = self._run[index]
-            if ts is not None and tasks.get(ts.key) is ts:
+            if ts is not None and ts in tasks:
                 run.append(ts)
                 counters.append(self._run_counters[index])
         self._run = run
         self._run_counters = counters
         self._head = 0
-
-
-_NO_KEY = object()

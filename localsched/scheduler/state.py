@@ -111,6 +111,7 @@ class SchedulerState:
         "_handling",
         "_last_generation_time",
         "_next_order",
+        "_next_task_serial",
         "_requested_replicas",
         "_retiring",
         "_run_id",
@@ -260,6 +261,8 @@ class SchedulerState:
         self._run_id = 0
         #: Next graph order for a task submitted without one.
         self._next_order = 0
+        #: The next task's serial number: its hash (``TaskState``).
+        self._next_task_serial = 0
         #: prefix without a duration estimate -> its tasks processing on a guess.
         self._unknown_durations: dict[TaskPrefix, set[TaskState]] = {}
         #: Commands of the ``handle`` call under way, in order.

@@ -323,10 +323,17 @@ class TaskState:
         "worker_restrictions",
     )
 
-    def __init__(self, key: Key, run_spec: object, group: TaskGroup) -> None:
+    def __init__(
+        self, key: Key, run_spec: object, group: TaskGroup, serial: int = -1
+    ) -> None:
         #: The key, unique among live tasks.
         self.key = key
-        self._hash = hash(key)
+        # The hash: the core's serial number of the task, so that the tables
+        # keyed by tasks (a client's wants, a worker's data) fill and empty in
+        # the order tasks are made, one slot after the other, rather than at
+        # random places; that order is the same run after run (not an
+        # address). Made without one (tests): the key's hash.
+        self._hash = serial if serial >= 0 else hash(key)
         #: Opaque reference to the task's function and arguments; None for data
         #: that entered through ``scatter`` (pure data cannot be recomputed).
         self.run_spec = run_spec
