@@ -49,6 +49,24 @@ def client_releases_keys(
     state: SchedulerState, keys: Iterable[Key], cs: ClientState, recs: Recs
 ) -> None:
     """``cs`` no longer wants ``keys``; recommend releasing what nobody needs."""
+    released: list[TaskState] = []
+    finishes: list[str] = []
+    client_releases(state, keys, cs, released, finishes)
+    for ts, finish in zip(released, finishes, strict=True):
+        recs[ts.key] = finish
+
+
+def client_releases(
+    state: SchedulerState,
+    keys: Iterable[Key],
+    cs: ClientState,
+    released: list[TaskState],
+    finishes: list[str],
+) -> None:
+    """``cs`` no longer wants ``keys``; append to ``released`` each task nobody
+    needs any more, once, in the order of ``keys``, and its next state
+    (``forgotten``, or ``released`` if other tasks depend on it) to
+    ``finishes``."""
     wants_what = cs.wants_what
     for key in keys:
         ts = state.tasks.get(key)
@@ -62,9 +80,11 @@ def client_releases_keys(
         ts.who_wants = without_link(ts.who_wants, cs)
         if not ts.who_wants:
             if not ts.dependents:
-                recs[key] = "forgotten"
+                released.append(ts)
+                finishes.append("forgotten")
             elif ts.state != "erred" and not ts.waiters:
-                recs[key] = "released"
+                released.append(ts)
+                finishes.append("released")
 
 
 def report_on_key(

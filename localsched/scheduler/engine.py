@@ -236,6 +236,7 @@ def submit_lone_tasks(
             observed,
             log_append,
             now,
+            ts,
         )
         while recommendations:
             other, finish = recommendations.popitem()
@@ -243,6 +244,52 @@ def submit_lone_tasks(
                 state,
                 other,
                 finish,
+                recommendations,
+                stimulus_id,
+                observed,
+                log_append,
+                now,
+            )
+
+
+def run_lone_transitions(
+    state: SchedulerState, tasks: list[TaskState], finish: str, stimulus_id: str
+) -> None:
+    """``run_transitions(state, {ts.key: finish for ts in tasks}, stimulus_id)``
+    for tasks none of which links to another (no dependencies, no dependents).
+
+    No transition of such a task recommends another's, so each runs with its
+    chain in the dict's pop order (the last first) without building the dict
+    and looking each task up again (a client releasing a map's results).
+    Empties ``tasks`` as it goes: a forgotten task is freed at once, not
+    when the list is (its memory is then reused by the next allocations).
+    """
+    if state.transition_hook is not None or state.transition_counter_max:
+        run_transitions(state, {ts.key: finish for ts in tasks}, stimulus_id)
+        return
+    recommendations: Recs = {}
+    log_append = state.transition_log.append
+    now: object = state.now
+    observed = False
+    while tasks:
+        ts = tasks.pop()
+        observed = _run_chain(
+            state,
+            ts.key,
+            finish,
+            recommendations,
+            stimulus_id,
+            observed,
+            log_append,
+            now,
+            ts,
+        )
+        while recommendations:
+            other, other_finish = recommendations.popitem()
+            observed = _run_chain(
+                state,
+                other,
+                other_finish,
                 recommendations,
                 stimulus_id,
                 observed,
@@ -260,6 +307,7 @@ def _run_chain(
     observed: bool,
     log_append: Callable[[tuple[Any, ...]], None],
     now: object,
+    hint: TaskState | None = None,
 ) -> bool:
     """Move ``key`` to ``finish`` and follow its chain of single follow-ups.
 
@@ -267,13 +315,23 @@ def _run_chain(
     without a trip through the dict, exactly as ``update()`` then ``popitem()``
     would order it; other follow-ups go into ``recommendations``. Returns
     whether a transition hook or counter limit is now set (``observed``).
+    ``hint``: the task of ``key`` if the caller has it (one lookup fewer in a
+    table of every task).
     """
     tasks = state.tasks
     table = TRANSITIONS_FROM
+    # ``ts`` is typed TaskState, never None: compiled, each read of an
+    # optional variable's attribute would check it again.
+    ts: TaskState
     while True:
-        ts = tasks.get(key)
-        if ts is None:
-            return observed
+        if hint is not None:
+            ts = hint
+            hint = None
+        else:
+            found = tasks.get(key)
+            if found is None:
+                return observed
+            ts = found
         start = ts.state
         if start == finish:
             return observed
@@ -290,6 +348,8 @@ def _run_chain(
                 for key, finish in new.items():  # noqa: B007
                     pass
                 if key not in recommendations:
+                    if key is ts.key and ts.state != "forgotten":
+                        hint = ts  # its own follow-up: no lookup
                     continue
             recommendations.update(new)
             return observed
@@ -322,6 +382,8 @@ def _run_chain(
                 pass
             log_append((done, start, actual, stimulus_id, now, key, finish))
             if key not in recommendations:
+                if key is ts.key and ts.state != "forgotten":
+                    hint = ts  # its own follow-up: no lookup
                 continue
             recommendations[key] = finish
             return observed

@@ -41,8 +41,19 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
     state.now = max(state.now, event.time)
     # A graph without an edge (a map): every new task is lone.
     edges = any(event.dependencies.values())
+    keys = event.keys
+    tasks = event.tasks
+    # A map as the client sends it: the wanted keys are the graph's own, in
+    # its order (so each once, each in the graph). Its tasks are then read in
+    # order, rather than looked up in it one by one.
+    aligned = (
+        not edges
+        and type(keys) is list
+        and len(keys) == len(tasks)
+        and keys == list(tasks)
+    )
     try:
-        needed = _check_graph(state, event, edges)
+        needed = _check_graph(state, event, edges, aligned)
     except LostDependencyError:
         # As dask's ``update_graph``: a computation on data that is gone is
         # cancelled ("lost dependencies"), not an error. The whole graph is
@@ -69,15 +80,22 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
         )
         return
     cs = ensure_client(state, event.client)
-    tasks = event.tasks
     new: list[TaskState] = []
     touched: list[TaskState] = []
-    for key in needed:
-        ts = state.tasks.get(key)
-        if ts is None:
-            ts = new_task(state, key, tasks[key])
-            new.append(ts)
-        touched.append(ts)
+    if aligned:
+        for key, spec in tasks.items():
+            ts = state.tasks.get(key)
+            if ts is None:
+                ts = new_task(state, key, spec)
+                new.append(ts)
+            touched.append(ts)
+    else:
+        for key in needed:
+            ts = state.tasks.get(key)
+            if ts is None:
+                ts = new_task(state, key, tasks[key])
+                new.append(ts)
+            touched.append(ts)
     _wire_new_tasks(state, new, event, edges)
     _set_priorities(state, new, event)
     for key in event.actors:
@@ -128,17 +146,25 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
 
 
 def _check_graph(
-    state: SchedulerState, event: ev.UpdateGraph, edges: bool
+    state: SchedulerState, event: ev.UpdateGraph, edges: bool, aligned: bool
 ) -> list[Key]:
     """Keys of the graph needed by the wanted keys; raise if the graph is bad.
 
     Unneeded tasks are culled, as dask's ``update_graph`` does. Runs before
     any state changes, so a rejected graph leaves no trace. ``edges``: whether
-    any task of the graph has dependencies.
+    any task of the graph has dependencies; ``aligned``: the wanted keys are
+    the graph's keys, in order (``on_update_graph``).
     """
     tasks = event.tasks
     deps = event.dependencies
     known = state.tasks
+    if aligned:
+        # Each wanted key is in the graph, once, and a leaf: only its type
+        # is left to check.
+        for key in event.keys:
+            if type(key) is not str:
+                validate_key(key)
+        return list(event.keys)
     for key in event.keys:
         if type(key) is not str:  # a str is a valid key: no call for it
             validate_key(key)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from localsched.errors import KilledWorker, NoValidWorkerError
 from localsched.scheduler import events as ev
 from localsched.scheduler.clients import (
+    client_releases,
     client_releases_keys,
     ensure_client,
     report_on_key,
@@ -32,6 +33,7 @@ from localsched.scheduler.engine import (
     new_task,
     notify,
     record_transition,
+    run_lone_transitions,
     run_transitions,
     transition,
 )
@@ -455,8 +457,18 @@ def on_client_releases_keys(
     cs = state.clients.get(event.client)
     if cs is None:
         return
-    recs: Recs = {}
-    client_releases_keys(state, event.keys, cs, recs)
+    released: list[TaskState] = []
+    finishes: list[str] = []
+    client_releases(state, event.keys, cs, released, finishes)
+    for ts in released:
+        if ts.dependencies or ts.dependents:
+            break
+    else:
+        # Every one is forgotten (it has no dependents) and none links to
+        # another task: a map's results.
+        run_lone_transitions(state, released, "forgotten", event.stimulus_id)
+        return
+    recs = {ts.key: finish for ts, finish in zip(released, finishes, strict=True)}
     run_transitions(state, recs, event.stimulus_id)
 
 
