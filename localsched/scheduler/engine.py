@@ -94,20 +94,20 @@ def record_transition(
         states[start] -= 1
         states[actual] += 1
     # TransitionLog.record, inlined (one flat tuple of atoms, built directly
-    # for no or one follow-up, as in ``run_transitions``). The log is a Python
-    # deque subclass: one method lookup, not one per call from compiled code.
-    log_append = state.transition_log.append
+    # for no or one follow-up, as in ``run_transitions``). One append per
+    # call: a method call, without binding ``append`` to an object first.
+    log = state.transition_log
     if not recs:
-        log_append((ts.key, start, actual, stimulus_id, state.now))
+        log.append((ts.key, start, actual, stimulus_id, state.now))
     elif len(recs) == 1:
         # The one item, read after the loop (see run_transitions).
         for next_key, next_finish in recs.items():  # noqa: B007
             pass
-        log_append(
+        log.append(
             (ts.key, start, actual, stimulus_id, state.now, next_key, next_finish)
         )
     else:
-        log_append(
+        log.append(
             (ts.key, start, actual, stimulus_id, state.now, *recs, *recs.values())
         )
     if actual == "forgotten":

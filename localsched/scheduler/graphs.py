@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
@@ -162,11 +162,11 @@ def _check_graph(
         # Each wanted key is in the graph, once, and a leaf: only its type
         # is left to check.
         for key in event.keys:
-            if type(key) is not str:
+            if not _plain_key(key):
                 validate_key(key)
         return list(event.keys)
     for key in event.keys:
-        if type(key) is not str:  # a str is a valid key: no call for it
+        if not _plain_key(key):
             validate_key(key)
         if key not in tasks and key not in known:
             raise LostDependencyError(
@@ -215,7 +215,7 @@ def _check_graph(
                         f"Task {key!r} depends on {dep!r}, which is neither in "
                         "the graph nor known to the scheduler"
                     )
-                if type(dep) is not str:
+                if not _plain_key(dep):
                     validate_key(dep)
                 grandchildren = deps.get(dep)
                 if not grandchildren:
@@ -233,6 +233,22 @@ def _check_graph(
                 color[key] = 2
                 order.append(key)
     return order
+
+
+def _plain_key(key: object) -> bool:
+    """Whether ``key`` is a str, an int or a tuple of those: a valid key
+    known without calling ``validate_key`` (interpreted: it lives beside the
+    events, which clients import without the core)."""
+    kind = type(key)
+    if kind is str or kind is int:
+        return True
+    if kind is not tuple:
+        return False
+    for part in cast("tuple[object, ...]", key):
+        part_kind = type(part)
+        if part_kind is not str and part_kind is not int:
+            return False
+    return True
 
 
 def _wire_new_tasks(
