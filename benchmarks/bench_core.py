@@ -20,6 +20,9 @@ and the best run (by whole-run CPU) is kept.
     python benchmarks/bench_core.py --profile  # cProfile of the 100k map
     python benchmarks/bench_core.py --scaling  # 8, 64, 256 workers x 1..32 threads
     python benchmarks/bench_core.py --phases   # CPU in core by event type
+    python benchmarks/bench_core.py --before ../before --rounds 2
+        # this tree and another (a git worktree, built in place with
+        # ``python setup.py build_ext --inplace``), alternated in one period
 
 ``--scaling`` runs both workloads at ``--size`` tasks (100k by default) for every
 pair of ``--workers`` and ``--threads``, and prints the CPU per task in the core
@@ -31,10 +34,14 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 from localsched import scheduler
 from localsched.runtime.collector import PAUSE_FROM, paused_for_graphs
@@ -239,6 +246,20 @@ def scaling(workers: list[int], threads: list[int], size: int, repeat: int) -> N
             )
 
 
+def _alternate(before: Path, rounds: int, argv: list[str]) -> None:
+    """Run this script with ``argv`` on this tree, then on ``before``, ``rounds``
+    times, each in a fresh process with its tree first on ``sys.path``; the
+    machine's load is printed before each run."""
+    here = Path(__file__).resolve().parent.parent
+    for _ in range(rounds):
+        for name, tree in (("this tree", here), ("before", before.resolve())):
+            load = os.getloadavg()[0]
+            print(f"== {name} ({tree}), load {load:.2f}", flush=True)
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            script = tree / "benchmarks" / "bench_core.py"
+            subprocess.run([sys.executable, str(script), *argv], env=env, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also run 1M tasks")
@@ -260,7 +281,20 @@ def main() -> None:
         help="pause the cyclic GC for big graphs as the scheduler thread does"
         " (runtime, the default) or never (on)",
     )
+    parser.add_argument(
+        "--before",
+        metavar="TREE",
+        help="also run the same measures on another checkout, alternating",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternations with --before"
+    )
     args = parser.parse_args()
+    if args.before:
+        argv = ["--repeat", str(args.repeat), "--collector", args.collector]
+        argv += ["--full"] * args.full + ["--phases"] * args.phases
+        _alternate(Path(args.before), args.rounds, argv)
+        return
     _collector[0] = args.collector
     if args.scaling:
         scaling(args.workers, args.threads, args.size, args.repeat)
