@@ -213,10 +213,8 @@ def submit_lone_tasks(
         # Plugins see each transition through the general path.
         run_transitions(state, {ts.key: "waiting" for ts in new}, stimulus_id)
         return
-    recommendations: Recs = {}
     log_append = state.transition_log.append
     now: object = state.now
-    observed = False
     for ts in reversed(new):
         key = ts.key
         # released -> waiting, lone: nothing to wait on, no one waiting.
@@ -227,29 +225,7 @@ def submit_lone_tasks(
         states["released"] -= 1
         states["waiting"] += 1
         log_append((key, "released", "waiting", stimulus_id, now, key, "processing"))
-        observed = _run_chain(
-            state,
-            key,
-            "processing",
-            recommendations,
-            stimulus_id,
-            observed,
-            log_append,
-            now,
-            ts,
-        )
-        while recommendations:
-            other, finish = recommendations.popitem()
-            observed = _run_chain(
-                state,
-                other,
-                finish,
-                recommendations,
-                stimulus_id,
-                observed,
-                log_append,
-                now,
-            )
+        _run_lone_chain(state, ts, "processing", stimulus_id, log_append, now)
 
 
 def run_lone_transitions(
@@ -265,37 +241,33 @@ def run_lone_transitions(
     when the list is (its memory is then reused by the next allocations).
     """
     if state.transition_hook is not None or state.transition_counter_max:
-        run_transitions(state, {ts.key: finish for ts in tasks}, stimulus_id)
+        recommendations = {ts.key: finish for ts in tasks}
+        tasks.clear()
+        run_transitions(state, recommendations, stimulus_id)
         return
-    recommendations: Recs = {}
     log_append = state.transition_log.append
     now: object = state.now
-    observed = False
     while tasks:
-        ts = tasks.pop()
-        observed = _run_chain(
-            state,
-            ts.key,
-            finish,
-            recommendations,
-            stimulus_id,
-            observed,
-            log_append,
-            now,
-            ts,
-        )
-        while recommendations:
-            other, other_finish = recommendations.popitem()
-            observed = _run_chain(
-                state,
-                other,
-                other_finish,
-                recommendations,
-                stimulus_id,
-                observed,
-                log_append,
-                now,
-            )
+        _run_lone_chain(state, tasks.pop(), finish, stimulus_id, log_append, now)
+
+
+def _run_lone_chain(
+    state: SchedulerState,
+    ts: TaskState,
+    finish: str,
+    stimulus_id: str,
+    log_append: Callable[[tuple[Any, ...]], None],
+    now: object,
+) -> None:
+    """``ts`` to ``finish`` with its chain, then whatever that recommended, as
+    ``run_transitions`` would (no hook or counter limit: checked by the
+    callers)."""
+    recommendations: Recs = {}
+    _run_chain(
+        state, ts.key, finish, recommendations, stimulus_id, False, log_append, now, ts
+    )
+    if recommendations:
+        run_transitions(state, recommendations, stimulus_id)
 
 
 def _run_chain(
