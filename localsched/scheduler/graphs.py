@@ -10,9 +10,9 @@ react to workers and clients.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from operator import attrgetter
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from localsched.errors import GraphError
 from localsched.scheduler import events as ev
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from localsched.scheduler.state import SchedulerState
 
 Recs = dict[Key, str]
+V = TypeVar("V")
 
 
 class LostDependencyError(GraphError):
@@ -42,7 +43,7 @@ def on_update_graph(state: SchedulerState, event: ev.UpdateGraph) -> None:
     # A graph without an edge (a map): every new task is lone.
     edges = any(event.dependencies.values())
     keys = event.keys
-    tasks = event.tasks
+    tasks = _as_dict(event.tasks)
     # A map as the client sends it: the wanted keys are the graph's own, in
     # its order (so each once, each in the graph). Its tasks are then read in
     # order, rather than looked up in it one by one.
@@ -155,8 +156,8 @@ def _check_graph(
     any task of the graph has dependencies; ``aligned``: the wanted keys are
     the graph's keys, in order (``on_update_graph``).
     """
-    tasks = event.tasks
-    deps = event.dependencies
+    tasks = _as_dict(event.tasks)
+    deps = _as_dict(event.dependencies)
     known = state.tasks
     if aligned:
         # Each wanted key is in the graph, once, and a leaf: only its type
@@ -235,6 +236,15 @@ def _check_graph(
     return order
 
 
+def _as_dict(mapping: Mapping[Key, V]) -> dict[Key, V]:
+    """``mapping`` itself if it is a dict (events hold dicts), else a copy:
+    compiled, a lookup in a value typed ``dict`` is a C call, in a ``Mapping``
+    a method call by name."""
+    if type(mapping) is dict:
+        return cast("dict[Key, V]", mapping)
+    return dict(mapping)
+
+
 def _plain_key(key: object) -> bool:
     """Whether ``key`` is a str, an int or a tuple of those: a valid key
     known without calling ``validate_key`` (interpreted: it lives beside the
@@ -254,7 +264,7 @@ def _plain_key(key: object) -> bool:
 def _wire_new_tasks(
     state: SchedulerState, new: list[TaskState], event: ev.UpdateGraph, edges: bool
 ) -> None:
-    deps = event.dependencies
+    deps = _as_dict(event.dependencies)
     restrictions = event.restrictions or {}
     loose = set(event.loose_restrictions)
     resources = event.resources or {}
