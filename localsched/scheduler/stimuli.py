@@ -469,6 +469,7 @@ def on_client_releases_keys(
         run_lone_transitions(state, released, "forgotten", event.stimulus_id)
         return
     recs = {ts.key: finish for ts, finish in zip(released, finishes, strict=True)}
+    released.clear()  # a task forgotten below is freed at once, not on return
     run_transitions(state, recs, event.stimulus_id)
 
 
