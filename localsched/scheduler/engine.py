@@ -184,7 +184,8 @@ def run_transitions(
     transition's result or its own), and a copy of a million-key dict is a
     measurable part of releasing a million tasks.
     """
-    # Bound once: the log is a Python deque subclass (see record_transition).
+    # Bound once for every transition of the run: the log is a Python deque
+    # subclass, whose method compiled code looks up by name at each call.
     log_append = state.transition_log.append
     # Boxed once: the handlers set the time, transitions only read it.
     now: object = state.now

@@ -165,7 +165,8 @@ def _check_graph(
         for key in event.keys:
             if not _plain_key(key):
                 validate_key(key)
-        return list(event.keys)
+        # A list (``on_update_graph`` checked): no copy of a million keys.
+        return cast("list[Key]", event.keys)
     for key in event.keys:
         if not _plain_key(key):
             validate_key(key)
